@@ -1,0 +1,3 @@
+from edgeexit.cli import main
+
+main()

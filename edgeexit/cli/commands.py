@@ -1,0 +1,7 @@
+"""Every command module, imported once so their ``@command`` decorators register them.
+
+Command modules must not import torch, onnx or onnxsim at module level: the device CLI
+(`run`, `profile`, `bench`, `targets`) has to work with only the runtime installed.
+"""
+
+from edgeexit.cli import targets  # noqa: F401

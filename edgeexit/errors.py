@@ -1,0 +1,50 @@
+"""One error tree for the whole toolchain.
+
+Every failure a user can cause is an `EdgeExitError`; the CLI catches it once and prints
+its message as one line. Vendor errors (torch, onnx, onnxruntime) are translated at the
+boundary and chained with ``raise ... from err`` so the cause stays visible to debuggers.
+"""
+
+
+class EdgeExitError(Exception):
+    """Base of every error edgeexit raises on purpose."""
+
+
+class BundleError(EdgeExitError):
+    """A bundle directory is missing, unreadable, tampered with, or of another format."""
+
+
+class ModelContractError(EdgeExitError):
+    """A model does not follow the multi-exit contract (DESIGN.md §1)."""
+
+
+class CheckpointError(EdgeExitError):
+    """A model file is not a checkpoint edgeexit can load safely."""
+
+
+class ExportError(EdgeExitError):
+    """The ONNX export itself failed."""
+
+
+class ValidationError(EdgeExitError):
+    """An exported bundle does not match its PyTorch model within tolerance."""
+
+
+class InputError(EdgeExitError, ValueError):
+    """Inputs do not fit the bundle's declared inputs (name, rank, shape or dtype)."""
+
+
+class DataError(EdgeExitError):
+    """A data file (.npz/.npy) is malformed."""
+
+
+class TargetError(EdgeExitError):
+    """A device target profile is unknown or invalid."""
+
+
+class EnergyMeterError(EdgeExitError):
+    """An energy sensor exists but cannot be read (for example, permission denied)."""
+
+
+class CalibrationError(EdgeExitError):
+    """A calibration budget cannot be met, or is malformed."""
