@@ -12,7 +12,6 @@ saved model, so the device's own ONNX Runtime optimizes at load. Host-side: impo
 from __future__ import annotations
 
 import os
-import platform
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -31,7 +30,7 @@ from edgeexit.data import Dataset
 from edgeexit.errors import TargetError, ValidationError
 from edgeexit.targets import precision as prec
 from edgeexit.targets.evaluate import host_sessions, run_chain
-from edgeexit.targets.profile import Target, load_target
+from edgeexit.targets.profile import Target, host_arch, load_target
 from edgeexit.targets.report import CompileReport, ExitAccuracy
 from edgeexit.targets.versions import default_opset, pin_versions
 
@@ -97,17 +96,12 @@ def compile_bundle(
 
 def _refuse_host_only_ops(model: Any, target: Target, name: str) -> None:
     domains = {node.domain for node in model.graph.node} & set(HOST_ONLY_DOMAINS)
-    if domains and target.arch != _host_arch():
+    if domains and target.arch != host_arch():
         raise TargetError(
             f"{name} holds {sorted(domains)[0]} nodes from an offline ORT_ENABLE_ALL "
             f"optimization, which only x86 builds load; re-export without offline "
             f"optimization for {target.name}"
         )
-
-
-def _host_arch() -> str:
-    machine = platform.machine().lower()
-    return {"amd64": "x86_64", "arm64": "aarch64"}.get(machine, machine)
 
 
 def _change_precision(
