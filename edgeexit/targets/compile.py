@@ -47,6 +47,15 @@ class CompileOptions:
     batch_size: int = 64
     threads: int = 0  # host evaluation threads; 0: ONNX Runtime's default
 
+    def __post_init__(self) -> None:
+        if not 0 <= self.max_quant_drop_pp <= 100:
+            raise TargetError(
+                f"max quantization drop must be 0..100 percentage points, "
+                f"got {self.max_quant_drop_pp:g}"
+            )
+        if self.calib_samples < 1 or self.batch_size < 1 or self.threads < 0:
+            raise TargetError(f"calibration sizes must be positive, got {self}")
+
 
 def compile_bundle(
     src_dir: str | os.PathLike,
@@ -184,3 +193,19 @@ def _write(dst_dir: str | os.PathLike, manifest: Manifest, models: list[Any], re
             precision=report.precision, target=report.target, compile=report.to_json()
         )
         write_manifest(tmp, compiled)
+
+
+def compile_exported(
+    bundle_dir: str | os.PathLike,
+    target: Target | str,
+    *,
+    calib_data: str | os.PathLike | None = None,
+    max_quant_drop_pp: float = 1.0,
+) -> CompileReport:
+    """The hook ``export --target`` calls: compile the fp32 bundle it has just validated, in
+    place (inside export's own temporary directory), loading the calibration data file."""
+    from edgeexit.data import load_data
+
+    calib = load_data(calib_data, read_manifest(bundle_dir).inputs) if calib_data else None
+    options = CompileOptions(max_quant_drop_pp=max_quant_drop_pp)
+    return compile_bundle(bundle_dir, bundle_dir, target, calib=calib, options=options)
