@@ -52,20 +52,25 @@ class SegmentProfile:
     file: str
     sha256: str
     latency_ms: LatencyStats
-    energy_mj: float | None  # per call (one batch); None when nothing measures or models it
-    power_w: float | None  # average over the energy window (includes the idle baseline)
+    energy_mj: float | None  # measured, per call (one batch); None without a sensor
+    power_w: float | None  # measured average over the window (includes the idle baseline)
 
 
 @dataclass(frozen=True)
 class DeviceProfile:
-    """A bundle's measured cost on one device. ``energy_source`` names where the energy
-    figures come from (a sensor, ``modeled``, or ``none``); ``energy_measured`` is False for
-    modeled figures."""
+    """A bundle's measured cost on one device.
+
+    Energy figures are measured ones only: ``energy_source`` names the sensor, or is
+    ``none`` when the device has none; then every ``energy_mj`` is None, and a consumer that
+    wants a figure models it from ``power_model_w`` (the target's idle/active watts) and
+    labels it modeled. A modeled figure never sits where a measured one is expected.
+    """
 
     target: str
     precision: str
     energy_source: str
     energy_measured: bool
+    power_model_w: dict[str, float]  # {"idle": W, "active": W} from the target profile
     batch_size: int
     repeats: int
     warmup: int
@@ -90,6 +95,7 @@ class DeviceProfile:
             "precision": self.precision,
             "energy_source": self.energy_source,
             "energy_measured": self.energy_measured,
+            "power_model_w": dict(self.power_model_w),
             "batch_size": self.batch_size,
             "repeats": self.repeats,
             "warmup": self.warmup,
@@ -132,6 +138,7 @@ class DeviceProfile:
                 **fields,
                 **counts,
                 energy_measured=bool(doc["energy_measured"]),
+                power_model_w={k: float(v) for k, v in doc.get("power_model_w", {}).items()},
                 providers=tuple(doc["providers"]),
                 platform=str(doc.get("platform", "")),
                 segments=segments,
@@ -199,7 +206,7 @@ def profile_bundle(
     feeds = list(inputs) if inputs is not None else synthetic_inputs(manifest.inputs, batch_size)
     feeds = [x[:batch_size] for x in feeds]
     total, done = (warmup + repeats) * manifest.num_exits, 0
-    segments, reading_source, measured = [], meter.source, meter.measured
+    segments = []
     for i, spec in enumerate(manifest.segments):
         for _ in range(warmup):
             runtime.run_segment(i, feeds)
@@ -208,11 +215,7 @@ def profile_bundle(
         done += repeats
         if progress is not None:
             progress(done, total)
-        energy_mj = None if reading.energy_mj is None else reading.energy_mj / len(latencies_ms)
-        power_w = (
-            None if reading.energy_mj is None else reading.energy_mj / 1e3 / reading.duration_s
-        )
-        reading_source, measured = reading.source, reading.measured
+        energy_mj, power_w = _measured_per_call(reading, len(latencies_ms))
         segments.append(
             SegmentProfile(i, spec.file, spec.sha256, LatencyStats.of(latencies_ms),
                            energy_mj, power_w)
@@ -222,8 +225,12 @@ def profile_bundle(
     return DeviceProfile(
         target=runtime.target.name,
         precision=str(manifest.extra.get("precision", "fp32")),
-        energy_source=reading_source,
-        energy_measured=measured,
+        energy_source=meter.source if meter.measured else "none",
+        energy_measured=meter.measured,
+        power_model_w={
+            "idle": runtime.target.idle_power_w,
+            "active": runtime.target.active_power_w,
+        },
         batch_size=batch_size,
         repeats=repeats,
         warmup=warmup,
@@ -276,6 +283,13 @@ def _warn_if_foreign(target: Any) -> None:
             target.arch,
             host_arch(),
         )
+
+
+def _measured_per_call(reading: Any, calls: int) -> tuple[float | None, float | None]:
+    """(mJ per call, average W) from a sensor's reading; (None, None) for a modeled one."""
+    if not reading.measured or reading.energy_mj is None:
+        return None, None
+    return reading.energy_mj / calls, reading.energy_mj / 1e3 / reading.duration_s
 
 
 def _optional_float(value: Any) -> float | None:
