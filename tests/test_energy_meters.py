@@ -211,3 +211,15 @@ def test_nvml_driver_missing_is_unavailable():
         pytest.raises(SensorUnavailable, match="NVML cannot start"),
     ):
         NvmlMeter()
+
+
+@pytest.mark.gpu
+def test_nvml_on_a_real_gpu():
+    try:
+        meter = NvmlMeter()
+    except SensorUnavailable as err:
+        pytest.skip(f"no NVML energy counter here: {err}")
+    meter.begin_window()
+    time.sleep(meter.min_window_s)
+    reading = meter.end_window()
+    assert reading.energy_mj > 0 and reading.label == "measured (nvml)"

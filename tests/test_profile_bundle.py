@@ -127,3 +127,17 @@ def test_a_sensor_gives_energy_per_call_over_a_long_enough_window(bundle):
     assert profile.exit_energy_mj(1) == pytest.approx(
         profile.segments[0].energy_mj + profile.segments[1].energy_mj
     )
+
+
+@pytest.mark.gpu
+def test_fp16_bundle_profiles_on_cuda(bundle, tmp_path):
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        pytest.skip("no CUDA execution provider in this onnxruntime")
+    from edgeexit.targets.compile import compile_bundle
+
+    compile_bundle(bundle, tmp_path / "cuda", "cuda")
+    profile = profile_bundle(tmp_path / "cuda", "cuda", repeats=20, warmup=5)
+    assert profile.precision == "fp16" and profile.providers[0] == "CUDAExecutionProvider"
+    assert all(s.latency_ms.median > 0 for s in profile.segments)
