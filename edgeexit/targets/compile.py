@@ -91,7 +91,7 @@ def compile_bundle(
     )
     failing = [e for e in report.exits if e.drop_pp > options.max_quant_drop_pp]
     if failing:
-        raise ValidationError(
+        err = ValidationError(
             f"{target.precision} bundle for {target.name} loses too much accuracy: "
             + "; ".join(
                 f"exit {e.exit_index} {e.reference_accuracy:.1%} -> {e.compiled_accuracy:.1%}"
@@ -99,6 +99,8 @@ def compile_bundle(
             )
             + f" (--max-quant-drop {options.max_quant_drop_pp:g} pp); nothing written"
         )
+        err.report = report  # as export's ValidationError does: the CLI renders it
+        raise err
     _write(dst_dir, manifest, compiled, report)
     return report
 
