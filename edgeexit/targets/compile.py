@@ -192,7 +192,11 @@ def _write(dst_dir: str | os.PathLike, manifest: Manifest, models: list[Any], re
             onnx.save(model, path)
             segments.append(replace(seg, sha256=sha256_file(path)))
         compiled = replace(manifest, segments=tuple(segments)).with_extra(
-            precision=report.precision, target=report.target, compile=report.to_json()
+            precision=report.precision,
+            target=report.target,
+            opset=report.opset,
+            ir_version=report.ir_version,
+            compile=report.to_json(),
         )
         write_manifest(tmp, compiled)
 
