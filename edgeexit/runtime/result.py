@@ -12,7 +12,7 @@ from rich.table import Table
 MAX_ROWS_SHOWN = 20
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # not frozen: a frozen init costs ~2 µs more per call
 class Result:
     """One ``Runtime.run`` call.
 
