@@ -15,7 +15,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import onnx
 import torch
 from torch import nn
@@ -33,9 +32,13 @@ from edgeexit.bundle import (
 from edgeexit.errors import ExportError, InputError, ModelContractError
 from edgeexit.export.convert import export_graph
 from edgeexit.export.graphs import SegmentGraph, WholeGraph
+from edgeexit.export.inputs import resolve_input_names, to_tensors
 from edgeexit.export.model import ExitStep, check_contract, run_exits
 from edgeexit.export.options import DEFAULT_OPSET, ExportOptions
 from edgeexit.export.scores import check_criterion
+from edgeexit.export.validate import ValidationReport, validate_bundle
+
+PATIENCE_DEFAULT = 2
 
 
 @dataclass(frozen=True)
@@ -44,7 +47,7 @@ class ExportResult:
 
     bundle_dir: Path
     manifest: Manifest
-    report: object | None = None  # a ValidationReport; typed loosely to avoid an import cycle
+    report: ValidationReport | None = None
 
     def __rich_console__(self, console, options):
         if self.report is not None:
@@ -82,32 +85,12 @@ def export_bundle(
     model: nn.Module, example_inputs: object, out_dir: str | os.PathLike, options: ExportOptions
 ) -> ExportResult:
     """Export and validate with ``options``; the bundle appears only if everything passed."""
-    from edgeexit.export.validate import validate_bundle
-
     inputs = to_tensors(example_inputs)
     names = resolve_input_names(inputs, options.input_names)
-    opset, max_ir, target_name = _resolve_target(options)
+    target = _resolve_target(options)
     steps = trace(model, inputs, options.criterion)
     with atomic_bundle_dir(out_dir) as tmp:
-        segments, exporters = [], set()
-        carry_names = names
-        for i, step in enumerate(steps):
-            last = i == len(steps) - 1
-            carry = () if last else tuple(f"carry_{i}_{k}" for k in range(len(step.carry_out)))
-            file = tmp / f"segment_{i:02d}.onnx"
-            graph = SegmentGraph(model, i, options.criterion)
-            outputs = (*carry, f"logits_{i}", f"score_{i}")
-            exporters.add(
-                export_graph(
-                    graph, _at_least_two(step.carry_in), file, carry_names, outputs,
-                    opset=opset, exporter=options.exporter, simplify=options.simplify,
-                    max_ir_version=max_ir,
-                )
-            )  # fmt: skip
-            segments.append(
-                SegmentSpec(file.name, sha256_file(file), carry_names, carry, *outputs[-2:])
-            )
-            carry_names = carry
+        segments, exporters = _export_segments(model, steps, names, tmp, options, target)
         manifest = Manifest(
             inputs=tuple(
                 InputSpec(n, numpy_dtype(x), (BATCH_DIM, *x.shape[1:]))
@@ -115,23 +98,56 @@ def export_bundle(
             ),
             segments=tuple(segments),
             criterion=options.criterion,
-            thresholds=tuple(math.inf for _ in steps),
-            criterion_params=dict(options.criterion_params),
+            thresholds=tuple(math.inf for _ in steps),  # uncalibrated: run to the last exit
+            criterion_params=_criterion_params(options),
             extra={
                 "precision": "fp32",
                 "num_classes": int(steps[-1].logits.shape[-1]),
-                "opset": opset,
+                "opset": target.opset,
                 "ir_version": onnx.load(str(tmp / segments[0].file)).ir_version,
-                "target": target_name,
+                "target": target.name,
                 "exporter": "+".join(sorted(exporters)),
                 "edgeexit_version": edgeexit.__version__,
             },
         )
         write_manifest(tmp, manifest)
-        report = (
-            validate_bundle(model, tmp, inputs, atol=options.atol) if options.validate else None
-        )
+        report = None
+        if options.validate:
+            report = validate_bundle(model, tmp, inputs, atol=options.atol)
     return ExportResult(Path(out_dir), manifest, report)
+
+
+def _export_segments(
+    model: nn.Module,
+    steps: list[ExitStep],
+    names: tuple[str, ...],
+    tmp: Path,
+    options: ExportOptions,
+    target: _TargetLimits,
+) -> tuple[list[SegmentSpec], set[str]]:
+    """Write segment_{i}.onnx for every exit; return their specs and the exporters used."""
+    segments, exporters = [], set()
+    carry_in = names
+    for i, step in enumerate(steps):
+        last = i == len(steps) - 1
+        carry = () if last else tuple(f"carry_{i}_{k}" for k in range(len(step.carry_out)))
+        outputs = (*carry, f"logits_{i}", f"score_{i}")
+        file = tmp / f"segment_{i:02d}.onnx"
+        used = export_graph(
+            SegmentGraph(model, i, options.criterion),
+            _at_least_two(step.carry_in),
+            file,
+            carry_in,
+            outputs,
+            opset=target.opset,
+            exporter=options.exporter,
+            simplify=options.simplify,
+            max_ir_version=target.max_ir_version,
+        )
+        exporters.add(used)
+        segments.append(SegmentSpec(file.name, sha256_file(file), carry_in, carry, *outputs[-2:]))
+        carry_in = carry
+    return segments, exporters
 
 
 def export_monolithic(
@@ -170,40 +186,6 @@ def export_monolithic(
     return path
 
 
-def to_tensors(example_inputs: object) -> tuple[torch.Tensor, ...]:
-    """Example inputs (a Tensor, an array, or a tuple/list of them) as a tuple of Tensors."""
-    items = example_inputs if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
-    if not items:
-        raise InputError("no example inputs; expected a Tensor or a tuple of Tensors")
-    tensors = []
-    for k, x in enumerate(items):
-        if isinstance(x, np.ndarray):
-            x = torch.from_numpy(x)
-        if not isinstance(x, torch.Tensor) or x.dim() == 0:
-            raise InputError(
-                f"example input {k} is a {type(x).__name__}; expected a Tensor [batch, ...]"
-            )
-        tensors.append(x.detach().cpu())
-    batch = {x.shape[0] for x in tensors}
-    if len(batch) != 1:
-        raise InputError(f"example inputs have different batch sizes {sorted(batch)}")
-    return tuple(tensors)
-
-
-def resolve_input_names(
-    inputs: Sequence[torch.Tensor], names: Sequence[str] | None
-) -> tuple[str, ...]:
-    """The model inputs' names: given ones, or ``x`` / ``input_0, input_1, ...``."""
-    if names is None:
-        return ("x",) if len(inputs) == 1 else tuple(f"input_{k}" for k in range(len(inputs)))
-    if len(names) != len(inputs) or len(set(names)) != len(names):
-        raise InputError(
-            f"got input names {list(names)} for {len(inputs)} inputs; "
-            "expected one distinct name per input"
-        )
-    return tuple(names)
-
-
 def trace(model: nn.Module, inputs: tuple[torch.Tensor, ...], criterion: str) -> list[ExitStep]:
     """Run the model in eval mode on ``inputs``, check the contract and the criterion."""
     check_contract(model)
@@ -238,9 +220,22 @@ def _at_least_two(tensors: Sequence[torch.Tensor]) -> tuple[torch.Tensor, ...]:
     return tuple(torch.cat([x, x]) for x in tensors)
 
 
-def _resolve_target(options: ExportOptions) -> tuple[int, int | None, str | None]:
+def _criterion_params(options: ExportOptions) -> dict:
+    if options.criterion == "patience":  # PABEE's default: two agreeing exits in a row
+        return {"patience": PATIENCE_DEFAULT, **options.criterion_params}
+    return dict(options.criterion_params)
+
+
+@dataclass(frozen=True)
+class _TargetLimits:
+    name: str | None
+    opset: int
+    max_ir_version: int | None
+
+
+def _resolve_target(options: ExportOptions) -> _TargetLimits:
     if options.target is None:
-        return options.opset or DEFAULT_OPSET, None, None
+        return _TargetLimits(None, options.opset or DEFAULT_OPSET, None)
     from edgeexit.targets import load_target
 
     target = load_target(options.target)
@@ -250,4 +245,4 @@ def _resolve_target(options: ExportOptions) -> tuple[int, int | None, str | None
             f"{target.max_opset}; expected --opset <= {target.max_opset}"
         )
     opset = options.opset or min(DEFAULT_OPSET, target.max_opset)
-    return opset, target.max_ir_version, target.name
+    return _TargetLimits(target.name, opset, target.max_ir_version)
