@@ -46,6 +46,7 @@ class CompileOptions:
     calib_samples: int = 512  # calibration samples used (the first N of the data)
     batch_size: int = 64
     threads: int = 0  # host evaluation threads; 0: ONNX Runtime's default
+    ort_format: bool = False  # segments as .ort files, for minimal ONNX Runtime builds
 
     def __post_init__(self) -> None:
         if not 0 <= self.max_quant_drop_pp <= 100:
@@ -101,7 +102,7 @@ def compile_bundle(
         )
         err.report = report  # as export's ValidationError does: the CLI renders it
         raise err
-    _write(dst_dir, manifest, compiled, report)
+    _write(dst_dir, manifest, compiled, report, ort_format=options.ort_format)
     return report
 
 
@@ -182,15 +183,26 @@ def _accuracy(
     return {"reference": reference, "samples": len(calib), "exits": tuple(exits)}
 
 
-def _write(dst_dir: str | os.PathLike, manifest: Manifest, models: list[Any], report) -> None:
+def _write(
+    dst_dir: str | os.PathLike,
+    manifest: Manifest,
+    models: list[Any],
+    report: CompileReport,
+    *,
+    ort_format: bool,
+) -> None:
     import onnx
+
+    from edgeexit.targets.ortformat import save_ort_format
 
     with atomic_bundle_dir(dst_dir) as tmp:
         segments = []
         for model, seg in zip(models, manifest.segments):
-            path = Path(tmp) / seg.file
+            path = (Path(tmp) / seg.file).with_suffix(".onnx")
             onnx.save(model, path)
-            segments.append(replace(seg, sha256=sha256_file(path)))
+            if ort_format:
+                path = save_ort_format(path)
+            segments.append(replace(seg, file=path.name, sha256=sha256_file(path)))
         compiled = replace(manifest, segments=tuple(segments)).with_extra(
             precision=report.precision,
             target=report.target,
