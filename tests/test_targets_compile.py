@@ -228,3 +228,13 @@ def test_ort_format_bundle_runs_like_the_onnx_one(fp32_bundle, tmp_path):
     results = [Runtime(tmp_path / name, target="x86-cpu").run(x) for name in ("onnx", "ort")]
     np.testing.assert_array_equal(results[0].exit_index, results[1].exit_index)
     np.testing.assert_allclose(results[0].logits, results[1].logits, atol=1e-5)
+
+
+def test_calibration_data_of_the_wrong_shape_is_refused(fp32_bundle, tmp_path):
+    from edgeexit.errors import InputError
+
+    src, _ = fp32_bundle
+    wrong = Dataset((np.zeros((4, 1, 9, 9), np.float32),), None)
+    with pytest.raises(InputError, match=r"input .x. has shape \(4, 1, 9, 9\); expected"):
+        compile_bundle(src, tmp_path / "out", "rpi4", calib=wrong)
+    assert not (tmp_path / "out").exists()

@@ -80,6 +80,9 @@ def compile_bundle(
         _refuse_host_only_ops(model, target, seg.file)
     fp32 = [pin_versions(m, target, name=s.file) for m, s in zip(models, manifest.segments)]
     if calib is not None:
+        from edgeexit.runtime.inputs import check_inputs
+
+        check_inputs(calib.inputs, manifest.inputs)  # InputError naming the mismatch
         calib = calib.take(slice(0, options.calib_samples))
     compiled, method = _change_precision(fp32, manifest, target, calib, options)
     report = CompileReport(
