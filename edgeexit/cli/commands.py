@@ -7,5 +7,7 @@ Command modules must not import torch, onnx or onnxsim at module level: the devi
 from edgeexit.cli import (
     demo,  # noqa: F401
     export,  # noqa: F401
+    profile,  # noqa: F401
+    run,  # noqa: F401
     targets,  # noqa: F401
 )

@@ -26,6 +26,7 @@ from edgeexit.bundle import (
     Manifest,
     SegmentSpec,
     atomic_bundle_dir,
+    read_manifest,
     sha256_file,
     write_manifest,
 )
@@ -48,10 +49,13 @@ class ExportResult:
     bundle_dir: Path
     manifest: Manifest
     report: ValidationReport | None = None
+    compiled: object | None = None  # a targets CompileReport when exported for a target
 
     def __rich_console__(self, console, options):
         if self.report is not None:
             yield self.report
+        if self.compiled is not None:
+            yield self.compiled
         m = self.manifest
         yield (
             f"[green]wrote[/green] {self.bundle_dir}: {m.num_exits} segments, "
@@ -114,7 +118,10 @@ def export_bundle(
         report = None
         if options.validate:
             report = validate_bundle(model, tmp, inputs, atol=options.atol)
-    return ExportResult(Path(out_dir), manifest, report)
+        compiled = _compile_for_target(tmp, options)
+        if compiled is not None:
+            manifest = read_manifest(tmp)
+    return ExportResult(Path(out_dir), manifest, report, compiled)
 
 
 def _export_segments(
@@ -218,6 +225,20 @@ def _at_least_two(tensors: Sequence[torch.Tensor]) -> tuple[torch.Tensor, ...]:
     if tensors[0].shape[0] >= 2:
         return tuple(tensors)
     return tuple(torch.cat([x, x]) for x in tensors)
+
+
+def _compile_for_target(bundle_dir: Path, options: ExportOptions):
+    """The validated fp32 bundle in the target's precision (edgeexit.targets.compile)."""
+    if options.target is None:
+        return None
+    from edgeexit.targets.compile import compile_exported
+
+    return compile_exported(
+        bundle_dir,
+        options.target,
+        calib_data=options.calib_data,
+        max_quant_drop_pp=options.max_quant_drop_pp,
+    )
 
 
 def _criterion_params(options: ExportOptions) -> dict:
