@@ -64,7 +64,7 @@ def export_pair(width: int, out: Path) -> tuple[Path, Path]:
 
 def methods(bundle: Path, mono_path: Path, x: np.ndarray) -> dict[str, Callable[[], object]]:
     from edgeexit.runtime import Runtime
-    from edgeexit.runtime.chain import bound_runner
+    from edgeexit.runtime.buffers import bound_runner
     from edgeexit.runtime.session import session_options
 
     rt = Runtime(bundle, threads=1)
