@@ -4,6 +4,9 @@ Command modules must not import torch, onnx or onnxsim at module level: the devi
 (`run`, `profile`, `bench`, `targets`) has to work with only the runtime installed.
 """
 
-import edgeexit.cli.bench  # noqa: F401
-import edgeexit.cli.calibrate  # noqa: F401
-from edgeexit.cli import targets  # noqa: F401
+from edgeexit.cli import (
+    bench,  # noqa: F401
+    calibrate,  # noqa: F401
+    export,  # noqa: F401
+    targets,  # noqa: F401
+)
