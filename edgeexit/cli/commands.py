@@ -8,5 +8,6 @@ from edgeexit.cli import (
     bench,  # noqa: F401
     calibrate,  # noqa: F401
     export,  # noqa: F401
+    run,  # noqa: F401
     targets,  # noqa: F401
 )
