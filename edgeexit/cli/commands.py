@@ -8,6 +8,7 @@ from edgeexit.cli import (
     bench,  # noqa: F401
     calibrate,  # noqa: F401
     export,  # noqa: F401
+    profile,  # noqa: F401
     run,  # noqa: F401
     targets,  # noqa: F401
 )

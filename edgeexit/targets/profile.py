@@ -5,12 +5,14 @@ and how its energy is measured or modeled. Profiles are TOML files shipped in
 from __future__ import annotations
 
 import os
+import platform
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from edgeexit.errors import TargetError
+from edgeexit.targets.checks import check_values
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -41,6 +43,12 @@ class Target:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+def host_arch() -> str:
+    """This machine's architecture, spelled as in profiles (x86_64, aarch64)."""
+    machine = platform.machine().lower()
+    return {"amd64": "x86_64", "arm64": "aarch64"}.get(machine, machine)
+
+
 def available_targets() -> list[str]:
     return sorted(p.stem for p in PROFILE_DIR.glob("*.toml"))
 
@@ -69,6 +77,7 @@ def load_target(name_or_path: str | os.PathLike | Target | None) -> Target:
 
 
 def parse_target(doc: dict[str, Any], *, source: str = "<profile>") -> Target:
+    """Build a Target from a parsed TOML document, or raise one TargetError naming every problem."""
     known = set(Target.__dataclass_fields__) - {"extra"}
     unknown = sorted(set(doc) - known)
     if unknown:
@@ -77,7 +86,10 @@ def parse_target(doc: dict[str, Any], *, source: str = "<profile>") -> Target:
         if required not in doc:
             raise TargetError(f"{source}: missing required key {required!r}")
     values = dict(doc)
-    values["providers"] = tuple(values["providers"])
-    values["provider_options"] = tuple(values.get("provider_options", ()))
     values.setdefault("description", values["name"])
+    problems = check_values(values)
+    if problems:
+        raise TargetError(f"{source}: {'; '.join(problems)}")
+    values["providers"] = tuple(values["providers"])
+    values["provider_options"] = tuple(dict(o) for o in values.get("provider_options", ()))
     return Target(**values)

@@ -1,0 +1,129 @@
+"""`edgeexit profile` on this machine: per-segment latency and energy, JSON round trip."""
+
+import json
+import logging
+import time
+from unittest import mock
+
+import numpy as np
+import pytest
+from fixtures.targets_digits import load_weights, write_bundle
+from typer.testing import CliRunner
+
+from edgeexit.cli import app
+from edgeexit.energy.common import EnergyMeter, EnergyReading
+from edgeexit.errors import InputError, TargetError
+from edgeexit.targets.profile import host_arch
+from edgeexit.targets.profiling import DeviceProfile, load_profile, profile_bundle
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory):
+    return write_bundle(tmp_path_factory.mktemp("profile") / "fp32", load_weights())
+
+
+def test_profile_times_every_segment(bundle):
+    calls = []
+    profile = profile_bundle(
+        bundle, "x86-cpu", repeats=30, warmup=3, progress=lambda d, t: calls.append((d, t))
+    )
+    assert profile.target == "x86-cpu" and profile.precision == "fp32"
+    assert len(profile.segments) == 3
+    for s in profile.segments:
+        assert 0 < s.latency_ms.min <= s.latency_ms.median <= s.latency_ms.p95
+    assert profile.exit_latency_ms(2) == pytest.approx(
+        sum(s.latency_ms.median for s in profile.segments)
+    )
+    assert calls[-1] == (99, 99)  # 3 segments x (3 warm-up + 30 timed)
+    assert profile.power_model_w == {"idle": 2.0, "active": 10.0}  # x86-cpu's power model
+    # A profile holds measured energy only: RAPL as root, or nothing (never a modeled figure).
+    if profile.energy_measured:
+        assert profile.energy_source == "rapl"
+        assert all(s.energy_mj > 0 and s.power_w > 0 for s in profile.segments)
+    else:
+        assert profile.energy_source == "none"
+        assert all(s.energy_mj is None and s.power_w is None for s in profile.segments)
+        assert profile.exit_energy_mj(2) is None
+
+
+def test_profile_json_has_the_contract_keys_and_round_trips(bundle, tmp_path):
+    profile = profile_bundle(bundle, "x86-cpu", repeats=5, warmup=1, batch_size=4)
+    path = tmp_path / "p.json"
+    profile.save(path)
+    doc = json.loads(path.read_text())
+    assert {"target", "energy_source", "segments"} <= set(doc)
+    assert {"median", "p95"} <= set(doc["segments"][0]["latency_ms"])
+    assert load_profile(path) == profile
+    assert doc["batch_size"] == 4
+
+
+def test_real_inputs_are_used_when_given(bundle):
+    x = np.zeros((8, 1, 8, 8), dtype=np.float32)
+    profile = profile_bundle(bundle, "x86-cpu", repeats=3, warmup=0, batch_size=2, inputs=(x,))
+    assert profile.batch_size == 2
+
+
+def test_bad_settings_and_bad_profile_files_are_refused(bundle, tmp_path):
+    with pytest.raises(InputError, match="repeats must be an integer >= 1"):
+        profile_bundle(bundle, "x86-cpu", repeats=0)
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"format": "edgeexit.profile/1", "target": "x"}))
+    with pytest.raises(TargetError, match="bad.json: missing or malformed key"):
+        DeviceProfile.load(bad)
+    bad.write_text("[1, 2]")
+    with pytest.raises(TargetError, match="format is 'list'; expected 'edgeexit.profile/1'"):
+        DeviceProfile.load(bad)
+    with pytest.raises(TargetError, match="does not exist"):
+        DeviceProfile.load(tmp_path / "missing.json")
+
+
+def test_profiling_a_foreign_target_here_warns(bundle, caplog):
+    foreign = "rpi4" if host_arch() == "x86_64" else "x86-cpu"
+    with caplog.at_level(logging.WARNING, logger="edgeexit.targets"):
+        profile_bundle(bundle, foreign, repeats=2, warmup=0)
+    assert f"profiling for {foreign} (" in caplog.text and "not the device" in caplog.text
+
+
+def test_profile_cli_writes_json_and_renders_a_table(bundle, tmp_path):
+    runner = CliRunner()
+    out = tmp_path / "profile.json"
+    args = ["profile", str(bundle), "--target", "x86-cpu", "-o", str(out)]
+    result = runner.invoke(app, [*args, "--repeats", "10", "--warmup", "1"])
+    assert result.exit_code == 0, result.output
+    assert "median ms" in result.output and f"wrote {out}" in result.output.replace("\n", "")
+    assert len(json.loads(out.read_text())["segments"]) == 3
+    as_json = runner.invoke(app, ["profile", str(bundle), "--repeats", "3", "--json"])
+    assert as_json.exit_code == 0
+    assert json.loads(as_json.stdout)["target"] == "x86-cpu"
+
+
+def test_profile_cli_errors_are_one_line(tmp_path):
+    result = CliRunner().invoke(app, ["profile", str(tmp_path / "nope")])
+    assert result.exit_code == 1
+    assert result.output.strip().startswith("error: bundle") and "Traceback" not in result.output
+
+
+class FakeSensor(EnergyMeter):
+    """A 4 W sensor: energy = 4 W x the window, labeled measured."""
+
+    source, measured, min_window_s = "fake-sensor", True, 0.05
+
+    def begin_window(self) -> None:
+        self._t0 = time.perf_counter()
+
+    def end_window(self) -> EnergyReading:
+        duration_s = time.perf_counter() - self._t0
+        return EnergyReading(4.0 * duration_s * 1e3, self.source, True, duration_s)
+
+
+def test_a_sensor_gives_energy_per_call_over_a_long_enough_window(bundle):
+    with mock.patch("edgeexit.energy.get_meter", autospec=True, return_value=FakeSensor()):
+        profile = profile_bundle(bundle, "x86-cpu", repeats=3, warmup=0)
+    assert profile.energy_measured and profile.energy_source == "fake-sensor"
+    for s in profile.segments:
+        assert s.power_w == pytest.approx(4.0)
+        # The window lasted >= 50 ms, so there were far more calls than the 3 repeats asked.
+        assert s.energy_mj < 4.0 * 0.05 * 1e3 / 3
+    assert profile.exit_energy_mj(1) == pytest.approx(
+        profile.segments[0].energy_mj + profile.segments[1].energy_mj
+    )
