@@ -8,14 +8,13 @@ the target's power model; the figure always carries its source.
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from edgeexit.bundle import Manifest
 from edgeexit.errors import CalibrationError
 
 
@@ -94,65 +93,33 @@ class SegmentCosts:
 
 
 def load_profile_costs(
-    path: str | os.PathLike, num_segments: int, *, active_power_w: float = 0.0
+    path: str | os.PathLike, manifest: Manifest, *, active_power_w: float = 0.0
 ) -> SegmentCosts:
-    """Read a device profile JSON written by ``edgeexit profile``.
+    """Segment costs from a device profile (``edgeexit profile -o PROFILE.json``).
 
-    Each ``segments[i]`` holds ``latency_ms`` (a number, or ``{"median", "p95"}``) and, where
-    the device measured it, ``energy_mj`` (a number or ``{"median"}``). Missing energy is
-    modeled from ``active_power_w`` (the target's power model).
+    The profile must describe this bundle's segments (same files and sha256). Its energy is
+    used where the device measured it (per call, divided by the profile's batch size);
+    otherwise energy is modeled from the profile's power model (or ``active_power_w``).
     """
-    doc = _read_json(Path(path))
-    segments = doc.get("segments")
-    if not isinstance(segments, list) or len(segments) != num_segments:
-        got = len(segments) if isinstance(segments, list) else "no"
+    from edgeexit.targets.profiling import load_profile
+
+    profile = load_profile(path)
+    ours = [(s.file, s.sha256) for s in manifest.segments]
+    theirs = [(s.file, s.sha256) for s in profile.segments]
+    if ours != theirs:
         raise CalibrationError(
-            f"profile {path} has {got} segments; the bundle has {num_segments}: "
-            "profile this bundle with `edgeexit profile`"
+            f"profile {path} was measured on another bundle (its segment files or sha256 "
+            "differ); profile this bundle with `edgeexit profile`"
         )
-    median, p95, energy = [], [], []
-    for i, seg in enumerate(segments):
-        lat = seg.get("latency_ms") if isinstance(seg, dict) else None
-        med = _stat(lat, "median")
-        if med is None:
-            raise CalibrationError(f"profile {path}: segment {i} has no latency_ms")
-        median.append(med)
-        p95.append(_stat(lat, "p95") or med)
-        energy.append(_stat(seg.get("energy_mj"), "median"))
-    source = doc.get("energy_source", "measured")
-    if all(e is not None for e in energy):
-        label = source if str(source).startswith("measured") else f"measured ({source})"
-        energy_mj, energy_source = tuple(energy), label
-    elif active_power_w > 0:
-        energy_mj = tuple(m * active_power_w for m in median)
-        energy_source = "modeled"
+    median = tuple(s.latency_ms.median for s in profile.segments)
+    p95 = tuple(s.latency_ms.p95 for s in profile.segments)
+    energies = [s.energy_mj for s in profile.segments]
+    power_w = profile.power_model_w.get("active", 0.0) or active_power_w
+    if profile.energy_measured and all(e is not None for e in energies):
+        energy_mj = tuple(e / profile.batch_size for e in energies)
+        energy_source = f"measured ({profile.energy_source})"
+    elif power_w > 0:  # W x ms = mJ
+        energy_mj, energy_source = tuple(m * power_w for m in median), "modeled"
     else:
         energy_mj, energy_source = None, "none"
-    return SegmentCosts(tuple(median), tuple(p95), energy_mj, energy_source, str(path))
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        doc = json.loads(path.read_text())
-    except FileNotFoundError as err:
-        raise CalibrationError(f"profile {path} does not exist") from err
-    except (OSError, json.JSONDecodeError) as err:
-        raise CalibrationError(f"profile {path} is not readable JSON: {err}") from err
-    if not isinstance(doc, dict):
-        raise CalibrationError(f"profile {path} is not a JSON object")
-    return doc
-
-
-def _stat(value: Any, key: str) -> float | None:
-    """A profile figure is a number or a dict of statistics; take ``key`` (or the mean)."""
-    if isinstance(value, dict):
-        value = value.get(key, value.get("mean"))
-    if value is None:
-        return None
-    try:
-        figure = float(value)
-    except (TypeError, ValueError) as err:
-        raise CalibrationError(f"profile figure {value!r} is not a number") from err
-    if not figure >= 0:
-        raise CalibrationError(f"profile figure {figure} is negative or NaN")
-    return figure
+    return SegmentCosts(median, p95, energy_mj, energy_source, f"profile {path}")

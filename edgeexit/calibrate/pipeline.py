@@ -162,7 +162,7 @@ def calibrate_bundle(
     runtime = Runtime(bundle_dir, target=options.target)
     if options.profile is not None:
         power_w = runtime.target.active_power_w
-        costs = load_profile_costs(options.profile, manifest.num_exits, active_power_w=power_w)
+        costs = load_profile_costs(options.profile, manifest, active_power_w=power_w)
     else:
         costs = measure_costs(
             runtime,
