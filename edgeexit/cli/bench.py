@@ -32,7 +32,8 @@ def bench_cmd(
         edgeexit bench bundle/ --data test.npz --batch 32 --target rpi5 --json
     """
     options = BenchOptions(batch_size=batch, target=target)
-    with Progress(transient=True, disable=as_json) as bar:
+    # The bar goes to stderr, so stdout holds only the table or the JSON.
+    with Progress(console=Console(stderr=True), transient=True, disable=as_json) as bar:
         task = bar.add_task("bench", total=None)
         report = bench_bundle(
             bundle,

@@ -53,7 +53,8 @@ def calibrate_cmd(
         risk_metric=risk_metric,
     )
     options = CalibrateOptions(profile=profile, target=target)
-    with Progress(transient=True, disable=as_json) as bar:
+    # The bar goes to stderr, so stdout holds only the table or the JSON.
+    with Progress(console=Console(stderr=True), transient=True, disable=as_json) as bar:
         tasks: dict[str, int] = {}
 
         def advance(stage: str, done: int, total: int) -> None:
