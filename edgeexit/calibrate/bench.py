@@ -43,6 +43,7 @@ class BenchReport:
     accuracy: float | None
     exit_counts: tuple[int, ...]
     mean_latency_ms: float
+    median_latency_ms: float  # robust to preemption spikes on a busy machine
     p95_latency_ms: float
     throughput_per_s: float
     energy_mj_per_sample: float | None
@@ -62,6 +63,7 @@ class BenchReport:
             "accuracy": self.accuracy,
             "exit_counts": list(self.exit_counts),
             "mean_latency_ms": self.mean_latency_ms,
+            "median_latency_ms": self.median_latency_ms,
             "p95_latency_ms": self.p95_latency_ms,
             "throughput_per_s": self.throughput_per_s,
             "energy_mj_per_sample": self.energy_mj_per_sample,
@@ -82,6 +84,7 @@ class BenchReport:
         table.add_row(
             "mean latency ms", f"{self.mean_latency_ms:.3f}", f"{self.full_mean_latency_ms:.3f}"
         )
+        table.add_row("median latency ms", f"{self.median_latency_ms:.3f}", "")
         table.add_row("p95 latency ms", f"{self.p95_latency_ms:.3f}", "")
         table.add_row("throughput /s", f"{self.throughput_per_s:.1f}", "")
         energy = "n/a" if self.energy_mj_per_sample is None else f"{self.energy_mj_per_sample:.4f}"
@@ -139,6 +142,7 @@ def _summarise(early, full_runs, labels, batch_size, num_exits, extra) -> BenchR
         accuracy=_accuracy(early, labels),
         exit_counts=tuple(np.bincount(exits, minlength=num_exits).tolist()),
         mean_latency_ms=float(per_sample.mean()),
+        median_latency_ms=float(np.median(per_sample)),
         p95_latency_ms=float(np.quantile(per_sample, 0.95)),
         throughput_per_s=len(exits) / total_s,
         energy_mj_per_sample=energy,

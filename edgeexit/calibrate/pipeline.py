@@ -149,8 +149,11 @@ def calibrate_bundle(
     *,
     progress: Progress | None = None,
     write: bool = True,
+    costs: SegmentCosts | None = None,
 ) -> CalibrationReport:
     """Calibrate ``bundle_dir`` on ``data_path`` to ``budget``; write the manifest if ``write``.
+
+    ``costs`` (e.g. from an earlier report) skips loading or measuring them again.
 
     Any failure (bad data, an unreachable budget, nothing certified) raises before the
     manifest is touched, and the write itself is atomic.
@@ -160,7 +163,9 @@ def calibrate_bundle(
     manifest = read_manifest(bundle_dir)
     dataset = load_data(data_path, manifest.inputs)
     runtime = Runtime(bundle_dir, target=options.target)
-    if options.profile is not None:
+    if costs is not None:
+        pass  # given by the caller
+    elif options.profile is not None:
         power_w = runtime.target.active_power_w
         costs = load_profile_costs(options.profile, manifest, active_power_w=power_w)
     else:
