@@ -24,7 +24,7 @@ def test_bound_holds_over_repeated_draws():
     population = ExitTable.from_predictions(predictions, scores, labels)
     budget = Budget(risk=0.05, confidence=0.8)
     rng = np.random.default_rng(0)
-    trials, violations, speedups = 30, 0, []
+    trials, violations, speedups = 20, 0, []
     for trial in range(trials):
         draw = population.take(rng.choice(population.num_samples, 600, replace=False))
         cert = certify(draw, unit_costs(), budget, seed=trial)

@@ -136,24 +136,29 @@ def evaluate_many(
     accuracy = table.correct[exits, np.arange(n)[None, :]].mean(axis=1)
     lat = costs.cumulative_latency_ms[exits]
     p95 = np.quantile(costs.cumulative_p95_latency_ms[exits], 0.95, axis=1)
-    lat_ucb = lat.mean(axis=1) + _Z95 * lat.std(axis=1) / math.sqrt(n)
+    lat_mean = lat.mean(axis=1)
+    lat_ucb = lat_mean + _Z95 * lat.std(axis=1) / math.sqrt(n)
     cum_energy = costs.cumulative_energy_mj
-    energy = None if cum_energy is None else cum_energy[exits]
+    if cum_energy is None:
+        e_mean = e_ucb = [None] * len(thresholds)
+    else:
+        energy = cum_energy[exits]
+        e_mean = energy.mean(axis=1)
+        e_ucb = (e_mean + _Z95 * energy.std(axis=1) / math.sqrt(n)).tolist()
+        e_mean = e_mean.tolist()
     shares = np.stack([(exits == i).mean(axis=1) for i in range(table.num_exits)], axis=1)
     points = []
     for k in range(len(thresholds)):
-        e_mean = None if energy is None else float(energy[k].mean())
-        e_ucb = None if energy is None else e_mean + _Z95 * float(energy[k].std()) / math.sqrt(n)
         points.append(
             OperatingPoint(
                 thresholds=tuple(float(t) for t in thresholds[k]),
                 accuracy=float(accuracy[k]),
-                mean_latency_ms=float(lat[k].mean()),
+                mean_latency_ms=float(lat_mean[k]),
                 p95_latency_ms=float(p95[k]),
-                energy_mj=e_mean,
+                energy_mj=e_mean[k],
                 exit_shares=tuple(float(s) for s in shares[k]),
                 latency_ucb_ms=float(lat_ucb[k]),
-                energy_ucb_mj=e_ucb,
+                energy_ucb_mj=e_ucb[k],
             )
         )
     return points
