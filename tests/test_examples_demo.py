@@ -1,4 +1,6 @@
-"""`edgeexit demo` runs end to end and leaves a bundle and data files the next stages use."""
+"""`edgeexit demo` runs end to end (fast variant) and leaves what the next stages use."""
+
+import json
 
 import torch
 from typer.testing import CliRunner
@@ -7,12 +9,42 @@ from edgeexit.bundle import read_manifest
 from edgeexit.cli import app
 
 torch.set_num_threads(1)
+FAST = ["--epochs", "1", "--profile-repeats", "5"]
 
 
-def test_demo_trains_exports_and_scores(tmp_path):
-    result = CliRunner().invoke(app, ["demo", "-o", str(tmp_path), "--epochs", "1"])
+def test_demo_trains_exports_profiles_calibrates_and_benches(tmp_path):
+    result = CliRunner().invoke(app, ["demo", "-o", str(tmp_path), *FAST])
     assert result.exit_code == 0, result.output
-    assert "bundle exits on test digits" in result.output and "accuracy" in result.output
-    assert read_manifest(tmp_path / "bundle").num_exits == 4
-    for name in ("model.pt", "calibration.npz", "test.npz"):
-        assert (tmp_path / name).is_file()
+    for words in ("Full model vs calibrated", "speed-up", "exit histogram", "modeled"):
+        assert words in result.output
+    manifest = read_manifest(tmp_path / "bundle")
+    assert manifest.num_exits == 4
+    assert manifest.extra["calibration"]["budget"] == {
+        "max_accuracy_drop": 0.01,
+        "confidence": 0.9,
+        "risk_metric": "disagreement",
+    }
+    assert any(t != float("inf") for t in manifest.thresholds[:-1])  # calibrated, not as exported
+    for name in ("model.pt", "calibration.npz", "test.npz", "profile.json", "pareto.png"):
+        assert (tmp_path / name).is_file(), name
+    assert (tmp_path / "pareto.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_demo_json_on_the_users_own_model_and_data(tmp_path):
+    first = tmp_path / "first"
+    assert CliRunner().invoke(app, ["demo", "-o", str(first), *FAST]).exit_code == 0
+    args = ["demo", "-o", str(tmp_path / "mine"), "--model", str(first / "model.pt")]
+    args += ["--data", str(first / "calibration.npz"), "--target-latency", "10ms", "--json"]
+    result = CliRunner().invoke(app, args + ["--profile-repeats", "5"])
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert doc["budget"] == {"latency_ms": 10.0, "confidence": 0.9, "risk_metric": "disagreement"}
+    assert doc["bench"]["samples"] == 359  # the calibration split, since no --test-data
+    assert doc["bench"]["energy_source"] == "modeled"
+    assert doc["files"]["model"] is None  # nothing trained
+
+
+def test_demo_model_without_data_is_a_one_line_error(tmp_path):
+    result = CliRunner().invoke(app, ["demo", "--model", str(tmp_path / "m.pt")])
+    assert result.exit_code == 1
+    assert "--model needs --data" in result.output

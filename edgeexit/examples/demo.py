@@ -1,48 +1,163 @@
-"""The short end-to-end behind ``edgeexit demo``: train the digits ResNet with an exit after
-every block, save it, export it as a bundle, and score each exit of the bundle under ONNX
-Runtime on held-out digits. Later stages (calibrate, run, bench) build on its outputs."""
+"""The end-to-end walk behind ``edgeexit demo``: a model, a bundle, a device profile, calibrated
+thresholds and a benchmark, in one call.
+
+With no model given it trains the digits ResNet (an exit after every block) on the bundled
+noisy 8x8 digits; with ``DemoOptions.model`` it exports the user's checkpoint and uses their
+data instead. Each later stage reuses the library that backs its own command (export,
+``profile_bundle``, ``calibrate_bundle``, ``bench_bundle``), so the demo shows exactly what
+the CLI does step by step. ``DemoReport`` renders the result: full model vs calibrated bundle,
+the exit histogram, energy with its source, and the files written (Pareto front PNG included).
+"""
 
 from __future__ import annotations
 
-import os
+import importlib.util
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-import numpy as np
-import onnxruntime as ort
-from rich.table import Table
+from edgeexit.calibrate.bench import BenchOptions, BenchReport, bench_bundle
+from edgeexit.calibrate.budget import Budget, parse_latency_ms
+from edgeexit.calibrate.pipeline import CalibrateOptions, calibrate_bundle
+from edgeexit.calibrate.report import CalibrationReport
+from edgeexit.errors import InputError
 
-from edgeexit.bundle import read_manifest, verify_segments
+Progress = Callable[[str, int, int], None]  # (stage, done, total), as in calibrate
+
+
+@dataclass(frozen=True)
+class DemoOptions:
+    """What the demo runs on and what it aims for.
+
+    ``model``: a checkpoint from ``edgeexit.save`` (None trains the digits example);
+    ``data``: its calibration data (.npz, ``x`` + labels ``y``), required with ``model``;
+    ``test_data``: held-out data for the benchmark (default: ``data``).
+    Budget: ``target_latency`` (e.g. '0.1ms') if given, else ``max_accuracy_drop``.
+    """
+
+    out_dir: Path = Path("demo-out")
+    model: Path | None = None
+    data: Path | None = None
+    test_data: Path | None = None
+    epochs: int = 6
+    max_accuracy_drop: float = 0.01
+    target_latency: str | None = None
+    target: str | None = None
+    profile_repeats: int = 100
+    trust_pickle: bool = False
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.model is not None and self.data is None:
+            raise InputError("--model needs --data: a .npz with its calibration inputs and y")
+        if self.model is None and (self.data or self.test_data):
+            raise InputError("--data/--test-data go with --model; the digits demo has its own")
+        if self.epochs < 1 or self.profile_repeats < 1:
+            raise InputError("--epochs and --profile-repeats must be positive integers")
+
+    @property
+    def budget(self) -> Budget:
+        if self.target_latency is not None:
+            return Budget(latency_ms=parse_latency_ms(self.target_latency))
+        return Budget(max_accuracy_drop=self.max_accuracy_drop)
+
+
+@dataclass(frozen=True)
+class DemoFiles:
+    out_dir: Path
+    bundle_dir: Path
+    calibration_data: Path
+    test_data: Path
+    profile: Path
+    pareto_png: Path | None  # None when matplotlib is missing
+    model: Path | None = None  # the trained example's checkpoint
 
 
 @dataclass(frozen=True)
 class DemoReport:
-    """Where the demo wrote its files, and each exit's test accuracy in the bundle."""
+    """What the demo measured; renders itself as the demo's output."""
 
-    out_dir: Path
-    bundle_dir: Path
-    exit_accuracy: tuple[float, ...]
-    mean_score: tuple[float, ...]
+    files: DemoFiles
+    calibration: CalibrationReport
+    bench: BenchReport
+    full_energy_mj: float | None = None  # per sample, same source as bench.energy_source
+    trained_epochs: int | None = None
+    train_loss: tuple[float, ...] = field(default=())
+
+    def to_json(self) -> dict[str, Any]:
+        files = {k: None if v is None else str(v) for k, v in self.files.__dict__.items()}
+        return {
+            "files": files,
+            "trained_epochs": self.trained_epochs,
+            "budget": self.calibration.budget.to_json(),
+            "thresholds": list(self.calibration.thresholds),
+            "full_model_energy_mj": self.full_energy_mj,
+            "bench": self.bench.to_json(),
+        }
 
     def __rich_console__(self, console, options):
-        table = Table(title="bundle exits on test digits (ONNX Runtime)")
-        for col in ("exit", "accuracy", "mean confidence"):
-            table.add_column(col, justify="right")
-        for i, (acc, score) in enumerate(zip(self.exit_accuracy, self.mean_score)):
-            table.add_row(str(i), f"{acc:.1%}", f"{score:.3f}")
-        yield table
-        yield f"bundle: {self.bundle_dir}   data: {self.out_dir}/calibration.npz, test.npz"
+        from edgeexit.examples.demo_render import render_demo  # rich layout kept apart
+
+        yield from render_demo(self)
 
 
-def run_demo(
-    out_dir: str | os.PathLike,
-    *,
-    epochs: int = 6,
-    seed: int = 0,
-    progress: Callable[[str], None] = lambda step: None,
-) -> DemoReport:
-    """Train, save, export and evaluate; ``progress`` is told each step's name."""
+def _full_energy_mj(bench: BenchReport, calibration: CalibrationReport, target) -> float | None:
+    """The full model's energy per sample, from the same source as the bundle's figure.
+
+    Modeled: the target's active power x the full chain's latency measured in the same bench
+    run. Measured: bench does not read the sensor for the full runs, so the device profile's
+    measured segment energies stand in (the render says so).
+    """
+    from edgeexit.targets import load_target
+
+    if bench.energy_source == "modeled":
+        return load_target(target).active_power_w * bench.full_mean_latency_ms  # W x ms = mJ
+    cumulative = calibration.costs.cumulative_energy_mj
+    return None if cumulative is None else float(cumulative[-1])
+
+
+def run_demo(options: DemoOptions = DemoOptions(), *, progress: Progress | None = None):
+    """Model -> bundle -> profile -> calibrate -> bench; return the DemoReport."""
+    from edgeexit.targets.profiling import profile_bundle
+
+    tell = progress or (lambda stage, done, total: None)
+    out = Path(options.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if options.model is None:
+        files, losses = _train_example(options, out, tell)
+    else:
+        files, losses = _export_user_model(options, out, tell), ()
+    inputs = _load_inputs(files.bundle_dir, files.calibration_data)
+    profile = profile_bundle(
+        files.bundle_dir,
+        options.target,
+        repeats=options.profile_repeats,
+        inputs=inputs,
+        progress=lambda done, total: tell("profiling segments", done, total),
+    )
+    profile.save(files.profile)
+    calibration = calibrate_bundle(
+        files.bundle_dir,
+        files.calibration_data,
+        options.budget,
+        CalibrateOptions(profile=files.profile, target=options.target),
+        progress=lambda stage, done, total: tell(f"calibrating ({stage})", done, total),
+    )
+    files = _with_plot(files, calibration)
+    bench = bench_bundle(
+        files.bundle_dir,
+        files.test_data,
+        BenchOptions(target=options.target),
+        progress=lambda done, total: tell("benchmarking", done, total),
+    )
+    epochs = options.epochs if options.model is None else None
+    full_energy = _full_energy_mj(bench, calibration, options.target)
+    return DemoReport(files, calibration, bench, full_energy, epochs, tuple(losses))
+
+
+def _train_example(options: DemoOptions, out: Path, tell: Progress):
+    """Train the digits ResNet on noisy digits, save it, export it; write the data files."""
     import torch
 
     import edgeexit
@@ -50,31 +165,65 @@ def run_demo(
     from edgeexit.examples.models import digits_resnet
     from edgeexit.export.train import train_multi_exit
 
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    data = load_noisy_digits(seed=seed, max_noise_std=0.4)
-    torch.manual_seed(seed)
+    data = load_noisy_digits(seed=options.seed, max_noise_std=0.6)
+    torch.manual_seed(options.seed)
     model = digits_resnet()
-    progress(f"training 4 exits jointly for {epochs} epochs")
-    train_multi_exit(model, data.train.x, data.train.y, epochs=epochs, lr=1e-2, seed=seed)
-    progress("saving and exporting")
-    edgeexit.save(model, out / "model.pt", example_inputs=torch.from_numpy(data.test.x[:4]))
-    result = edgeexit.export(model, torch.from_numpy(data.test.x[:4]), out / "bundle")
-    data.calibration.save_npz(out / "calibration.npz")
-    data.test.save_npz(out / "test.npz")
-    progress("scoring every exit under ONNX Runtime")
-    accuracy, score = _score_exits(result.bundle_dir, data.test.x, data.test.y)
-    return DemoReport(out, result.bundle_dir, accuracy, score)
+    tell("training 4 exits jointly", 0, options.epochs)
+    losses = train_multi_exit(
+        model,
+        data.train.x,
+        data.train.y,
+        epochs=options.epochs,
+        lr=1e-2,
+        seed=options.seed,
+        on_epoch=lambda done, loss: tell("training 4 exits jointly", done, options.epochs),
+    )
+    tell("exporting the bundle", 0, 1)
+    example = torch.from_numpy(data.test.x[:4])
+    edgeexit.save(model, out / "model.pt", example_inputs=example)
+    bundle = edgeexit.export(model, example, out / "bundle").bundle_dir
+    tell("exporting the bundle", 1, 1)
+    files = DemoFiles(
+        out_dir=out,
+        bundle_dir=bundle,
+        calibration_data=data.calibration.save_npz(out / "calibration.npz"),
+        test_data=data.test.save_npz(out / "test.npz"),
+        profile=out / "profile.json",
+        pareto_png=None,
+        model=out / "model.pt",
+    )
+    return files, losses
 
 
-def _score_exits(bundle_dir: Path, x: np.ndarray, y: np.ndarray):
-    manifest = read_manifest(bundle_dir)
-    values = {manifest.inputs[0].name: x}
-    accuracy, score = [], []
-    for seg, path in zip(manifest.segments, verify_segments(bundle_dir, manifest)):
-        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        names = [*seg.carry, seg.logits, seg.score]
-        values = dict(zip(names, sess.run(names, {n: values[n] for n in seg.inputs})))
-        accuracy.append(float((values[seg.logits].argmax(axis=1) == y).mean()))
-        score.append(float(values[seg.score].mean()))
-    return tuple(accuracy), tuple(score)
+def _export_user_model(options: DemoOptions, out: Path, tell: Progress) -> DemoFiles:
+    from edgeexit.export.from_file import export_file
+    from edgeexit.export.options import ExportOptions
+
+    tell("exporting the bundle", 0, 1)
+    result = export_file(
+        options.model, out / "bundle", ExportOptions(), trust_pickle=options.trust_pickle
+    )
+    tell("exporting the bundle", 1, 1)
+    return DemoFiles(
+        out_dir=out,
+        bundle_dir=result.bundle_dir,
+        calibration_data=Path(options.data),
+        test_data=Path(options.test_data or options.data),
+        profile=out / "profile.json",
+        pareto_png=None,
+    )
+
+
+def _load_inputs(bundle_dir: Path, data_path: Path):
+    from edgeexit.bundle import read_manifest
+    from edgeexit.data import load_data
+
+    return load_data(data_path, read_manifest(bundle_dir).inputs).inputs
+
+
+def _with_plot(files: DemoFiles, report: CalibrationReport) -> DemoFiles:
+    if importlib.util.find_spec("matplotlib") is None:
+        return files  # the report says so; the plot is the optional `plot` extra
+    path = files.out_dir / "pareto.png"
+    report.save_plot(path)
+    return DemoFiles(**{**files.__dict__, "pareto_png": path})

@@ -8,7 +8,7 @@ backbone that is already trained.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -35,10 +35,17 @@ class TrainConfig:
 
 
 def train_multi_exit(
-    model: nn.Module, inputs: object, labels: object, config: TrainConfig | None = None, **kw
+    model: nn.Module,
+    inputs: object,
+    labels: object,
+    config: TrainConfig | None = None,
+    *,
+    on_epoch: Callable[[int, float], None] | None = None,
+    **kw,
 ) -> list[float]:
     """Train ``model`` in place on ``inputs`` (an array/Tensor or a tuple of them) and
-    ``labels``; return the mean loss of each epoch. ``kw`` overrides TrainConfig fields."""
+    ``labels``; return the mean loss of each epoch. ``kw`` overrides TrainConfig fields.
+    ``on_epoch(epochs_done, mean_loss)`` is called after each epoch (progress bars)."""
     config = TrainConfig(**{**(config.__dict__ if config else {}), **kw})
     n_exits = check_contract(model)
     weights = config.exit_weights or (1.0,) * n_exits
@@ -63,6 +70,8 @@ def train_multi_exit(
             opt.step()
             total += loss.item() * len(idx)
         history.append(total / len(y))
+        if on_epoch is not None:
+            on_epoch(len(history), history[-1])
     model.eval()
     return history
 

@@ -1,0 +1,86 @@
+"""How the demo's report looks: full model vs calibrated bundle, the exit histogram, energy
+with its source, and the files written. Kept apart from ``demo.py`` so that one reads as the
+pipeline and this one as the layout."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from rich.table import Table
+
+BAR_WIDTH = 32
+
+
+def render_demo(report: Any) -> Iterator[Any]:
+    yield _comparison(report)
+    yield _histogram(report)
+    yield _energy_note(report)
+    yield _files(report)
+
+
+def _comparison(report: Any) -> Table:
+    bench, cal = report.bench, report.calibration
+    table = Table(
+        title=f"Full model vs calibrated early-exit bundle "
+        f"({bench.samples} held-out samples, batch {bench.batch_size}, this machine)"
+    )
+    table.add_column("")
+    table.add_column("full model (every segment)", justify="right")
+    table.add_column("calibrated bundle", justify="right")
+    if bench.accuracy is not None:
+        table.add_row("accuracy", f"{bench.full_accuracy:.2%}", f"{bench.accuracy:.2%}")
+    table.add_row(
+        "mean latency ms", f"{bench.full_mean_latency_ms:.3f}", f"{bench.mean_latency_ms:.3f}"
+    )
+    table.add_row("speed-up", "1.00x", f"[bold]{bench.speedup:.2f}x[/bold]")
+    full_energy = report.full_energy_mj
+    table.add_row(
+        f"energy mJ/sample ({bench.energy_source})",
+        "n/a" if full_energy is None else f"{full_energy:.4f}",
+        "n/a" if bench.energy_mj_per_sample is None else f"{bench.energy_mj_per_sample:.4f}",
+    )
+    shown = ", ".join("always" if t == float("inf") else f"{t:.3f}" for t in cal.thresholds[:-1])
+    table.caption = f"budget: {cal.budget.describe()}; thresholds: {shown}, last always"
+    return table
+
+
+def _histogram(report: Any) -> Table:
+    counts = report.bench.exit_counts
+    total = max(sum(counts), 1)
+    cumulative_ms = report.calibration.costs.cumulative_latency_ms
+    table = Table(title="Where the samples left (exit histogram)")
+    for col in ("exit", "samples", "share", "", "cost ms (profile)"):
+        table.add_column(col, justify="right" if col else "left")
+    for i, count in enumerate(counts):
+        bar = "█" * round(BAR_WIDTH * count / total)
+        table.add_row(str(i), str(count), f"{count / total:.1%}", bar, f"{cumulative_ms[i]:.3f}")
+    return table
+
+
+def _energy_note(report: Any) -> str:
+    source = report.bench.energy_source
+    if source == "modeled":
+        return (
+            "energy: [yellow]modeled[/yellow], not measured: this machine has no energy sensor "
+            "edgeexit can read, so energy = the target's active power x the latency measured "
+            "above, for both columns."
+        )
+    if source == "none":
+        return "energy: none (no sensor and no power model for this target)."
+    return f"energy: {source}, read around every call (full model: from the device profile)."
+
+
+def _files(report: Any) -> str:
+    f = report.files
+    lines = [f"wrote {f.out_dir}/:", f"  bundle      {f.bundle_dir}  (thresholds in manifest.json)"]
+    if f.model is not None:
+        lines.append(f"  model       {f.model}")
+    lines.append(f"  profile     {f.profile}")
+    if f.pareto_png is not None:
+        lines.append(f"  pareto      {f.pareto_png}")
+    else:
+        lines.append("  pareto      skipped: pip install 'edgeexit[plot]' for the PNG")
+    lines.append(f"  data        {f.calibration_data}, {f.test_data}")
+    lines.append(f"next: edgeexit bench {f.bundle_dir} --data {f.test_data}")
+    return "\n".join(lines)
