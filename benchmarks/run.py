@@ -1,0 +1,352 @@
+"""The benchmark suite (`make bench`): edgeexit against what users run instead, in one run.
+
+On the same machine, inputs and thread count (torch and ONNX Runtime both at 1 thread), for
+the digits ResNet trained on noisy digits and calibrated with `--max-accuracy-drop 0.01`:
+
+  full-onnx   (a) the monolithic ONNX graph of the full model (export_monolithic), called with
+              IOBinding into pre-allocated buffers: the fastest way to run the whole network
+  edgeexit    (b) the calibrated chain, Runtime.run: per-sample exits, a batch is compacted as
+              samples leave
+  torch-ee    (c) the same early-exit policy (same thresholds, same scores) in PyTorch eager,
+              as research code does it: loop over segments and heads under inference_mode,
+              stop when every sample of the batch has passed a threshold; the whole batch runs
+              until its slowest sample exits (no compaction)
+  oracle      (d) each sample at its earliest correct exit (earliest agreeing with the final
+              exit when none is correct): the bound no threshold can beat. Timed, not
+              computed: batch 1 runs Runtime.run with the exit forced to the oracle's;
+              batch 64 runs the chain segment by segment (Runtime.run_segment), each segment
+              on the rows still in, so the oracle pays the same compaction as edgeexit
+
+Batch 1 and batch 64 on the held-out test split. Every round runs every variant back to back on
+the same batch in a shuffled order, so drift on a shared machine hits them alike; the table
+shows medians and the ratios of medians, plus paired ratios (median of per-batch ratios).
+
+Usage:
+  PYTHONPATH=. python benchmarks/run.py [--widths 16,48] [--rounds 3] [--quick]
+Writes benchmarks/results/suite.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import random
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import torch
+from rich.console import Console
+from rich.table import Table
+
+RESULTS = Path(__file__).parent / "results"
+VARIANTS = ("full-onnx", "edgeexit", "torch-ee", "oracle")
+BATCH_SIZES = (1, 64)
+GOAL_BATCH1_VS_TORCH = 1.5  # edgeexit >= 1.5x faster than torch-ee at batch 1
+SEED = 0
+
+
+def build(width: int, out: Path, epochs: int):
+    """Train, export (chain + monolithic), calibrate; return model, bundle, mono path, data."""
+    from edgeexit import export
+    from edgeexit.calibrate import Budget
+    from edgeexit.calibrate.pipeline import calibrate_bundle
+    from edgeexit.examples import digits_resnet, load_noisy_digits, train_multi_exit
+    from edgeexit.export import export_monolithic
+
+    data = load_noisy_digits(seed=SEED, max_noise_std=0.6)
+    torch.manual_seed(SEED)
+    model = digits_resnet(width=width)
+    train_multi_exit(model, data.train.x, data.train.y, epochs=epochs, lr=1e-2, seed=SEED)
+    model.eval()
+    example = torch.from_numpy(data.test.x[:4])
+    bundle = export(model, example, out / "bundle").bundle_dir
+    mono = export_monolithic(model, example, out / "mono.onnx")
+    cal = data.calibration.save_npz(out / "calibration.npz")
+    report = calibrate_bundle(bundle, cal, Budget(max_accuracy_drop=0.01))
+    return model, bundle, mono, data.test, report
+
+
+class FullOnnx:
+    """(a) The monolithic graph, IOBinding into buffers pre-allocated per batch size."""
+
+    def __init__(self, mono_path: Path, runtime, num_exits: int) -> None:
+        from edgeexit.runtime.buffers import bound_runner
+        from edgeexit.runtime.session import session_options
+
+        self.session = ort.InferenceSession(
+            str(mono_path), session_options(runtime.config), providers=["CPUExecutionProvider"]
+        )
+        self._bound = bound_runner
+        self._last = f"logits_{num_exits - 1}"
+        self._calls: dict[int, tuple] = {}
+
+    def _bind(self, x: np.ndarray) -> tuple:
+        stage = np.empty_like(x)
+        names = [o.name for o in self.session.get_outputs()]
+        outputs = self.session.run(None, {self.session.get_inputs()[0].name: x})
+        buffers = dict(zip(names, (np.empty_like(o) for o in outputs)))
+        io = self.session.io_binding()
+        io.bind_input(
+            self.session.get_inputs()[0].name, "cpu", 0, x.dtype, x.shape, stage.ctypes.data
+        )
+        for name, buf in buffers.items():
+            io.bind_output(name, "cpu", 0, buf.dtype, buf.shape, buf.ctypes.data)
+        # every bound buffer must outlive the binding: ORT writes into all of them
+        return stage, buffers, self._bound(self.session, io, ort.RunOptions())
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        if len(x) not in self._calls:
+            self._calls[len(x)] = self._bind(x)
+        stage, buffers, run = self._calls[len(x)]
+        stage[:] = x
+        run()
+        return buffers[self._last].argmax(axis=1)
+
+
+def torch_early_exit(model, thresholds, criterion: str) -> Callable[[np.ndarray], np.ndarray]:
+    """(c) The early-exit loop as research code writes it: the batch runs until its slowest
+    sample has exited; each sample keeps the prediction of the first exit it passed."""
+    from edgeexit.export.model import as_carry, split_head
+    from edgeexit.export.scores import exit_score
+
+    last = len(thresholds) - 1
+
+    @torch.inference_mode()
+    def run(x: np.ndarray) -> np.ndarray:
+        carry = (torch.from_numpy(x),)
+        prediction = torch.empty(len(x), dtype=torch.int64)
+        done = torch.zeros(len(x), dtype=torch.bool)
+        for i, (segment, head) in enumerate(zip(model.segments, model.exits)):
+            out = as_carry(segment(*carry), "segment")
+            logits, gate = split_head(head(*out), "exit")
+            leaving = ~done
+            if i < last:
+                score = exit_score(criterion, logits, gate, carry[0], out[0])
+                leaving &= score >= thresholds[i]
+            prediction[leaving] = logits[leaving].argmax(dim=1)
+            done |= leaving
+            carry = out
+            if bool(done.all()):
+                break
+        return prediction.numpy()
+
+    return run
+
+
+def oracle_exits(runtime, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Each sample's earliest correct exit, else its earliest exit agreeing with the last."""
+    predictions = runtime.run_all_exits(x).logits.argmax(axis=2)  # [exits, N]
+    correct = predictions == y[None, :]
+    agree = predictions == predictions[-1][None, :]
+    target = np.where(correct.any(axis=0), correct.argmax(axis=0), agree.argmax(axis=0))
+    return target.astype(np.int64)
+
+
+def oracle_runner(runtime, exits_of: Callable[[int, int], np.ndarray]):
+    """(d) Timed oracle: batch 1 through Runtime.run with the exit forced to the oracle's;
+    larger batches segment by segment, each on the rows that have not left yet."""
+    n = runtime.num_exits
+    forced = [[math.inf] * i + [-math.inf] * (n - i) for i in range(n)]
+
+    def run(x: np.ndarray, start: int) -> np.ndarray:
+        exits = exits_of(start, len(x))
+        if len(x) == 1:
+            return runtime.run(x, thresholds=forced[int(exits[0])]).predictions
+        prediction = np.empty(len(x), dtype=np.int64)
+        rows, feeds = np.arange(len(x)), [x]
+        for i in range(n):
+            carry, logits, _ = runtime.run_segment(i, feeds)
+            leaving = exits[rows] == i
+            prediction[rows[leaving]] = logits[leaving].argmax(axis=1)
+            staying = ~leaving
+            if not staying.any():
+                break
+            rows, feeds = rows[staying], [c[staying] for c in carry]
+        return prediction
+
+    return run
+
+
+def time_variants(fns: dict[str, Callable], batches: list, rounds: int) -> dict[str, np.ndarray]:
+    """Seconds per call [rounds * batches] per variant; each batch sees every variant back to
+    back in a shuffled order."""
+    rng = random.Random(SEED)
+    order = list(fns)
+    times = {name: np.empty(rounds * len(batches)) for name in fns}
+    for start, xb in batches[: min(8, len(batches))]:  # warm-up: arenas, caches, bindings
+        for fn in fns.values():
+            fn(xb, start)
+    k = 0
+    for _ in range(rounds):
+        for start, xb in batches:
+            rng.shuffle(order)
+            for name in order:
+                t0 = time.perf_counter()
+                fns[name](xb, start)
+                times[name][k] = time.perf_counter() - t0
+            k += 1
+    return times
+
+
+def bench_batch(fns: dict[str, Callable], x: np.ndarray, y: np.ndarray, batch: int, rounds: int):
+    n = len(x) // batch * batch  # whole batches only, so every call has `batch` samples
+    batches = [(s, np.ascontiguousarray(x[s : s + batch])) for s in range(0, n, batch)]
+    predictions = {
+        name: np.concatenate([fn(xb, s) for s, xb in batches]) for name, fn in fns.items()
+    }
+    times = time_variants(fns, batches, rounds)
+    rows = {}
+    for name in fns:
+        t = times[name]
+        rows[name] = {
+            "median_ms": float(np.median(t) * 1e3),
+            "mean_ms": float(np.mean(t) * 1e3),
+            "throughput_per_s": float(batch / np.median(t)),
+            "accuracy": float((predictions[name] == y[:n]).mean()),
+            "agreement_with_edgeexit": float((predictions[name] == predictions["edgeexit"]).mean()),
+            "x_vs_full_onnx": float(np.median(times["full-onnx"]) / np.median(t)),
+            "x_vs_torch_ee": float(np.median(times["torch-ee"]) / np.median(t)),
+            "paired_x_vs_torch_ee": float(np.median(times["torch-ee"] / t)),
+            "paired_x_vs_full_onnx": float(np.median(times["full-onnx"] / t)),
+        }
+    return {"samples": n, "calls_per_variant": len(times["edgeexit"]), "variants": rows}
+
+
+def bench_width(width: int, rounds: int, epochs: int, tmp: Path) -> dict:
+    from edgeexit.runtime import Runtime
+
+    model, bundle, mono, test, report = build(width, tmp / f"w{width}", epochs)
+    runtime = Runtime(bundle, threads=1)
+    thresholds = runtime.manifest.thresholds
+    oracle = oracle_exits(runtime, test.x, test.y)
+    full = FullOnnx(mono, runtime, runtime.num_exits)
+    eager = torch_early_exit(model, thresholds, runtime.manifest.criterion)
+    fns = {
+        "full-onnx": lambda x, s: full(x),
+        "edgeexit": lambda x, s: runtime.run(x).predictions,
+        "torch-ee": lambda x, s: eager(x),
+        "oracle": oracle_runner(runtime, lambda s, b: oracle[s : s + b]),
+    }
+    result = {
+        "model": f"digits_resnet w={width}",
+        "thresholds": [None if math.isinf(t) else t for t in thresholds],
+        "oracle_exit_counts": np.bincount(oracle, minlength=runtime.num_exits).tolist(),
+        "calibrated_exit_shares": list(report.chosen.exit_shares),
+        "batches": {},
+    }
+    for batch in BATCH_SIZES:
+        # batch 64 calls cost ~50x more, so fewer rounds give as many samples per median
+        n_rounds = rounds if batch == 1 else rounds * 12
+        result["batches"][str(batch)] = bench_batch(fns, test.x, test.y, batch, n_rounds)
+    return result
+
+
+def goals(model: dict) -> dict[str, bool]:
+    b1 = model["batches"]["1"]["variants"]["edgeexit"]
+    b64 = model["batches"]["64"]["variants"]["edgeexit"]
+    return {
+        "batch 1: edgeexit >= 1.5x torch-ee": b1["x_vs_torch_ee"] >= GOAL_BATCH1_VS_TORCH,
+        "batch 64: edgeexit throughput > full-onnx": b64["x_vs_full_onnx"] > 1.0,
+    }
+
+
+def markdown(results: dict) -> str:
+    lines = [
+        "# Benchmark suite: edgeexit vs the alternatives",
+        "",
+        f"Machine: {results['machine']}; torch {results['torch']}, onnxruntime "
+        f"{results['onnxruntime']}, both at 1 thread; load average after the run "
+        f"{results['load_average']}. Noisy-digits test split; thresholds calibrated with "
+        "`--max-accuracy-drop 0.01` on the calibration split.",
+        "",
+        "| model | batch | variant | median ms/call | throughput /s | accuracy "
+        "| × full-onnx | × torch-ee | × torch-ee, paired |",
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for model in results["models"]:
+        for batch, block in model["batches"].items():
+            for name, r in block["variants"].items():
+                lines.append(
+                    f"| {model['model']} | {batch} | {name} | {r['median_ms']:.3f} | "
+                    f"{r['throughput_per_s']:,.0f} | {r['accuracy']:.2%} | "
+                    f"{r['x_vs_full_onnx']:.2f} | {r['x_vs_torch_ee']:.2f} | "
+                    f"{r['paired_x_vs_torch_ee']:.2f} |"
+                )
+    lines += ["", "Goals:", ""]
+    for model in results["models"]:
+        for goal, ok in model["goals"].items():
+            lines.append(f"- {model['model']}, {goal}: {'met' if ok else 'NOT met'}")
+    lines += [
+        "",
+        NOTES,
+        "",
+        "Reproduce: `make bench` (or `PYTHONPATH=. python benchmarks/run.py`)",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+NOTES = """Variants: **full-onnx** the monolithic ONNX graph of the whole network (IOBinding,
+pre-allocated buffers); **edgeexit** the calibrated chain (`Runtime.run`, per-sample exits,
+the batch compacted as samples leave); **torch-ee** the same thresholds and scores in PyTorch
+eager as research code writes it — at batch 64 the whole batch runs until its slowest sample
+has exited; **oracle** each sample at its earliest correct exit (earliest agreeing with the
+final exit if none is correct), *timed*: batch 1 by `Runtime.run` with that exit forced, batch
+64 segment by segment via `Runtime.run_segment` on the rows still in. × columns are ratios of
+medians (> 1 = faster than that baseline); *paired* is the median of per-call ratios, each
+call's variants having run back to back on the same batch."""
+
+
+def render(results: dict) -> Table:
+    table = Table(title="edgeexit vs alternatives (medians, 1 thread)")
+    for col in ("model", "batch", "variant", "ms/call", "/s", "acc", "×full", "×torch"):
+        table.add_column(col, justify="left" if col in ("model", "variant") else "right")
+    for model in results["models"]:
+        for batch, block in model["batches"].items():
+            for name, r in block["variants"].items():
+                table.add_row(
+                    model["model"], batch, name, f"{r['median_ms']:.3f}",
+                    f"{r['throughput_per_s']:,.0f}", f"{r['accuracy']:.1%}",
+                    f"{r['x_vs_full_onnx']:.2f}", f"{r['x_vs_torch_ee']:.2f}",
+                )  # fmt: skip
+    return table
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--widths", default="16,48", help="digits_resnet widths, comma-separated")
+    parser.add_argument("--rounds", type=int, default=3, help="passes over the test split")
+    parser.add_argument("--epochs", type=int, default=6)
+    parser.add_argument("--quick", action="store_true", help="w=16, 1 round, 2 epochs")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    widths = [16] if args.quick else [int(w) for w in args.widths.split(",")]
+    rounds, epochs = (1, 2) if args.quick else (args.rounds, args.epochs)
+    torch.set_num_threads(1)
+    results = {
+        "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
+        "torch": torch.__version__,
+        "onnxruntime": ort.__version__,
+        "models": [],
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        for width in widths:
+            model = bench_width(width, rounds, epochs, Path(tmp))
+            model["goals"] = goals(model)
+            results["models"].append(model)
+    results["load_average"] = " / ".join(f"{v:.1f}" for v in os.getloadavg())
+    Console().print(render(results))
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "suite.json").write_text(json.dumps(results, indent=2) + "\n")
+    (args.out / "suite.md").write_text(markdown(results))
+
+
+if __name__ == "__main__":
+    main()
