@@ -17,12 +17,13 @@ the digits ResNet trained on noisy digits and calibrated with `--max-accuracy-dr
               batch 64 runs the chain segment by segment (Runtime.run_segment), each segment
               on the rows still in, so the oracle pays the same compaction as edgeexit
 
-Batch 1 and batch 64 on the held-out test split. Every round runs every variant back to back on
-the same batch in a shuffled order, so drift on a shared machine hits them alike; the table
-shows medians and the ratios of medians, plus paired ratios (median of per-batch ratios).
+Batch 1 and batch 64 on the held-out test split. Every round runs each variant over the whole
+split, the variants in a shuffled order, so drift on a shared machine hits them alike; the
+table shows median latency per call, and throughput and speed-up ratios from the median time
+of one pass over the split, plus paired ratios (median of per-round ratios).
 
 Usage:
-  PYTHONPATH=. python benchmarks/run.py [--widths 16,48] [--rounds 3] [--quick]
+  PYTHONPATH=. python benchmarks/run.py [--widths 16,48] [--rounds 15] [--quick]
 Writes benchmarks/results/suite.{json,md}.
 """
 
@@ -175,48 +176,58 @@ def oracle_runner(runtime, exits_of: Callable[[int, int], np.ndarray]):
 
 
 def time_variants(fns: dict[str, Callable], batches: list, rounds: int) -> dict[str, np.ndarray]:
-    """Seconds per call [rounds * batches] per variant; each batch sees every variant back to
-    back in a shuffled order."""
+    """Seconds per call, [rounds, batches] per variant.
+
+    Each round runs every variant over the whole split, in a shuffled order: variants
+    alternate round by round (so drift on a shared machine hits them alike) while each runs
+    warm over consecutive calls, as a deployed model does. Interleaving per call instead would
+    time every call cold after another framework has evicted the caches.
+    """
     rng = random.Random(SEED)
     order = list(fns)
-    times = {name: np.empty(rounds * len(batches)) for name in fns}
-    for start, xb in batches[: min(8, len(batches))]:  # warm-up: arenas, caches, bindings
-        for fn in fns.values():
+    times = {name: np.empty((rounds, len(batches))) for name in fns}
+    for fn in fns.values():  # warm-up: arenas, caches, bindings
+        for start, xb in batches[:8]:
             fn(xb, start)
-    k = 0
-    for _ in range(rounds):
-        for start, xb in batches:
-            rng.shuffle(order)
-            for name in order:
+    for r in range(rounds):
+        rng.shuffle(order)
+        for name in order:
+            fn, row = fns[name], times[name][r]
+            for k, (start, xb) in enumerate(batches):
                 t0 = time.perf_counter()
-                fns[name](xb, start)
-                times[name][k] = time.perf_counter() - t0
-            k += 1
+                fn(xb, start)
+                row[k] = time.perf_counter() - t0
     return times
 
 
 def bench_batch(fns: dict[str, Callable], x: np.ndarray, y: np.ndarray, batch: int, rounds: int):
+    """Accuracy, latency per call and throughput per variant, with ratios to the baselines.
+
+    Ratios compare the median over rounds of one pass over the split (> 1: faster than the
+    baseline); paired ratios are the median of per-round ratios.
+    """
     n = len(x) // batch * batch  # whole batches only, so every call has `batch` samples
     batches = [(s, np.ascontiguousarray(x[s : s + batch])) for s in range(0, n, batch)]
     predictions = {
         name: np.concatenate([fn(xb, s) for s, xb in batches]) for name, fn in fns.items()
     }
     times = time_variants(fns, batches, rounds)
+    passes = {name: t.sum(axis=1) for name, t in times.items()}  # seconds per pass [rounds]
     rows = {}
     for name in fns:
-        t = times[name]
         rows[name] = {
-            "median_ms": float(np.median(t) * 1e3),
-            "mean_ms": float(np.mean(t) * 1e3),
-            "throughput_per_s": float(batch / np.median(t)),
+            "median_ms": float(np.median(times[name]) * 1e3),
+            "p90_ms": float(np.percentile(times[name], 90) * 1e3),
+            "throughput_per_s": float(n / np.median(passes[name])),
             "accuracy": float((predictions[name] == y[:n]).mean()),
             "agreement_with_edgeexit": float((predictions[name] == predictions["edgeexit"]).mean()),
-            "x_vs_full_onnx": float(np.median(times["full-onnx"]) / np.median(t)),
-            "x_vs_torch_ee": float(np.median(times["torch-ee"]) / np.median(t)),
-            "paired_x_vs_torch_ee": float(np.median(times["torch-ee"] / t)),
-            "paired_x_vs_full_onnx": float(np.median(times["full-onnx"] / t)),
         }
-    return {"samples": n, "calls_per_variant": len(times["edgeexit"]), "variants": rows}
+        for base in ("full-onnx", "torch-ee"):
+            key = base.replace("-", "_")
+            ratio = np.median(passes[base]) / np.median(passes[name])
+            rows[name][f"x_vs_{key}"] = float(ratio)
+            rows[name][f"paired_x_vs_{key}"] = float(np.median(passes[base] / passes[name]))
+    return {"samples": n, "rounds": rounds, "variants": rows}
 
 
 def bench_width(width: int, rounds: int, epochs: int, tmp: Path) -> dict:
@@ -242,8 +253,8 @@ def bench_width(width: int, rounds: int, epochs: int, tmp: Path) -> dict:
         "batches": {},
     }
     for batch in BATCH_SIZES:
-        # batch 64 calls cost ~50x more, so fewer rounds give as many samples per median
-        n_rounds = rounds if batch == 1 else rounds * 12
+        # a batch-64 pass is 5 calls: more rounds give its medians as many calls
+        n_rounds = rounds if batch == 1 else rounds * 4
         result["batches"][str(batch)] = bench_batch(fns, test.x, test.y, batch, n_rounds)
     return result
 
@@ -266,18 +277,18 @@ def markdown(results: dict) -> str:
         f"{results['load_average']}. Noisy-digits test split; thresholds calibrated with "
         "`--max-accuracy-drop 0.01` on the calibration split.",
         "",
-        "| model | batch | variant | median ms/call | throughput /s | accuracy "
-        "| × full-onnx | × torch-ee | × torch-ee, paired |",
-        "|---|---:|---|---:|---:|---:|---:|---:|---:|",
+        "| model | batch | variant | accuracy | median ms/call | throughput /s "
+        "| × full-onnx (paired) | × torch-ee (paired) |",
+        "|---|---:|---|---:|---:|---:|---:|---:|",
     ]
     for model in results["models"]:
         for batch, block in model["batches"].items():
             for name, r in block["variants"].items():
                 lines.append(
-                    f"| {model['model']} | {batch} | {name} | {r['median_ms']:.3f} | "
-                    f"{r['throughput_per_s']:,.0f} | {r['accuracy']:.2%} | "
-                    f"{r['x_vs_full_onnx']:.2f} | {r['x_vs_torch_ee']:.2f} | "
-                    f"{r['paired_x_vs_torch_ee']:.2f} |"
+                    f"| {model['model']} | {batch} | {name} | {r['accuracy']:.1%} | "
+                    f"{r['median_ms']:.3f} | {r['throughput_per_s']:,.0f} | "
+                    f"{r['x_vs_full_onnx']:.2f} ({r['paired_x_vs_full_onnx']:.2f}) | "
+                    f"{r['x_vs_torch_ee']:.2f} ({r['paired_x_vs_torch_ee']:.2f}) |"
                 )
     lines += ["", "Goals:", ""]
     for model in results["models"]:
@@ -297,11 +308,13 @@ NOTES = """Variants: **full-onnx** the monolithic ONNX graph of the whole networ
 pre-allocated buffers); **edgeexit** the calibrated chain (`Runtime.run`, per-sample exits,
 the batch compacted as samples leave); **torch-ee** the same thresholds and scores in PyTorch
 eager as research code writes it — at batch 64 the whole batch runs until its slowest sample
-has exited; **oracle** each sample at its earliest correct exit (earliest agreeing with the
-final exit if none is correct), *timed*: batch 1 by `Runtime.run` with that exit forced, batch
-64 segment by segment via `Runtime.run_segment` on the rows still in. × columns are ratios of
-medians (> 1 = faster than that baseline); *paired* is the median of per-call ratios, each
-call's variants having run back to back on the same batch."""
+has exited (no compaction); **oracle** each sample at its earliest correct exit (earliest
+agreeing with the final exit if none is correct), *timed*: batch 1 by `Runtime.run` with that
+exit forced, batch 64 segment by segment via `Runtime.run_segment` on the rows still in.
+Every round runs each variant over the whole split (variants in a shuffled order per round).
+Throughput and the × columns come from the median time of one pass over the split
+(> 1 = faster than that baseline); in brackets the paired ratio, the median of per-round
+ratios."""
 
 
 def render(results: dict) -> Table:
@@ -322,7 +335,7 @@ def render(results: dict) -> Table:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--widths", default="16,48", help="digits_resnet widths, comma-separated")
-    parser.add_argument("--rounds", type=int, default=3, help="passes over the test split")
+    parser.add_argument("--rounds", type=int, default=15, help="passes over the test split")
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--quick", action="store_true", help="w=16, 1 round, 2 epochs")
     parser.add_argument("--out", type=Path, default=RESULTS)
