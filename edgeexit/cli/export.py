@@ -66,7 +66,8 @@ def export_cmd(
     shapes = [parse_input_shape(s) for s in input_shape or ()]
     console = Console(stderr=as_json)
     try:
-        with console.status(f"exporting {model} ..."):
+        # the spinner goes to stderr, so stdout holds only the report or the JSON
+        with Console(stderr=True).status(f"exporting {model} ..."):
             result = export_file(model, out, options, input_shapes=shapes, trust_pickle=trust)
     except ValidationError as err:
         console.print(err.report)
