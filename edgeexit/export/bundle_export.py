@@ -1,0 +1,253 @@
+"""Export a multi-exit model as a bundle: one ONNX file per segment + exit, and a manifest.
+
+Segment i's graph inputs are named after segment i-1's carry outputs (``carry_{i-1}_{k}``;
+segment 0 takes the model inputs); it outputs ``carry_{i}_{k}`` (none for the last segment),
+``logits_{i}`` and ``score_{i}``. Thresholds start at ``inf``: every sample runs to the last
+exit, so an uncalibrated bundle is the full model. The bundle is written into a temporary
+directory, validated there, and renamed into place only if everything succeeded.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+from torch import nn
+
+import edgeexit
+from edgeexit.bundle import (
+    BATCH_DIM,
+    InputSpec,
+    Manifest,
+    SegmentSpec,
+    atomic_bundle_dir,
+    sha256_file,
+    write_manifest,
+)
+from edgeexit.errors import ExportError, InputError, ModelContractError
+from edgeexit.export.convert import export_graph
+from edgeexit.export.graphs import SegmentGraph, WholeGraph
+from edgeexit.export.model import ExitStep, check_contract, run_exits
+from edgeexit.export.options import DEFAULT_OPSET, ExportOptions
+from edgeexit.export.scores import check_criterion
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    """A written bundle: where it is, its manifest, and the validation report (if run)."""
+
+    bundle_dir: Path
+    manifest: Manifest
+    report: object | None = None  # a ValidationReport; typed loosely to avoid an import cycle
+
+    def __rich_console__(self, console, options):
+        if self.report is not None:
+            yield self.report
+        m = self.manifest
+        yield (
+            f"[green]wrote[/green] {self.bundle_dir}: {m.num_exits} segments, "
+            f"criterion {m.criterion}, opset {m.extra.get('opset')}"
+        )
+
+
+def export(
+    model: nn.Module,
+    example_inputs: object,
+    out_dir: str | os.PathLike,
+    *,
+    criterion: str = "confidence",
+    target: str | None = None,
+    opset: int | None = None,
+    **more: object,
+) -> ExportResult:
+    """Export ``model`` to the bundle directory ``out_dir`` and validate it.
+
+    ``more`` sets other ExportOptions fields (atol, input_names, exporter, criterion_params,
+    simplify, validate). Raises an EdgeExitError subclass; on failure nothing is written.
+    """
+    try:
+        options = ExportOptions(criterion=criterion, target=target, opset=opset, **more)
+    except TypeError as err:
+        raise ExportError(f"{err}; expected keywords among ExportOptions' fields") from err
+    return export_bundle(model, example_inputs, out_dir, options)
+
+
+def export_bundle(
+    model: nn.Module, example_inputs: object, out_dir: str | os.PathLike, options: ExportOptions
+) -> ExportResult:
+    """Export and validate with ``options``; the bundle appears only if everything passed."""
+    from edgeexit.export.validate import validate_bundle
+
+    inputs = to_tensors(example_inputs)
+    names = resolve_input_names(inputs, options.input_names)
+    opset, max_ir, target_name = _resolve_target(options)
+    steps = trace(model, inputs, options.criterion)
+    with atomic_bundle_dir(out_dir) as tmp:
+        segments, exporters = [], set()
+        carry_names = names
+        for i, step in enumerate(steps):
+            last = i == len(steps) - 1
+            carry = () if last else tuple(f"carry_{i}_{k}" for k in range(len(step.carry_out)))
+            file = tmp / f"segment_{i:02d}.onnx"
+            graph = SegmentGraph(model, i, options.criterion)
+            outputs = (*carry, f"logits_{i}", f"score_{i}")
+            exporters.add(
+                export_graph(
+                    graph, _at_least_two(step.carry_in), file, carry_names, outputs,
+                    opset=opset, exporter=options.exporter, simplify=options.simplify,
+                    max_ir_version=max_ir,
+                )
+            )  # fmt: skip
+            segments.append(
+                SegmentSpec(file.name, sha256_file(file), carry_names, carry, *outputs[-2:])
+            )
+            carry_names = carry
+        manifest = Manifest(
+            inputs=tuple(
+                InputSpec(n, numpy_dtype(x), (BATCH_DIM, *x.shape[1:]))
+                for n, x in zip(names, inputs)
+            ),
+            segments=tuple(segments),
+            criterion=options.criterion,
+            thresholds=tuple(math.inf for _ in steps),
+            criterion_params=dict(options.criterion_params),
+            extra={
+                "precision": "fp32",
+                "num_classes": int(steps[-1].logits.shape[-1]),
+                "opset": opset,
+                "ir_version": onnx.load(str(tmp / segments[0].file)).ir_version,
+                "target": target_name,
+                "exporter": "+".join(sorted(exporters)),
+                "edgeexit_version": edgeexit.__version__,
+            },
+        )
+        write_manifest(tmp, manifest)
+        report = (
+            validate_bundle(model, tmp, inputs, atol=options.atol) if options.validate else None
+        )
+    return ExportResult(Path(out_dir), manifest, report)
+
+
+def export_monolithic(
+    model: nn.Module,
+    example_inputs: object,
+    path: str | os.PathLike,
+    *,
+    criterion: str = "confidence",
+    opset: int | None = None,
+    input_names: Sequence[str] | None = None,
+    exporter: str = "auto",
+) -> Path:
+    """The whole network as ONE ONNX graph (the baseline the chained bundle is measured
+    against): inputs as in the bundle, outputs ``logits_0..`` then ``score_0..``, dynamic batch.
+    """
+    inputs = to_tensors(example_inputs)
+    names = resolve_input_names(inputs, input_names)
+    steps = trace(model, inputs, criterion)
+    outputs = [f"logits_{i}" for i in range(len(steps))] + [f"score_{i}" for i in range(len(steps))]
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        export_graph(
+            WholeGraph(model, criterion),
+            _at_least_two(inputs),
+            tmp,
+            names,
+            outputs,
+            opset=opset or DEFAULT_OPSET,
+            exporter=exporter,
+        )
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def to_tensors(example_inputs: object) -> tuple[torch.Tensor, ...]:
+    """Example inputs (a Tensor, an array, or a tuple/list of them) as a tuple of Tensors."""
+    items = example_inputs if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
+    if not items:
+        raise InputError("no example inputs; expected a Tensor or a tuple of Tensors")
+    tensors = []
+    for k, x in enumerate(items):
+        if isinstance(x, np.ndarray):
+            x = torch.from_numpy(x)
+        if not isinstance(x, torch.Tensor) or x.dim() == 0:
+            raise InputError(
+                f"example input {k} is a {type(x).__name__}; expected a Tensor [batch, ...]"
+            )
+        tensors.append(x.detach().cpu())
+    batch = {x.shape[0] for x in tensors}
+    if len(batch) != 1:
+        raise InputError(f"example inputs have different batch sizes {sorted(batch)}")
+    return tuple(tensors)
+
+
+def resolve_input_names(
+    inputs: Sequence[torch.Tensor], names: Sequence[str] | None
+) -> tuple[str, ...]:
+    """The model inputs' names: given ones, or ``x`` / ``input_0, input_1, ...``."""
+    if names is None:
+        return ("x",) if len(inputs) == 1 else tuple(f"input_{k}" for k in range(len(inputs)))
+    if len(names) != len(inputs) or len(set(names)) != len(names):
+        raise InputError(
+            f"got input names {list(names)} for {len(inputs)} inputs; "
+            "expected one distinct name per input"
+        )
+    return tuple(names)
+
+
+def trace(model: nn.Module, inputs: tuple[torch.Tensor, ...], criterion: str) -> list[ExitStep]:
+    """Run the model in eval mode on ``inputs``, check the contract and the criterion."""
+    check_contract(model)
+    model.eval()
+    try:
+        with torch.no_grad():
+            steps = run_exits(model, inputs)
+    except ModelContractError:
+        raise
+    except Exception as err:  # (a model raises anything on inputs it cannot take)
+        shapes = ", ".join(str(tuple(x.shape)) for x in inputs)
+        line = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise InputError(f"inputs of shape {shapes} do not fit the model: {line}") from err
+    classes = {int(s.logits.shape[-1]) for s in steps}
+    if len(classes) != 1:
+        raise ModelContractError(
+            f"exits return different numbers of classes {sorted(classes)}; expected the same"
+        )
+    for i, s in enumerate(steps):
+        check_criterion(criterion, int(s.logits.shape[-1]), s.gate is not None, f"exits[{i}]")
+    return steps
+
+
+def numpy_dtype(x: torch.Tensor) -> str:
+    return str(torch.empty(0, dtype=x.dtype).numpy().dtype)
+
+
+def _at_least_two(tensors: Sequence[torch.Tensor]) -> tuple[torch.Tensor, ...]:
+    # A batch of 1 lets exporters bake the batch size into reshapes; trace with 2 or more.
+    if tensors[0].shape[0] >= 2:
+        return tuple(tensors)
+    return tuple(torch.cat([x, x]) for x in tensors)
+
+
+def _resolve_target(options: ExportOptions) -> tuple[int, int | None, str | None]:
+    if options.target is None:
+        return options.opset or DEFAULT_OPSET, None, None
+    from edgeexit.targets import load_target
+
+    target = load_target(options.target)
+    if options.opset is not None and options.opset > target.max_opset:
+        raise ExportError(
+            f"opset {options.opset} is above target {target.name}'s max_opset "
+            f"{target.max_opset}; expected --opset <= {target.max_opset}"
+        )
+    opset = options.opset or min(DEFAULT_OPSET, target.max_opset)
+    return opset, target.max_ir_version, target.name

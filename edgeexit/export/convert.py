@@ -1,0 +1,139 @@
+"""Turn one flat-tensor torch module into one ONNX file with a dynamic batch axis.
+
+The TorchScript exporter is tried first because it is ~10x faster on small graphs; the
+dynamo exporter takes over where TorchScript cannot trace a module (with torch 2.13 it fails
+on ``nn.MultiheadAttention`` in eval mode, ``aten::_native_multi_head_attention``). The
+result is simplified with onnxsim and its IR version capped for the target.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+import onnx
+import torch
+from torch import nn
+
+from edgeexit.bundle import BATCH_DIM
+from edgeexit.errors import ExportError
+
+EXPORTERS = ("auto", "torchscript", "dynamo")
+DYNAMO_MIN_OPSET = 18
+
+
+def export_graph(
+    module: nn.Module,
+    args: Sequence[torch.Tensor],
+    path: Path,
+    input_names: Sequence[str],
+    output_names: Sequence[str],
+    *,
+    opset: int,
+    exporter: str = "auto",
+    simplify: bool = True,
+    max_ir_version: int | None = None,
+) -> str:
+    """Export ``module(*args)`` to ``path``; return the exporter that succeeded."""
+    if exporter not in EXPORTERS:
+        raise ExportError(f"unknown exporter {exporter!r}; expected one of {EXPORTERS}")
+    # A fresh wrapper module is in training mode, and the exporters restore that mode on
+    # exit, which would flip the user's (shared) submodules to training: export in eval.
+    module.eval()
+    order = ("torchscript", "dynamo") if exporter == "auto" else (exporter,)
+    failures = []
+    for name in order:
+        try:
+            run = _torchscript if name == "torchscript" else _dynamo
+            with _quiet():
+                run(module, tuple(args), path, list(input_names), list(output_names), opset)
+        except Exception as err:  # (torch raises many types; all mean "failed")
+            failures.append(f"{name}: {_first_line(err)}")
+            continue
+        _finish(path, simplify, max_ir_version)
+        return name
+    raise ExportError("ONNX export failed (" + "; ".join(failures) + ")")
+
+
+def _torchscript(module, args, path, input_names, output_names, opset) -> None:
+    axes = {n: {0: BATCH_DIM} for n in (*input_names, *output_names)}
+    torch.onnx.export(
+        module,
+        args,
+        str(path),
+        input_names=input_names,
+        output_names=output_names,
+        dynamic_axes=axes,
+        opset_version=opset,
+        do_constant_folding=True,
+        dynamo=False,
+    )
+
+
+def _dynamo(module, args, path, input_names, output_names, opset) -> None:
+    if opset < DYNAMO_MIN_OPSET:
+        raise ExportError(f"the dynamo exporter needs opset >= {DYNAMO_MIN_OPSET}, got {opset}")
+    batch = torch.export.Dim(BATCH_DIM, min=1)
+    # dynamic_shapes mirrors forward(self, *xs): a 1-tuple holding one dict per input.
+    shapes = (tuple({0: batch} for _ in args),)
+    program = torch.onnx.export(
+        module,
+        args,
+        input_names=input_names,
+        output_names=output_names,
+        dynamic_shapes=shapes,
+        opset_version=opset,
+        dynamo=True,
+        optimize=True,
+        verbose=False,
+    )
+    program.save(str(path))
+
+
+def _finish(path: Path, simplify: bool, max_ir_version: int | None) -> None:
+    model = onnx.load(str(path))
+    if simplify:
+        model = _simplify(model)
+    if max_ir_version is not None and model.ir_version > max_ir_version:
+        model.ir_version = max_ir_version
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+
+
+def _simplify(model: onnx.ModelProto) -> onnx.ModelProto:
+    import onnxsim
+
+    try:
+        simplified, ok = onnxsim.simplify(model)
+    except Exception as err:  # (onnxsim raises bare RuntimeErrors and more)
+        raise ExportError(f"onnxsim could not simplify the graph: {_first_line(err)}") from err
+    if not ok:
+        raise ExportError("onnxsim's check of the simplified graph failed")
+    return simplified
+
+
+@contextlib.contextmanager
+def _quiet():
+    """Silence the exporters' progress chatter and deprecation warnings; errors still raise."""
+    logger = logging.getLogger("torch.onnx")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with (
+            warnings.catch_warnings(),
+            contextlib.redirect_stdout(io.StringIO()),
+            contextlib.redirect_stderr(io.StringIO()),
+        ):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logger.setLevel(level)
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__

@@ -1,0 +1,117 @@
+"""The multi-exit model contract (DESIGN.md §1), checked once, in one place.
+
+A multi-exit model is any ``nn.Module`` with two equal-length ``nn.ModuleList``s,
+``segments`` and ``exits``. ``segments[0](*inputs)`` returns a carry (a Tensor or a tuple of
+Tensors), ``segments[i](*carry)`` continues it, and ``exits[i](*carry_i)`` returns logits
+``[batch, classes]`` or ``(logits, gate)`` with ``gate`` ``[batch]``. Everything else in the
+export side walks a model through :func:`run_exits` so the contract is enforced identically
+for export, validation and training.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from edgeexit.errors import ModelContractError
+
+CONTRACT = (
+    "expected an nn.Module with two equal-length nn.ModuleLists `segments` and `exits` "
+    "(or edgeexit.MultiExit(segments=[...], exits=[...]))"
+)
+
+
+class MultiExit(nn.Module):
+    """A multi-exit model built from parts: ``segments[i]`` followed by head ``exits[i]``.
+
+    ``forward`` returns every exit's logits, which is what joint training needs.
+    """
+
+    def __init__(self, segments: Sequence[nn.Module], exits: Sequence[nn.Module]) -> None:
+        super().__init__()
+        self.segments = nn.ModuleList(segments)
+        self.exits = nn.ModuleList(exits)
+        check_contract(self)
+
+    def forward(self, *inputs: torch.Tensor) -> list[torch.Tensor]:
+        return [step.logits for step in run_exits(self, inputs)]
+
+
+@dataclass
+class ExitStep:
+    """What one segment + exit computed: the carry it received and passed on, and its head."""
+
+    carry_in: tuple[torch.Tensor, ...]
+    carry_out: tuple[torch.Tensor, ...]
+    logits: torch.Tensor
+    gate: torch.Tensor | None
+
+
+def check_contract(model: object) -> int:
+    """Check the model's structure; return its number of exits or raise ModelContractError."""
+    if not isinstance(model, nn.Module):
+        raise ModelContractError(f"model is a {type(model).__name__}; {CONTRACT}")
+    for attr in ("segments", "exits"):
+        value = getattr(model, attr, None)
+        if value is None:
+            raise ModelContractError(f"{type(model).__name__} has no `{attr}`; {CONTRACT}")
+        if not isinstance(value, nn.ModuleList):
+            raise ModelContractError(
+                f"{type(model).__name__}.{attr} is a {type(value).__name__}; {CONTRACT}"
+            )
+    n_seg, n_exit = len(model.segments), len(model.exits)
+    if n_seg != n_exit:
+        raise ModelContractError(
+            f"{type(model).__name__} has {n_seg} segments but {n_exit} exits; "
+            "expected one exit head per segment"
+        )
+    if n_seg == 0:
+        raise ModelContractError(f"{type(model).__name__} has no segments; {CONTRACT}")
+    return n_seg
+
+
+def as_carry(value: object, where: str) -> tuple[torch.Tensor, ...]:
+    """A segment's output as a tuple of Tensors (a lone Tensor is a 1-tuple)."""
+    if isinstance(value, torch.Tensor):
+        return (value,)
+    if (
+        isinstance(value, (tuple, list))
+        and value
+        and all(isinstance(v, torch.Tensor) for v in value)
+    ):
+        return tuple(value)
+    raise ModelContractError(
+        f"{where} returned a {type(value).__name__}; expected a Tensor or a tuple of Tensors"
+    )
+
+
+def split_head(value: object, where: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """An exit head's output as ``(logits [batch, classes], gate [batch] or None)``."""
+    gate = None
+    if isinstance(value, (tuple, list)) and len(value) == 2:
+        value, gate = value
+    if not isinstance(value, torch.Tensor) or value.dim() != 2:
+        shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+        raise ModelContractError(
+            f"{where} returned {shape}; expected logits [batch, classes] or (logits, gate)"
+        )
+    if gate is not None and (not isinstance(gate, torch.Tensor) or gate.dim() != 1):
+        shape = tuple(gate.shape) if isinstance(gate, torch.Tensor) else type(gate).__name__
+        raise ModelContractError(f"{where} returned a gate of {shape}; expected a gate [batch]")
+    return value, gate
+
+
+def run_exits(model: nn.Module, inputs: Sequence[torch.Tensor]) -> list[ExitStep]:
+    """Run every segment and exit head on ``inputs``, checking each output against the contract."""
+    n = check_contract(model)
+    carry = tuple(inputs)
+    steps = []
+    for i in range(n):
+        out = as_carry(model.segments[i](*carry), f"segments[{i}]")
+        logits, gate = split_head(model.exits[i](*out), f"exits[{i}]")
+        steps.append(ExitStep(carry, out, logits, gate))
+        carry = out
+    return steps

@@ -1,0 +1,30 @@
+"""The export options, as one frozen dataclass that crosses the API, the CLI and validation."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+DEFAULT_OPSET = 17  # the widest ONNX Runtime support on edge devices
+DEFAULT_ATOL = 1e-4
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    """How to export a multi-exit model to a bundle.
+
+    ``opset=None`` picks DEFAULT_OPSET, capped by the target's ``max_opset``.
+    ``exporter``: "auto" tries TorchScript then dynamo; "torchscript" or "dynamo" forces one.
+    ``validate`` runs the bundle under ONNX Runtime against PyTorch (tolerance ``atol``).
+    """
+
+    criterion: str = "confidence"
+    criterion_params: Mapping[str, Any] = field(default_factory=dict)
+    opset: int | None = None
+    atol: float = DEFAULT_ATOL
+    target: str | None = None
+    input_names: tuple[str, ...] | None = None
+    exporter: str = "auto"
+    simplify: bool = True
+    validate: bool = True

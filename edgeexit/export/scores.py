@@ -1,0 +1,75 @@
+"""Exit scores computed inside each segment's graph (higher = more confident).
+
+Each criterion maps an exit's logits (and, where needed, its gate or the hidden state
+entering and leaving the segment) to one float per sample, so the device compares a score
+with a threshold and never needs to know the criterion.
+
+- ``confidence``: max softmax probability.
+- ``margin``: top-1 minus top-2 probability.
+- ``entropy``: ``1 - H(p) / log(C)``: 1 for a one-hot prediction, 0 for a uniform one.
+- ``similarity``: cosine similarity between the hidden state (the first tensor of the carry)
+  entering and leaving the segment, flattened per sample (MuE, CALM). Where the two have
+  different sizes (segment 0 fed by the raw inputs, a downsampling block) there is nothing
+  to compare and the score is -1, the lowest cosine: only a threshold of -1 exits there.
+- ``gate``: the head's own learned score ``[batch]``, as-is (JEI-DNN, DeeDiff).
+- ``patience`` (PABEE): the in-graph score is the confidence; the runtime counts how many
+  consecutive exits agreed on the argmax.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from edgeexit.bundle import CRITERIA
+from edgeexit.errors import ModelContractError
+
+
+def check_criterion(criterion: str, num_classes: int, has_gate: bool, where: str) -> None:
+    """Raise ModelContractError if ``criterion`` cannot be computed for this exit."""
+    if criterion not in CRITERIA:
+        raise ModelContractError(f"unknown criterion {criterion!r}; expected one of {CRITERIA}")
+    if criterion == "gate" and not has_gate:
+        raise ModelContractError(
+            f"criterion 'gate' needs {where} to return (logits, gate [batch]); it returns logits"
+        )
+    if criterion in ("margin", "entropy") and num_classes < 2:
+        raise ModelContractError(
+            f"criterion {criterion!r} needs at least 2 classes; {where} has {num_classes}"
+        )
+
+
+def exit_score(
+    criterion: str,
+    logits: torch.Tensor,
+    gate: torch.Tensor | None,
+    hidden_in: torch.Tensor,
+    hidden_out: torch.Tensor,
+) -> torch.Tensor:
+    """The score ``[batch]`` float32 of one exit under ``criterion``."""
+    logits = logits.float()
+    if criterion in ("confidence", "patience"):
+        return torch.softmax(logits, dim=-1).max(dim=-1).values
+    if criterion == "margin":
+        top2 = torch.softmax(logits, dim=-1).topk(2, dim=-1).values
+        return top2[:, 0] - top2[:, 1]
+    if criterion == "entropy":
+        log_p = torch.log_softmax(logits, dim=-1)
+        entropy = -(log_p.exp() * log_p).sum(dim=-1)
+        return 1.0 - entropy / math.log(logits.shape[-1])
+    if criterion == "gate":
+        return gate.float()
+    if criterion == "similarity":
+        return _cosine(hidden_in, hidden_out)
+    raise ModelContractError(f"unknown criterion {criterion!r}; expected one of {CRITERIA}")
+
+
+def _cosine(before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
+    if before[0].numel() != after[0].numel():
+        # Nothing comparable: the lowest cosine, so no calibrated threshold above -1 exits.
+        # Derived from `after` (not torch.full) so the batch axis stays dynamic in the graph.
+        return torch.zeros_like(after.reshape(after.shape[0], -1)[:, 0], dtype=torch.float32) - 1.0
+    a = before.reshape(before.shape[0], -1).float()
+    b = after.reshape(after.shape[0], -1).float()
+    return torch.nn.functional.cosine_similarity(a, b, dim=-1, eps=1e-8)

@@ -1,0 +1,101 @@
+"""Train every exit of a multi-exit model together.
+
+The loss is the weighted sum of the exits' cross-entropies, optionally plus distillation
+from the final exit into the earlier ones (soft targets at a temperature). With
+``freeze_backbone`` only the heads learn (LGViT's second stage): the way to add exits to a
+backbone that is already trained.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from edgeexit.export.model import check_contract, run_exits
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """``exit_weights`` default to 1 per exit; ``distill_weight`` 0 turns distillation off."""
+
+    epochs: int = 10
+    batch_size: int = 64
+    lr: float = 3e-3
+    weight_decay: float = 0.0
+    exit_weights: tuple[float, ...] | None = None
+    distill_weight: float = 0.0
+    temperature: float = 2.0
+    freeze_backbone: bool = False
+    seed: int = 0
+
+
+def train_multi_exit(
+    model: nn.Module, inputs: object, labels: object, config: TrainConfig | None = None, **kw
+) -> list[float]:
+    """Train ``model`` in place on ``inputs`` (an array/Tensor or a tuple of them) and
+    ``labels``; return the mean loss of each epoch. ``kw`` overrides TrainConfig fields."""
+    config = TrainConfig(**{**(config.__dict__ if config else {}), **kw})
+    n_exits = check_contract(model)
+    weights = config.exit_weights or (1.0,) * n_exits
+    if len(weights) != n_exits:
+        raise ValueError(f"got {len(weights)} exit weights for {n_exits} exits")
+    xs = _tensors(inputs)
+    y = torch.as_tensor(np.asarray(labels), dtype=torch.int64)
+    torch.manual_seed(config.seed)
+    params = _trainable(model, config.freeze_backbone)
+    opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    history = []
+    for _ in range(config.epochs):
+        model.train()
+        if config.freeze_backbone:
+            model.segments.eval()  # frozen BatchNorm statistics too
+        total = 0.0
+        for idx in torch.randperm(len(y)).split(config.batch_size):
+            logits = [s.logits for s in run_exits(model, [x[idx] for x in xs])]
+            loss = _loss(logits, y[idx], weights, config)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            total += loss.item() * len(idx)
+        history.append(total / len(y))
+    model.eval()
+    return history
+
+
+@torch.no_grad()
+def exit_accuracies(model: nn.Module, inputs: object, labels: object) -> list[float]:
+    """Accuracy of each exit on ``inputs`` (every sample through every exit)."""
+    model.eval()
+    y = torch.as_tensor(np.asarray(labels), dtype=torch.int64)
+    steps = run_exits(model, _tensors(inputs))
+    return [float((s.logits.argmax(dim=-1) == y).float().mean()) for s in steps]
+
+
+def _loss(logits: list[torch.Tensor], y: torch.Tensor, weights: Sequence[float], config):
+    loss = sum(w * F.cross_entropy(z, y) for w, z in zip(weights, logits))
+    if config.distill_weight > 0 and len(logits) > 1:
+        t = config.temperature
+        teacher = F.softmax(logits[-1].detach() / t, dim=-1)
+        kd = sum(
+            F.kl_div(F.log_softmax(z / t, dim=-1), teacher, reduction="batchmean") * t * t
+            for z in logits[:-1]
+        )
+        loss = loss + config.distill_weight * kd
+    return loss / sum(weights)
+
+
+def _trainable(model: nn.Module, freeze_backbone: bool) -> list[nn.Parameter]:
+    for p in model.segments.parameters():
+        p.requires_grad_(not freeze_backbone)
+    modules = model.exits if freeze_backbone else model
+    return [p for p in modules.parameters() if p.requires_grad]
+
+
+def _tensors(inputs: object) -> tuple[torch.Tensor, ...]:
+    items = inputs if isinstance(inputs, (tuple, list)) else (inputs,)
+    return tuple(torch.as_tensor(np.asarray(x)) if not torch.is_tensor(x) else x for x in items)
