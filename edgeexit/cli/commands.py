@@ -4,4 +4,5 @@ Command modules must not import torch, onnx or onnxsim at module level: the devi
 (`run`, `profile`, `bench`, `targets`) has to work with only the runtime installed.
 """
 
+import edgeexit.cli.run  # noqa: F401
 from edgeexit.cli import targets  # noqa: F401

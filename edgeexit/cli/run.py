@@ -1,0 +1,43 @@
+"""`edgeexit run BUNDLE --input X`: run a bundle on the device with per-sample early exit."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+from edgeexit.cli.app import command
+from edgeexit.data import load_data
+from edgeexit.runtime import Runtime
+
+
+@command("run")
+def run_cmd(
+    bundle: Path = typer.Argument(..., help="The bundle directory (manifest.json + segments)."),
+    input_path: Path = typer.Option(
+        ..., "--input", "-i", help="A .npy array, or a .npz with 'x' (or one array per input)."
+    ),
+    target: str = typer.Option(None, "--target", "-t", help="Target name or .toml profile."),
+    threads: int = typer.Option(None, "--threads", help="Intra-op threads (0 = all cores)."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+) -> None:
+    """Run a bundle on some inputs: predictions, exit taken, latency and energy.
+
+    Each sample leaves at the first exit whose score reaches the bundle's threshold.
+    Energy says where it comes from: measured by a named sensor, or modeled.
+
+    Examples:
+
+        edgeexit run bundle/ --input digits.npz
+
+        edgeexit run bundle/ --input x.npy --target rpi5 --threads 4 --json
+    """
+    runtime = Runtime(bundle, target=target, threads=threads)
+    data = load_data(input_path, runtime.manifest.inputs)
+    result = runtime.run(data.inputs)
+    if as_json:
+        typer.echo(json.dumps({"target": runtime.target.name, **result.to_json()}, indent=2))
+        return
+    Console().print(result)

@@ -1,0 +1,300 @@
+"""The segment chain: sessions, their pre-allocated buffers and IOBindings, and the loop.
+
+Speed is the point of this module. Every segment writes into buffers allocated once (grown
+only when a bigger batch comes) and bound once per batch size: segment i's carry buffers
+*are* segment i+1's input buffers, so nothing is copied between segments unless samples
+leave. When some do, the surviving rows are gathered to the front of the same buffers and
+the next segment runs on a smaller batch. Per exit, only the ``[batch]`` score is looked at;
+logits are read only for the samples that leave there. The caches of bindings are keyed by
+batch size, so a steady stream of same-sized calls does no binding work at all.
+
+With the CUDA provider the carry buffers are device OrtValues: carries never leave the GPU,
+and only scores and logits are bound to host memory (see ``gather.py`` for the compaction).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from time import perf_counter
+from typing import NamedTuple
+
+import numpy as np
+import onnxruntime as ort
+
+from edgeexit.bundle import Manifest
+from edgeexit.errors import BundleError, InputError
+from edgeexit.runtime.gather import RowMover
+from edgeexit.runtime.layout import Layout
+from edgeexit.runtime.session import ORT_ERRORS
+
+
+class Step(NamedTuple):
+    """Segment i bound for a batch of k: run ``binding``, then read these views."""
+
+    binding: ort.IOBinding
+    score: np.ndarray  # [k] view of the score buffer
+    logits: np.ndarray  # [k, C] view of the logits buffer
+    carry: tuple  # [k, ...] views of the carry buffers (numpy on CPU, OrtValue rows on CUDA)
+
+
+class Buffer:
+    """A tensor of ``capacity`` rows: a numpy array, or an OrtValue on ``device``.
+
+    Bindings cover its first k rows (rows are contiguous), so one allocation serves every
+    batch size up to the capacity.
+    """
+
+    def __init__(self, layout: Layout, capacity: int, device: str | None = None) -> None:
+        self.layout = layout
+        self.device = device or "cpu"
+        self.array: np.ndarray | None = None
+        if device is None:
+            self.array = layout.empty(capacity)
+            self.ptr = self.array.ctypes.data
+        else:
+            self.value = ort.OrtValue.ortvalue_from_shape_and_type(
+                [capacity, *layout.row_shape], layout.dtype, device, 0
+            )
+            self.ptr = self.value.data_ptr()
+
+    def rows(self, k: int) -> np.ndarray | tuple[Buffer, int]:
+        return self.array[:k] if self.array is not None else (self, k)
+
+    def bind_input(self, io: ort.IOBinding, name: str, k: int) -> None:
+        shape = [k, *self.layout.row_shape]
+        io.bind_input(name, self.device, 0, self.layout.dtype, shape, self.ptr)
+
+    def bind_output(self, io: ort.IOBinding, name: str, k: int) -> None:
+        shape = [k, *self.layout.row_shape]
+        io.bind_output(name, self.device, 0, self.layout.dtype, shape, self.ptr)
+
+
+class Chain:
+    """The sessions of one bundle with their buffers; runs batches through them.
+
+    Not thread-safe: one call at a time (the buffers are shared between calls).
+    """
+
+    def __init__(
+        self,
+        manifest: Manifest,
+        sessions: list[ort.InferenceSession],
+        layouts: list[dict[str, Layout]],
+        carry_device: str | None = None,
+    ) -> None:
+        self.manifest = manifest
+        self.sessions = sessions
+        self.layouts = layouts
+        # None: carries are numpy arrays; else OrtValues on that device ("cuda"), which
+        # never leave it (only scores and logits are bound to host memory).
+        self.carry_device = carry_device
+        self.mover = RowMover(sessions[0].get_providers(), carry_device) if carry_device else None
+        self.num_classes = layouts[0][manifest.segments[0].logits].row_shape[0]
+        self.input_layouts = [
+            Layout(tuple(int(d) for d in s.shape[1:]), np.dtype(s.dtype)) for s in manifest.inputs
+        ]
+        self.capacity = 0
+        self.reserve(1)
+
+    # -- buffers and bindings -------------------------------------------------------------
+
+    def reserve(self, rows: int) -> None:
+        """Make every buffer hold at least ``rows`` samples (grow by doubling)."""
+        if rows <= self.capacity:
+            return
+        cap = max(rows, 2 * self.capacity)
+        self.stage = [lay.empty(cap) for lay in self.input_layouts]
+        self.outputs: list[dict[str, Buffer]] = []
+        for spec, lay in zip(self.manifest.segments, self.layouts):
+            bufs = {name: Buffer(lay[name], cap, self.carry_device) for name in spec.carry}
+            for name in (spec.logits, spec.score):  # read on the host
+                bufs.setdefault(name, Buffer(lay[name], cap))
+            self.outputs.append(bufs)
+        self.steps: list[dict[int, Step]] = [{} for _ in self.sessions]
+        self.scratch: dict[int, Buffer] = {}  # device carries' gather targets, made lazily
+        self.capacity = cap
+
+    def sources(self, i: int) -> list[Buffer | np.ndarray]:
+        """What feeds segment i's inputs, in order: the staged inputs or i-1's carry."""
+        if i == 0:
+            return self.stage
+        prev = self.manifest.segments[i - 1]
+        return [self.outputs[i - 1][name] for name in prev.carry]
+
+    def step(self, i: int, k: int) -> Step:
+        """Segment i bound for a batch of k (cached)."""
+        cached = self.steps[i].get(k)
+        if cached is not None:
+            return cached
+        spec, outs = self.manifest.segments[i], self.outputs[i]
+        io = self.sessions[i].io_binding()
+        for name, src in zip(spec.inputs, self.sources(i)):
+            if isinstance(src, np.ndarray):
+                shape = [k, *src.shape[1:]]
+                io.bind_input(name, "cpu", 0, src.dtype, shape, src.ctypes.data)
+            else:
+                src.bind_input(io, name, k)
+        for name, buf in outs.items():
+            buf.bind_output(io, name, k)
+        step = Step(
+            io,
+            outs[spec.score].array[:k],
+            outs[spec.logits].array[:k],
+            tuple(outs[name].rows(k) for name in spec.carry),
+        )
+        self.steps[i][k] = step
+        return step
+
+    def run_step(self, i: int, step: Step) -> None:
+        try:
+            self.sessions[i].run_with_iobinding(step.binding)
+        except ORT_ERRORS as err:
+            text = str(err).strip().splitlines()[0] if str(err).strip() else repr(err)
+            raise BundleError(f"{self.manifest.segments[i].file} failed: {text}") from err
+
+    def stage_inputs(self, xs: tuple[np.ndarray, ...]) -> int:
+        n = len(xs[0])
+        self.reserve(n)
+        for buf, x in zip(self.stage, xs):
+            buf[:n] = x
+        return n
+
+    def segment_step(self, i: int, feeds: Mapping[str, np.ndarray] | Sequence[np.ndarray]) -> Step:
+        """Put ``feeds`` where segment i reads its inputs; return its step for that batch."""
+        names = self.manifest.segments[i].inputs
+        if isinstance(feeds, Mapping):
+            missing = [n for n in names if n not in feeds]
+            if missing:
+                raise InputError(
+                    f"segment {i} input {missing[0]!r} is missing; expected {list(names)}"
+                )
+            feeds = [feeds[n] for n in names]
+        if len(feeds) != len(names):
+            raise InputError(
+                f"segment {i} takes {len(names)} inputs {list(names)}; got {len(feeds)}"
+            )
+        k = len(feeds[0]) if isinstance(feeds[0], np.ndarray) and feeds[0].ndim else 0
+        if k < 1:
+            raise InputError(f"segment {i} input {names[0]!r} has no batch; expected >= 1 row")
+        self.reserve(k)
+        for name, x, src in zip(names, feeds, self.sources(i)):
+            layout = src.layout if isinstance(src, Buffer) else Layout(src.shape[1:], src.dtype)
+            if (
+                not isinstance(x, np.ndarray)
+                or x.dtype != layout.dtype
+                or x.shape != (k, *layout.row_shape)
+            ):
+                got = f"{x.dtype} {x.shape}" if isinstance(x, np.ndarray) else type(x).__name__
+                raise InputError(
+                    f"segment {i} input {name!r} is {got}; expected {layout.dtype} "
+                    f"{(k, *layout.row_shape)}"
+                )
+            if isinstance(src, np.ndarray):
+                if x.ctypes.data != src.ctypes.data:
+                    src[:k] = x
+            elif src.array is not None:
+                if x.ctypes.data != src.ptr:  # the carry just returned: already in place
+                    src.array[:k] = x
+            else:
+                self.mover.upload(x, src)
+        return self.step(i, k)
+
+    # -- the early-exit pass --------------------------------------------------------------
+
+    def forward(
+        self, xs: tuple[np.ndarray, ...], thresholds: tuple[float, ...], patience: bool
+    ) -> tuple[np.ndarray, np.ndarray, list[float]]:
+        """Run a batch with per-sample exits: (logits [n, C], exit_index [n], seconds per seg)."""
+        n = k = self.stage_inputs(xs)
+        logits = np.empty((n, self.num_classes), dtype=np.float32)
+        exit_index = np.empty(n, dtype=np.int64)
+        seg_s = [0.0] * len(self.sessions)
+        alive: np.ndarray | None = None  # None: row j is still sample j
+        state: tuple[np.ndarray, np.ndarray] | None = None  # patience (counter, argmax)
+        last = len(self.sessions) - 1
+        for i, threshold in enumerate(thresholds):
+            step = self.steps[i].get(k) or self.step(i, k)
+            t = perf_counter()
+            self.run_step(i, step)
+            seg_s[i] = perf_counter() - t
+            if i == last:
+                rows = slice(None) if alive is None else alive
+                logits[rows] = step.logits
+                exit_index[rows] = i
+                break
+            if patience:
+                state = patience_update(state, step.logits)
+                score = state[0]
+            elif threshold == math.inf:
+                continue  # nobody leaves here: skip even reading the score
+            else:
+                score = step.score
+            leaving = score >= threshold
+            if not leaving.any():
+                continue
+            done = np.flatnonzero(leaving)
+            rows = done if alive is None else alive[done]
+            logits[rows] = step.logits[done]
+            exit_index[rows] = i
+            if done.size == k:
+                break
+            keep = np.flatnonzero(~leaving)
+            alive = keep if alive is None else alive[keep]
+            if state is not None:
+                state = (state[0][keep], state[1][keep])
+            self.compact(step.carry, keep)
+            k = keep.size
+        return logits, exit_index, seg_s
+
+    def compact(self, carry: tuple, keep: np.ndarray) -> None:
+        """Move the rows ``keep`` (ascending) of each carry to its front, in place."""
+        for rows in carry:
+            if isinstance(rows, np.ndarray):
+                # mode="raise" makes numpy buffer the overlapping out=, so this is safe.
+                np.take(rows, keep, axis=0, out=rows[: keep.size])
+            else:
+                buffer, k = rows
+                if buffer.ptr not in self.scratch:
+                    scratch = Buffer(buffer.layout, self.capacity, self.carry_device)
+                    self.scratch[buffer.ptr] = scratch
+                self.mover.compact(buffer, self.scratch[buffer.ptr], k, keep)
+
+    def to_host(self, rows: np.ndarray | tuple[Buffer, int]) -> np.ndarray:
+        if isinstance(rows, np.ndarray):
+            return rows
+        buffer, k = rows
+        return self.mover.download(buffer, k)
+
+    # -- every exit for every sample (calibration) ----------------------------------------
+
+    def forward_all(
+        self, xs: tuple[np.ndarray, ...], patience: bool, logits: np.ndarray, scores: np.ndarray
+    ) -> list[float]:
+        """Fill ``logits`` [E, n, C] and ``scores`` [E, n] for one batch; seconds per seg."""
+        n = self.stage_inputs(xs)
+        seg_s = [0.0] * len(self.sessions)
+        state = None
+        for i in range(len(self.sessions)):
+            step = self.step(i, n)
+            t = perf_counter()
+            self.run_step(i, step)
+            seg_s[i] = perf_counter() - t
+            logits[i] = step.logits
+            if patience:
+                state = patience_update(state, step.logits)
+                scores[i] = state[0]
+            else:
+                scores[i] = step.score
+        return seg_s
+
+
+def patience_update(
+    state: tuple[np.ndarray, np.ndarray] | None, logits: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """PABEE: the counter is 0 at exit 0, then +1 while the argmax stays the same, else 0."""
+    pred = logits.argmax(axis=1)
+    if state is None:
+        return np.zeros(len(pred), dtype=np.float32), pred
+    counter, prev = state
+    return np.where(pred == prev, counter + 1, 0).astype(np.float32), pred

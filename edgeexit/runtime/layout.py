@@ -1,0 +1,89 @@
+"""What every segment output looks like, learned once at load by a probe run.
+
+The manifest names the outputs but not their shapes (ONNX often leaves them symbolic). One
+run of the chain at batch 2 on zeros gives each output's per-row shape and dtype, which
+lets the runtime allocate its buffers once and bind them before any real call. It also
+checks the contract the runtime relies on: every output has the batch on axis 0, logits
+are ``[batch, classes]`` with the same classes at every exit, the score is ``[batch]``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnxruntime as ort
+
+from edgeexit.bundle import Manifest, SegmentSpec
+from edgeexit.errors import BundleError
+from edgeexit.runtime.session import ORT_ERRORS
+
+PROBE_BATCH = 2
+
+
+@dataclass(frozen=True)
+class Layout:
+    """One tensor's shape without its batch axis, and its dtype."""
+
+    row_shape: tuple[int, ...]
+    dtype: np.dtype
+
+    def empty(self, rows: int) -> np.ndarray:
+        return np.empty((rows, *self.row_shape), dtype=self.dtype)
+
+
+def _check_names(spec: SegmentSpec, session: ort.InferenceSession) -> None:
+    have_in = [i.name for i in session.get_inputs()]
+    if sorted(have_in) != sorted(spec.inputs):
+        raise BundleError(
+            f"{spec.file} takes inputs {have_in}; the manifest says {list(spec.inputs)}"
+        )
+    have_out = {o.name for o in session.get_outputs()}
+    for name in (*spec.carry, spec.logits, spec.score):
+        if name not in have_out:
+            raise BundleError(
+                f"{spec.file} has no output {name!r}; its outputs are {sorted(have_out)}"
+            )
+
+
+def _layout(spec: SegmentSpec, name: str, value: np.ndarray) -> Layout:
+    if value.ndim == 0 or value.shape[0] != PROBE_BATCH:
+        raise BundleError(
+            f"{spec.file} output {name!r} has shape {value.shape} for a batch of "
+            f"{PROBE_BATCH}; expected the batch on axis 0"
+        )
+    return Layout(tuple(value.shape[1:]), value.dtype)
+
+
+def probe_layouts(
+    manifest: Manifest, sessions: list[ort.InferenceSession]
+) -> list[dict[str, Layout]]:
+    """Run the chain once at batch 2 on zeros; return each segment's output layouts."""
+    feeds = {
+        s.name: np.zeros((PROBE_BATCH, *s.shape[1:]), dtype=np.dtype(s.dtype))
+        for s in manifest.inputs
+    }
+    layouts = []
+    for spec, session in zip(manifest.segments, sessions):
+        _check_names(spec, session)
+        names = list(dict.fromkeys((*spec.carry, spec.logits, spec.score)))
+        try:
+            values = session.run(names, feeds)
+        except ORT_ERRORS as err:
+            raise BundleError(
+                f"{spec.file} fails on a batch of {PROBE_BATCH}; expected a dynamic batch axis "
+                f"({str(err).strip().splitlines()[0] if str(err).strip() else err!r})"
+            ) from err
+        out = {n: _layout(spec, n, v) for n, v in zip(names, values)}
+        if len(out[spec.logits].row_shape) != 1:
+            raise BundleError(f"{spec.file} logits {spec.logits!r} are not [batch, classes]")
+        if out[spec.score].row_shape != ():
+            raise BundleError(f"{spec.file} score {spec.score!r} is not [batch]")
+        layouts.append(out)
+        if len(layouts) < manifest.num_exits:
+            next_inputs = manifest.segments[len(layouts)].inputs
+            feeds = dict(zip(next_inputs, values[: len(spec.carry)]))
+    classes = {lay[s.logits].row_shape for lay, s in zip(layouts, manifest.segments)}
+    if len(classes) != 1:
+        raise BundleError(f"exits disagree on the number of classes: {sorted(classes)}")
+    return layouts

@@ -1,0 +1,90 @@
+"""What a runtime call returns, rendering itself for the CLI (rich) and for scripts (JSON)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from rich.console import Console, ConsoleOptions, RenderResult
+from rich.table import Table
+
+MAX_ROWS_SHOWN = 20
+
+
+@dataclass(frozen=True)
+class Result:
+    """One ``Runtime.run`` call.
+
+    ``logits`` [batch, classes]: each row from the exit its sample took. ``exit_index``
+    [batch]: that exit. ``latency_ms``: wall time of the whole call. ``energy_mj`` and
+    ``energy_source``: the call's energy and where it comes from ('modeled' from the
+    target's power figure, a sensor name such as 'rapl' when measured, or 'none' with
+    ``energy_mj`` None). ``segment_ms``: time inside each segment's ONNX Runtime call
+    (0 for segments no sample reached).
+    """
+
+    logits: np.ndarray
+    exit_index: np.ndarray
+    latency_ms: float
+    energy_mj: float | None
+    energy_source: str
+    segment_ms: tuple[float, ...]
+    energy_measured: bool = False
+
+    @property
+    def predictions(self) -> np.ndarray:
+        return self.logits.argmax(axis=1)
+
+    @property
+    def energy_label(self) -> str:
+        """'measured (rapl)', 'modeled' or 'none': a modeled figure never reads as measured."""
+        if self.energy_mj is None:
+            return "none"
+        return f"measured ({self.energy_source})" if self.energy_measured else "modeled"
+
+    def exit_counts(self) -> list[int]:
+        return np.bincount(self.exit_index, minlength=len(self.segment_ms)).tolist()
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "predictions": self.predictions.tolist(),
+            "exit_index": self.exit_index.tolist(),
+            "exit_counts": self.exit_counts(),
+            "latency_ms": self.latency_ms,
+            "energy_mj": self.energy_mj,
+            "energy_source": self.energy_source,
+            "energy_measured": self.energy_measured,
+            "segment_ms": list(self.segment_ms),
+        }
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        table = Table(title=f"{len(self.exit_index)} samples")
+        for col in ("sample", "prediction", "exit"):
+            table.add_column(col, justify="right")
+        shown = min(len(self.exit_index), MAX_ROWS_SHOWN)
+        for b, (pred, exit_i) in enumerate(zip(self.predictions[:shown], self.exit_index)):
+            table.add_row(str(b), str(int(pred)), str(int(exit_i)))
+        if shown < len(self.exit_index):
+            table.add_row("…", f"{len(self.exit_index) - shown} more", "")
+        yield table
+        counts = ", ".join(f"exit {i}: {c}" for i, c in enumerate(self.exit_counts()))
+        energy = "n/a" if self.energy_mj is None else f"{self.energy_mj:.4f} mJ"
+        yield f"exits        {counts}"
+        yield f"latency      {self.latency_ms:.3f} ms"
+        yield f"energy       {energy} ({self.energy_label})"
+        yield "segments     " + ", ".join(f"{ms:.3f}" for ms in self.segment_ms) + " ms"
+
+
+@dataclass(frozen=True)
+class ExitOutputs:
+    """Every sample through every exit (``Runtime.run_all_exits``), for calibration.
+
+    ``logits`` float32 [num_exits, N, C]; ``scores`` float32 [num_exits, N] (the patience
+    counters for the ``patience`` criterion); ``segment_ms`` the mean time per sample of
+    each segment over the pass, in ms.
+    """
+
+    logits: np.ndarray
+    scores: np.ndarray
+    segment_ms: tuple[float, ...]

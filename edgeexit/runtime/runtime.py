@@ -1,0 +1,171 @@
+"""``Runtime``: load a bundle for a device target and run it with per-sample early exit.
+
+The public face of the device side. Loading reads and verifies the bundle (sha256 of every
+segment), opens one ONNX Runtime session per segment configured from the target, and probes
+the output shapes once; calls then go through the pre-bound chain (``chain.py``).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Mapping, Sequence
+from time import perf_counter
+
+import numpy as np
+import onnxruntime as ort
+
+from edgeexit.bundle import Manifest, read_manifest, verify_segments
+from edgeexit.energy import get_meter
+from edgeexit.errors import InputError
+from edgeexit.runtime.chain import Chain
+from edgeexit.runtime.inputs import Inputs, check_inputs
+from edgeexit.runtime.layout import probe_layouts
+from edgeexit.runtime.result import ExitOutputs, Result
+from edgeexit.runtime.session import open_session, resolve_config
+from edgeexit.targets import Target, load_target
+
+
+class Runtime:
+    """A bundle loaded for a device, ready to run with per-sample early exit.
+
+    Args:
+        bundle_dir: the bundle directory (``manifest.json`` + segment files).
+        target: a target name (``edgeexit targets``), the path of a .toml profile, a
+            ``Target``, or None for the host default. It sets providers, threads,
+            spinning, graph optimization and the energy meter.
+        providers: ONNX Runtime execution providers, overriding the target's; with
+            ``['CUDAExecutionProvider', ...]`` carries stay on the GPU between segments.
+        threads: intra-op threads, overriding the target's (0 = all cores).
+
+    Raises BundleError (unreadable/other-format manifest, missing or modified segment,
+    a segment ONNX Runtime cannot load) and TargetError (unknown target or provider).
+
+    Attributes: ``manifest``, ``target``, ``num_exits``. Not thread-safe: give each thread
+    its own Runtime.
+
+    Example::
+
+        rt = Runtime("bundle/", target="rpi5")
+        result = rt.run(x)            # x: float32 [batch, 1, 8, 8]
+        result.exit_index, result.latency_ms, result.energy_mj, result.energy_source
+    """
+
+    def __init__(
+        self,
+        bundle_dir: str | os.PathLike,
+        *,
+        target: str | os.PathLike | Target | None = None,
+        providers: Sequence[str] | None = None,
+        threads: int | None = None,
+    ) -> None:
+        self.target = load_target(target)
+        config = resolve_config(self.target, providers, threads)
+        self.manifest: Manifest = read_manifest(bundle_dir)
+        paths = verify_segments(bundle_dir, self.manifest)
+        sessions = [open_session(p, config) for p in paths]
+        layouts = probe_layouts(self.manifest, sessions)
+        carry_device = "cuda" if config.device == "cuda" else None
+        self._chain = Chain(self.manifest, sessions, layouts, carry_device)
+        self._meter = get_meter(self.target)
+        self._patience = self.manifest.criterion == "patience"
+        self.config = config
+
+    @property
+    def num_exits(self) -> int:
+        return self.manifest.num_exits
+
+    @property
+    def sessions(self) -> list[ort.InferenceSession]:
+        """The segments' ONNX Runtime sessions, in chain order."""
+        return self._chain.sessions
+
+    def run(self, inputs: Inputs, *, thresholds: Sequence[float] | None = None) -> Result:
+        """Run a batch; each sample leaves at its first exit i with score >= thresholds[i].
+
+        ``inputs``: one array (single-input models), a sequence of arrays in the
+        manifest's input order, or a dict from input name to array; checked against the
+        manifest first (InputError naming the input, expected and received).
+        ``thresholds``: one per exit, overriding the manifest's for this call; ``inf``
+        means no sample leaves there. The last exit always takes every remaining sample.
+        Each sample's result is exactly what it gets when run alone.
+        """
+        t0 = perf_counter()
+        xs = check_inputs(inputs, self.manifest.inputs)
+        chosen = self.manifest.thresholds if thresholds is None else self._checked(thresholds)
+        self._meter.begin_window()
+        logits, exit_index, seg_s = self._chain.forward(xs, chosen, self._patience)
+        reading = self._meter.end_window()
+        return Result(
+            logits=logits,
+            exit_index=exit_index,
+            latency_ms=(perf_counter() - t0) * 1e3,
+            energy_mj=reading.energy_mj,
+            energy_source=reading.source,
+            segment_ms=tuple(s * 1e3 for s in seg_s),
+            energy_measured=reading.measured,
+        )
+
+    def run_all_exits(
+        self,
+        inputs: Inputs,
+        *,
+        batch_size: int = 256,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> ExitOutputs:
+        """Every sample through every exit, for calibration.
+
+        Returns ExitOutputs: ``logits`` float32 [num_exits, N, C], ``scores`` float32
+        [num_exits, N] (patience counters for the ``patience`` criterion) and
+        ``segment_ms``, each segment's mean time per sample over the pass.
+        ``progress(done, total)`` is called after each batch of ``batch_size`` samples.
+        """
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise InputError(f"batch_size must be a positive integer, got {batch_size!r}")
+        xs = check_inputs(inputs, self.manifest.inputs)
+        n = len(xs[0])
+        logits = np.empty((self.num_exits, n, self._chain.num_classes), dtype=np.float32)
+        scores = np.empty((self.num_exits, n), dtype=np.float32)
+        total_s = np.zeros(self.num_exits)
+        for start in range(0, n, batch_size):
+            rows = slice(start, min(start + batch_size, n))
+            total_s += self._chain.forward_all(
+                tuple(x[rows] for x in xs), self._patience, logits[:, rows], scores[:, rows]
+            )
+            if progress is not None:
+                progress(rows.stop, n)
+        return ExitOutputs(logits, scores, tuple(float(s) * 1e3 / n for s in total_s))
+
+    def run_segment(
+        self, i: int, feeds: Mapping[str, np.ndarray] | Sequence[np.ndarray]
+    ) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
+        """Run segment i alone on its ONNX inputs; return (carry, logits, score).
+
+        ``feeds``: a dict from the segment's input names, or arrays in its input order
+        (segment 0 takes the model inputs, segment i the carry of segment i-1). The
+        returned arrays are views of the runtime's buffers, overwritten by the next
+        call: copy them to keep them. Feeding segment i+1 the carry just returned costs
+        no copy. ``score`` is the segment's own score output (not the patience counter).
+        On the CUDA provider the carry is returned as host copies.
+        """
+        if not isinstance(i, int) or not 0 <= i < self.num_exits:
+            raise InputError(
+                f"segment index {i!r} is out of range; expected 0..{self.num_exits - 1}"
+            )
+        step = self._chain.segment_step(i, feeds)
+        self._chain.run_step(i, step)
+        carry = [self._chain.to_host(rows) for rows in step.carry]
+        return carry, step.logits, step.score
+
+    def _checked(self, thresholds: Sequence[float]) -> tuple[float, ...]:
+        try:
+            values = tuple(float(t) for t in thresholds)
+        except (TypeError, ValueError) as err:
+            raise InputError(f"thresholds must be numbers, one per exit: {err}") from err
+        if len(values) != self.num_exits:
+            raise InputError(
+                f"got {len(values)} thresholds; expected {self.num_exits}, one per exit"
+            )
+        if any(math.isnan(t) for t in values):
+            raise InputError("a threshold is NaN; expected a number or inf (nobody exits there)")
+        return values

@@ -1,0 +1,115 @@
+"""ONNX Runtime sessions configured from a device target, and ORT errors translated.
+
+Everything that touches ``onnxruntime`` configuration lives here: thread count, spinning
+(spinning intra-op threads burn power between inferences on a device, so targets turn it
+off), graph optimization level and execution providers. ORT raises its own exception types;
+they are turned into edgeexit errors here and chained, so callers only see the error tree.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import onnxruntime as ort
+
+from edgeexit.errors import BundleError, TargetError
+from edgeexit.targets import Target
+
+ORT_ERRORS: tuple[type[Exception], ...] = (
+    ort.capi.onnxruntime_pybind11_state.Fail,
+    ort.capi.onnxruntime_pybind11_state.InvalidArgument,
+    ort.capi.onnxruntime_pybind11_state.InvalidGraph,
+    ort.capi.onnxruntime_pybind11_state.InvalidProtobuf,
+    ort.capi.onnxruntime_pybind11_state.RuntimeException,
+    ort.capi.onnxruntime_pybind11_state.EPFail,
+)
+
+_OPT_LEVELS = {
+    "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+}
+
+
+@dataclass(frozen=True)
+class SessionConfig:
+    """How every segment's session is built: resolved once from target + overrides."""
+
+    providers: tuple[str, ...]
+    provider_options: tuple[dict[str, Any], ...]
+    intra_op_threads: int  # 0: ONNX Runtime's default (all cores)
+    allow_spinning: bool
+    graph_optimization: str
+
+    @property
+    def device(self) -> str:
+        """'cuda' when the CUDA provider leads, else 'cpu': where carries live."""
+        return "cuda" if self.providers[0] == "CUDAExecutionProvider" else "cpu"
+
+
+def resolve_config(
+    target: Target, providers: list[str] | tuple[str, ...] | None, threads: int | None
+) -> SessionConfig:
+    """Merge a target with the caller's overrides, refusing what this ORT cannot do."""
+    if providers is None:
+        chosen, options = tuple(target.providers), tuple(target.provider_options)
+    else:
+        chosen, options = tuple(providers), ()
+    if not chosen:
+        raise TargetError("no execution providers given; expected e.g. ['CPUExecutionProvider']")
+    available = ort.get_available_providers()
+    missing = [p for p in chosen if p not in available]
+    if missing:
+        raise TargetError(
+            f"execution provider {missing[0]} is not available in this onnxruntime; "
+            f"available: {', '.join(available)}"
+        )
+    if options and len(options) != len(chosen):
+        raise TargetError(
+            f"target {target.name!r} has {len(options)} provider_options for "
+            f"{len(chosen)} providers; expected one table per provider"
+        )
+    if threads is not None and (not isinstance(threads, int) or threads < 0):
+        raise TargetError(f"threads must be a non-negative integer (0 = all cores), got {threads}")
+    if target.graph_optimization not in _OPT_LEVELS:
+        raise TargetError(
+            f"target {target.name!r} has graph_optimization {target.graph_optimization!r}; "
+            f"expected one of {', '.join(_OPT_LEVELS)}"
+        )
+    return SessionConfig(
+        providers=chosen,
+        provider_options=options,
+        intra_op_threads=threads if threads is not None else (target.intra_op_threads or 0),
+        allow_spinning=target.allow_spinning,
+        graph_optimization=target.graph_optimization,
+    )
+
+
+def session_options(config: SessionConfig) -> ort.SessionOptions:
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = config.intra_op_threads
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.graph_optimization_level = _OPT_LEVELS[config.graph_optimization]
+    opts.log_severity_level = 3
+    spin = "1" if config.allow_spinning else "0"
+    opts.add_session_config_entry("session.intra_op.allow_spinning", spin)
+    opts.add_session_config_entry("session.inter_op.allow_spinning", spin)
+    return opts
+
+
+def open_session(path: Path, config: SessionConfig) -> ort.InferenceSession:
+    """An InferenceSession for one ONNX file, or a BundleError naming the file."""
+    try:
+        return ort.InferenceSession(
+            str(path),
+            sess_options=session_options(config),
+            providers=list(config.providers),
+            provider_options=[dict(o) for o in config.provider_options] or None,
+        )
+    except ORT_ERRORS as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise BundleError(f"ONNX Runtime cannot load {path.name}: {first}") from err
