@@ -7,10 +7,10 @@ from dataclasses import asdict
 
 import typer
 from rich.console import Console
-from rich.table import Table
 
 from edgeexit.cli.app import command
 from edgeexit.targets import available_targets, load_target
+from edgeexit.targets.render import target_details, targets_table
 
 
 @command("targets")
@@ -25,23 +25,12 @@ def targets_cmd(
         edgeexit targets
 
         edgeexit targets rpi4 --json
+
+        edgeexit targets ./my-board.toml
     """
     targets = [load_target(name)] if name else [load_target(n) for n in available_targets()]
     if as_json:
         doc = [asdict(t) for t in targets]
         typer.echo(json.dumps(doc[0] if name else doc, indent=2))
         return
-    table = Table(title="edgeexit targets")
-    for col in ("name", "arch", "providers", "threads", "precision", "energy", "description"):
-        table.add_column(col)
-    for t in targets:
-        table.add_row(
-            t.name,
-            t.arch,
-            ", ".join(t.providers),
-            str(t.intra_op_threads or "all"),
-            t.precision,
-            t.energy_meter,
-            t.description,
-        )
-    Console().print(table)
+    Console().print(target_details(targets[0]) if name else targets_table(targets))

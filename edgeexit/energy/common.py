@@ -4,9 +4,12 @@ source. A meter that cannot measure says so; it never reports zero."""
 
 from __future__ import annotations
 
+import threading
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+
+from edgeexit.errors import EdgeExitError
 
 
 @dataclass(frozen=True)
@@ -31,6 +34,9 @@ class EnergyMeter(ABC):
 
     source: str = "none"
     measured: bool = False
+    # Shortest window the sensor resolves; the profiler repeats calls until a window is this
+    # long (NVML's counter, for one, only moves every 20-100 ms).
+    min_window_s: float = 0.0
 
     @abstractmethod
     def begin_window(self) -> None: ...
@@ -65,3 +71,59 @@ class ModeledMeter(EnergyMeter):
         duration_s = time.perf_counter() - self._start
         # W × s = J; × 1000 for mJ.
         return EnergyReading(self.active_power_w * duration_s * 1e3, "modeled", False, duration_s)
+
+
+class SensorUnavailable(EdgeExitError):
+    """A backend's sensor is absent on this machine (the probe's answer, not a failure)."""
+
+
+class SampledPowerMeter(EnergyMeter):
+    """A meter for sensors that report power, not energy: a thread samples ``power_w()``
+    every ``interval_s`` and the window's energy is the trapezoid integral of the samples.
+
+    Subclasses implement ``power_w``. A sample that fails ends sampling; ``end_window``
+    then raises the error, so a half-read window never becomes a figure.
+    """
+
+    measured = True
+
+    def __init__(self, interval_s: float = 0.05) -> None:
+        self.interval_s = interval_s
+        self.min_window_s = 10 * interval_s  # below ~10 samples the integral is noise
+        self._samples: list[tuple[float, float]] = []
+        self._error: BaseException | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @abstractmethod
+    def power_w(self) -> float: ...
+
+    def begin_window(self) -> None:
+        self._samples = [(time.perf_counter(), self.power_w())]
+        self._error = None
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._sample, name=f"{self.source}-sampler")
+        self._thread.daemon = True
+        self._thread.start()
+
+    def end_window(self) -> EnergyReading:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        if self._error is not None:
+            raise self._error
+        self._samples.append((time.perf_counter(), self.power_w()))
+        energy_j = sum(
+            (t1 - t0) * (p0 + p1) / 2
+            for (t0, p0), (t1, p1) in zip(self._samples, self._samples[1:])
+        )
+        duration_s = self._samples[-1][0] - self._samples[0][0]
+        return EnergyReading(energy_j * 1e3, self.source, True, duration_s)
+
+    def _sample(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            try:
+                self._samples.append((time.perf_counter(), self.power_w()))
+            except EdgeExitError as err:  # kept for end_window to raise in the caller's thread
+                self._error = err
+                return

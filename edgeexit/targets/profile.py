@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from edgeexit.errors import TargetError
+from edgeexit.targets.checks import check_values
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -69,6 +70,7 @@ def load_target(name_or_path: str | os.PathLike | Target | None) -> Target:
 
 
 def parse_target(doc: dict[str, Any], *, source: str = "<profile>") -> Target:
+    """Build a Target from a parsed TOML document, or raise one TargetError naming every problem."""
     known = set(Target.__dataclass_fields__) - {"extra"}
     unknown = sorted(set(doc) - known)
     if unknown:
@@ -77,7 +79,10 @@ def parse_target(doc: dict[str, Any], *, source: str = "<profile>") -> Target:
         if required not in doc:
             raise TargetError(f"{source}: missing required key {required!r}")
     values = dict(doc)
-    values["providers"] = tuple(values["providers"])
-    values["provider_options"] = tuple(values.get("provider_options", ()))
     values.setdefault("description", values["name"])
+    problems = check_values(values)
+    if problems:
+        raise TargetError(f"{source}: {'; '.join(problems)}")
+    values["providers"] = tuple(values["providers"])
+    values["provider_options"] = tuple(dict(o) for o in values.get("provider_options", ()))
     return Target(**values)

@@ -1,0 +1,192 @@
+"""Cross-compile a validated fp32 bundle for a device target.
+
+For each segment: pin the ONNX IR version and opset to the target's, change precision (int8
+static QDQ for ARM CPUs, fp16 for CUDA), check every exit's accuracy against fp32 on the
+calibration data, and write the new bundle atomically, with its precision and the accuracy
+report in the manifest. Nothing is written when an exit loses more than the allowed drop.
+
+No offline graph optimization is applied: ORT_ENABLE_ALL bakes x86-only NCHWc nodes into a
+saved model, so the device's own ONNX Runtime optimizes at load. Host-side: imports onnx.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgeexit.bundle import (
+    Manifest,
+    atomic_bundle_dir,
+    read_manifest,
+    sha256_file,
+    verify_segments,
+    write_manifest,
+)
+from edgeexit.data import Dataset
+from edgeexit.errors import TargetError, ValidationError
+from edgeexit.targets import precision as prec
+from edgeexit.targets.evaluate import host_sessions, run_chain
+from edgeexit.targets.profile import Target, load_target
+from edgeexit.targets.report import CompileReport, ExitAccuracy
+from edgeexit.targets.versions import default_opset, pin_versions
+
+# Domains only an x86 ORT build (or only the optimizer that wrote them) can load.
+HOST_ONLY_DOMAINS = ("com.microsoft.nchwc",)
+
+
+@dataclass(frozen=True)
+class CompileOptions:
+    """How a bundle is compiled; travels from the CLI to here in one piece."""
+
+    max_quant_drop_pp: float = 1.0  # most accuracy an exit may lose, in percentage points
+    calib_samples: int = 512  # calibration samples used (the first N of the data)
+    batch_size: int = 64
+    threads: int = 0  # host evaluation threads; 0: ONNX Runtime's default
+
+
+def compile_bundle(
+    src_dir: str | os.PathLike,
+    dst_dir: str | os.PathLike,
+    target: Target | str,
+    *,
+    calib: Dataset | None = None,
+    options: CompileOptions = CompileOptions(),
+) -> CompileReport:
+    """Write ``dst_dir``: the fp32 bundle ``src_dir`` compiled for ``target``."""
+    import onnx
+
+    target = load_target(target)
+    manifest = read_manifest(src_dir)
+    source_precision = manifest.extra.get("precision", "fp32")
+    if source_precision != "fp32":
+        raise TargetError(f"{src_dir} is already {source_precision}; compile from an fp32 bundle")
+    paths = verify_segments(src_dir, manifest)
+    models = [onnx.load(p) for p in paths]
+    for model, seg in zip(models, manifest.segments):
+        _refuse_host_only_ops(model, target, seg.file)
+    fp32 = [pin_versions(m, target, name=s.file) for m, s in zip(models, manifest.segments)]
+    if calib is not None:
+        calib = calib.take(slice(0, options.calib_samples))
+    compiled, method = _change_precision(fp32, manifest, target, calib, options)
+    report = CompileReport(
+        target=target.name,
+        precision=target.precision,
+        method=method,
+        ir_version=max(m.ir_version for m in compiled),
+        opset=max(default_opset(m) for m in compiled),
+        **_accuracy(fp32, compiled, manifest, calib, options),
+    )
+    failing = [e for e in report.exits if e.drop_pp > options.max_quant_drop_pp]
+    if failing:
+        raise ValidationError(
+            f"{target.precision} bundle for {target.name} loses too much accuracy: "
+            + "; ".join(
+                f"exit {e.exit_index} {e.reference_accuracy:.1%} -> {e.compiled_accuracy:.1%}"
+                for e in failing
+            )
+            + f" (--max-quant-drop {options.max_quant_drop_pp:g} pp); nothing written"
+        )
+    _write(dst_dir, manifest, compiled, report)
+    return report
+
+
+def _refuse_host_only_ops(model: Any, target: Target, name: str) -> None:
+    domains = {node.domain for node in model.graph.node} & set(HOST_ONLY_DOMAINS)
+    if domains and target.arch != _host_arch():
+        raise TargetError(
+            f"{name} holds {sorted(domains)[0]} nodes from an offline ORT_ENABLE_ALL "
+            f"optimization, which only x86 builds load; re-export without offline "
+            f"optimization for {target.name}"
+        )
+
+
+def _host_arch() -> str:
+    machine = platform.machine().lower()
+    return {"amd64": "x86_64", "arm64": "aarch64"}.get(machine, machine)
+
+
+def _change_precision(
+    fp32: list[Any],
+    manifest: Manifest,
+    target: Target,
+    calib: Dataset | None,
+    options: CompileOptions,
+) -> tuple[list[Any], str]:
+    """The segments in the target's precision, and how they were made."""
+    if target.precision == "fp32":
+        return fp32, "none"
+    if target.precision == "fp16":
+        converted, method = [prec.convert_fp16(m) for m in fp32], "fp16"
+    elif calib is not None:
+        sessions = host_sessions(fp32, threads=options.threads)
+        feeds = run_chain(sessions, manifest, calib.inputs, batch_size=options.batch_size).feeds
+        converted = [prec.quantize_int8_static(m, f) for m, f in zip(fp32, feeds)]
+        method = "int8-static-qdq"
+    elif any(prec.has_op(m, prec.STATIC_INT8_OPS[:2]) for m in fp32):
+        raise TargetError(
+            f"int8 for {target.name} needs calibration data (--calib-data DATA.npz): this model "
+            "has convolutions, and dynamic quantization would turn them into ConvInteger, "
+            "which many ARM builds of ONNX Runtime lack"
+        )
+    else:
+        converted, method = [prec.quantize_int8_dynamic(m) for m in fp32], "int8-dynamic-matmul"
+    # Quantizers may raise the opset (QDQ per-channel needs 13); check the limits again.
+    pinned = [pin_versions(m, target, name=s.file) for m, s in zip(converted, manifest.segments)]
+    return pinned, method
+
+
+def _accuracy(
+    fp32: list[Any],
+    compiled: list[Any],
+    manifest: Manifest,
+    calib: Dataset | None,
+    options: CompileOptions,
+) -> dict[str, Any]:
+    """Every exit's accuracy, fp32 vs compiled, on the calibration data (if any)."""
+    if calib is None or compiled is fp32:
+        return {"reference": "none", "samples": 0, "exits": ()}
+    run = [
+        run_chain(
+            host_sessions(models, threads=options.threads),
+            manifest,
+            calib.inputs,
+            batch_size=options.batch_size,
+        )
+        for models in (fp32, compiled)
+    ]
+    ref, out = run
+    # Without labels, agreement with the fp32 prediction is the accuracy measure.
+    labels = calib.labels
+    reference = "labels" if labels is not None else "fp32 predictions"
+    exits = []
+    for i, (ref_logits, out_logits) in enumerate(zip(ref.logits, out.logits)):
+        truth = labels if labels is not None else ref_logits.argmax(1)
+        exits.append(
+            ExitAccuracy(
+                exit_index=i,
+                reference_accuracy=float(np.mean(ref_logits.argmax(1) == truth)),
+                compiled_accuracy=float(np.mean(out_logits.argmax(1) == truth)),
+                mean_score_shift=float(np.mean(np.abs(ref.scores[i] - out.scores[i]))),
+            )
+        )
+    return {"reference": reference, "samples": len(calib), "exits": tuple(exits)}
+
+
+def _write(dst_dir: str | os.PathLike, manifest: Manifest, models: list[Any], report) -> None:
+    import onnx
+
+    with atomic_bundle_dir(dst_dir) as tmp:
+        segments = []
+        for model, seg in zip(models, manifest.segments):
+            path = Path(tmp) / seg.file
+            onnx.save(model, path)
+            segments.append(replace(seg, sha256=sha256_file(path)))
+        compiled = replace(manifest, segments=tuple(segments)).with_extra(
+            precision=report.precision, target=report.target, compile=report.to_json()
+        )
+        write_manifest(tmp, compiled)

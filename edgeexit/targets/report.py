@@ -1,0 +1,82 @@
+"""What compiling a bundle for a target did: its precision, ONNX versions, and every exit's
+accuracy against fp32. Renders itself as a rich table and serializes into the manifest."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from rich.table import Table
+
+
+@dataclass(frozen=True)
+class ExitAccuracy:
+    """One exit on the calibration data: fp32 vs compiled (fractions in [0, 1])."""
+
+    exit_index: int
+    reference_accuracy: float
+    compiled_accuracy: float
+    mean_score_shift: float  # mean |score_fp32 - score_compiled|: thresholds move with it
+
+    @property
+    def drop_pp(self) -> float:
+        """Accuracy lost, in percentage points (negative: the compiled exit does better)."""
+        return (self.reference_accuracy - self.compiled_accuracy) * 100
+
+
+@dataclass(frozen=True)
+class CompileReport:
+    target: str
+    precision: str
+    method: str  # none | fp16 | int8-static-qdq | int8-dynamic-matmul
+    ir_version: int
+    opset: int
+    reference: str  # labels | fp32 predictions | none (no calibration data)
+    samples: int
+    exits: tuple[ExitAccuracy, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "target": self.target,
+            "precision": self.precision,
+            "method": self.method,
+            "ir_version": self.ir_version,
+            "opset": self.opset,
+            "accuracy_reference": self.reference,
+            "samples": self.samples,
+            "exits": [
+                {
+                    "exit": e.exit_index,
+                    "fp32_accuracy": round(e.reference_accuracy, 6),
+                    "accuracy": round(e.compiled_accuracy, 6),
+                    "drop_pp": round(e.drop_pp, 4),
+                    "mean_score_shift": round(e.mean_score_shift, 6),
+                }
+                for e in self.exits
+            ],
+        }
+
+    def _caption(self) -> str:
+        if self.precision == "fp32":
+            return "fp32: weights unchanged, accuracy as exported"
+        if not self.exits:
+            return "no calibration data: accuracy NOT checked"
+        return f"accuracy vs {self.reference} on {self.samples} calibration samples"
+
+    def __rich__(self) -> Table:
+        table = Table(
+            title=f"{self.precision} bundle for {self.target} "
+            f"(IR {self.ir_version}, opset {self.opset}, {self.method})",
+            caption=self._caption(),
+        )
+        for col in ("exit", "fp32", self.precision, "drop (pp)", "score shift"):
+            table.add_column(col, justify="right")
+        for e in self.exits:
+            table.add_row(
+                str(e.exit_index),
+                f"{e.reference_accuracy:.1%}",
+                f"{e.compiled_accuracy:.1%}",
+                f"{e.drop_pp:+.2f}",
+                f"{e.mean_score_shift:.4f}",
+            )
+        return table

@@ -1,0 +1,91 @@
+"""get_meter: probe order, fallback to the power model with one warning, cached probes."""
+
+import logging
+
+import pytest
+
+from edgeexit.energy import PROBE_ORDER, get_meter
+from edgeexit.energy.common import EnergyMeter, EnergyReading, NoMeter, SensorUnavailable
+from edgeexit.errors import EnergyMeterError
+from edgeexit.targets import load_target
+
+
+class FakeMeter(EnergyMeter):
+    measured = True
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+
+    def begin_window(self) -> None:
+        pass
+
+    def end_window(self) -> EnergyReading:
+        return EnergyReading(1.0, self.source, True, 1.0)
+
+
+def absent(reason: str):
+    def factory():
+        raise SensorUnavailable(reason)
+
+    return factory
+
+
+def test_auto_takes_the_first_sensor_in_probe_order():
+    assert PROBE_ORDER == ("rapl", "nvml", "ina3221", "rpi5-pmic")
+    backends = {
+        "rapl": absent("no rapl"),
+        "nvml": lambda: FakeMeter("nvml"),
+        "ina3221": lambda: FakeMeter("ina3221"),
+    }
+    meter = get_meter(load_target("x86-cpu"), backends=backends)
+    assert meter.source == "nvml"
+
+
+def test_named_sensor_falls_back_to_the_model_with_one_warning(caplog):
+    target = load_target("rpi5")
+    denied = {"rpi5-pmic": absent("vcgencmd is not on PATH")}
+    with caplog.at_level(logging.WARNING, logger="edgeexit.energy"):
+        meters = [get_meter(target, backends=denied) for _ in range(3)]
+    assert all(m.source == "modeled" and not m.measured for m in meters)
+    warnings = [r.getMessage() for r in caplog.records]
+    assert len(warnings) == 1
+    assert "rpi5-pmic: vcgencmd is not on PATH" in warnings[0]
+    assert "modeled from rpi5's power model (7 W active), not measured" in warnings[0]
+
+
+def test_permission_denied_is_a_reason_to_fall_back(caplog):
+    def denied():
+        raise EnergyMeterError("permission denied; run as root")
+
+    with caplog.at_level(logging.WARNING, logger="edgeexit.energy"):
+        meter = get_meter(load_target("x86-cpu"), backends={"rapl": denied})
+    assert meter.source == "modeled"
+    assert "rapl: permission denied; run as root" in caplog.text
+
+
+def test_modeled_reading_is_power_times_time_and_labeled_modeled():
+    meter = get_meter(load_target("rpi4"))  # rpi4 has no sensor: modeled without probing
+    meter.begin_window()
+    reading = meter.end_window()
+    assert reading.energy_mj == pytest.approx(6.4 * reading.duration_s * 1e3)
+    assert reading.label == "modeled" and not reading.measured
+
+
+def test_none_and_missing_power_model_give_no_figure_not_zero():
+    from dataclasses import replace
+
+    target = load_target("x86-cpu")
+    assert isinstance(get_meter(replace(target, energy_meter="none")), NoMeter)
+    no_model = replace(target, active_power_w=0.0, idle_power_w=0.0)
+    meter = get_meter(no_model, backends={})
+    meter.begin_window()
+    assert meter.end_window().energy_mj is None
+
+
+def test_real_probes_on_this_machine_give_a_labeled_meter():
+    # Whatever this host has (RAPL as root, or nothing), the figure says where it is from.
+    meter = get_meter(load_target("x86-cpu"))
+    meter.begin_window()
+    reading = meter.end_window()
+    assert reading.source in {"rapl", "nvml", "modeled"}
+    assert reading.measured == (reading.source != "modeled")
