@@ -1,7 +1,16 @@
 """Host half of scripts/test-arm.sh: make what the emulated aarch64 tests load and compare.
 
-Writes into OUT_DIR a tiny ONNX model with the host's ONNX Runtime output for it (proof that
-an emulated session runs at all). The emulated tests in tests/arm read these files.
+Writes into OUT_DIR:
+
+- ``tiny.onnx`` and ``tiny_expected.npz``: a two-node model and the host's output for it,
+  the first proof that an emulated ONNX Runtime session runs at all;
+- ``fp32/`` and ``int8-rpi4/``: the digits example (briefly trained, so int8 calibration
+  and the exits mean something) as an fp32 bundle and cross-compiled for the rpi4 target;
+- ``inputs.npz``: the test digits the emulated side runs;
+- ``host_<bundle>.npz``: the host Runtime's outputs on those digits (every exit's logits
+  and scores, and a run with thresholds that make samples leave at every exit).
+
+Needs the export side (torch, onnx, scikit-learn): run it with the host's .venv.
 """
 
 from __future__ import annotations
@@ -11,6 +20,10 @@ from pathlib import Path
 
 import numpy as np
 
+SEED = 0
+N_TEST = 64  # digits the emulated side runs: enough to reach every exit, quick under qemu
+TRAIN_EPOCHS = 5
+
 
 def write_tiny_model(out_dir: Path) -> None:
     """A two-node model (MatMul, Relu) and the host's output for a fixed input."""
@@ -18,7 +31,7 @@ def write_tiny_model(out_dir: Path) -> None:
     import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
 
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(SEED)
     weight = rng.standard_normal((8, 4)).astype(np.float32)
     graph = helper.make_graph(
         [helper.make_node("MatMul", ["x", "w"], ["y"]), helper.make_node("Relu", ["y"], ["z"])],
@@ -38,9 +51,67 @@ def write_tiny_model(out_dir: Path) -> None:
     np.savez(out_dir / "tiny_expected.npz", x=x, z=z)
 
 
+def export_bundles(out_dir: Path) -> list[Path]:
+    """The digits example, trained briefly, as an fp32 bundle and an int8 rpi4 bundle."""
+    import torch
+
+    import edgeexit
+    from edgeexit.data import Dataset
+    from edgeexit.examples import digits_resnet, load_digits, train_multi_exit
+    from edgeexit.targets.compile import compile_bundle
+
+    torch.manual_seed(SEED)
+    torch.set_num_threads(1)
+    digits = load_digits(seed=SEED)
+    model = digits_resnet(width=8)
+    train_multi_exit(model, digits.train.x, digits.train.y, epochs=TRAIN_EPOCHS, seed=SEED)
+    fp32, int8 = out_dir / "fp32", out_dir / "int8-rpi4"
+    edgeexit.export(model.eval(), digits.train.x[:4], fp32)
+    calib = Dataset((digits.calibration.x,), digits.calibration.y)
+    compile_bundle(fp32, int8, "rpi4", calib=calib)
+    np.savez(out_dir / "inputs.npz", x=digits.test.x[:N_TEST], y=digits.test.y[:N_TEST])
+    return [fp32, int8]
+
+
+def save_host_outputs(bundle: Path, x: np.ndarray, out_file: Path) -> None:
+    """Every exit's logits and scores, and a thresholded run, from the host's Runtime.
+
+    Each threshold sits in the widest gap between the middle scores of its exit, so samples
+    leave at every exit and few scores lie within rounding of a threshold (the emulated side
+    compares exit decisions only where none does).
+    """
+    from edgeexit.runtime import Runtime
+
+    rt = Runtime(bundle, target="rpi4", threads=1)
+    every = rt.run_all_exits(x)
+    thresholds = np.array([threshold_in_widest_gap(s) for s in every.scores], np.float32)
+    thresholds[-1] = np.inf  # the last exit takes every remaining sample anyway
+    result = rt.run(x, thresholds=thresholds.tolist())
+    np.savez(
+        out_file,
+        all_logits=every.logits,
+        all_scores=every.scores,
+        thresholds=thresholds,
+        logits=result.logits,
+        exit_index=result.exit_index,
+    )
+
+
+def threshold_in_widest_gap(scores: np.ndarray) -> float:
+    """The midpoint of the widest gap between sorted scores in the 30th-70th percentile."""
+    ranked = np.sort(scores)
+    lo, hi = len(ranked) * 3 // 10, len(ranked) * 7 // 10
+    k = lo + int(np.argmax(np.diff(ranked[lo : hi + 1])))
+    return float(ranked[k] + ranked[k + 1]) / 2
+
+
 def main(out_dir: Path) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     write_tiny_model(out_dir)
+    bundles = export_bundles(out_dir)
+    x = np.load(out_dir / "inputs.npz")["x"]
+    for bundle in bundles:
+        save_host_outputs(bundle, x, out_dir / f"host_{bundle.name}.npz")
 
 
 if __name__ == "__main__":

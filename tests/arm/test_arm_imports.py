@@ -16,7 +16,9 @@ import re
 import sys
 import sysconfig
 from collections.abc import Iterator
+from pathlib import Path
 
+import numpy as np
 from packaging.requirements import Requirement
 from typer.testing import CliRunner
 
@@ -93,13 +95,17 @@ def undeclared_modules(allowed: set[str]) -> list[str]:
     )
 
 
-def drive_device_path() -> None:
-    """What a Pi does with edgeexit: import it, use the device CLI."""
-    import edgeexit  # noqa: F401  (the fresh import is the point)
+def drive_device_path(artifacts: Path) -> None:
+    """What a Pi does with edgeexit: run a bundle, and use the device CLI."""
+    import edgeexit
     from edgeexit.cli import app
 
-    result = CliRunner().invoke(app, ["targets", "--json"])
-    assert result.exit_code == 0, result.output
+    x = np.load(artifacts / "inputs.npz")["x"][:4]
+    edgeexit.Runtime(artifacts / "int8-rpi4", target="rpi4").run(x)
+    bundle, data = str(artifacts / "fp32"), str(artifacts / "inputs.npz")
+    for args in (["targets", "--json"], ["run", bundle, "-i", data, "-t", "rpi4", "--json"]):
+        result = CliRunner().invoke(app, args)
+        assert result.exit_code == 0, f"edgeexit {' '.join(args)}: {result.output}"
 
 
 def test_declared_closure_includes_the_runtime_dependencies():
@@ -108,10 +114,10 @@ def test_declared_closure_includes_the_runtime_dependencies():
     assert "pytest" not in declared  # the test tool is installed, but not declared
 
 
-def test_device_path_imports_only_declared_dependencies():
+def test_device_path_imports_only_declared_dependencies(host_artifacts: Path):
     allowed = allowed_top_level_names()
     with only_declared_modules_loaded(allowed):
-        drive_device_path()
+        drive_device_path(host_artifacts)
         leaked = undeclared_modules(allowed)
         loaded_from = sys.modules["edgeexit"].__file__
     assert not leaked, f"the device path imported undeclared modules: {leaked}"
