@@ -15,7 +15,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import onnx
 import torch
 from torch import nn
@@ -33,9 +32,12 @@ from edgeexit.bundle import (
 from edgeexit.errors import ExportError, InputError, ModelContractError
 from edgeexit.export.convert import export_graph
 from edgeexit.export.graphs import SegmentGraph, WholeGraph
+from edgeexit.export.inputs import resolve_input_names, to_tensors
 from edgeexit.export.model import ExitStep, check_contract, run_exits
 from edgeexit.export.options import DEFAULT_OPSET, ExportOptions
 from edgeexit.export.scores import check_criterion
+
+PATIENCE_DEFAULT = 2
 
 
 @dataclass(frozen=True)
@@ -116,7 +118,7 @@ def export_bundle(
             segments=tuple(segments),
             criterion=options.criterion,
             thresholds=tuple(math.inf for _ in steps),
-            criterion_params=dict(options.criterion_params),
+            criterion_params=_criterion_params(options),
             extra={
                 "precision": "fp32",
                 "num_classes": int(steps[-1].logits.shape[-1]),
@@ -170,40 +172,6 @@ def export_monolithic(
     return path
 
 
-def to_tensors(example_inputs: object) -> tuple[torch.Tensor, ...]:
-    """Example inputs (a Tensor, an array, or a tuple/list of them) as a tuple of Tensors."""
-    items = example_inputs if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
-    if not items:
-        raise InputError("no example inputs; expected a Tensor or a tuple of Tensors")
-    tensors = []
-    for k, x in enumerate(items):
-        if isinstance(x, np.ndarray):
-            x = torch.from_numpy(x)
-        if not isinstance(x, torch.Tensor) or x.dim() == 0:
-            raise InputError(
-                f"example input {k} is a {type(x).__name__}; expected a Tensor [batch, ...]"
-            )
-        tensors.append(x.detach().cpu())
-    batch = {x.shape[0] for x in tensors}
-    if len(batch) != 1:
-        raise InputError(f"example inputs have different batch sizes {sorted(batch)}")
-    return tuple(tensors)
-
-
-def resolve_input_names(
-    inputs: Sequence[torch.Tensor], names: Sequence[str] | None
-) -> tuple[str, ...]:
-    """The model inputs' names: given ones, or ``x`` / ``input_0, input_1, ...``."""
-    if names is None:
-        return ("x",) if len(inputs) == 1 else tuple(f"input_{k}" for k in range(len(inputs)))
-    if len(names) != len(inputs) or len(set(names)) != len(names):
-        raise InputError(
-            f"got input names {list(names)} for {len(inputs)} inputs; "
-            "expected one distinct name per input"
-        )
-    return tuple(names)
-
-
 def trace(model: nn.Module, inputs: tuple[torch.Tensor, ...], criterion: str) -> list[ExitStep]:
     """Run the model in eval mode on ``inputs``, check the contract and the criterion."""
     check_contract(model)
@@ -236,6 +204,12 @@ def _at_least_two(tensors: Sequence[torch.Tensor]) -> tuple[torch.Tensor, ...]:
     if tensors[0].shape[0] >= 2:
         return tuple(tensors)
     return tuple(torch.cat([x, x]) for x in tensors)
+
+
+def _criterion_params(options: ExportOptions) -> dict:
+    if options.criterion == "patience":  # PABEE's default: two agreeing exits in a row
+        return {"patience": PATIENCE_DEFAULT, **options.criterion_params}
+    return dict(options.criterion_params)
 
 
 def _resolve_target(options: ExportOptions) -> tuple[int, int | None, str | None]:

@@ -69,7 +69,7 @@ def save(
     ``factory`` ("package.module:function") and ``factory_kwargs`` say how to rebuild the
     model; models built by a ``@checkpointable`` factory record them already.
     """
-    from edgeexit.export.bundle_export import resolve_input_names, to_tensors
+    from edgeexit.export.inputs import resolve_input_names, to_tensors
     from edgeexit.export.model import check_contract
 
     check_contract(model)
@@ -111,7 +111,8 @@ def load(path: str | os.PathLike, *, trust_pickle: bool = False) -> Checkpoint:
     try:
         doc = torch.load(path, map_location="cpu", weights_only=not trust_pickle)
     except pickle.UnpicklingError as err:
-        if trust_pickle or "weights_only" not in str(err).lower():
+        # torch names the class it refused; anything else means the bytes are not a pickle.
+        if trust_pickle or "Unsupported global" not in str(err):
             raise CheckpointError(f"{path} is not a PyTorch checkpoint: {_line(err)}") from err
         raise CheckpointError(
             f"{path} holds pickled code (a whole module saved with torch.save), which edgeexit "

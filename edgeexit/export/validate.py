@@ -66,9 +66,11 @@ class ValidationReport:
                 str(c.segment),
                 str(c.batch),
                 *(_diff(d, self.atol) for d in (c.logits_diff, c.score_diff, c.carry_diff)),
-                "[green]✓[/green]" if c.ok else "[red]✗ " + c.problems[0] + "[/red]",
+                "[green]✓[/green]" if c.ok else "[red]✗[/red]",
             )
         yield table
+        for problem in self.problems:  # Optimum-style: every failure, one per line
+            yield f"[red]-\\[x][/red] {problem}"
 
 
 def validate_bundle(

@@ -1,0 +1,146 @@
+"""`edgeexit export` end to end: the four model shapes of the issue, and every bad input
+ending in one line on stderr, exit code 1, no traceback and no bundle left behind."""
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from typer.testing import CliRunner
+
+from edgeexit import MultiExit, save
+from edgeexit.bundle import read_manifest
+from edgeexit.cli import app
+from edgeexit.examples.models import (
+    digits_cnn,
+    digits_gated,
+    digits_two_scale,
+    example_inputs,
+    tiny_bert,
+)
+from edgeexit.export import run_exits
+from edgeexit.export.checkpoint import checkpointable
+
+torch.set_num_threads(1)
+RUNNER = Path(__file__).parents[1] / "docs" / "examples" / "run_bundle.py"
+
+
+class BatchDependent(nn.Module):
+    """Takes a Python branch on the batch size: tracing bakes in one branch, so the export
+    cannot match PyTorch at another batch size and validation must catch it."""
+
+    def forward(self, x):
+        return x * 2 if x.shape[0] > 2 else x
+
+
+@checkpointable
+def batch_dependent_model() -> MultiExit:
+    return MultiExit([BatchDependent(), nn.Identity()], [nn.Linear(4, 3), nn.Linear(4, 3)])
+
+
+class Mismatched(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.segments = nn.ModuleList([nn.Linear(4, 4), nn.Linear(4, 4)])
+        self.exits = nn.ModuleList([nn.Linear(4, 2)])
+
+
+def run_every_exit(bundle, feed):
+    spec = importlib.util.spec_from_file_location("run_bundle", RUNNER)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.run_every_exit(bundle, feed)
+
+
+def invoke(*args):
+    return CliRunner().invoke(app, ["export", *map(str, args)])
+
+
+CASES = {
+    "bert": (lambda: tiny_bert(layers=2), ("input_ids", "attention_mask"), "confidence"),
+    "two_scale": (digits_two_scale, None, "entropy"),
+    "gated": (digits_gated, None, "gate"),
+    "cnn": (digits_cnn, None, "margin"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_cli_exports_and_each_exit_matches_torch(case, tmp_path):
+    build, names, criterion = CASES[case]
+    torch.manual_seed(0)
+    model = build().eval()
+    key = "tiny_bert" if case == "bert" else "digits"
+    save(model, tmp_path / "m.pt", example_inputs=example_inputs(key), input_names=names)
+    result = invoke(tmp_path / "m.pt", "-o", tmp_path / "b", "--criterion", criterion)
+    assert result.exit_code == 0, result.output
+    assert "validation against PyTorch" in result.output
+    manifest = read_manifest(tmp_path / "b")
+    assert manifest.criterion == criterion
+    other = example_inputs(key, batch=3, seed=2)
+    feed = {spec.name: x.numpy() for spec, x in zip(manifest.inputs, other)}
+    if names:
+        assert list(feed) == list(names)
+        assert [i.dtype for i in manifest.inputs] == ["int64", "int64"]
+        assert len(manifest.segments[0].carry) == 2  # (hidden, mask)
+    with torch.no_grad():
+        steps = run_exits(model, other)
+    for (logits, _), step in zip(run_every_exit(tmp_path / "b", feed), steps):
+        np.testing.assert_allclose(logits, step.logits.numpy(), atol=1e-4)
+
+
+def test_cli_json_target_and_patience(tmp_path):
+    save(digits_cnn(width=4), tmp_path / "m.pt", example_inputs=torch.rand(2, 1, 8, 8))
+    result = invoke(
+        tmp_path / "m.pt", "-o", tmp_path / "b", "-c", "patience", "--patience", "3",
+        "--target", "x86-cpu", "--json",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    manifest = read_manifest(tmp_path / "b")
+    assert manifest.criterion_params == {"patience": 3}
+    assert manifest.extra["target"] == "x86-cpu" and manifest.extra["opset"] <= 21
+    assert '"format": "edgeexit.bundle/1"' in result.stdout
+
+
+def test_trusted_pickle_with_input_shape(tmp_path):
+    torch.save(digits_cnn(width=4), tmp_path / "whole.pt")
+    result = invoke(
+        tmp_path / "whole.pt", "-o", tmp_path / "b", "--trust-pickle", "--input-shape", "1x8x8"
+    )
+    assert result.exit_code == 0, result.output
+    assert read_manifest(tmp_path / "b").inputs[0].shape == ("batch", 1, 8, 8)
+
+
+def bad_inputs(tmp_path):
+    (tmp_path / "junk.pt").write_bytes(b"\x00garbage")
+    torch.save(nn.Linear(4, 2), tmp_path / "linear.pt")
+    torch.save(Mismatched(), tmp_path / "mismatched.pt")
+    save(digits_cnn(width=4), tmp_path / "cnn.pt", example_inputs=torch.rand(2, 1, 8, 8))
+    save(batch_dependent_model(), tmp_path / "batchdep.pt", example_inputs=torch.rand(2, 4))
+    trusted = ("--trust-pickle", "--input-shape", "4")
+    return {
+        "missing file": (("nope.pt",), "does not exist"),
+        "not a checkpoint": (("junk.pt",), "is not a PyTorch checkpoint"),
+        "untrusted pickle": (("linear.pt",), "--trust-pickle"),
+        "no segments": (("linear.pt", *trusted), "has no `segments`"),
+        "length mismatch": (("mismatched.pt", *trusted), "2 segments but 1 exits"),
+        "shape does not fit": (("cnn.pt", "--input-shape", "3x9x9"), "do not fit the model"),
+        "malformed shape": (("cnn.pt", "--input-shape", "1xAx8"), "is malformed"),
+        "gate without gates": (("cnn.pt", "-c", "gate"), "criterion 'gate' needs"),
+        "unknown target": (("cnn.pt", "--target", "toaster"), "unknown target"),
+        "fails validation": (("batchdep.pt",), "does not match PyTorch within atol"),
+    }
+
+
+def test_bad_inputs_end_in_one_line(tmp_path):
+    for what, (args, message) in bad_inputs(tmp_path).items():
+        out = tmp_path / "out" / "bundle"
+        result = invoke(tmp_path / args[0], "-o", out, *args[1:])
+        assert result.exit_code == 1, (what, result.output)
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: "), (what, result.stderr)
+        assert message in lines[0], (what, lines[0])
+        assert "Traceback" not in result.output, what
+        assert not out.exists(), what
+        assert not list(out.parent.glob(".*")), (what, list(out.parent.glob(".*")))
