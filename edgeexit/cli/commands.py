@@ -7,5 +7,6 @@ Command modules must not import torch, onnx or onnxsim at module level: the devi
 import edgeexit.cli.run  # noqa: F401
 from edgeexit.cli import (
     export,  # noqa: F401
+    profile,  # noqa: F401
     targets,  # noqa: F401
 )

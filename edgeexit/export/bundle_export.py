@@ -26,6 +26,7 @@ from edgeexit.bundle import (
     Manifest,
     SegmentSpec,
     atomic_bundle_dir,
+    read_manifest,
     sha256_file,
     write_manifest,
 )
@@ -47,10 +48,13 @@ class ExportResult:
     bundle_dir: Path
     manifest: Manifest
     report: object | None = None  # a ValidationReport; typed loosely to avoid an import cycle
+    compiled: object | None = None  # a targets CompileReport when exported for a target
 
     def __rich_console__(self, console, options):
         if self.report is not None:
             yield self.report
+        if self.compiled is not None:
+            yield self.compiled
         m = self.manifest
         yield (
             f"[green]wrote[/green] {self.bundle_dir}: {m.num_exits} segments, "
@@ -133,7 +137,10 @@ def export_bundle(
         report = (
             validate_bundle(model, tmp, inputs, atol=options.atol) if options.validate else None
         )
-    return ExportResult(Path(out_dir), manifest, report)
+        compiled = _compile_for_target(tmp, options)
+        if compiled is not None:
+            manifest = read_manifest(tmp)
+    return ExportResult(Path(out_dir), manifest, report, compiled)
 
 
 def export_monolithic(
@@ -210,6 +217,20 @@ def _criterion_params(options: ExportOptions) -> dict:
     if options.criterion == "patience":  # PABEE's default: two agreeing exits in a row
         return {"patience": PATIENCE_DEFAULT, **options.criterion_params}
     return dict(options.criterion_params)
+
+
+def _compile_for_target(bundle_dir: Path, options: ExportOptions):
+    """The validated fp32 bundle in the target's precision (edgeexit.targets.compile)."""
+    if options.target is None:
+        return None
+    from edgeexit.targets.compile import compile_exported
+
+    return compile_exported(
+        bundle_dir,
+        options.target,
+        calib_data=options.calib_data,
+        max_quant_drop_pp=options.max_quant_drop_pp,
+    )
 
 
 def _resolve_target(options: ExportOptions) -> tuple[int, int | None, str | None]:

@@ -28,3 +28,6 @@ class ExportOptions:
     exporter: str = "auto"
     simplify: bool = True
     validate: bool = True
+    # With a target: data to quantize with and check exits on, and the most an exit may lose.
+    calib_data: str | None = None
+    max_quant_drop_pp: float = 1.0

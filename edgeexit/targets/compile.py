@@ -12,7 +12,6 @@ saved model, so the device's own ONNX Runtime optimizes at load. Host-side: impo
 from __future__ import annotations
 
 import os
-import platform
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -31,7 +30,7 @@ from edgeexit.data import Dataset
 from edgeexit.errors import TargetError, ValidationError
 from edgeexit.targets import precision as prec
 from edgeexit.targets.evaluate import host_sessions, run_chain
-from edgeexit.targets.profile import Target, load_target
+from edgeexit.targets.profile import Target, host_arch, load_target
 from edgeexit.targets.report import CompileReport, ExitAccuracy
 from edgeexit.targets.versions import default_opset, pin_versions
 
@@ -47,6 +46,15 @@ class CompileOptions:
     calib_samples: int = 512  # calibration samples used (the first N of the data)
     batch_size: int = 64
     threads: int = 0  # host evaluation threads; 0: ONNX Runtime's default
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.max_quant_drop_pp <= 100:
+            raise TargetError(
+                f"max quantization drop must be 0..100 percentage points, "
+                f"got {self.max_quant_drop_pp:g}"
+            )
+        if self.calib_samples < 1 or self.batch_size < 1 or self.threads < 0:
+            raise TargetError(f"calibration sizes must be positive, got {self}")
 
 
 def compile_bundle(
@@ -97,17 +105,12 @@ def compile_bundle(
 
 def _refuse_host_only_ops(model: Any, target: Target, name: str) -> None:
     domains = {node.domain for node in model.graph.node} & set(HOST_ONLY_DOMAINS)
-    if domains and target.arch != _host_arch():
+    if domains and target.arch != host_arch():
         raise TargetError(
             f"{name} holds {sorted(domains)[0]} nodes from an offline ORT_ENABLE_ALL "
             f"optimization, which only x86 builds load; re-export without offline "
             f"optimization for {target.name}"
         )
-
-
-def _host_arch() -> str:
-    machine = platform.machine().lower()
-    return {"amd64": "x86_64", "arm64": "aarch64"}.get(machine, machine)
 
 
 def _change_precision(
@@ -190,3 +193,19 @@ def _write(dst_dir: str | os.PathLike, manifest: Manifest, models: list[Any], re
             precision=report.precision, target=report.target, compile=report.to_json()
         )
         write_manifest(tmp, compiled)
+
+
+def compile_exported(
+    bundle_dir: str | os.PathLike,
+    target: Target | str,
+    *,
+    calib_data: str | os.PathLike | None = None,
+    max_quant_drop_pp: float = 1.0,
+) -> CompileReport:
+    """The hook ``export --target`` calls: compile the fp32 bundle it has just validated, in
+    place (inside export's own temporary directory), loading the calibration data file."""
+    from edgeexit.data import load_data
+
+    calib = load_data(calib_data, read_manifest(bundle_dir).inputs) if calib_data else None
+    options = CompileOptions(max_quant_drop_pp=max_quant_drop_pp)
+    return compile_bundle(bundle_dir, bundle_dir, target, calib=calib, options=options)

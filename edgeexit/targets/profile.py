@@ -5,6 +5,7 @@ and how its energy is measured or modeled. Profiles are TOML files shipped in
 from __future__ import annotations
 
 import os
+import platform
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +41,12 @@ class Target:
     idle_power_w: float = 0.0
     active_power_w: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+def host_arch() -> str:
+    """This machine's architecture, spelled as in profiles (x86_64, aarch64)."""
+    machine = platform.machine().lower()
+    return {"amd64": "x86_64", "arm64": "aarch64"}.get(machine, machine)
 
 
 def available_targets() -> list[str]:

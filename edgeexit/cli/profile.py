@@ -1,0 +1,61 @@
+"""`edgeexit profile BUNDLE --target T -o PROFILE.json`: measure a bundle on this device."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from edgeexit.cli.app import command
+
+
+@command("profile")
+def profile_cmd(
+    bundle: Path = typer.Argument(..., help="The bundle directory."),
+    target: str = typer.Option(None, "--target", "-t", help="Target name or .toml profile."),
+    out: Path = typer.Option(None, "--out", "-o", help="Write the profile JSON here."),
+    repeats: int = typer.Option(200, help="Timed calls per segment (at least)."),
+    warmup: int = typer.Option(20, help="Untimed calls per segment first."),
+    batch_size: int = typer.Option(1, "--batch-size", "-b", help="Samples per call."),
+    data: Path = typer.Option(None, "--data", help="Inputs (.npz/.npy) instead of synthetic."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+) -> None:
+    """Measure every segment's latency (median, p95) and energy on this device.
+
+    Run it on the device itself; calibration on the host reads the JSON to plan exits.
+
+    Examples:
+
+        edgeexit profile bundle/ --target rpi5 -o rpi5.json
+
+        edgeexit profile bundle/ --target x86-cpu --repeats 500 --batch-size 8 --json
+    """
+    from edgeexit.bundle import read_manifest
+    from edgeexit.data import load_data
+    from edgeexit.targets.profiling import profile_bundle
+
+    inputs = load_data(data, read_manifest(bundle).inputs).inputs if data else None
+    columns = (TextColumn("profiling"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    # The bar goes to stderr, so stdout holds only the table or the JSON.
+    stderr = Console(stderr=True)
+    with Progress(*columns, console=stderr, transient=True, disable=as_json) as bar:
+        task = bar.add_task("profile", total=None)
+
+        def advance(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        profile = profile_bundle(
+            bundle, target, repeats=repeats, warmup=warmup, batch_size=batch_size,
+            inputs=inputs, progress=advance,
+        )  # fmt: skip
+    if out is not None:
+        profile.save(out)
+    if as_json:
+        typer.echo(json.dumps(profile.to_json(), indent=2))
+        return
+    Console().print(profile)
+    if out is not None:
+        Console().print(f"[green]wrote[/green] {out}")
