@@ -30,3 +30,20 @@ def test_run_gives_the_hosts_predictions(host_artifacts: Path):
 def test_targets_lists_the_pi():
     doc = json.loads(invoke("targets", "rpi4", "--json").output)
     assert doc["arch"] == "aarch64"
+
+
+def test_profile_writes_a_profile_and_says_timings_mean_nothing(
+    host_artifacts: Path, tmp_path: Path
+):
+    out = tmp_path / "rpi4.json"
+    bundle = str(host_artifacts / "int8-rpi4")
+    # Few repeats: under emulation the figures are meaningless anyway, only the path matters.
+    result = invoke("profile", bundle, "-t", "rpi4", "-o", str(out), "--repeats", "3",
+                    "--warmup", "1")  # fmt: skip
+    assert "running under emulation (qemu-aarch64)" in result.output
+    assert "timings mean nothing" in result.output
+    doc = json.loads(out.read_text())
+    assert doc["target"] == "rpi4" and doc["precision"] == "int8"
+    assert len(doc["segments"]) == 4
+    assert all(s["latency_ms"]["median"] > 0 for s in doc["segments"])
+    assert doc["energy_source"] == "modeled" and doc["energy_measured"] is False

@@ -103,7 +103,11 @@ def drive_device_path(artifacts: Path) -> None:
     x = np.load(artifacts / "inputs.npz")["x"][:4]
     edgeexit.Runtime(artifacts / "int8-rpi4", target="rpi4").run(x)
     bundle, data = str(artifacts / "fp32"), str(artifacts / "inputs.npz")
-    for args in (["targets", "--json"], ["run", bundle, "-i", data, "-t", "rpi4", "--json"]):
+    for args in (
+        ["targets", "--json"],
+        ["run", bundle, "-i", data, "-t", "rpi4", "--json"],
+        ["profile", bundle, "-t", "rpi4", "--repeats", "2", "--warmup", "0", "--json"],
+    ):
         result = CliRunner().invoke(app, args)
         assert result.exit_code == 0, f"edgeexit {' '.join(args)}: {result.output}"
 
