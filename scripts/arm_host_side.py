@@ -5,7 +5,8 @@ Writes into OUT_DIR:
 - ``tiny.onnx`` and ``tiny_expected.npz``: a two-node model and the host's output for it,
   the first proof that an emulated ONNX Runtime session runs at all;
 - ``fp32/`` and ``int8-rpi4/``: the digits example (briefly trained, so int8 calibration
-  and the exits mean something) as an fp32 bundle and cross-compiled for the rpi4 target;
+  and the exits mean something) exported as an fp32 bundle, and exported for the rpi4
+  target with calibration data (``calibration.npz``), which makes it int8;
 - ``inputs.npz``: the test digits the emulated side runs;
 - ``host_<bundle>.npz``: the host Runtime's outputs on those digits (every exit's logits
   and scores, and a run with thresholds that make samples leave at every exit).
@@ -56,19 +57,19 @@ def export_bundles(out_dir: Path) -> list[Path]:
     import torch
 
     import edgeexit
-    from edgeexit.data import Dataset
     from edgeexit.examples import digits_resnet, load_digits, train_multi_exit
-    from edgeexit.targets.compile import compile_bundle
 
     torch.manual_seed(SEED)
     torch.set_num_threads(1)
     digits = load_digits(seed=SEED)
     model = digits_resnet(width=8)
     train_multi_exit(model, digits.train.x, digits.train.y, epochs=TRAIN_EPOCHS, seed=SEED)
+    model.eval()
     fp32, int8 = out_dir / "fp32", out_dir / "int8-rpi4"
-    edgeexit.export(model.eval(), digits.train.x[:4], fp32)
-    calib = Dataset((digits.calibration.x,), digits.calibration.y)
-    compile_bundle(fp32, int8, "rpi4", calib=calib)
+    calib = digits.calibration.save_npz(out_dir / "calibration.npz")
+    edgeexit.export(model, digits.train.x[:4], fp32)
+    # What `edgeexit export --target rpi4 --calib-data D.npz` does: export, then int8.
+    edgeexit.export(model, digits.train.x[:4], int8, target="rpi4", calib_data=calib)
     np.savez(out_dir / "inputs.npz", x=digits.test.x[:N_TEST], y=digits.test.y[:N_TEST])
     return [fp32, int8]
 
