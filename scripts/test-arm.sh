@@ -33,7 +33,7 @@ DEBS=(python3.11-minimal libpython3.11-minimal libpython3.11-stdlib
 TEST_TOOLS=(pytest) # installed next to the runtime dependencies, but not declared by them
 
 START=$SECONDS
-say() { printf 'test-arm: %s\n' "$*"; }
+say() { printf 'test-arm [%3d s]: %s\n' "$((SECONDS - START))" "$*"; }
 die() { printf 'test-arm: error: %s\n' "$*" >&2; exit 1; }
 
 # Run a chatty tool (apt, pip, setuptools); show what it said only when it fails.
@@ -154,6 +154,7 @@ EOF
 # edgeexit itself, as a wheel built from a copy of the working tree (building in place
 # would leave a build/ directory whose stale files could end up in the next wheel).
 install_edgeexit() {
+    say "building and installing the edgeexit wheel"
     BUILD_DIR=$(mktemp -d)
     (cd "$ROOT" && tar --exclude=__pycache__ -cf - pyproject.toml README.md edgeexit) |
         tar -xf - -C "$BUILD_DIR"
@@ -195,6 +196,9 @@ main() {
         say "SKIP: apt-get and dpkg-deb are needed to build the aarch64 sysroot from Debian packages"
         exit 0
     fi
+    # One run at a time per cache: a second one waits instead of unpacking over the first.
+    exec 9>"$CACHE/.lock"
+    flock 9
     host_python
     build_sysroot
     write_cpuinfo
