@@ -9,7 +9,8 @@ Writes into OUT_DIR:
   target with calibration data (``calibration.npz``), which makes it int8;
 - ``inputs.npz``: the test digits the emulated side runs;
 - ``host_<bundle>.npz``: the host Runtime's outputs on those digits (every exit's logits
-  and scores, and a run with thresholds that make samples leave at every exit).
+  and scores, and a run with thresholds that make samples leave at every exit), and the
+  host's ONNX Runtime version.
 
 Needs the export side (torch, onnx, scikit-learn): run it with the host's .venv.
 """
@@ -81,6 +82,8 @@ def save_host_outputs(bundle: Path, x: np.ndarray, out_file: Path) -> None:
     leave at every exit and few scores lie within rounding of a threshold (the emulated side
     compares exit decisions only where none does).
     """
+    import onnxruntime as ort
+
     from edgeexit.runtime import Runtime
 
     rt = Runtime(bundle, target="rpi4", threads=1)
@@ -95,6 +98,7 @@ def save_host_outputs(bundle: Path, x: np.ndarray, out_file: Path) -> None:
         thresholds=thresholds,
         logits=result.logits,
         exit_index=result.exit_index,
+        onnxruntime_version=np.array(ort.__version__),
     )
 
 

@@ -31,6 +31,7 @@ DEBS=(python3.11-minimal libpython3.11-minimal libpython3.11-stdlib
     libc6 libgcc-s1 libstdc++6 zlib1g libexpat1 libffi8 libssl3 libbz2-1.0 liblzma5
     libcrypt1 libuuid1 libsqlite3-0 libncursesw6 libtinfo6 libreadline8)
 TEST_TOOLS=(pytest) # installed next to the runtime dependencies, but not declared by them
+FLAVORS=(latest oldest) # dependency sets the tests run against: see requirements()
 
 START=$SECONDS
 say() { printf 'test-arm [%3d s]: %s\n' "$((SECONDS - START))" "$*"; }
@@ -127,28 +128,36 @@ pip_aarch64_flags() {
 }
 
 # The runtime dependencies exactly as pyproject.toml declares them: if the tests pass with
-# only these installed, `pip install edgeexit` is enough on a Pi.
-install_dependencies() {
-    local reqs
-    reqs=$("$HOST_PY" - "$ROOT/pyproject.toml" <<'EOF'
-import sys, tomllib
+# only these installed, `pip install edgeexit` is enough on a Pi. Two sets: "latest", what
+# pip installs today, and "oldest", each `name>=X` pinned to X.* (onnxruntime 1.17 is what
+# the rpi4 profile's IR/opset limits are for, and what older Pi images still carry).
+requirements() {
+    "$HOST_PY" - "$ROOT/pyproject.toml" "$1" <<'EOF'
+import re, sys, tomllib
 with open(sys.argv[1], "rb") as f:
-    print("\n".join(tomllib.load(f)["project"]["dependencies"]))
+    declared = tomllib.load(f)["project"]["dependencies"]
+for req in declared:
+    floor = re.fullmatch(r"([A-Za-z0-9_.-]+)\s*>=\s*([0-9.]+)", req)
+    print(f"{floor[1]}=={floor[2]}.*" if sys.argv[2] == "oldest" and floor else req)
 EOF
-    )
-    reqs+=$'\n'"${TEST_TOOLS[*]}"
-    [[ -f $SYSROOT/opt/deps/.requirements && $(cat "$SYSROOT/opt/deps/.requirements") == "$reqs" ]] &&
-        return
+    printf '%s\n' "${TEST_TOOLS[@]}"
+}
+
+install_dependencies() {
+    local flavor=$1 reqs dest
+    reqs=$(requirements "$flavor")
+    dest=$SYSROOT/opt/deps-$flavor
+    [[ -f $dest/.requirements && $(cat "$dest/.requirements") == "$reqs" ]] && return
     pip_aarch64_flags
-    say "downloading aarch64 cp311 wheels: $(echo "$reqs" | tr '\n' ' ')"
+    say "$flavor: downloading and installing aarch64 cp311 wheels: $(echo "$reqs" | tr '\n' ' ')"
     mapfile -t req_array <<<"$reqs"
     quietly "$HOST_PY" -m pip download -d "$CACHE/wheels" "${PIP_ARM[@]}" "${req_array[@]}"
-    rm -rf "$SYSROOT/opt/deps" "$CACHE/deps.partial"
+    rm -rf "$dest" "$CACHE/deps.partial"
     quietly "$HOST_PY" -m pip install --no-index --find-links "$CACHE/wheels" \
         --target "$CACHE/deps.partial" "${PIP_ARM[@]}" "${req_array[@]}"
     echo "$reqs" >"$CACHE/deps.partial/.requirements"
     mkdir -p "$SYSROOT/opt"
-    mv "$CACHE/deps.partial" "$SYSROOT/opt/deps"
+    mv "$CACHE/deps.partial" "$dest"
 }
 
 # edgeexit itself, as a wheel built from a copy of the working tree (building in place
@@ -183,9 +192,11 @@ export_on_host() {
 # directories. -P: the working directory (the source tree) is not on sys.path, so the tests
 # import the edgeexit that pip installed. No subprocesses: without binfmt they would not run.
 run_emulated() {
-    say "emulated: tests/arm under qemu-aarch64 -cpu cortex-a72"
+    local flavor=$1
+    shift
+    say "$flavor: tests/arm under qemu-aarch64 -cpu cortex-a72"
     (cd "$ROOT" && env -i QEMU_CPU=cortex-a72 PATH=/usr/bin:/bin LC_ALL=C.UTF-8 \
-        PYTHONPATH=/opt/edgeexit:/opt/deps PYTHONDONTWRITEBYTECODE=1 \
+        PYTHONPATH="/opt/edgeexit:/opt/deps-$flavor" PYTHONDONTWRITEBYTECODE=1 \
         EDGEEXIT_EMULATED=qemu-aarch64 \
         "$QEMU" -L "$SYSROOT" "$SYSROOT/usr/bin/python3.11" -S -P -m pytest \
         -c tests/arm/pytest.ini --host-artifacts "$RUN" tests/arm "$@")
@@ -202,10 +213,10 @@ main() {
     host_python
     build_sysroot
     write_cpuinfo
-    install_dependencies
+    for flavor in "${FLAVORS[@]}"; do install_dependencies "$flavor"; done
     install_edgeexit
     export_on_host
-    run_emulated "$@"
+    for flavor in "${FLAVORS[@]}"; do run_emulated "$flavor" "$@"; done
     say "passed in $((SECONDS - START)) s"
 }
 

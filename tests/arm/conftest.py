@@ -3,6 +3,7 @@ line that says which machine the tests ran on (scripts/test-arm.sh prints it).""
 
 from __future__ import annotations
 
+import importlib.metadata as md
 import os
 import platform
 from pathlib import Path
@@ -26,7 +27,8 @@ def host_artifacts(request: pytest.FixtureRequest) -> Path:
 
 def pytest_terminal_summary(terminalreporter) -> None:
     emulator = os.environ.get("EDGEEXIT_EMULATED", "none")
+    versions = ", ".join(f"{d} {md.version(d)}" for d in ("onnxruntime", "numpy", "typer", "rich"))
     terminalreporter.write_line(
         f"platform.machine(): {platform.machine()}  (python {platform.python_version()}, "
-        f"emulator: {emulator}, QEMU_CPU={os.environ.get('QEMU_CPU', '-')})"
+        f"emulator: {emulator}, QEMU_CPU={os.environ.get('QEMU_CPU', '-')}; {versions})"
     )
