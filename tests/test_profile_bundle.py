@@ -2,6 +2,8 @@
 
 import json
 import logging
+import time
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -9,6 +11,7 @@ from fixtures.targets_digits import load_weights, write_bundle
 from typer.testing import CliRunner
 
 from edgeexit.cli import app
+from edgeexit.energy.common import EnergyMeter, EnergyReading
 from edgeexit.errors import InputError, TargetError
 from edgeexit.targets.profile import host_arch
 from edgeexit.targets.profiling import DeviceProfile, load_profile, profile_bundle
@@ -32,11 +35,15 @@ def test_profile_times_every_segment(bundle):
         sum(s.latency_ms.median for s in profile.segments)
     )
     assert calls[-1] == (99, 99)  # 3 segments x (3 warm-up + 30 timed)
-    # This host has no readable sensor (or RAPL as root): the figure names its source.
-    if profile.energy_source == "modeled":
-        assert not profile.energy_measured
-        assert profile.segments[0].power_w == pytest.approx(10.0)  # x86-cpu's power model
-    assert all(s.energy_mj > 0 for s in profile.segments)
+    assert profile.power_model_w == {"idle": 2.0, "active": 10.0}  # x86-cpu's power model
+    # A profile holds measured energy only: RAPL as root, or nothing (never a modeled figure).
+    if profile.energy_measured:
+        assert profile.energy_source == "rapl"
+        assert all(s.energy_mj > 0 and s.power_w > 0 for s in profile.segments)
+    else:
+        assert profile.energy_source == "none"
+        assert all(s.energy_mj is None and s.power_w is None for s in profile.segments)
+        assert profile.exit_energy_mj(2) is None
 
 
 def test_profile_json_has_the_contract_keys_and_round_trips(bundle, tmp_path):
@@ -54,6 +61,8 @@ def test_real_inputs_are_used_when_given(bundle):
     x = np.zeros((8, 1, 8, 8), dtype=np.float32)
     profile = profile_bundle(bundle, "x86-cpu", repeats=3, warmup=0, batch_size=2, inputs=(x,))
     assert profile.batch_size == 2
+    with pytest.raises(InputError, match="holds 8 samples; expected at least --batch-size 9"):
+        profile_bundle(bundle, "x86-cpu", repeats=1, batch_size=9, inputs=(x,))
 
 
 def test_bad_settings_and_bad_profile_files_are_refused(bundle, tmp_path):
@@ -94,3 +103,44 @@ def test_profile_cli_errors_are_one_line(tmp_path):
     result = CliRunner().invoke(app, ["profile", str(tmp_path / "nope")])
     assert result.exit_code == 1
     assert result.output.strip().startswith("error: bundle") and "Traceback" not in result.output
+
+
+class FakeSensor(EnergyMeter):
+    """A 4 W sensor: energy = 4 W x the window, labeled measured."""
+
+    source, measured, min_window_s = "fake-sensor", True, 0.05
+
+    def begin_window(self) -> None:
+        self._t0 = time.perf_counter()
+
+    def end_window(self) -> EnergyReading:
+        duration_s = time.perf_counter() - self._t0
+        return EnergyReading(4.0 * duration_s * 1e3, self.source, True, duration_s)
+
+
+def test_a_sensor_gives_energy_per_call_over_a_long_enough_window(bundle):
+    with mock.patch("edgeexit.energy.get_meter", autospec=True, return_value=FakeSensor()):
+        profile = profile_bundle(bundle, "x86-cpu", repeats=3, warmup=0)
+    assert profile.energy_measured and profile.energy_source == "fake-sensor"
+    assert profile.measured_idle_power_w == pytest.approx(4.0)
+    for s in profile.segments:
+        assert s.power_w == pytest.approx(4.0)
+        # The window lasted >= 50 ms, so there were far more calls than the 3 repeats asked.
+        assert s.energy_mj < 4.0 * 0.05 * 1e3 / 3
+    assert profile.exit_energy_mj(1) == pytest.approx(
+        profile.segments[0].energy_mj + profile.segments[1].energy_mj
+    )
+
+
+@pytest.mark.gpu
+def test_fp16_bundle_profiles_on_cuda(bundle, tmp_path):
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        pytest.skip("no CUDA execution provider in this onnxruntime")
+    from edgeexit.targets.compile import compile_bundle
+
+    compile_bundle(bundle, tmp_path / "cuda", "cuda")
+    profile = profile_bundle(tmp_path / "cuda", "cuda", repeats=20, warmup=5)
+    assert profile.precision == "fp16" and profile.providers[0] == "CUDAExecutionProvider"
+    assert all(s.latency_ms.median > 0 for s in profile.segments)

@@ -4,9 +4,10 @@ Command modules must not import torch, onnx or onnxsim at module level: the devi
 (`run`, `profile`, `bench`, `targets`) has to work with only the runtime installed.
 """
 
-import edgeexit.cli.run  # noqa: F401
 from edgeexit.cli import (
+    demo,  # noqa: F401
     export,  # noqa: F401
     profile,  # noqa: F401
+    run,  # noqa: F401
     targets,  # noqa: F401
 )

@@ -60,12 +60,11 @@ def target_details(t: Target) -> Table:
 
 def profile_table(profile) -> Table:
     """A DeviceProfile: one row per segment, then the cost of leaving at each exit."""
-    if profile.energy_source == "none":
-        energy_note = "no energy figures"
-    elif profile.energy_measured:
+    if profile.energy_measured:
         energy_note = f"energy measured ({profile.energy_source})"
     else:
-        energy_note = "energy MODELED from the target's power model, not measured"
+        active_w = profile.power_model_w.get("active", 0.0)
+        energy_note = f"no energy sensor: energy not measured (power model {active_w:g} W active)"
     table = Table(
         title=f"profile on {profile.target} ({profile.precision}, batch {profile.batch_size})",
         caption=f"{profile.repeats} timed calls per segment after {profile.warmup} warm-up; "
