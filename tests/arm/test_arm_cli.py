@@ -46,4 +46,6 @@ def test_profile_writes_a_profile_and_says_timings_mean_nothing(
     assert doc["target"] == "rpi4" and doc["precision"] == "int8"
     assert len(doc["segments"]) == 4
     assert all(s["latency_ms"]["median"] > 0 for s in doc["segments"])
-    assert doc["energy_source"] == "modeled" and doc["energy_measured"] is False
+    # A Pi 4 has no power sensor: a profile must not pass a figure off as measured.
+    assert doc["energy_measured"] is False
+    assert doc["energy_source"] in ("none", "modeled")
