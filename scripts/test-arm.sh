@@ -3,9 +3,11 @@
 #
 # Builds an aarch64 Debian bookworm sysroot with Python 3.11 (what 64-bit Raspberry Pi OS
 # runs) holding the aarch64 wheels of edgeexit's declared runtime dependencies, exports
-# bundles on the host, then runs tests/arm inside the sysroot under qemu-user with a
-# Cortex-A72 CPU. The sysroot is cached in .sysroot-arm/, so a second run only rebuilds
-# what changed.
+# bundles on the host (scripts/arm_host_side.py), then runs tests/arm in-process inside the
+# sysroot under qemu-user with a Cortex-A72 CPU: once with the newest dependencies, once
+# with the oldest that pyproject.toml allows. EDGEEXIT_EMULATED=qemu-aarch64 tells
+# `edgeexit profile` that its timings mean nothing. The sysroot is cached in .sysroot-arm/,
+# so a second run only rebuilds what changed.
 #
 # The host is left as it was: apt runs on a private state directory (no
 # `dpkg --add-architecture`, nothing in /var/lib/apt), and qemu is the static binary
@@ -45,7 +47,11 @@ quietly() {
     fi
 }
 
-cleanup() { rm -rf "$CACHE"/*.partial "$CACHE/step.log" "${BUILD_DIR:-}"; }
+cleanup() {
+    local rc=$?
+    rm -rf "$CACHE"/*.partial "$CACHE/step.log" "${BUILD_DIR:-}"
+    ((rc == 0)) || say "FAILED (exit $rc)"
+}
 trap cleanup EXIT
 
 # ---- the sysroot ---------------------------------------------------------------------------
