@@ -32,12 +32,17 @@ def fake_rapl(root: Path, energy_uj: int, max_range_uj: int = 262143328850) -> P
     # A sub-zone (cores) lies inside the package: counting it too would double the figure.
     write(root / "intel-rapl:0:0" / "energy_uj", "999999")
     write(root / "intel-rapl:0:0" / "max_energy_range_uj", str(max_range_uj))
+    # So does a laptop's platform ("psys") zone, which contains the package.
+    write(root / "intel-rapl:1" / "name", "psys")
+    write(root / "intel-rapl:1" / "energy_uj", "777777")
+    write(root / "intel-rapl:1" / "max_energy_range_uj", str(max_range_uj))
     return zone / "energy_uj"
 
 
 def test_rapl_window_is_the_counter_difference_in_mj(tmp_path):
     counter = fake_rapl(tmp_path, 1_000_000)
     meter = RaplMeter(tmp_path)
+    assert [z.name for z in meter.zones] == ["intel-rapl:0"]
     meter.begin_window()
     counter.write_text("3500000\n")
     reading = meter.end_window()
@@ -211,3 +216,15 @@ def test_nvml_driver_missing_is_unavailable():
         pytest.raises(SensorUnavailable, match="NVML cannot start"),
     ):
         NvmlMeter()
+
+
+@pytest.mark.gpu
+def test_nvml_on_a_real_gpu():
+    try:
+        meter = NvmlMeter()
+    except SensorUnavailable as err:
+        pytest.skip(f"no NVML energy counter here: {err}")
+    meter.begin_window()
+    time.sleep(meter.min_window_s)
+    reading = meter.end_window()
+    assert reading.energy_mj > 0 and reading.label == "measured (nvml)"

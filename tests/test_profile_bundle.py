@@ -61,6 +61,8 @@ def test_real_inputs_are_used_when_given(bundle):
     x = np.zeros((8, 1, 8, 8), dtype=np.float32)
     profile = profile_bundle(bundle, "x86-cpu", repeats=3, warmup=0, batch_size=2, inputs=(x,))
     assert profile.batch_size == 2
+    with pytest.raises(InputError, match="holds 8 samples; expected at least --batch-size 9"):
+        profile_bundle(bundle, "x86-cpu", repeats=1, batch_size=9, inputs=(x,))
 
 
 def test_bad_settings_and_bad_profile_files_are_refused(bundle, tmp_path):
@@ -120,6 +122,7 @@ def test_a_sensor_gives_energy_per_call_over_a_long_enough_window(bundle):
     with mock.patch("edgeexit.energy.get_meter", autospec=True, return_value=FakeSensor()):
         profile = profile_bundle(bundle, "x86-cpu", repeats=3, warmup=0)
     assert profile.energy_measured and profile.energy_source == "fake-sensor"
+    assert profile.measured_idle_power_w == pytest.approx(4.0)
     for s in profile.segments:
         assert s.power_w == pytest.approx(4.0)
         # The window lasted >= 50 ms, so there were far more calls than the 3 repeats asked.
@@ -127,3 +130,17 @@ def test_a_sensor_gives_energy_per_call_over_a_long_enough_window(bundle):
     assert profile.exit_energy_mj(1) == pytest.approx(
         profile.segments[0].energy_mj + profile.segments[1].energy_mj
     )
+
+
+@pytest.mark.gpu
+def test_fp16_bundle_profiles_on_cuda(bundle, tmp_path):
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        pytest.skip("no CUDA execution provider in this onnxruntime")
+    from edgeexit.targets.compile import compile_bundle
+
+    compile_bundle(bundle, tmp_path / "cuda", "cuda")
+    profile = profile_bundle(tmp_path / "cuda", "cuda", repeats=20, warmup=5)
+    assert profile.precision == "fp16" and profile.providers[0] == "CUDAExecutionProvider"
+    assert all(s.latency_ms.median > 0 for s in profile.segments)

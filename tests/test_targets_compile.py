@@ -212,3 +212,29 @@ def test_offline_x86_optimized_segments_are_refused_for_arm(fp32_bundle, tmp_pat
     write_manifest(src, replace(manifest, segments=(first, *manifest.segments[1:])))
     with pytest.raises(TargetError, match="com.microsoft.nchwc nodes .*only x86 builds load"):
         compile_bundle(src, tmp_path / "out", "rpi4")
+
+
+def test_ort_format_bundle_runs_like_the_onnx_one(fp32_bundle, tmp_path):
+    from edgeexit import Runtime
+
+    src, calib = fp32_bundle
+    for name, ort_format in (("onnx", False), ("ort", True)):
+        options = CompileOptions(threads=1, ort_format=ort_format)
+        compile_bundle(src, tmp_path / name, "rpi4", calib=calib, options=options)
+    manifest = read_manifest(tmp_path / "ort")
+    assert [s.file for s in manifest.segments] == [f"segment_{i:02d}.ort" for i in range(3)]
+    assert not list((tmp_path / "ort").glob("*.onnx"))
+    x = calib.inputs[0][:64]
+    results = [Runtime(tmp_path / name, target="x86-cpu").run(x) for name in ("onnx", "ort")]
+    np.testing.assert_array_equal(results[0].exit_index, results[1].exit_index)
+    np.testing.assert_allclose(results[0].logits, results[1].logits, atol=1e-5)
+
+
+def test_calibration_data_of_the_wrong_shape_is_refused(fp32_bundle, tmp_path):
+    from edgeexit.errors import InputError
+
+    src, _ = fp32_bundle
+    wrong = Dataset((np.zeros((4, 1, 9, 9), np.float32),), None)
+    with pytest.raises(InputError, match=r"input .x. has shape \(4, 1, 9, 9\); expected"):
+        compile_bundle(src, tmp_path / "out", "rpi4", calib=wrong)
+    assert not (tmp_path / "out").exists()

@@ -54,3 +54,27 @@ def test_export_for_an_arm_target_without_data_is_refused(trained):
     with pytest.raises(TargetError, match="needs calibration data"):
         edgeexit.export(model, torch.from_numpy(digits.train.x[:2]), root / "x", target="rpi5")
     assert not (root / "x").exists()
+
+
+def test_export_cli_cross_compiles_and_refuses_a_lossy_bundle(trained):
+    from typer.testing import CliRunner
+
+    from edgeexit.cli import app
+
+    model, digits, calib, root = trained
+    edgeexit.save(model, root / "model.pt", example_inputs=torch.from_numpy(digits.train.x[:2]))
+    runner = CliRunner()
+    args = ["export", str(root / "model.pt"), "--target", "rpi4", "--calib-data", str(calib)]
+    ok = runner.invoke(app, [*args, "-o", str(root / "cli-rpi4")])
+    assert ok.exit_code == 0, ok.output
+    assert "int8 bundle for rpi4" in ok.output and "drop (pp)" in ok.output
+    assert read_manifest(root / "cli-rpi4").extra["precision"] == "int8"
+    # One wild calibration sample wrecks MinMax ranges: the accuracy check refuses the bundle.
+    x = np.concatenate([digits.calibration.x, digits.calibration.x[:1] * 1e4])
+    y = np.concatenate([digits.calibration.y, digits.calibration.y[:1]])
+    np.savez(root / "wild.npz", x=x, y=y)
+    wild = [*args[:-1], str(root / "wild.npz"), "-o", str(root / "cli-bad")]
+    bad = runner.invoke(app, wild)
+    assert bad.exit_code == 1
+    assert "error: int8 bundle for rpi4 loses too much accuracy" in bad.stderr
+    assert "Traceback" not in bad.output and not (root / "cli-bad").exists()

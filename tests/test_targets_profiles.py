@@ -94,3 +94,19 @@ def test_targets_cli_lists_and_shows():
     bad = runner.invoke(app, ["targets", "toaster"])
     assert bad.exit_code == 1
     assert "error: unknown target 'toaster'" in bad.output
+
+
+def test_device_side_target_and_energy_modules_stay_off_the_export_side():
+    import subprocess
+    import sys
+
+    modules = (
+        "edgeexit.targets.profiling, edgeexit.targets.render, edgeexit.energy.rapl, "
+        "edgeexit.energy.nvml, edgeexit.energy.ina3221, edgeexit.energy.rpi_pmic, "
+        "edgeexit.cli.profile, edgeexit.cli.targets"
+    )
+    probe = f"import {modules}\nimport sys\nprint(' '.join(sorted(sys.modules)))"
+    loaded = subprocess.run(
+        [sys.executable, "-c", probe], check=True, capture_output=True, text=True
+    ).stdout.split()
+    assert not [m for m in loaded if m.split(".")[0] in ("torch", "onnx", "onnxsim", "onnxscript")]

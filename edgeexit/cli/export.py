@@ -30,6 +30,14 @@ def export_cmd(
     atol: float = typer.Option(1e-4, help="Validation tolerance (max abs diff vs PyTorch)."),
     opset: int = typer.Option(None, help="ONNX opset (default 17, capped by the target)."),
     target: str = typer.Option(None, "--target", "-t", help="Target name or .toml profile."),
+    calib_data: Path = typer.Option(
+        None, "--calib-data", help="Data (.npz) to quantize with and check exits on (--target)."
+    ),
+    max_quant_drop: float = typer.Option(
+        1.0,
+        "--max-quant-drop",
+        help="Most accuracy (pp) an exit may lose to the target's precision.",
+    ),
     trust: bool = typer.Option(
         False, "--trust-pickle", help="Load a pickled nn.Module (runs code from the file)."
     ),
@@ -41,7 +49,7 @@ def export_cmd(
 
         edgeexit export model.pt -o bundle
 
-        edgeexit export model.pt -o bundle --criterion entropy --target rpi4
+        edgeexit export model.pt -o bundle --criterion entropy --target rpi4 --calib-data cal.npz
 
         edgeexit export whole.pt -o bundle --trust-pickle --input-shape 1x8x8
     """
@@ -52,8 +60,9 @@ def export_cmd(
 
     params = {"patience": patience} if criterion == "patience" else {}
     options = ExportOptions(
-        criterion=criterion, criterion_params=params, opset=opset, atol=atol, target=target
-    )
+        criterion=criterion, criterion_params=params, opset=opset, atol=atol, target=target,
+        calib_data=str(calib_data) if calib_data else None, max_quant_drop_pp=max_quant_drop,
+    )  # fmt: skip
     shapes = [parse_input_shape(s) for s in input_shape or ()]
     console = Console(stderr=as_json)
     try:

@@ -25,9 +25,11 @@ class RaplMeter(EnergyMeter):
     min_window_s = 0.01  # the counter updates about every millisecond
 
     def __init__(self, root: Path = POWERCAP_ROOT) -> None:
-        self.zones = sorted(
-            p for p in Path(root).glob("intel-rapl:*") if _PACKAGE_ZONE.match(p.name)
-        )
+        self.zones = [
+            p
+            for p in sorted(Path(root).glob("intel-rapl:*"))
+            if _PACKAGE_ZONE.match(p.name) and _is_package(p)
+        ]
         if not self.zones:
             raise SensorUnavailable(f"no RAPL package zones under {root}")
         self.max_range_uj = [int(_read(z / "max_energy_range_uj")) for z in self.zones]
@@ -52,6 +54,13 @@ def delta_uj(start_uj: int, end_uj: int, max_range_uj: int) -> int:
     if end_uj >= start_uj:
         return end_uj - start_uj
     return max_range_uj - start_uj + end_uj
+
+
+def _is_package(zone: Path) -> bool:
+    # Laptops add a top-level "psys" zone (the whole platform), which already contains the
+    # packages; only "package-N" zones are summed.
+    name = zone / "name"
+    return not name.is_file() or _read(name).startswith("package")
 
 
 def _read(path: Path) -> str:

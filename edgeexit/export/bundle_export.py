@@ -37,6 +37,7 @@ from edgeexit.export.inputs import resolve_input_names, to_tensors
 from edgeexit.export.model import ExitStep, check_contract, run_exits
 from edgeexit.export.options import DEFAULT_OPSET, ExportOptions
 from edgeexit.export.scores import check_criterion
+from edgeexit.export.validate import ValidationReport, validate_bundle
 
 PATIENCE_DEFAULT = 2
 
@@ -47,7 +48,7 @@ class ExportResult:
 
     bundle_dir: Path
     manifest: Manifest
-    report: object | None = None  # a ValidationReport; typed loosely to avoid an import cycle
+    report: ValidationReport | None = None
     compiled: object | None = None  # a targets CompileReport when exported for a target
 
     def __rich_console__(self, console, options):
@@ -88,32 +89,12 @@ def export_bundle(
     model: nn.Module, example_inputs: object, out_dir: str | os.PathLike, options: ExportOptions
 ) -> ExportResult:
     """Export and validate with ``options``; the bundle appears only if everything passed."""
-    from edgeexit.export.validate import validate_bundle
-
     inputs = to_tensors(example_inputs)
     names = resolve_input_names(inputs, options.input_names)
-    opset, max_ir, target_name = _resolve_target(options)
+    target = _resolve_target(options)
     steps = trace(model, inputs, options.criterion)
     with atomic_bundle_dir(out_dir) as tmp:
-        segments, exporters = [], set()
-        carry_names = names
-        for i, step in enumerate(steps):
-            last = i == len(steps) - 1
-            carry = () if last else tuple(f"carry_{i}_{k}" for k in range(len(step.carry_out)))
-            file = tmp / f"segment_{i:02d}.onnx"
-            graph = SegmentGraph(model, i, options.criterion)
-            outputs = (*carry, f"logits_{i}", f"score_{i}")
-            exporters.add(
-                export_graph(
-                    graph, _at_least_two(step.carry_in), file, carry_names, outputs,
-                    opset=opset, exporter=options.exporter, simplify=options.simplify,
-                    max_ir_version=max_ir,
-                )
-            )  # fmt: skip
-            segments.append(
-                SegmentSpec(file.name, sha256_file(file), carry_names, carry, *outputs[-2:])
-            )
-            carry_names = carry
+        segments, exporters = _export_segments(model, steps, names, tmp, options, target)
         manifest = Manifest(
             inputs=tuple(
                 InputSpec(n, numpy_dtype(x), (BATCH_DIM, *x.shape[1:]))
@@ -121,26 +102,59 @@ def export_bundle(
             ),
             segments=tuple(segments),
             criterion=options.criterion,
-            thresholds=tuple(math.inf for _ in steps),
+            thresholds=tuple(math.inf for _ in steps),  # uncalibrated: run to the last exit
             criterion_params=_criterion_params(options),
             extra={
                 "precision": "fp32",
                 "num_classes": int(steps[-1].logits.shape[-1]),
-                "opset": opset,
+                "opset": target.opset,
                 "ir_version": onnx.load(str(tmp / segments[0].file)).ir_version,
-                "target": target_name,
+                "target": target.name,
                 "exporter": "+".join(sorted(exporters)),
                 "edgeexit_version": edgeexit.__version__,
             },
         )
         write_manifest(tmp, manifest)
-        report = (
-            validate_bundle(model, tmp, inputs, atol=options.atol) if options.validate else None
-        )
+        report = None
+        if options.validate:
+            report = validate_bundle(model, tmp, inputs, atol=options.atol)
         compiled = _compile_for_target(tmp, options)
         if compiled is not None:
             manifest = read_manifest(tmp)
     return ExportResult(Path(out_dir), manifest, report, compiled)
+
+
+def _export_segments(
+    model: nn.Module,
+    steps: list[ExitStep],
+    names: tuple[str, ...],
+    tmp: Path,
+    options: ExportOptions,
+    target: _TargetLimits,
+) -> tuple[list[SegmentSpec], set[str]]:
+    """Write segment_{i}.onnx for every exit; return their specs and the exporters used."""
+    segments, exporters = [], set()
+    carry_in = names
+    for i, step in enumerate(steps):
+        last = i == len(steps) - 1
+        carry = () if last else tuple(f"carry_{i}_{k}" for k in range(len(step.carry_out)))
+        outputs = (*carry, f"logits_{i}", f"score_{i}")
+        file = tmp / f"segment_{i:02d}.onnx"
+        used = export_graph(
+            SegmentGraph(model, i, options.criterion),
+            _at_least_two(step.carry_in),
+            file,
+            carry_in,
+            outputs,
+            opset=target.opset,
+            exporter=options.exporter,
+            simplify=options.simplify,
+            max_ir_version=target.max_ir_version,
+        )
+        exporters.add(used)
+        segments.append(SegmentSpec(file.name, sha256_file(file), carry_in, carry, *outputs[-2:]))
+        carry_in = carry
+    return segments, exporters
 
 
 def export_monolithic(
@@ -213,12 +227,6 @@ def _at_least_two(tensors: Sequence[torch.Tensor]) -> tuple[torch.Tensor, ...]:
     return tuple(torch.cat([x, x]) for x in tensors)
 
 
-def _criterion_params(options: ExportOptions) -> dict:
-    if options.criterion == "patience":  # PABEE's default: two agreeing exits in a row
-        return {"patience": PATIENCE_DEFAULT, **options.criterion_params}
-    return dict(options.criterion_params)
-
-
 def _compile_for_target(bundle_dir: Path, options: ExportOptions):
     """The validated fp32 bundle in the target's precision (edgeexit.targets.compile)."""
     if options.target is None:
@@ -233,9 +241,22 @@ def _compile_for_target(bundle_dir: Path, options: ExportOptions):
     )
 
 
-def _resolve_target(options: ExportOptions) -> tuple[int, int | None, str | None]:
+def _criterion_params(options: ExportOptions) -> dict:
+    if options.criterion == "patience":  # PABEE's default: two agreeing exits in a row
+        return {"patience": PATIENCE_DEFAULT, **options.criterion_params}
+    return dict(options.criterion_params)
+
+
+@dataclass(frozen=True)
+class _TargetLimits:
+    name: str | None
+    opset: int
+    max_ir_version: int | None
+
+
+def _resolve_target(options: ExportOptions) -> _TargetLimits:
     if options.target is None:
-        return options.opset or DEFAULT_OPSET, None, None
+        return _TargetLimits(None, options.opset or DEFAULT_OPSET, None)
     from edgeexit.targets import load_target
 
     target = load_target(options.target)
@@ -245,4 +266,4 @@ def _resolve_target(options: ExportOptions) -> tuple[int, int | None, str | None
             f"{target.max_opset}; expected --opset <= {target.max_opset}"
         )
     opset = options.opset or min(DEFAULT_OPSET, target.max_opset)
-    return opset, target.max_ir_version, target.name
+    return _TargetLimits(target.name, opset, target.max_ir_version)

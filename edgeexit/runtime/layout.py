@@ -59,6 +59,12 @@ def probe_layouts(
     manifest: Manifest, sessions: list[ort.InferenceSession]
 ) -> list[dict[str, Layout]]:
     """Run the chain once at batch 2 on zeros; return each segment's output layouts."""
+    for spec in manifest.inputs:
+        if spec.shape[:1] != ("batch",) or not all(isinstance(d, int) for d in spec.shape[1:]):
+            raise BundleError(
+                f"manifest input {spec.name!r} has shape {list(spec.shape)}; expected "
+                "'batch' first and fixed sizes after it"
+            )
     feeds = {
         s.name: np.zeros((PROBE_BATCH, *s.shape[1:]), dtype=np.dtype(s.dtype))
         for s in manifest.inputs

@@ -69,6 +69,12 @@ class Runtime:
         self._chain = Chain(self.manifest, sessions, layouts, carry_device)
         self._meter = get_meter(self.target)
         self._patience = self.manifest.criterion == "patience"
+        first = self.manifest.inputs[0]
+        self._single_input = (
+            (np.dtype(first.dtype), tuple(first.shape[1:]))
+            if len(self.manifest.inputs) == 1
+            else None
+        )
         self.config = config
 
     @property
@@ -91,10 +97,20 @@ class Runtime:
         Each sample's result is exactly what it gets when run alone.
         """
         t0 = perf_counter()
-        xs = check_inputs(inputs, self.manifest.inputs)
+        fast = self._single_input
+        if (
+            fast is not None
+            and type(inputs) is np.ndarray
+            and inputs.dtype == fast[0]
+            and inputs.shape[1:] == fast[1]
+            and len(inputs)
+        ):
+            xs = (inputs,)  # the common case, checked in ~0.3 µs instead of ~2
+        else:
+            xs = check_inputs(inputs, self.manifest.inputs)
         chosen = self.manifest.thresholds if thresholds is None else self._checked(thresholds)
         self._meter.begin_window()
-        logits, exit_index, seg_s = self._chain.forward(xs, chosen, self._patience)
+        logits, exit_index, segment_ms = self._chain.forward(xs, chosen, self._patience)
         reading = self._meter.end_window()
         return Result(
             logits=logits,
@@ -102,7 +118,7 @@ class Runtime:
             latency_ms=(perf_counter() - t0) * 1e3,
             energy_mj=reading.energy_mj,
             energy_source=reading.source,
-            segment_ms=tuple(s * 1e3 for s in seg_s),
+            segment_ms=tuple(segment_ms),
             energy_measured=reading.measured,
         )
 

@@ -17,13 +17,12 @@ import onnxruntime as ort
 from edgeexit.errors import BundleError, TargetError
 from edgeexit.targets import Target
 
-ORT_ERRORS: tuple[type[Exception], ...] = (
-    ort.capi.onnxruntime_pybind11_state.Fail,
-    ort.capi.onnxruntime_pybind11_state.InvalidArgument,
-    ort.capi.onnxruntime_pybind11_state.InvalidGraph,
-    ort.capi.onnxruntime_pybind11_state.InvalidProtobuf,
-    ort.capi.onnxruntime_pybind11_state.RuntimeException,
-    ort.capi.onnxruntime_pybind11_state.EPFail,
+# Every exception type ONNX Runtime's native module defines (Fail, InvalidGraph, NoSuchFile,
+# EPFail...): the set differs between versions, so it is read rather than listed.
+ORT_ERRORS: tuple[type[Exception], ...] = tuple(
+    value
+    for value in vars(ort.capi.onnxruntime_pybind11_state).values()
+    if isinstance(value, type) and issubclass(value, Exception)
 )
 
 _OPT_LEVELS = {

@@ -46,6 +46,7 @@ class CompileOptions:
     calib_samples: int = 512  # calibration samples used (the first N of the data)
     batch_size: int = 64
     threads: int = 0  # host evaluation threads; 0: ONNX Runtime's default
+    ort_format: bool = False  # segments as .ort files, for minimal ONNX Runtime builds
 
     def __post_init__(self) -> None:
         if not 0 <= self.max_quant_drop_pp <= 100:
@@ -79,6 +80,9 @@ def compile_bundle(
         _refuse_host_only_ops(model, target, seg.file)
     fp32 = [pin_versions(m, target, name=s.file) for m, s in zip(models, manifest.segments)]
     if calib is not None:
+        from edgeexit.runtime.inputs import check_inputs
+
+        check_inputs(calib.inputs, manifest.inputs)  # InputError naming the mismatch
         calib = calib.take(slice(0, options.calib_samples))
     compiled, method = _change_precision(fp32, manifest, target, calib, options)
     report = CompileReport(
@@ -91,7 +95,7 @@ def compile_bundle(
     )
     failing = [e for e in report.exits if e.drop_pp > options.max_quant_drop_pp]
     if failing:
-        raise ValidationError(
+        err = ValidationError(
             f"{target.precision} bundle for {target.name} loses too much accuracy: "
             + "; ".join(
                 f"exit {e.exit_index} {e.reference_accuracy:.1%} -> {e.compiled_accuracy:.1%}"
@@ -99,7 +103,9 @@ def compile_bundle(
             )
             + f" (--max-quant-drop {options.max_quant_drop_pp:g} pp); nothing written"
         )
-    _write(dst_dir, manifest, compiled, report)
+        err.report = report  # as export's ValidationError does: the CLI renders it
+        raise err
+    _write(dst_dir, manifest, compiled, report, ort_format=options.ort_format)
     return report
 
 
@@ -180,17 +186,32 @@ def _accuracy(
     return {"reference": reference, "samples": len(calib), "exits": tuple(exits)}
 
 
-def _write(dst_dir: str | os.PathLike, manifest: Manifest, models: list[Any], report) -> None:
+def _write(
+    dst_dir: str | os.PathLike,
+    manifest: Manifest,
+    models: list[Any],
+    report: CompileReport,
+    *,
+    ort_format: bool,
+) -> None:
     import onnx
+
+    from edgeexit.targets.ortformat import save_ort_format
 
     with atomic_bundle_dir(dst_dir) as tmp:
         segments = []
         for model, seg in zip(models, manifest.segments):
-            path = Path(tmp) / seg.file
+            path = (Path(tmp) / seg.file).with_suffix(".onnx")
             onnx.save(model, path)
-            segments.append(replace(seg, sha256=sha256_file(path)))
+            if ort_format:
+                path = save_ort_format(path)
+            segments.append(replace(seg, file=path.name, sha256=sha256_file(path)))
         compiled = replace(manifest, segments=tuple(segments)).with_extra(
-            precision=report.precision, target=report.target, compile=report.to_json()
+            precision=report.precision,
+            target=report.target,
+            opset=report.opset,
+            ir_version=report.ir_version,
+            compile=report.to_json(),
         )
         write_manifest(tmp, compiled)
 

@@ -15,16 +15,17 @@ import platform
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from time import perf_counter
+from time import perf_counter, sleep
 from typing import Any
 
 import numpy as np
 
 from edgeexit.bundle import BATCH_DIM, InputSpec
 from edgeexit.errors import InputError, TargetError
-from edgeexit.targets.profile import host_arch
+from edgeexit.targets.profile import Target, host_arch
 
 FORMAT = "edgeexit.profile/1"
+IDLE_WINDOW_S = 0.5  # how long the idle baseline is measured, when a sensor exists
 
 
 @dataclass(frozen=True)
@@ -71,6 +72,7 @@ class DeviceProfile:
     energy_source: str
     energy_measured: bool
     power_model_w: dict[str, float]  # {"idle": W, "active": W} from the target profile
+    measured_idle_power_w: float | None  # the sensor with nothing running; None without one
     batch_size: int
     repeats: int
     warmup: int
@@ -96,6 +98,7 @@ class DeviceProfile:
             "energy_source": self.energy_source,
             "energy_measured": self.energy_measured,
             "power_model_w": dict(self.power_model_w),
+            "measured_idle_power_w": self.measured_idle_power_w,
             "batch_size": self.batch_size,
             "repeats": self.repeats,
             "warmup": self.warmup,
@@ -139,6 +142,7 @@ class DeviceProfile:
                 **counts,
                 energy_measured=bool(doc["energy_measured"]),
                 power_model_w={k: float(v) for k, v in doc.get("power_model_w", {}).items()},
+                measured_idle_power_w=_optional_float(doc.get("measured_idle_power_w")),
                 providers=tuple(doc["providers"]),
                 platform=str(doc.get("platform", "")),
                 segments=segments,
@@ -175,7 +179,7 @@ def load_profile(path: str | os.PathLike) -> DeviceProfile:
 
 def profile_bundle(
     bundle_dir: str | os.PathLike,
-    target: Any = None,
+    target: str | os.PathLike | Target | None = None,
     *,
     repeats: int = 200,
     warmup: int = 20,
@@ -195,42 +199,27 @@ def profile_bundle(
     from edgeexit.energy import get_meter
     from edgeexit.runtime import Runtime
 
-    for name, value, least in (("repeats", repeats, 1), ("warmup", warmup, 0),
-                               ("batch_size", batch_size, 1)):  # fmt: skip
-        if not isinstance(value, int) or value < least:
-            raise InputError(f"{name} must be an integer >= {least}, got {value!r}")
+    _check_counts(repeats=repeats, warmup=warmup, batch_size=batch_size)
     runtime = Runtime(bundle_dir, target=target)
     _warn_if_foreign(runtime.target)
-    manifest = runtime.manifest
     meter = get_meter(runtime.target)  # probes are cached: no second probe, no second warning
-    feeds = list(inputs) if inputs is not None else synthetic_inputs(manifest.inputs, batch_size)
-    feeds = [x[:batch_size] for x in feeds]
-    total, done = (warmup + repeats) * manifest.num_exits, 0
+    feeds = _first_batch(inputs, runtime.manifest.inputs, batch_size)
+    total = (warmup + repeats) * runtime.num_exits
     segments = []
-    for i, spec in enumerate(manifest.segments):
-        for _ in range(warmup):
-            runtime.run_segment(i, feeds)
-        done += warmup
-        latencies_ms, reading = _timed(runtime, i, feeds, repeats, meter.min_window_s, meter)
-        done += repeats
+    for i in range(runtime.num_exits):
+        segments.append(_profile_segment(runtime, i, feeds, meter, repeats, warmup))
         if progress is not None:
-            progress(done, total)
-        energy_mj, power_w = _measured_per_call(reading, len(latencies_ms))
-        segments.append(
-            SegmentProfile(i, spec.file, spec.sha256, LatencyStats.of(latencies_ms),
-                           energy_mj, power_w)
-        )  # fmt: skip
+            progress((i + 1) * (warmup + repeats), total)
         carry, _, _ = runtime.run_segment(i, feeds)
         feeds = [c.copy() for c in carry]  # run_segment's outputs are reused buffers
+    target_ = runtime.target
     return DeviceProfile(
-        target=runtime.target.name,
-        precision=str(manifest.extra.get("precision", "fp32")),
+        target=target_.name,
+        precision=str(runtime.manifest.extra.get("precision", "fp32")),
         energy_source=meter.source if meter.measured else "none",
         energy_measured=meter.measured,
-        power_model_w={
-            "idle": runtime.target.idle_power_w,
-            "active": runtime.target.active_power_w,
-        },
+        power_model_w={"idle": target_.idle_power_w, "active": target_.active_power_w},
+        measured_idle_power_w=_idle_power_w(meter),
         batch_size=batch_size,
         repeats=repeats,
         warmup=warmup,
@@ -241,13 +230,55 @@ def profile_bundle(
     )
 
 
-def _timed(runtime: Any, i: int, feeds: list, repeats: int, min_window_s: float, meter: Any):
+def _profile_segment(
+    runtime: Any, i: int, feeds: list[np.ndarray], meter: Any, repeats: int, warmup: int
+) -> SegmentProfile:
+    for _ in range(warmup):
+        runtime.run_segment(i, feeds)
+    latencies_ms, reading = _timed(runtime, i, feeds, repeats, meter)
+    energy_mj, power_w = _measured_per_call(reading, len(latencies_ms))
+    spec = runtime.manifest.segments[i]
+    return SegmentProfile(
+        i, spec.file, spec.sha256, LatencyStats.of(latencies_ms), energy_mj, power_w
+    )
+
+
+def _idle_power_w(meter: Any) -> float | None:
+    """The sensor's reading with nothing running: the baseline inside every measured W."""
+    if not meter.measured:
+        return None
+    meter.begin_window()
+    sleep(max(meter.min_window_s, IDLE_WINDOW_S))
+    reading = meter.end_window()
+    return None if reading.energy_mj is None else reading.energy_mj / 1e3 / reading.duration_s
+
+
+def _check_counts(**counts: int) -> None:
+    least = {"warmup": 0}
+    for name, value in counts.items():
+        if not isinstance(value, int) or value < least.get(name, 1):
+            raise InputError(f"{name} must be an integer >= {least.get(name, 1)}, got {value!r}")
+
+
+def _first_batch(
+    inputs: tuple[np.ndarray, ...] | None, specs: tuple[InputSpec, ...], batch_size: int
+) -> list[np.ndarray]:
+    if inputs is None:
+        return synthetic_inputs(specs, batch_size)
+    if len(inputs[0]) < batch_size:
+        raise InputError(
+            f"the data holds {len(inputs[0])} samples; expected at least --batch-size {batch_size}"
+        )
+    return [x[:batch_size] for x in inputs]
+
+
+def _timed(runtime: Any, i: int, feeds: list, repeats: int, meter: Any):
     """Latencies of at least ``repeats`` calls, inside one energy window that lasts at least
-    ``min_window_s`` (a slow sensor counter needs many calls to resolve them)."""
+    the meter's ``min_window_s`` (a slow sensor counter needs many calls to resolve)."""
     latencies_ms = []
     meter.begin_window()
     start = perf_counter()
-    while len(latencies_ms) < repeats or perf_counter() - start < min_window_s:
+    while len(latencies_ms) < repeats or perf_counter() - start < meter.min_window_s:
         t0 = perf_counter()
         runtime.run_segment(i, feeds)
         latencies_ms.append((perf_counter() - t0) * 1e3)

@@ -57,13 +57,16 @@ class CompileReport:
         }
 
     def _caption(self) -> str:
-        if self.precision == "fp32":
-            return "fp32: weights unchanged, accuracy as exported"
         if not self.exits:
             return "no calibration data: accuracy NOT checked"
         return f"accuracy vs {self.reference} on {self.samples} calibration samples"
 
-    def __rich__(self) -> Table:
+    def __rich__(self) -> Table | str:
+        if self.precision == "fp32":
+            return (
+                f"fp32 bundle for {self.target}: IR {self.ir_version}, opset {self.opset} "
+                "(within the target's limits)"
+            )
         table = Table(
             title=f"{self.precision} bundle for {self.target} "
             f"(IR {self.ir_version}, opset {self.opset}, {self.method})",
