@@ -144,3 +144,15 @@ def test_bad_inputs_end_in_one_line(tmp_path):
         assert "Traceback" not in result.output, what
         assert not out.exists(), what
         assert not list(out.parent.glob(".*")), (what, list(out.parent.glob(".*")))
+
+
+def test_trusted_pickle_with_two_named_int_inputs(tmp_path):
+    torch.save(tiny_bert(layers=2), tmp_path / "bert.pt")
+    shapes = ("--input-shape", "input_ids=16:int64", "--input-shape", "attention_mask=16:int64")
+    result = invoke(tmp_path / "bert.pt", "-o", tmp_path / "b", "--trust-pickle", *shapes)
+    assert result.exit_code == 0, result.output
+    inputs = read_manifest(tmp_path / "b").inputs
+    assert [(i.name, i.dtype, i.shape) for i in inputs] == [
+        ("input_ids", "int64", ("batch", 16)),
+        ("attention_mask", "int64", ("batch", 16)),
+    ]
