@@ -64,7 +64,7 @@ def export_pair(width: int, out: Path) -> tuple[Path, Path]:
 
 def methods(bundle: Path, mono_path: Path, x: np.ndarray) -> dict[str, Callable[[], object]]:
     from edgeexit.runtime import Runtime
-    from edgeexit.runtime.chain import bound_runner
+    from edgeexit.runtime.buffers import bound_runner
     from edgeexit.runtime.session import session_options
 
     rt = Runtime(bundle, threads=1)
@@ -169,7 +169,7 @@ def markdown(results: dict) -> str:
         "# Runtime overhead: 4-segment chain vs one monolithic graph",
         "",
         f"Machine: {results['machine']}; onnxruntime {results['onnxruntime']}; "
-        f"{results['rounds']} alternating rounds (1/20 of them for w=224), batch 1, "
+        f"{results['rounds']} alternating rounds (1/4 of them for w=224), batch 1, "
         f"1 intra-op thread; load average during the run {results['load_average']}.",
         "",
         "| model | method | median µs | p10–p90 µs | × mono | × mono, paired | goal |",
@@ -206,7 +206,7 @@ def main() -> None:
             out = Path(tmp) / f"w{width}"
             bundle, mono = export_pair(width, out)
             # the bigger model gets fewer rounds: its medians settle sooner
-            n = rounds if width <= 64 else max(100, rounds // 20)
+            n = rounds if width <= 64 else max(100, rounds // 4)
             results["models"][name] = summarize(time_alternating(methods(bundle, mono, x), n))
     results["load_average"] = " / ".join(f"{v:.1f}" for v in os.getloadavg())
     Console().print(render(results))

@@ -33,7 +33,7 @@ def test_row_graphs_are_valid_onnx():
 
 
 def test_row_mover_compacts_in_place_on_ortvalues():
-    from edgeexit.runtime.chain import Buffer
+    from edgeexit.runtime.buffers import Buffer
     from edgeexit.runtime.layout import Layout
 
     layout = Layout((3, 2), np.dtype(np.int64))

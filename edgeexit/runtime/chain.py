@@ -14,7 +14,6 @@ and only scores and logits are bound to host memory (see ``gather.py`` for the c
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Callable, Mapping, Sequence
 from time import perf_counter
@@ -25,6 +24,8 @@ import onnxruntime as ort
 
 from edgeexit.bundle import Manifest
 from edgeexit.errors import BundleError, InputError
+from edgeexit.runtime.buffers import Buffer, bound_runner
+from edgeexit.runtime.criteria import patience_update
 from edgeexit.runtime.gather import RowMover
 from edgeexit.runtime.layout import Layout
 from edgeexit.runtime.session import ORT_ERRORS
@@ -41,38 +42,6 @@ class Step(NamedTuple):
     score: np.ndarray  # [k] view of the score buffer
     logits: np.ndarray  # [k, C] view of the logits buffer
     carry: tuple  # [k, ...] views of the carry buffers (numpy on CPU, OrtValue rows on CUDA)
-
-
-class Buffer:
-    """A tensor of ``capacity`` rows: a numpy array, or an OrtValue on ``device``.
-
-    Bindings cover its first k rows (rows are contiguous), so one allocation serves every
-    batch size up to the capacity.
-    """
-
-    def __init__(self, layout: Layout, capacity: int, device: str | None = None) -> None:
-        self.layout = layout
-        self.device = device or "cpu"
-        self.array: np.ndarray | None = None
-        if device is None:
-            self.array = layout.empty(capacity)
-            self.ptr = self.array.ctypes.data
-        else:
-            self.value = ort.OrtValue.ortvalue_from_shape_and_type(
-                [capacity, *layout.row_shape], layout.dtype, device, 0
-            )
-            self.ptr = self.value.data_ptr()
-
-    def rows(self, k: int) -> np.ndarray | tuple[Buffer, int]:
-        return self.array[:k] if self.array is not None else (self, k)
-
-    def bind_input(self, io: ort.IOBinding, name: str, k: int) -> None:
-        shape = [k, *self.layout.row_shape]
-        io.bind_input(name, self.device, 0, self.layout.dtype, shape, self.ptr)
-
-    def bind_output(self, io: ort.IOBinding, name: str, k: int) -> None:
-        shape = [k, *self.layout.row_shape]
-        io.bind_output(name, self.device, 0, self.layout.dtype, shape, self.ptr)
 
 
 class Chain:
@@ -330,30 +299,3 @@ class Chain:
             else:
                 scores[i] = step.score
         return seg_s
-
-
-def bound_runner(
-    session: ort.InferenceSession, io: ort.IOBinding, run_options: ort.RunOptions
-) -> Callable[[], object]:
-    """A zero-argument call that runs ``session`` on ``io``, as cheaply as Python allows.
-
-    The public ``run_with_iobinding`` is a Python wrapper over the native method; calling
-    the native one through ``partial`` saves ~0.4 µs a segment, which is measurable on a
-    40 µs network. Falls back to the public method if ORT ever renames its internals.
-    """
-    native_session = getattr(session, "_sess", None)
-    native_binding = getattr(io, "_iobinding", None)
-    if native_session is not None and native_binding is not None:
-        return functools.partial(native_session.run_with_iobinding, native_binding, run_options)
-    return functools.partial(session.run_with_iobinding, io, run_options)
-
-
-def patience_update(
-    state: tuple[np.ndarray, np.ndarray] | None, logits: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """PABEE: the counter is 0 at exit 0, then +1 while the argmax stays the same, else 0."""
-    pred = logits.argmax(axis=1)
-    if state is None:
-        return np.zeros(len(pred), dtype=np.float32), pred
-    counter, prev = state
-    return np.where(pred == prev, counter + 1, 0).astype(np.float32), pred
