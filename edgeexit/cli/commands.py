@@ -5,6 +5,8 @@ Command modules must not import torch, onnx or onnxsim at module level: the devi
 """
 
 from edgeexit.cli import (
+    bench,  # noqa: F401
+    calibrate,  # noqa: F401
     demo,  # noqa: F401
     export,  # noqa: F401
     profile,  # noqa: F401

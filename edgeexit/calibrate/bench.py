@@ -1,0 +1,160 @@
+"""Bench a bundle as deployed: accuracy, exits, latency, throughput, energy and speed-up.
+
+The speed-up is measured in the same run against the whole chain (every threshold forced to
+inf), alternating early-exit and full calls batch by batch so that drift on a busy machine
+hits both alike. Per-sample latency is the latency of the call a sample was in (batch 1
+unless asked otherwise). Device path: numpy, onnxruntime and rich only.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from rich.console import Console, ConsoleOptions, RenderResult
+from rich.table import Table
+
+from edgeexit.bundle import read_manifest
+from edgeexit.data import load_data
+from edgeexit.errors import InputError
+
+
+@dataclass(frozen=True)
+class BenchOptions:
+    batch_size: int = 1
+    target: str | None = None
+    warmup_calls: int = 8
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise InputError(f"--batch is {self.batch_size}; expected a positive integer")
+
+
+@dataclass(frozen=True)
+class BenchReport:
+    """What ``edgeexit bench`` measured."""
+
+    samples: int
+    batch_size: int
+    accuracy: float | None
+    exit_counts: tuple[int, ...]
+    mean_latency_ms: float
+    median_latency_ms: float  # robust to preemption spikes on a busy machine
+    p95_latency_ms: float
+    throughput_per_s: float
+    energy_mj_per_sample: float | None
+    energy_source: str  # 'measured (rapl)', 'modeled' or 'none'
+    full_mean_latency_ms: float
+    full_accuracy: float | None
+    predicted_mean_latency_ms: float | None  # what calibrate expected, if it ran
+
+    @property
+    def speedup(self) -> float:
+        return self.full_mean_latency_ms / self.mean_latency_ms
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "samples": self.samples,
+            "batch_size": self.batch_size,
+            "accuracy": self.accuracy,
+            "exit_counts": list(self.exit_counts),
+            "mean_latency_ms": self.mean_latency_ms,
+            "median_latency_ms": self.median_latency_ms,
+            "p95_latency_ms": self.p95_latency_ms,
+            "throughput_per_s": self.throughput_per_s,
+            "energy_mj_per_sample": self.energy_mj_per_sample,
+            "energy_source": self.energy_source,
+            "full_mean_latency_ms": self.full_mean_latency_ms,
+            "full_accuracy": self.full_accuracy,
+            "speedup": self.speedup,
+            "predicted_mean_latency_ms": self.predicted_mean_latency_ms,
+        }
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        table = Table(title=f"bench: {self.samples} samples, batch {self.batch_size}")
+        table.add_column("metric")
+        table.add_column("early exit", justify="right")
+        table.add_column("all segments", justify="right")
+        if self.accuracy is not None:
+            table.add_row("accuracy", f"{self.accuracy:.2%}", f"{self.full_accuracy:.2%}")
+        table.add_row(
+            "mean latency ms", f"{self.mean_latency_ms:.3f}", f"{self.full_mean_latency_ms:.3f}"
+        )
+        table.add_row("median latency ms", f"{self.median_latency_ms:.3f}", "")
+        table.add_row("p95 latency ms", f"{self.p95_latency_ms:.3f}", "")
+        table.add_row("throughput /s", f"{self.throughput_per_s:.1f}", "")
+        energy = "n/a" if self.energy_mj_per_sample is None else f"{self.energy_mj_per_sample:.4f}"
+        table.add_row(f"energy mJ/sample ({self.energy_source})", energy, "")
+        table.add_row("speed-up", f"{self.speedup:.2f}x", "1.00x")
+        if self.predicted_mean_latency_ms is not None:
+            table.add_row(
+                "calibrate predicted mean ms", f"{self.predicted_mean_latency_ms:.3f}", ""
+            )
+        yield table
+        yield "exits: " + ", ".join(f"{i}: {c}" for i, c in enumerate(self.exit_counts))
+
+
+def bench_bundle(
+    bundle_dir: str | os.PathLike,
+    data_path: str | os.PathLike,
+    options: BenchOptions = BenchOptions(),
+    *,
+    progress: Callable[[int, int], None] | None = None,
+) -> BenchReport:
+    """Run the bundle over the data as deployed and against the full chain, alternating."""
+    from edgeexit.runtime import Runtime  # lazily: onnxruntime is heavy to import
+
+    manifest = read_manifest(bundle_dir)
+    dataset = load_data(data_path, manifest.inputs)
+    runtime = Runtime(bundle_dir, target=options.target)
+    full = [math.inf] * manifest.num_exits
+    n, b = len(dataset), options.batch_size
+    batches = [dataset.take(slice(s, min(s + b, n))).inputs for s in range(0, n, b)]
+    for k in range(min(options.warmup_calls, len(batches))):
+        runtime.run(batches[k])
+        runtime.run(batches[k], thresholds=full)
+    early, full_runs = [], []
+    for k, xs in enumerate(batches):
+        pair = [(early, None), (full_runs, full)]
+        for sink, thresholds in pair if k % 2 == 0 else reversed(pair):
+            sink.append(runtime.run(xs, thresholds=thresholds))
+        if progress is not None:
+            progress(min((k + 1) * b, n), n)
+    return _summarise(early, full_runs, dataset.labels, b, manifest.num_exits, manifest.extra)
+
+
+def _summarise(early, full_runs, labels, batch_size, num_exits, extra) -> BenchReport:
+    per_sample = np.concatenate([np.full(len(r.exit_index), r.latency_ms) for r in early])
+    full_per_sample = np.concatenate([np.full(len(r.exit_index), r.latency_ms) for r in full_runs])
+    exits = np.concatenate([r.exit_index for r in early])
+    total_s = sum(r.latency_ms for r in early) / 1e3
+    energies = [r.energy_mj for r in early]
+    energy = None if any(e is None for e in energies) else sum(energies) / len(exits)
+    source = early[0].energy_label if energy is not None else "none"
+    predicted = (extra.get("calibration") or {}).get("expected", {}).get("mean_latency_ms")
+    return BenchReport(
+        samples=len(exits),
+        batch_size=batch_size,
+        accuracy=_accuracy(early, labels),
+        exit_counts=tuple(np.bincount(exits, minlength=num_exits).tolist()),
+        mean_latency_ms=float(per_sample.mean()),
+        median_latency_ms=float(np.median(per_sample)),
+        p95_latency_ms=float(np.quantile(per_sample, 0.95)),
+        throughput_per_s=len(exits) / total_s,
+        energy_mj_per_sample=energy,
+        energy_source=source,
+        full_mean_latency_ms=float(full_per_sample.mean()),
+        full_accuracy=_accuracy(full_runs, labels),
+        predicted_mean_latency_ms=predicted,
+    )
+
+
+def _accuracy(results, labels) -> float | None:
+    if labels is None:
+        return None
+    predictions = np.concatenate([r.predictions for r in results])
+    return float((predictions == labels).mean())
