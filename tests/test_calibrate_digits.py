@@ -28,7 +28,7 @@ def digits(tmp_path_factory):
     runtime = Runtime(built.bundle)
     specs = read_manifest(built.bundle).inputs
     cal, test = load_data(built.calibration, specs), load_data(built.test, specs)
-    costs = measure_costs(runtime, cal, samples=32, repeats=3)
+    costs = measure_costs(runtime, cal, samples=24, repeats=5)
     return built, costs, collect_table(runtime, cal), collect_table(runtime, test)
 
 
@@ -49,10 +49,11 @@ def test_one_pp_drop_gives_2x_expected_speedup_on_held_out(digits):
     assert held_out.accuracy >= test.correct[-1].mean() - 0.02  # 1 pp on cal, + sampling
 
 
-@pytest.mark.parametrize("budget_fraction", [0.4, 0.6, 0.8])
+@pytest.mark.parametrize("budget_fraction", [0.2, 0.5, 0.8])
 def test_per_exit_at_least_shared_baseline(digits, budget_fraction):
     _, costs, cal, _ = digits
-    budget = Budget(latency_ms=costs.cumulative_latency_ms[-1] * budget_fraction)
+    first, full = costs.cumulative_latency_ms[[0, -1]]
+    budget = Budget(latency_ms=first + (full - first) * budget_fraction)
     result = search(cal, costs, budget)
     assert result.per_exit.accuracy >= result.shared.accuracy
     assert result.per_exit.latency_ucb_ms <= budget.latency_ms

@@ -56,32 +56,6 @@ class SegmentCosts:
     def cumulative_energy_mj(self) -> np.ndarray | None:
         return None if self.energy_mj is None else np.cumsum(self.energy_mj)
 
-    @classmethod
-    def from_timings(
-        cls,
-        segment_ms: np.ndarray,
-        *,
-        active_power_w: float = 0.0,
-        source: str = "measured here",
-    ) -> SegmentCosts:
-        """From repeated timings ``segment_ms`` [repeats, segments] in ms per sample.
-
-        Energy is modeled as active power x time (W x ms = mJ) when a power model exists.
-        """
-        timings = np.asarray(segment_ms, dtype=np.float64)
-        if timings.ndim == 1:
-            timings = timings[None, :]
-        median = np.median(timings, axis=0)
-        p95 = np.quantile(timings, 0.95, axis=0)
-        energy = None if active_power_w <= 0 else tuple(float(v) for v in median * active_power_w)
-        return cls(
-            latency_ms=tuple(float(v) for v in median),
-            p95_latency_ms=tuple(float(v) for v in p95),
-            energy_mj=energy,
-            energy_source="modeled" if energy is not None else "none",
-            source=source,
-        )
-
     def to_json(self) -> dict[str, Any]:
         return {
             "source": self.source,

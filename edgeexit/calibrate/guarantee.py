@@ -96,9 +96,9 @@ def threshold_path(
     """Strict-to-loose per-exit thresholds: fastest with path-half risk <= a, a rising."""
     base_risk = float(losses(table, np.full(table.num_exits, np.inf), metric).mean())
     path = [np.full(table.num_exits, np.inf)]  # everyone to the final exit: the safest point
+    view = _loss_view(table, metric)
     for level in np.linspace(0.0, 2.0 * risk, length):
         # 'Accuracy' here is 1 - loss, so a drop of (level - base_risk) caps the loss at level.
-        view = _loss_view(table, metric)
         drop = max(0.0, level - base_risk)
         objective = Objective(Budget(max_accuracy_drop=min(drop, 0.999)), 1.0 - base_risk - drop)
         start = best(shared_sweep(view, costs, grid_size=33), objective)

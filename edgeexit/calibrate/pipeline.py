@@ -91,8 +91,8 @@ def measure_costs(
 
     Forcing every sample out at exit i (threshold -inf there, inf before) times exactly what
     a deployed sample leaving at i pays, per-call overhead included; exits are interleaved
-    per sample so drift on a busy machine hits them alike. Segment costs are the differences
-    of the cumulative medians.
+    per sample so drift on a busy machine hits them alike. Each of the ``repeats`` passes
+    gives a median per exit; the quietest pass sets the costs (a device runs alone).
     """
     n_exits = runtime.num_exits
     forced = [[math.inf] * i + [-math.inf] * (n_exits - i) for i in range(n_exits)]
@@ -114,14 +114,24 @@ def measure_costs(
             source = result.energy_source
         if progress is not None:
             progress("timing", k + 1, len(latency))
-    return _costs_from_cumulative(latency, energy, measured, source, runtime.target.active_power_w)
+    return _costs_from_cumulative(
+        repeats, latency, energy, measured, source, runtime.target.active_power_w
+    )
 
 
 def _costs_from_cumulative(
-    latency: np.ndarray, energy: np.ndarray, measured: bool, source: str, power_w: float
+    repeats: int,
+    latency: np.ndarray,
+    energy: np.ndarray,
+    measured: bool,
+    source: str,
+    power_w: float,
 ) -> SegmentCosts:
+    # Each repeat (a pass over the samples) gives a median per exit; the quietest pass is
+    # kept, so a burst of load from other processes while measuring does not set the costs.
     # Leaving later never costs less; enforce it so noise cannot give negative segments.
-    cum_median = np.maximum.accumulate(np.median(latency, axis=0))
+    rounds = latency.reshape(repeats, -1, latency.shape[1])
+    cum_median = np.maximum.accumulate(np.min(np.median(rounds, axis=1), axis=0))
     cum_p95 = np.maximum.accumulate(np.quantile(latency, 0.95, axis=0))
     if measured and not np.isnan(energy).any():
         cum_energy = np.maximum.accumulate(np.median(energy, axis=0))

@@ -35,6 +35,7 @@ def profile_cmd(
     """
     from edgeexit.bundle import read_manifest
     from edgeexit.data import load_data
+    from edgeexit.targets.emulation import emulation_warning
     from edgeexit.targets.profiling import profile_bundle
 
     inputs = load_data(data, read_manifest(bundle).inputs).inputs if data else None
@@ -51,6 +52,8 @@ def profile_cmd(
             bundle, target, repeats=repeats, warmup=warmup, batch_size=batch_size,
             inputs=inputs, progress=advance,
         )  # fmt: skip
+    if warning := emulation_warning():
+        stderr.print(f"[yellow]warning:[/yellow] {warning}", soft_wrap=True)
     if out is not None:
         profile.save(out)
     if as_json:

@@ -1,0 +1,125 @@
+"""Host half of scripts/test-arm.sh: make what the emulated aarch64 tests load and compare.
+
+Writes into OUT_DIR:
+
+- ``tiny.onnx`` and ``tiny_expected.npz``: a two-node model and the host's output for it,
+  the first proof that an emulated ONNX Runtime session runs at all;
+- ``fp32/`` and ``int8-rpi4/``: the digits example (briefly trained, so int8 calibration
+  and the exits mean something) exported as an fp32 bundle, and exported for the rpi4
+  target with calibration data (``calibration.npz``), which makes it int8;
+- ``inputs.npz``: the test digits the emulated side runs;
+- ``host_<bundle>.npz``: the host Runtime's outputs on those digits (every exit's logits
+  and scores, and a run with thresholds that make samples leave at every exit), and the
+  host's ONNX Runtime version.
+
+Needs the export side (torch, onnx, scikit-learn): run it with the host's .venv.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+
+SEED = 0
+N_TEST = 64  # digits the emulated side runs: enough to reach every exit, quick under qemu
+TRAIN_EPOCHS = 5
+
+
+def write_tiny_model(out_dir: Path) -> None:
+    """A two-node model (MatMul, Relu) and the host's output for a fixed input."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(SEED)
+    weight = rng.standard_normal((8, 4)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"]), helper.make_node("Relu", ["y"], ["z"])],
+        "tiny",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 8])],
+        [helper.make_tensor_value_info("z", TensorProto.FLOAT, ["batch", 4])],
+        [numpy_helper.from_array(weight, "w")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 9  # what onnxruntime >= 1.17 (the declared minimum) reads
+    onnx.checker.check_model(model)
+    onnx.save(model, out_dir / "tiny.onnx")
+
+    x = rng.standard_normal((3, 8)).astype(np.float32)
+    session = ort.InferenceSession(out_dir / "tiny.onnx", providers=["CPUExecutionProvider"])
+    (z,) = session.run(None, {"x": x})
+    np.savez(out_dir / "tiny_expected.npz", x=x, z=z)
+
+
+def export_bundles(out_dir: Path) -> list[Path]:
+    """The digits example, trained briefly, as an fp32 bundle and an int8 rpi4 bundle."""
+    import torch
+
+    import edgeexit
+    from edgeexit.examples import digits_resnet, load_digits, train_multi_exit
+
+    torch.manual_seed(SEED)
+    torch.set_num_threads(1)
+    digits = load_digits(seed=SEED)
+    model = digits_resnet(width=8)
+    train_multi_exit(model, digits.train.x, digits.train.y, epochs=TRAIN_EPOCHS, seed=SEED)
+    model.eval()
+    fp32, int8 = out_dir / "fp32", out_dir / "int8-rpi4"
+    calib = digits.calibration.save_npz(out_dir / "calibration.npz")
+    edgeexit.export(model, digits.train.x[:4], fp32)
+    # What `edgeexit export --target rpi4 --calib-data D.npz` does: export, then int8.
+    edgeexit.export(model, digits.train.x[:4], int8, target="rpi4", calib_data=calib)
+    np.savez(out_dir / "inputs.npz", x=digits.test.x[:N_TEST], y=digits.test.y[:N_TEST])
+    return [fp32, int8]
+
+
+def save_host_outputs(bundle: Path, x: np.ndarray, out_file: Path) -> None:
+    """Every exit's logits and scores, and a thresholded run, from the host's Runtime.
+
+    Each threshold sits in the widest gap between the middle scores of its exit, so samples
+    leave at every exit and few scores lie within rounding of a threshold (the emulated side
+    compares exit decisions only where none does).
+    """
+    import onnxruntime as ort
+
+    from edgeexit.runtime import Runtime
+
+    rt = Runtime(bundle, target="rpi4", threads=1)
+    every = rt.run_all_exits(x)
+    thresholds = np.array([threshold_in_widest_gap(s) for s in every.scores], np.float32)
+    thresholds[-1] = np.inf  # the last exit takes every remaining sample anyway
+    result = rt.run(x, thresholds=thresholds.tolist())
+    np.savez(
+        out_file,
+        all_logits=every.logits,
+        all_scores=every.scores,
+        thresholds=thresholds,
+        logits=result.logits,
+        exit_index=result.exit_index,
+        onnxruntime_version=np.array(ort.__version__),
+    )
+
+
+def threshold_in_widest_gap(scores: np.ndarray) -> float:
+    """The midpoint of the widest gap between sorted scores in the 30th-70th percentile."""
+    ranked = np.sort(scores)
+    lo, hi = len(ranked) * 3 // 10, len(ranked) * 7 // 10
+    k = lo + int(np.argmax(np.diff(ranked[lo : hi + 1])))
+    return float(ranked[k] + ranked[k + 1]) / 2
+
+
+def main(out_dir: Path) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_tiny_model(out_dir)
+    bundles = export_bundles(out_dir)
+    x = np.load(out_dir / "inputs.npz")["x"]
+    for bundle in bundles:
+        save_host_outputs(bundle, x, out_dir / f"host_{bundle.name}.npz")
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 2:
+        sys.exit("usage: arm_host_side.py OUT_DIR")
+    main(Path(sys.argv[1]))
