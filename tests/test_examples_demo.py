@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 import torch
 from typer.testing import CliRunner
 
@@ -15,7 +16,7 @@ FAST = ["--epochs", "1", "--profile-repeats", "5"]
 def test_demo_trains_exports_profiles_calibrates_and_benches(tmp_path):
     result = CliRunner().invoke(app, ["demo", "-o", str(tmp_path), *FAST])
     assert result.exit_code == 0, result.output
-    for words in ("Full model vs calibrated", "speed-up", "exit histogram", "modeled"):
+    for words in ("Full model vs calibrated bundle", "speed-up", "exit histogram", "modeled"):
         assert words in result.output
     manifest = read_manifest(tmp_path / "bundle")
     assert manifest.num_exits == 4
@@ -40,7 +41,9 @@ def test_demo_json_on_the_users_own_model_and_data(tmp_path):
     doc = json.loads(result.stdout)
     assert doc["budget"] == {"latency_ms": 10.0, "confidence": 0.9, "risk_metric": "disagreement"}
     assert doc["bench"]["samples"] == 359  # the calibration split, since no --test-data
-    assert doc["bench"]["energy_source"] == "modeled"
+    assert doc["energy_source"] == doc["bench"]["energy_source"] == "modeled"
+    energy = doc["energy_mj_per_sample"]
+    assert energy["full"] / energy["calibrated"] == pytest.approx(doc["bench"]["speedup"])
     assert doc["files"]["model"] is None  # nothing trained
 
 

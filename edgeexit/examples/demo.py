@@ -81,7 +81,7 @@ class DemoReport:
     files: DemoFiles
     calibration: CalibrationReport
     bench: BenchReport
-    full_energy_mj: float | None = None  # per sample, same source as bench.energy_source
+    energy_mj: tuple[float | None, float | None] = (None, None)  # (full, calibrated)/sample
     trained_epochs: int | None = None
     train_loss: tuple[float, ...] = field(default=())
 
@@ -92,7 +92,8 @@ class DemoReport:
             "trained_epochs": self.trained_epochs,
             "budget": self.calibration.budget.to_json(),
             "thresholds": list(self.calibration.thresholds),
-            "full_model_energy_mj": self.full_energy_mj,
+            "energy_mj_per_sample": {"full": self.energy_mj[0], "calibrated": self.energy_mj[1]},
+            "energy_source": self.bench.energy_source,
             "bench": self.bench.to_json(),
         }
 
@@ -102,19 +103,22 @@ class DemoReport:
         yield from render_demo(self)
 
 
-def _full_energy_mj(bench: BenchReport, calibration: CalibrationReport, target) -> float | None:
-    """The full model's energy per sample, from the same source as the bundle's figure.
+def _energy_mj(bench: BenchReport, calibration: CalibrationReport, target) -> tuple:
+    """(full model, calibrated bundle) energy per sample, both from the same source.
 
-    Modeled: the target's active power x the full chain's latency measured in the same bench
-    run. Measured: bench does not read the sensor for the full runs, so the device profile's
-    measured segment energies stand in (the render says so).
+    Modeled: the target's active power x each column's mean latency from the same bench run
+    (W x ms = mJ). Measured: the bundle's figure is bench's sensor reading; bench does not
+    read the sensor for the full runs, so the device profile's measured segment energies
+    stand in for the full model (the render says so).
     """
     from edgeexit.targets import load_target
 
     if bench.energy_source == "modeled":
-        return load_target(target).active_power_w * bench.full_mean_latency_ms  # W x ms = mJ
+        power_w = load_target(target).active_power_w
+        return power_w * bench.full_mean_latency_ms, power_w * bench.mean_latency_ms
     cumulative = calibration.costs.cumulative_energy_mj
-    return None if cumulative is None else float(cumulative[-1])
+    full = None if cumulative is None else float(cumulative[-1])
+    return full, bench.energy_mj_per_sample
 
 
 def run_demo(options: DemoOptions = DemoOptions(), *, progress: Progress | None = None):
@@ -152,8 +156,8 @@ def run_demo(options: DemoOptions = DemoOptions(), *, progress: Progress | None 
         progress=lambda done, total: tell("benchmarking", done, total),
     )
     epochs = options.epochs if options.model is None else None
-    full_energy = _full_energy_mj(bench, calibration, options.target)
-    return DemoReport(files, calibration, bench, full_energy, epochs, tuple(losses))
+    energy = _energy_mj(bench, calibration, options.target)
+    return DemoReport(files, calibration, bench, energy, epochs, tuple(losses))
 
 
 def _train_example(options: DemoOptions, out: Path, tell: Progress):

@@ -22,8 +22,8 @@ def render_demo(report: Any) -> Iterator[Any]:
 def _comparison(report: Any) -> Table:
     bench, cal = report.bench, report.calibration
     table = Table(
-        title=f"Full model vs calibrated early-exit bundle "
-        f"({bench.samples} held-out samples, batch {bench.batch_size}, this machine)"
+        title=f"Full model vs calibrated bundle "
+        f"({bench.samples} held-out samples, batch {bench.batch_size})"
     )
     table.add_column("")
     table.add_column("full model (every segment)", justify="right")
@@ -34,11 +34,9 @@ def _comparison(report: Any) -> Table:
         "mean latency ms", f"{bench.full_mean_latency_ms:.3f}", f"{bench.mean_latency_ms:.3f}"
     )
     table.add_row("speed-up", "1.00x", f"[bold]{bench.speedup:.2f}x[/bold]")
-    full_energy = report.full_energy_mj
     table.add_row(
         f"energy mJ/sample ({bench.energy_source})",
-        "n/a" if full_energy is None else f"{full_energy:.4f}",
-        "n/a" if bench.energy_mj_per_sample is None else f"{bench.energy_mj_per_sample:.4f}",
+        *("n/a" if e is None else f"{e:.4f}" for e in report.energy_mj),
     )
     shown = ", ".join("always" if t == float("inf") else f"{t:.3f}" for t in cal.thresholds[:-1])
     table.caption = f"budget: {cal.budget.describe()}; thresholds: {shown}, last always"
@@ -63,7 +61,7 @@ def _energy_note(report: Any) -> str:
     if source == "modeled":
         return (
             "energy: [yellow]modeled[/yellow], not measured: this machine has no energy sensor "
-            "edgeexit can read, so energy = the target's active power x the latency measured "
+            "edgeexit can read, so energy = the target's active power x the mean latency "
             "above, for both columns."
         )
     if source == "none":
