@@ -23,7 +23,7 @@ table shows median latency per call, and throughput and speed-up ratios from the
 of one pass over the split, plus paired ratios (median of per-round ratios).
 
 Usage:
-  PYTHONPATH=. python benchmarks/run.py [--widths 16,48] [--rounds 15] [--quick]
+  PYTHONPATH=. python benchmarks/run.py [--widths 16,48] [--rounds 15] [--quick] [--out DIR]
 Writes benchmarks/results/suite.{json,md}.
 """
 
@@ -359,8 +359,10 @@ def main() -> None:
     parser.add_argument("--widths", default="16,48", help="digits_resnet widths, comma-separated")
     parser.add_argument("--rounds", type=int, default=15, help="passes over the test split")
     parser.add_argument("--epochs", type=int, default=None, help="default: per width")
-    parser.add_argument("--quick", action="store_true", help="w=16, 1 round, 2 epochs")
-    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument(
+        "--quick", action="store_true", help="w=16, 1 round, 2 epochs; writes only with --out"
+    )
+    parser.add_argument("--out", type=Path, default=None, help=f"default: {RESULTS}")
     args = parser.parse_args()
     widths = [16] if args.quick else [int(w) for w in args.widths.split(",")]
     rounds, epochs = (1, 2) if args.quick else (args.rounds, args.epochs)
@@ -378,9 +380,11 @@ def main() -> None:
             results["models"].append(model)
     results["load_average"] = " / ".join(f"{v:.1f}" for v in os.getloadavg())
     Console().print(render(results))
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "suite.json").write_text(json.dumps(results, indent=2) + "\n")
-    (args.out / "suite.md").write_text(markdown(results))
+    out = args.out or (None if args.quick else RESULTS)  # a smoke run keeps the results
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "suite.json").write_text(json.dumps(results, indent=2) + "\n")
+        (out / "suite.md").write_text(markdown(results))
 
 
 if __name__ == "__main__":
