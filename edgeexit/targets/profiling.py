@@ -330,6 +330,7 @@ def measure_exit_costs(
     warmup: int = 20,
     meter: Any = None,
     progress: Callable[[int, int], None] | None = None,
+    between_calls: Callable[[], None] | None = None,
 ) -> tuple[ExitProfile, ...]:
     """What a call whose samples all leave at exit i costs through ``runtime.run``, per exit.
 
@@ -343,6 +344,9 @@ def measure_exit_costs(
     averages). With a measuring ``meter``, each block is one energy window, lengthened to
     the meter's ``min_window_s``, and energy per call is the median over rounds.
     ``progress(done, total)`` is called after each block, in planned calls.
+    ``between_calls()``, if given, runs after every timed call, untimed: a benchmark runs
+    deployed calls there so that costs and deployment see the same machine (with a meter,
+    its work would fall inside the energy windows: pass one or the other).
     """
     _check_counts(rounds=rounds, calls=calls, warmup=warmup, batches=len(batches))
     n_exits = runtime.num_exits
@@ -356,7 +360,9 @@ def measure_exit_costs(
     total, done, cursor = n_exits * (warmup + rounds * calls), n_exits * warmup, 0
     for r in range(rounds):
         for i in range(n_exits) if r % 2 == 0 else reversed(range(n_exits)):
-            block, reading = _exit_block(runtime, batches, cursor, calls, forced[i], meter)
+            block, reading = _exit_block(
+                runtime, batches, cursor, calls, forced[i], meter, between_calls
+            )
             cursor += len(block)
             latency[i].append(block)
             if measures and reading.measured and reading.energy_mj is not None:
@@ -371,8 +377,15 @@ def measure_exit_costs(
     )
 
 
-def _exit_block(runtime: Any, batches: Sequence[Any], cursor: int, calls: int,
-                thresholds: tuple[float, ...], meter: Any) -> tuple[np.ndarray, Any]:  # fmt: skip
+def _exit_block(
+    runtime: Any,
+    batches: Sequence[Any],
+    cursor: int,
+    calls: int,
+    thresholds: tuple[float, ...],
+    meter: Any,
+    between_calls: Callable[[], None] | None,
+) -> tuple[np.ndarray, Any]:
     """``calls`` timed calls (more if the meter's window needs them) and the window's
     reading (None without a meter)."""
     min_window_s = meter.min_window_s if meter is not None and meter.measured else 0.0
@@ -381,9 +394,10 @@ def _exit_block(runtime: Any, batches: Sequence[Any], cursor: int, calls: int,
         meter.begin_window()
     start = perf_counter()
     while len(latencies_ms) < calls or perf_counter() - start < min_window_s:
-        result = runtime.run(batches[(cursor + len(latencies_ms)) % len(batches)],
-                             thresholds=thresholds)  # fmt: skip
-        latencies_ms.append(result.latency_ms)
+        batch = batches[(cursor + len(latencies_ms)) % len(batches)]
+        latencies_ms.append(runtime.run(batch, thresholds=thresholds).latency_ms)
+        if between_calls is not None:
+            between_calls()
     reading = meter.end_window() if meter is not None else None
     return np.asarray(latencies_ms), reading
 
