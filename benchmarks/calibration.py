@@ -218,6 +218,8 @@ def summarise(built, cases: list[Case], measured: dict, old_ms: float) -> list[d
     last = rows[-1]
     last["segment_sum_predicted_ms"] = old_ms
     last["segment_sum_prediction_error"] = last["measured_mean_latency_ms"] / old_ms - 1.0
+    for row in rows:
+        row["exit_costs_rounds_ms"] = [list(c.cumulative_latency_ms) for c in round_costs]
     return rows
 
 
