@@ -106,9 +106,11 @@ def test_profile_cli_writes_json_and_renders_a_table(bundle, tmp_path):
     assert result.exit_code == 0, result.output
     assert "median ms" in result.output and f"wrote {out}" in result.output.replace("\n", "")
     assert len(json.loads(out.read_text())["segments"]) == 3
-    as_json = runner.invoke(app, ["profile", str(bundle), "--repeats", "3", "--json"])
+    as_json = runner.invoke(app, ["profile", str(bundle), "--repeats", "3", "--rounds", "2",
+                                  "--json"])  # fmt: skip
     assert as_json.exit_code == 0
-    assert json.loads(as_json.stdout)["target"] == "x86-cpu"
+    doc = json.loads(as_json.stdout)
+    assert doc["target"] == "x86-cpu" and [e["index"] for e in doc["exits"]] == [0, 1, 2]
 
 
 def test_profile_cli_errors_are_one_line(tmp_path):

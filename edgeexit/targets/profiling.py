@@ -291,11 +291,20 @@ def profile_bundle(
             progress((i + 1) * (warmup + repeats), total)
         carry, _, _ = runtime.run_segment(i, feeds)
         feeds = [c.copy() for c in carry]  # run_segment's outputs are reused buffers
+
+    def exits_progress(done: int, _: int) -> None:
+        if progress is not None:
+            progress(segment_calls + done, total)
+
     exits = measure_exit_costs(
-        runtime, [tuple(first)], rounds=min(rounds, repeats), calls=calls, warmup=warmup,
+        runtime,
+        [tuple(first)],
+        rounds=min(rounds, repeats),
+        calls=calls,
+        warmup=warmup,
         meter=meter,
-        progress=None if progress is None else (lambda d, t: progress(segment_calls + d, total)),
-    )  # fmt: skip
+        progress=exits_progress,
+    )
     target_ = runtime.target
     return DeviceProfile(
         target=target_.name,
