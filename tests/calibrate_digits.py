@@ -1,77 +1,9 @@
-"""The noisy-digits bundle the calibration and bench tests share (the benchmark reuses it).
+"""The calibration tests' noisy-digits bundle: it lives in edgeexit.examples.noisy_bundle so
+that benchmarks/calibration.py can import it too."""
 
-Each split gets noisy copies, every sample with its own noise strength (easy to hard), so
-the held-out split is large enough to resolve 1 pp. The model is a three-exit CNN whose
-first segment is cheap and whose later ones carry most of the compute, as in a real
-early-exit network; with the bundled examples every segment is so small that ONNX Runtime's
-per-call overhead, not the network, would set the latency.
-"""
-
-from __future__ import annotations
-
-from dataclasses import dataclass
-from pathlib import Path
-
-import numpy as np
-
-
-@dataclass(frozen=True)
-class DigitsBundle:
-    bundle: Path
-    calibration: Path  # .npz with x, y
-    test: Path  # held-out .npz with x, y
-
-
-def noisy_copies(split, copies: int, seed: int, max_noise_std: float = 0.6):
-    from edgeexit.examples import Split, add_noise
-
-    parts = [add_noise(split, max_noise_std=max_noise_std, seed=seed + k) for k in range(copies)]
-    return Split(np.concatenate([p.x for p in parts]), np.concatenate([p.y for p in parts]))
-
-
-def digits_three_exit(width: int = 64):
-    """Cheap conv + linear exit, then two heavy conv stages with their exits."""
-    from torch import nn
-
-    import edgeexit
-
-    w = width
-    segments = [
-        nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.ReLU()),
-        nn.Sequential(
-            nn.Conv2d(16, w, 3, padding=1), nn.ReLU(), nn.Conv2d(w, w, 3, padding=1), nn.ReLU()
-        ),
-        nn.Sequential(
-            nn.Conv2d(w, w, 3, padding=1, stride=2),
-            nn.ReLU(),
-            nn.Conv2d(w, w, 3, padding=1),
-            nn.ReLU(),
-        ),
-    ]
-    exits = [
-        nn.Sequential(nn.Flatten(), nn.Linear(16 * 64, 10)),
-        nn.Sequential(nn.AvgPool2d(2), nn.Flatten(), nn.Linear(w * 16, 10)),
-        nn.Sequential(nn.Flatten(), nn.Linear(w * 16, 10)),
-    ]
-    return edgeexit.MultiExit(segments, exits)
-
-
-def build_digits_bundle(
-    out_dir: Path, *, train_copies: int = 2, eval_copies: int = 3, epochs: int = 5
-) -> DigitsBundle:
-    """Train on noisy digits (seeded), export the bundle, write calibration and test files."""
-    import torch
-
-    import edgeexit
-    from edgeexit.examples import load_digits, train_multi_exit
-
-    torch.manual_seed(0)
-    clean = load_digits(seed=0)
-    train = noisy_copies(clean.train, train_copies, seed=0)
-    model = digits_three_exit()
-    train_multi_exit(model, train.x, train.y, epochs=epochs, lr=3e-3, seed=0)
-    bundle = out_dir / "bundle"
-    edgeexit.export(model, train.x[:2], bundle)
-    cal = noisy_copies(clean.calibration, eval_copies, seed=100).save_npz(out_dir / "cal.npz")
-    test = noisy_copies(clean.test, eval_copies, seed=200).save_npz(out_dir / "test.npz")
-    return DigitsBundle(bundle, cal, test)
+from edgeexit.examples.noisy_bundle import (  # noqa: F401
+    DigitsBundle,
+    build_digits_bundle,
+    digits_three_exit,
+    noisy_copies,
+)

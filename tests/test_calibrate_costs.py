@@ -1,12 +1,21 @@
-"""Segment costs from a device profile: measured energy kept and labeled, else modeled."""
+"""Costs from a device profile: per-exit costs when the profile has them (the segment sum
+only as a fallback for old profiles), measured energy kept and labeled, else modeled; and
+measuring here goes through the same per-exit measurement."""
 
 import json
+from types import SimpleNamespace
+from unittest import mock
 
+import numpy as np
 import pytest
 
 from edgeexit.bundle import InputSpec, Manifest, SegmentSpec
-from edgeexit.calibrate import load_profile_costs
+from edgeexit.calibrate import ExitTable, evaluate, load_profile_costs
+from edgeexit.calibrate.pipeline import measure_costs
+from edgeexit.data import Dataset
+from edgeexit.energy.common import NoMeter
 from edgeexit.errors import CalibrationError, EdgeExitError
+from edgeexit.targets import load_target
 
 
 def manifest(n=3):
@@ -46,6 +55,36 @@ def profile_doc(energy_mj, *, measured, batch_size=1):
     }
 
 
+EXIT_MS = (0.2, 0.5, 1.1)  # what a call leaving at exit i costs, overhead included
+
+
+def with_exits(doc, energy_mj=(None, None, None)):
+    """The profile plus an ``exits`` block whose robust means are EXIT_MS."""
+    doc["exits"] = [
+        {
+            "index": i,
+            "latency_ms": {
+                "median": 9.0,
+                "p95": 2 * ms,
+                "mean": 9.0,
+                "min": 0.1,
+                "robust_mean": ms,
+            },  # fmt: skip
+            "energy_mj": e,
+            "power_w": None,
+        }
+        for i, (ms, e) in enumerate(zip(EXIT_MS, energy_mj))
+    ]
+    return doc
+
+
+def four_samples_leaving_at_0_0_1_2() -> ExitTable:
+    """Scores >= 0.5 leave: samples 0, 1 at exit 0, sample 2 at exit 1, sample 3 at 2."""
+    scores = np.array([[0.9, 0.8, 0.1, 0.1], [0.0, 0.0, 0.7, 0.2], [0.0, 0.0, 0.0, 0.3]])
+    predictions = np.zeros((3, 4), dtype=int)
+    return ExitTable.from_predictions(predictions, scores, np.zeros(4, dtype=int))
+
+
 def write(tmp_path, doc):
     path = tmp_path / "profile.json"
     path.write_text(json.dumps(doc))
@@ -74,3 +113,61 @@ def test_profile_of_other_bundle_or_garbage_is_refused(tmp_path):
     (tmp_path / "bad.json").write_text("{not json")
     with pytest.raises(EdgeExitError, match="not readable JSON"):
         load_profile_costs(tmp_path / "bad.json", manifest())
+
+
+def test_per_exit_costs_give_the_exact_expected_latency(tmp_path):
+    doc = with_exits(profile_doc([None] * 3, measured=False))
+    costs = load_profile_costs(write(tmp_path, doc), manifest())
+    assert costs.source == f"profile {tmp_path / 'profile.json'}"
+    assert list(costs.cumulative_latency_ms) == pytest.approx(EXIT_MS)
+    assert list(costs.cumulative_p95_latency_ms) == pytest.approx([0.4, 1.0, 2.2])
+    point = evaluate(four_samples_leaving_at_0_0_1_2(), costs, np.full(3, 0.5))
+    assert point.exit_shares == pytest.approx((0.5, 0.25, 0.25))
+    assert point.mean_latency_ms == pytest.approx(0.5 * 0.2 + 0.25 * 0.5 + 0.25 * 1.1)
+    assert point.energy_mj == pytest.approx(5.0 * point.mean_latency_ms)  # modeled, 5 W
+    assert costs.energy_source == "modeled"
+
+
+def test_per_exit_measured_energy_is_per_sample(tmp_path):
+    doc = with_exits(profile_doc([1.0] * 3, measured=True, batch_size=2), (2.0, 6.0, 8.0))
+    costs = load_profile_costs(write(tmp_path, doc), manifest())
+    assert list(costs.cumulative_energy_mj) == pytest.approx([1.0, 3.0, 4.0])
+    assert costs.energy_source == "measured (rpi5-pmic)"
+
+
+def test_old_profile_without_exits_falls_back_to_the_segment_sum_and_says_so(tmp_path):
+    costs = load_profile_costs(write(tmp_path, profile_doc([None] * 3, measured=False)),
+                               manifest())  # fmt: skip
+    assert list(costs.cumulative_latency_ms) == [1.0, 3.0, 6.0]  # medians 1, 2, 3 summed
+    assert "segments summed" in costs.source and "overhead left out" in costs.source
+    point = evaluate(four_samples_leaving_at_0_0_1_2(), costs, np.full(3, 0.5))
+    assert point.mean_latency_ms == pytest.approx(0.5 * 1.0 + 0.25 * 3.0 + 0.25 * 6.0)
+
+
+class ForcedExitRuntime:
+    """Stands in for Runtime: a call costs the fixed figure of the first exit whose
+    threshold is -inf, so the measured costs are known exactly."""
+
+    num_exits = 3
+
+    def __init__(self):
+        self.target = load_target("x86-cpu")
+        self.calls = []
+
+    def run(self, inputs, *, thresholds):
+        exit_index = list(thresholds).index(-np.inf)
+        self.calls.append(exit_index)
+        return SimpleNamespace(latency_ms=EXIT_MS[exit_index])
+
+
+def test_measuring_here_uses_the_per_exit_measurement():
+    runtime = ForcedExitRuntime()
+    dataset = Dataset((np.zeros((10, 4), dtype=np.float32),), None)
+    with mock.patch("edgeexit.energy.get_meter", autospec=True, return_value=NoMeter()):
+        costs = measure_costs(runtime, dataset, samples=5, repeats=2)
+    assert list(costs.cumulative_latency_ms) == pytest.approx(EXIT_MS)
+    assert costs.source == "measured here (batch 1)"
+    assert costs.energy_source == "modeled"  # no sensor: x86-cpu's 10 W power model
+    assert list(costs.cumulative_energy_mj) == pytest.approx([10 * ms for ms in EXIT_MS])
+    timed = runtime.calls[-2 * 5 * 3 :]  # 2 rounds x 5 samples x 3 exits after the warm-up
+    assert sorted(set(timed)) == [0, 1, 2] and timed[:5] == [0] * 5 and timed[-5:] == [0] * 5

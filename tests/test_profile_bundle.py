@@ -31,10 +31,12 @@ def test_profile_times_every_segment(bundle):
     assert len(profile.segments) == 3
     for s in profile.segments:
         assert 0 < s.latency_ms.min <= s.latency_ms.median <= s.latency_ms.p95
-    assert profile.exit_latency_ms(2) == pytest.approx(
-        sum(s.latency_ms.median for s in profile.segments)
-    )
-    assert calls[-1] == (99, 99)  # 3 segments x (3 warm-up + 30 timed)
+    assert calls[-1] == (198, 198)  # (3 segments + 3 exits) x (3 warm-up + 30 timed)
+    assert [e.index for e in profile.exits] == [0, 1, 2]
+    for e in profile.exits:
+        assert 0 < e.latency_ms.min <= e.latency_ms.median <= e.latency_ms.p95
+        assert e.latency_ms.min <= e.latency_ms.robust_mean <= e.latency_ms.p95 * 10
+    assert profile.exit_latency_ms(2) == profile.exits[2].latency_ms.median
     assert profile.power_model_w == {"idle": 2.0, "active": 10.0}  # x86-cpu's power model
     # A profile holds measured energy only: RAPL as root, or nothing (never a modeled figure).
     if profile.energy_measured:
@@ -43,6 +45,7 @@ def test_profile_times_every_segment(bundle):
     else:
         assert profile.energy_source == "none"
         assert all(s.energy_mj is None and s.power_w is None for s in profile.segments)
+        assert all(e.energy_mj is None and e.power_w is None for e in profile.exits)
         assert profile.exit_energy_mj(2) is None
 
 
@@ -53,8 +56,17 @@ def test_profile_json_has_the_contract_keys_and_round_trips(bundle, tmp_path):
     doc = json.loads(path.read_text())
     assert {"target", "energy_source", "segments"} <= set(doc)
     assert {"median", "p95"} <= set(doc["segments"][0]["latency_ms"])
+    assert {"median", "p95", "robust_mean"} <= set(doc["exits"][2]["latency_ms"])
     assert load_profile(path) == profile
     assert doc["batch_size"] == 4
+    # A profile written before the exits block existed still loads; readers fall back.
+    del doc["exits"]
+    path.write_text(json.dumps(doc))
+    old = load_profile(path)
+    assert old.exits == () and old.segments == profile.segments
+    assert old.exit_latency_ms(1) == pytest.approx(
+        sum(s.latency_ms.median for s in profile.segments[:2])
+    )
 
 
 def test_real_inputs_are_used_when_given(bundle):
@@ -94,9 +106,11 @@ def test_profile_cli_writes_json_and_renders_a_table(bundle, tmp_path):
     assert result.exit_code == 0, result.output
     assert "median ms" in result.output and f"wrote {out}" in result.output.replace("\n", "")
     assert len(json.loads(out.read_text())["segments"]) == 3
-    as_json = runner.invoke(app, ["profile", str(bundle), "--repeats", "3", "--json"])
+    as_json = runner.invoke(app, ["profile", str(bundle), "--repeats", "3", "--rounds", "2",
+                                  "--json"])  # fmt: skip
     assert as_json.exit_code == 0
-    assert json.loads(as_json.stdout)["target"] == "x86-cpu"
+    doc = json.loads(as_json.stdout)
+    assert doc["target"] == "x86-cpu" and [e["index"] for e in doc["exits"]] == [0, 1, 2]
 
 
 def test_profile_cli_errors_are_one_line(tmp_path):
@@ -120,16 +134,17 @@ class FakeSensor(EnergyMeter):
 
 def test_a_sensor_gives_energy_per_call_over_a_long_enough_window(bundle):
     with mock.patch("edgeexit.energy.get_meter", autospec=True, return_value=FakeSensor()):
-        profile = profile_bundle(bundle, "x86-cpu", repeats=3, warmup=0)
+        profile = profile_bundle(bundle, "x86-cpu", repeats=3, warmup=0, rounds=2)
     assert profile.energy_measured and profile.energy_source == "fake-sensor"
     assert profile.measured_idle_power_w == pytest.approx(4.0)
     for s in profile.segments:
         assert s.power_w == pytest.approx(4.0)
         # The window lasted >= 50 ms, so there were far more calls than the 3 repeats asked.
         assert s.energy_mj < 4.0 * 0.05 * 1e3 / 3
-    assert profile.exit_energy_mj(1) == pytest.approx(
-        profile.segments[0].energy_mj + profile.segments[1].energy_mj
-    )
+    for e in profile.exits:  # each exit's two rounds were windows of >= 50 ms each
+        assert e.power_w == pytest.approx(4.0)
+        assert 0 < e.energy_mj < 4.0 * 0.05 * 1e3 / 2
+    assert profile.exit_energy_mj(1) == profile.exits[1].energy_mj
 
 
 @pytest.mark.gpu

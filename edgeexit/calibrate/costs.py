@@ -1,21 +1,33 @@
-"""Per-segment cost vectors: what running segment i costs on the device.
+"""Cost vectors for calibration: what a sample leaving at exit i costs on the device.
 
-A sample that leaves at exit i has run segments 0..i, so its cost is the cumulative sum.
-Costs come from a device profile (``edgeexit profile`` on the device) or from segment timings
-measured here. Energy is the profile's measured energy where it has one, else modeled from
-the target's power model; the figure always carries its source.
+The primary figures are per exit: a sample leaving at exit i pays what a runtime call
+forced out at i costs (``edgeexit.targets.profiling.measure_exit_costs``: from a profile's
+``exits`` block, or measured here by the same function), so the expected latency of a
+threshold setting is sum over exits of (share leaving there) x (that exit's cost), the
+runtime's per-call overhead included. Only for profiles written before the ``exits``
+block existed are segment timings summed instead (segments 0..i), a fallback that leaves
+that overhead out and under-predicts small models; its ``source`` says so.
+
+Energy is the measured figure where a sensor gave one, else modeled from the target's power
+model; the figure always carries its source.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from edgeexit.bundle import Manifest
 from edgeexit.errors import CalibrationError
+
+if TYPE_CHECKING:
+    from edgeexit.targets.profiling import DeviceProfile, ExitProfile
+
+SEGMENT_SUM_NOTE = "segments summed: profile has no per-exit costs, per-call overhead left out"
 
 
 @dataclass(frozen=True)
@@ -25,6 +37,10 @@ class SegmentCosts:
     ``energy_mj`` is None when neither a sensor nor a power model gives a figure.
     ``energy_source`` is 'measured (<sensor>)', 'modeled' or 'none'; ``source`` says where
     the latencies came from (a profile path, or 'measured here').
+
+    Built with :meth:`from_exits` (the normal path), the per-segment fields are the
+    differences between consecutive exits' costs and the cumulative views below are the
+    per-exit costs themselves.
     """
 
     latency_ms: tuple[float, ...]
@@ -38,6 +54,29 @@ class SegmentCosts:
             raise CalibrationError("segment costs: median and p95 latency lengths differ")
         if self.energy_mj is not None and len(self.energy_mj) != len(self.latency_ms):
             raise CalibrationError("segment costs: energy and latency lengths differ")
+
+    @classmethod
+    def from_exits(
+        cls,
+        latency_ms: np.ndarray,
+        p95_latency_ms: np.ndarray,
+        energy_mj: np.ndarray | None,
+        energy_source: str,
+        source: str,
+    ) -> SegmentCosts:
+        """From per-exit costs (cost of a sample leaving at exit i, i = 0..E-1).
+
+        Leaving later runs strictly more, so a later exit measured cheaper than an earlier
+        one is timing noise: each figure is raised to the largest before it (a no-op on
+        monotone figures, which pass through exactly).
+        """
+        return cls(
+            latency_ms=_diffs(latency_ms),
+            p95_latency_ms=_diffs(p95_latency_ms),
+            energy_mj=None if energy_mj is None else _diffs(energy_mj),
+            energy_source=energy_source,
+            source=source,
+        )
 
     @property
     def num_segments(self) -> int:
@@ -69,11 +108,13 @@ class SegmentCosts:
 def load_profile_costs(
     path: str | os.PathLike, manifest: Manifest, *, active_power_w: float = 0.0
 ) -> SegmentCosts:
-    """Segment costs from a device profile (``edgeexit profile -o PROFILE.json``).
+    """Costs from a device profile (``edgeexit profile -o PROFILE.json``).
 
-    The profile must describe this bundle's segments (same files and sha256). Its energy is
-    used where the device measured it (per call, divided by the profile's batch size);
-    otherwise energy is modeled from the profile's power model (or ``active_power_w``).
+    The profile must describe this bundle's segments (same files and sha256). Latency and
+    energy come from its per-exit costs (``exit_costs``); a profile without them (written
+    before they existed) falls back to summing its segments, and ``source`` says so. Energy
+    is used where the device measured it (per call, divided by the profile's batch size);
+    otherwise it is modeled from the profile's power model (or ``active_power_w``).
     """
     from edgeexit.targets.profiling import load_profile
 
@@ -85,10 +126,23 @@ def load_profile_costs(
             f"profile {path} was measured on another bundle (its segment files or sha256 "
             "differ); profile this bundle with `edgeexit profile`"
         )
+    power_w = profile.power_model_w.get("active", 0.0) or active_power_w
+    if len(profile.exits) == len(profile.segments):
+        return exit_costs(
+            profile.exits,
+            batch_size=profile.batch_size,
+            energy_source=profile.energy_source,
+            power_w=power_w,
+            source=f"profile {path}",
+        )
+    return _segment_sum_costs(profile, power_w, f"profile {path} ({SEGMENT_SUM_NOTE})")
+
+
+def _segment_sum_costs(profile: DeviceProfile, power_w: float, source: str) -> SegmentCosts:
+    """Fallback for old profiles: a sample leaving at i costs segments 0..i timed alone."""
     median = tuple(s.latency_ms.median for s in profile.segments)
     p95 = tuple(s.latency_ms.p95 for s in profile.segments)
     energies = [s.energy_mj for s in profile.segments]
-    power_w = profile.power_model_w.get("active", 0.0) or active_power_w
     if profile.energy_measured and all(e is not None for e in energies):
         energy_mj = tuple(e / profile.batch_size for e in energies)
         energy_source = f"measured ({profile.energy_source})"
@@ -96,4 +150,36 @@ def load_profile_costs(
         energy_mj, energy_source = tuple(m * power_w for m in median), "modeled"
     else:
         energy_mj, energy_source = None, "none"
-    return SegmentCosts(median, p95, energy_mj, energy_source, f"profile {path}")
+    return SegmentCosts(median, p95, energy_mj, energy_source, source)
+
+
+def exit_costs(
+    exits: Sequence[ExitProfile],
+    *,
+    batch_size: int,
+    energy_source: str,
+    power_w: float,
+    source: str,
+) -> SegmentCosts:
+    """Costs per sample from per-exit call costs (``measure_exit_costs``, a profile's exits).
+
+    Mean latency from each exit's ``robust_mean`` (median over rounds of the round's mean:
+    the quantity a deployed mean is made of, robust to a round hit by other processes), p95
+    from its p95. Energy: measured per call where every exit has a figure, divided by
+    ``batch_size``; else ``power_w`` x latency, labeled modeled; else none.
+    """
+    latency = np.array([e.latency_ms.robust_mean for e in exits])
+    p95 = np.array([e.latency_ms.p95 for e in exits])
+    measured = [e.energy_mj for e in exits]
+    if exits and all(m is not None for m in measured):
+        energy, label = np.array(measured) / batch_size, f"measured ({energy_source})"
+    elif power_w > 0:  # W x ms = mJ
+        energy, label = latency * power_w, "modeled"
+    else:
+        energy, label = None, "none"
+    return SegmentCosts.from_exits(latency, p95, energy, label, source)
+
+
+def _diffs(per_exit: np.ndarray) -> tuple[float, ...]:
+    monotone = np.maximum.accumulate(np.asarray(per_exit, dtype=float))
+    return tuple(float(v) for v in np.diff(monotone, prepend=0.0))

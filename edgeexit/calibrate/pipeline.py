@@ -8,7 +8,6 @@ written atomically, only once everything has succeeded.
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,7 +17,7 @@ import numpy as np
 
 from edgeexit.bundle import read_manifest, write_manifest
 from edgeexit.calibrate.budget import Budget
-from edgeexit.calibrate.costs import SegmentCosts, load_profile_costs
+from edgeexit.calibrate.costs import SegmentCosts, exit_costs, load_profile_costs
 from edgeexit.calibrate.guarantee import certify
 from edgeexit.calibrate.report import CalibrationReport
 from edgeexit.calibrate.search import ExitTable, search
@@ -89,68 +88,30 @@ def measure_costs(
 ) -> SegmentCosts:
     """Batch-1 cost of leaving at each exit, measured here through ``Runtime.run``.
 
-    Forcing every sample out at exit i (threshold -inf there, inf before) times exactly what
-    a deployed sample leaving at i pays, per-call overhead included; exits are interleaved
-    per sample so drift on a busy machine hits them alike. Each of the ``repeats`` passes
-    gives a median per exit; the quietest pass sets the costs (a device runs alone).
+    The same measurement ``edgeexit profile`` records per exit (``measure_exit_costs``):
+    every sample forced out at exit i, the runtime's per-call overhead included, exits
+    interleaved. ``samples`` rows of the data are cycled through; each of ``repeats``
+    rounds gives every exit one call per sample, and the costs are the median over rounds
+    of each round's mean.
     """
-    n_exits = runtime.num_exits
-    forced = [[math.inf] * i + [-math.inf] * (n_exits - i) for i in range(n_exits)]
+    from edgeexit.energy import get_meter
+    from edgeexit.targets.profiling import measure_exit_costs
+
+    meter = get_meter(runtime.target)  # its own windows over each block: sensors are slow
     rows = np.linspace(0, len(dataset) - 1, min(samples, len(dataset))).astype(int)
     one = [dataset.take(slice(r, r + 1)).inputs for r in rows]
-    for _ in range(WARMUP_CALLS):  # first calls allocate buffers and settle ONNX Runtime
-        for thresholds in forced:
-            runtime.run(one[0], thresholds=thresholds)
-    latency = np.zeros((repeats * len(one), n_exits))
-    energy = np.zeros_like(latency)
-    measured, source = True, "none"
-    for k in range(repeats * len(one)):
-        order = range(n_exits) if k % 2 == 0 else reversed(range(n_exits))
-        for i in order:
-            result = runtime.run(one[k % len(one)], thresholds=forced[i])
-            latency[k, i] = result.latency_ms
-            energy[k, i] = np.nan if result.energy_mj is None else result.energy_mj
-            measured &= bool(result.energy_measured)
-            source = result.energy_source
-        if progress is not None:
-            progress("timing", k + 1, len(latency))
-    return _costs_from_cumulative(
-        repeats, latency, energy, measured, source, runtime.target.active_power_w
-    )
-
-
-def _costs_from_cumulative(
-    repeats: int,
-    latency: np.ndarray,
-    energy: np.ndarray,
-    measured: bool,
-    source: str,
-    power_w: float,
-) -> SegmentCosts:
-    # Each repeat (a pass over the samples) gives a median per exit; the quietest pass is
-    # kept, so a burst of load from other processes while measuring does not set the costs.
-    # Leaving later never costs less; enforce it so noise cannot give negative segments.
-    rounds = latency.reshape(repeats, -1, latency.shape[1])
-    cum_median = np.maximum.accumulate(np.min(np.median(rounds, axis=1), axis=0))
-    cum_p95 = np.maximum.accumulate(np.quantile(latency, 0.95, axis=0))
-    if measured and not np.isnan(energy).any():
-        cum_energy = np.maximum.accumulate(np.median(energy, axis=0))
-        energy_mj, energy_source = _diffs(cum_energy), f"measured ({source})"
-    elif power_w > 0:  # W x ms = mJ
-        energy_mj, energy_source = _diffs(cum_median * power_w), "modeled"
-    else:
-        energy_mj, energy_source = None, "none"
-    return SegmentCosts(
-        latency_ms=_diffs(cum_median),
-        p95_latency_ms=_diffs(cum_p95),
-        energy_mj=energy_mj,
-        energy_source=energy_source,
+    report = None if progress is None else (lambda done, total: progress("timing", done, total))
+    exits = measure_exit_costs(
+        runtime, one, rounds=repeats, calls=len(one), warmup=WARMUP_CALLS, meter=meter,
+        progress=report,
+    )  # fmt: skip
+    return exit_costs(
+        exits,
+        batch_size=1,
+        energy_source=meter.source,
+        power_w=runtime.target.active_power_w,
         source="measured here (batch 1)",
     )
-
-
-def _diffs(cumulative: np.ndarray) -> tuple[float, ...]:
-    return tuple(float(v) for v in np.diff(cumulative, prepend=0.0))
 
 
 def calibrate_bundle(

@@ -17,15 +17,18 @@ def profile_cmd(
     bundle: Path = typer.Argument(..., help="The bundle directory."),
     target: str = typer.Option(None, "--target", "-t", help="Target name or .toml profile."),
     out: Path = typer.Option(None, "--out", "-o", help="Write the profile JSON here."),
-    repeats: int = typer.Option(200, help="Timed calls per segment (at least)."),
-    warmup: int = typer.Option(20, help="Untimed calls per segment first."),
+    repeats: int = typer.Option(200, help="Timed calls per segment and per exit (at least)."),
+    warmup: int = typer.Option(20, help="Untimed calls per segment and per exit first."),
+    rounds: int = typer.Option(10, help="Interleaved rounds the exits' calls are spread over."),
     batch_size: int = typer.Option(1, "--batch-size", "-b", help="Samples per call."),
     data: Path = typer.Option(None, "--data", help="Inputs (.npz/.npy) instead of synthetic."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
-    """Measure every segment's latency (median, p95) and energy on this device.
+    """Measure every segment's latency (median, p95) and energy on this device, and what a
+    sample leaving at each exit costs through the runtime (per-call overhead included).
 
-    Run it on the device itself; calibration on the host reads the JSON to plan exits.
+    Run it on the device itself; calibration on the host reads the JSON (its per-exit
+    costs) to plan exits.
 
     Examples:
 
@@ -50,7 +53,7 @@ def profile_cmd(
 
         profile = profile_bundle(
             bundle, target, repeats=repeats, warmup=warmup, batch_size=batch_size,
-            inputs=inputs, progress=advance,
+            rounds=rounds, inputs=inputs, progress=advance,
         )  # fmt: skip
     if warning := emulation_warning():
         stderr.print(f"[yellow]warning:[/yellow] {warning}", soft_wrap=True)

@@ -1,18 +1,25 @@
-"""Measure a bundle on the device: every segment's latency (median, p95) and energy per call.
+"""Measure a bundle on the device: what each segment costs, and what leaving at each exit costs.
 
 ``profile_bundle`` runs on the device (ONNX Runtime only); the ``DeviceProfile`` it returns
 is saved as JSON and read back on the host by calibration, which plans exits for a device it
-is not running on. Segments are timed one at a time on the carries the previous segments
-actually produce, after a warm-up, so each figure is one segment's own cost.
+is not running on. Two views are recorded:
+
+- ``segments``: each segment timed alone (``Runtime.run_segment``) on the carries the
+  previous segments actually produce: one segment's own cost, for reading a profile;
+- ``exits``: what a sample leaving at exit i pays through the real runtime
+  (``Runtime.run`` at the profile's batch size with thresholds forcing every sample out at
+  i), per-call orchestration included. Calibration predicts from these
+  (``measure_exit_costs``, which calibrating without a profile calls too).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import platform
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from time import perf_counter, sleep
@@ -44,6 +51,61 @@ class LatencyStats:
             p95=float(np.percentile(latencies_ms, 95)),
             mean=float(np.mean(latencies_ms)),
             min=float(np.min(latencies_ms)),
+        )
+
+
+@dataclass(frozen=True)
+class ExitLatency:
+    """Latency of a call whose samples all leave at one exit, in milliseconds.
+
+    ``robust_mean`` is the median over rounds of each round's mean (median of means): it
+    estimates the mean a deployed sample pays, while one round hit by a burst of load from
+    other processes cannot move it. Calibration predicts mean latency from it.
+    """
+
+    median: float
+    p95: float
+    mean: float
+    min: float
+    robust_mean: float
+
+    @classmethod
+    def of(cls, rounds_ms: Sequence[np.ndarray]) -> ExitLatency:
+        """From each round's call latencies (a sensor's window may lengthen some rounds)."""
+        flat = np.concatenate(rounds_ms)
+        return cls(
+            median=float(np.median(flat)),
+            p95=float(np.percentile(flat, 95)),
+            mean=float(np.mean(flat)),
+            min=float(np.min(flat)),
+            robust_mean=float(np.median([np.mean(r) for r in rounds_ms])),
+        )
+
+
+@dataclass(frozen=True)
+class ExitProfile:
+    """The cost of one call (one batch) whose samples all leave at exit ``index``."""
+
+    index: int
+    latency_ms: ExitLatency
+    energy_mj: float | None  # measured, per call; None without a sensor
+    power_w: float | None  # measured average over the windows (includes the idle baseline)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "index": self.index,
+            "latency_ms": vars(self.latency_ms),
+            "energy_mj": self.energy_mj,
+            "power_w": self.power_w,
+        }
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any]) -> ExitProfile:
+        return cls(
+            index=int(doc["index"]),
+            latency_ms=ExitLatency(**{k: float(v) for k, v in doc["latency_ms"].items()}),
+            energy_mj=_optional_float(doc.get("energy_mj")),
+            power_w=_optional_float(doc.get("power_w")),
         )
 
 
@@ -80,13 +142,21 @@ class DeviceProfile:
     onnxruntime: str
     platform: str
     segments: tuple[SegmentProfile, ...]
+    # Per-exit costs through the runtime. Empty in profiles written before they existed;
+    # readers then fall back to summing segments (which leaves out per-call overhead).
+    exits: tuple[ExitProfile, ...] = ()
 
     def exit_latency_ms(self, i: int, stat: str = "median") -> float:
-        """Latency of a sample leaving at exit i: segments 0..i, run back to back."""
+        """Latency of a call leaving at exit i: measured through the runtime when the
+        profile has per-exit costs, else segments 0..i summed."""
+        if self.exits:
+            return getattr(self.exits[i].latency_ms, stat)
         return sum(getattr(s.latency_ms, stat) for s in self.segments[: i + 1])
 
     def exit_energy_mj(self, i: int) -> float | None:
-        """Energy of a sample leaving at exit i, or None without energy figures."""
+        """Energy of a call leaving at exit i, or None without energy figures."""
+        if self.exits:
+            return self.exits[i].energy_mj
         parts = [s.energy_mj for s in self.segments[: i + 1]]
         return None if any(p is None for p in parts) else float(sum(parts))
 
@@ -116,6 +186,7 @@ class DeviceProfile:
                 }
                 for s in self.segments
             ],
+            "exits": [e.to_json() for e in self.exits],
         }
 
     @classmethod
@@ -146,6 +217,7 @@ class DeviceProfile:
                 providers=tuple(doc["providers"]),
                 platform=str(doc.get("platform", "")),
                 segments=segments,
+                exits=tuple(ExitProfile.from_json(e) for e in doc.get("exits", ())),
             )
         except (KeyError, TypeError, ValueError, AttributeError) as err:
             raise TargetError(f"{source}: missing or malformed key {err}") from err
@@ -184,27 +256,34 @@ def profile_bundle(
     repeats: int = 200,
     warmup: int = 20,
     batch_size: int = 1,
+    rounds: int = 10,
     inputs: tuple[np.ndarray, ...] | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> DeviceProfile:
-    """Time every segment of ``bundle_dir`` on this device as ``target`` configures it.
+    """Time every segment, and every exit through the runtime, of ``bundle_dir`` on this
+    device as ``target`` configures it.
 
     Each segment runs ``warmup`` untimed calls, then at least ``repeats`` timed calls (more
     when the energy meter needs a longer window), on a batch of ``batch_size`` samples:
-    the first rows of ``inputs`` if given, else deterministic synthetic inputs.
-    ``progress(done, total)`` is called as segments advance, in calls.
+    the first rows of ``inputs`` if given, else deterministic synthetic inputs. Each exit
+    then gets ``warmup`` untimed and ``repeats`` timed ``Runtime.run`` calls on that batch,
+    spread over ``rounds`` interleaved rounds (see ``measure_exit_costs``).
+    ``progress(done, total)`` is called as segments and exits advance, in calls.
     """
     import onnxruntime as ort
 
     from edgeexit.energy import get_meter
     from edgeexit.runtime import Runtime
 
-    _check_counts(repeats=repeats, warmup=warmup, batch_size=batch_size)
+    _check_counts(repeats=repeats, warmup=warmup, batch_size=batch_size, rounds=rounds)
     runtime = Runtime(bundle_dir, target=target)
     _warn_if_foreign(runtime.target)
     meter = get_meter(runtime.target)  # probes are cached: no second probe, no second warning
-    feeds = _first_batch(inputs, runtime.manifest.inputs, batch_size)
-    total = (warmup + repeats) * runtime.num_exits
+    first = _first_batch(inputs, runtime.manifest.inputs, batch_size)
+    feeds = first
+    calls = -(-repeats // min(rounds, repeats))  # per exit per round, rounding up
+    segment_calls = (warmup + repeats) * runtime.num_exits
+    total = segment_calls + (warmup + calls * min(rounds, repeats)) * runtime.num_exits
     segments = []
     for i in range(runtime.num_exits):
         segments.append(_profile_segment(runtime, i, feeds, meter, repeats, warmup))
@@ -212,6 +291,20 @@ def profile_bundle(
             progress((i + 1) * (warmup + repeats), total)
         carry, _, _ = runtime.run_segment(i, feeds)
         feeds = [c.copy() for c in carry]  # run_segment's outputs are reused buffers
+
+    def exits_progress(done: int, _: int) -> None:
+        if progress is not None:
+            progress(segment_calls + done, total)
+
+    exits = measure_exit_costs(
+        runtime,
+        [tuple(first)],
+        rounds=min(rounds, repeats),
+        calls=calls,
+        warmup=warmup,
+        meter=meter,
+        progress=exits_progress,
+    )
     target_ = runtime.target
     return DeviceProfile(
         target=target_.name,
@@ -227,7 +320,105 @@ def profile_bundle(
         onnxruntime=ort.__version__,
         platform=platform.platform(),
         segments=tuple(segments),
+        exits=exits,
     )
+
+
+def forced_exit(num_exits: int, i: int) -> tuple[float, ...]:
+    """Thresholds sending every sample out at exit i: inf before it (nobody leaves), -inf
+    from it on (everybody leaves at the first of those, i)."""
+    return (math.inf,) * i + (-math.inf,) * (num_exits - i)
+
+
+def measure_exit_costs(
+    runtime: Any,
+    batches: Sequence[Any],
+    *,
+    rounds: int = 10,
+    calls: int = 20,
+    warmup: int = 20,
+    meter: Any = None,
+    progress: Callable[[int, int], None] | None = None,
+    between_calls: Callable[[], None] | None = None,
+) -> tuple[ExitProfile, ...]:
+    """What a call whose samples all leave at exit i costs through ``runtime.run``, per exit.
+
+    This is what a deployed sample leaving at i pays, the runtime's per-call orchestration
+    included, so calibration predicts from it, whether from a profile or measuring here.
+    ``batches`` (runtime inputs, e.g. one sample each) are cycled through. Every exit first
+    gets ``warmup`` untimed calls (the first calls allocate buffers and settle ONNX
+    Runtime); then in each of ``rounds`` rounds every exit gets a block of ``calls`` timed
+    calls, the exits' order alternating round by round so that drift on a busy machine hits
+    them alike. Latency is the call's wall time as the runtime reports it (what ``bench``
+    averages). With a measuring ``meter``, each block is one energy window, lengthened to
+    the meter's ``min_window_s``, and energy per call is the median over rounds.
+    ``progress(done, total)`` is called after each block, in planned calls.
+    ``between_calls()``, if given, runs after every timed call, untimed: a benchmark runs
+    deployed calls there so that costs and deployment see the same machine (with a meter,
+    its work would fall inside the energy windows: pass one or the other).
+    """
+    _check_counts(rounds=rounds, calls=calls, warmup=warmup, batches=len(batches))
+    n_exits = runtime.num_exits
+    forced = [forced_exit(n_exits, i) for i in range(n_exits)]
+    for k in range(warmup):
+        for thresholds in forced:
+            runtime.run(batches[k % len(batches)], thresholds=thresholds)
+    measures = meter is not None and meter.measured
+    latency = [[] for _ in range(n_exits)]
+    energy = [[] for _ in range(n_exits)]
+    total, done, cursor = n_exits * (warmup + rounds * calls), n_exits * warmup, 0
+    for r in range(rounds):
+        for i in range(n_exits) if r % 2 == 0 else reversed(range(n_exits)):
+            block, reading = _exit_block(
+                runtime, batches, cursor, calls, forced[i], meter, between_calls
+            )
+            cursor += len(block)
+            latency[i].append(block)
+            if measures and reading.measured and reading.energy_mj is not None:
+                power_w = reading.energy_mj / 1e3 / reading.duration_s
+                energy[i].append((reading.energy_mj / len(block), power_w))
+            done += calls
+            if progress is not None:
+                progress(done, total)
+    return tuple(
+        ExitProfile(i, ExitLatency.of(latency[i]), *_energy_of(energy[i], rounds))
+        for i in range(n_exits)
+    )
+
+
+def _exit_block(
+    runtime: Any,
+    batches: Sequence[Any],
+    cursor: int,
+    calls: int,
+    thresholds: tuple[float, ...],
+    meter: Any,
+    between_calls: Callable[[], None] | None,
+) -> tuple[np.ndarray, Any]:
+    """``calls`` timed calls (more if the meter's window needs them) and the window's
+    reading (None without a meter)."""
+    min_window_s = meter.min_window_s if meter is not None and meter.measured else 0.0
+    latencies_ms = []
+    if meter is not None:
+        meter.begin_window()
+    start = perf_counter()
+    while len(latencies_ms) < calls or perf_counter() - start < min_window_s:
+        batch = batches[(cursor + len(latencies_ms)) % len(batches)]
+        latencies_ms.append(runtime.run(batch, thresholds=thresholds).latency_ms)
+        if between_calls is not None:
+            between_calls()
+    reading = meter.end_window() if meter is not None else None
+    return np.asarray(latencies_ms), reading
+
+
+def _energy_of(
+    per_call: list[tuple[float, float]], rounds: int
+) -> tuple[float | None, float | None]:
+    """(mJ per call, W), each the median over the rounds' windows; (None, None) unless
+    every round was measured."""
+    if len(per_call) < rounds:
+        return None, None
+    return float(np.median([e for e, _ in per_call])), float(np.median([w for _, w in per_call]))
 
 
 def _profile_segment(
