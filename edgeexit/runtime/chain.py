@@ -31,6 +31,7 @@ from edgeexit.runtime.layout import Layout
 from edgeexit.runtime.session import ORT_ERRORS
 
 _ONE = np.ones(1, dtype=bool)
+_INF = math.inf  # a module global: one lookup instead of two (math, then .inf) per exit
 MAX_SHARED_COLUMN = 4096  # batch sizes whose all-at-one-exit index array is cached
 
 
@@ -89,6 +90,8 @@ class Chain:
                 bufs.setdefault(name, Buffer(lay[name], cap))
             self.outputs.append(bufs)
         self.steps: list[dict[int, Step]] = [{} for _ in self.sessions]
+        # batch size -> (every segment's bound call, the last exit's logits view)
+        self.runs: dict[int, tuple[tuple[Callable[[], object], ...], np.ndarray]] = {}
         self.scratch: dict[int, Buffer] = {}  # device carries' gather targets, made lazily
         self.capacity = cap
 
@@ -215,7 +218,7 @@ class Chain:
             if patience:
                 state = patience_update(state, step.logits)
                 score = state[0]
-            elif threshold == math.inf:
+            elif threshold == _INF:
                 continue  # nobody leaves here: skip even reading the score
             else:
                 score = step.score
@@ -244,6 +247,35 @@ class Chain:
             k = keep.size
             t = perf_counter()  # the compaction is orchestration, not segment time
         return logits, exit_index, seg_ms
+
+    def forward_to_last(
+        self, xs: tuple[np.ndarray, ...]
+    ) -> tuple[np.ndarray, np.ndarray, list[float]]:
+        """``forward`` when no exit before the last can fire (every threshold there inf).
+
+        Nobody leaves, so no score is read and no patience counter kept (no sample can
+        exit on it): the segments run back to back on one cached list of bound calls,
+        which is the path the issue's overhead bound is measured on.
+        """
+        n = self.stage_inputs(xs)
+        runs, last_logits = self.runs.get(n) or self.bind_all(n)
+        seg_ms = []
+        t = perf_counter()
+        try:
+            for run in runs:
+                run()
+                now = perf_counter()
+                seg_ms.append((now - t) * 1e3)
+                t = now
+        except ORT_ERRORS as err:
+            self.raise_failed(len(seg_ms), err)
+        return last_logits.copy(), self.exit_column(len(runs) - 1, n), seg_ms
+
+    def bind_all(self, n: int) -> tuple[tuple[Callable[[], object], ...], np.ndarray]:
+        """Every segment's bound call for a batch of n, and the last exit's logits (cached)."""
+        steps = [self.step(i, n) for i in range(len(self.sessions))]
+        self.runs[n] = (tuple(step.run for step in steps), steps[-1].logits)
+        return self.runs[n]
 
     def exit_column(self, i: int, n: int) -> np.ndarray:
         """A read-only int64 [n] array of i, shared between calls.
@@ -299,3 +331,8 @@ class Chain:
             else:
                 scores[i] = step.score
         return seg_s
+
+
+def all_infinite(thresholds: tuple[float, ...]) -> bool:
+    """True when no exit before the last can take a sample (the last always does)."""
+    return all(threshold == _INF for threshold in thresholds[:-1])

@@ -18,7 +18,7 @@ import onnxruntime as ort
 from edgeexit.bundle import Manifest, read_manifest, verify_segments
 from edgeexit.energy import get_meter
 from edgeexit.errors import InputError
-from edgeexit.runtime.chain import Chain
+from edgeexit.runtime.chain import Chain, all_infinite
 from edgeexit.runtime.inputs import Inputs, check_inputs
 from edgeexit.runtime.layout import probe_layouts
 from edgeexit.runtime.result import ExitOutputs, Result
@@ -67,7 +67,13 @@ class Runtime:
         layouts = probe_layouts(self.manifest, sessions)
         carry_device = "cuda" if config.device == "cuda" else None
         self._chain = Chain(self.manifest, sessions, layouts, carry_device)
-        self._meter = get_meter(self.target)
+        meter = get_meter(self.target)
+        # A sensor gets a real window around each call; a power model (or no meter) has
+        # nothing to read, so its energy is computed from the call's measured latency.
+        self._window = meter if meter.needs_window else None
+        self._energy_mj_for = meter.energy_mj_for
+        self._energy_source = meter.source
+        self._to_last = all_infinite(self.manifest.thresholds)
         self._patience = self.manifest.criterion == "patience"
         first = self.manifest.inputs[0]
         self._single_input = (
@@ -108,18 +114,38 @@ class Runtime:
             xs = (inputs,)  # the common case, checked in ~0.3 µs instead of ~2
         else:
             xs = check_inputs(inputs, self.manifest.inputs)
-        chosen = self.manifest.thresholds if thresholds is None else self._checked(thresholds)
-        self._meter.begin_window()
-        logits, exit_index, segment_ms = self._chain.forward(xs, chosen, self._patience)
-        reading = self._meter.end_window()
+        if thresholds is None:
+            chosen, to_last = self.manifest.thresholds, self._to_last
+        else:
+            chosen = self._checked(thresholds)
+            to_last = all_infinite(chosen)
+        window = self._window
+        if window is not None:
+            window.begin_window()
+        if to_last:  # no exit before the last can fire: the segments run back to back
+            logits, exit_index, segment_ms = self._chain.forward_to_last(xs)
+        else:
+            logits, exit_index, segment_ms = self._chain.forward(xs, chosen, self._patience)
+        if window is None:
+            latency_s = perf_counter() - t0
+            return Result(
+                logits,
+                exit_index,
+                latency_s * 1e3,
+                self._energy_mj_for(latency_s),
+                self._energy_source,
+                tuple(segment_ms),
+                False,
+            )
+        reading = window.end_window()
         return Result(
-            logits=logits,
-            exit_index=exit_index,
-            latency_ms=(perf_counter() - t0) * 1e3,
-            energy_mj=reading.energy_mj,
-            energy_source=reading.source,
-            segment_ms=tuple(segment_ms),
-            energy_measured=reading.measured,
+            logits,
+            exit_index,
+            (perf_counter() - t0) * 1e3,
+            reading.energy_mj,
+            reading.source,
+            tuple(segment_ms),
+            reading.measured,
         )
 
     def run_all_exits(
