@@ -41,6 +41,9 @@ class EnergyMeter(ABC):
     # the wall time alone (``energy_mj_for``), so a caller that already times its work (the
     # runtime, per call) needs no window. A window costs ~1.5 µs, ~1% of a 0.2 ms call.
     needs_window: bool = True
+    # For those meters: the constant power their energy is modeled from (energy = power ×
+    # time, which a caller may compute inline), or None when there is no figure at all.
+    modeled_power_w: float | None = None
 
     @abstractmethod
     def begin_window(self) -> None: ...
@@ -50,16 +53,16 @@ class EnergyMeter(ABC):
 
     def energy_mj_for(self, duration_s: float) -> float | None:
         """The energy of ``duration_s`` of wall time, for meters with ``needs_window`` False."""
-        raise NotImplementedError(f"{type(self).__name__} reads a sensor: open a window")
+        if self.needs_window:
+            raise NotImplementedError(f"{type(self).__name__} reads a sensor: open a window")
+        power_w = self.modeled_power_w
+        return None if power_w is None else power_w * duration_s * 1e3  # W × s = J
 
 
 class NoMeter(EnergyMeter):
     """The stand-in when neither a sensor nor a power model exists."""
 
     needs_window = False
-
-    def energy_mj_for(self, duration_s: float) -> None:
-        return None
 
     def begin_window(self) -> None:
         self._start = time.perf_counter()
@@ -77,9 +80,7 @@ class ModeledMeter(EnergyMeter):
 
     def __init__(self, active_power_w: float) -> None:
         self.active_power_w = active_power_w
-
-    def energy_mj_for(self, duration_s: float) -> float:
-        return self.active_power_w * duration_s * 1e3  # W × s = J; × 1000 for mJ
+        self.modeled_power_w = active_power_w
 
     def begin_window(self) -> None:
         self._start = time.perf_counter()

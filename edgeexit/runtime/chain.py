@@ -45,6 +45,19 @@ class Step(NamedTuple):
     carry: tuple  # [k, ...] views of the carry buffers (numpy on CPU, OrtValue rows on CUDA)
 
 
+class Plan(NamedTuple):
+    """A batch bound to run every segment back to back (no exit before the last can fire).
+
+    Keyed by the first input's full shape, so a cache hit also means that shape is known
+    good. Holds views into the chain's buffers: made again whenever they grow.
+    """
+
+    stage: tuple[np.ndarray, ...]  # [n, ...] views of the input staging buffers
+    runs: tuple[Callable[[], object], ...]  # each segment's bound call, in order
+    logits: np.ndarray  # [n, C] view of the last exit's logits buffer
+    exit_index: np.ndarray  # the shared read-only [n] column of the last exit's index
+
+
 class Chain:
     """The sessions of one bundle with their buffers; runs batches through them.
 
@@ -90,8 +103,8 @@ class Chain:
                 bufs.setdefault(name, Buffer(lay[name], cap))
             self.outputs.append(bufs)
         self.steps: list[dict[int, Step]] = [{} for _ in self.sessions]
-        # batch size -> (every segment's bound call, the last exit's logits view)
-        self.runs: dict[int, tuple[tuple[Callable[[], object], ...], np.ndarray]] = {}
+        # first input's shape -> everything a batch needs to run to the last exit
+        self.plans: dict[tuple[int, ...], Plan] = {}
         self.scratch: dict[int, Buffer] = {}  # device carries' gather targets, made lazily
         self.capacity = cap
 
@@ -253,29 +266,45 @@ class Chain:
     ) -> tuple[np.ndarray, np.ndarray, list[float]]:
         """``forward`` when no exit before the last can fire (every threshold there inf).
 
-        Nobody leaves, so no score is read and no patience counter kept (no sample can
-        exit on it): the segments run back to back on one cached list of bound calls,
-        which is the path the issue's overhead bound is measured on.
+        Returns (logits, exit_index, stamps): ``stamps`` are perf_counter seconds before
+        the first segment and after each (``Result`` turns them into ``segment_ms`` when
+        asked). Nobody leaves, so no score is read and no patience counter kept.
         """
-        n = self.stage_inputs(xs)
-        runs, last_logits = self.runs.get(n) or self.bind_all(n)
-        seg_ms = []
-        t = perf_counter()
+        plan = self.plans.get(xs[0].shape) or self.make_plan(xs[0].shape)
+        return self.run_plan(plan, xs)
+
+    def run_plan(
+        self, plan: Plan, xs: tuple[np.ndarray, ...]
+    ) -> tuple[np.ndarray, np.ndarray, list[float]]:
+        """Stage ``xs`` (already checked against the plan's shape) and run every segment."""
+        stage, runs, logits, exit_index = plan
+        for view, x in zip(stage, xs):
+            view[...] = x
+        stamps = [perf_counter()]
+        mark = stamps.append
         try:
             for run in runs:
                 run()
-                now = perf_counter()
-                seg_ms.append((now - t) * 1e3)
-                t = now
+                mark(perf_counter())
         except ORT_ERRORS as err:
-            self.raise_failed(len(seg_ms), err)
-        return last_logits.copy(), self.exit_column(len(runs) - 1, n), seg_ms
+            self.raise_failed(len(stamps) - 1, err)
+        return logits.copy(), exit_index, stamps
 
-    def bind_all(self, n: int) -> tuple[tuple[Callable[[], object], ...], np.ndarray]:
-        """Every segment's bound call for a batch of n, and the last exit's logits (cached)."""
+    def make_plan(self, shape: tuple[int, ...]) -> Plan:
+        """The plan for inputs whose first one has ``shape`` (cached for batches up to
+        MAX_SHARED_COLUMN, until the buffers grow)."""
+        n = shape[0]
+        self.reserve(n)
         steps = [self.step(i, n) for i in range(len(self.sessions))]
-        self.runs[n] = (tuple(step.run for step in steps), steps[-1].logits)
-        return self.runs[n]
+        plan = Plan(
+            tuple(buf[:n] for buf in self.stage),
+            tuple(step.run for step in steps),
+            steps[-1].logits,
+            self.exit_column(len(steps) - 1, n),
+        )
+        if n <= MAX_SHARED_COLUMN:
+            self.plans[shape] = plan
+        return plan
 
     def exit_column(self, i: int, n: int) -> np.ndarray:
         """A read-only int64 [n] array of i, shared between calls.

@@ -70,17 +70,23 @@ class Runtime:
         meter = get_meter(self.target)
         # A sensor gets a real window around each call; a power model (or no meter) has
         # nothing to read, so its energy is computed from the call's measured latency.
+        self._meter = meter
         self._window = meter if meter.needs_window else None
-        self._energy_mj_for = meter.energy_mj_for
+        self._power_w = meter.modeled_power_w
         self._energy_source = meter.source
         self._to_last = all_infinite(self.manifest.thresholds)
         self._patience = self.manifest.criterion == "patience"
+        # The fast path of run() applies to single-input bundles that always run to the
+        # last exit and open no sensor window; it tests the input's dtype by identity
+        # (numpy's builtin dtypes are singletons), so None here switches it off.
         first = self.manifest.inputs[0]
         self._single_input = (
             (np.dtype(first.dtype), tuple(first.shape[1:]))
             if len(self.manifest.inputs) == 1
             else None
         )
+        plain = len(self.manifest.inputs) == 1 and self._to_last and self._window is None
+        self._plain_dtype = np.dtype(self.manifest.inputs[0].dtype) if plain else None
         self.config = config
 
     @property
@@ -103,17 +109,22 @@ class Runtime:
         Each sample's result is exactly what it gets when run alone.
         """
         t0 = perf_counter()
-        fast = self._single_input
         if (
-            fast is not None
-            and type(inputs) is np.ndarray
-            and inputs.dtype == fast[0]
-            and inputs.shape[1:] == fast[1]
-            and len(inputs)
+            type(inputs) is np.ndarray
+            and inputs.dtype is self._plain_dtype
+            and thresholds is None
+            and (plan := self._chain.plans.get(inputs.shape)) is not None
         ):
-            xs = (inputs,)  # the common case, checked in ~0.3 µs instead of ~2
-        else:
-            xs = check_inputs(inputs, self.manifest.inputs)
+            # The benchmarked path: one input of a shape seen before, no exit before the
+            # last, no sensor. Each step skipped here is ~1 µs right after a segment ran.
+            logits, exit_index, stamps = self._chain.run_plan(plan, (inputs,))
+            latency_ms = (perf_counter() - t0) * 1e3
+            power_w = self._power_w
+            energy_mj = None if power_w is None else power_w * latency_ms  # W × ms = mJ
+            return Result(
+                logits, exit_index, latency_ms, energy_mj, self._energy_source, None, False, stamps
+            )
+        xs = self._checked_inputs(inputs)
         if thresholds is None:
             chosen, to_last = self.manifest.thresholds, self._to_last
         else:
@@ -122,30 +133,26 @@ class Runtime:
         window = self._window
         if window is not None:
             window.begin_window()
+        stamps = segment_ms = None
         if to_last:  # no exit before the last can fire: the segments run back to back
-            logits, exit_index, segment_ms = self._chain.forward_to_last(xs)
+            logits, exit_index, stamps = self._chain.forward_to_last(xs)
         else:
             logits, exit_index, segment_ms = self._chain.forward(xs, chosen, self._patience)
+        latency_ms = (perf_counter() - t0) * 1e3
         if window is None:
-            latency_s = perf_counter() - t0
-            return Result(
-                logits,
-                exit_index,
-                latency_s * 1e3,
-                self._energy_mj_for(latency_s),
-                self._energy_source,
-                tuple(segment_ms),
-                False,
-            )
-        reading = window.end_window()
+            energy_mj, measured = self._meter.energy_mj_for(latency_ms / 1e3), False
+        else:
+            reading = window.end_window()
+            energy_mj, measured = reading.energy_mj, reading.measured
         return Result(
             logits,
             exit_index,
-            (perf_counter() - t0) * 1e3,
-            reading.energy_mj,
-            reading.source,
-            tuple(segment_ms),
-            reading.measured,
+            latency_ms,
+            energy_mj,
+            self._energy_source,
+            segment_ms,
+            measured,
+            stamps,
         )
 
     def run_all_exits(
@@ -198,6 +205,18 @@ class Runtime:
         self._chain.run_step(i, step)
         carry = [self._chain.to_host(rows) for rows in step.carry]
         return carry, step.logits, step.score
+
+    def _checked_inputs(self, inputs: Inputs) -> tuple[np.ndarray, ...]:
+        fast = self._single_input
+        if (
+            fast is not None
+            and type(inputs) is np.ndarray
+            and inputs.dtype == fast[0]
+            and inputs.shape[1:] == fast[1]
+            and len(inputs)
+        ):
+            return (inputs,)  # the common case, checked in ~0.3 µs instead of ~2
+        return check_inputs(inputs, self.manifest.inputs)
 
     def _checked(self, thresholds: Sequence[float]) -> tuple[float, ...]:
         try:
