@@ -139,3 +139,18 @@ def test_meters_say_whether_they_need_a_window():
     assert NoMeter().energy_mj_for(0.5) is None
     with pytest.raises(NotImplementedError, match="open a window"):
         CountingSensor().energy_mj_for(0.5)
+
+
+def test_thresholds_changed_in_place_take_effect(digits):
+    ex, rt = digits
+    x = ex.inputs[0][:2]
+    thresholds = [math.inf] * rt.num_exits
+    assert rt.run(x, thresholds=thresholds).exit_index.tolist() == [rt.num_exits - 1] * 2
+    thresholds[1] = -1.0  # every sample now leaves at exit 1
+    assert rt.run(x, thresholds=thresholds).exit_index.tolist() == [1, 1]
+    thresholds[1] = math.nan
+    with pytest.raises(InputError, match="NaN"):
+        rt.run(x, thresholds=thresholds)
+    thresholds[1] = np.array([0.5, 0.6])
+    with pytest.raises(InputError, match="numbers"):
+        rt.run(x, thresholds=thresholds)
