@@ -207,7 +207,10 @@ class Chain:
         Every Python operation here costs 1-3 µs right after a segment has flushed the
         caches, so the common paths (nobody leaves; one sample) do as few as possible.
         """
-        n = k = self.stage_inputs(xs)
+        plan = self.plans.get(xs[0].shape) or self.make_plan(xs[0].shape)
+        for view, x in zip(plan.stage, xs):
+            view[...] = x  # ~0.4 µs less than slicing the buffer every call
+        n = k = len(xs[0])
         logits = exit_index = None  # allocated when the first sample leaves
         seg_ms = [0.0] * len(self.sessions)
         alive: np.ndarray | None = None  # None: row j is still sample j
