@@ -111,19 +111,23 @@ def methods(bundle: Path, mono_path: Path, x: np.ndarray) -> dict[str, Callable[
     }
 
 
-def time_alternating(fns: dict[str, Callable[[], object]], rounds: int) -> dict[str, np.ndarray]:
-    order, times = list(fns), {name: np.empty(rounds) for name in fns}
+def time_alternating(
+    instances: list[dict[str, Callable[[], object]]], rounds: int
+) -> dict[str, np.ndarray]:
+    """Seconds per call, [rounds, instances] per method: every round calls every method of
+    every instance once, in a new shuffled order."""
+    calls = [(name, j, fn) for j, fns in enumerate(instances) for name, fn in fns.items()]
+    times = {name: np.empty((rounds, len(instances))) for name in instances[0]}
     rng = random.Random(0)
-    for fn in fns.values():  # warm up: arenas, caches, branch predictors
+    for _, _, fn in calls:  # warm up: arenas, caches, branch predictors
         for _ in range(50):
             fn()
     for r in range(rounds):
-        rng.shuffle(order)
-        for name in order:
-            fn = fns[name]
+        rng.shuffle(calls)
+        for name, j, fn in calls:
             t = time.perf_counter()
             fn()
-            times[name][r] = time.perf_counter() - t
+            times[name][r, j] = time.perf_counter() - t
     return times
 
 
@@ -138,11 +142,13 @@ def median_ci(values: np.ndarray, z: float = 1.96) -> tuple[float, float]:
 
 
 def summarize(times: dict[str, np.ndarray]) -> dict[str, dict[str, float]]:
-    """Medians, and two ratios to mono-bound: of the medians, and the median of the
-    per-round ratios with its 95% interval."""
-    base = times["mono-bound"]
+    """Per method, over rounds of the mean over instances: median, p10/p90, the ratio of
+    medians to mono-bound and the paired ratio (median of per-round ratios) with its 95%
+    interval; and each instance's own median, whose spread is the placement effect."""
+    base = times["mono-bound"].mean(axis=1)
     rows = {}
-    for name, t in times.items():
+    for name, per_instance in times.items():
+        t = per_instance.mean(axis=1)
         paired = t / base
         low, high = median_ci(paired)
         rows[name] = {
@@ -152,13 +158,24 @@ def summarize(times: dict[str, np.ndarray]) -> dict[str, dict[str, float]]:
             "ratio_vs_mono_bound": float(np.median(t) / np.median(base)),
             "paired_ratio_vs_mono_bound": float(np.median(paired)),
             "paired_ci95": [low, high],
+            "instance_medians_us": [float(m) * 1e6 for m in np.median(per_instance, axis=0)],
         }
     return rows
 
 
 def render(results: dict) -> Table:
     table = Table(title="chain vs monolithic, batch 1, 1 thread (medians)")
-    cols = ("model", "method", "median µs", "p10–p90 µs", "×mono", "×mono paired", "95% CI", "goal")
+    cols = (
+        "model",
+        "method",
+        "median µs",
+        "p10–p90 µs",
+        "instances µs",
+        "×mono",
+        "×mono paired",
+        "95% CI",
+        "goal",
+    )
     for col in cols:
         table.add_column(col, justify="left" if col in ("model", "method") else "right")
     for model, rows in results["models"].items():
@@ -168,12 +185,18 @@ def render(results: dict) -> Table:
                 method,
                 f"{row['median_us']:.1f}",
                 f"{row['p10_us']:.1f}–{row['p90_us']:.1f}",
+                spread(row),
                 f"{row['ratio_vs_mono_bound']:.3f}",
                 f"{row['paired_ratio_vs_mono_bound']:.3f}",
                 "{:.3f}–{:.3f}".format(*row["paired_ci95"]),
                 verdict(model, method, row),
             )
     return table
+
+
+def spread(row: dict) -> str:
+    medians = row["instance_medians_us"]
+    return f"{min(medians):.1f}–{max(medians):.1f}"
 
 
 def verdict(model: str, method: str, row: dict[str, float]) -> str:
@@ -192,21 +215,28 @@ def markdown(results: dict) -> str:
         "",
         f"Machine: {results['machine']}, {results['cpus']} CPUs; onnxruntime "
         f"{results['onnxruntime']}; commit {results['commit']}; {results['rounds']} "
-        "alternating rounds (1/4 of them for w=224), batch 1, 1 intra-op thread; load "
-        f"average (1/5/15 min) {results['load_before']} before the run, "
-        f"{results['load_average']} after.",
+        "alternating rounds (1/4 of them for w=224) over "
+        f"{results['instances']} independently loaded instances of every session, batch 1, "
+        "1 intra-op thread; load average (1/5/15 min) "
+        f"{results['load_before']} before the run, {results['load_average']} after.",
         "",
-        "× mono: ratio of medians to mono-bound. × mono, paired: median over rounds of each "
-        "round's ratio, with its 95% interval (the goal is judged on it).",
+        "A round times one call of every method on every instance, in a shuffled order; a "
+        "method's time in a round is the mean over its instances. × mono: ratio of medians "
+        "to mono-bound. × mono, paired: median over rounds of each round's ratio, with its "
+        "95% interval (the goal is judged on it). Instances: each instance's own median: "
+        "identical sessions loaded side by side in one process differ by up to ~15% here "
+        "(memory placement), which is why several are averaged.",
         "",
-        "| model | method | median µs | p10–p90 µs | × mono | × mono, paired | 95% CI | goal |",
-        "|---|---|---:|---:|---:|---:|---:|---|",
+        "| model | method | median µs | p10–p90 µs | instances µs | × mono | × mono, paired "
+        "| 95% CI | goal |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---|",
     ]
     for model, rows in results["models"].items():
         for method, r in rows.items():
             lines.append(
                 f"| {model} | {method} | {r['median_us']:.1f} | "
-                f"{r['p10_us']:.1f}–{r['p90_us']:.1f} | {r['ratio_vs_mono_bound']:.3f} | "
+                f"{r['p10_us']:.1f}–{r['p90_us']:.1f} | {spread(r)} | "
+                f"{r['ratio_vs_mono_bound']:.3f} | "
                 f"{r['paired_ratio_vs_mono_bound']:.3f} | "
                 "{:.3f}–{:.3f} | ".format(*r["paired_ci95"])
                 + f"{verdict(model, method, r)} |"
@@ -238,6 +268,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=4000)
     parser.add_argument("--quick", action="store_true", help="300 rounds, for a smoke run")
+    parser.add_argument(
+        "--instances", type=int, default=3, help="independent copies of every session"
+    )
     parser.add_argument("--widths", help="only these widths, e.g. 48,224 (writes nothing)")
     args = parser.parse_args()
     rounds = 300 if args.quick else args.rounds
@@ -254,6 +287,7 @@ def main() -> None:
         "onnxruntime": ort.__version__,
         "commit": commit(),
         "rounds": rounds,
+        "instances": args.instances,
         "load_before": load_average(),
         "models": {},
     }
@@ -263,7 +297,8 @@ def main() -> None:
             bundle, mono = export_pair(width, out)
             # the bigger model gets fewer rounds: its medians settle sooner
             n = rounds if width <= 64 else max(100, rounds // 4)
-            results["models"][name] = summarize(time_alternating(methods(bundle, mono, x), n))
+            instances = [methods(bundle, mono, x) for _ in range(args.instances)]
+            results["models"][name] = summarize(time_alternating(instances, n))
     results["load_average"] = load_average()
     Console().print(render(results))
     if args.widths:
