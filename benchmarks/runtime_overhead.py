@@ -48,7 +48,8 @@ RESULTS = Path(__file__).parent / "results"
 # name -> digits_resnet width. 16 is the shipped example; 48 is the same network at the
 # ~0.2 ms the issue sizes its bound for; 224 is wide enough to take > 5 ms at batch 1.
 MODELS = {"digits_resnet w=16": 16, "digits_resnet w=48": 48, "digits_resnet w=224": 224}
-BOUNDS = {"digits_resnet w=16": 1.05, "digits_resnet w=48": 1.05, "digits_resnet w=224": 1.02}
+# The issue's goals; w=16 (~40 µs, 5x smaller than the issue's ~0.2 ms model) is information.
+BOUNDS = {"digits_resnet w=48": 1.05, "digits_resnet w=224": 1.02}
 
 
 def export_pair(width: int, out: Path) -> tuple[Path, Path]:
@@ -202,6 +203,8 @@ def spread(row: dict) -> str:
 def verdict(model: str, method: str, row: dict[str, float]) -> str:
     if method != "chain":
         return ""
+    if model not in BOUNDS:
+        return "information (no goal)"
     bound = BOUNDS[model]
     if row["paired_ratio_vs_mono_bound"] > bound:
         return f"<= {bound}: NOT met"
