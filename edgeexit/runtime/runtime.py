@@ -140,16 +140,17 @@ class Runtime:
             logits, exit_index, segment_ms = self._chain.forward(xs, chosen, self._patience)
         latency_ms = (perf_counter() - t0) * 1e3
         if window is None:
-            energy_mj, measured = self._meter.energy_mj_for(latency_ms / 1e3), False
+            energy_mj, source = self._meter.energy_mj_for(latency_ms / 1e3), self._energy_source
+            measured = False
         else:
             reading = window.end_window()
-            energy_mj, measured = reading.energy_mj, reading.measured
+            energy_mj, source, measured = reading.energy_mj, reading.source, reading.measured
         return Result(
             logits,
             exit_index,
             latency_ms,
             energy_mj,
-            self._energy_source,
+            source,
             segment_ms,
             measured,
             stamps,
