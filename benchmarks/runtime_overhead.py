@@ -4,7 +4,10 @@ For each model: export the bundle (4 segments) and the monolithic graph (every e
 as an output) with the exporter, open both with the same session options (1 thread, the
 x86-cpu target's settings), and time batch-1 calls on real digits, alternating the
 methods in a shuffled order every round in one process. Reported: medians, p10/p90, and
-the chain/monolithic ratio of medians.
+the chain/monolithic ratio of medians, and the paired ratio (median over rounds of each
+round's ratio: every round runs every method back to back, so slow drifts of a shared
+machine cancel) with a distribution-free 95% confidence interval. The goal verdict uses
+the paired ratio; the interval says how much the machine's noise leaves it uncertain.
 
 Methods:
   chain          Runtime.run forced to the last exit (thresholds all inf): what a user calls
@@ -17,8 +20,9 @@ Methods:
   mono-run       the monolithic graph with plain InferenceSession.run
 
 Usage:
-  PYTHONPATH=. python benchmarks/runtime_overhead.py [--rounds 3000] [--quick]
-Writes benchmarks/results/runtime_overhead.{json,md}.
+  PYTHONPATH=. python benchmarks/runtime_overhead.py [--rounds 4000] [--quick] [--widths 48,224]
+Writes benchmarks/results/runtime_overhead.{json,md} (not with --widths: a partial run
+must not replace the full figures).
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ import math
 import os
 import platform
 import random
+import subprocess
 import tempfile
 import time
 from collections.abc import Callable
@@ -43,7 +48,8 @@ RESULTS = Path(__file__).parent / "results"
 # name -> digits_resnet width. 16 is the shipped example; 48 is the same network at the
 # ~0.2 ms the issue sizes its bound for; 224 is wide enough to take > 5 ms at batch 1.
 MODELS = {"digits_resnet w=16": 16, "digits_resnet w=48": 48, "digits_resnet w=224": 224}
-BOUNDS = {"digits_resnet w=16": 1.05, "digits_resnet w=48": 1.05, "digits_resnet w=224": 1.02}
+# The issue's goals; w=16 (~40 µs, 5x smaller than the issue's ~0.2 ms model) is information.
+BOUNDS = {"digits_resnet w=48": 1.05, "digits_resnet w=224": 1.02}
 
 
 def export_pair(width: int, out: Path) -> tuple[Path, Path]:
@@ -106,42 +112,72 @@ def methods(bundle: Path, mono_path: Path, x: np.ndarray) -> dict[str, Callable[
     }
 
 
-def time_alternating(fns: dict[str, Callable[[], object]], rounds: int) -> dict[str, np.ndarray]:
-    order, times = list(fns), {name: np.empty(rounds) for name in fns}
+def time_alternating(
+    instances: list[dict[str, Callable[[], object]]], rounds: int
+) -> dict[str, np.ndarray]:
+    """Seconds per call, [rounds, instances] per method: every round calls every method of
+    every instance once, in a new shuffled order."""
+    calls = [(name, j, fn) for j, fns in enumerate(instances) for name, fn in fns.items()]
+    times = {name: np.empty((rounds, len(instances))) for name in instances[0]}
     rng = random.Random(0)
-    for fn in fns.values():  # warm up: arenas, caches, branch predictors
+    for _, _, fn in calls:  # warm up: arenas, caches, branch predictors
         for _ in range(50):
             fn()
     for r in range(rounds):
-        rng.shuffle(order)
-        for name in order:
-            fn = fns[name]
+        rng.shuffle(calls)
+        for name, j, fn in calls:
             t = time.perf_counter()
             fn()
-            times[name][r] = time.perf_counter() - t
+            times[name][r, j] = time.perf_counter() - t
     return times
 
 
+def median_ci(values: np.ndarray, z: float = 1.96) -> tuple[float, float]:
+    """A distribution-free 95% confidence interval of the median: the order statistics
+    at ranks n/2 -+ z*sqrt(n)/2 (binomial normal approximation; fine for n >= 100)."""
+    ordered = np.sort(values)
+    n = len(ordered)
+    half = z * math.sqrt(n) / 2
+    low, high = int(math.floor(n / 2 - half)), int(math.ceil(n / 2 + half))
+    return float(ordered[max(low, 0)]), float(ordered[min(high, n - 1)])
+
+
 def summarize(times: dict[str, np.ndarray]) -> dict[str, dict[str, float]]:
-    """Medians, and two ratios to mono-bound: of the medians, and the median of the
-    per-round ratios (each round runs every method back to back, so pairing cancels the
-    slow drifts of a shared machine)."""
-    base = times["mono-bound"]
-    return {
-        name: {
+    """Per method, over rounds of the mean over instances: median, p10/p90, the ratio of
+    medians to mono-bound and the paired ratio (median of per-round ratios) with its 95%
+    interval; and each instance's own median, whose spread is the placement effect."""
+    base = times["mono-bound"].mean(axis=1)
+    rows = {}
+    for name, per_instance in times.items():
+        t = per_instance.mean(axis=1)
+        paired = t / base
+        low, high = median_ci(paired)
+        rows[name] = {
             "median_us": float(np.median(t)) * 1e6,
             "p10_us": float(np.percentile(t, 10)) * 1e6,
             "p90_us": float(np.percentile(t, 90)) * 1e6,
             "ratio_vs_mono_bound": float(np.median(t) / np.median(base)),
-            "paired_ratio_vs_mono_bound": float(np.median(t / base)),
+            "paired_ratio_vs_mono_bound": float(np.median(paired)),
+            "paired_ci95": [low, high],
+            "instance_medians_us": [float(m) * 1e6 for m in np.median(per_instance, axis=0)],
         }
-        for name, t in times.items()
-    }
+    return rows
 
 
 def render(results: dict) -> Table:
     table = Table(title="chain vs monolithic, batch 1, 1 thread (medians)")
-    for col in ("model", "method", "median µs", "p10–p90 µs", "×mono", "×mono paired", "goal"):
+    cols = (
+        "model",
+        "method",
+        "median µs",
+        "p10–p90 µs",
+        "instances µs",
+        "×mono",
+        "×mono paired",
+        "95% CI",
+        "goal",
+    )
+    for col in cols:
         table.add_column(col, justify="left" if col in ("model", "method") else "right")
     for model, rows in results["models"].items():
         for method, row in rows.items():
@@ -150,66 +186,126 @@ def render(results: dict) -> Table:
                 method,
                 f"{row['median_us']:.1f}",
                 f"{row['p10_us']:.1f}–{row['p90_us']:.1f}",
+                spread(row),
                 f"{row['ratio_vs_mono_bound']:.3f}",
                 f"{row['paired_ratio_vs_mono_bound']:.3f}",
+                "{:.3f}–{:.3f}".format(*row["paired_ci95"]),
                 verdict(model, method, row),
             )
     return table
 
 
+def spread(row: dict) -> str:
+    medians = row["instance_medians_us"]
+    return f"{min(medians):.1f}–{max(medians):.1f}"
+
+
 def verdict(model: str, method: str, row: dict[str, float]) -> str:
     if method != "chain":
         return ""
-    ok = row["paired_ratio_vs_mono_bound"] <= BOUNDS[model]
-    return f"<= {BOUNDS[model]}: {'met' if ok else 'NOT met'}"
+    if model not in BOUNDS:
+        return "information (no goal)"
+    bound = BOUNDS[model]
+    if row["paired_ratio_vs_mono_bound"] > bound:
+        return f"<= {bound}: NOT met"
+    sure = row["paired_ci95"][1] <= bound  # the whole interval is under the bound
+    return f"<= {bound}: met" + ("" if sure else " (CI crosses it)")
 
 
 def markdown(results: dict) -> str:
     lines = [
         "# Runtime overhead: 4-segment chain vs one monolithic graph",
         "",
-        f"Machine: {results['machine']}; onnxruntime {results['onnxruntime']}; "
-        f"{results['rounds']} alternating rounds (1/4 of them for w=224), batch 1, "
-        f"1 intra-op thread; load average during the run {results['load_average']}.",
+        f"Machine: {results['machine']}, {results['cpus']} CPUs; onnxruntime "
+        f"{results['onnxruntime']}; commit {results['commit']}; {results['rounds']} "
+        "alternating rounds (1/4 of them for w=224) over "
+        f"{results['instances']} independently loaded instances of every session, batch 1, "
+        "1 intra-op thread; load average (1/5/15 min) "
+        f"{results['load_before']} before the run, {results['load_average']} after.",
         "",
-        "| model | method | median µs | p10–p90 µs | × mono | × mono, paired | goal |",
-        "|---|---|---:|---:|---:|---:|---|",
+        "A round times one call of every method on every instance, in a shuffled order; a "
+        "method's time in a round is the mean over its instances. × mono: ratio of medians "
+        "to mono-bound. × mono, paired: median over rounds of each round's ratio, with its "
+        "95% interval (the goal is judged on it). Instances: each instance's own median: "
+        "identical sessions loaded side by side in one process differ by up to ~15% here "
+        "(memory placement), which is why several are averaged.",
+        "",
+        "| model | method | median µs | p10–p90 µs | instances µs | × mono | × mono, paired "
+        "| 95% CI | goal |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---|",
     ]
     for model, rows in results["models"].items():
         for method, r in rows.items():
             lines.append(
                 f"| {model} | {method} | {r['median_us']:.1f} | "
-                f"{r['p10_us']:.1f}–{r['p90_us']:.1f} | {r['ratio_vs_mono_bound']:.3f} | "
-                f"{r['paired_ratio_vs_mono_bound']:.3f} | {verdict(model, method, r)} |"
+                f"{r['p10_us']:.1f}–{r['p90_us']:.1f} | {spread(r)} | "
+                f"{r['ratio_vs_mono_bound']:.3f} | "
+                f"{r['paired_ratio_vs_mono_bound']:.3f} | "
+                "{:.3f}–{:.3f} | ".format(*r["paired_ci95"])
+                + f"{verdict(model, method, r)} |"
             )
     lines += ["", "Reproduce: `PYTHONPATH=. python benchmarks/runtime_overhead.py`", ""]
     return "\n".join(lines)
 
 
+def load_average() -> str:
+    return " / ".join(f"{v:.1f}" for v in os.getloadavg())
+
+
+def commit() -> str:
+    """The checked-out commit (+ '-dirty' with uncommitted changes), or 'unknown'."""
+    try:
+        sha = subprocess.run(
+            ["git", "describe", "--always", "--dirty"],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=Path(__file__).parent,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return sha or "unknown"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=3000)
+    parser.add_argument("--rounds", type=int, default=4000)
     parser.add_argument("--quick", action="store_true", help="300 rounds, for a smoke run")
+    parser.add_argument(
+        "--instances", type=int, default=3, help="independent copies of every session"
+    )
+    parser.add_argument("--widths", help="only these widths, e.g. 48,224 (writes nothing)")
     args = parser.parse_args()
     rounds = 300 if args.quick else args.rounds
+    models = MODELS
+    if args.widths:
+        wanted = {int(w) for w in args.widths.split(",")}
+        models = {name: w for name, w in MODELS.items() if w in wanted}
     from edgeexit.examples import load_digits
 
     x = np.ascontiguousarray(load_digits().test.x[:1])
     results = {
         "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
+        "cpus": os.cpu_count(),
         "onnxruntime": ort.__version__,
+        "commit": commit(),
         "rounds": rounds,
+        "instances": args.instances,
+        "load_before": load_average(),
         "models": {},
     }
     with tempfile.TemporaryDirectory() as tmp:
-        for name, width in MODELS.items():
+        for name, width in models.items():
             out = Path(tmp) / f"w{width}"
             bundle, mono = export_pair(width, out)
             # the bigger model gets fewer rounds: its medians settle sooner
             n = rounds if width <= 64 else max(100, rounds // 4)
-            results["models"][name] = summarize(time_alternating(methods(bundle, mono, x), n))
-    results["load_average"] = " / ".join(f"{v:.1f}" for v in os.getloadavg())
+            instances = [methods(bundle, mono, x) for _ in range(args.instances)]
+            results["models"][name] = summarize(time_alternating(instances, n))
+    results["load_average"] = load_average()
     Console().print(render(results))
+    if args.widths:
+        return
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "runtime_overhead.json").write_text(json.dumps(results, indent=2) + "\n")
     (RESULTS / "runtime_overhead.md").write_text(markdown(results))

@@ -37,6 +37,13 @@ class EnergyMeter(ABC):
     # Shortest window the sensor resolves; the profiler repeats calls until a window is this
     # long (NVML's counter, for one, only moves every 20-100 ms).
     min_window_s: float = 0.0
+    # False for meters with no sensor (the power model, none): their energy is a function of
+    # the wall time alone (``energy_mj_for``), so a caller that already times its work (the
+    # runtime, per call) needs no window. A window costs ~1.5 µs, ~1% of a 0.2 ms call.
+    needs_window: bool = True
+    # For those meters: the constant power their energy is modeled from (energy = power ×
+    # time, which a caller may compute inline), or None when there is no figure at all.
+    modeled_power_w: float | None = None
 
     @abstractmethod
     def begin_window(self) -> None: ...
@@ -44,9 +51,18 @@ class EnergyMeter(ABC):
     @abstractmethod
     def end_window(self) -> EnergyReading: ...
 
+    def energy_mj_for(self, duration_s: float) -> float | None:
+        """The energy of ``duration_s`` of wall time, for meters with ``needs_window`` False."""
+        if self.needs_window:
+            raise NotImplementedError(f"{type(self).__name__} reads a sensor: open a window")
+        power_w = self.modeled_power_w
+        return None if power_w is None else power_w * duration_s * 1e3  # W × s = J
+
 
 class NoMeter(EnergyMeter):
     """The stand-in when neither a sensor nor a power model exists."""
+
+    needs_window = False
 
     def begin_window(self) -> None:
         self._start = time.perf_counter()
@@ -60,17 +76,18 @@ class ModeledMeter(EnergyMeter):
 
     source = "modeled"
     measured = False
+    needs_window = False
 
     def __init__(self, active_power_w: float) -> None:
         self.active_power_w = active_power_w
+        self.modeled_power_w = active_power_w
 
     def begin_window(self) -> None:
         self._start = time.perf_counter()
 
     def end_window(self) -> EnergyReading:
         duration_s = time.perf_counter() - self._start
-        # W × s = J; × 1000 for mJ.
-        return EnergyReading(self.active_power_w * duration_s * 1e3, "modeled", False, duration_s)
+        return EnergyReading(self.energy_mj_for(duration_s), "modeled", False, duration_s)
 
 
 class SensorUnavailable(EdgeExitError):

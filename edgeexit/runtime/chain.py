@@ -31,6 +31,7 @@ from edgeexit.runtime.layout import Layout
 from edgeexit.runtime.session import ORT_ERRORS
 
 _ONE = np.ones(1, dtype=bool)
+_INF = math.inf  # a module global: one lookup instead of two (math, then .inf) per exit
 MAX_SHARED_COLUMN = 4096  # batch sizes whose all-at-one-exit index array is cached
 
 
@@ -42,6 +43,19 @@ class Step(NamedTuple):
     score: np.ndarray  # [k] view of the score buffer
     logits: np.ndarray  # [k, C] view of the logits buffer
     carry: tuple  # [k, ...] views of the carry buffers (numpy on CPU, OrtValue rows on CUDA)
+
+
+class Plan(NamedTuple):
+    """A batch bound to run every segment back to back (no exit before the last can fire).
+
+    Keyed by the first input's full shape, so a cache hit also means that shape is known
+    good. Holds views into the chain's buffers: made again whenever they grow.
+    """
+
+    stage: tuple[np.ndarray, ...]  # [n, ...] views of the input staging buffers
+    runs: tuple[Callable[[], object], ...]  # each segment's bound call, in order
+    logits: np.ndarray  # [n, C] view of the last exit's logits buffer
+    exit_index: np.ndarray  # the shared read-only [n] column of the last exit's index
 
 
 class Chain:
@@ -89,6 +103,8 @@ class Chain:
                 bufs.setdefault(name, Buffer(lay[name], cap))
             self.outputs.append(bufs)
         self.steps: list[dict[int, Step]] = [{} for _ in self.sessions]
+        # first input's shape -> everything a batch needs to run to the last exit
+        self.plans: dict[tuple[int, ...], Plan] = {}
         self.scratch: dict[int, Buffer] = {}  # device carries' gather targets, made lazily
         self.capacity = cap
 
@@ -191,7 +207,10 @@ class Chain:
         Every Python operation here costs 1-3 µs right after a segment has flushed the
         caches, so the common paths (nobody leaves; one sample) do as few as possible.
         """
-        n = k = self.stage_inputs(xs)
+        plan = self.plans.get(xs[0].shape) or self.make_plan(xs[0].shape)
+        for view, x in zip(plan.stage, xs):
+            view[...] = x  # ~0.4 µs less than slicing the buffer every call
+        n = k = len(xs[0])
         logits = exit_index = None  # allocated when the first sample leaves
         seg_ms = [0.0] * len(self.sessions)
         alive: np.ndarray | None = None  # None: row j is still sample j
@@ -215,7 +234,7 @@ class Chain:
             if patience:
                 state = patience_update(state, step.logits)
                 score = state[0]
-            elif threshold == math.inf:
+            elif threshold == _INF:
                 continue  # nobody leaves here: skip even reading the score
             else:
                 score = step.score
@@ -244,6 +263,51 @@ class Chain:
             k = keep.size
             t = perf_counter()  # the compaction is orchestration, not segment time
         return logits, exit_index, seg_ms
+
+    def forward_to_last(
+        self, xs: tuple[np.ndarray, ...]
+    ) -> tuple[np.ndarray, np.ndarray, list[float]]:
+        """``forward`` when no exit before the last can fire (every threshold there inf).
+
+        Returns (logits, exit_index, stamps): ``stamps`` are perf_counter seconds before
+        the first segment and after each (``Result`` turns them into ``segment_ms`` when
+        asked). Nobody leaves, so no score is read and no patience counter kept.
+        """
+        plan = self.plans.get(xs[0].shape) or self.make_plan(xs[0].shape)
+        return self.run_plan(plan, xs)
+
+    def run_plan(
+        self, plan: Plan, xs: tuple[np.ndarray, ...]
+    ) -> tuple[np.ndarray, np.ndarray, list[float]]:
+        """Stage ``xs`` (already checked against the plan's shape) and run every segment."""
+        stage, runs, logits, exit_index = plan
+        for view, x in zip(stage, xs):
+            view[...] = x
+        stamps = [perf_counter()]
+        mark = stamps.append
+        try:
+            for run in runs:
+                run()
+                mark(perf_counter())
+        except ORT_ERRORS as err:
+            self.raise_failed(len(stamps) - 1, err)
+        return logits.copy(), exit_index, stamps
+
+    def make_plan(self, shape: tuple[int, ...]) -> Plan:
+        """The plan for inputs whose first one has ``shape`` (cached for batches up to
+        MAX_SHARED_COLUMN, until the buffers grow)."""
+        n = shape[0]
+        self.reserve(n)
+        steps = [self.step(i, n) for i in range(len(self.sessions))]
+        plan = Plan(
+            tuple(buf[:n] for buf in self.stage),
+            tuple(step.run for step in steps),
+            steps[-1].logits,
+            self.exit_column(len(steps) - 1, n),
+        )
+        if n <= MAX_SHARED_COLUMN:
+            self.plans[shape] = plan
+        return plan
 
     def exit_column(self, i: int, n: int) -> np.ndarray:
         """A read-only int64 [n] array of i, shared between calls.
@@ -299,3 +363,8 @@ class Chain:
             else:
                 scores[i] = step.score
         return seg_s
+
+
+def all_infinite(thresholds: tuple[float, ...]) -> bool:
+    """True when no exit before the last can take a sample (the last always does)."""
+    return all(threshold == _INF for threshold in thresholds[:-1])

@@ -18,7 +18,7 @@ import onnxruntime as ort
 from edgeexit.bundle import Manifest, read_manifest, verify_segments
 from edgeexit.energy import get_meter
 from edgeexit.errors import InputError
-from edgeexit.runtime.chain import Chain
+from edgeexit.runtime.chain import Chain, all_infinite
 from edgeexit.runtime.inputs import Inputs, check_inputs
 from edgeexit.runtime.layout import probe_layouts
 from edgeexit.runtime.result import ExitOutputs, Result
@@ -67,14 +67,27 @@ class Runtime:
         layouts = probe_layouts(self.manifest, sessions)
         carry_device = "cuda" if config.device == "cuda" else None
         self._chain = Chain(self.manifest, sessions, layouts, carry_device)
-        self._meter = get_meter(self.target)
+        meter = get_meter(self.target)
+        # A sensor gets a real window around each call; a power model (or no meter) has
+        # nothing to read, so its energy is computed from the call's measured latency.
+        self._meter = meter
+        self._window = meter if meter.needs_window else None
+        self._power_w = meter.modeled_power_w
+        self._energy_source = meter.source
+        self._to_last = all_infinite(self.manifest.thresholds)
+        self._last_thresholds: tuple[tuple, tuple[tuple[float, ...], bool]] = ((), ((), False))
         self._patience = self.manifest.criterion == "patience"
+        # The fast path of run() applies to single-input bundles that always run to the
+        # last exit and open no sensor window; it tests the input's dtype by identity
+        # (numpy's builtin dtypes are singletons), so None here switches it off.
         first = self.manifest.inputs[0]
         self._single_input = (
             (np.dtype(first.dtype), tuple(first.shape[1:]))
             if len(self.manifest.inputs) == 1
             else None
         )
+        plain = len(self.manifest.inputs) == 1 and self._to_last and self._window is None
+        self._plain_dtype = np.dtype(self.manifest.inputs[0].dtype) if plain else None
         self.config = config
 
     @property
@@ -97,29 +110,50 @@ class Runtime:
         Each sample's result is exactly what it gets when run alone.
         """
         t0 = perf_counter()
-        fast = self._single_input
         if (
-            fast is not None
-            and type(inputs) is np.ndarray
-            and inputs.dtype == fast[0]
-            and inputs.shape[1:] == fast[1]
-            and len(inputs)
+            type(inputs) is np.ndarray
+            and inputs.dtype is self._plain_dtype
+            and thresholds is None
+            and (plan := self._chain.plans.get(inputs.shape)) is not None
         ):
-            xs = (inputs,)  # the common case, checked in ~0.3 µs instead of ~2
+            # The benchmarked path: one input of a shape seen before, no exit before the
+            # last, no sensor. Each step skipped here is ~1 µs right after a segment ran.
+            logits, exit_index, stamps = self._chain.run_plan(plan, (inputs,))
+            latency_ms = (perf_counter() - t0) * 1e3
+            power_w = self._power_w
+            energy_mj = None if power_w is None else power_w * latency_ms  # W × ms = mJ
+            return Result(
+                logits, exit_index, latency_ms, energy_mj, self._energy_source, None, False, stamps
+            )
+        xs = self._checked_inputs(inputs)
+        if thresholds is None:
+            chosen, to_last = self.manifest.thresholds, self._to_last
         else:
-            xs = check_inputs(inputs, self.manifest.inputs)
-        chosen = self.manifest.thresholds if thresholds is None else self._checked(thresholds)
-        self._meter.begin_window()
-        logits, exit_index, segment_ms = self._chain.forward(xs, chosen, self._patience)
-        reading = self._meter.end_window()
+            chosen, to_last = self._checked(thresholds)
+        window = self._window
+        if window is not None:
+            window.begin_window()
+        stamps = segment_ms = None
+        if to_last:  # no exit before the last can fire: the segments run back to back
+            logits, exit_index, stamps = self._chain.forward_to_last(xs)
+        else:
+            logits, exit_index, segment_ms = self._chain.forward(xs, chosen, self._patience)
+        latency_ms = (perf_counter() - t0) * 1e3
+        if window is None:
+            energy_mj, source = self._meter.energy_mj_for(latency_ms / 1e3), self._energy_source
+            measured = False
+        else:
+            reading = window.end_window()
+            energy_mj, source, measured = reading.energy_mj, reading.source, reading.measured
         return Result(
-            logits=logits,
-            exit_index=exit_index,
-            latency_ms=(perf_counter() - t0) * 1e3,
-            energy_mj=reading.energy_mj,
-            energy_source=reading.source,
-            segment_ms=tuple(segment_ms),
-            energy_measured=reading.measured,
+            logits,
+            exit_index,
+            latency_ms,
+            energy_mj,
+            source,
+            segment_ms,
+            measured,
+            stamps,
         )
 
     def run_all_exits(
@@ -173,9 +207,42 @@ class Runtime:
         carry = [self._chain.to_host(rows) for rows in step.carry]
         return carry, step.logits, step.score
 
-    def _checked(self, thresholds: Sequence[float]) -> tuple[float, ...]:
+    def _checked_inputs(self, inputs: Inputs) -> tuple[np.ndarray, ...]:
+        fast = self._single_input
+        if (
+            fast is not None
+            and type(inputs) is np.ndarray
+            and inputs.dtype == fast[0]
+            and inputs.shape[1:] == fast[1]
+            and len(inputs)
+        ):
+            return (inputs,)  # the common case, checked in ~0.3 µs instead of ~2
+        return check_inputs(inputs, self.manifest.inputs)
+
+    def _checked(self, thresholds: Sequence[float]) -> tuple[tuple[float, ...], bool]:
+        """The thresholds as floats and whether only the last exit can fire.
+
+        Callers usually pass the same thresholds call after call: an equal sequence reuses
+        the last answer (~0.2 µs) instead of converting and checking again (~1.5 µs).
+        NaN never compares equal, so a NaN is always checked (and refused).
+        """
         try:
-            values = tuple(float(t) for t in thresholds)
+            raw = tuple(thresholds)
+        except TypeError as err:
+            raise InputError(f"thresholds must be numbers, one per exit: {err}") from err
+        last_raw, last_answer = self._last_thresholds
+        try:
+            if raw == last_raw:
+                return last_answer
+        except (TypeError, ValueError):  # e.g. an array among them: no truth value
+            pass  # not the same thresholds; the conversion below says what is wrong
+        answer = self._convert_thresholds(raw)
+        self._last_thresholds = (raw, answer)
+        return answer
+
+    def _convert_thresholds(self, raw: tuple) -> tuple[tuple[float, ...], bool]:
+        try:
+            values = tuple(float(t) for t in raw)
         except (TypeError, ValueError) as err:
             raise InputError(f"thresholds must be numbers, one per exit: {err}") from err
         if len(values) != self.num_exits:
@@ -184,4 +251,4 @@ class Runtime:
             )
         if any(math.isnan(t) for t in values):
             raise InputError("a threshold is NaN; expected a number or inf (nobody exits there)")
-        return values
+        return values, all_infinite(values)

@@ -1,0 +1,156 @@
+"""The forced-last fast path of Runtime.run and the per-call energy without a window.
+
+The fast path (a single input of a shape seen before, every threshold before the last inf,
+no sensor) skips the general checks, so these tests pin that it gives what the general
+path gives, still refuses bad inputs, survives the buffers growing, and that energy is
+still labeled by its source: modeled from power × latency, measured only by a sensor.
+"""
+
+from __future__ import annotations
+
+import math
+from unittest import mock
+
+import numpy as np
+import pytest
+from runtime_bundles import exported
+
+from edgeexit.energy import EnergyReading, ModeledMeter, NoMeter
+from edgeexit.energy.common import EnergyMeter
+from edgeexit.errors import InputError
+from edgeexit.runtime import Runtime
+
+
+@pytest.fixture(scope="module")
+def digits():
+    ex = exported("digits_resnet")
+    rt = Runtime(ex.bundle, threads=1)
+    assert all(math.isinf(t) for t in rt.manifest.thresholds)  # exported: forced last
+    return ex, rt
+
+
+def reference_last_logits(rt: Runtime, x: np.ndarray) -> np.ndarray:
+    return rt.run_all_exits(x).logits[-1]
+
+
+def test_fast_path_matches_the_general_path(digits):
+    ex, rt = digits
+    x = ex.inputs[0]
+    ref = reference_last_logits(rt, x)
+    last = rt.num_exits - 1
+    for b in range(3):
+        row = x[b : b + 1]
+        first, second = rt.run(row), rt.run(row)  # the second call hits the cached plan
+        general = rt.run(row, thresholds=[math.inf] * rt.num_exits)
+        for out in (first, second, general):
+            np.testing.assert_array_equal(out.logits[0], ref[b])
+            assert out.exit_index.tolist() == [last]
+            assert len(out.segment_ms) == rt.num_exits and all(ms > 0 for ms in out.segment_ms)
+            assert 0 < sum(out.segment_ms) <= out.latency_ms
+    batch = rt.run(x)
+    np.testing.assert_array_equal(batch.logits, ref)
+
+
+def test_fast_path_survives_the_buffers_growing(digits):
+    ex, rt = digits
+    x = ex.inputs[0]
+    ref = reference_last_logits(rt, x)
+    rt.run(x[:1])
+    big = np.concatenate([x] * 12)  # more rows than any buffer so far: they are reallocated
+    np.testing.assert_array_equal(rt.run(big).logits[: len(x)], ref)
+    np.testing.assert_array_equal(rt.run(x[1:2]).logits[0], ref[1])
+
+
+def test_fast_path_still_refuses_bad_inputs(digits):
+    ex, rt = digits
+    x = ex.inputs[0][:1]
+    rt.run(x)  # a plan for this shape exists now
+    with pytest.raises(InputError, match="dtype float64"):
+        rt.run(x.astype(np.float64))
+    with pytest.raises(InputError, match="shape"):
+        rt.run(np.zeros((1, 1, 8, 9), dtype=np.float32))
+    with pytest.raises(InputError, match="empty batch"):
+        rt.run(x[:0])
+
+
+def test_fast_path_reads_non_contiguous_inputs(digits):
+    ex, rt = digits
+    x = ex.inputs[0]
+    ref = reference_last_logits(rt, x)
+    strided = x[::2]
+    assert not strided.flags.c_contiguous
+    rt.run(np.ascontiguousarray(strided))
+    np.testing.assert_array_equal(rt.run(strided).logits, ref[::2])
+
+
+def test_modeled_energy_is_power_times_latency_and_labeled_modeled(digits):
+    ex, _ = digits
+    with mock.patch("edgeexit.runtime.runtime.get_meter", return_value=ModeledMeter(7.5)):
+        rt = Runtime(ex.bundle, threads=1)
+    x = ex.inputs[0][:1]
+    for out in (rt.run(x), rt.run(x), rt.run(x, thresholds=[0.5] * rt.num_exits)):
+        assert out.energy_mj == pytest.approx(7.5 * out.latency_ms)  # W × ms = mJ
+        assert out.energy_source == "modeled" and not out.energy_measured
+        assert out.energy_label == "modeled"
+
+
+class CountingSensor(EnergyMeter):
+    """A fake sensor: 5 mJ per window, counting the windows opened."""
+
+    source = "fake-sensor"
+    measured = True
+
+    def __init__(self) -> None:
+        self.windows = 0
+
+    def begin_window(self) -> None:
+        self.windows += 1
+
+    def end_window(self) -> EnergyReading:
+        return EnergyReading(5.0, self.source, True, 0.001)
+
+
+def test_a_sensor_gets_a_real_window_every_call(digits):
+    ex, _ = digits
+    sensor = CountingSensor()
+    with mock.patch("edgeexit.runtime.runtime.get_meter", return_value=sensor):
+        rt = Runtime(ex.bundle, threads=1)
+    x = ex.inputs[0][:1]
+    outs = [rt.run(x) for _ in range(3)]
+    assert sensor.windows == 3
+    for out in outs:
+        assert (out.energy_mj, out.energy_source, out.energy_measured) == (5.0, "fake-sensor", True)
+        assert out.energy_label == "measured (fake-sensor)"
+
+
+def test_no_meter_reports_no_figure(digits):
+    ex, _ = digits
+    with mock.patch("edgeexit.runtime.runtime.get_meter", return_value=NoMeter()):
+        rt = Runtime(ex.bundle, threads=1)
+    x = ex.inputs[0][:1]
+    for out in (rt.run(x), rt.run(x), rt.run(x, thresholds=[0.5] * rt.num_exits)):
+        assert out.energy_mj is None and out.energy_source == "none"
+        assert out.energy_label == "none"
+
+
+def test_meters_say_whether_they_need_a_window():
+    assert not ModeledMeter(4.0).needs_window and not NoMeter().needs_window
+    assert ModeledMeter(4.0).energy_mj_for(0.5) == pytest.approx(2000.0)  # 4 W × 0.5 s
+    assert NoMeter().energy_mj_for(0.5) is None
+    with pytest.raises(NotImplementedError, match="open a window"):
+        CountingSensor().energy_mj_for(0.5)
+
+
+def test_thresholds_changed_in_place_take_effect(digits):
+    ex, rt = digits
+    x = ex.inputs[0][:2]
+    thresholds = [math.inf] * rt.num_exits
+    assert rt.run(x, thresholds=thresholds).exit_index.tolist() == [rt.num_exits - 1] * 2
+    thresholds[1] = -1.0  # every sample now leaves at exit 1
+    assert rt.run(x, thresholds=thresholds).exit_index.tolist() == [1, 1]
+    thresholds[1] = math.nan
+    with pytest.raises(InputError, match="NaN"):
+        rt.run(x, thresholds=thresholds)
+    thresholds[1] = np.array([0.5, 0.6])
+    with pytest.raises(InputError, match="numbers"):
+        rt.run(x, thresholds=thresholds)
