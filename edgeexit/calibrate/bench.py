@@ -2,8 +2,11 @@
 
 The speed-up is measured in the same run against the whole chain (every threshold forced to
 inf), alternating early-exit and full calls batch by batch so that drift on a busy machine
-hits both alike. Per-sample latency is the latency of the call a sample was in (batch 1
-unless asked otherwise). Device path: numpy, onnxruntime and rich only.
+hits both alike. The data is passed over several rounds; a mean latency is the median over
+rounds of each round's mean, so one preempted call (a 100 ms stall on a shared machine) cannot
+swing a mean over a few hundred samples, and the speed-up is the median of the rounds' paired
+ratios. Per-sample latency is the latency of the call a sample was in (batch 1 unless asked
+otherwise). Device path: numpy, onnxruntime and rich only.
 """
 
 from __future__ import annotations
@@ -28,10 +31,13 @@ class BenchOptions:
     batch_size: int = 1
     target: str | None = None
     warmup_calls: int = 8
+    rounds: int = 5  # passes over the data; accuracy and exits come from the first
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
             raise InputError(f"--batch is {self.batch_size}; expected a positive integer")
+        if self.rounds < 1:
+            raise InputError(f"--rounds is {self.rounds}; expected a positive integer")
 
 
 @dataclass(frozen=True)
@@ -51,10 +57,8 @@ class BenchReport:
     full_mean_latency_ms: float
     full_accuracy: float | None
     predicted_mean_latency_ms: float | None  # what calibrate expected, if it ran
-
-    @property
-    def speedup(self) -> float:
-        return self.full_mean_latency_ms / self.mean_latency_ms
+    speedup: float  # median over rounds of (full round mean / early-exit round mean)
+    rounds: int
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -71,11 +75,13 @@ class BenchReport:
             "full_mean_latency_ms": self.full_mean_latency_ms,
             "full_accuracy": self.full_accuracy,
             "speedup": self.speedup,
+            "rounds": self.rounds,
             "predicted_mean_latency_ms": self.predicted_mean_latency_ms,
         }
 
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
-        table = Table(title=f"bench: {self.samples} samples, batch {self.batch_size}")
+        title = f"bench: {self.samples} samples x {self.rounds} rounds, batch {self.batch_size}"
+        table = Table(title=title)
         table.add_column("metric")
         table.add_column("early exit", justify="right")
         table.add_column("all segments", justify="right")
@@ -117,40 +123,62 @@ def bench_bundle(
     for k in range(min(options.warmup_calls, len(batches))):
         runtime.run(batches[k])
         runtime.run(batches[k], thresholds=full)
-    early, full_runs = [], []
-    for k, xs in enumerate(batches):
-        pair = [(early, None), (full_runs, full)]
-        for sink, thresholds in pair if k % 2 == 0 else reversed(pair):
-            sink.append(runtime.run(xs, thresholds=thresholds))
-        if progress is not None:
-            progress(min((k + 1) * b, n), n)
-    return _summarise(early, full_runs, dataset.labels, b, manifest.num_exits, manifest.extra)
+    rounds: list[tuple[list, list]] = []
+    for r in range(options.rounds):
+        early, full_runs = [], []
+        for k, xs in enumerate(batches):
+            pair = [(early, None), (full_runs, full)]
+            for sink, thresholds in pair if (k + r) % 2 == 0 else reversed(pair):
+                sink.append(runtime.run(xs, thresholds=thresholds))
+            if progress is not None:
+                progress(r * n + min((k + 1) * b, n), options.rounds * n)
+        rounds.append((early, full_runs))
+    return _summarise(rounds, dataset.labels, b, manifest.num_exits, manifest.extra)
 
 
-def _summarise(early, full_runs, labels, batch_size, num_exits, extra) -> BenchReport:
-    per_sample = np.concatenate([np.full(len(r.exit_index), r.latency_ms) for r in early])
-    full_per_sample = np.concatenate([np.full(len(r.exit_index), r.latency_ms) for r in full_runs])
+def _summarise(rounds, labels, batch_size, num_exits, extra) -> BenchReport:
+    early, full_runs = rounds[0]
+    early_all = [r for e, _ in rounds for r in e]
+    per_sample = np.concatenate([np.full(len(r.exit_index), r.latency_ms) for r in early_all])
+    early_means = np.array([_mean_per_sample_ms(e) for e, _ in rounds])
+    full_means = np.array([_mean_per_sample_ms(f) for _, f in rounds])
     exits = np.concatenate([r.exit_index for r in early])
-    total_s = sum(r.latency_ms for r in early) / 1e3
-    energies = [r.energy_mj for r in early]
-    energy = None if any(e is None for e in energies) else sum(energies) / len(exits)
+    energies = [r.energy_mj for r in early_all]
+    energy = None if any(e is None for e in energies) else sum(energies) / len(per_sample)
     source = early[0].energy_label if energy is not None else "none"
     predicted = (extra.get("calibration") or {}).get("expected", {}).get("mean_latency_ms")
+    mean_ms = float(np.median(early_means))
     return BenchReport(
         samples=len(exits),
         batch_size=batch_size,
         accuracy=_accuracy(early, labels),
         exit_counts=tuple(np.bincount(exits, minlength=num_exits).tolist()),
-        mean_latency_ms=float(per_sample.mean()),
+        mean_latency_ms=mean_ms,
         median_latency_ms=float(np.median(per_sample)),
         p95_latency_ms=float(np.quantile(per_sample, 0.95)),
-        throughput_per_s=len(exits) / total_s,
+        throughput_per_s=_throughput(rounds),
         energy_mj_per_sample=energy,
         energy_source=source,
-        full_mean_latency_ms=float(full_per_sample.mean()),
+        full_mean_latency_ms=float(np.median(full_means)),
         full_accuracy=_accuracy(full_runs, labels),
         predicted_mean_latency_ms=predicted,
+        speedup=float(np.median(full_means / early_means)),
+        rounds=len(rounds),
     )
+
+
+def _mean_per_sample_ms(results) -> float:
+    """Mean over samples of the latency of the call each sample was in."""
+    samples = sum(len(r.exit_index) for r in results)
+    return sum(r.latency_ms * len(r.exit_index) for r in results) / samples
+
+
+def _throughput(rounds) -> float:
+    """Early-exit samples per second: the median over rounds."""
+    per_round = [
+        sum(len(r.exit_index) for r in e) / (sum(r.latency_ms for r in e) / 1e3) for e, _ in rounds
+    ]
+    return float(np.median(per_round))
 
 
 def _accuracy(results, labels) -> float | None:

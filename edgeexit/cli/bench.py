@@ -19,6 +19,7 @@ def bench_cmd(
     data: Path = typer.Option(..., "--data", help="Data .npz (x, optional labels y)."),
     batch: int = typer.Option(1, "--batch", help="Samples per call (per-sample latency = call's)."),
     target: str = typer.Option(None, help="Target name or .toml (default: this host)."),
+    rounds: int = typer.Option(5, "--rounds", help="Passes over the data (medians of rounds)."),
     as_json: bool = typer.Option(False, "--json", help="Print only a JSON object."),
 ) -> None:
     """Run the bundle with its thresholds and report accuracy, exits, latency, energy, speed-up.
@@ -31,7 +32,7 @@ def bench_cmd(
 
         edgeexit bench bundle/ --data test.npz --batch 32 --target rpi5 --json
     """
-    options = BenchOptions(batch_size=batch, target=target)
+    options = BenchOptions(batch_size=batch, target=target, rounds=rounds)
     # The bar goes to stderr, so stdout holds only the table or the JSON.
     with Progress(console=Console(stderr=True), transient=True, disable=as_json) as bar:
         task = bar.add_task("bench", total=None)
