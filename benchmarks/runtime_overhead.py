@@ -16,8 +16,6 @@ Methods:
                  is read and compared, nobody leaves
   chain-raw      the 4 segments' run_with_iobinding back to back, no Python around them:
                  the ONNX Runtime floor of a 4-segment chain
-  chain-raw-unanchored  the same with the export's layout anchors removed (ResNets only):
-                 the floor before edgeexit/export/layout.py, in the same rounds
   mono-bound     the monolithic graph with IOBinding, input staged, outputs pre-bound,
                  last logits copied out (the fastest way to call it): the baseline
   mono-run       the monolithic graph with plain InferenceSession.run
@@ -107,39 +105,8 @@ def export_pair(case: Case, out: Path) -> tuple[Path, Path]:
     return out / "bundle", mono
 
 
-def unanchored_copy(bundle: Path, out: Path) -> Path | None:
-    """The bundle as it was before the export anchored carry inputs in ORT's blocked layout
-    (edgeexit/export/layout.py): each anchor Conv removed and its readers given the raw
-    input back. None when the bundle has no anchor. Measured beside the anchored chain in
-    the same rounds, it shows what the anchor is worth on this run's machine state."""
-    import dataclasses
-    import shutil
-
-    import onnx
-
-    from edgeexit.bundle import read_manifest, sha256_file, write_manifest
-
-    shutil.copytree(bundle, out)
-    manifest, segments, stripped = read_manifest(out), [], 0
-    for spec in manifest.segments:
-        model = onnx.load(str(out / spec.file))
-        graph = model.graph
-        raw = {n.output[0]: n.input[0] for n in graph.node if n.name.endswith("/nchwc_anchor")}
-        kept = [onnx.NodeProto.FromString(n.SerializeToString()) for n in graph.node]
-        kept = [n for n in kept if n.output[0] not in raw]
-        for node in kept:
-            node.input[:] = [raw.get(i, i) for i in node.input]
-        del graph.node[:]  # (a removed protobuf element invalidates the others: rebuild)
-        graph.node.extend(kept)
-        stripped += len(raw)
-        onnx.save(model, str(out / spec.file))
-        segments.append(dataclasses.replace(spec, sha256=sha256_file(out / spec.file)))
-    write_manifest(out, dataclasses.replace(manifest, segments=tuple(segments)))
-    return out if stripped else None
-
-
 def methods(
-    bundle: Path, mono_path: Path, inputs: list[np.ndarray], unanchored: Path | None = None
+    bundle: Path, mono_path: Path, inputs: list[np.ndarray]
 ) -> dict[str, Callable[[], object]]:
     from edgeexit.runtime import Runtime
     from edgeexit.runtime.buffers import bound_runner
@@ -150,11 +117,6 @@ def methods(
     unreachable = [2.0] * (rt.num_exits - 1) + [math.inf]  # confidence is at most 1
     rt.run(inputs)  # binds the batch-1 steps
     segment_runs = [rt._chain.step(i, 1).run for i in range(rt.num_exits)]
-    plain, plain_runs = None, None
-    if unanchored is not None:
-        plain = Runtime(unanchored, threads=1)
-        plain.run(inputs)
-        plain_runs = [plain._chain.step(i, 1).run for i in range(plain.num_exits)]
 
     mono = ort.InferenceSession(
         str(mono_path), session_options(rt.config), providers=list(rt.config.providers)
@@ -179,22 +141,17 @@ def methods(
         mono_run()
         return buffers[last].copy()
 
-    def chain_raw(runs=segment_runs, owner=rt):
-        # owner: the bound runs point into its sessions, which must outlive them
-        for run in runs:
+    def chain_raw():
+        for run in segment_runs:
             run()
 
-    timed = {
+    return {
         "chain": lambda: rt.run(inputs),
         "chain-scored": lambda: rt.run(inputs, thresholds=unreachable),
         "chain-raw": chain_raw,
-        "chain-raw-unanchored": lambda: chain_raw(plain_runs, plain),
         "mono-bound": mono_bound,
         "mono-run": lambda: mono.run(None, feeds),
     }
-    if plain_runs is None:
-        del timed["chain-raw-unanchored"]
-    return timed
 
 
 def time_alternating(
@@ -385,8 +342,7 @@ def main() -> None:
             bundle, mono = export_pair(case, Path(tmp) / f"model{k}")
             n = max(100, rounds // 4) if case.big else rounds
             inputs = case.inputs()
-            plain = unanchored_copy(bundle, Path(tmp) / f"model{k}-unanchored")
-            instances = [methods(bundle, mono, inputs, plain) for _ in range(args.instances)]
+            instances = [methods(bundle, mono, inputs) for _ in range(args.instances)]
             results["models"][name] = summarize(time_alternating(instances, n))
     results["load_average"] = load_average()
     Console().print(render(results))
