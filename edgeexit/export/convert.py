@@ -3,7 +3,9 @@
 The TorchScript exporter is tried first because it is ~10x faster on small graphs; the
 dynamo exporter takes over where TorchScript cannot trace a module (with torch 2.13 it fails
 on ``nn.MultiheadAttention`` in eval mode, ``aten::_native_multi_head_attention``). The
-result is simplified with onnxsim and its IR version capped for the target.
+result is simplified with onnxsim, its carry inputs anchored in ONNX Runtime's blocked
+layout where a residual skip reads them (``layout.py``), and its IR version capped for the
+target.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from torch import nn
 
 from edgeexit.bundle import BATCH_DIM
 from edgeexit.errors import ExportError
+from edgeexit.export.layout import anchor_blocked_inputs
 
 EXPORTERS = ("auto", "torchscript", "dynamo")
 DYNAMO_MIN_OPSET = 18
@@ -98,6 +101,7 @@ def _finish(path: Path, simplify: bool, max_ir_version: int | None) -> None:
     model = onnx.load(str(path))
     if simplify:
         model = _simplify(model)
+    anchor_blocked_inputs(model)
     if max_ir_version is not None and model.ir_version > max_ir_version:
         model.ir_version = max_ir_version
     onnx.checker.check_model(model)
