@@ -38,7 +38,7 @@ def _comparison(report: Any) -> Table:
         f"energy mJ/sample ({bench.energy_source})",
         *("n/a" if e is None else f"{e:.4f}" for e in report.energy_mj),
     )
-    shown = ", ".join("always" if t == float("inf") else f"{t:.3f}" for t in cal.thresholds[:-1])
+    shown = ", ".join("never" if t == float("inf") else f"{t:.3f}" for t in cal.thresholds[:-1])
     table.caption = f"budget: {cal.budget.describe()}; thresholds: {shown}, last always"
     return table
 
