@@ -6,11 +6,14 @@ package and registers itself with ``@command``. Exit codes: 0 ok, 1 failure, 2 u
 
 from __future__ import annotations
 
+import contextlib
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from edgeexit.errors import EdgeExitError
 
@@ -44,6 +47,30 @@ def command(*args: Any, **kwargs: Any) -> Callable:
         return app.command(*args, **kwargs)(wrapper)
 
     return register
+
+
+@contextlib.contextmanager
+def stage_progress(*, hidden: bool) -> Iterator[Callable[[str, int, int], None]]:
+    """Progress bars on stderr, so stdout holds only the table or the JSON.
+
+    Yields ``advance(stage, done, total)``: each new stage name gets a bar of its own.
+    ``hidden`` (for ``--json``) keeps the terminal quiet.
+    """
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, console=Console(stderr=True), transient=True, disable=hidden) as bar:
+        tasks: dict[str, Any] = {}
+
+        def advance(stage: str, done: int, total: int) -> None:
+            if stage not in tasks:
+                tasks[stage] = bar.add_task(stage, total=total)
+            bar.update(tasks[stage], completed=done, total=total)
+
+        yield advance
 
 
 @app.callback()

@@ -7,10 +7,9 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
-from rich.progress import Progress
 
 from edgeexit.calibrate.bench import BenchOptions, bench_bundle
-from edgeexit.cli.app import command
+from edgeexit.cli.app import command, stage_progress
 
 
 @command("bench")
@@ -33,14 +32,9 @@ def bench_cmd(
         edgeexit bench bundle/ --data test.npz --batch 32 --target rpi5 --json
     """
     options = BenchOptions(batch_size=batch, target=target, rounds=rounds)
-    # The bar goes to stderr, so stdout holds only the table or the JSON.
-    with Progress(console=Console(stderr=True), transient=True, disable=as_json) as bar:
-        task = bar.add_task("bench", total=None)
+    with stage_progress(hidden=as_json) as advance:
         report = bench_bundle(
-            bundle,
-            data,
-            options,
-            progress=lambda done, n: bar.update(task, completed=done, total=n),
+            bundle, data, options, progress=lambda done, n: advance("bench", done, n)
         )
     if as_json:
         typer.echo(json.dumps(report.to_json(), indent=2))

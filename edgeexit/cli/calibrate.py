@@ -7,11 +7,10 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
-from rich.progress import Progress
 
 from edgeexit.calibrate import Budget
 from edgeexit.calibrate.pipeline import CalibrateOptions, calibrate_bundle
-from edgeexit.cli.app import command
+from edgeexit.cli.app import command, stage_progress
 
 
 @command("calibrate")
@@ -53,15 +52,7 @@ def calibrate_cmd(
         risk_metric=risk_metric,
     )
     options = CalibrateOptions(profile=profile, target=target)
-    # The bar goes to stderr, so stdout holds only the table or the JSON.
-    with Progress(console=Console(stderr=True), transient=True, disable=as_json) as bar:
-        tasks: dict[str, int] = {}
-
-        def advance(stage: str, done: int, total: int) -> None:
-            if stage not in tasks:
-                tasks[stage] = bar.add_task(stage, total=total)
-            bar.update(tasks[stage], completed=done)
-
+    with stage_progress(hidden=as_json) as advance:
         report = calibrate_bundle(
             bundle, data, budget, options, progress=advance, write=not dry_run
         )

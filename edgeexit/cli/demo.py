@@ -7,9 +7,8 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
-from rich.progress import Progress
 
-from edgeexit.cli.app import command
+from edgeexit.cli.app import command, stage_progress
 
 
 @command("demo")
@@ -47,15 +46,7 @@ def demo_cmd(
         max_accuracy_drop=max_accuracy_drop, target_latency=target_latency, target=target,
         profile_repeats=profile_repeats, trust_pickle=trust_pickle,
     )  # fmt: skip
-    # The bars go to stderr, so stdout holds only the report or the JSON.
-    with Progress(console=Console(stderr=True), transient=True, disable=as_json) as bar:
-        tasks: dict[str, int] = {}
-
-        def advance(stage: str, done: int, total: int) -> None:
-            if stage not in tasks:
-                tasks[stage] = bar.add_task(stage, total=total)
-            bar.update(tasks[stage], completed=done, total=total)
-
+    with stage_progress(hidden=as_json) as advance:
         report = run_demo(options, progress=advance)
     if as_json:
         typer.echo(json.dumps(report.to_json(), indent=2))

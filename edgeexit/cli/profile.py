@@ -7,9 +7,8 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from edgeexit.cli.app import command
+from edgeexit.cli.app import command, stage_progress
 
 
 @command("profile")
@@ -42,21 +41,13 @@ def profile_cmd(
     from edgeexit.targets.profiling import profile_bundle
 
     inputs = load_data(data, read_manifest(bundle).inputs).inputs if data else None
-    columns = (TextColumn("profiling"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    # The bar goes to stderr, so stdout holds only the table or the JSON.
-    stderr = Console(stderr=True)
-    with Progress(*columns, console=stderr, transient=True, disable=as_json) as bar:
-        task = bar.add_task("profile", total=None)
-
-        def advance(done: int, total: int) -> None:
-            bar.update(task, completed=done, total=total)
-
+    with stage_progress(hidden=as_json) as advance:
         profile = profile_bundle(
             bundle, target, repeats=repeats, warmup=warmup, batch_size=batch_size,
-            rounds=rounds, inputs=inputs, progress=advance,
+            rounds=rounds, inputs=inputs, progress=lambda done, n: advance("profiling", done, n),
         )  # fmt: skip
     if warning := emulation_warning():
-        stderr.print(f"[yellow]warning:[/yellow] {warning}", soft_wrap=True)
+        Console(stderr=True).print(f"[yellow]warning:[/yellow] {warning}", soft_wrap=True)
     if out is not None:
         profile.save(out)
     if as_json:
