@@ -1,9 +1,11 @@
 """The forced-last fast path of Runtime.run and the per-call energy without a window.
 
-The fast path (a single input of a shape seen before, every threshold before the last inf,
-no sensor) skips the general checks, so these tests pin that it gives what the general
-path gives, still refuses bad inputs, survives the buffers growing, and that energy is
-still labeled by its source: modeled from power × latency, measured only by a sensor.
+The fast path (inputs of the shapes and dtypes of an earlier call, every threshold before
+the last inf, no sensor) skips the general checks and builds its Result before the segments
+run, so these tests pin that it gives what the general path gives (one input or several),
+still refuses bad inputs, survives the buffers growing, that its lazily derived latency,
+segment times and energy are consistent, and that energy is still labeled by its source:
+modeled from power × latency, measured only by a sensor.
 """
 
 from __future__ import annotations
@@ -81,6 +83,48 @@ def test_fast_path_reads_non_contiguous_inputs(digits):
     assert not strided.flags.c_contiguous
     rt.run(np.ascontiguousarray(strided))
     np.testing.assert_array_equal(rt.run(strided).logits, ref[::2])
+
+
+@pytest.fixture(scope="module")
+def bert():
+    ex = exported("tiny_bert")
+    return ex, Runtime(ex.bundle, threads=1)
+
+
+def test_multi_input_fast_path_matches_the_general_path(bert):
+    ex, rt = bert
+    ids, mask = ex.inputs
+    for b in range(3):
+        rows = [ids[b : b + 1], mask[b : b + 1]]
+        ref = reference_last_logits(rt, rows)  # batch 1 too: GEMM blocking follows the batch
+        named = dict(zip((i.name for i in rt.manifest.inputs), rows))
+        first, as_list, as_tuple = rt.run(named), rt.run(rows), rt.run(tuple(rows))
+        for out in (first, as_list, as_tuple):
+            np.testing.assert_array_equal(out.logits, ref)
+        with mock.patch.object(rt, "_checked_inputs", side_effect=AssertionError("slow path")):
+            np.testing.assert_array_equal(rt.run(rows).logits, ref)  # really the fast path
+            assert out.exit_index.tolist() == [rt.num_exits - 1]
+
+
+def test_multi_input_fast_path_still_checks_every_input(bert):
+    ex, rt = bert
+    ids, mask = (x[:2] for x in ex.inputs)
+    rt.run([ids, mask])  # a plan for this first-input shape exists now
+    with pytest.raises(InputError, match="input_1.*int32"):
+        rt.run([ids, mask.astype(np.int32)])
+    with pytest.raises(InputError, match="input_1"):
+        rt.run([ids, mask[:, :-1]])
+    with pytest.raises(InputError, match="2 inputs|expected 2"):
+        rt.run([ids])
+
+
+def test_latency_and_segment_times_come_from_the_same_clock(digits):
+    ex, rt = digits
+    x = ex.inputs[0][:1]
+    rt.run(x)
+    for out in (rt.run(x), rt.run(x, thresholds=[0.5] * rt.num_exits)):
+        assert out.latency_ms == out.latency_ms  # derived once, then fixed
+        assert 0 < sum(out.segment_ms) <= out.latency_ms < 10_000
 
 
 def test_modeled_energy_is_power_times_latency_and_labeled_modeled(digits):

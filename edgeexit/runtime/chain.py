@@ -56,6 +56,19 @@ class Plan(NamedTuple):
     runs: tuple[Callable[[], object], ...]  # each segment's bound call, in order
     logits: np.ndarray  # [n, C] view of the last exit's logits buffer
     exit_index: np.ndarray  # the shared read-only [n] column of the last exit's index
+    inputs: tuple[tuple[np.dtype, tuple[int, ...]], ...]  # every input's dtype and shape
+    dtype: np.dtype  # the first input's (what a single-input call is checked against)
+    single: bool  # one input: an array of this shape and dtype is all a call needs
+
+    def takes(self, xs: Sequence[object]) -> bool:
+        """True if ``xs`` are arrays of exactly this plan's dtypes and shapes, so they need
+        no other check (dtypes by identity: numpy's builtin dtypes are singletons)."""
+        if len(xs) != len(self.inputs):
+            return False
+        for x, (dtype, shape) in zip(xs, self.inputs):
+            if type(x) is not np.ndarray or x.dtype is not dtype or x.shape != shape:
+                return False
+        return True
 
 
 class Chain:
@@ -85,6 +98,8 @@ class Chain:
         # A RunOptions object passed in: with None, ORT builds a default one every call (~1 µs).
         self.run_options = ort.RunOptions()
         self.exit_columns: dict[tuple[int, int], np.ndarray] = {}
+        # first input's shape -> everything a batch needs to run to the last exit
+        self.plans: dict[tuple[int, ...], Plan] = {}
         self.capacity = 0
         self.reserve(1)
 
@@ -103,8 +118,7 @@ class Chain:
                 bufs.setdefault(name, Buffer(lay[name], cap))
             self.outputs.append(bufs)
         self.steps: list[dict[int, Step]] = [{} for _ in self.sessions]
-        # first input's shape -> everything a batch needs to run to the last exit
-        self.plans: dict[tuple[int, ...], Plan] = {}
+        self.plans.clear()  # emptied, not replaced: Runtime holds this dict
         self.scratch: dict[int, Buffer] = {}  # device carries' gather targets, made lazily
         self.capacity = cap
 
@@ -274,24 +288,28 @@ class Chain:
         asked). Nobody leaves, so no score is read and no patience counter kept.
         """
         plan = self.plans.get(xs[0].shape) or self.make_plan(xs[0].shape)
-        return self.run_plan(plan, xs)
+        stamps: list[float] = []
+        return self.run_plan(plan, xs, stamps), plan.exit_index, stamps
 
-    def run_plan(
-        self, plan: Plan, xs: tuple[np.ndarray, ...]
-    ) -> tuple[np.ndarray, np.ndarray, list[float]]:
-        """Stage ``xs`` (already checked against the plan's shape) and run every segment."""
-        stage, runs, logits, exit_index = plan
-        for view, x in zip(stage, xs):
+    def run_plan(self, plan: Plan, xs: Sequence[np.ndarray], stamps: list[float]) -> np.ndarray:
+        """Stage ``xs`` (already checked against the plan), run every segment, and return
+        a copy of the last logits; appends to ``stamps`` the perf_counter seconds before
+        the first segment and after each.
+
+        Nothing but the clock runs between and after the segments: everything else a call
+        needs is done before them, while the interpreter's data is still in the caches.
+        """
+        for view, x in zip(plan.stage, xs):
             view[...] = x
-        stamps = [perf_counter()]
         mark = stamps.append
+        mark(perf_counter())
         try:
-            for run in runs:
+            for run in plan.runs:
                 run()
                 mark(perf_counter())
         except ORT_ERRORS as err:
             self.raise_failed(len(stamps) - 1, err)
-        return logits.copy(), exit_index, stamps
+        return plan.logits.copy()
 
     def make_plan(self, shape: tuple[int, ...]) -> Plan:
         """The plan for inputs whose first one has ``shape`` (cached for batches up to
@@ -304,6 +322,9 @@ class Chain:
             tuple(step.run for step in steps),
             steps[-1].logits,
             self.exit_column(len(steps) - 1, n),
+            tuple((buf.dtype, buf[:n].shape) for buf in self.stage),
+            self.stage[0].dtype,
+            len(self.stage) == 1,
         )
         if n <= MAX_SHARED_COLUMN:
             self.plans[shape] = plan

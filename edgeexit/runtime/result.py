@@ -18,50 +18,71 @@ class Result:
 
     ``logits`` [batch, classes]: each row from the exit its sample took.
     ``exit_index`` [batch]: that exit (may be a shared read-only array: copy it before
-    writing to it). ``latency_ms``: wall time of the whole call. ``energy_mj`` and
-    ``energy_source``: the call's energy and where it comes from ('modeled' from the
-    target's power figure, a sensor name such as 'rapl' when measured, or 'none' with
-    ``energy_mj`` None); ``energy_measured`` is True only for a sensor's figure.
-    ``segment_ms``: time inside each segment's ONNX Runtime call (0 for segments no sample
-    reached).
+    writing to it). ``latency_ms``: wall time of the call, from its start to the end of
+    its last segment. ``energy_mj`` and ``energy_source``: the call's energy and where it
+    comes from ('modeled' from the target's power figure, a sensor name such as 'rapl'
+    when measured, or 'none' with ``energy_mj`` None); ``energy_measured`` is True only for
+    a sensor's figure. ``segment_ms``: time inside each segment's ONNX Runtime call (0 for
+    segments no sample reached).
 
     A plain class with ``__slots__`` built positionally, not a dataclass: this is made on
-    every call, and right after the segments have run each Python step costs ~1 µs on a
-    0.2 ms network. For the same reason the runtime may pass ``stamps`` (perf_counter
-    seconds before the first segment and after each) instead of ``segment_ms``, which is
-    then worked out on first access.
+    every call. Right after the segments have run, the interpreter's code and data are out
+    of the caches and every Python step costs microseconds (docs/runtime.md), so the
+    runtime's fast path builds the Result *before* the segments run and hands it only the
+    clock readings: ``stamps`` (perf_counter seconds before the first segment and after
+    each) and ``t0`` (the call's start). ``latency_ms``, ``segment_ms`` and a modeled
+    ``energy_mj`` (``power_w`` × latency) are then worked out on first access, from the
+    same readings, so they are the figures an eager computation would give.
     """
 
     __slots__ = (
         "logits",
         "exit_index",
-        "latency_ms",
-        "energy_mj",
         "energy_source",
         "energy_measured",
+        "_latency_ms",
+        "_energy_mj",
+        "_power_w",
+        "_t0",
         "_segment_ms",
         "_stamps",
     )
 
     def __init__(
         self,
-        logits: np.ndarray,
+        logits: np.ndarray | None,
         exit_index: np.ndarray,
-        latency_ms: float,
+        latency_ms: float | None,
         energy_mj: float | None,
         energy_source: str,
         segment_ms: Sequence[float] | None,
         energy_measured: bool = False,
         stamps: list[float] | None = None,
+        t0: float | None = None,
+        power_w: float | None = None,
     ) -> None:
         self.logits = logits
         self.exit_index = exit_index
-        self.latency_ms = latency_ms
-        self.energy_mj = energy_mj
         self.energy_source = energy_source
         self.energy_measured = energy_measured
+        self._latency_ms = latency_ms  # None: from t0 to the last stamp
+        self._energy_mj = energy_mj  # None with power_w: power_w × latency
+        self._power_w = power_w
+        self._t0 = t0
         self._segment_ms = None if segment_ms is None else tuple(segment_ms)
         self._stamps = stamps
+
+    @property
+    def latency_ms(self) -> float:
+        if self._latency_ms is None:
+            self._latency_ms = (self._stamps[-1] - self._t0) * 1e3
+        return self._latency_ms
+
+    @property
+    def energy_mj(self) -> float | None:
+        if self._energy_mj is None and self._power_w is not None:
+            self._energy_mj = self._power_w * self.latency_ms  # W × ms = mJ
+        return self._energy_mj
 
     @property
     def segment_ms(self) -> tuple[float, ...]:

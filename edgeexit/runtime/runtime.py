@@ -18,12 +18,14 @@ import onnxruntime as ort
 from edgeexit.bundle import Manifest, read_manifest, verify_segments
 from edgeexit.energy import get_meter
 from edgeexit.errors import InputError
-from edgeexit.runtime.chain import Chain, all_infinite
+from edgeexit.runtime.chain import Chain, Plan, all_infinite
 from edgeexit.runtime.inputs import Inputs, check_inputs
 from edgeexit.runtime.layout import probe_layouts
 from edgeexit.runtime.result import ExitOutputs, Result
 from edgeexit.runtime.session import open_session, resolve_config
 from edgeexit.targets import Target, load_target
+
+_SEQUENCES = (tuple, list)  # input containers the fast path of run() takes
 
 
 class Runtime:
@@ -67,6 +69,7 @@ class Runtime:
         layouts = probe_layouts(self.manifest, sessions)
         carry_device = "cuda" if config.device == "cuda" else None
         self._chain = Chain(self.manifest, sessions, layouts, carry_device)
+        self._plans = self._chain.plans  # one attribute load less on every fast call
         meter = get_meter(self.target)
         # A sensor gets a real window around each call; a power model (or no meter) has
         # nothing to read, so its energy is computed from the call's measured latency.
@@ -77,17 +80,14 @@ class Runtime:
         self._to_last = all_infinite(self.manifest.thresholds)
         self._last_thresholds: tuple[tuple, tuple[tuple[float, ...], bool]] = ((), ((), False))
         self._patience = self.manifest.criterion == "patience"
-        # The fast path of run() applies to single-input bundles that always run to the
-        # last exit and open no sensor window; it tests the input's dtype by identity
-        # (numpy's builtin dtypes are singletons), so None here switches it off.
+        # run()'s fast path: no exit before the last can fire and no sensor window.
+        self._plain = self._to_last and self._window is None
         first = self.manifest.inputs[0]
         self._single_input = (
             (np.dtype(first.dtype), tuple(first.shape[1:]))
             if len(self.manifest.inputs) == 1
             else None
         )
-        plain = len(self.manifest.inputs) == 1 and self._to_last and self._window is None
-        self._plain_dtype = np.dtype(self.manifest.inputs[0].dtype) if plain else None
         self.config = config
 
     @property
@@ -110,21 +110,35 @@ class Runtime:
         Each sample's result is exactly what it gets when run alone.
         """
         t0 = perf_counter()
-        if (
-            type(inputs) is np.ndarray
-            and inputs.dtype is self._plain_dtype
-            and thresholds is None
-            and (plan := self._chain.plans.get(inputs.shape)) is not None
-        ):
-            # The benchmarked path: one input of a shape seen before, no exit before the
-            # last, no sensor. Each step skipped here is ~1 µs right after a segment ran.
-            logits, exit_index, stamps = self._chain.run_plan(plan, (inputs,))
-            latency_ms = (perf_counter() - t0) * 1e3
-            power_w = self._power_w
-            energy_mj = None if power_w is None else power_w * latency_ms  # W × ms = mJ
-            return Result(
-                logits, exit_index, latency_ms, energy_mj, self._energy_source, None, False, stamps
-            )
+        if thresholds is None and self._plain:
+            # The benchmarked path: inputs exactly like an earlier call's (so a plan is
+            # cached for them and they need no other check), no exit before the last, no
+            # sensor. Every Python step here costs microseconds (see Result), so the
+            # common single-array case is tested inline.
+            if type(inputs) is np.ndarray:
+                plan = self._plans.get(inputs.shape)
+                xs = (inputs,)
+                fast = plan is not None and inputs.dtype is plan.dtype and plan.single
+            else:
+                plan = self._sequence_plan(inputs)
+                xs = inputs
+                fast = plan is not None
+            if fast:
+                stamps: list[float] = []
+                result = Result(
+                    None,
+                    plan.exit_index,
+                    None,
+                    None,
+                    self._energy_source,
+                    None,
+                    False,
+                    stamps,
+                    t0,
+                    self._power_w,
+                )
+                result.logits = self._chain.run_plan(plan, xs, stamps)
+                return result
         xs = self._checked_inputs(inputs)
         if thresholds is None:
             chosen, to_last = self.manifest.thresholds, self._to_last
@@ -206,6 +220,13 @@ class Runtime:
         self._chain.run_step(i, step)
         carry = [self._chain.to_host(rows) for rows in step.carry]
         return carry, step.logits, step.score
+
+    def _sequence_plan(self, inputs: object) -> Plan | None:
+        """The cached plan for a list or tuple of arrays exactly like an earlier call's."""
+        if type(inputs) not in _SEQUENCES or not inputs or type(inputs[0]) is not np.ndarray:
+            return None
+        plan = self._plans.get(inputs[0].shape)
+        return plan if plan is not None and plan.takes(inputs) else None
 
     def _checked_inputs(self, inputs: Inputs) -> tuple[np.ndarray, ...]:
         fast = self._single_input

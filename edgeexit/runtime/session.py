@@ -2,8 +2,9 @@
 
 Everything that touches ``onnxruntime`` configuration lives here: thread count, spinning
 (spinning intra-op threads burn power between inferences on a device, so targets turn it
-off), graph optimization level and execution providers. ORT raises its own exception types;
-they are turned into edgeexit errors here and chained, so callers only see the error tree.
+off), graph optimization level, execution providers and the memory arena. ORT raises its own
+exception types; they are turned into edgeexit errors here and chained, so callers only see
+the error tree.
 """
 
 from __future__ import annotations
@@ -87,6 +88,32 @@ def resolve_config(
     )
 
 
+_shared_arena: bool | None = None  # None: not tried yet in this process
+
+
+def shared_cpu_arena() -> bool:
+    """Register one CPU memory arena for every session of this process (once); True if
+    sessions can use it.
+
+    Each session otherwise keeps its own arena, so the activations of segment i+1 land in
+    memory segment i has never touched, while one graph reuses the same hot blocks from
+    layer to layer. Sharing the arena gives the chain back the monolithic graph's memory
+    reuse (docs/runtime.md has the figures), and holds one peak's worth of activations
+    instead of one per segment.
+    """
+    global _shared_arena
+    if _shared_arena is None:
+        info = ort.OrtMemoryInfo(
+            "Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT
+        )
+        try:
+            ort.create_and_register_allocator(info, None)
+            _shared_arena = True
+        except (*ORT_ERRORS, AttributeError, TypeError):  # an ORT without it: private arenas
+            _shared_arena = False
+    return _shared_arena
+
+
 def session_options(config: SessionConfig) -> ort.SessionOptions:
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = config.intra_op_threads
@@ -97,6 +124,8 @@ def session_options(config: SessionConfig) -> ort.SessionOptions:
     spin = "1" if config.allow_spinning else "0"
     opts.add_session_config_entry("session.intra_op.allow_spinning", spin)
     opts.add_session_config_entry("session.inter_op.allow_spinning", spin)
+    if shared_cpu_arena():
+        opts.add_session_config_entry("session.use_env_allocators", "1")
     return opts
 
 
