@@ -111,6 +111,10 @@ def shared_cpu_arena() -> bool:
             _shared_arena = True
         except (*ORT_ERRORS, AttributeError, TypeError):  # an ORT without it: private arenas
             _shared_arena = False
+        except RuntimeError as err:
+            # ORT 1.17 refuses a second registration (ours before this module was reloaded,
+            # or the host application's own): one is there to share. Else private arenas.
+            _shared_arena = "already been registered" in str(err)
     return _shared_arena
 
 
