@@ -198,3 +198,22 @@ def test_thresholds_changed_in_place_take_effect(digits):
     thresholds[1] = np.array([0.5, 0.6])
     with pytest.raises(InputError, match="numbers"):
         rt.run(x, thresholds=thresholds)
+
+
+def test_early_exit_calls_take_the_fast_path_and_match_it(digits):
+    ex, rt = digits
+    x = ex.inputs[0]
+    scores = rt.run_all_exits(x).scores  # medians: about half the samples leave at each
+    thresholds = [float(np.median(s)) for s in scores[:-1]] + [math.inf]
+    assert len(set(rt.run(x, thresholds=thresholds).exit_index.tolist())) >= 3
+    for rows in (x[:1], x[:7], x[7:8]):
+        first = rt.run(rows, thresholds=thresholds)  # checked in full, makes the plan
+        with mock.patch.object(rt, "_checked_inputs", side_effect=AssertionError("slow path")):
+            again = rt.run(rows, thresholds=thresholds)
+        np.testing.assert_array_equal(again.logits, first.logits)
+        np.testing.assert_array_equal(again.exit_index, first.exit_index)
+        assert len(again.segment_ms) == rt.num_exits
+        for b in range(len(rows)):  # and each sample as it is alone
+            alone = rt.run(rows[b : b + 1], thresholds=thresholds)
+            np.testing.assert_array_equal(alone.logits[0], again.logits[b])
+            assert alone.exit_index[0] == again.exit_index[b]

@@ -80,8 +80,7 @@ class Runtime:
         self._to_last = all_infinite(self.manifest.thresholds)
         self._last_thresholds: tuple[tuple, tuple[tuple[float, ...], bool]] = ((), ((), False))
         self._patience = self.manifest.criterion == "patience"
-        # run()'s fast path: no exit before the last can fire and no sensor window.
-        self._plain = self._to_last and self._window is None
+        self._thresholds = self.manifest.thresholds
         first = self.manifest.inputs[0]
         self._single_input = (
             (np.dtype(first.dtype), tuple(first.shape[1:]))
@@ -110,38 +109,60 @@ class Runtime:
         Each sample's result is exactly what it gets when run alone.
         """
         t0 = perf_counter()
-        if thresholds is None and self._plain:
-            # The benchmarked path: inputs exactly like an earlier call's (so a plan is
-            # cached for them and they need no other check), no exit before the last, no
-            # sensor. Every Python step here costs microseconds (see Result), so the
-            # common single-array case is tested inline.
+        if self._window is None:
+            # The hot path: inputs exactly like an earlier call's (so a plan is cached for
+            # them and they need no other check), no sensor window. After a large segment
+            # every Python step costs microseconds (docs/runtime.md), so the common
+            # single-array case is tested inline and the Result of a forced-last run is
+            # built before the segments run.
             if type(inputs) is np.ndarray:
                 plan = self._plans.get(inputs.shape)
                 xs = (inputs,)
-                fast = plan is not None and inputs.dtype is plan.dtype and plan.single
+                if plan is not None and not (inputs.dtype is plan.dtype and plan.single):
+                    plan = None
             else:
                 plan = self._sequence_plan(inputs)
                 xs = inputs
-                fast = plan is not None
-            if fast:
-                stamps: list[float] = []
-                result = Result(
-                    None,
-                    plan.exit_index,
-                    None,
+            if plan is not None:
+                if thresholds is None:
+                    chosen, to_last = self._thresholds, self._to_last
+                else:
+                    chosen, to_last = self._checked(thresholds)
+                if to_last:
+                    stamps: list[float] = []
+                    result = Result(
+                        None,
+                        plan.exit_index,
+                        None,
+                        None,
+                        self._energy_source,
+                        None,
+                        False,
+                        stamps,
+                        t0,
+                        self._power_w,
+                    )
+                    result.logits = self._chain.run_plan(plan, xs, stamps)
+                    return result
+                logits, exit_index, segment_ms = self._chain.forward(
+                    xs, chosen, self._patience, plan
+                )
+                latency_ms = (perf_counter() - t0) * 1e3
+                return Result(
+                    logits,
+                    exit_index,
+                    latency_ms,
                     None,
                     self._energy_source,
-                    None,
+                    segment_ms,
                     False,
-                    stamps,
-                    t0,
+                    None,
+                    None,
                     self._power_w,
                 )
-                result.logits = self._chain.run_plan(plan, xs, stamps)
-                return result
         xs = self._checked_inputs(inputs)
         if thresholds is None:
-            chosen, to_last = self.manifest.thresholds, self._to_last
+            chosen, to_last = self._thresholds, self._to_last
         else:
             chosen, to_last = self._checked(thresholds)
         window = self._window
