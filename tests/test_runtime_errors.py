@@ -158,6 +158,10 @@ def test_cli_run_prints_table_and_json(resnet, tmp_path):
     assert doc["exit_index"] == [3] * 5 and len(doc["predictions"]) == 5
     assert doc["energy_source"] == "modeled" and doc["energy_mj"] > 0
     assert doc["latency_ms"] > 0 and len(doc["segment_ms"]) == 4
+    assert doc["warmup_calls"] == 1
+    cold = cli(resnet.bundle, "--input", data, "--json", "--warmup", "0")
+    assert cold.exit_code == 0 and json.loads(cold.stdout)["warmup_calls"] == 0
+    assert cli(resnet.bundle, "--input", data, "--warmup", "-1").exit_code == 2
 
 
 def test_cli_errors_are_one_line(broken, resnet, tmp_path):

@@ -21,23 +21,36 @@ def run_cmd(
     ),
     target: str = typer.Option(None, "--target", "-t", help="Target name or .toml profile."),
     threads: int = typer.Option(None, "--threads", help="Intra-op threads (0 = all cores)."),
+    warmup: int = typer.Option(
+        1,
+        "--warmup",
+        min=0,
+        help="Untimed calls first, so latency is the steady state and not the first call's "
+        "(binding buffers, ONNX Runtime's first allocations). 0 reports the cold call.",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
     """Run a bundle on some inputs: predictions, exit taken, latency and energy.
 
     Each sample leaves at the first exit whose score reaches the bundle's threshold.
-    Energy says where it comes from: measured by a named sensor, or modeled.
+    Latency and energy are those of one call on the whole input, after --warmup untimed
+    calls. Energy says where it comes from: measured by a named sensor, or modeled.
 
     Examples:
 
         edgeexit run bundle/ --input digits.npz
 
         edgeexit run bundle/ --input x.npy --target rpi5 --threads 4 --json
+
+        edgeexit run bundle/ --input x.npy --warmup 0      # the cold first call
     """
     runtime = Runtime(bundle, target=target, threads=threads)
     data = load_data(input_path, runtime.manifest.inputs)
+    for _ in range(warmup):
+        runtime.run(data.inputs)
     result = runtime.run(data.inputs)
     if as_json:
-        typer.echo(json.dumps({"target": runtime.target.name, **result.to_json()}, indent=2))
+        doc = {"target": runtime.target.name, "warmup_calls": warmup, **result.to_json()}
+        typer.echo(json.dumps(doc, indent=2))
         return
     Console().print(result)
