@@ -7,8 +7,7 @@ numpy. The export side (torch, onnx, onnxsim) is imported on first use of ``Mult
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from edgeexit.lazy import lazy_getattr
 
 __version__ = "0.1.0"
 
@@ -28,12 +27,5 @@ _LAZY = {
 __all__ = sorted(_LAZY)
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'edgeexit' has no attribute {name!r}")
-    value = importlib.import_module(module)
-    if name != "export":  # edgeexit.export is the (callable) export package itself
-        value = getattr(value, name)
-    globals()[name] = value
-    return value
+# edgeexit.export is the (callable) export package itself
+__getattr__ = lazy_getattr(__name__, _LAZY, modules=frozenset({"export"}))

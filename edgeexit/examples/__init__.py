@@ -7,8 +7,7 @@ and are imported on first use, like the rest of the export side.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from edgeexit.lazy import lazy_getattr
 
 _LAZY = {
     "Split": "edgeexit.examples.digits",
@@ -30,10 +29,4 @@ _LAZY = {
 __all__ = sorted(_LAZY)
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'edgeexit.examples' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_getattr(__name__, _LAZY)
