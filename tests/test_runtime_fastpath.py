@@ -101,9 +101,9 @@ def test_multi_input_fast_path_matches_the_general_path(bert):
         first, as_list, as_tuple = rt.run(named), rt.run(rows), rt.run(tuple(rows))
         for out in (first, as_list, as_tuple):
             np.testing.assert_array_equal(out.logits, ref)
+            assert out.exit_index.tolist() == [rt.num_exits - 1]
         with mock.patch.object(rt, "_checked_inputs", side_effect=AssertionError("slow path")):
             np.testing.assert_array_equal(rt.run(rows).logits, ref)  # really the fast path
-            assert out.exit_index.tolist() == [rt.num_exits - 1]
 
 
 def test_multi_input_fast_path_still_checks_every_input(bert):
