@@ -62,8 +62,9 @@ class Plan(NamedTuple):
     logits: np.ndarray  # [n, C] view of the last exit's logits buffer
     exit_index: np.ndarray  # the shared read-only [n] column of the last exit's index
     inputs: tuple[tuple[np.dtype, tuple[int, ...]], ...]  # every input's dtype and shape
-    dtype: np.dtype  # the first input's (what a single-input call is checked against)
-    single: bool  # one input: an array of this shape and dtype is all a call needs
+    # the input's dtype when there is one input (an array of this shape and dtype is all
+    # a call needs), else None
+    single_dtype: np.dtype | None
 
     def takes(self, xs: Sequence[object]) -> bool:
         """True if ``xs`` are arrays of exactly this plan's dtypes and shapes, so they need
@@ -338,8 +339,7 @@ class Chain:
             steps[-1].logits,
             self.exit_column(len(steps) - 1, n),
             tuple((buf.dtype, buf[:n].shape) for buf in self.stage),
-            self.stage[0].dtype,
-            len(self.stage) == 1,
+            self.stage[0].dtype if len(self.stage) == 1 else None,
         )
         if n <= MAX_SHARED_COLUMN:
             self.plans[shape] = plan

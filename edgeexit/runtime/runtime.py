@@ -118,7 +118,7 @@ class Runtime:
             if type(inputs) is np.ndarray:
                 plan = self._plans.get(inputs.shape)
                 xs = (inputs,)
-                if plan is not None and not (inputs.dtype is plan.dtype and plan.single):
+                if plan is not None and inputs.dtype is not plan.single_dtype:
                     plan = None
             else:
                 plan = self._sequence_plan(inputs)
