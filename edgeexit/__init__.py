@@ -18,6 +18,7 @@ _LAZY = {
     "MultiExit": "edgeexit.export.model",
     "save": "edgeexit.export.checkpoint",
     "load": "edgeexit.export.checkpoint",
+    "checkpointable": "edgeexit.export.checkpoint",
     "export": "edgeexit.export",
     "EdgeExitError": "edgeexit.errors",
     "Target": "edgeexit.targets",

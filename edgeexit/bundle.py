@@ -1,8 +1,11 @@
-"""The bundle: the one contract between the host and the device (DESIGN.md §2).
+"""The bundle: the one contract between the host and the device (docs/bundle-format.md).
 
 A bundle is a directory holding ``manifest.json`` and one ONNX file per segment. This
-module reads, checks and writes manifests, and writes bundles atomically. It imports
-neither torch nor onnx, so the device can use it.
+module reads, checks and writes manifests, and hands the runtime the verified bytes of each
+segment. A manifest is untrusted input: every field is type-checked, every file it names
+must be a plain name inside the bundle (no path, no symbolic link out), and every file
+ONNX Runtime would open (segments and their external weights) must match its sha256 before
+anything else reads it. It imports neither torch nor onnx, so the device can use it.
 """
 
 from __future__ import annotations
@@ -12,19 +15,27 @@ import hashlib
 import json
 import math
 import os
-import shutil
-import tempfile
+import re
+import stat
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from edgeexit import files
 from edgeexit.errors import BundleError
+from edgeexit.onnxproto import ProtoError, external_data_files
 
 FORMAT = "edgeexit.bundle/1"
 MANIFEST = "manifest.json"
 CRITERIA = ("confidence", "margin", "entropy", "similarity", "gate", "patience")
 BATCH_DIM = "batch"
+SEGMENT_SUFFIXES = (".onnx", ".ort")
+INPUT_DTYPES = ("float32", "float16", "float64", "int64", "int32", "int8", "uint8", "bool")
+MAX_MANIFEST_BYTES = 16 << 20
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
 @dataclass(frozen=True)
@@ -37,6 +48,14 @@ class InputSpec:
 
 
 @dataclass(frozen=True)
+class ExternalFile:
+    """A file of weights a segment stores outside its ONNX file (ONNX external data)."""
+
+    file: str
+    sha256: str
+
+
+@dataclass(frozen=True)
 class SegmentSpec:
     """Segment i = backbone block i + exit head i, as one ONNX file."""
 
@@ -46,6 +65,22 @@ class SegmentSpec:
     carry: tuple[str, ...]
     logits: str
     score: str
+    external_data: tuple[ExternalFile, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        doc: dict[str, Any] = {
+            "file": self.file,
+            "sha256": self.sha256,
+            "inputs": list(self.inputs),
+            "carry": list(self.carry),
+            "logits": self.logits,
+            "score": self.score,
+        }
+        if self.external_data:
+            doc["external_data"] = [
+                {"file": e.file, "sha256": e.sha256} for e in self.external_data
+            ]
+        return doc
 
 
 @dataclass(frozen=True)
@@ -73,7 +108,10 @@ class Manifest:
             raise BundleError(
                 f"expected {self.num_exits} thresholds (one per exit), got {len(thresholds)}"
             )
-        return replace(self, thresholds=tuple(float(t) for t in thresholds))
+        values = tuple(float(t) for t in thresholds)
+        if any(math.isnan(t) or t == -math.inf for t in values):
+            raise BundleError(f"thresholds {values} hold NaN or -inf; expected numbers or inf")
+        return replace(self, thresholds=values)
 
     def with_extra(self, **extra: Any) -> Manifest:
         return replace(self, extra={**self.extra, **extra})
@@ -84,10 +122,7 @@ class Manifest:
             "inputs": [
                 {"name": i.name, "dtype": i.dtype, "shape": list(i.shape)} for i in self.inputs
             ],
-            "segments": [
-                {**asdict(s), "inputs": list(s.inputs), "carry": list(s.carry)}
-                for s in self.segments
-            ],
+            "segments": [s.to_json() for s in self.segments],
             "criterion": self.criterion,
             "criterion_params": dict(self.criterion_params),
             "thresholds": [None if math.isinf(t) else t for t in self.thresholds],
@@ -96,46 +131,175 @@ class Manifest:
         return doc
 
     @classmethod
-    def from_json(cls, doc: dict[str, Any]) -> Manifest:
+    def from_json(cls, doc: Any) -> Manifest:
+        """Parse and check a manifest document; BundleError names the first bad field."""
+        if not isinstance(doc, dict):
+            raise BundleError(f"manifest is a JSON {type(doc).__name__}; expected an object")
         fmt = doc.get("format")
         if fmt != FORMAT:
             raise BundleError(f"manifest format is {fmt!r}; this edgeexit reads {FORMAT!r}")
-        try:
-            inputs = tuple(
-                InputSpec(i["name"], i["dtype"], tuple(i["shape"])) for i in doc["inputs"]
+        inputs = tuple(_input(x, f"inputs[{k}]") for k, x in enumerate(_list(doc, "inputs")))
+        segments = tuple(
+            _segment(s, f"segments[{k}]") for k, s in enumerate(_list(doc, "segments"))
+        )
+        if not inputs or not segments:
+            raise BundleError("manifest lists no inputs or no segments; expected at least one")
+        _check_chain(inputs, segments)
+        criterion = doc.get("criterion")
+        if criterion not in CRITERIA:
+            raise BundleError(
+                f"manifest criterion is {criterion!r}; expected one of {', '.join(CRITERIA)}"
             )
-            segments = tuple(
-                SegmentSpec(
-                    file=s["file"],
-                    sha256=s["sha256"],
-                    inputs=tuple(s["inputs"]),
-                    carry=tuple(s["carry"]),
-                    logits=s["logits"],
-                    score=s["score"],
-                )
-                for s in doc["segments"]
-            )
-            criterion = doc["criterion"]
-            thresholds = tuple(math.inf if t is None else float(t) for t in doc["thresholds"])
-        except (KeyError, TypeError, ValueError) as err:
-            raise BundleError(f"manifest is missing or mangles a required key: {err}") from err
-        if not segments:
-            raise BundleError("manifest lists no segments")
+        params = doc.get("criterion_params") or {}
+        if not isinstance(params, dict):
+            raise BundleError("manifest criterion_params must be an object")
+        thresholds = tuple(
+            _threshold(t, f"thresholds[{k}]") for k, t in enumerate(_list(doc, "thresholds"))
+        )
         if len(thresholds) != len(segments):
             raise BundleError(
-                f"manifest has {len(thresholds)} thresholds for {len(segments)} exits"
+                f"manifest has {len(thresholds)} thresholds for {len(segments)} exits; "
+                "expected one per exit"
             )
-        if criterion not in CRITERIA:
-            raise BundleError(f"unknown criterion {criterion!r}; expected one of {CRITERIA}")
         known = {"format", "inputs", "segments", "criterion", "criterion_params", "thresholds"}
         return cls(
             inputs=inputs,
             segments=segments,
             criterion=criterion,
             thresholds=thresholds,
-            criterion_params=dict(doc.get("criterion_params") or {}),
+            criterion_params=dict(params),
             extra={k: v for k, v in doc.items() if k not in known},
         )
+
+
+# -- field checks --------------------------------------------------------------------------
+
+
+def _list(doc: dict, key: str, where: str = "manifest") -> list:
+    value = doc.get(key)
+    if not isinstance(value, list):
+        raise BundleError(f"{where} {key!r} must be a list, got {type(value).__name__}")
+    return value
+
+
+def _text(doc: Any, key: str, where: str) -> str:
+    if not isinstance(doc, dict):
+        raise BundleError(f"manifest {where} must be an object, got {type(doc).__name__}")
+    value = doc.get(key)
+    if not isinstance(value, str) or not value:
+        raise BundleError(f"manifest {where}.{key} must be a non-empty string, got {value!r}")
+    return value
+
+
+def _names(doc: dict, key: str, where: str) -> tuple[str, ...]:
+    value = _list(doc, key, f"manifest {where}")
+    if not all(isinstance(v, str) and v for v in value):
+        raise BundleError(f"manifest {where}.{key} must hold non-empty strings, got {value!r}")
+    return tuple(value)
+
+
+def plain_file_name(name: str, where: str) -> str:
+    """``name`` if it names a file directly inside the bundle, else BundleError."""
+    if (
+        name in (".", "..")
+        or "/" in name
+        or "\\" in name
+        or "\x00" in name
+        or os.path.isabs(name)
+        or re.match(r"^[A-Za-z]:", name)
+    ):
+        raise BundleError(
+            f"manifest {where} is {name!r}; expected a plain file name inside the bundle"
+        )
+    return name
+
+
+def _sha(doc: dict, where: str) -> str:
+    value = _text(doc, "sha256", where)
+    if not _SHA256.match(value):
+        raise BundleError(f"manifest {where}.sha256 is not 64 lowercase hex digits")
+    return value
+
+
+def _input(doc: Any, where: str) -> InputSpec:
+    name, dtype = _text(doc, "name", where), _text(doc, "dtype", where)
+    if dtype not in INPUT_DTYPES:
+        raise BundleError(
+            f"manifest {where}.dtype is {dtype!r}; expected one of {', '.join(INPUT_DTYPES)}"
+        )
+    shape = _list(doc, "shape", f"manifest {where}")
+    dims_ok = all(isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in shape[1:])
+    if shape[:1] != [BATCH_DIM] or not dims_ok:
+        raise BundleError(
+            f"manifest {where}.shape is {shape!r}; expected 'batch' then positive sizes"
+        )
+    return InputSpec(name, dtype, tuple(shape))
+
+
+def _segment(doc: Any, where: str) -> SegmentSpec:
+    file = plain_file_name(_text(doc, "file", where), f"{where}.file")
+    if not file.endswith(SEGMENT_SUFFIXES):
+        raise BundleError(f"manifest {where}.file {file!r} is not an .onnx or .ort file")
+    externals = []
+    for k, e in enumerate(doc.get("external_data") or []):
+        at = f"{where}.external_data[{k}]"
+        externals.append(ExternalFile(plain_file_name(_text(e, "file", at), at), _sha(e, at)))
+    return SegmentSpec(
+        file=file,
+        sha256=_sha(doc, where),
+        inputs=_names(doc, "inputs", where),
+        carry=_names(doc, "carry", where),
+        logits=_text(doc, "logits", where),
+        score=_text(doc, "score", where),
+        external_data=tuple(externals),
+    )
+
+
+def _check_chain(inputs: tuple[InputSpec, ...], segments: tuple[SegmentSpec, ...]) -> None:
+    """Segment 0 takes the model inputs; segment i takes as many inputs as i-1 carries."""
+    if list(segments[0].inputs) != [i.name for i in inputs]:
+        raise BundleError(
+            f"manifest segments[0].inputs {list(segments[0].inputs)} are not the model "
+            f"inputs {[i.name for i in inputs]}"
+        )
+    for k in range(1, len(segments)):
+        if len(segments[k].inputs) != len(segments[k - 1].carry):
+            raise BundleError(
+                f"manifest segments[{k}] takes {len(segments[k].inputs)} inputs but "
+                f"segments[{k - 1}] carries {len(segments[k - 1].carry)}"
+            )
+    if segments[-1].carry:
+        raise BundleError("manifest's last segment carries outputs; expected none")
+
+
+def _threshold(value: Any, where: str) -> float:
+    if value is None:
+        return math.inf
+    if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
+        raise BundleError(
+            f"manifest {where} is {value!r}; expected a number, or null for 'nobody exits here'"
+        )
+    if value == -math.inf:
+        raise BundleError(f"manifest {where} is -inf; expected a finite number or null")
+    return float(value)
+
+
+def round_threshold(threshold: float, score_dtype: np.dtype) -> float:
+    """``threshold`` as the nearest value of the score's dtype, as a Python float.
+
+    Exit decisions compare a score with its threshold. Rounded once to the score's dtype,
+    the comparison gives the same answer whether numpy compares a batch's float32 scores
+    or Python compares one score as a double: without it, a threshold within float32
+    rounding of a score splits the two (a sample would leave at another exit alone than
+    in a batch).
+    """
+    if math.isinf(threshold):
+        return threshold
+    with np.errstate(over="ignore"):
+        return float(np.asarray(threshold, dtype=np.float64).astype(score_dtype))
+
+
+# -- reading and writing -------------------------------------------------------------------
 
 
 def sha256_file(path: Path) -> str:
@@ -147,70 +311,144 @@ def sha256_file(path: Path) -> str:
 
 
 def read_manifest(bundle_dir: str | os.PathLike) -> Manifest:
-    """Parse ``bundle_dir/manifest.json`` (without checking the segment files)."""
-    path = Path(bundle_dir) / MANIFEST
-    if not Path(bundle_dir).is_dir():
-        raise BundleError(f"bundle {bundle_dir} is not a directory; expected a bundle directory")
+    """Parse and check ``bundle_dir/manifest.json`` (without reading the segment files)."""
+    folder = Path(bundle_dir)
+    if not folder.exists():
+        files.clean_stale(folder)  # a swap killed between its two renames: put it back
+    if not folder.is_dir():
+        raise BundleError(f"bundle {folder} is not a directory; expected a bundle directory")
+    path = folder / MANIFEST
     try:
-        doc = json.loads(path.read_text())
+        if path.is_symlink() or not path.is_file():
+            raise FileNotFoundError(path)
+        if path.stat().st_size > MAX_MANIFEST_BYTES:
+            raise BundleError(f"{path} is over {MAX_MANIFEST_BYTES >> 20} MiB; not a manifest")
+        doc = json.loads(path.read_bytes().decode("utf-8"), parse_constant=_no_constant)
     except FileNotFoundError as err:
         raise BundleError(f"{path} is missing: not an edgeexit bundle") from err
-    except (OSError, json.JSONDecodeError) as err:
-        raise BundleError(f"{path} is unreadable: {err}") from err
-    if not isinstance(doc, dict):
-        raise BundleError(f"{path} is not a JSON object")
+    except UnicodeDecodeError as err:
+        raise BundleError(f"{path} is not UTF-8 text: not an edgeexit manifest") from err
+    except (OSError, ValueError) as err:
+        raise BundleError(f"{path} is unreadable: {_reason(err)}") from err
     return Manifest.from_json(doc)
 
 
-def verify_segments(bundle_dir: str | os.PathLike, manifest: Manifest) -> list[Path]:
-    """Check every segment file exists and matches its sha256; return their paths."""
-    paths = []
+def _no_constant(name: str) -> None:
+    raise ValueError(f"{name} is not a JSON number; expected a finite number or null")
+
+
+def _reason(err: Exception) -> str:
+    if isinstance(err, OSError):
+        return files.os_reason(err)
+    return (str(err).strip().splitlines() or [type(err).__name__])[0]
+
+
+@dataclass(frozen=True)
+class SegmentSource:
+    """A verified segment: its path, and its bytes when ONNX Runtime can load it from
+    memory (no external data), which leaves no moment for the file to change after its
+    sha256 was checked."""
+
+    path: Path
+    model: bytes | None
+
+
+def _regular_file(folder: Path, name: str, what: str) -> Path:
+    path = folder / name
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError as err:
+        raise BundleError(f"{what} {path} is missing; re-export the bundle") from err
+    except OSError as err:
+        raise BundleError(f"{what} {path} is unreadable: {files.os_reason(err)}") from err
+    if stat.S_ISLNK(mode):
+        raise BundleError(f"{what} {path} is a symbolic link; a bundle holds its own files")
+    if not stat.S_ISREG(mode):
+        raise BundleError(f"{what} {path} is not a regular file")
+    return path
+
+
+def load_segments(bundle_dir: str | os.PathLike, manifest: Manifest) -> list[SegmentSource]:
+    """Check every file the segments need (confined to the bundle, sha256 as listed) and
+    return them ready for ONNX Runtime; BundleError names the first that fails."""
+    folder = Path(bundle_dir)
+    sources = []
     for seg in manifest.segments:
-        path = Path(bundle_dir) / seg.file
-        if not path.is_file():
-            raise BundleError(f"segment file {path} is missing; re-export the bundle")
-        if sha256_file(path) != seg.sha256:
+        path = _regular_file(folder, seg.file, "segment file")
+        try:
+            data = path.read_bytes()
+        except OSError as err:
+            raise BundleError(f"segment file {path} is unreadable: {files.os_reason(err)}") from err
+        if hashlib.sha256(data).hexdigest() != seg.sha256:
             raise BundleError(
                 f"segment file {path} does not match its sha256 in the manifest: "
                 "it was modified after export; re-export the bundle"
             )
-        paths.append(path)
-    return paths
+        listed = {e.file: e.sha256 for e in seg.external_data}
+        named = _external_names(data, seg)
+        for name in named:
+            if name not in listed:
+                raise BundleError(
+                    f"{seg.file} reads weights from {name!r}, which the manifest does not "
+                    "list with a sha256; re-export the bundle"
+                )
+        for name, digest in listed.items():
+            ext = _regular_file(folder, name, "external weights")
+            if sha256_file(ext) != digest:
+                raise BundleError(
+                    f"external weights {ext} do not match their sha256 in the manifest: "
+                    "modified after export; re-export the bundle"
+                )
+        sources.append(SegmentSource(path, None if named else data))
+    return sources
+
+
+def _external_names(data: bytes, seg: SegmentSpec) -> list[str]:
+    if not seg.file.endswith(".onnx"):
+        return []  # the ORT format keeps every weight inside the file
+    try:
+        names = external_data_files(data)
+    except ProtoError as err:
+        raise BundleError(f"segment file {seg.file} is not an ONNX model: {err}") from err
+    for name in names:
+        plain_file_name(name, f"{seg.file} external data location")
+    return names
+
+
+def verify_segments(bundle_dir: str | os.PathLike, manifest: Manifest) -> list[Path]:
+    """``load_segments``, returning only the verified paths (for host-side tools)."""
+    return [s.path for s in load_segments(bundle_dir, manifest)]
+
+
+def external_files(bundle_dir: Path, segment_file: str) -> tuple[ExternalFile, ...]:
+    """The external-data files ``segment_file`` names, with their sha256, for its spec."""
+    data = (bundle_dir / segment_file).read_bytes()
+    names = _external_names(data, SegmentSpec(segment_file, "", (), (), "", ""))
+    return tuple(ExternalFile(n, sha256_file(bundle_dir / n)) for n in names)
 
 
 def write_manifest(bundle_dir: str | os.PathLike, manifest: Manifest) -> None:
-    """Write the manifest atomically (temp file + rename), so a crash leaves the old one."""
-    path = Path(bundle_dir) / MANIFEST
-    fd, tmp = tempfile.mkstemp(dir=bundle_dir, prefix=".manifest-", suffix=".json")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(manifest.to_json(), f, indent=2)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    """Write the manifest atomically (temp file + rename), so a crash leaves the old one.
+
+    The file keeps its permission bits; the JSON is strict (no NaN literals)."""
+    files.write_json_atomic(Path(bundle_dir) / MANIFEST, manifest.to_json(), what="manifest")
 
 
 @contextlib.contextmanager
-def atomic_bundle_dir(out_dir: str | os.PathLike) -> Iterator[Path]:
+def atomic_bundle_dir(
+    out_dir: str | os.PathLike, *, inputs: tuple[str | os.PathLike, ...] = ()
+) -> Iterator[Path]:
     """Yield a temporary directory that replaces ``out_dir`` only if the block succeeds.
 
-    A failure anywhere inside leaves ``out_dir`` exactly as it was (absent or old).
+    ``out_dir`` must be new, an empty folder or an edgeexit bundle (``files.check_output``;
+    ``inputs`` may not lie inside it). A failure anywhere inside leaves it exactly as it was.
     """
-    out = Path(out_dir).resolve()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
-    try:
+    with files.atomic_dir(out_dir, "bundle", inputs=inputs) as tmp:
         yield tmp
-        if out.exists():
-            old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.old-"))
-            os.replace(out, old / "bundle")
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def check_bundle_output(
+    out_dir: str | os.PathLike, *, inputs: tuple[str | os.PathLike, ...] = ()
+) -> Path:
+    """Refuse ``out_dir`` now, before long work, if a bundle cannot be written there."""
+    return files.check_output(out_dir, "bundle", inputs=inputs)

@@ -3,8 +3,10 @@ integer labels ``y``; or a single ``.npy`` array for a single-input model."""
 
 from __future__ import annotations
 
+import math
 import os
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,6 +14,7 @@ import numpy as np
 
 from edgeexit.bundle import InputSpec
 from edgeexit.errors import DataError
+from edgeexit.files import os_reason
 
 
 @dataclass(frozen=True)
@@ -28,21 +31,32 @@ class Dataset:
         labels = None if self.labels is None else self.labels[index]
         return Dataset(tuple(x[index] for x in self.inputs), labels)
 
+    def check_labels(self, num_classes: int, source: str = "data") -> None:
+        """Refuse labels outside ``0..num_classes-1``: they can never be right, so every
+        accuracy (and every budget built on it) would be silently wrong."""
+        if self.labels is None or not len(self.labels):
+            return
+        bad = np.flatnonzero((self.labels < 0) | (self.labels >= num_classes))
+        if bad.size:
+            raise DataError(
+                f"{source}: label {int(self.labels[bad[0]])} (row {int(bad[0])}, {bad.size} "
+                f"such rows) is outside the model's classes; expected 0..{num_classes - 1}"
+            )
+
 
 def load_data(path: str | os.PathLike, input_specs: tuple[InputSpec, ...]) -> Dataset:
-    """Load a data file and match its arrays to ``input_specs``, or raise DataError."""
+    """Load a data file and match its arrays to ``input_specs``, or raise DataError.
+
+    Refused with one line each: a missing or unreadable file, one that is not .npy/.npz,
+    a corrupt archive, arrays of Python objects (loading them would unpickle code), inputs
+    of the wrong rank, shape or dtype, NaN or inf in a float input (named by row), and
+    labels that are not one integer per sample.
+    """
     path = Path(path)
     if not path.is_file():
-        raise DataError(f"data file {path} does not exist")
-    try:
-        loaded = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, zipfile.BadZipFile) as err:
-        raise DataError(f"{path} is not a .npy or .npz file: {err}") from err
-    if isinstance(loaded, np.ndarray):
-        arrays = {"x": loaded}
-    else:
-        with loaded:
-            arrays = {k: loaded[k] for k in loaded.files}
+        what = "is a directory" if path.is_dir() else "does not exist"
+        raise DataError(f"data file {path} {what}; expected a .npz or .npy file")
+    arrays = _read_arrays(path)
     names = [s.name for s in input_specs]
     if len(input_specs) == 1 and names[0] not in arrays and "x" in arrays:
         arrays[names[0]] = arrays.pop("x")
@@ -52,9 +66,12 @@ def load_data(path: str | os.PathLike, input_specs: tuple[InputSpec, ...]) -> Da
         raise DataError(f"{path} has no array {missing[0]!r}; expected {expected} and optional 'y'")
     inputs = tuple(_cast(arrays[s.name], s, path) for s in input_specs)
     n = len(inputs[0])
+    if n == 0:
+        raise DataError(f"{path} holds no samples; expected at least one")
     for s, x in zip(input_specs, inputs):
         if len(x) != n:
             raise DataError(f"{path}: input {s.name!r} has {len(x)} samples, expected {n}")
+    _refuse_nonfinite(path, input_specs, inputs)
     labels = arrays.get("y")
     if labels is not None:
         if labels.ndim != 1 or len(labels) != n:
@@ -65,6 +82,71 @@ def load_data(path: str | os.PathLike, input_specs: tuple[InputSpec, ...]) -> Da
             raise DataError(f"{path}: labels 'y' are {labels.dtype}, expected integers")
         labels = labels.astype(np.int64)
     return Dataset(inputs, labels)
+
+
+def _read_arrays(path: Path) -> dict[str, np.ndarray]:
+    """Every array of a .npy/.npz file, read in full here, so that a corrupt member or an
+    object array fails now, with the file named, and not later in the middle of a run."""
+    try:
+        loaded = np.load(path, allow_pickle=False)
+        if isinstance(loaded, np.ndarray):
+            return {"x": loaded}
+        with loaded:
+            return {k: loaded[k] for k in loaded.files}
+    except ValueError as err:
+        if "allow_pickle" in str(err) or "Object arrays" in str(err):
+            raise DataError(
+                f"{path} holds arrays of Python objects, which edgeexit will not unpickle; "
+                "expected numeric arrays"
+            ) from err
+        raise DataError(f"{path} is not a .npy or .npz file: {_first_line(err)}") from err
+    except (zipfile.BadZipFile, zlib.error, EOFError) as err:
+        raise DataError(f"{path} is a damaged .npz archive: {_first_line(err)}") from err
+    except OSError as err:
+        raise DataError(f"{path} is unreadable: {os_reason(err)}") from err
+
+
+def _refuse_nonfinite(path: Path, specs: tuple[InputSpec, ...], inputs: tuple) -> None:
+    for spec, x in zip(specs, inputs):
+        if x.dtype.kind != "f":
+            continue
+        rows = nonfinite_rows(x)
+        if rows.size:
+            raise DataError(
+                f"{path}: input {spec.name!r} holds NaN or inf in {rows_text(rows)}; "
+                "expected finite numbers"
+            )
+
+
+# Below this many elements a sum is the cheapest finiteness test (~3 µs against ~4 for
+# np.isfinite(x).all() on a small input); above it isfinite is faster.
+_SUM_TEST_MAX = 16384
+
+
+def all_finite(x: np.ndarray) -> bool:
+    """True when the float array ``x`` holds no NaN and no inf.
+
+    Any NaN or inf makes the sum non-finite; a finite sum can only overflow, and then the
+    exact test decides.
+    """
+    if x.size <= _SUM_TEST_MAX and math.isfinite(np.add.reduce(x, axis=None)):
+        return True
+    return bool(np.isfinite(x).all())
+
+
+def nonfinite_rows(x: np.ndarray) -> np.ndarray:
+    """Indices of the samples (rows) of ``x`` holding a NaN or an inf."""
+    return np.flatnonzero(~np.isfinite(x.reshape(len(x), -1)).all(axis=1))
+
+
+def rows_text(rows: np.ndarray) -> str:
+    """'2 sample(s) (rows 3, 17)', at most ten rows named."""
+    shown = ", ".join(str(r) for r in rows[:10]) + (" ..." if rows.size > 10 else "")
+    return f"{rows.size} sample(s) (rows {shown})"
+
+
+def _first_line(err: BaseException) -> str:
+    return (str(err).strip().splitlines() or [type(err).__name__])[0]
 
 
 def _cast(x: np.ndarray, spec: InputSpec, path: Path) -> np.ndarray:

@@ -15,7 +15,7 @@ class BundleError(EdgeExitError):
 
 
 class ModelContractError(EdgeExitError):
-    """A model does not follow the multi-exit contract (DESIGN.md §1)."""
+    """A model does not follow the multi-exit contract (docs/export.md)."""
 
 
 class CheckpointError(EdgeExitError):
@@ -27,7 +27,12 @@ class ExportError(EdgeExitError):
 
 
 class ValidationError(EdgeExitError):
-    """An exported bundle does not match its PyTorch model within tolerance."""
+    """A bundle does not match its reference within tolerance: the exported segments against
+    PyTorch, or a compiled bundle's exits against fp32. ``report`` renders every check."""
+
+    def __init__(self, message: str, report: object = None) -> None:
+        super().__init__(message)
+        self.report = report
 
 
 class InputError(EdgeExitError, ValueError):
@@ -44,6 +49,10 @@ class TargetError(EdgeExitError):
 
 class EnergyMeterError(EdgeExitError):
     """An energy sensor exists but cannot be read (for example, permission denied)."""
+
+
+class OutputError(EdgeExitError):
+    """An output path cannot be written without losing something, or the write failed."""
 
 
 class CalibrationError(EdgeExitError):

@@ -22,7 +22,7 @@ FAILING = {
     "run": ["run", "{tmp}/no-bundle", "--input", "{tmp}/x.npy"],
     "bench": ["bench", "{tmp}/no-bundle", "--data", "{tmp}/d.npz"],
     "targets": ["targets", "no-such-board"],
-    "demo": ["demo", "--model", "{tmp}/m.pt"],
+    "demo": ["demo", "--model", "{tmp}/m.pt", "--data", "{tmp}/d.npz"],
 }
 
 

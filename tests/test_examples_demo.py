@@ -50,5 +50,5 @@ def test_demo_json_on_the_users_own_model_and_data(tmp_path):
 
 def test_demo_model_without_data_is_a_one_line_error(tmp_path):
     result = CliRunner().invoke(app, ["demo", "--model", str(tmp_path / "m.pt")])
-    assert result.exit_code == 1
+    assert result.exit_code == 2  # options that do not go together: a usage error
     assert "--model needs --data" in result.output

@@ -117,6 +117,7 @@ def bench_bundle(
     manifest = read_manifest(bundle_dir)
     dataset = load_data(data_path, manifest.inputs)
     runtime = Runtime(bundle_dir, target=options.target)
+    dataset.check_labels(runtime.num_classes, str(data_path))
     full = [math.inf] * manifest.num_exits
     n, b = len(dataset), options.batch_size
     batches = [dataset.take(slice(s, min(s + b, n))).inputs for s in range(0, n, b)]

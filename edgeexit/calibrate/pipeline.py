@@ -3,11 +3,14 @@
 One pass of the calibration data through every exit (``Runtime.run_all_exits``) gives the
 :class:`ExitTable`; segment costs come from a device profile or are measured here at batch 1;
 the search picks thresholds; the manifest gets them and the report under ``calibration``,
-written atomically, only once everything has succeeded.
+written atomically, only once everything has succeeded (the plot, if asked for, is rendered
+and staged before the manifest is touched). The bundle is locked for the whole run: a
+second calibrate or an export onto it is refused rather than one result silently lost.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -15,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edgeexit import files
 from edgeexit.bundle import read_manifest, write_manifest
 from edgeexit.calibrate.budget import Budget
 from edgeexit.calibrate.costs import SegmentCosts, exit_costs, load_profile_costs
@@ -33,11 +37,13 @@ class CalibrateOptions:
 
     ``profile``: a device profile JSON (``edgeexit profile``); None measures costs here.
     ``timing_samples`` x ``timing_repeats``: batch-1 calls per exit when measuring here.
-    ``seed``: the guarantee mode's random split.
+    ``seed``: the guarantee mode's random split. ``plot``: where to save the Pareto front
+    as a PNG (a new path, or a plot edgeexit wrote).
     """
 
     profile: Path | None = None
     target: str | None = None
+    plot: Path | None = None
     batch_size: int = 256
     timing_samples: int = 48
     timing_repeats: int = 3
@@ -128,32 +134,49 @@ def calibrate_bundle(
 
     ``costs`` (e.g. from an earlier report) skips loading or measuring them again.
 
-    Any failure (bad data, an unreachable budget, nothing certified) raises before the
-    manifest is touched, and the write itself is atomic.
+    Any failure (bad data, labels outside the model's classes, an unreachable budget,
+    nothing certified, a plot that cannot be made) raises before the manifest is touched,
+    and the write itself is atomic.
     """
     from edgeexit.runtime import Runtime  # lazily: onnxruntime is heavy to import
 
-    manifest = read_manifest(bundle_dir)
-    dataset = load_data(data_path, manifest.inputs)
-    runtime = Runtime(bundle_dir, target=options.target)
-    if costs is not None:
-        pass  # given by the caller
-    elif options.profile is not None:
-        power_w = runtime.target.active_power_w
-        costs = load_profile_costs(options.profile, manifest, active_power_w=power_w)
-    else:
-        costs = measure_costs(
-            runtime,
-            dataset,
-            samples=options.timing_samples,
-            repeats=options.timing_repeats,
-            progress=progress,
-        )
-    table = collect_table(runtime, dataset, batch_size=options.batch_size, progress=progress)
-    report = build_report(table, costs, budget)
-    if write:
-        updated = manifest.with_thresholds(report.thresholds).with_extra(
-            calibration=report.to_json()
-        )
-        write_manifest(bundle_dir, updated)
+    sources = (bundle_dir, data_path, *([options.profile] if options.profile else []))
+    if options.plot is not None:
+        files.check_output(options.plot, "plot", inputs=sources)
+    read_manifest(bundle_dir)  # a clear error for a path that is no bundle, before locking
+    with files.locked(bundle_dir, "calibrate") if write else contextlib.nullcontext():
+        manifest = read_manifest(bundle_dir)
+        dataset = load_data(data_path, manifest.inputs)
+        runtime = Runtime(bundle_dir, target=options.target)
+        dataset.check_labels(runtime.num_classes, str(data_path))
+        if costs is not None:
+            pass  # given by the caller
+        elif options.profile is not None:
+            power_w = runtime.target.active_power_w
+            costs = load_profile_costs(options.profile, manifest, active_power_w=power_w)
+        else:
+            costs = measure_costs(
+                runtime,
+                dataset,
+                samples=options.timing_samples,
+                repeats=options.timing_repeats,
+                progress=progress,
+            )
+        table = collect_table(runtime, dataset, batch_size=options.batch_size, progress=progress)
+        report = build_report(table, costs, budget)
+        plot = None
+        if options.plot is not None:
+            plot = files.Staged(options.plot, report.plot_png(), what="plot")
+        try:
+            if write:
+                updated = manifest.with_thresholds(report.thresholds).with_extra(
+                    calibration=report.to_json()
+                )
+                write_manifest(bundle_dir, updated)
+        except BaseException:
+            if plot is not None:
+                plot.discard()
+            raise
+        if plot is not None:
+            plot.commit()
     return report

@@ -8,6 +8,7 @@ key, and saves the front as a PNG (matplotlib, the optional ``plot`` extra, impo
 
 from __future__ import annotations
 
+import io
 import math
 import os
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ from typing import Any
 from rich.console import Console, ConsoleOptions, RenderResult
 from rich.table import Table
 
+from edgeexit import files
 from edgeexit.calibrate.budget import Budget
 from edgeexit.calibrate.costs import SegmentCosts
 from edgeexit.calibrate.guarantee import Certificate
@@ -119,7 +121,15 @@ class CalibrationReport:
         return table
 
     def save_plot(self, path: str | os.PathLike) -> None:
-        """Save accuracy vs expected latency (both fronts and the choice) as a PNG."""
+        """Save accuracy vs expected latency (both fronts and the choice) as a PNG.
+
+        ``path`` must be new or a plot edgeexit wrote (files.check_output)."""
+        files.check_output(path, "plot")
+        files.write_bytes_atomic(path, self.plot_png(), what="plot")
+
+    def plot_png(self) -> bytes:
+        """The Pareto plot as PNG bytes, tagged as edgeexit's (so a later run may replace
+        it). Needs matplotlib (the ``plot`` extra)."""
         try:
             import matplotlib
 
@@ -128,33 +138,36 @@ class CalibrationReport:
         except ImportError as err:
             raise CalibrationError("--plot needs matplotlib: pip install 'edgeexit[plot]'") from err
         fig, ax = plt.subplots(figsize=(6, 4))
-        for front, style, label in (
-            (self.shared_front, "o--", "shared threshold"),
-            (self.front, "s-", "per-exit"),
-        ):
-            if front:
-                ax.plot(
-                    [p.mean_latency_ms for p in front],
-                    [p.accuracy for p in front],
-                    style,
-                    label=label,
-                    markersize=4,
-                )
-        ax.plot(
-            [self.chosen.mean_latency_ms],
-            [self.chosen.accuracy],
-            "r*",
-            markersize=14,
-            label="chosen",
-        )
-        ax.set_xlabel("expected mean latency (ms)")
-        ax.set_ylabel(self.accuracy_name)
-        ax.legend()
-        ax.grid(alpha=0.3)
         try:
-            fig.savefig(path, dpi=120, bbox_inches="tight")
-        except OSError as err:
-            raise CalibrationError(f"cannot write plot {path}: {err}") from err
+            for front, style, label in (
+                (self.shared_front, "o--", "shared threshold"),
+                (self.front, "s-", "per-exit"),
+            ):
+                if front:
+                    ax.plot(
+                        [p.mean_latency_ms for p in front],
+                        [p.accuracy for p in front],
+                        style,
+                        label=label,
+                        markersize=4,
+                    )
+            ax.plot(
+                [self.chosen.mean_latency_ms],
+                [self.chosen.accuracy],
+                "r*",
+                markersize=14,
+                label="chosen",
+            )
+            ax.set_xlabel("expected mean latency (ms)")
+            ax.set_ylabel(self.accuracy_name)
+            ax.legend()
+            ax.grid(alpha=0.3)
+            buffer = io.BytesIO()
+            fig.savefig(
+                buffer, format="png", dpi=120, bbox_inches="tight",
+                metadata={"Software": files.PNG_SOFTWARE},
+            )  # fmt: skip
+            return buffer.getvalue()
         finally:
             plt.close(fig)
 

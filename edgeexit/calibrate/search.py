@@ -207,11 +207,18 @@ class Objective:
         return (True, 0.0, p.accuracy, -round(p.mean_latency_ms, 9))
 
 
+# Scores are float32 in every bundle edgeexit exports; the runtime rounds thresholds to the
+# score's dtype before comparing (bundle.round_threshold), so candidates are float32 values
+# too, and the expected figures below are exactly what the runtime will do.
+SCORE_DTYPE = np.float32
+
+
 def candidate_thresholds(scores: np.ndarray, grid_size: int) -> np.ndarray:
-    """Score quantiles (so every candidate moves some samples) plus +inf (nobody exits)."""
+    """Score quantiles (so every candidate moves some samples) plus +inf (nobody exits),
+    as values of the score dtype."""
     levels = np.linspace(0.0, 1.0, grid_size)
-    values = np.unique(np.quantile(scores.ravel(), levels))
-    return np.append(values, np.inf)
+    quantiles = np.quantile(scores.ravel(), levels).astype(SCORE_DTYPE).astype(np.float64)
+    return np.append(np.unique(quantiles), np.inf)
 
 
 def shared_sweep(

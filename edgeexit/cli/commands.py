@@ -13,3 +13,6 @@ from edgeexit.cli import (
     run,  # noqa: F401
     targets,  # noqa: F401
 )
+from edgeexit.cli.core import app
+
+__all__ = ["app"]

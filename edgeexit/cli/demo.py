@@ -2,34 +2,43 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import typer
 from rich.console import Console
 
-from edgeexit.cli.app import command, stage_progress
+from edgeexit.cli import params
+from edgeexit.cli.core import command, stage_progress, usage_error
+from edgeexit.files import dumps_json
 
 
 @command("demo")
 def demo_cmd(
-    out: Path = typer.Option(Path("demo-out"), "-o", "--out", help="Where to write files."),
+    out: Path = typer.Option(
+        Path("demo-out"), "-o", "--out", parser=params.output_path, help="Where to write files."
+    ),
     model: Path = typer.Option(None, help="Your checkpoint (edgeexit.save) instead of digits."),
     data: Path = typer.Option(None, help="Calibration data .npz (x, y) for --model."),
     test_data: Path = typer.Option(None, help="Held-out .npz to bench on (default: --data)."),
-    epochs: int = typer.Option(6, help="Training epochs for the digits example."),
-    max_accuracy_drop: float = typer.Option(0.01, help="Budget: accuracy given up (0.01=1pp)."),
-    target_latency: str = typer.Option(None, help="Budget instead: mean latency, e.g. 0.1ms."),
-    target: str = typer.Option(None, "--target", "-t", help="Target name or .toml profile."),
-    profile_repeats: int = typer.Option(100, help="Timed calls per segment when profiling."),
+    epochs: int = typer.Option(6, min=1, help="Training epochs for the digits example."),
+    max_accuracy_drop: float = typer.Option(
+        0.01, parser=params.fraction, metavar="FRACTION", help="Budget: accuracy given up."
+    ),
+    target_latency: float = typer.Option(
+        None, parser=params.latency_ms, metavar="TIME", help="Budget instead: mean latency."
+    ),
+    target: str = typer.Option(
+        None, "--target", "-t", parser=params.target, help="Target name or .toml profile."
+    ),
+    profile_repeats: int = typer.Option(100, min=1, help="Timed calls per segment profiling."),
     trust_pickle: bool = typer.Option(False, help="--model is a pickled nn.Module you trust."),
     as_json: bool = typer.Option(False, "--json", help="Print only a JSON object."),
 ) -> None:
     """Train a multi-exit ResNet on the bundled digits, export, profile, calibrate and bench it.
 
     Prints the full model against the calibrated bundle (accuracy, latency, speed-up), the
-    exit histogram and energy with its source, and writes the Pareto front as a PNG.
-    Needs the export extra (torch).
+    exit histogram and energy with its source, and writes the Pareto front as a PNG. The
+    output folder must be new, empty, or an earlier demo's. Needs the export extra (torch).
 
     Examples:
 
@@ -39,16 +48,20 @@ def demo_cmd(
 
         edgeexit demo --model model.pt --data cal.npz --test-data test.npz
     """
+    from edgeexit.errors import InputError
     from edgeexit.examples.demo import DemoOptions, run_demo  # torch is imported there
 
-    options = DemoOptions(
-        out_dir=out, model=model, data=data, test_data=test_data, epochs=epochs,
-        max_accuracy_drop=max_accuracy_drop, target_latency=target_latency, target=target,
-        profile_repeats=profile_repeats, trust_pickle=trust_pickle,
-    )  # fmt: skip
+    try:
+        options = DemoOptions(
+            out_dir=out, model=model, data=data, test_data=test_data, epochs=epochs,
+            max_accuracy_drop=max_accuracy_drop, target_latency_ms=target_latency,
+            target=target, profile_repeats=profile_repeats, trust_pickle=trust_pickle,
+        )  # fmt: skip
+    except InputError as err:  # options that do not go together
+        raise usage_error(f"{err} (see 'edgeexit demo --help')") from None
     with stage_progress(hidden=as_json) as advance:
         report = run_demo(options, progress=advance)
     if as_json:
-        typer.echo(json.dumps(report.to_json(), indent=2))
+        typer.echo(dumps_json(report.to_json()))
         return
     Console().print(report)

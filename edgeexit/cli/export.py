@@ -6,36 +6,48 @@ torch and onnx are imported inside the command, never at module level: the devic
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import typer
 from rich.console import Console
 
-from edgeexit.bundle import CRITERIA
-from edgeexit.cli.app import command
+from edgeexit.cli import params
+from edgeexit.cli.core import command
+from edgeexit.files import dumps_json
 
 
 @command("export")
 def export_cmd(
     model: Path = typer.Argument(..., help="A checkpoint written by edgeexit.save()."),
-    out: Path = typer.Option(..., "-o", "--out", help="The bundle directory to write."),
-    criterion: str = typer.Option(
-        "confidence", "--criterion", "-c", help=f"Exit score: {', '.join(CRITERIA)}."
+    out: Path = typer.Option(
+        ..., "-o", "--out", parser=params.output_path, help="The bundle directory to write."
     ),
-    patience: int = typer.Option(2, help="Agreeing exits in a row (criterion patience)."),
+    criterion: params.Criterion = typer.Option(
+        "confidence", "--criterion", "-c", help="Exit score."
+    ),
+    patience: int = typer.Option(
+        2, min=1, help="With --criterion patience: leave once this many exits in a row agree."
+    ),
     input_shape: list[str] = typer.Option(
         None, "--input-shape", help="[NAME=]D1xD2x...[:DTYPE] per-sample dims; repeat per input."
     ),
-    atol: float = typer.Option(1e-4, help="Validation tolerance (max abs diff vs PyTorch)."),
-    opset: int = typer.Option(None, help="ONNX opset (default 17, capped by the target)."),
-    target: str = typer.Option(None, "--target", "-t", help="Target name or .toml profile."),
+    atol: float = typer.Option(
+        1e-4, parser=params.positive, metavar="FLOAT", help="Validation tolerance vs PyTorch."
+    ),
+    opset: int = typer.Option(
+        None, min=7, max=21, help="ONNX opset (default 17, capped by the target)."
+    ),
+    target: str = typer.Option(
+        None, "--target", "-t", parser=params.target, help="Target name or .toml profile."
+    ),
     calib_data: Path = typer.Option(
         None, "--calib-data", help="Data (.npz) to quantize with and check exits on (--target)."
     ),
     max_quant_drop: float = typer.Option(
         1.0,
         "--max-quant-drop",
+        parser=params.points,
+        metavar="PP",
         help="Most accuracy (pp) an exit may lose to the target's precision.",
     ),
     trust: bool = typer.Option(
@@ -45,6 +57,9 @@ def export_cmd(
 ) -> None:
     """Export a multi-exit model to a bundle of chained ONNX segments and validate it.
 
+    -o must be a new path, an empty folder, or an earlier bundle (which is replaced in one
+    step); the working directory, the model file and any folder holding it are refused.
+
     Examples:
 
         edgeexit export model.pt -o bundle
@@ -53,26 +68,31 @@ def export_cmd(
 
         edgeexit export whole.pt -o bundle --trust-pickle --input-shape 1x8x8
     """
-    from edgeexit.errors import ValidationError
+    from edgeexit.errors import InputError, ValidationError
     from edgeexit.export.from_file import export_file
     from edgeexit.export.inputs import parse_input_shape
     from edgeexit.export.options import ExportOptions
 
-    params = {"patience": patience} if criterion == "patience" else {}
+    criterion = params.Criterion(criterion).value
+    try:
+        shapes = [parse_input_shape(s) for s in input_shape or ()]
+    except InputError as err:  # a malformed option value: a usage error
+        raise typer.BadParameter(str(err), param_hint="'--input-shape'") from None
+    params_ = {"patience": patience} if criterion == "patience" else {}
     options = ExportOptions(
-        criterion=criterion, criterion_params=params, opset=opset, atol=atol, target=target,
+        criterion=criterion, criterion_params=params_, opset=opset, atol=atol, target=target,
         calib_data=str(calib_data) if calib_data else None, max_quant_drop_pp=max_quant_drop,
     )  # fmt: skip
-    shapes = [parse_input_shape(s) for s in input_shape or ()]
     console = Console(stderr=as_json)
     try:
         # the spinner goes to stderr, so stdout holds only the report or the JSON
         with Console(stderr=True).status(f"exporting {model} ..."):
             result = export_file(model, out, options, input_shapes=shapes, trust_pickle=trust)
     except ValidationError as err:
-        console.print(err.report)
+        if err.report is not None:
+            console.print(err.report)
         raise
     if as_json:
-        typer.echo(json.dumps(result.manifest.to_json(), indent=2))
+        typer.echo(dumps_json(result.manifest.to_json()))
     else:
         console.print(result)

@@ -2,24 +2,31 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import typer
 from rich.console import Console
 
-from edgeexit.cli.app import command, stage_progress
+from edgeexit.cli import params
+from edgeexit.cli.core import command, stage_progress
+from edgeexit.files import dumps_json
 
 
 @command("profile")
 def profile_cmd(
     bundle: Path = typer.Argument(..., help="The bundle directory."),
-    target: str = typer.Option(None, "--target", "-t", help="Target name or .toml profile."),
-    out: Path = typer.Option(None, "--out", "-o", help="Write the profile JSON here."),
-    repeats: int = typer.Option(200, help="Timed calls per segment and per exit (at least)."),
-    warmup: int = typer.Option(20, help="Untimed calls per segment and per exit first."),
-    rounds: int = typer.Option(10, help="Interleaved rounds the exits' calls are spread over."),
-    batch_size: int = typer.Option(1, "--batch-size", "-b", help="Samples per call."),
+    target: str = typer.Option(
+        None, "--target", "-t", parser=params.target, help="Target name or .toml profile."
+    ),
+    out: Path = typer.Option(
+        None, "--out", "-o", parser=params.output_path, help="Write the profile JSON here."
+    ),
+    repeats: int = typer.Option(200, min=1, help="Timed calls per segment and per exit."),
+    warmup: int = typer.Option(20, min=0, help="Untimed calls per segment and per exit first."),
+    rounds: int = typer.Option(
+        10, min=1, help="Interleaved rounds the exits' calls are spread over."
+    ),
+    batch_size: int = typer.Option(1, "--batch-size", "-b", min=1, help="Samples per call."),
     data: Path = typer.Option(None, "--data", help="Inputs (.npz/.npy) instead of synthetic."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
@@ -27,7 +34,7 @@ def profile_cmd(
     sample leaving at each exit costs through the runtime (per-call overhead included).
 
     Run it on the device itself; calibration on the host reads the JSON (its per-exit
-    costs) to plan exits.
+    costs) to plan exits. -o replaces only an earlier profile.
 
     Examples:
 
@@ -37,9 +44,13 @@ def profile_cmd(
     """
     from edgeexit.bundle import read_manifest
     from edgeexit.data import load_data
+    from edgeexit.files import check_output
     from edgeexit.targets.emulation import emulation_warning
     from edgeexit.targets.profiling import profile_bundle
 
+    sources = (bundle,) if data is None else (bundle, data)
+    if out is not None:
+        check_output(out, "profile", inputs=sources)  # refuse now, not after measuring
     inputs = load_data(data, read_manifest(bundle).inputs).inputs if data else None
     with stage_progress(hidden=as_json) as advance:
         profile = profile_bundle(
@@ -49,9 +60,9 @@ def profile_cmd(
     if warning := emulation_warning():
         Console(stderr=True).print(f"[yellow]warning:[/yellow] {warning}", soft_wrap=True)
     if out is not None:
-        profile.save(out)
+        profile.save(out, inputs=sources)
     if as_json:
-        typer.echo(json.dumps(profile.to_json(), indent=2))
+        typer.echo(dumps_json(profile.to_json()))
         return
     Console().print(profile)
     if out is not None:

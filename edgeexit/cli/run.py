@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import typer
 from rich.console import Console
 
-from edgeexit.cli.app import command
+from edgeexit.cli import params
+from edgeexit.cli.core import command
 from edgeexit.data import load_data
+from edgeexit.files import dumps_json
 from edgeexit.runtime import Runtime
 
 
@@ -19,8 +20,10 @@ def run_cmd(
     input_path: Path = typer.Option(
         ..., "--input", "-i", help="A .npy array, or a .npz with 'x' (or one array per input)."
     ),
-    target: str = typer.Option(None, "--target", "-t", help="Target name or .toml profile."),
-    threads: int = typer.Option(None, "--threads", help="Intra-op threads (0 = all cores)."),
+    target: str = typer.Option(
+        None, "--target", "-t", parser=params.target, help="Target name or .toml profile."
+    ),
+    threads: int = typer.Option(None, "--threads", min=0, help="Intra-op threads (0 = all cores)."),
     warmup: int = typer.Option(
         1,
         "--warmup",
@@ -51,6 +54,6 @@ def run_cmd(
     result = runtime.run(data.inputs)
     if as_json:
         doc = {"target": runtime.target.name, "warmup_calls": warmup, **result.to_json()}
-        typer.echo(json.dumps(doc, indent=2))
+        typer.echo(dumps_json(doc))
         return
     Console().print(result)

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict
 
 import typer
 from rich.console import Console
 
-from edgeexit.cli.app import command
+from edgeexit.cli.core import command
+from edgeexit.files import dumps_json
 from edgeexit.targets import available_targets, load_target
 from edgeexit.targets.render import target_details, targets_table
 
@@ -31,6 +31,6 @@ def targets_cmd(
     targets = [load_target(name)] if name else [load_target(n) for n in available_targets()]
     if as_json:
         doc = [asdict(t) for t in targets]
-        typer.echo(json.dumps(doc[0] if name else doc, indent=2))
+        typer.echo(dumps_json(doc[0] if name else doc))
         return
     Console().print(target_details(targets[0]) if name else targets_table(targets))

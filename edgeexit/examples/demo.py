@@ -17,11 +17,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edgeexit import files
 from edgeexit.calibrate.bench import BenchOptions, BenchReport, bench_bundle
-from edgeexit.calibrate.budget import Budget, parse_latency_ms
+from edgeexit.calibrate.budget import Budget
 from edgeexit.calibrate.pipeline import CalibrateOptions, calibrate_bundle
 from edgeexit.calibrate.report import CalibrationReport
-from edgeexit.errors import InputError
+from edgeexit.errors import InputError, OutputError
 
 Progress = Callable[[str, int, int], None]  # (stage, done, total), as in calibrate
 
@@ -33,7 +34,8 @@ class DemoOptions:
     ``model``: a checkpoint from ``edgeexit.save`` (None trains the digits example);
     ``data``: its calibration data (.npz, ``x`` + labels ``y``), required with ``model``;
     ``test_data``: held-out data for the benchmark (default: ``data``).
-    Budget: ``target_latency`` (e.g. '0.1ms') if given, else ``max_accuracy_drop``.
+    Budget: ``target_latency_ms`` if given, else ``max_accuracy_drop``.
+    ``out_dir`` must be new, an empty folder, or an earlier demo's folder.
     """
 
     out_dir: Path = Path("demo-out")
@@ -42,7 +44,7 @@ class DemoOptions:
     test_data: Path | None = None
     epochs: int = 6
     max_accuracy_drop: float = 0.01
-    target_latency: str | None = None
+    target_latency_ms: float | None = None
     target: str | None = None
     profile_repeats: int = 100
     trust_pickle: bool = False
@@ -58,8 +60,8 @@ class DemoOptions:
 
     @property
     def budget(self) -> Budget:
-        if self.target_latency is not None:
-            return Budget(latency_ms=parse_latency_ms(self.target_latency))
+        if self.target_latency_ms is not None:
+            return Budget(latency_ms=self.target_latency_ms)
         return Budget(max_accuracy_drop=self.max_accuracy_drop)
 
 
@@ -126,38 +128,37 @@ def run_demo(options: DemoOptions = DemoOptions(), *, progress: Progress | None 
     from edgeexit.targets.profiling import profile_bundle
 
     tell = progress or (lambda stage, done, total: None)
-    out = Path(options.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = _demo_folder(options)
     if options.model is None:
-        files, losses = _train_example(options, out, tell)
+        written, losses = _train_example(options, out, tell)
     else:
-        files, losses = _export_user_model(options, out, tell), ()
-    inputs = _load_inputs(files.bundle_dir, files.calibration_data)
+        written, losses = _export_user_model(options, out, tell), ()
+    inputs = _load_inputs(written.bundle_dir, written.calibration_data)
     profile = profile_bundle(
-        files.bundle_dir,
+        written.bundle_dir,
         options.target,
         repeats=options.profile_repeats,
         inputs=inputs,
         progress=lambda done, total: tell("profiling segments", done, total),
     )
-    profile.save(files.profile)
+    profile.save(written.profile)
     calibration = calibrate_bundle(
-        files.bundle_dir,
-        files.calibration_data,
+        written.bundle_dir,
+        written.calibration_data,
         options.budget,
-        CalibrateOptions(profile=files.profile, target=options.target),
+        CalibrateOptions(profile=written.profile, target=options.target),
         progress=lambda stage, done, total: tell(f"calibrating ({stage})", done, total),
     )
-    files = _with_plot(files, calibration)
+    written = _with_plot(written, calibration)
     bench = bench_bundle(
-        files.bundle_dir,
-        files.test_data,
+        written.bundle_dir,
+        written.test_data,
         BenchOptions(target=options.target),
         progress=lambda done, total: tell("benchmarking", done, total),
     )
     epochs = options.epochs if options.model is None else None
     energy = _energy_mj(bench, calibration, options.target)
-    return DemoReport(files, calibration, bench, energy, epochs, tuple(losses))
+    return DemoReport(written, calibration, bench, energy, epochs, tuple(losses))
 
 
 def _train_example(options: DemoOptions, out: Path, tell: Progress):
@@ -187,7 +188,7 @@ def _train_example(options: DemoOptions, out: Path, tell: Progress):
     edgeexit.save(model, out / "model.pt", example_inputs=example)
     bundle = edgeexit.export(model, example, out / "bundle").bundle_dir
     tell("exporting the bundle", 1, 1)
-    files = DemoFiles(
+    written = DemoFiles(
         out_dir=out,
         bundle_dir=bundle,
         calibration_data=data.calibration.save_npz(out / "calibration.npz"),
@@ -196,7 +197,7 @@ def _train_example(options: DemoOptions, out: Path, tell: Progress):
         pareto_png=None,
         model=out / "model.pt",
     )
-    return files, losses
+    return written, losses
 
 
 def _export_user_model(options: DemoOptions, out: Path, tell: Progress) -> DemoFiles:
@@ -225,9 +226,23 @@ def _load_inputs(bundle_dir: Path, data_path: Path):
     return load_data(data_path, read_manifest(bundle_dir).inputs).inputs
 
 
-def _with_plot(files: DemoFiles, report: CalibrationReport) -> DemoFiles:
+def _demo_folder(options: DemoOptions) -> Path:
+    """The output folder, made and marked as a demo's: refused if it holds anything else
+    (files.check_output), so the demo never overwrites a user's files."""
+    out = Path(options.out_dir)
+    sources = tuple(p for p in (options.model, options.data, options.test_data) if p)
+    files.check_output(out, "demo", inputs=sources)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / files.DEMO_MARKER).write_text("a folder written by `edgeexit demo`\n")
+    except OSError as err:
+        raise OutputError(f"cannot write demo folder {out}: {files.os_reason(err)}") from err
+    return out
+
+
+def _with_plot(demo: DemoFiles, report: CalibrationReport) -> DemoFiles:
     if importlib.util.find_spec("matplotlib") is None:
-        return files  # the report says so; the plot is the optional `plot` extra
-    path = files.out_dir / "pareto.png"
-    report.save_plot(path)
-    return DemoFiles(**{**files.__dict__, "pareto_png": path})
+        return demo  # the report says so; the plot is the optional `plot` extra
+    path = demo.out_dir / "pareto.png"
+    files.write_bytes_atomic(path, report.plot_png(), what="plot")  # in the demo's folder
+    return DemoFiles(**{**demo.__dict__, "pareto_png": path})

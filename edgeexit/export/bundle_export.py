@@ -26,6 +26,8 @@ from edgeexit.bundle import (
     Manifest,
     SegmentSpec,
     atomic_bundle_dir,
+    check_bundle_output,
+    external_files,
     read_manifest,
     sha256_file,
     write_manifest,
@@ -35,7 +37,7 @@ from edgeexit.export.convert import export_graph
 from edgeexit.export.graphs import SegmentGraph, WholeGraph
 from edgeexit.export.inputs import resolve_input_names, to_tensors
 from edgeexit.export.model import ExitStep, check_contract, run_exits
-from edgeexit.export.options import DEFAULT_OPSET, ExportOptions
+from edgeexit.export.options import DEFAULT_OPSET, MAX_OPSET, ExportOptions
 from edgeexit.export.scores import check_criterion
 from edgeexit.export.validate import ValidationReport, validate_bundle
 
@@ -86,15 +88,28 @@ def export(
 
 
 def export_bundle(
-    model: nn.Module, example_inputs: object, out_dir: str | os.PathLike, options: ExportOptions
+    model: nn.Module,
+    example_inputs: object,
+    out_dir: str | os.PathLike,
+    options: ExportOptions,
+    *,
+    sources: tuple[str | os.PathLike, ...] = (),
 ) -> ExportResult:
-    """Export and validate with ``options``; the bundle appears only if everything passed."""
+    """Export and validate with ``options``; the bundle appears only if everything passed.
+
+    ``out_dir`` must be new, an empty folder or an edgeexit bundle, and may not be the
+    working directory or hold any of ``sources`` (the files this export reads): checked
+    before anything is traced, and again when the new bundle replaces the old one.
+    """
+    if options.calib_data is not None:
+        sources = (*sources, options.calib_data)
+    check_bundle_output(out_dir, inputs=sources)
     inputs = to_tensors(example_inputs)
     names = resolve_input_names(inputs, options.input_names)
     target = _resolve_target(options)
     steps = trace(model, inputs, options.criterion)
-    with atomic_bundle_dir(out_dir) as tmp:
-        segments, exporters = _export_segments(model, steps, names, tmp, options, target)
+    with atomic_bundle_dir(out_dir, inputs=sources) as tmp:
+        segments, exporters, opset = _export_segments(model, steps, names, tmp, options, target)
         manifest = Manifest(
             inputs=tuple(
                 InputSpec(n, numpy_dtype(x), (BATCH_DIM, *x.shape[1:]))
@@ -102,12 +117,12 @@ def export_bundle(
             ),
             segments=tuple(segments),
             criterion=options.criterion,
-            thresholds=tuple(math.inf for _ in steps),  # uncalibrated: run to the last exit
+            thresholds=_initial_thresholds(options, len(steps)),
             criterion_params=_criterion_params(options),
             extra={
                 "precision": "fp32",
                 "num_classes": int(steps[-1].logits.shape[-1]),
-                "opset": target.opset,
+                "opset": opset,
                 "ir_version": onnx.load(str(tmp / segments[0].file)).ir_version,
                 "target": target.name,
                 "exporter": "+".join(sorted(exporters)),
@@ -131,30 +146,42 @@ def _export_segments(
     tmp: Path,
     options: ExportOptions,
     target: _TargetLimits,
-) -> tuple[list[SegmentSpec], set[str]]:
-    """Write segment_{i}.onnx for every exit; return their specs and the exporters used."""
-    segments, exporters = [], set()
+) -> tuple[list[SegmentSpec], set[str], int]:
+    """Write segment_{i}.onnx for every exit; return their specs, the exporters used and
+    the highest opset written."""
+    segments, exporters, opsets = [], set(), set()
     carry_in = names
     for i, step in enumerate(steps):
         last = i == len(steps) - 1
         carry = () if last else tuple(f"carry_{i}_{k}" for k in range(len(step.carry_out)))
         outputs = (*carry, f"logits_{i}", f"score_{i}")
         file = tmp / f"segment_{i:02d}.onnx"
-        used = export_graph(
+        used, opset = export_graph(
             SegmentGraph(model, i, options.criterion),
             _at_least_two(step.carry_in),
             file,
             carry_in,
             outputs,
             opset=target.opset,
+            max_opset=None if target.opset_fixed else target.max_opset,
             exporter=options.exporter,
             simplify=options.simplify,
             max_ir_version=target.max_ir_version,
         )
         exporters.add(used)
-        segments.append(SegmentSpec(file.name, sha256_file(file), carry_in, carry, *outputs[-2:]))
+        opsets.add(opset)
+        segments.append(
+            SegmentSpec(
+                file.name,
+                sha256_file(file),
+                carry_in,
+                carry,
+                *outputs[-2:],
+                external_data=external_files(tmp, file.name),
+            )
+        )
         carry_in = carry
-    return segments, exporters
+    return segments, exporters, max(opsets)
 
 
 def export_monolithic(
@@ -185,6 +212,7 @@ def export_monolithic(
             names,
             outputs,
             opset=opset or DEFAULT_OPSET,
+            max_opset=None if opset else MAX_OPSET,
             exporter=exporter,
         )
         os.replace(tmp, path)
@@ -227,6 +255,14 @@ def _at_least_two(tensors: Sequence[torch.Tensor]) -> tuple[torch.Tensor, ...]:
     return tuple(torch.cat([x, x]) for x in tensors)
 
 
+def _initial_thresholds(options: ExportOptions, num_exits: int) -> tuple[float, ...]:
+    """Uncalibrated, every sample runs to the last exit; with the patience criterion the
+    bundle follows PABEE's own rule instead: leave once ``patience`` exits in a row agree."""
+    if options.criterion == "patience":
+        return (float(_criterion_params(options)["patience"]),) * num_exits
+    return tuple(math.inf for _ in range(num_exits))
+
+
 def _compile_for_target(bundle_dir: Path, options: ExportOptions):
     """The validated fp32 bundle in the target's precision (edgeexit.targets.compile)."""
     if options.target is None:
@@ -252,11 +288,14 @@ class _TargetLimits:
     name: str | None
     opset: int
     max_ir_version: int | None
+    max_opset: int = MAX_OPSET  # what an exporter needing more than `opset` may go up to
+    opset_fixed: bool = False  # the user chose the opset: never raise it
 
 
 def _resolve_target(options: ExportOptions) -> _TargetLimits:
+    fixed = options.opset is not None
     if options.target is None:
-        return _TargetLimits(None, options.opset or DEFAULT_OPSET, None)
+        return _TargetLimits(None, options.opset or DEFAULT_OPSET, None, opset_fixed=fixed)
     from edgeexit.targets import load_target
 
     target = load_target(options.target)
@@ -266,4 +305,4 @@ def _resolve_target(options: ExportOptions) -> _TargetLimits:
             f"{target.max_opset}; expected --opset <= {target.max_opset}"
         )
     opset = options.opset or min(DEFAULT_OPSET, target.max_opset)
-    return _TargetLimits(target.name, opset, target.max_ir_version)
+    return _TargetLimits(target.name, opset, target.max_ir_version, target.max_opset, fixed)

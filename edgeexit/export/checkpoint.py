@@ -3,8 +3,11 @@
 ``save`` writes a dict that ``torch.load(weights_only=True)`` accepts: the state_dict, the
 import path and keyword arguments of the factory that builds the model, the model inputs'
 spec and a few example rows. ``load`` rebuilds the model by importing that factory (code the
-user has installed, not code stored in the file). A plain pickled ``nn.Module`` (``torch.save
-(model)``) is loaded only with ``trust_pickle=True``, because unpickling runs arbitrary code.
+user has installed, not code stored in the file), and calls it only if it is an
+``nn.Module`` class or a ``@checkpointable`` factory: a file naming ``os:system`` or
+``subprocess:run`` is refused before anything is called. A plain pickled ``nn.Module``
+(``torch.save(model)``) is loaded only with ``trust_pickle=True``, because unpickling runs
+arbitrary code; so is a factory of any other kind.
 """
 
 from __future__ import annotations
@@ -12,9 +15,10 @@ from __future__ import annotations
 import functools
 import importlib
 import inspect
+import io
+import logging
 import os
 import pickle
-import zipfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,10 +27,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from edgeexit import files
 from edgeexit.errors import CheckpointError
 
 FORMAT = "edgeexit.checkpoint/1"
 FACTORY_ATTR = "_edgeexit_factory"
+CHECKPOINTABLE_ATTR = "_edgeexit_checkpointable"  # marks a factory load() may call
+log = logging.getLogger("edgeexit")
 EXAMPLE_ROWS = 4  # example inputs kept in the file, for validation at export
 
 
@@ -52,6 +59,7 @@ def checkpointable(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         setattr(model, FACTORY_ATTR, (f"{fn.__module__}:{fn.__qualname__}", dict(bound.arguments)))
         return model
 
+    setattr(build, CHECKPOINTABLE_ATTR, True)
     return build
 
 
@@ -82,7 +90,8 @@ def save(
             "factory='package.module:function' (and factory_kwargs) or build it with a "
             "@checkpointable factory"
         )
-    _import_factory(factory)  # fail now, not at export time
+    _import_factory(factory, trusted=False)  # fail now, not at export time
+    path = files.check_output(path, "checkpoint", recognise=is_checkpoint)
     inputs = to_tensors(example_inputs)
     names = resolve_input_names(inputs, input_names)
     doc = {
@@ -93,33 +102,47 @@ def save(
         "input_names": list(names),
         "example_inputs": [x[:EXAMPLE_ROWS].clone() for x in inputs],
     }
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        torch.save(doc, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    buffer = io.BytesIO()
+    torch.save(doc, buffer)
+    files.write_bytes_atomic(path, buffer.getvalue(), what="checkpoint")
     return path
+
+
+def is_checkpoint(path: Path) -> bool:
+    """True for a file ``save`` wrote (read without running code)."""
+    try:
+        doc = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # (anything torch cannot read as weights is not ours)
+        return False
+    return isinstance(doc, dict) and doc.get("format") == FORMAT
 
 
 def load(path: str | os.PathLike, *, trust_pickle: bool = False) -> Checkpoint:
     """Load a checkpoint written by ``save`` (or, if trusted, a pickled ``nn.Module``)."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"model file {path} does not exist")
+        what = "is a directory" if path.is_dir() else "does not exist"
+        raise CheckpointError(f"model file {path} {what}; expected a checkpoint file")
+    if trust_pickle:
+        log.warning(
+            "warning: loading %s with --trust-pickle: unpickling runs any code stored in "
+            "the file; do this only for files you made or trust",
+            path,
+        )
     try:
         doc = torch.load(path, map_location="cpu", weights_only=not trust_pickle)
     except pickle.UnpicklingError as err:
-        # torch names the class it refused; anything else means the bytes are not a pickle.
-        if trust_pickle or "Unsupported global" not in str(err):
+        # torch's weights-only unpickler names what it refused (the wording varies between
+        # torch versions); anything else means the bytes are not a pickle.
+        # ("Unsupported global: GLOBAL torch.nn...Linear", "unsupported GLOBAL posix.system")
+        if trust_pickle or "unsupported global" not in str(err).lower():
             raise CheckpointError(f"{path} is not a PyTorch checkpoint: {_line(err)}") from err
         raise CheckpointError(
-            f"{path} holds pickled code (a whole module saved with torch.save), which edgeexit "
-            "will not run by default; re-save it with edgeexit.save(model, path, "
-            "example_inputs=...) or pass --trust-pickle (trust_pickle=True) if you trust it"
+            f"{path} holds pickled code (e.g. a whole module saved with torch.save), which "
+            "edgeexit will not run by default; re-save it with edgeexit.save(model, path, "
+            "example_inputs=...), or pass --trust-pickle (trust_pickle=True) if you trust it"
         ) from err
-    except (RuntimeError, OSError, EOFError, ValueError, zipfile.BadZipFile) as err:
+    except Exception as err:  # (torch raises RuntimeError, OSError, EOFError, zip errors...)
         raise CheckpointError(f"{path} is not a PyTorch checkpoint: {_line(err)}") from err
     if isinstance(doc, nn.Module):
         return Checkpoint(doc, None, None)
@@ -128,15 +151,40 @@ def load(path: str | os.PathLike, *, trust_pickle: bool = False) -> Checkpoint:
             f"{path} is a PyTorch file but not an edgeexit checkpoint (no {FORMAT!r} format "
             "key); write it with edgeexit.save(model, path, example_inputs=...)"
         )
-    return _rebuild(doc, path)
+    return _rebuild(_checked_doc(doc, path), path, trusted=trust_pickle)
 
 
-def _rebuild(doc: dict, path: Path) -> Checkpoint:
-    fn = _import_factory(doc["factory"])
+def _checked_doc(doc: dict, path: Path) -> dict:
+    """The checkpoint's fields, type-checked: a crafted file gets one line, not a traceback."""
+    problems = []
+    if not isinstance(doc.get("factory"), str) or ":" not in doc.get("factory", ""):
+        problems.append("'factory' must be a string 'package.module:function'")
+    kwargs = doc.get("factory_kwargs", {})
+    if not isinstance(kwargs, dict) or not all(isinstance(k, str) for k in kwargs):
+        problems.append("'factory_kwargs' must be a dict with string keys")
+    state = doc.get("state_dict")
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        problems.append("'state_dict' must map names to tensors")
+    names = doc.get("input_names")
+    if not isinstance(names, list | tuple) or not all(isinstance(n, str) for n in names):
+        problems.append("'input_names' must be a list of strings")
+    examples = doc.get("example_inputs")
+    tensors = isinstance(examples, list | tuple) and examples
+    if not tensors or not all(isinstance(x, torch.Tensor) for x in examples):
+        problems.append("'example_inputs' must be a non-empty list of tensors")
+    if problems:
+        raise CheckpointError(f"{path} is a damaged edgeexit checkpoint: {problems[0]}")
+    return {**doc, "factory_kwargs": dict(kwargs)}
+
+
+def _rebuild(doc: dict, path: Path, *, trusted: bool) -> Checkpoint:
+    fn = _import_factory(doc["factory"], trusted=trusted, source=path)
     try:
         model = fn(**doc["factory_kwargs"])
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"it returned a {type(model).__name__}, not an nn.Module")
         model.load_state_dict(doc["state_dict"], strict=True)
-    except (TypeError, RuntimeError, KeyError) as err:
+    except (TypeError, RuntimeError, KeyError, ValueError) as err:
         raise CheckpointError(
             f"{path}: factory {doc['factory']} could not rebuild the model: {_line(err)}"
         ) from err
@@ -144,19 +192,35 @@ def _rebuild(doc: dict, path: Path) -> Checkpoint:
     return Checkpoint(model, tuple(doc["example_inputs"]), tuple(doc["input_names"]))
 
 
-def _import_factory(spec: str) -> Callable[..., nn.Module]:
+def _import_factory(
+    spec: str, *, trusted: bool, source: Path | None = None
+) -> Callable[..., nn.Module]:
+    """The object ``spec`` names, if it may be called to build a model.
+
+    Only an ``nn.Module`` subclass or a ``@checkpointable`` factory is callable without
+    trust: anything else (``os:system``, ``subprocess:run``, ``builtins:exec``) would run
+    what the file says. The check comes before any call.
+    """
     module_name, _, qualname = spec.partition(":")
     try:
         obj: Any = importlib.import_module(module_name)
         for part in qualname.split("."):
             obj = getattr(obj, part)
-    except (ImportError, AttributeError, ValueError) as err:
+    except (ImportError, AttributeError, ValueError, TypeError) as err:
         raise CheckpointError(
             f"factory {spec!r} is not importable ({_line(err)}); expected "
             "'package.module:function' on the Python path"
         ) from err
-    if not callable(obj):
-        raise CheckpointError(f"factory {spec!r} is not callable")
+    is_model_class = inspect.isclass(obj) and issubclass(obj, nn.Module)
+    if is_model_class or getattr(obj, CHECKPOINTABLE_ATTR, False) is True:
+        return obj
+    where = f"{source} names factory" if source else "factory"
+    if not trusted or not callable(obj):
+        raise CheckpointError(
+            f"{where} {spec!r}, which is neither an nn.Module class nor a @checkpointable "
+            "factory: edgeexit will not call it. Decorate your factory with "
+            "@edgeexit.checkpointable, or pass --trust-pickle if you trust this file"
+        )
     return obj
 
 

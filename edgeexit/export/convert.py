@@ -37,11 +37,17 @@ def export_graph(
     output_names: Sequence[str],
     *,
     opset: int,
+    max_opset: int | None = None,
     exporter: str = "auto",
     simplify: bool = True,
     max_ir_version: int | None = None,
-) -> str:
-    """Export ``module(*args)`` to ``path``; return the exporter that succeeded."""
+) -> tuple[str, int]:
+    """Export ``module(*args)`` to ``path``; return the exporter that succeeded and the
+    opset it wrote.
+
+    ``max_opset``: when set, an exporter that needs a higher opset than ``opset`` (dynamo
+    needs 18) may raise it up to this; None keeps ``opset`` (the user chose it).
+    """
     if exporter not in EXPORTERS:
         raise ExportError(f"unknown exporter {exporter!r}; expected one of {EXPORTERS}")
     # A fresh wrapper module is in training mode, and the exporters restore that mode on
@@ -50,15 +56,18 @@ def export_graph(
     order = ("torchscript", "dynamo") if exporter == "auto" else (exporter,)
     failures = []
     for name in order:
+        used = opset
+        if name == "dynamo" and opset < DYNAMO_MIN_OPSET and (max_opset or 0) >= DYNAMO_MIN_OPSET:
+            used = DYNAMO_MIN_OPSET
         try:
             run = _torchscript if name == "torchscript" else _dynamo
             with _quiet():
-                run(module, tuple(args), path, list(input_names), list(output_names), opset)
+                run(module, tuple(args), path, list(input_names), list(output_names), used)
         except Exception as err:  # (torch raises many types; all mean "failed")
             failures.append(f"{name}: {_first_line(err)}")
             continue
         _finish(path, simplify, max_ir_version)
-        return name
+        return name, used
     raise ExportError("ONNX export failed (" + "; ".join(failures) + ")")
 
 

@@ -6,6 +6,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import replace
 
+from edgeexit.bundle import check_bundle_output
 from edgeexit.errors import InputError
 from edgeexit.export.bundle_export import ExportResult, export_bundle
 from edgeexit.export.checkpoint import load
@@ -26,6 +27,7 @@ def export_file(
     ``input_shapes`` replace the checkpoint's example inputs; a trusted pickled module has
     none, so it needs them.
     """
+    check_bundle_output(out_dir, inputs=(model_path,))  # before loading: refuse early
     ckpt = load(model_path, trust_pickle=trust_pickle)
     if input_shapes:
         inputs = example_tensors(input_shapes)
@@ -39,7 +41,7 @@ def export_file(
         )
     if options.input_names is None:
         options = replace(options, input_names=names)
-    return export_bundle(ckpt.model, inputs, out_dir, options)
+    return export_bundle(ckpt.model, inputs, out_dir, options, sources=(model_path,))
 
 
 def _names(shapes: Sequence[InputShape], saved: tuple[str, ...] | None) -> tuple[str, ...] | None:

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 DEFAULT_OPSET = 17  # the widest ONNX Runtime support on edge devices
+MAX_OPSET = 21  # the highest an exporter that needs more (dynamo: 18) may use by default
 DEFAULT_ATOL = 1e-4
 
 

@@ -96,11 +96,10 @@ def validate_bundle(
             checks.append(_check(i, seg, sess, step, want, atol))
     report = ValidationReport(atol, tuple(checks))
     if not report.ok:
-        err = ValidationError(
-            f"bundle does not match PyTorch within atol {atol:g}: " + "; ".join(report.problems)
+        raise ValidationError(
+            f"bundle does not match PyTorch within atol {atol:g}: " + "; ".join(report.problems),
+            report=report,
         )
-        err.report = report
-        raise err
     return report
 
 

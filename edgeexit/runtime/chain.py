@@ -65,6 +65,7 @@ class Plan(NamedTuple):
     # the input's dtype when there is one input (an array of this shape and dtype is all
     # a call needs), else None
     single_dtype: np.dtype | None
+    float_inputs: tuple[int, ...]  # which inputs are floats, checked for NaN and inf
 
     def takes(self, xs: Sequence[object]) -> bool:
         """True if ``xs`` are arrays of exactly this plan's dtypes and shapes, so they need
@@ -80,7 +81,8 @@ class Plan(NamedTuple):
 class Chain:
     """The sessions of one bundle with their buffers; runs batches through them.
 
-    Not thread-safe: one call at a time (the buffers are shared between calls).
+    Not thread-safe: one call at a time (the buffers are shared between calls); Runtime
+    holds a lock around every call into it.
     """
 
     def __init__(
@@ -340,6 +342,7 @@ class Chain:
             self.exit_column(len(steps) - 1, n),
             tuple((buf.dtype, buf[:n].shape) for buf in self.stage),
             self.stage[0].dtype if len(self.stage) == 1 else None,
+            tuple(k for k, buf in enumerate(self.stage) if buf.dtype.kind == "f"),
         )
         if n <= MAX_SHARED_COLUMN:
             self.plans[shape] = plan

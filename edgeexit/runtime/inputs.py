@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from edgeexit.bundle import InputSpec
+from edgeexit.data import all_finite, nonfinite_rows, rows_text
 from edgeexit.errors import InputError
 
 Inputs = np.ndarray | Sequence[np.ndarray] | Mapping[str, np.ndarray]
@@ -86,4 +87,18 @@ def check_inputs(inputs: Any, specs: tuple[InputSpec, ...]) -> tuple[np.ndarray,
             )
     if batch < 1:
         raise InputError(f"input {specs[0].name!r} has an empty batch; expected >= 1 sample")
+    if not all(all_finite(x) for x in arrays if x.dtype.kind == "f"):
+        refuse_nonfinite(arrays, specs)
     return arrays
+
+
+def refuse_nonfinite(arrays: Sequence[np.ndarray], specs: tuple[InputSpec, ...]) -> None:
+    """Raise the InputError naming the first input with NaN or inf, and its rows."""
+    for x, spec in zip(arrays, specs):
+        if x.dtype.kind == "f":
+            rows = nonfinite_rows(x)
+            if rows.size:
+                raise InputError(
+                    f"input {spec.name!r} holds NaN or inf in {rows_text(rows)}; expected "
+                    "finite numbers: a prediction for them means nothing"
+                )

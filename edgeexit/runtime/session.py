@@ -15,6 +15,7 @@ from typing import Any
 
 import onnxruntime as ort
 
+from edgeexit.bundle import SegmentSource
 from edgeexit.errors import BundleError, TargetError
 from edgeexit.targets import Target
 
@@ -133,11 +134,16 @@ def session_options(config: SessionConfig) -> ort.SessionOptions:
     return opts
 
 
-def open_session(path: Path, config: SessionConfig) -> ort.InferenceSession:
-    """An InferenceSession for one ONNX file, or a BundleError naming the file."""
+def open_session(source: SegmentSource | Path, config: SessionConfig) -> ort.InferenceSession:
+    """An InferenceSession for one verified segment (from its checked bytes when it has no
+    external data, else from its path), or a BundleError naming the file."""
+    if isinstance(source, SegmentSource):
+        path, model = source.path, source.model
+    else:
+        path, model = Path(source), None
     try:
         return ort.InferenceSession(
-            str(path),
+            model if model is not None else str(path),
             sess_options=session_options(config),
             providers=list(config.providers),
             provider_options=[dict(o) for o in config.provider_options] or None,

@@ -21,6 +21,7 @@ import numpy as np
 from edgeexit.bundle import (
     Manifest,
     atomic_bundle_dir,
+    check_bundle_output,
     read_manifest,
     sha256_file,
     verify_segments,
@@ -58,6 +59,13 @@ class CompileOptions:
             raise TargetError(f"calibration sizes must be positive, got {self}")
 
 
+@dataclass(frozen=True)
+class _Compiled:
+    manifest: Manifest
+    models: list[Any]
+    report: CompileReport
+
+
 def compile_bundle(
     src_dir: str | os.PathLike,
     dst_dir: str | os.PathLike,
@@ -66,7 +74,32 @@ def compile_bundle(
     calib: Dataset | None = None,
     options: CompileOptions = CompileOptions(),
 ) -> CompileReport:
-    """Write ``dst_dir``: the fp32 bundle ``src_dir`` compiled for ``target``."""
+    """Write ``dst_dir``: the fp32 bundle ``src_dir`` compiled for ``target``.
+
+    ``dst_dir`` must be new, empty or a bundle, and not ``src_dir`` (files.check_output).
+    """
+    check_bundle_output(dst_dir, inputs=(src_dir,))
+    compiled = _compile(src_dir, target, calib, options)
+    with atomic_bundle_dir(dst_dir, inputs=(src_dir,)) as tmp:
+        _write_into(tmp, compiled, ort_format=options.ort_format)
+    return compiled.report
+
+
+def compile_in_place(
+    bundle_dir: Path, target: Target | str, calib: Dataset | None, options: CompileOptions
+) -> CompileReport:
+    """Compile the fp32 bundle in ``bundle_dir`` into itself: for export, inside the
+    temporary folder it has just validated (which replaces the output only once done)."""
+    compiled = _compile(bundle_dir, target, calib, options)
+    for seg in compiled.manifest.segments:
+        (bundle_dir / seg.file).unlink()
+    _write_into(bundle_dir, compiled, ort_format=options.ort_format)
+    return compiled.report
+
+
+def _compile(
+    src_dir: str | os.PathLike, target: Target | str, calib: Dataset | None, options: CompileOptions
+) -> _Compiled:
     import onnx
 
     target = load_target(target)
@@ -84,29 +117,46 @@ def compile_bundle(
 
         check_inputs(calib.inputs, manifest.inputs)  # InputError naming the mismatch
         calib = calib.take(slice(0, options.calib_samples))
+        num_classes = manifest.extra.get("num_classes")
+        if isinstance(num_classes, int):
+            calib.check_labels(num_classes)
     compiled, method = _change_precision(fp32, manifest, target, calib, options)
+    kernels = _evaluation_kernels(target)
     report = CompileReport(
         target=target.name,
         precision=target.precision,
         method=method,
         ir_version=max(m.ir_version for m in compiled),
         opset=max(default_opset(m) for m in compiled),
-        **_accuracy(fp32, compiled, manifest, calib, options),
+        kernels=kernels if compiled is not fp32 else "",
+        **_accuracy(fp32, compiled, manifest, calib, options, kernels),
     )
     failing = [e for e in report.exits if e.drop_pp > options.max_quant_drop_pp]
     if failing:
-        err = ValidationError(
+        raise ValidationError(
             f"{target.precision} bundle for {target.name} loses too much accuracy: "
             + "; ".join(
                 f"exit {e.exit_index} {e.reference_accuracy:.1%} -> {e.compiled_accuracy:.1%}"
                 for e in failing
             )
-            + f" (--max-quant-drop {options.max_quant_drop_pp:g} pp); nothing written"
+            + f" (--max-quant-drop {options.max_quant_drop_pp:g} pp); nothing written",
+            report=report,
         )
-        err.report = report  # as export's ValidationError does: the CLI renders it
-        raise err
-    _write(dst_dir, manifest, compiled, report, ort_format=options.ort_format)
-    return report
+    return _Compiled(manifest, compiled, report)
+
+
+# How the compiled segments are run for the accuracy check (CompileReport.kernels).
+HOST_KERNELS = "this host's kernels"
+SIMULATED_KERNELS = "quantized numerics simulated in fp32"
+
+
+def _evaluation_kernels(target: Target) -> str:
+    """Int8 for another architecture is checked with its quantization simulated in fp32
+    (QDQ nodes left unfused), not with this host's int8 kernels: those differ between CPUs
+    (x86 AVX2 kernels saturate where ARM's do not), and the device runs its own."""
+    if target.precision == "int8" and target.arch != host_arch():
+        return SIMULATED_KERNELS
+    return HOST_KERNELS
 
 
 def _refuse_host_only_ops(model: Any, target: Target, name: str) -> None:
@@ -155,13 +205,15 @@ def _accuracy(
     manifest: Manifest,
     calib: Dataset | None,
     options: CompileOptions,
+    kernels: str,
 ) -> dict[str, Any]:
     """Every exit's accuracy, fp32 vs compiled, on the calibration data (if any)."""
     if calib is None or compiled is fp32:
         return {"reference": "none", "samples": 0, "exits": ()}
+    level = "basic" if kernels == SIMULATED_KERNELS else "all"
     run = [
         run_chain(
-            host_sessions(models, threads=options.threads),
+            host_sessions(models, threads=options.threads, optimization=level),
             manifest,
             calib.inputs,
             batch_size=options.batch_size,
@@ -186,34 +238,27 @@ def _accuracy(
     return {"reference": reference, "samples": len(calib), "exits": tuple(exits)}
 
 
-def _write(
-    dst_dir: str | os.PathLike,
-    manifest: Manifest,
-    models: list[Any],
-    report: CompileReport,
-    *,
-    ort_format: bool,
-) -> None:
+def _write_into(folder: Path, compiled: _Compiled, *, ort_format: bool) -> None:
     import onnx
 
     from edgeexit.targets.ortformat import save_ort_format
 
-    with atomic_bundle_dir(dst_dir) as tmp:
-        segments = []
-        for model, seg in zip(models, manifest.segments):
-            path = (Path(tmp) / seg.file).with_suffix(".onnx")
-            onnx.save(model, path)
-            if ort_format:
-                path = save_ort_format(path)
-            segments.append(replace(seg, file=path.name, sha256=sha256_file(path)))
-        compiled = replace(manifest, segments=tuple(segments)).with_extra(
-            precision=report.precision,
-            target=report.target,
-            opset=report.opset,
-            ir_version=report.ir_version,
-            compile=report.to_json(),
-        )
-        write_manifest(tmp, compiled)
+    report = compiled.report
+    segments = []
+    for model, seg in zip(compiled.models, compiled.manifest.segments):
+        path = (folder / seg.file).with_suffix(".onnx")
+        onnx.save(model, path)
+        if ort_format:
+            path = save_ort_format(path)
+        segments.append(replace(seg, file=path.name, sha256=sha256_file(path)))
+    manifest = replace(compiled.manifest, segments=tuple(segments)).with_extra(
+        precision=report.precision,
+        target=report.target,
+        opset=report.opset,
+        ir_version=report.ir_version,
+        compile=report.to_json(),
+    )
+    write_manifest(folder, manifest)
 
 
 def compile_exported(
@@ -229,4 +274,4 @@ def compile_exported(
 
     calib = load_data(calib_data, read_manifest(bundle_dir).inputs) if calib_data else None
     options = CompileOptions(max_quant_drop_pp=max_quant_drop_pp)
-    return compile_bundle(bundle_dir, bundle_dir, target, calib=calib, options=options)
+    return compile_in_place(Path(bundle_dir), target, calib, options)

@@ -24,13 +24,24 @@ class ChainOutputs:
     scores: list[np.ndarray]
 
 
-def host_sessions(models: Sequence[Any], *, threads: int = 0) -> list[Any]:
-    """CPU sessions for evaluation on the host (threads 0: ONNX Runtime's default)."""
+def host_sessions(
+    models: Sequence[Any], *, threads: int = 0, optimization: str = "all"
+) -> list[Any]:
+    """CPU sessions for evaluation on the host (threads 0: ONNX Runtime's default).
+
+    ``optimization``: "all" runs this host's fused kernels; "basic" leaves quantized graphs'
+    QuantizeLinear/DequantizeLinear pairs unfused, so int8 numerics are simulated in fp32,
+    the same on every CPU."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
+    options.graph_optimization_level = (
+        ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+        if optimization == "basic"
+        else ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    )
     return [
         ort.InferenceSession(m.SerializeToString(), options, providers=["CPUExecutionProvider"])
         for m in models

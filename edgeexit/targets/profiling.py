@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from edgeexit import files
 from edgeexit.bundle import BATCH_DIM, InputSpec
 from edgeexit.errors import InputError, TargetError
 from edgeexit.targets.profile import Target, host_arch
@@ -102,10 +103,10 @@ class ExitProfile:
     @classmethod
     def from_json(cls, doc: dict[str, Any]) -> ExitProfile:
         return cls(
-            index=int(doc["index"]),
-            latency_ms=ExitLatency(**{k: float(v) for k, v in doc["latency_ms"].items()}),
-            energy_mj=_optional_float(doc.get("energy_mj")),
-            power_w=_optional_float(doc.get("power_w")),
+            index=_count(doc["index"], "exit index", 0),
+            latency_ms=ExitLatency(**_figures(doc["latency_ms"], ExitLatency)),
+            energy_mj=_optional_figure(doc.get("energy_mj"), "energy_mj"),
+            power_w=_optional_figure(doc.get("power_w"), "power_w"),
         )
 
 
@@ -191,52 +192,76 @@ class DeviceProfile:
 
     @classmethod
     def from_json(cls, doc: dict[str, Any], *, source: str = "<profile>") -> DeviceProfile:
+        """Parse and check a profile document: every latency, energy and power figure must
+        be a finite number >= 0 (a NaN would meet any budget), counts positive integers."""
         if not isinstance(doc, dict) or doc.get("format") != FORMAT:
             got = doc.get("format") if isinstance(doc, dict) else type(doc).__name__
             raise TargetError(f"{source}: format is {got!r}; expected {FORMAT!r}")
         try:
             segments = tuple(
                 SegmentProfile(
-                    index=int(s["index"]),
-                    file=str(s["file"]),
-                    sha256=str(s["sha256"]),
-                    latency_ms=LatencyStats(**{k: float(v) for k, v in s["latency_ms"].items()}),
-                    energy_mj=_optional_float(s.get("energy_mj")),
-                    power_w=_optional_float(s.get("power_w")),
+                    index=_count(s["index"], "segment index", 0),
+                    file=_text(s["file"], "segment file"),
+                    sha256=_text(s["sha256"], "segment sha256"),
+                    latency_ms=LatencyStats(**_figures(s["latency_ms"], LatencyStats)),
+                    energy_mj=_optional_figure(s.get("energy_mj"), "energy_mj"),
+                    power_w=_optional_figure(s.get("power_w"), "power_w"),
                 )
                 for s in doc["segments"]
             )
-            fields = {k: doc[k] for k in ("target", "precision", "energy_source", "onnxruntime")}
-            counts = {k: int(doc[k]) for k in ("batch_size", "repeats", "warmup")}
+            fields = {
+                k: _text(doc[k], k) for k in ("target", "precision", "energy_source", "onnxruntime")
+            }
+            counts = {
+                "batch_size": _count(doc["batch_size"], "batch_size", 1),
+                "repeats": _count(doc["repeats"], "repeats", 1),
+                "warmup": _count(doc["warmup"], "warmup", 0),
+            }
+            energy_measured = doc["energy_measured"]
+            if not isinstance(energy_measured, bool):
+                raise ValueError(f"energy_measured must be true or false, got {energy_measured!r}")
+            power = doc.get("power_model_w", {})
             return cls(
                 **fields,
                 **counts,
-                energy_measured=bool(doc["energy_measured"]),
-                power_model_w={k: float(v) for k, v in doc.get("power_model_w", {}).items()},
-                measured_idle_power_w=_optional_float(doc.get("measured_idle_power_w")),
-                providers=tuple(doc["providers"]),
+                energy_measured=energy_measured,
+                power_model_w={str(k): _figure(v, "power_model_w") for k, v in power.items()},
+                measured_idle_power_w=_optional_figure(
+                    doc.get("measured_idle_power_w"), "measured_idle_power_w"
+                ),
+                providers=tuple(_text(p, "provider") for p in doc["providers"]),
                 platform=str(doc.get("platform", "")),
                 segments=segments,
                 exits=tuple(ExitProfile.from_json(e) for e in doc.get("exits", ())),
             )
-        except (KeyError, TypeError, ValueError, AttributeError) as err:
-            raise TargetError(f"{source}: missing or malformed key {err}") from err
+        except KeyError as err:
+            raise TargetError(f"{source}: missing key {err}; re-run `edgeexit profile`") from err
+        except (TypeError, ValueError, AttributeError) as err:
+            raise TargetError(f"{source}: malformed profile: {err}") from err
 
-    def save(self, path: str | os.PathLike) -> None:
-        """Write the JSON atomically (temp file + rename)."""
-        path = Path(path)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(json.dumps(self.to_json(), indent=2) + "\n")
-        os.replace(tmp, path)
+    def save(self, path: str | os.PathLike, *, inputs: tuple[str | os.PathLike, ...] = ()) -> None:
+        """Write the JSON atomically (temp file + rename), as strict JSON. ``path`` must be
+        new or an earlier profile, and not one of ``inputs`` (files.check_output)."""
+        files.check_output(path, "profile", inputs=inputs)
+        files.write_json_atomic(path, self.to_json(), what="profile")
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> DeviceProfile:
+        path = Path(path)
         try:
-            doc = json.loads(Path(path).read_text())
+            if path.is_dir():
+                raise IsADirectoryError(21, "Is a directory", str(path))
+            text = path.read_bytes().decode("utf-8")
+            doc = json.loads(text, parse_constant=_no_constant)
         except FileNotFoundError as err:
             raise TargetError(f"device profile {path} does not exist") from err
-        except (OSError, json.JSONDecodeError) as err:
-            raise TargetError(f"device profile {path} is not readable JSON: {err}") from err
+        except OSError as err:
+            raise TargetError(
+                f"device profile {path} is unreadable: {files.os_reason(err)}"
+            ) from err
+        except (UnicodeDecodeError, ValueError) as err:
+            reason = (str(err).splitlines() or [type(err).__name__])[0]
+            raise TargetError(f"device profile {path} is not readable JSON: {reason}") from err
         return cls.from_json(doc, source=str(path))
 
     def __rich__(self) -> Any:
@@ -514,5 +539,40 @@ def _measured_per_call(reading: Any, calls: int) -> tuple[float | None, float | 
     return reading.energy_mj / calls, reading.energy_mj / 1e3 / reading.duration_s
 
 
-def _optional_float(value: Any) -> float | None:
-    return None if value is None else float(value)
+def _no_constant(name: str) -> None:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _figure(value: Any, what: str) -> float:
+    """A measured figure: a finite number >= 0 (never NaN, inf, negative, bool or text)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"{what} must be a number, got {value!r}")
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"{what} is {value!r}; expected a finite number >= 0")
+    return float(value)
+
+
+def _optional_figure(value: Any, what: str) -> float | None:
+    return None if value is None else _figure(value, what)
+
+
+def _figures(doc: Any, cls: type) -> dict[str, float]:
+    if not isinstance(doc, dict):
+        raise ValueError(f"latency_ms must be an object, got {doc!r}")
+    names = [f for f in cls.__dataclass_fields__]
+    missing = [n for n in names if n not in doc]
+    if missing:
+        raise ValueError(f"latency_ms has no {missing[0]!r}")
+    return {n: _figure(doc[n], f"latency_ms.{n}") for n in names}
+
+
+def _count(value: Any, what: str, least: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < least:
+        raise ValueError(f"{what} must be an integer >= {least}, got {value!r}")
+    return value
+
+
+def _text(value: Any, what: str) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"{what} must be a string, got {value!r}")
+    return value

@@ -34,6 +34,7 @@ class CompileReport:
     reference: str  # labels | fp32 predictions | none (no calibration data)
     samples: int
     exits: tuple[ExitAccuracy, ...]
+    kernels: str = ""  # how the check ran: this host's kernels, or quantization simulated
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -43,6 +44,7 @@ class CompileReport:
             "ir_version": self.ir_version,
             "opset": self.opset,
             "accuracy_reference": self.reference,
+            "accuracy_kernels": self.kernels,
             "samples": self.samples,
             "exits": [
                 {
@@ -59,7 +61,8 @@ class CompileReport:
     def _caption(self) -> str:
         if not self.exits:
             return "no calibration data: accuracy NOT checked"
-        return f"accuracy vs {self.reference} on {self.samples} calibration samples"
+        how = f", {self.kernels}" if self.kernels else ""
+        return f"accuracy vs {self.reference} on {self.samples} calibration samples{how}"
 
     def __rich__(self) -> Table | str:
         if self.precision == "fp32":

@@ -1,0 +1,145 @@
+"""The typer application and the one place where errors become one-line messages.
+
+Commands are thin: parse, call the library, render. Each lives in its own module in this
+package and registers itself with ``@command``. Exit codes: 0 ok, 1 failure (one
+``error:`` line on stderr), 2 usage error (a malformed option or argument: one ``error:``
+line too), 130 interrupted (Ctrl-C). No traceback reaches the user for any of them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import sys
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from typer.core import TyperGroup
+
+from edgeexit.errors import EdgeExitError
+from edgeexit.files import os_reason
+
+# typer re-exports click's exception classes under its own names in every version it
+# allows (newer ones vendor click), so they are found through them.
+_USAGE_ERROR = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")
+_CLICK_EXCEPTION = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+EXIT_USAGE, EXIT_INTERRUPTED = 2, 130
+
+
+class _OneLineErrors(TyperGroup):
+    """The command group, with usage errors printed as one ``error:`` line (exit 2) instead
+    of a framed usage box, and Ctrl-C as exit 130, for CLI runs and CliRunner alike."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        try:
+            result = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+            code = result if isinstance(result, int) else 0
+        except _USAGE_ERROR as err:
+            code = _usage_error(err)
+        except _CLICK_EXCEPTION as err:
+            typer.echo(f"error: {err.format_message()}", err=True)
+            code = err.exit_code
+        except (typer.Abort, KeyboardInterrupt):
+            typer.echo("interrupted", err=True)
+            code = EXIT_INTERRUPTED
+        if standalone_mode:
+            sys.exit(code)
+        return code
+
+
+def _usage_error(err: Exception) -> int:
+    message = err.format_message()
+    if type(err).__name__ == "NoArgsIsHelpError":  # `edgeexit` alone: the help is the answer
+        typer.echo(message, err=True)
+        return err.exit_code
+    ctx = getattr(err, "ctx", None)
+    hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+    text = " ".join(message.split())  # click wraps long messages; keep them on one line
+    typer.echo(f"error: {text}{hint}", err=True)
+    return EXIT_USAGE
+
+
+app = typer.Typer(
+    name="edgeexit",
+    cls=_OneLineErrors,
+    help="Deploy multi-exit (early-exit) networks to edge devices as chained ONNX segments.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="markdown",
+)
+
+
+def fail(message: str) -> typer.Exit:
+    """Print one line to stderr; return the Exit to raise (code 1)."""
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(1)
+
+
+def usage_error(message: str) -> typer.Exit:
+    """Print one usage-error line to stderr; return the Exit to raise (code 2), for option
+    combinations no single option's parser can check."""
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(EXIT_USAGE)
+
+
+def first_line(err: BaseException) -> str:
+    """The first line of an error's message, or its type's name when it has none."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def command(*args: Any, **kwargs: Any) -> Callable:
+    """``app.command`` that turns any EdgeExitError, and any OS error the library did not
+    translate (a full disk, a read-only folder), into one line and exit code 1."""
+
+    def register(fn: Callable) -> Callable:
+        @functools.wraps(fn)
+        def wrapper(*a: Any, **kw: Any) -> Any:
+            try:
+                return fn(*a, **kw)
+            except EdgeExitError as err:
+                raise fail(first_line(err)) from None
+            except OSError as err:
+                where = f": {err.filename}" if err.filename else ""
+                raise fail(f"{os_reason(err)}{where}") from None
+
+        return app.command(*args, **kwargs)(wrapper)
+
+    return register
+
+
+@contextlib.contextmanager
+def stage_progress(*, hidden: bool) -> Iterator[Callable[[str, int, int], None]]:
+    """Progress bars on stderr, so stdout holds only the table or the JSON.
+
+    Yields ``advance(stage, done, total)``: each new stage name gets a bar of its own.
+    ``hidden`` (for ``--json``) keeps the terminal quiet.
+    """
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, console=Console(stderr=True), transient=True, disable=hidden) as bar:
+        tasks: dict[str, Any] = {}
+
+        def advance(stage: str, done: int, total: int) -> None:
+            if stage not in tasks:
+                tasks[stage] = bar.add_task(stage, total=total)
+            bar.update(tasks[stage], completed=done, total=total)
+
+        yield advance
+
+
+@app.callback()
+def _root() -> None:
+    """Deploy multi-exit (early-exit) networks to edge devices as chained ONNX segments.
+
+    Pipeline: `export` a model.pt to a bundle, `profile` it on the device, `calibrate` its
+    exit thresholds to a budget, then `run` or `bench` it on the device.
+    """

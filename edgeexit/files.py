@@ -1,0 +1,407 @@
+"""Writing files without losing anything: guarded outputs, atomic writes and swaps, locks.
+
+Every file edgeexit writes goes through this module, which keeps four promises
+(docs/design.md, "What edgeexit does to existing paths"):
+
+- **Nothing that is not ours is replaced.** An output path that exists must be an edgeexit
+  artifact of the same kind (a bundle for a bundle, a profile for a profile...) or an empty
+  folder; the working directory, an input, and a folder holding an input are refused.
+- **No half-written file and no missing one.** Files are written to a temporary name beside
+  the target and renamed over it; a directory is swapped with ``renameat2(RENAME_EXCHANGE)``
+  where Linux offers it, so the path always holds the old or the new bundle. Elsewhere the
+  swap takes two renames, and the old bundle, parked under a name this module knows, is put
+  back by the next run if a crash fell between them.
+- **No litter.** Temporary names carry the writer's process id; a later run removes those
+  whose process is gone (``kill -9``), and nothing else.
+- **One writer at a time.** ``locked`` takes an advisory lock on a bundle directory, so a
+  second calibrate or export on it is refused instead of silently losing one result.
+
+Permissions follow the user's umask, as for any file they create; a replaced file keeps its
+mode. Stdlib only: the device writes profiles through it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import json
+import os
+import re
+import secrets
+import shutil
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from edgeexit.errors import EdgeExitError, OutputError
+
+# Written into each kind of artifact, so that a path can be recognised as ours.
+BUNDLE_FORMAT_PREFIX = "edgeexit.bundle/"
+PROFILE_FORMAT_PREFIX = "edgeexit.profile/"
+DEMO_MARKER = ".edgeexit-demo"  # a file in every folder `edgeexit demo` writes
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+PNG_SOFTWARE = "edgeexit"  # the tEXt "Software" value of every plot edgeexit saves
+
+_TEMP = re.compile(r"^\.(?P<name>.+)\.(?P<role>tmp|old)-(?P<pid>\d+)-[0-9a-f]{8}$")
+
+
+# -- recognising our own artifacts ---------------------------------------------------------
+
+
+def is_bundle(path: Path) -> bool:
+    return _json_format(path / "manifest.json", BUNDLE_FORMAT_PREFIX)
+
+
+def is_profile(path: Path) -> bool:
+    return _json_format(path, PROFILE_FORMAT_PREFIX)
+
+
+def is_demo_folder(path: Path) -> bool:
+    """Marked as a demo's, or laid out like one written before the marker existed."""
+    if (path / DEMO_MARKER).is_file():
+        return True
+    return is_bundle(path / "bundle") and is_profile(path / "profile.json")
+
+
+def is_plot(path: Path) -> bool:
+    """A PNG that edgeexit wrote (its tEXt chunks name edgeexit as the software)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4096)
+    except OSError:
+        return False
+    return head.startswith(PNG_MAGIC) and b"Software\x00" + PNG_SOFTWARE.encode() in head
+
+
+def _json_format(path: Path, prefix: str) -> bool:
+    try:
+        if path.stat().st_size > 64 << 20:
+            return False
+        doc = json.loads(path.read_bytes())
+    except (OSError, ValueError):
+        return False
+    return isinstance(doc, dict) and str(doc.get("format", "")).startswith(prefix)
+
+
+KINDS: dict[str, tuple[str, Callable[[Path], bool], bool]] = {
+    # kind: (what it is called in messages, recogniser, is a directory)
+    "bundle": ("an edgeexit bundle", is_bundle, True),
+    "demo": ("an edgeexit demo folder", is_demo_folder, True),
+    "profile": ("an edgeexit profile", is_profile, False),
+    "plot": ("a plot edgeexit wrote", is_plot, False),
+}
+
+
+# -- guarding an output path ---------------------------------------------------------------
+
+
+def check_output(
+    path: str | os.PathLike,
+    kind: str,
+    *,
+    inputs: tuple[str | os.PathLike, ...] = (),
+    recognise: Callable[[Path], bool] | None = None,
+) -> Path:
+    """Refuse ``path`` as an output of ``kind`` unless writing it loses nothing; return it.
+
+    Refused: the working directory or a folder holding it; an input, or a folder holding
+    one; a symbolic link; an existing path that is not ``kind`` (a non-empty folder, a
+    file of another sort); for a file, a missing parent folder. ``recognise`` overrides
+    the kind's recogniser (checkpoints are recognised by the torch side).
+    """
+    what, known, is_dir = KINDS.get(kind, (f"an edgeexit {kind}", None, False))
+    known = recognise or known
+    out = Path(path)
+    if str(path) == "" or out.name in ("", ".", ".."):
+        raise OutputError(f"output path {str(path)!r} names no new {kind}; give a new path")
+    resolved = _resolve(out)
+    cwd = _resolve(Path.cwd())
+    if resolved == cwd or resolved in cwd.parents:
+        raise OutputError(
+            f"output {out} is the working directory or holds it; writing there would "
+            f"replace it: give a new path for the {kind}"
+        )
+    for given in inputs:
+        source = _resolve(Path(given))
+        if source == resolved or resolved in source.parents:
+            raise OutputError(
+                f"output {out} is an input of this command or holds one ({given}); "
+                f"give another path for the {kind}"
+            )
+    if out.is_symlink():
+        raise OutputError(f"output {out} is a symbolic link; give the real path for the {kind}")
+    if not out.exists():
+        if not is_dir and not out.parent.is_dir():
+            raise OutputError(f"folder {out.parent} does not exist; create it first")
+        return out
+    if is_dir and out.is_dir() and not any(out.iterdir()):
+        return out  # an empty folder: nothing to lose
+    if is_dir and not out.is_dir():
+        raise OutputError(f"output {out} is a file, not {what}; give a new path for the {kind}")
+    if not is_dir and out.is_dir():
+        raise OutputError(f"output {out} is a directory; expected a file path for the {kind}")
+    if known is None or not known(out):
+        raise OutputError(
+            f"output {out} exists and is not {what}; edgeexit replaces only its own "
+            f"artifacts: give a new path, or move it away yourself"
+        )
+    return out
+
+
+def _resolve(path: Path) -> Path:
+    try:
+        return path.resolve()
+    except (OSError, RuntimeError):  # a symlink loop: compare the path as written
+        return path.absolute()
+
+
+# -- temporary names and their clean-up ----------------------------------------------------
+
+
+def temp_name(target: Path, role: str = "tmp") -> Path:
+    """A name beside ``target`` that ``clean_stale`` recognises as this process's."""
+    return target.with_name(f".{target.name}.{role}-{os.getpid()}-{secrets.token_hex(4)}")
+
+
+def clean_stale(target: Path) -> None:
+    """Remove what a killed edgeexit process left beside ``target`` (temporaries whose
+    process is gone), and put back a bundle parked by an interrupted two-rename swap."""
+    parent = target.parent
+    try:
+        entries = list(parent.iterdir())
+    except OSError:
+        return
+    for entry in entries:
+        match = _TEMP.match(entry.name)
+        if match is None or match["name"] != target.name or _alive(int(match["pid"])):
+            continue
+        if match["role"] == "old" and not os.path.lexists(target):
+            with contextlib.suppress(OSError):
+                os.rename(entry, target)  # the swap died between its renames: undo it
+            continue
+        _remove(entry)
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True  # someone else's live process
+    return True
+
+
+def _remove(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink()
+
+
+# -- atomic files --------------------------------------------------------------------------
+
+
+def write_bytes_atomic(path: str | os.PathLike, data: bytes, *, what: str = "file") -> None:
+    """Write ``data`` to ``path`` through a temporary name and a rename: a crash leaves the
+    old file or the new one. An existing file keeps its permission bits; a new one gets the
+    umask's. OS errors (full disk, read-only, permissions) become one OutputError."""
+    path = Path(path)
+    clean_stale(path)
+    tmp = temp_name(path)
+    try:
+        mode = os.stat(path).st_mode & 0o7777 if path.is_file() else None
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                fd = -1
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+                if mode is not None:
+                    os.fchmod(f.fileno(), mode)
+        finally:
+            if fd != -1:
+                os.close(fd)
+        os.replace(tmp, path)
+    except OSError as err:
+        raise OutputError(f"cannot write {what} {path}: {os_reason(err)}") from err
+    finally:
+        with contextlib.suppress(FileNotFoundError, OSError):
+            os.unlink(tmp)
+
+
+class Staged:
+    """A file written under a temporary name now and renamed into place by ``commit``: the
+    write (which can fail on a full disk) happens before the step it must follow, the
+    rename (which cannot) after it. ``discard`` removes it instead."""
+
+    def __init__(self, path: str | os.PathLike, data: bytes, *, what: str = "file") -> None:
+        self.path = Path(path)
+        self.tmp = temp_name(self.path)
+        try:
+            fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as err:
+            self.discard()
+            raise OutputError(f"cannot write {what} {self.path}: {os_reason(err)}") from err
+
+    def commit(self) -> None:
+        os.replace(self.tmp, self.path)
+
+    def discard(self) -> None:
+        with contextlib.suppress(OSError):
+            os.unlink(self.tmp)
+
+
+def write_json_atomic(path: str | os.PathLike, doc: Any, *, what: str = "file") -> None:
+    """``doc`` as strict JSON (no NaN or Infinity, which strict parsers reject)."""
+    write_bytes_atomic(path, (dumps_json(doc) + "\n").encode(), what=what)
+
+
+def dumps_json(doc: Any) -> str:
+    try:
+        return json.dumps(doc, indent=2, allow_nan=False)
+    except ValueError as err:  # a NaN or an infinity reached an output: a bug, not input
+        raise EdgeExitError(f"refusing to write a non-finite number as JSON: {err}") from err
+
+
+# -- atomic directories --------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def atomic_dir(
+    out_dir: str | os.PathLike, kind: str, *, inputs: tuple[str | os.PathLike, ...] = ()
+) -> Iterator[Path]:
+    """Yield a new temporary folder that replaces ``out_dir`` only if the block succeeds.
+
+    ``out_dir`` is checked (``check_output``) before and again at the swap. A failure,
+    ``Ctrl-C`` included, leaves ``out_dir`` as it was and removes the temporary folder and
+    any parent folders made for it. While the old folder is replaced, it is locked
+    (``locked``), so a calibrate writing into it makes this wait for nothing: it refuses.
+    """
+    out = check_output(out_dir, kind, inputs=inputs)
+    made = _make_parents(out.parent)
+    tmp = temp_name(out)
+    try:
+        clean_stale(out)
+        os.mkdir(tmp)  # 0o777 less the umask, like any folder the user makes
+        yield tmp
+        check_output(out, kind, inputs=inputs)
+        if out.exists():
+            with locked(out, "replace"):
+                _swap(tmp, out)
+        else:
+            os.rename(tmp, out)
+    except OSError as err:
+        raise OutputError(f"cannot write {kind} {out}: {os_reason(err)}") from err
+    except BaseException:
+        for folder in reversed(made):
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _make_parents(folder: Path) -> list[Path]:
+    """Make ``folder`` and its missing parents; return those made, outermost first."""
+    missing = []
+    while not folder.exists():
+        missing.append(folder)
+        folder = folder.parent
+    made = []
+    try:
+        for each in reversed(missing):
+            os.mkdir(each)
+            made.append(each)
+    except OSError as err:
+        for each in reversed(made):
+            with contextlib.suppress(OSError):
+                each.rmdir()
+        raise OutputError(f"cannot make folder {each}: {os_reason(err)}") from err
+    return made
+
+
+def _swap(new: Path, out: Path) -> None:
+    """Put ``new`` at ``out`` and the old ``out`` at ``new`` (then removed by the caller)."""
+    if exchange(new, out):
+        return
+    parked = temp_name(out, "old")
+    os.rename(out, parked)  # a crash here: clean_stale renames it back on the next run
+    os.rename(new, out)
+    shutil.rmtree(parked, ignore_errors=True)
+
+
+_RENAME_EXCHANGE = 2
+_AT_FDCWD = -100
+
+
+def exchange(a: Path, b: Path) -> bool:
+    """Swap two paths in one step (Linux renameat2); False where the platform cannot."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):  # glibc < 2.28, musl
+        return False
+    renameat2.argtypes = (
+        ctypes.c_int,
+        ctypes.c_char_p,
+        ctypes.c_int,
+        ctypes.c_char_p,
+        ctypes.c_uint,
+    )
+    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP):  # kernel or filesystem lacks it
+        return False
+    raise OSError(code, os.strerror(code), str(b))
+
+
+# -- locks ---------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def locked(folder: str | os.PathLike, action: str) -> Iterator[None]:
+    """Hold an advisory lock on ``folder`` (a bundle) for ``action``, or refuse at once
+    when another edgeexit process holds it. Where there is no ``fcntl`` (Windows), no lock.
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        yield
+        return
+    folder = Path(folder)
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError as err:
+        raise OutputError(f"cannot open {folder} to {action} it: {os_reason(err)}") from err
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as err:
+            raise OutputError(
+                f"{folder} is being changed by another edgeexit process; run one export or "
+                f"calibrate on it at a time, and try again when that one finishes"
+            ) from err
+        if os.fstat(fd).st_ino != os.stat(folder).st_ino:  # replaced while we waited
+            raise OutputError(f"{folder} was replaced by another process; try again")
+        yield
+    finally:
+        os.close(fd)
+
+
+def os_reason(err: OSError) -> str:
+    """'No space left on device' rather than '[Errno 28] No space left on device: path'."""
+    return err.strerror or str(err) or type(err).__name__
