@@ -318,9 +318,11 @@ def read_manifest(bundle_dir: str | os.PathLike) -> Manifest:
     if not folder.is_dir():
         raise BundleError(f"bundle {folder} is not a directory; expected a bundle directory")
     path = folder / MANIFEST
+    if path.is_symlink():
+        raise BundleError(f"{path} is a symbolic link; a bundle holds its own manifest")
+    if path.exists() and not path.is_file():
+        raise BundleError(f"{path} is not a regular file; expected the bundle's manifest")
     try:
-        if path.is_symlink() or not path.is_file():
-            raise FileNotFoundError(path)
         if path.stat().st_size > MAX_MANIFEST_BYTES:
             raise BundleError(f"{path} is over {MAX_MANIFEST_BYTES >> 20} MiB; not a manifest")
         doc = json.loads(path.read_bytes().decode("utf-8"), parse_constant=_no_constant)

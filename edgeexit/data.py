@@ -88,6 +88,10 @@ def _read_arrays(path: Path) -> dict[str, np.ndarray]:
     """Every array of a .npy/.npz file, read in full here, so that a corrupt member or an
     object array fails now, with the file named, and not later in the middle of a run."""
     try:
+        with open(path, "rb") as f:
+            magic = f.read(6)
+        if magic != b"\x93NUMPY" and not magic.startswith(b"PK\x03\x04"):
+            raise DataError(f"{path} is not a .npy or .npz file; expected numpy's formats")
         loaded = np.load(path, allow_pickle=False)
         if isinstance(loaded, np.ndarray):
             return {"x": loaded}
@@ -119,18 +123,16 @@ def _refuse_nonfinite(path: Path, specs: tuple[InputSpec, ...], inputs: tuple) -
 
 
 # Below this many elements a sum is the cheapest finiteness test (~3 µs against ~4 for
-# np.isfinite(x).all() on a small input); above it isfinite is faster.
+# np.isfinite(x).all() on a small input); above it isfinite is faster. Summed in float64, a
+# float32 or float16 array this small cannot overflow, so a non-finite sum means a NaN or
+# an inf in the input, and no overflow warning is ever raised.
 _SUM_TEST_MAX = 16384
 
 
 def all_finite(x: np.ndarray) -> bool:
-    """True when the float array ``x`` holds no NaN and no inf.
-
-    Any NaN or inf makes the sum non-finite; a finite sum can only overflow, and then the
-    exact test decides.
-    """
-    if x.size <= _SUM_TEST_MAX and math.isfinite(np.add.reduce(x, axis=None)):
-        return True
+    """True when the float array ``x`` holds no NaN and no inf."""
+    if x.size <= _SUM_TEST_MAX and x.itemsize < 8:
+        return math.isfinite(np.add.reduce(x, axis=None, dtype=np.float64))
     return bool(np.isfinite(x).all())
 
 
@@ -162,5 +164,6 @@ def _cast(x: np.ndarray, spec: InputSpec, path: Path) -> np.ndarray:
     if x.dtype == dtype:
         return np.ascontiguousarray(x)
     if np.can_cast(x.dtype, dtype, casting="same_kind"):
-        return np.ascontiguousarray(x.astype(dtype))
+        with np.errstate(over="ignore"):  # overflow becomes inf, refused with its rows
+            return np.ascontiguousarray(x.astype(dtype))
     raise DataError(f"{path}: input {spec.name!r} is {x.dtype}, expected {dtype}")

@@ -114,8 +114,8 @@ def check_output(
     what, known, is_dir = KINDS.get(kind, (f"an edgeexit {kind}", None, False))
     known = recognise or known
     out = Path(path)
-    if str(path) == "" or out.name in ("", ".", ".."):
-        raise OutputError(f"output path {str(path)!r} names no new {kind}; give a new path")
+    if str(path) == "":
+        raise OutputError(f"output path is empty; give a path for the {kind}")
     resolved = _resolve(out)
     cwd = _resolve(Path.cwd())
     if resolved == cwd or resolved in cwd.parents:
@@ -123,6 +123,8 @@ def check_output(
             f"output {out} is the working directory or holds it; writing there would "
             f"replace it: give a new path for the {kind}"
         )
+    if out.name in ("", ".", ".."):
+        raise OutputError(f"output path {str(path)!r} names no new {kind}; give a new path")
     for given in inputs:
         source = _resolve(Path(given))
         if source == resolved or resolved in source.parents:
@@ -130,6 +132,9 @@ def check_output(
                 f"output {out} is an input of this command or holds one ({given}); "
                 f"give another path for the {kind}"
             )
+    ancestor = next((a for a in out.absolute().parents if a.exists()), None)
+    if ancestor is not None and not ancestor.is_dir():
+        raise OutputError(f"{ancestor} is a file, not a folder; give another path for the {kind}")
     if out.is_symlink():
         raise OutputError(f"output {out} is a symbolic link; give the real path for the {kind}")
     if not out.exists():

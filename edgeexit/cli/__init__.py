@@ -1,26 +1,56 @@
 """The ``edgeexit`` command line.
 
-This module stays import-light: ``main`` loads the application inside its own guard, so a
-Ctrl-C while onnxruntime or numpy are still loading exits 130 without a traceback.
+This module stays import-light: ``main`` loads the application with Ctrl-C held back
+(``interrupts_deferred``), because an interrupt landing inside the initialisation of a
+native module (onnxruntime, numpy, torch) is turned by that module into an ImportError
+traceback. Held back, it arrives once the imports are done and exits 130 like any other.
 ``edgeexit.cli.app`` is the typer application (resolved on first access).
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 import sys
+from collections.abc import Iterator
 from typing import Any
 
 EXIT_INTERRUPTED = 130
 
 
+@contextlib.contextmanager
+def interrupts_deferred() -> Iterator[None]:
+    """Hold SIGINT back for the block (main thread, POSIX); a Ctrl-C pressed meanwhile is
+    delivered when it ends. Elsewhere, a no-op."""
+    block = getattr(signal, "pthread_sigmask", None)
+    if block is None:  # pragma: no cover - Windows
+        yield
+        return
+    previous = block(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        block(signal.SIG_SETMASK, previous)
+
+
 def main() -> None:
     try:
-        from edgeexit.cli.commands import app  # registers every command
+        with interrupts_deferred():
+            from edgeexit.cli.commands import app  # registers every command
 
-        app()
+        code = app(standalone_mode=False)
     except KeyboardInterrupt:
         sys.stderr.write("interrupted\n")
-        sys.exit(EXIT_INTERRUPTED)
+        code = EXIT_INTERRUPTED
+    if code == EXIT_INTERRUPTED:
+        # CPython remembers a KeyboardInterrupt that passed through code a native module ran
+        # (onnxruntime runs some), and after a normal shutdown kills itself with SIGINT:
+        # exit status -2 instead of 130. Everything is cleaned up by now; leave directly.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
 
 
 def __getattr__(name: str) -> Any:
@@ -31,4 +61,4 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["app", "main"]
+__all__ = ["app", "interrupts_deferred", "main"]

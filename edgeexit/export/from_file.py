@@ -27,7 +27,8 @@ def export_file(
     ``input_shapes`` replace the checkpoint's example inputs; a trusted pickled module has
     none, so it needs them.
     """
-    check_bundle_output(out_dir, inputs=(model_path,))  # before loading: refuse early
+    sources = (model_path, *([options.calib_data] if options.calib_data else []))
+    check_bundle_output(out_dir, inputs=sources)  # before loading: refuse early
     ckpt = load(model_path, trust_pickle=trust_pickle)
     if input_shapes:
         inputs = example_tensors(input_shapes)

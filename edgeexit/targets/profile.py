@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from edgeexit.errors import TargetError
+from edgeexit.files import os_reason
 from edgeexit.targets.checks import check_values
 
 if sys.version_info >= (3, 11):
@@ -68,9 +69,15 @@ def load_target(name_or_path: str | os.PathLike | Target | None) -> Target:
                 f"{', '.join(available_targets())} or the path of a .toml profile"
             )
     try:
-        doc = tomllib.loads(path.read_text())
+        doc = tomllib.loads(path.read_bytes().decode("utf-8"))
     except FileNotFoundError as err:
         raise TargetError(f"target profile {path} does not exist") from err
+    except IsADirectoryError as err:
+        raise TargetError(f"target profile {path} is a directory; expected a .toml file") from err
+    except OSError as err:
+        raise TargetError(f"target profile {path} is unreadable: {os_reason(err)}") from err
+    except UnicodeDecodeError as err:
+        raise TargetError(f"target profile {path} is not UTF-8 text") from err
     except tomllib.TOMLDecodeError as err:
         raise TargetError(f"target profile {path} is not valid TOML: {err}") from err
     return parse_target(doc, source=str(path))
