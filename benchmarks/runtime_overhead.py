@@ -12,6 +12,8 @@ the paired ratio; the interval says how much the machine's noise leaves it uncer
 
 Methods:
   chain          Runtime.run forced to the last exit (thresholds all inf): what a user calls
+  chain-nolock   the same call without the lock that makes a Runtime safe from several
+                 threads (Runtime._run): the lock's cost is chain minus this
   chain-scored   Runtime.run with finite thresholds no sample reaches: every exit's score
                  is read and compared, nobody leaves
   chain-raw      the 4 segments' run_with_iobinding back to back, no Python around them:
@@ -147,6 +149,7 @@ def methods(
 
     return {
         "chain": lambda: rt.run(inputs),
+        "chain-nolock": lambda: rt._run(inputs, None),
         "chain-scored": lambda: rt.run(inputs, thresholds=unreachable),
         "chain-raw": chain_raw,
         "mono-bound": mono_bound,
