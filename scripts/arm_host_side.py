@@ -9,8 +9,11 @@ Writes into OUT_DIR:
   target with calibration data (``calibration.npz``), which makes it int8;
 - ``inputs.npz``: the test digits the emulated side runs;
 - ``host_<bundle>.npz``: the host Runtime's outputs on those digits (every exit's logits
-  and scores, and a run with thresholds that make samples leave at every exit), and the
-  host's ONNX Runtime version.
+  and scores, and a run with thresholds that make samples leave at every exit), the
+  host's ONNX Runtime version, and which kernels made them (``kernels``): the int8
+  bundle's reference is its quantization simulated in fp32 (QDQ pairs left unfused, ORT
+  basic optimization), as `edgeexit compile` checks int8 for another architecture, because
+  x86 int8 kernels differ between CPUs (AVX2 without VNNI saturates) and the Pi's do not.
 
 Needs the export side (torch, onnx, scikit-learn): run it with the host's .venv.
 """
@@ -82,11 +85,18 @@ def save_host_outputs(bundle: Path, x: np.ndarray, out_file: Path) -> None:
     leave at every exit and few scores lie within rounding of a threshold (the emulated side
     compares exit decisions only where none does).
     """
+    import dataclasses
+
     import onnxruntime as ort
 
     from edgeexit.runtime import Runtime
+    from edgeexit.targets import load_target
 
-    rt = Runtime(bundle, target="rpi4", threads=1)
+    target = load_target("rpi4")
+    simulated = bundle.name.startswith("int8")
+    if simulated:
+        target = dataclasses.replace(target, graph_optimization="basic")
+    rt = Runtime(bundle, target=target, threads=1)
     every = rt.run_all_exits(x)
     thresholds = np.array([threshold_in_widest_gap(s) for s in every.scores], np.float32)
     thresholds[-1] = np.inf  # the last exit takes every remaining sample anyway
@@ -99,6 +109,7 @@ def save_host_outputs(bundle: Path, x: np.ndarray, out_file: Path) -> None:
         logits=result.logits,
         exit_index=result.exit_index,
         onnxruntime_version=np.array(ort.__version__),
+        kernels=np.array("simulated" if simulated else "host"),
     )
 
 

@@ -1,10 +1,17 @@
 """Bundles exported on the host run on the emulated Pi 4 and give the host's outputs.
 
-Same ONNX Runtime version, different kernels (NEON instead of AVX): results agree to
-rounding, not bit for bit (fp32 measured 2.4e-6 apart at most, int8 identical). An older
-ONNX Runtime (the "oldest" dependency set, 1.17) computes fp32 the same way but int8 a
-little differently: measured up to 1.4% of an exit's logit range apart, one prediction in
-64 changed at two exits. Each case is held to its own bound, a little above what was seen.
+fp32: same ONNX Runtime version, different kernels (NEON instead of AVX): results agree to
+rounding, not bit for bit (measured 2.4e-6 apart at most).
+
+int8: the host's reference is the quantization simulated in fp32 (scripts/arm_host_side.py),
+the numerics `edgeexit compile` uses to check int8 accuracy for another architecture, not
+the host's own int8 kernels, which differ between x86 CPUs (AVX2 without VNNI saturates
+its 16-bit sums; measured up to 1.36 logits apart from the Pi). Integer kernels that do
+not saturate give the simulated figures exactly (an AVX-512 VNNI host: identical logits);
+ONNX Runtime 1.17's ARM int8 kernels (the "oldest" set) differ a little: measured up to
+1.4% of an exit's logit range, one prediction in 64 changed at two exits. Each exit is
+held to a share of its logit range and of samples keeping their prediction, a little above
+what was seen.
 """
 
 from __future__ import annotations
@@ -13,7 +20,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 import pytest
 
 from edgeexit import Runtime
@@ -29,8 +35,8 @@ class Agreement:
     predictions: float  # least fraction of samples with the same prediction, per exit
 
 
-SAME_KERNELS = Agreement(logits_of_range=1e-5, predictions=1.0)
-INT8_OTHER_ORT = Agreement(logits_of_range=0.02, predictions=0.95)
+SAME_NUMERICS = Agreement(logits_of_range=1e-5, predictions=1.0)
+INT8_VS_SIMULATED = Agreement(logits_of_range=0.02, predictions=0.95)
 
 
 class Loaded:
@@ -42,9 +48,8 @@ class Loaded:
         self.host = np.load(artifacts / f"host_{name}.npz")
         self.x = np.load(artifacts / "inputs.npz")["x"]
         self.every = self.runtime.run_all_exits(self.x)
-        host_ort = str(self.host["onnxruntime_version"])
-        other_int8 = name.startswith("int8") and host_ort != ort.__version__
-        self.agreement = INT8_OTHER_ORT if other_int8 else SAME_KERNELS
+        simulated = str(self.host["kernels"]) == "simulated"
+        self.agreement = INT8_VS_SIMULATED if simulated else SAME_NUMERICS
         # Per exit: the bound on a logit difference there.
         self.logit_atol = self.agreement.logits_of_range * np.ptp(
             self.host["all_logits"], axis=(1, 2)
