@@ -16,10 +16,11 @@ FAST = ["--epochs", "1", "--profile-repeats", "5"]
 def test_demo_trains_exports_profiles_calibrates_and_benches(tmp_path):
     result = CliRunner().invoke(app, ["demo", "-o", str(tmp_path), *FAST])
     assert result.exit_code == 0, result.output
-    for words in ("Full model vs calibrated bundle", "speed-up", "exit histogram", "modeled"):
+    for words in ("Full model vs calibrated bundle", "speed-up", "exit histogram", "modeled",
+                  "verdict on held-out data: budget (accuracy drop <= 1 pp)"):  # fmt: skip
         assert words in result.output
     manifest = read_manifest(tmp_path / "bundle")
-    assert manifest.num_exits == 4
+    assert manifest.num_exits == 3
     assert manifest.extra["calibration"]["budget"] == {
         "max_accuracy_drop": 0.01,
         "confidence": 0.9,
@@ -40,7 +41,8 @@ def test_demo_json_on_the_users_own_model_and_data(tmp_path):
     assert result.exit_code == 0, result.output
     doc = json.loads(result.stdout)
     assert doc["budget"] == {"latency_ms": 10.0, "confidence": 0.9, "risk_metric": "disagreement"}
-    assert doc["bench"]["samples"] == 359  # the calibration split, since no --test-data
+    assert doc["bench"]["samples"] == 2154  # the calibration split, since no --test-data
+    assert doc["bench"]["verdict"] in ("met", "missed")  # the latency budget, checked
     assert doc["energy_source"] == doc["bench"]["energy_source"] == "modeled"
     energy = doc["energy_mj_per_sample"]
     latency_ratio = doc["bench"]["full_mean_latency_ms"] / doc["bench"]["mean_latency_ms"]

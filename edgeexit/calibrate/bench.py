@@ -2,11 +2,12 @@
 
 The speed-up is measured in the same run against the whole chain (every threshold forced to
 inf), alternating early-exit and full calls batch by batch so that drift on a busy machine
-hits both alike. The data is passed over several rounds; a mean latency is the median over
-rounds of each round's mean, so one preempted call (a 100 ms stall on a shared machine) cannot
-swing a mean over a few hundred samples, and the speed-up is the median of the rounds' paired
-ratios. Per-sample latency is the latency of the call a sample was in (batch 1 unless asked
-otherwise). Device path: numpy, onnxruntime and rich only.
+hits both alike. The data is passed over several rounds; a sample's latency is the median
+over rounds of the latency of the call it was in (batch 1 unless asked otherwise), so one
+preempted call (a 100 ms stall on a shared machine) cannot set a figure; means are over
+samples, and the speed-up is the ratio of the two means shown. The budget calibrate wrote
+into the manifest is checked on this data (``verdict``): met or missed, with its margin and
+a bootstrap interval. Device path: numpy, onnxruntime and rich only.
 """
 
 from __future__ import annotations
@@ -22,8 +23,10 @@ from rich.console import Console, ConsoleOptions, RenderResult
 from rich.table import Table
 
 from edgeexit.bundle import read_manifest
+from edgeexit.calibrate import verdict
+from edgeexit.calibrate.budget import Budget
 from edgeexit.data import load_data
-from edgeexit.errors import InputError
+from edgeexit.errors import BundleError, CalibrationError, InputError
 
 
 @dataclass(frozen=True)
@@ -42,14 +45,21 @@ class BenchOptions:
 
 @dataclass(frozen=True)
 class BenchReport:
-    """What ``edgeexit bench`` measured."""
+    """What ``edgeexit bench`` measured, and whether the calibrated budget held.
+
+    Latencies: per sample, the median over rounds of the latency of the call it was in (one
+    preempted call cannot set a figure); mean and p95 are over samples. The full chain's
+    mean is the same statistic, and the speed-up is the ratio of the two means shown.
+    Intervals: 95 % percentile bootstrap over samples.
+    """
 
     samples: int
     batch_size: int
     accuracy: float | None
     exit_counts: tuple[int, ...]
     mean_latency_ms: float
-    median_latency_ms: float  # robust to preemption spikes on a busy machine
+    mean_latency_ci: tuple[float, float]
+    median_latency_ms: float
     p95_latency_ms: float
     throughput_per_s: float
     energy_mj_per_sample: float | None
@@ -57,8 +67,25 @@ class BenchReport:
     full_mean_latency_ms: float
     full_accuracy: float | None
     predicted_mean_latency_ms: float | None  # what calibrate expected, if it ran
-    speedup: float  # median over rounds of (full round mean / early-exit round mean)
+    predicted_batch_size: int | None  # the batch size calibrate's costs were measured at
+    speedup: float  # full_mean_latency_ms / mean_latency_ms
+    speedup_ci: tuple[float, float]
     rounds: int
+    budget: str | None  # the calibrated budget, described; None for an uncalibrated bundle
+    checks: tuple[verdict.Check, ...]
+    warnings: tuple[str, ...]
+
+    @property
+    def verdict(self) -> str:
+        """'met', 'missed' (some check missed) or 'no budget' (bundle never calibrated)."""
+        if not self.checks:
+            return "no budget"
+        return "met" if all(c.met for c in self.checks) else "missed"
+
+    @property
+    def passed(self) -> bool:
+        """What ``bench --check`` asks: every budget met and faster than the full model."""
+        return self.verdict == "met" and self.speedup >= 1.0
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -67,6 +94,7 @@ class BenchReport:
             "accuracy": self.accuracy,
             "exit_counts": list(self.exit_counts),
             "mean_latency_ms": self.mean_latency_ms,
+            "mean_latency_ci_ms": list(self.mean_latency_ci),
             "median_latency_ms": self.median_latency_ms,
             "p95_latency_ms": self.p95_latency_ms,
             "throughput_per_s": self.throughput_per_s,
@@ -75,8 +103,14 @@ class BenchReport:
             "full_mean_latency_ms": self.full_mean_latency_ms,
             "full_accuracy": self.full_accuracy,
             "speedup": self.speedup,
+            "speedup_ci": list(self.speedup_ci),
             "rounds": self.rounds,
             "predicted_mean_latency_ms": self.predicted_mean_latency_ms,
+            "predicted_batch_size": self.predicted_batch_size,
+            "budget": self.budget,
+            "verdict": self.verdict,
+            "checks": [c.to_json() for c in self.checks],
+            "warnings": list(self.warnings),
         }
 
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
@@ -87,21 +121,43 @@ class BenchReport:
         table.add_column("all segments", justify="right")
         if self.accuracy is not None:
             table.add_row("accuracy", f"{self.accuracy:.2%}", f"{self.full_accuracy:.2%}")
+        low, high = self.mean_latency_ci
         table.add_row(
-            "mean latency ms", f"{self.mean_latency_ms:.3f}", f"{self.full_mean_latency_ms:.3f}"
+            "mean latency ms",
+            f"{self.mean_latency_ms:.3f} ({low:.3f}-{high:.3f})",
+            f"{self.full_mean_latency_ms:.3f}",
         )
         table.add_row("median latency ms", f"{self.median_latency_ms:.3f}", "")
         table.add_row("p95 latency ms", f"{self.p95_latency_ms:.3f}", "")
         table.add_row("throughput /s", f"{self.throughput_per_s:.1f}", "")
         energy = "n/a" if self.energy_mj_per_sample is None else f"{self.energy_mj_per_sample:.4f}"
         table.add_row(f"energy mJ/sample ({self.energy_source})", energy, "")
-        table.add_row("speed-up", f"{self.speedup:.2f}x", "1.00x")
+        low, high = self.speedup_ci
+        table.add_row("speed-up", f"{self.speedup:.2f}x ({low:.2f}-{high:.2f}x)", "1.00x")
         if self.predicted_mean_latency_ms is not None:
             table.add_row(
-                "calibrate predicted mean ms", f"{self.predicted_mean_latency_ms:.3f}", ""
+                f"calibrate predicted mean ms (batch {self.predicted_batch_size})",
+                f"{self.predicted_mean_latency_ms:.3f}",
+                "",
             )
+        table.caption = "(a-b): 95 % bootstrap interval over samples"
         yield table
         yield "exits: " + ", ".join(f"{i}: {c}" for i, c in enumerate(self.exit_counts))
+        yield from verdict_lines(self)
+
+
+def verdict_lines(report: BenchReport) -> list[str]:
+    """The verdict in words, rich-marked: one line per budget, then the warnings."""
+    if report.budget is None:
+        lines = ["verdict: no budget to check (the bundle was never calibrated)"]
+    else:
+        word = "[green]met[/green]" if report.verdict == "met" else "[bold red]MISSED[/bold red]"
+        lines = [f"verdict on held-out data: budget ({report.budget}) {word}"]
+        for check in report.checks:
+            colour = "green" if check.met else "red"
+            lines.append(f"  [{colour}]{check.describe()}[/{colour}]")
+    lines += [f"[yellow]warning:[/yellow] {w}" for w in report.warnings]
+    return lines
 
 
 def bench_bundle(
@@ -137,47 +193,87 @@ def bench_bundle(
     return _summarise(rounds, dataset.labels, b, manifest.num_exits, manifest.extra)
 
 
+def _per_sample(rounds: list[list], value) -> np.ndarray:
+    """[rounds, samples]: ``value(result)`` of the call each sample was in, per round."""
+    return np.array(
+        [np.concatenate([np.full(len(r.exit_index), value(r)) for r in calls]) for calls in rounds]
+    )
+
+
 def _summarise(rounds, labels, batch_size, num_exits, extra) -> BenchReport:
     early, full_runs = rounds[0]
-    early_all = [r for e, _ in rounds for r in e]
-    per_sample = np.concatenate([np.full(len(r.exit_index), r.latency_ms) for r in early_all])
-    early_means = np.array([_mean_per_sample_ms(e) for e, _ in rounds])
-    full_means = np.array([_mean_per_sample_ms(f) for _, f in rounds])
-    exits = np.concatenate([r.exit_index for r in early])
-    energies = [r.energy_mj for r in early_all]
-    energy = None if any(e is None for e in energies) else sum(energies) / len(per_sample)
+    early_ms = np.median(_per_sample([e for e, _ in rounds], lambda r: r.latency_ms), axis=0)
+    full_ms = np.median(_per_sample([f for _, f in rounds], lambda r: r.latency_ms), axis=0)
+    energies = [r.energy_mj for e, _ in rounds for r in e]
+    energy = None
+    if all(e is not None for e in energies):
+        per_call = _per_sample([e for e, _ in rounds], lambda r: r.energy_mj / len(r.exit_index))
+        energy = np.median(per_call, axis=0)
     source = early[0].energy_label if energy is not None else "none"
-    predicted = (extra.get("calibration") or {}).get("expected", {}).get("mean_latency_ms")
-    mean_ms = float(np.median(early_means))
+    exits = np.concatenate([r.exit_index for r in early])
+    index = verdict.resample(len(exits))
+    calibration = extra.get("calibration") or {}
+    predicted = calibration.get("expected", {}).get("mean_latency_ms")
+    predicted_batch = calibration.get("profile", {}).get("batch_size", 1) if predicted else None
+    held = verdict.HeldOut(
+        early_ms=early_ms,
+        full_ms=full_ms,
+        early_predictions=np.concatenate([r.predictions for r in early]),
+        full_predictions=np.concatenate([r.predictions for r in full_runs]),
+        labels=labels,
+        energy_mj=energy,
+        energy_note="modeled from the target's power model" if source == "modeled" else "",
+    )
+    budget = _budget(calibration)
+    checks = () if budget is None else verdict.checks(budget, held, index)
+    mean_ms, full_mean = float(early_ms.mean()), float(full_ms.mean())
+    speedup = full_mean / mean_ms
+    speedup_ci = verdict.interval(
+        lambda i: full_ms[i].mean(axis=1) / early_ms[i].mean(axis=1), index
+    )
     return BenchReport(
         samples=len(exits),
         batch_size=batch_size,
         accuracy=_accuracy(early, labels),
         exit_counts=tuple(np.bincount(exits, minlength=num_exits).tolist()),
         mean_latency_ms=mean_ms,
-        median_latency_ms=float(np.median(per_sample)),
-        p95_latency_ms=float(np.quantile(per_sample, 0.95)),
-        throughput_per_s=_throughput(rounds),
-        energy_mj_per_sample=energy,
+        mean_latency_ci=verdict.interval(lambda i: early_ms[i].mean(axis=1), index),
+        median_latency_ms=float(np.median(early_ms)),
+        p95_latency_ms=float(np.quantile(early_ms, 0.95)),
+        throughput_per_s=_throughput([e for e, _ in rounds]),
+        energy_mj_per_sample=None if energy is None else float(energy.mean()),
         energy_source=source,
-        full_mean_latency_ms=float(np.median(full_means)),
+        full_mean_latency_ms=full_mean,
         full_accuracy=_accuracy(full_runs, labels),
         predicted_mean_latency_ms=predicted,
-        speedup=float(np.median(full_means / early_means)),
+        predicted_batch_size=predicted_batch,
+        speedup=speedup,
+        speedup_ci=speedup_ci,
         rounds=len(rounds),
+        budget=None if budget is None else budget.describe(),
+        checks=checks,
+        warnings=verdict.warnings(
+            speedup, speedup_ci, mean_ms, predicted, predicted_batch, batch_size
+        ),
     )
 
 
-def _mean_per_sample_ms(results) -> float:
-    """Mean over samples of the latency of the call each sample was in."""
-    samples = sum(len(r.exit_index) for r in results)
-    return sum(r.latency_ms * len(r.exit_index) for r in results) / samples
+def _budget(calibration: dict) -> Budget | None:
+    """The budget calibrate wrote into the manifest, or None if it never ran."""
+    doc = calibration.get("budget")
+    if not isinstance(doc, dict):
+        return None
+    try:
+        return Budget(**doc)
+    except (TypeError, CalibrationError) as err:
+        raise BundleError(f"the manifest's calibration budget cannot be read: {err}") from err
 
 
-def _throughput(rounds) -> float:
+def _throughput(early_rounds) -> float:
     """Early-exit samples per second: the median over rounds."""
     per_round = [
-        sum(len(r.exit_index) for r in e) / (sum(r.latency_ms for r in e) / 1e3) for e, _ in rounds
+        sum(len(r.exit_index) for r in calls) / (sum(r.latency_ms for r in calls) / 1e3)
+        for calls in early_rounds
     ]
     return float(np.median(per_round))
 

@@ -48,6 +48,7 @@ class SegmentCosts:
     energy_mj: tuple[float, ...] | None
     energy_source: str
     source: str
+    batch_size: int = 1  # samples per call the costs were measured at
 
     def __post_init__(self) -> None:
         if len(self.latency_ms) != len(self.p95_latency_ms):
@@ -63,6 +64,7 @@ class SegmentCosts:
         energy_mj: np.ndarray | None,
         energy_source: str,
         source: str,
+        batch_size: int = 1,
     ) -> SegmentCosts:
         """From per-exit costs (cost of a sample leaving at exit i, i = 0..E-1).
 
@@ -76,6 +78,7 @@ class SegmentCosts:
             energy_mj=None if energy_mj is None else _diffs(energy_mj),
             energy_source=energy_source,
             source=source,
+            batch_size=batch_size,
         )
 
     @property
@@ -98,6 +101,7 @@ class SegmentCosts:
     def to_json(self) -> dict[str, Any]:
         return {
             "source": self.source,
+            "batch_size": self.batch_size,
             "latency_ms": list(self.latency_ms),
             "p95_latency_ms": list(self.p95_latency_ms),
             "energy_mj": None if self.energy_mj is None else list(self.energy_mj),
@@ -150,7 +154,7 @@ def _segment_sum_costs(profile: DeviceProfile, power_w: float, source: str) -> S
         energy_mj, energy_source = tuple(m * power_w for m in median), "modeled"
     else:
         energy_mj, energy_source = None, "none"
-    return SegmentCosts(median, p95, energy_mj, energy_source, source)
+    return SegmentCosts(median, p95, energy_mj, energy_source, source, profile.batch_size)
 
 
 def exit_costs(
@@ -177,7 +181,7 @@ def exit_costs(
         energy, label = latency * power_w, "modeled"
     else:
         energy, label = None, "none"
-    return SegmentCosts.from_exits(latency, p95, energy, label, source)
+    return SegmentCosts.from_exits(latency, p95, energy, label, source, batch_size)
 
 
 def _diffs(per_exit: np.ndarray) -> tuple[float, ...]:

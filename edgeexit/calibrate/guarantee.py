@@ -1,7 +1,13 @@
 """Guarantee mode: Learn-then-Test (Angelopoulos et al. 2021), as CALM uses it.
 
 Goal: with probability >= ``confidence`` over the calibration draw, the chosen thresholds
-have risk (disagreement with the final exit, or error) <= ``risk`` on the population.
+have risk <= a target on the population. Two budgets are certified this way:
+
+- ``--risk R`` (guarantee mode): disagreement with the final exit, or the error, <= R;
+- ``--max-accuracy-drop D``: accuracy lost against the final exit <= D. The loss counted
+  is "the final exit is right and the early exit is wrong" (disagreement without labels).
+  Samples an early exit gets right where the final exit is wrong would lower the drop; they
+  are not counted, so the bound is conservative, but it stays an exact binomial one.
 
 1. Split the calibration samples at random: a *path* half and a *test* half.
 2. On the path half, build a sequence of per-exit threshold vectors ordered from strict to
@@ -29,11 +35,35 @@ from edgeexit.calibrate.search import (
     OperatingPoint,
     best,
     coordinate_descent,
-    evaluate,
+    evaluate_many,
     exit_indices,
     shared_sweep,
 )
 from edgeexit.errors import CalibrationError
+
+
+@dataclass(frozen=True)
+class PathPoint:
+    """One threshold vector on the Learn-then-Test path, for the guarantee plot."""
+
+    mean_latency_ms: float  # expected on the whole calibration set
+    test_risk: float  # empirical risk on the test half
+    p_value: float | None  # None: past the first failure, so never tested
+    certified: bool
+
+    @property
+    def verdict(self) -> str:
+        if self.p_value is None:
+            return "not tested"
+        return "certified" if self.certified else "not certified"
+
+    def to_json(self) -> dict:
+        return {
+            "mean_latency_ms": self.mean_latency_ms,
+            "test_risk": self.test_risk,
+            "p_value": self.p_value,
+            "certified": self.certified,
+        }
 
 
 @dataclass(frozen=True)
@@ -49,6 +79,9 @@ class Certificate:
     certified: int  # how many path points were certified
     path_length: int
     test_samples: int
+    # The whole path, strict to loose. Points past the first failure were never tested (no
+    # p-value); their test-half risk is still given so the plot shows where the path went.
+    path: tuple[PathPoint, ...] = ()
 
     def to_json(self) -> dict:
         return {
@@ -61,12 +94,13 @@ class Certificate:
             "certified": self.certified,
             "path_length": self.path_length,
             "test_samples": self.test_samples,
+            "path": [p.to_json() for p in self.path],
         }
 
 
 def binomial_cdf(k: int, n: int, p: float) -> float:
     """P(Binomial(n, p) <= k), summed in log space so large n does not underflow."""
-    if k >= n:
+    if k >= n or p <= 0.0:
         return 1.0
     if k < 0:
         return 0.0
@@ -83,11 +117,32 @@ def binomial_cdf(k: int, n: int, p: float) -> float:
     return min(1.0, math.exp(top) * sum(math.exp(t - top) for t in terms))
 
 
+DROP = "accuracy drop"  # the metric certified for --max-accuracy-drop
+
+
+def risk_target(budget: Budget) -> tuple[float, str]:
+    """(target, metric) that ``budget`` asks to certify."""
+    if budget.risk is not None:
+        return budget.risk, budget.risk_metric
+    if budget.max_accuracy_drop is not None:
+        return budget.max_accuracy_drop, DROP
+    raise CalibrationError("nothing to certify: expected --risk or --max-accuracy-drop")
+
+
+def no_loss(table: ExitTable, metric: str) -> np.ndarray:
+    """[E, N] True where leaving at exit i costs sample n nothing under ``metric``."""
+    if metric == "disagreement":
+        return table.agrees
+    if metric == "error":
+        return table.correct
+    # Accuracy drop: lost only where the final exit was right and exit i is not.
+    return table.correct | ~table.correct[-1][None, :]
+
+
 def losses(table: ExitTable, thresholds: np.ndarray, metric: str) -> np.ndarray:
     """0/1 loss per sample for one threshold vector."""
-    flags = table.agrees if metric == "disagreement" else table.correct
     exits = exit_indices(table.scores, thresholds)
-    return ~flags[exits, np.arange(table.num_samples)]
+    return ~no_loss(table, metric)[exits, np.arange(table.num_samples)]
 
 
 def threshold_path(
@@ -97,7 +152,9 @@ def threshold_path(
     base_risk = float(losses(table, np.full(table.num_exits, np.inf), metric).mean())
     path = [np.full(table.num_exits, np.inf)]  # everyone to the final exit: the safest point
     view = _loss_view(table, metric)
-    for level in np.linspace(0.0, 2.0 * risk, length):
+    # Levels above the target never pass the test (its bound sits above the empirical risk),
+    # so the path spends its steps below it, where the certified choice is made.
+    for level in np.linspace(0.0, risk, length):
         # 'Accuracy' here is 1 - loss, so a drop of (level - base_risk) caps the loss at level.
         drop = max(0.0, level - base_risk)
         objective = Objective(Budget(max_accuracy_drop=min(drop, 0.999)), 1.0 - base_risk - drop)
@@ -110,8 +167,7 @@ def threshold_path(
 
 def _loss_view(table: ExitTable, metric: str) -> ExitTable:
     """The table with 'correct' meaning 'no loss' under ``metric``."""
-    flags = table.agrees if metric == "disagreement" else table.correct
-    return ExitTable(table.scores, flags, table.agrees, table.labeled)
+    return ExitTable(table.scores, no_loss(table, metric), table.agrees, table.labeled)
 
 
 def certify(
@@ -122,41 +178,82 @@ def certify(
     seed: int = 0,
     path_length: int = 16,
 ) -> Certificate:
-    """Learn-then-Test thresholds for ``budget.risk`` at ``budget.confidence``."""
-    if budget.risk is None:
-        raise CalibrationError("guarantee mode needs --risk")
-    if budget.risk_metric == "error" and not table.labeled:
+    """Learn-then-Test thresholds for ``budget`` (its --risk or --max-accuracy-drop) at
+    ``budget.confidence``; any cost caps in ``budget`` are then met on the calibration set
+    by the fastest certified vector (estimated, not certified: see ``search``)."""
+    risk, metric = risk_target(budget)
+    if metric == "error" and not table.labeled:
         raise CalibrationError("--risk-metric error needs labels 'y' in the data")
     n = table.num_samples
     if n < 20:
-        raise CalibrationError(f"guarantee mode needs at least 20 calibration samples, got {n}")
+        raise CalibrationError(f"a certified budget needs at least 20 calibration samples, got {n}")
     order = np.random.default_rng(seed).permutation(n)
     path_half, test_half = table.take(order[: n // 2]), table.take(order[n // 2 :])
-    path = threshold_path(path_half, costs, budget.risk_metric, budget.risk, path_length)
+    path = threshold_path(path_half, costs, metric, risk, path_length)
     delta = 1.0 - budget.confidence
-    certified: list[tuple[np.ndarray, float, float]] = []
-    for thresholds in path:
-        lost = losses(test_half, thresholds, budget.risk_metric)
-        p_value = binomial_cdf(int(lost.sum()), len(lost), budget.risk)
-        if p_value > delta:
-            break  # fixed-sequence testing stops at the first hypothesis it cannot reject
-        certified.append((thresholds, float(lost.mean()), p_value))
+    points = evaluate_many(table, costs, np.stack(path))
+    tested = fixed_sequence_test(test_half, path, risk, metric, delta)
+    trail = tuple(
+        PathPoint(p.mean_latency_ms, r, p_value, p_value is not None and p_value <= delta)
+        for p, (r, p_value) in zip(points, tested)
+    )
+    caps = _caps(budget)
+    certified = [i for i, p in enumerate(trail) if p.certified]
     if not certified:
         raise CalibrationError(
             f"no thresholds can be certified for {budget.describe()} with "
             f"{test_half.num_samples} test samples; even the final exit alone fails. "
             "Use more calibration data, a larger --risk or a lower --confidence"
         )
-    points = [(evaluate(table, costs, t), r, p) for t, r, p in certified]
-    point, test_risk, p_value = min(points, key=lambda x: x[0].mean_latency_ms)
+    within = [i for i in certified if caps is None or caps.feasible(points[i])]
+    if not within:
+        closest = points[min(certified, key=lambda i: points[i].mean_latency_ms)]
+        raise CalibrationError(
+            f"no certified thresholds meet the cost caps of {budget.describe()}; the fastest "
+            f"certified gives {closest.mean_latency_ms:.4g} ms mean: relax a cap, or use more "
+            "calibration data so that looser thresholds can be certified"
+        )
+    chosen = min(within, key=lambda i: points[i].mean_latency_ms)
     return Certificate(
-        point=point,
-        risk=budget.risk,
+        point=points[chosen],
+        risk=risk,
         confidence=budget.confidence,
-        metric=budget.risk_metric,
-        test_risk=test_risk,
-        p_value=p_value,
+        metric=metric,
+        test_risk=trail[chosen].test_risk,
+        p_value=trail[chosen].p_value,
         certified=len(certified),
         path_length=len(path),
         test_samples=test_half.num_samples,
+        path=trail,
     )
+
+
+def _caps(budget: Budget) -> Objective | None:
+    """The budget's cost caps alone, as an objective, or None if it has none."""
+    caps = {"latency_ms": budget.latency_ms, "p95_latency_ms": budget.p95_latency_ms,
+            "energy_mj": budget.energy_mj}  # fmt: skip
+    if all(v is None for v in caps.values()):
+        return None
+    return Objective(Budget(**caps, confidence=budget.confidence), None)
+
+
+def fixed_sequence_test(
+    test_half: ExitTable, path: list[np.ndarray], risk: float, metric: str, delta: float
+) -> list[tuple[float, float | None]]:
+    """(test-half risk, p-value) per path point. Testing stops at the first hypothesis it
+    cannot reject; later points get no p-value (their risk is still reported, for the plot).
+
+    The first point sends everyone to the final exit: its accuracy drop is zero by
+    definition, not by measurement, so it is certain (p-value 0) whatever the sample."""
+    results, stopped = [], False
+    for thresholds in path:
+        lost = losses(test_half, thresholds, metric)
+        if stopped:
+            p_value = None
+        elif metric == DROP and np.isinf(thresholds).all():
+            p_value = 0.0
+        else:
+            p_value = binomial_cdf(int(lost.sum()), len(lost), risk)
+        stopped = stopped or p_value is None or p_value > delta
+        results.append((float(lost.mean()), p_value))
+    return results

@@ -39,6 +39,8 @@ class CalibrationReport:
     labeled: bool
     num_samples: int
     certificate: Certificate | None = None
+    # With a certified accuracy drop: what the calibration-set estimate alone would choose.
+    estimate: OperatingPoint | None = None
 
     @property
     def thresholds(self) -> tuple[float, ...]:
@@ -64,12 +66,44 @@ class CalibrationReport:
             doc["shared_baseline"] = self.shared.to_json()
         if self.certificate is not None:
             doc["guarantee"] = self.certificate.to_json()
+        if self.estimate is not None:
+            doc["uncertified_estimate"] = self.estimate.to_json()
+        doc["trust"] = {"guaranteed": self.guaranteed, "estimated": self.estimated}
         return doc
+
+    @property
+    def guaranteed(self) -> str | None:
+        """What holds on new data with a stated confidence, in words (None: nothing)."""
+        c = self.certificate
+        if c is None:
+            return None
+        target = f"{c.risk * 100:g} pp" if c.metric == "accuracy drop" else f"{c.risk:.2%}"
+        return (
+            f"{c.metric} <= {target} on new data from the calibration data's distribution, "
+            f"with confidence {c.confidence:g} (Learn-then-Test, exact binomial test on "
+            f"{c.test_samples} held-back samples)"
+        )
+
+    @property
+    def estimated(self) -> str:
+        """What is only an estimate, in words."""
+        return (
+            "latency and energy: calibration-set exit shares x per-exit costs "
+            f"({self.costs.source}); cost caps are checked on the one-sided 95 % upper bound "
+            "of the mean over the sample mix, but the costs are as measured: check them on "
+            "the device with `edgeexit bench --check`"
+        )
 
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
         yield self._exit_table()
         yield self._comparison_table()
-        yield self._front_table()
+        if self.front:
+            yield self._front_table()
+        if self.budget.guarantee and self.certificate is not None:
+            yield self._path_table()
+        if self.guaranteed:
+            yield f"[green]guaranteed:[/green] {self.guaranteed}"
+        yield f"[yellow]estimated:[/yellow] {self.estimated}"
 
     def _exit_table(self) -> Table:
         table = Table(title=f"Per-exit thresholds ({self.budget.describe()})")
@@ -84,13 +118,17 @@ class CalibrationReport:
 
     def _comparison_table(self) -> Table:
         table = Table(title=f"Expected on the calibration set ({self.num_samples} samples)")
-        for col in ("setting", self.accuracy_name, "mean ms", "p95 ms", "energy mJ/sample"):
+        columns = ("setting", self.accuracy_name, "mean ms", "p95 ms", "energy mJ/sample",
+                   "speed-up")  # fmt: skip
+        for col in columns:
             table.add_column(col, justify="right")
         full = self.costs.cumulative_latency_ms[-1]
         rows = [("final exit only", self.final_accuracy, full, None, None)]
         if self.shared is not None:
             rows.append(_row("shared threshold (baseline)", self.shared))
-        label = "guaranteed per-exit" if self.certificate else "per-exit (chosen)"
+        if self.estimate is not None:
+            rows.append(_row("per-exit, estimate only (not certified)", self.estimate))
+        label = "per-exit, certified (chosen)" if self.certificate else "per-exit (chosen)"
         rows.append(_row(label, self.chosen))
         for name, acc, mean, p95, energy in rows:
             table.add_row(
@@ -99,6 +137,7 @@ class CalibrationReport:
                 f"{mean:.3f}",
                 "" if p95 is None else f"{p95:.3f}",
                 "" if energy is None else f"{energy:.4f}",
+                f"{full / mean:.2f}x",
             )
         table.caption = f"energy: {self.costs.energy_source}; costs from {self.costs.source}"
         if self.certificate is not None:
@@ -107,6 +146,20 @@ class CalibrationReport:
                 f"; certified {c.metric} <= {c.risk:g} at confidence {c.confidence:g} "
                 f"(test-half {c.metric} {c.test_risk:.2%}, p={c.p_value:.2g})"
             )
+        return table
+
+    def _path_table(self) -> Table:
+        """Guarantee mode's candidates, strict to loose, as fixed-sequence testing saw them."""
+        c = self.certificate
+        table = Table(title=f"Learn-then-Test path ({c.metric} <= {c.risk:g}, "
+                      f"confidence {c.confidence:g})")  # fmt: skip
+        for col in ("candidate", "mean latency ms", f"test-half {c.metric}", "p-value", "verdict"):
+            table.add_column(col, justify="right")
+        for i, point in enumerate(c.path):
+            p_value = "" if point.p_value is None else f"{point.p_value:.2g}"
+            chosen = " (chosen)" if point.mean_latency_ms == self.chosen.mean_latency_ms else ""
+            table.add_row(str(i), f"{point.mean_latency_ms:.3f}", f"{point.test_risk:.2%}",
+                          p_value, point.verdict + chosen)  # fmt: skip
         return table
 
     def _front_table(self) -> Table:
@@ -128,8 +181,9 @@ class CalibrationReport:
         files.write_bytes_atomic(path, self.plot_png(), what="plot")
 
     def plot_png(self) -> bytes:
-        """The Pareto plot as PNG bytes, tagged as edgeexit's (so a later run may replace
-        it). Needs matplotlib (the ``plot`` extra)."""
+        """The plot as PNG bytes, tagged as edgeexit's (so a later run may replace it):
+        :func:`draw_front`, or :func:`draw_guarantee` in guarantee mode. Needs matplotlib
+        (the ``plot`` extra)."""
         try:
             import matplotlib
 
@@ -137,31 +191,9 @@ class CalibrationReport:
             import matplotlib.pyplot as plt
         except ImportError as err:
             raise CalibrationError("--plot needs matplotlib: pip install 'edgeexit[plot]'") from err
-        fig, ax = plt.subplots(figsize=(6, 4))
+        fig, ax = plt.subplots(figsize=(7, 4.5))
         try:
-            for front, style, label in (
-                (self.shared_front, "o--", "shared threshold"),
-                (self.front, "s-", "per-exit"),
-            ):
-                if front:
-                    ax.plot(
-                        [p.mean_latency_ms for p in front],
-                        [p.accuracy for p in front],
-                        style,
-                        label=label,
-                        markersize=4,
-                    )
-            ax.plot(
-                [self.chosen.mean_latency_ms],
-                [self.chosen.accuracy],
-                "r*",
-                markersize=14,
-                label="chosen",
-            )
-            ax.set_xlabel("expected mean latency (ms)")
-            ax.set_ylabel(self.accuracy_name)
-            ax.legend()
-            ax.grid(alpha=0.3)
+            (draw_guarantee if self.budget.guarantee else draw_front)(ax, self)
             buffer = io.BytesIO()
             fig.savefig(
                 buffer, format="png", dpi=120, bbox_inches="tight",
@@ -170,6 +202,165 @@ class CalibrationReport:
             return buffer.getvalue()
         finally:
             plt.close(fig)
+
+    @property
+    def full_latency_ms(self) -> float:
+        """Expected latency of the model without early exits (every sample to the end)."""
+        return self.costs.cumulative_latency_ms[-1]
+
+    @property
+    def speedup(self) -> float:
+        return self.full_latency_ms / self.chosen.mean_latency_ms
+
+
+def draw_front(ax: Any, report: CalibrationReport) -> None:
+    """Accuracy (%) vs expected mean latency on a matplotlib Axes: both fronts, the full
+    model, the budget and the choice."""
+    for front, style, label in (
+        (report.shared_front, "o--", "shared threshold front"),
+        (report.front, "s-", "per-exit front"),
+    ):
+        if front:
+            # A front is a staircase: past a point, the best reachable accuracy stays that
+            # point's until the next one.
+            x = [p.mean_latency_ms for p in front]
+            y = [100 * p.accuracy for p in front]
+            ax.step(x, y, style, where="post", markersize=4, label=label)
+    full_accuracy, full_ms = 100 * report.final_accuracy, report.full_latency_ms
+    ax.plot(
+        [full_ms],
+        [full_accuracy],
+        "kD",
+        markersize=7,
+        label=f"full model (final exit only): {full_accuracy:.1f} %, {full_ms:.3g} ms",
+    )
+    _draw_budget(ax, report)
+    if report.estimate is not None:  # what the guarantee costs, drawn next to the choice
+        e = report.estimate
+        label = f"estimate only, not certified: {report.full_latency_ms / e.mean_latency_ms:.2f}x"
+        ax.plot([e.mean_latency_ms], [100 * e.accuracy], "o", color="0.4", fillstyle="none",
+                markersize=9, label=label)  # fmt: skip
+    chosen = report.chosen
+    certified = "certified, " if report.certificate is not None else ""
+    _mark_chosen(
+        ax,
+        report,
+        100 * chosen.accuracy,
+        f"chosen ({certified}calibration set): {100 * chosen.accuracy:.1f} %, "
+        f"{chosen.mean_latency_ms:.3g} ms, {report.speedup:.2f}x",
+        # Slow and inaccurate: a front never goes there; short of the right edge, where
+        # the full model's point sits whatever its accuracy.
+        corner=(0.88, 0.04),
+    )
+    ax.set_title(f"Calibration for {report.budget.describe()}\n{_speedup_line(report)}")
+    ax.set_xlabel("expected mean latency (ms)")
+    ax.set_ylabel(f"{report.accuracy_name} (%)")
+    _finish(ax)
+
+
+def _draw_budget(ax: Any, report: CalibrationReport) -> None:
+    """The budget as lines where the axes can show it, and a note where they cannot."""
+    b = report.budget
+    if b.latency_ms is not None:
+        label = f"budget: mean latency <= {b.latency_ms:g} ms"
+        ax.axvline(b.latency_ms, color="C3", linestyle="--", label=label)
+    if b.p95_latency_ms is not None:
+        # The x axis is the mean: this line only bounds where the chosen point can lie.
+        label = f"budget: p95 cap {b.p95_latency_ms:g} ms (x axis is the mean)"
+        ax.axvline(b.p95_latency_ms, color="C4", linestyle=":", label=label)
+    if b.max_accuracy_drop is not None:
+        floor = 100 * (report.final_accuracy - b.max_accuracy_drop)
+        label = f"budget: accuracy drop <= {100 * b.max_accuracy_drop:g} pp"
+        ax.axhline(floor, color="C3", linestyle="--", label=label)
+    if b.energy_mj is not None:
+        energy = report.chosen.energy_mj
+        chosen = "" if energy is None else f"; chosen: {energy:.3g} mJ/sample"
+        _note(ax, f"energy budget <= {b.energy_mj:g} mJ/sample is not on these axes{chosen}")
+
+
+# How each point of the Learn-then-Test path is drawn, by what testing said of it.
+_VERDICT_STYLE = {
+    "certified": {"marker": "o", "color": "C2"},
+    "not certified": {"marker": "X", "color": "C3"},
+    "not tested": {"marker": "o", "color": "0.5", "fillstyle": "none"},
+}
+
+
+def draw_guarantee(ax: Any, report: CalibrationReport) -> None:
+    """Guarantee mode on a matplotlib Axes: test-half risk (%) vs expected mean latency
+    along the Learn-then-Test path (certified, failed, not tested), against the target."""
+    cert = report.certificate
+    if cert is None:
+        raise CalibrationError("draw_guarantee needs a report made in guarantee mode")
+    x = [p.mean_latency_ms for p in cert.path]
+    y = [100 * p.test_risk for p in cert.path]
+    ax.plot(x, y, "-", color="0.75", linewidth=1, zorder=1, label="path (strict to loose)")
+    delta = f"{1 - cert.confidence:.2g}"
+    suffix = {"certified": f" (p <= {delta})", "not certified": f" (p > {delta}): testing stops"}
+    for verdict, style in _VERDICT_STYLE.items():
+        picked = [i for i, p in enumerate(cert.path) if p.verdict == verdict]
+        if picked:
+            label = verdict + suffix.get(verdict, "")
+            xs, ys = [x[i] for i in picked], [y[i] for i in picked]
+            ax.plot(xs, ys, linestyle="none", markersize=6, label=label, **style)
+    target = 100 * cert.risk
+    ax.axhline(target, color="C3", linestyle="--", label=f"risk target {target:g} %")
+    _mark_chosen(
+        ax,
+        report,
+        100 * cert.test_risk,
+        f"chosen: {cert.metric} {100 * cert.test_risk:.1f} % (p={cert.p_value:.2g}), "
+        f"{report.chosen.mean_latency_ms:.3g} ms, {report.speedup:.2f}x",
+        corner=(0.97, 0.95),  # risk falls as latency grows: slow and risky stays empty
+    )
+    ax.set_title(
+        f"Learn-then-Test for {cert.metric} <= {target:g} % at confidence "
+        f"{cert.confidence:g}\n{_speedup_line(report)}"
+    )
+    ax.set_xlabel("expected mean latency (ms)")
+    ax.set_ylabel(f"test-half {cert.metric} (%)")
+    tested = sum(p.verdict != "not tested" for p in cert.path)
+    _note(
+        ax,
+        f"{tested} of {cert.path_length} path points tested on {cert.test_samples} held-out "
+        "samples; fixed-sequence testing stops at the first failure",
+    )
+    _finish(ax)
+
+
+def _speedup_line(report: CalibrationReport) -> str:
+    return f"chosen thresholds: {report.speedup:.2f}x faster than the full model (expected)"
+
+
+def _mark_chosen(
+    ax: Any, report: CalibrationReport, y: float, text: str, corner: tuple[float, float]
+) -> None:
+    """The chosen point as a star, its figures in a box at ``corner`` (axes fraction), where
+    the data does not go, so the box hides nothing."""
+    x = report.chosen.mean_latency_ms
+    ax.plot([x], [y], "r*", markersize=14, label="chosen", zorder=5)
+    ax.annotate(
+        text,
+        (x, y),
+        xytext=corner,
+        textcoords="axes fraction",
+        ha="left" if corner[0] < 0.5 else "right",
+        va="bottom" if corner[1] < 0.5 else "top",
+        fontsize=8,
+        bbox={"boxstyle": "round", "fc": "white", "alpha": 0.85},
+        arrowprops={"arrowstyle": "->", "color": "0.4", "shrinkB": 8},
+    )
+
+
+def _finish(ax: Any) -> None:
+    # The legend goes right of the axes: the one free corner inside holds the chosen box.
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
+    ax.grid(alpha=0.3)
+
+
+def _note(ax: Any, text: str) -> None:
+    """A line of small print under the x label, outside the data."""
+    ax.text(0.0, -0.16, text, transform=ax.transAxes, va="top", fontsize=8, color="0.3")
 
 
 def _row(name: str, p: OperatingPoint) -> tuple:

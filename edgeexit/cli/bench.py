@@ -7,9 +7,11 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
+from edgeexit.bundle import read_manifest
 from edgeexit.calibrate.bench import BenchOptions, bench_bundle
 from edgeexit.cli import params
-from edgeexit.cli.core import command, stage_progress
+from edgeexit.cli.core import command, fail, stage_progress
+from edgeexit.errors import CalibrationError
 from edgeexit.files import dumps_json
 
 
@@ -26,24 +28,49 @@ def bench_cmd(
     rounds: int = typer.Option(
         5, "--rounds", min=1, help="Passes over the data (medians of rounds)."
     ),
+    check: bool = typer.Option(
+        False,
+        "--check",
+        help="Exit 1 unless every calibrated budget is met and the bundle beats the full model.",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print only a JSON object."),
 ) -> None:
-    """Run the bundle with its thresholds and report accuracy, exits, latency, energy, speed-up.
+    """Run the bundle with its thresholds and report accuracy, exits, latency, energy, speed-up,
+    and whether the budget it was calibrated to holds on this (held-out) data.
 
     The speed-up is measured against running every segment, alternating in the same run.
+    Each budget gets a verdict: met or MISSED, its margin and a 95 % interval. A speed-up
+    below 1x, or calibrate's prediction more than 10 % off, is flagged in words. With
+    --check, a missed budget or a slower-than-full bundle exits 1 (for a deployment's CI).
 
     Examples:
 
         edgeexit bench bundle/ --data test.npz
 
+        edgeexit bench bundle/ --data test.npz --check     # in CI: fails on a missed budget
+
         edgeexit bench bundle/ --data test.npz --batch 32 --target rpi5 --json
     """
     options = BenchOptions(batch_size=batch, target=target, rounds=rounds)
+    if check and not read_manifest(bundle).extra.get("calibration"):
+        raise CalibrationError(
+            f"--check: {bundle} was never calibrated, so there is no budget to check; "
+            "run edgeexit calibrate first"
+        )
     with stage_progress(hidden=as_json) as advance:
         report = bench_bundle(
             bundle, data, options, progress=lambda done, n: advance("bench", done, n)
         )
     if as_json:
         typer.echo(dumps_json(report.to_json()))
-        return
-    Console().print(report)
+    else:
+        Console().print(report)
+    if check and not report.passed:
+        raise fail(f"bench --check failed: {_why(report)}")
+
+
+def _why(report) -> str:
+    missed = [c.name for c in report.checks if not c.met]
+    if missed:
+        return f"budget missed on this data ({', '.join(missed)})"
+    return f"the calibrated bundle is slower than the full model ({report.speedup:.2f}x)"

@@ -34,7 +34,7 @@ def demo_cmd(
     trust_pickle: bool = typer.Option(False, help="--model is a pickled nn.Module you trust."),
     as_json: bool = typer.Option(False, "--json", help="Print only a JSON object."),
 ) -> None:
-    """Train a multi-exit ResNet on the bundled digits, export, profile, calibrate and bench it.
+    """Train a three-exit CNN on noisy digits, export, profile, calibrate and bench it.
 
     Prints the full model against the calibrated bundle (accuracy, latency, speed-up), the
     exit histogram and energy with its source, and writes the Pareto front as a PNG. The

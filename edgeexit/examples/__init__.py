@@ -20,6 +20,7 @@ _LAZY = {
     "digits_cnn": "edgeexit.examples.models",
     "digits_two_scale": "edgeexit.examples.models",
     "digits_gated": "edgeexit.examples.models",
+    "digits_three_exit": "edgeexit.examples.models",
     "tiny_bert": "edgeexit.examples.models",
     "EXAMPLE_MODELS": "edgeexit.examples.models",
     "train_multi_exit": "edgeexit.export.train",

@@ -13,7 +13,10 @@ BAR_WIDTH = 32
 
 
 def render_demo(report: Any) -> Iterator[Any]:
+    from edgeexit.calibrate.bench import verdict_lines
+
     yield _comparison(report)
+    yield from verdict_lines(report.bench)
     yield _histogram(report)
     yield _energy_note(report)
     yield _files(report)
@@ -33,7 +36,10 @@ def _comparison(report: Any) -> Table:
     table.add_row(
         "mean latency ms", f"{bench.full_mean_latency_ms:.3f}", f"{bench.mean_latency_ms:.3f}"
     )
-    table.add_row("speed-up", "1.00x", f"[bold]{bench.speedup:.2f}x[/bold]")
+    low, high = bench.speedup_ci
+    table.add_row(
+        "speed-up (95% CI)", "1.00x", f"[bold]{bench.speedup:.2f}x[/bold] ({low:.2f}-{high:.2f}x)"
+    )
     table.add_row(
         f"energy mJ/sample ({bench.energy_source})",
         *("n/a" if e is None else f"{e:.4f}" for e in report.energy_mj),

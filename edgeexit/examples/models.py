@@ -2,6 +2,7 @@
 
 - ``digits_resnet``: a residual CNN for 1x8x8 digits in 4 segments (Tensor carry);
 - ``digits_cnn``: a plain CNN, no residuals, 3 segments;
+- ``digits_three_exit``: a cheap first exit, then two heavy stages (demo, calibration);
 - ``digits_two_scale``: a carry of two feature maps at 8x8 and 4x4;
 - ``digits_gated``: heads returning ``(logits, gate)`` with a learned exit gate;
 - ``tiny_bert``: a BERT-like encoder with two int64 inputs (input_ids, attention_mask) and a
@@ -82,6 +83,32 @@ def digits_cnn(num_classes: int = 10, width: int = 16) -> MultiExit:
         for c, s in ((w, 8), (2 * w, 4), (2 * w, 2))
     ]
     return MultiExit(segments, heads)
+
+
+@checkpointable
+def digits_three_exit(num_classes: int = 10, width: int = 64) -> MultiExit:
+    """A cheap conv + linear exit, then two heavy conv stages with their exits: the shape of
+    a real early-exit network, where the later segments carry most of the compute (the demo
+    and the calibration benchmark use it)."""
+    w = width
+    segments = [
+        nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.ReLU()),
+        nn.Sequential(
+            nn.Conv2d(16, w, 3, padding=1), nn.ReLU(), nn.Conv2d(w, w, 3, padding=1), nn.ReLU()
+        ),
+        nn.Sequential(
+            nn.Conv2d(w, w, 3, padding=1, stride=2),
+            nn.ReLU(),
+            nn.Conv2d(w, w, 3, padding=1),
+            nn.ReLU(),
+        ),
+    ]
+    exits = [
+        nn.Sequential(nn.Flatten(), nn.Linear(16 * 64, num_classes)),
+        nn.Sequential(nn.AvgPool2d(2), nn.Flatten(), nn.Linear(w * 16, num_classes)),
+        nn.Sequential(nn.Flatten(), nn.Linear(w * 16, num_classes)),
+    ]
+    return MultiExit(segments, exits)
 
 
 class TwoScaleStem(nn.Module):

@@ -29,33 +29,6 @@ def noisy_copies(split, copies: int, seed: int, max_noise_std: float = 0.6):
     return Split(np.concatenate([p.x for p in parts]), np.concatenate([p.y for p in parts]))
 
 
-def digits_three_exit(width: int = 64):
-    """Cheap conv + linear exit, then two heavy conv stages with their exits."""
-    from torch import nn
-
-    import edgeexit
-
-    w = width
-    segments = [
-        nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.ReLU()),
-        nn.Sequential(
-            nn.Conv2d(16, w, 3, padding=1), nn.ReLU(), nn.Conv2d(w, w, 3, padding=1), nn.ReLU()
-        ),
-        nn.Sequential(
-            nn.Conv2d(w, w, 3, padding=1, stride=2),
-            nn.ReLU(),
-            nn.Conv2d(w, w, 3, padding=1),
-            nn.ReLU(),
-        ),
-    ]
-    exits = [
-        nn.Sequential(nn.Flatten(), nn.Linear(16 * 64, 10)),
-        nn.Sequential(nn.AvgPool2d(2), nn.Flatten(), nn.Linear(w * 16, 10)),
-        nn.Sequential(nn.Flatten(), nn.Linear(w * 16, 10)),
-    ]
-    return edgeexit.MultiExit(segments, exits)
-
-
 def build_digits_bundle(
     out_dir: Path, *, train_copies: int = 2, eval_copies: int = 3, epochs: int = 5
 ) -> DigitsBundle:
@@ -68,6 +41,8 @@ def build_digits_bundle(
     torch.manual_seed(0)
     clean = load_digits(seed=0)
     train = noisy_copies(clean.train, train_copies, seed=0)
+    from edgeexit.examples.models import digits_three_exit
+
     model = digits_three_exit()
     train_multi_exit(model, train.x, train.y, epochs=epochs, lr=3e-3, seed=0)
     bundle = out_dir / "bundle"
