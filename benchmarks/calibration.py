@@ -61,7 +61,7 @@ class Case:
 
 def calibrate_cases(built, out: Path) -> tuple[list[Case], dict]:
     """Calibrate every case; costs measured here once so the cases share them."""
-    here = CalibrateOptions(timing_samples=96, timing_repeats=5)
+    here = CalibrateOptions(timing_samples=96)
     probe = calibrate_bundle(built.bundle, built.calibration, Budget(max_accuracy_drop=0.5),
                              here, write=False)  # fmt: skip
     costs = probe.costs

@@ -11,7 +11,7 @@ import pytest
 
 from edgeexit.bundle import InputSpec, Manifest, SegmentSpec
 from edgeexit.calibrate import ExitTable, evaluate, load_profile_costs
-from edgeexit.calibrate.pipeline import measure_costs
+from edgeexit.calibrate.pipeline import CalibrateOptions, measure_costs
 from edgeexit.data import Dataset
 from edgeexit.energy.common import NoMeter
 from edgeexit.errors import CalibrationError, EdgeExitError
@@ -164,10 +164,86 @@ def test_measuring_here_uses_the_per_exit_measurement():
     runtime = ForcedExitRuntime()
     dataset = Dataset((np.zeros((10, 4), dtype=np.float32),), None)
     with mock.patch("edgeexit.energy.get_meter", autospec=True, return_value=NoMeter()):
-        costs = measure_costs(runtime, dataset, samples=5, repeats=2)
+        options = CalibrateOptions(timing_samples=5, timing_calls=5, timing_rounds=2)
+        costs = measure_costs(runtime, dataset, options)
     assert list(costs.cumulative_latency_ms) == pytest.approx(EXIT_MS)
     assert costs.source == "measured here (batch 1)"
     assert costs.energy_source == "modeled"  # no sensor: x86-cpu's 10 W power model
     assert list(costs.cumulative_energy_mj) == pytest.approx([10 * ms for ms in EXIT_MS])
     timed = runtime.calls[-2 * 5 * 3 :]  # 2 rounds x 5 samples x 3 exits after the warm-up
     assert sorted(set(timed)) == [0, 1, 2] and timed[:5] == [0] * 5 and timed[-5:] == [0] * 5
+
+
+class NoisyRuntime(ForcedExitRuntime):
+    """A shared machine: every call costs its exit's figure, except in 'contended'
+    stretches (a fixed pattern of calls), where everything costs twice as much."""
+
+    def __init__(self, contended_every: int, contended_for: int):
+        super().__init__()
+        self.every, self.length = contended_every, contended_for
+
+    def run(self, inputs, *, thresholds):
+        result = super().run(inputs, thresholds=thresholds)
+        slow = len(self.calls) % self.every < self.length
+        return SimpleNamespace(latency_ms=result.latency_ms * (2.0 if slow else 1.0))
+
+
+def test_costs_plan_for_the_uncontended_machine_and_say_how_noisy_they_were():
+    from edgeexit.targets.profiling import measure_exit_costs
+
+    runtime = NoisyRuntime(contended_every=240, contended_for=60)  # slow a quarter of the time
+    exits = measure_exit_costs(runtime, [()], rounds=40, calls=8, warmup=0)
+    uncontended = [e.latency_ms.uncontended for e in exits]
+    assert uncontended == pytest.approx(EXIT_MS)  # the slow stretches do not move it
+    assert all(e.latency_ms.robust_mean >= e.latency_ms.uncontended for e in exits)
+    assert all(e.latency_ms.spread >= 0 for e in exits)
+
+
+def test_rounds_are_added_while_the_costs_scatter_and_stop_once_they_settle():
+    from edgeexit.targets.profiling import measure_exit_costs
+
+    quiet = ForcedExitRuntime()
+    measure_exit_costs(quiet, [()], rounds=6, calls=4, warmup=0, until_spread=0.02)
+    assert len(quiet.calls) == 6 * 4 * 3  # identical calls: settled at the minimum
+    noisy = NoisyRuntime(contended_every=7, contended_for=3)
+    measure_exit_costs(noisy, [()], rounds=6, calls=4, warmup=0, until_spread=0.02,
+                       max_rounds=60)  # fmt: skip
+    assert 6 * 4 * 3 < len(noisy.calls) <= 60 * 4 * 3
+    assert len(noisy.calls) % (2 * 4 * 3) == 0  # whole pairs of rounds: the order stays balanced
+
+
+def test_median_spread_is_a_relative_interval_half_width():
+    from edgeexit.targets.profiling import median_spread
+
+    assert median_spread([1.0] * 10) == 0.0
+    assert median_spread([1.0, 2.0]) == float("inf")  # too few rounds to say
+    wide = median_spread(np.linspace(0.5, 1.5, 41))
+    narrow = median_spread(np.linspace(0.95, 1.05, 41))
+    assert wide == pytest.approx(10 * narrow) and 0 < narrow < 0.05
+
+
+def test_old_profiles_without_the_new_figures_still_load(tmp_path):
+    from edgeexit.targets.profiling import ExitLatency, _figures
+
+    old = {"median": 1.0, "p95": 2.0, "mean": 1.1, "min": 0.9, "robust_mean": 1.05}
+    latency = ExitLatency(**_figures(old, ExitLatency))
+    assert latency.spread == 0.0 and latency.uncontended == 0.0
+    with pytest.raises(ValueError, match="no 'robust_mean'"):
+        _figures({k: v for k, v in old.items() if k != "robust_mean"}, ExitLatency)
+
+
+def test_noisy_or_clipped_costs_make_the_report_advise_a_profile():
+    from calibrate_synthetic import synthetic_table
+
+    from edgeexit.calibrate import Budget, SegmentCosts
+    from edgeexit.calibrate.pipeline import build_report
+
+    ms = np.array([1.0, 2.0, 1.9, 4.0])  # exit 2 measured cheaper than exit 1: noise
+    table = synthetic_table(400, seed=1)
+    calm = SegmentCosts.from_exits(ms + [0, 0, 0.2, 0], ms, None, "none", "here", noise=0.01)
+    assert calm.clipped == 0
+    assert build_report(table, calm, Budget(latency_ms=3.0)).too_noisy is None
+    noisy = SegmentCosts.from_exits(ms, ms, None, "none", "here", noise=0.12)
+    assert noisy.clipped == 1
+    advice = build_report(table, noisy, Budget(latency_ms=3.0)).too_noisy
+    assert "+-12%" in advice and "1 clipped" in advice and "edgeexit profile" in advice

@@ -13,7 +13,11 @@ from calibrate_digits import build_digits_bundle  # noqa: E402
 
 from edgeexit.bundle import read_manifest  # noqa: E402
 from edgeexit.calibrate import Budget, ExitTable, evaluate, search  # noqa: E402
-from edgeexit.calibrate.pipeline import collect_table, measure_costs  # noqa: E402
+from edgeexit.calibrate.pipeline import (  # noqa: E402
+    CalibrateOptions,
+    collect_table,
+    measure_costs,
+)
 from edgeexit.data import load_data  # noqa: E402
 
 
@@ -28,7 +32,7 @@ def digits(tmp_path_factory):
     runtime = Runtime(built.bundle)
     specs = read_manifest(built.bundle).inputs
     cal, test = load_data(built.calibration, specs), load_data(built.test, specs)
-    costs = measure_costs(runtime, cal, samples=24, repeats=5)
+    costs = measure_costs(runtime, cal, CalibrateOptions(timing_samples=24))
     return built, costs, collect_table(runtime, cal), collect_table(runtime, test)
 
 

@@ -25,14 +25,16 @@ def bundle(tmp_path_factory):
 def test_profile_times_every_segment(bundle):
     calls = []
     profile = profile_bundle(
-        bundle, "x86-cpu", repeats=30, warmup=3, progress=lambda d, t: calls.append((d, t))
-    )
+        bundle, "x86-cpu", repeats=30, warmup=3, progress=lambda d, t: calls.append((d, t)),
+        min_seconds=0, until_spread=None,
+    )  # fmt: skip
     assert profile.target == "x86-cpu" and profile.precision == "fp32"
     assert len(profile.segments) == 3
     for s in profile.segments:
         assert 0 < s.latency_ms.min <= s.latency_ms.median <= s.latency_ms.p95
     assert calls[-1] == (198, 198)  # (3 segments + 3 exits) x (3 warm-up + 30 timed)
     assert [e.index for e in profile.exits] == [0, 1, 2]
+    assert all(d <= t for d, t in calls)
     for e in profile.exits:
         assert 0 < e.latency_ms.min <= e.latency_ms.median <= e.latency_ms.p95
         assert e.latency_ms.min <= e.latency_ms.robust_mean <= e.latency_ms.p95 * 10
@@ -159,3 +161,15 @@ def test_fp16_bundle_profiles_on_cuda(bundle, tmp_path):
     profile = profile_bundle(tmp_path / "cuda", "cuda", repeats=20, warmup=5)
     assert profile.precision == "fp16" and profile.providers[0] == "CUDAExecutionProvider"
     assert all(s.latency_ms.median > 0 for s in profile.segments)
+
+
+def test_exits_are_timed_for_min_seconds_and_progress_keeps_up(bundle):
+    calls = []
+    start = time.perf_counter()
+    profile = profile_bundle(
+        bundle, "x86-cpu", repeats=3, warmup=0, rounds=2, min_seconds=0.5,
+        progress=lambda d, t: calls.append((d, t)),
+    )  # fmt: skip
+    assert time.perf_counter() - start >= 0.5
+    assert all(d <= t for d, t in calls) and calls[-1][0] == calls[-1][1] > 6 * 3
+    assert all(e.latency_ms.uncontended > 0 and e.latency_ms.spread >= 0 for e in profile.exits)

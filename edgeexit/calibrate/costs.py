@@ -14,6 +14,7 @@ model; the figure always carries its source.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -49,6 +50,11 @@ class SegmentCosts:
     energy_source: str
     source: str
     batch_size: int = 1  # samples per call the costs were measured at
+    # How far to trust the costs: the widest exit's 95 % interval half-width, relative (0:
+    # unknown, e.g. an old profile), and how many exits measured cheaper than an earlier one
+    # and were raised to it (timing noise).
+    noise: float = 0.0
+    clipped: int = 0
 
     def __post_init__(self) -> None:
         if len(self.latency_ms) != len(self.p95_latency_ms):
@@ -65,6 +71,7 @@ class SegmentCosts:
         energy_source: str,
         source: str,
         batch_size: int = 1,
+        noise: float = 0.0,
     ) -> SegmentCosts:
         """From per-exit costs (cost of a sample leaving at exit i, i = 0..E-1).
 
@@ -79,6 +86,8 @@ class SegmentCosts:
             energy_source=energy_source,
             source=source,
             batch_size=batch_size,
+            noise=noise,
+            clipped=int(np.sum(np.asarray(latency_ms) < np.maximum.accumulate(latency_ms))),
         )
 
     @property
@@ -102,6 +111,8 @@ class SegmentCosts:
         return {
             "source": self.source,
             "batch_size": self.batch_size,
+            "noise": self.noise if math.isfinite(self.noise) else None,
+            "clipped": self.clipped,
             "latency_ms": list(self.latency_ms),
             "p95_latency_ms": list(self.p95_latency_ms),
             "energy_mj": None if self.energy_mj is None else list(self.energy_mj),
@@ -167,12 +178,15 @@ def exit_costs(
 ) -> SegmentCosts:
     """Costs per sample from per-exit call costs (``measure_exit_costs``, a profile's exits).
 
-    Mean latency from each exit's ``robust_mean`` (median over rounds of the round's mean:
-    the quantity a deployed mean is made of, robust to a round hit by other processes), p95
-    from its p95. Energy: measured per call where every exit has a figure, divided by
-    ``batch_size``; else ``power_w`` x latency, labeled modeled; else none.
+    Mean latency from each exit's ``uncontended`` figure (20th percentile of the rounds'
+    means: what the machine does when other processes leave it alone, the same from run to
+    run), or ``robust_mean`` for older profiles; p95 from its p95. Energy: measured per call
+    where every exit has a figure, divided by ``batch_size``; else ``power_w`` x latency,
+    labeled modeled; else none.
     """
-    latency = np.array([e.latency_ms.robust_mean for e in exits])
+    # The uncontended figure where the measurement has it (see ExitLatency), else the median
+    # of round means (profiles written before it existed).
+    latency = np.array([e.latency_ms.uncontended or e.latency_ms.robust_mean for e in exits])
     p95 = np.array([e.latency_ms.p95 for e in exits])
     measured = [e.energy_mj for e in exits]
     if exits and all(m is not None for m in measured):
@@ -181,7 +195,8 @@ def exit_costs(
         energy, label = latency * power_w, "modeled"
     else:
         energy, label = None, "none"
-    return SegmentCosts.from_exits(latency, p95, energy, label, source, batch_size)
+    noise = max((e.latency_ms.spread for e in exits), default=0.0)
+    return SegmentCosts.from_exits(latency, p95, energy, label, source, batch_size, noise)
 
 
 def _diffs(per_exit: np.ndarray) -> tuple[float, ...]:

@@ -28,15 +28,19 @@ from edgeexit.calibrate.search import ExitTable, search
 from edgeexit.data import Dataset, load_data
 
 Progress = Callable[[str, int, int], None]  # (stage, done, total)
-WARMUP_CALLS = 30  # per exit, untimed, before measuring costs here
+WARMUP_CALLS = 100  # per exit, untimed, before measuring costs here
 
 
 @dataclass(frozen=True)
 class CalibrateOptions:
     """How to calibrate, beyond the budget.
 
-    ``profile``: a device profile JSON (``edgeexit profile``); None measures costs here.
-    ``timing_samples`` x ``timing_repeats``: batch-1 calls per exit when measuring here.
+    ``profile``: a device profile JSON (``edgeexit profile``); None measures costs here:
+    ``timing_samples`` rows of the data cycled through at batch 1, in interleaved rounds of
+    ``timing_calls`` calls per exit, at least ``timing_rounds`` of them over at least
+    ``timing_min_seconds``, and more (up to ``timing_max_rounds``, ``timing_max_seconds``)
+    until every exit's cost is known within ``timing_spread`` (a 95 % interval, relative),
+    so that the same command on the same machine gives the same costs.
     ``seed``: the guarantee mode's random split. ``plot``: where to save the Pareto front
     as a PNG (a new path, or a plot edgeexit wrote).
     """
@@ -46,7 +50,12 @@ class CalibrateOptions:
     plot: Path | None = None
     batch_size: int = 256
     timing_samples: int = 48
-    timing_repeats: int = 3
+    timing_calls: int = 8
+    timing_rounds: int = 24
+    timing_max_rounds: int = 4000
+    timing_min_seconds: float = 2.0
+    timing_max_seconds: float = 10.0
+    timing_spread: float = 0.02
     seed: int = 0
 
 
@@ -94,31 +103,27 @@ def collect_table(
 
 
 def measure_costs(
-    runtime,
-    dataset: Dataset,
-    *,
-    samples: int = 48,
-    repeats: int = 3,
-    progress: Progress | None = None,
+    runtime, dataset: Dataset, options: CalibrateOptions, *, progress: Progress | None = None
 ) -> SegmentCosts:
     """Batch-1 cost of leaving at each exit, measured here through ``Runtime.run``.
 
     The same measurement ``edgeexit profile`` records per exit (``measure_exit_costs``):
     every sample forced out at exit i, the runtime's per-call overhead included, exits
-    interleaved. ``samples`` rows of the data are cycled through; each of ``repeats``
-    rounds gives every exit one call per sample, and the costs are the median over rounds
-    of each round's mean.
+    interleaved round by round; the costs are the median over rounds of each round's mean,
+    with rounds added while they scatter (``CalibrateOptions``).
     """
     from edgeexit.energy import get_meter
     from edgeexit.targets.profiling import measure_exit_costs
 
     meter = get_meter(runtime.target)  # its own windows over each block: sensors are slow
-    rows = np.linspace(0, len(dataset) - 1, min(samples, len(dataset))).astype(int)
-    one = [dataset.take(slice(r, r + 1)).inputs for r in rows]
+    rows = np.linspace(0, len(dataset) - 1, min(options.timing_samples, len(dataset)))
+    one = [dataset.take(slice(r, r + 1)).inputs for r in rows.astype(int)]
     report = None if progress is None else (lambda done, total: progress("timing", done, total))
     exits = measure_exit_costs(
-        runtime, one, rounds=repeats, calls=len(one), warmup=WARMUP_CALLS, meter=meter,
-        progress=report,
+        runtime, one, rounds=options.timing_rounds, calls=options.timing_calls,
+        warmup=WARMUP_CALLS, meter=meter, progress=report, until_spread=options.timing_spread,
+        max_rounds=options.timing_max_rounds, max_seconds=options.timing_max_seconds,
+        min_seconds=options.timing_min_seconds,
     )  # fmt: skip
     return exit_costs(
         exits,
@@ -164,13 +169,7 @@ def calibrate_bundle(
             power_w = runtime.target.active_power_w
             costs = load_profile_costs(options.profile, manifest, active_power_w=power_w)
         else:
-            costs = measure_costs(
-                runtime,
-                dataset,
-                samples=options.timing_samples,
-                repeats=options.timing_repeats,
-                progress=progress,
-            )
+            costs = measure_costs(runtime, dataset, options, progress=progress)
         table = collect_table(runtime, dataset, batch_size=options.batch_size, progress=progress)
         report = build_report(table, costs, budget)
         plot = None

@@ -24,6 +24,8 @@ from edgeexit.calibrate.guarantee import Certificate
 from edgeexit.calibrate.search import OperatingPoint
 from edgeexit.errors import CalibrationError
 
+NOISY = 0.05  # cost noise above which the report advises profiling an idle device
+
 
 @dataclass(frozen=True)
 class CalibrationReport:
@@ -68,7 +70,8 @@ class CalibrationReport:
             doc["guarantee"] = self.certificate.to_json()
         if self.estimate is not None:
             doc["uncertified_estimate"] = self.estimate.to_json()
-        doc["trust"] = {"guaranteed": self.guaranteed, "estimated": self.estimated}
+        doc["trust"] = {"guaranteed": self.guaranteed, "estimated": self.estimated,
+                        "warning": self.too_noisy}  # fmt: skip
         return doc
 
     @property
@@ -82,6 +85,19 @@ class CalibrationReport:
             f"{c.metric} <= {target} on new data from the calibration data's distribution, "
             f"with confidence {c.confidence:g} (Learn-then-Test, exact binomial test on "
             f"{c.test_samples} held-back samples)"
+        )
+
+    @property
+    def too_noisy(self) -> str | None:
+        """Advice when the costs are too noisy to tell candidates apart, else None."""
+        c = self.costs
+        if c.noise <= NOISY and not c.clipped:
+            return None
+        noise = "unknown" if not math.isfinite(c.noise) else f"+-{c.noise:.0%}"
+        return (
+            f"the exit costs were noisy ({noise}, {c.clipped} clipped): candidates closer "
+            "than that cannot be told apart, and another run may choose differently. Run "
+            "`edgeexit profile` on an idle device and calibrate with --profile"
         )
 
     @property
@@ -104,6 +120,8 @@ class CalibrationReport:
         if self.guaranteed:
             yield f"[green]guaranteed:[/green] {self.guaranteed}"
         yield f"[yellow]estimated:[/yellow] {self.estimated}"
+        if self.too_noisy:
+            yield f"[yellow]warning:[/yellow] {self.too_noisy}"
 
     def _exit_table(self) -> Table:
         table = Table(title=f"Per-exit thresholds ({self.budget.describe()})")
@@ -140,6 +158,10 @@ class CalibrationReport:
                 f"{full / mean:.2f}x",
             )
         table.caption = f"energy: {self.costs.energy_source}; costs from {self.costs.source}"
+        if self.costs.noise > 0:
+            table.caption += f", known within +-{self.costs.noise:.1%}"
+        if self.costs.clipped:
+            table.caption += f", {self.costs.clipped} exit(s) raised to an earlier one's cost"
         if self.certificate is not None:
             c = self.certificate
             table.caption += (

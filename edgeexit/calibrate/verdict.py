@@ -196,8 +196,9 @@ def warnings(
     error = measured_ms / predicted_ms - 1
     if abs(error) > PREDICTION_TOLERANCE or not math.isfinite(error):
         said.append(
-            f"calibrate predicted {predicted_ms:.4g} ms mean, measured {measured_ms:.4g} ms "
-            f"({error:+.0%}, more than {PREDICTION_TOLERANCE:.0%} off): the costs calibrate "
-            "used do not describe this run; profile this device and calibrate again"
+            f"calibrate predicted {predicted_ms:.4g} ms mean (uncontended), measured "
+            f"{measured_ms:.4g} ms ({error:+.0%}, more than {PREDICTION_TOLERANCE:.0%} off): "
+            "the costs calibrate used do not describe this run; profile this device and "
+            "calibrate again"
         )
     return tuple(said)

@@ -26,6 +26,13 @@ def profile_cmd(
     rounds: int = typer.Option(
         10, min=1, help="Interleaved rounds the exits' calls are spread over."
     ),
+    min_seconds: float = typer.Option(
+        2.0,
+        "--min-seconds",
+        min=0.0,
+        help="Time every exit's calls for at least this long, so that the rounds span a "
+        "shared machine's slow and fast stretches (0: --repeats only).",
+    ),
     batch_size: int = typer.Option(1, "--batch-size", "-b", min=1, help="Samples per call."),
     data: Path = typer.Option(None, "--data", help="Inputs (.npz/.npy) instead of synthetic."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
@@ -56,6 +63,7 @@ def profile_cmd(
         profile = profile_bundle(
             bundle, target, repeats=repeats, warmup=warmup, batch_size=batch_size,
             rounds=rounds, inputs=inputs, progress=lambda done, n: advance("profiling", done, n),
+            min_seconds=min_seconds,
         )  # fmt: skip
     if warning := emulation_warning():
         Console(stderr=True).print(f"[yellow]warning:[/yellow] {warning}", soft_wrap=True)

@@ -14,6 +14,7 @@ is not running on. Two views are recorded:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -61,7 +62,12 @@ class ExitLatency:
 
     ``robust_mean`` is the median over rounds of each round's mean (median of means): it
     estimates the mean a deployed sample pays, while one round hit by a burst of load from
-    other processes cannot move it. Calibration predicts mean latency from it.
+    other processes cannot move it. ``spread`` says how far to trust it: the half-width of
+    its 95 % interval, relative to it. ``uncontended`` is the 20th percentile of the round
+    means: on a shared machine other processes slow whole stretches of rounds (up to 2x on
+    a 2-core VM, for seconds), which moves even a median from run to run, while the fast
+    rounds recur at the same speed (within 2 % over 3 s runs): calibration plans with it.
+    Both are 0 in profiles written before they existed.
     """
 
     median: float
@@ -69,18 +75,38 @@ class ExitLatency:
     mean: float
     min: float
     robust_mean: float
+    spread: float = 0.0
+    uncontended: float = 0.0
 
     @classmethod
     def of(cls, rounds_ms: Sequence[np.ndarray]) -> ExitLatency:
         """From each round's call latencies (a sensor's window may lengthen some rounds)."""
         flat = np.concatenate(rounds_ms)
+        means = [float(np.mean(r)) for r in rounds_ms]
         return cls(
             median=float(np.median(flat)),
             p95=float(np.percentile(flat, 95)),
             mean=float(np.mean(flat)),
             min=float(np.min(flat)),
-            robust_mean=float(np.median([np.mean(r) for r in rounds_ms])),
+            robust_mean=float(np.median(means)),
+            spread=median_spread(means),
+            uncontended=float(np.percentile(means, UNCONTENDED_PERCENTILE)),
         )
+
+
+UNCONTENDED_PERCENTILE = 20
+
+
+def median_spread(values: Sequence[float]) -> float:
+    """Half-width of a distribution-free 95 % interval of the median of ``values`` (order
+    statistics n/2 -+ 0.98 sqrt(n)), relative to the median; inf with under 6 values."""
+    ranked = np.sort(np.asarray(values, dtype=float))
+    n = len(ranked)
+    j = int(math.floor(n / 2 - 0.98 * math.sqrt(n)))
+    if j < 0 or n < 6:
+        return math.inf
+    median = float(np.median(ranked))
+    return float((ranked[n - 1 - j] - ranked[j]) / 2 / median) if median > 0 else math.inf
 
 
 @dataclass(frozen=True)
@@ -284,6 +310,8 @@ def profile_bundle(
     rounds: int = 10,
     inputs: tuple[np.ndarray, ...] | None = None,
     progress: Callable[[int, int], None] | None = None,
+    until_spread: float | None = 0.03,
+    min_seconds: float = 2.0,
 ) -> DeviceProfile:
     """Time every segment, and every exit through the runtime, of ``bundle_dir`` on this
     device as ``target`` configures it.
@@ -292,7 +320,9 @@ def profile_bundle(
     when the energy meter needs a longer window), on a batch of ``batch_size`` samples:
     the first rows of ``inputs`` if given, else deterministic synthetic inputs. Each exit
     then gets ``warmup`` untimed and ``repeats`` timed ``Runtime.run`` calls on that batch,
-    spread over ``rounds`` interleaved rounds (see ``measure_exit_costs``).
+    spread over ``rounds`` interleaved rounds (see ``measure_exit_costs``), for at least
+    ``min_seconds``, and more rounds (up to 10 s) while an exit's cost is not known within
+    ``until_spread``.
     ``progress(done, total)`` is called as segments and exits advance, in calls.
     """
     import onnxruntime as ort
@@ -317,9 +347,9 @@ def profile_bundle(
         carry, _, _ = runtime.run_segment(i, feeds)
         feeds = [c.copy() for c in carry]  # run_segment's outputs are reused buffers
 
-    def exits_progress(done: int, _: int) -> None:
-        if progress is not None:
-            progress(segment_calls + done, total)
+    def exits_progress(done: int, planned: int) -> None:
+        if progress is not None:  # the exits' plan grows while their costs still scatter
+            progress(segment_calls + done, segment_calls + planned)
 
     exits = measure_exit_costs(
         runtime,
@@ -329,6 +359,10 @@ def profile_bundle(
         warmup=warmup,
         meter=meter,
         progress=exits_progress,
+        until_spread=until_spread,
+        max_rounds=8 * min(rounds, repeats),
+        max_seconds=10.0,
+        min_seconds=min_seconds,
     )
     target_ = runtime.target
     return DeviceProfile(
@@ -365,6 +399,10 @@ def measure_exit_costs(
     meter: Any = None,
     progress: Callable[[int, int], None] | None = None,
     between_calls: Callable[[], None] | None = None,
+    until_spread: float | None = None,
+    max_rounds: int | None = None,
+    max_seconds: float = 20.0,
+    min_seconds: float = 0.0,
 ) -> tuple[ExitProfile, ...]:
     """What a call whose samples all leave at exit i costs through ``runtime.run``, per exit.
 
@@ -381,6 +419,12 @@ def measure_exit_costs(
     ``between_calls()``, if given, runs after every timed call, untimed: a benchmark runs
     deployed calls there so that costs and deployment see the same machine (with a meter,
     its work would fall inside the energy windows: pass one or the other).
+
+    ``until_spread``: on a noisy machine, keep adding pairs of rounds (up to ``max_rounds``
+    in all) while any exit's ``spread`` is wider than this fraction: more calls where the
+    spread is wide, so that the same command gives the same costs. ``min_seconds``: measure
+    at least this long, so that the rounds span the stretches a shared machine goes through
+    (see ``ExitLatency.uncontended``). Past ``rounds``, nothing runs beyond ``max_seconds``.
     """
     _check_counts(rounds=rounds, calls=calls, warmup=warmup, batches=len(batches))
     n_exits = runtime.num_exits
@@ -392,7 +436,25 @@ def measure_exit_costs(
     latency = [[] for _ in range(n_exits)]
     energy = [[] for _ in range(n_exits)]
     total, done, cursor = n_exits * (warmup + rounds * calls), n_exits * warmup, 0
-    for r in range(rounds):
+    most = max(rounds, max_rounds or rounds)
+    started, r = perf_counter(), 0
+
+    def settled() -> bool:
+        elapsed = perf_counter() - started
+        if r < rounds:
+            return False
+        if elapsed > max_seconds:
+            return True
+        if elapsed < min_seconds:
+            return False
+        if until_spread is None or r >= most:
+            return True
+        if r % 2 == 1:
+            return False  # whole pairs of rounds keep the exits' order balanced
+        widest = max(median_spread([float(np.mean(b)) for b in blocks]) for blocks in latency)
+        return widest <= until_spread
+
+    while not settled():
         for i in range(n_exits) if r % 2 == 0 else reversed(range(n_exits)):
             block, reading = _exit_block(
                 runtime, batches, cursor, calls, forced[i], meter, between_calls
@@ -403,10 +465,12 @@ def measure_exit_costs(
                 power_w = reading.energy_mj / 1e3 / reading.duration_s
                 energy[i].append((reading.energy_mj / len(block), power_w))
             done += calls
+            total = max(total, done)
             if progress is not None:
                 progress(done, total)
+        r += 1
     return tuple(
-        ExitProfile(i, ExitLatency.of(latency[i]), *_energy_of(energy[i], rounds))
+        ExitProfile(i, ExitLatency.of(latency[i]), *_energy_of(energy[i], r))
         for i in range(n_exits)
     )
 
@@ -559,11 +623,12 @@ def _optional_figure(value: Any, what: str) -> float | None:
 def _figures(doc: Any, cls: type) -> dict[str, float]:
     if not isinstance(doc, dict):
         raise ValueError(f"latency_ms must be an object, got {doc!r}")
-    names = [f for f in cls.__dataclass_fields__]
-    missing = [n for n in names if n not in doc]
+    fields = cls.__dataclass_fields__
+    required = [n for n, f in fields.items() if f.default is dataclasses.MISSING]
+    missing = [n for n in required if n not in doc]
     if missing:
         raise ValueError(f"latency_ms has no {missing[0]!r}")
-    return {n: _figure(doc[n], f"latency_ms.{n}") for n in names}
+    return {n: _figure(doc[n], f"latency_ms.{n}") for n in fields if n in doc}
 
 
 def _count(value: Any, what: str, least: int) -> int:
