@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from edgeexit.calibrate.budget import Budget
+from edgeexit.calibrate.caps import cap_p_value, cap_path, describe_caps, has_caps
 from edgeexit.calibrate.costs import SegmentCosts
 from edgeexit.calibrate.search import (
     ExitTable,
@@ -47,7 +48,7 @@ class PathPoint:
     """One threshold vector on the Learn-then-Test path, for the guarantee plot."""
 
     mean_latency_ms: float  # expected on the whole calibration set
-    test_risk: float  # empirical risk on the test half
+    test_risk: float | None  # empirical risk on the test half; None: caps only, no risk
     p_value: float | None  # None: past the first failure, so never tested
     certified: bool
 
@@ -68,27 +69,43 @@ class PathPoint:
 
 @dataclass(frozen=True)
 class Certificate:
-    """What guarantee mode certified and how."""
+    """What Learn-then-Test certified and how.
+
+    ``risk``/``metric``: the risk certified (--risk, or the accuracy drop), None when only
+    cost caps were; ``caps``: the cost caps certified, described ('' if none).
+    ``procedure``: 'fixed-sequence' along a path that only gets riskier, or 'bonferroni'
+    when a risk and caps pull in opposite directions along it."""
 
     point: OperatingPoint  # expected figures on the whole calibration set
-    risk: float
+    risk: float | None
     confidence: float
-    metric: str
-    test_risk: float  # empirical risk of the chosen thresholds on the test half
+    metric: str | None
+    test_risk: float | None  # empirical risk of the chosen thresholds on the test half
     p_value: float
     certified: int  # how many path points were certified
     path_length: int
     test_samples: int
-    # The whole path, strict to loose. Points past the first failure were never tested (no
-    # p-value); their test-half risk is still given so the plot shows where the path went.
+    # The whole path. Points past the first failure were never tested (no p-value); their
+    # test-half risk is still given so the plot shows where the path went.
     path: tuple[PathPoint, ...] = ()
+    caps: str = ""
+    procedure: str = "fixed-sequence"
+
+    @property
+    def what(self) -> str:
+        """What is certified, in words: 'accuracy drop <= 0.01', 'mean latency <= 4 ms'."""
+        parts = [] if self.metric is None else [f"{self.metric} <= {self.risk:g}"]
+        return ", ".join(parts + ([self.caps] if self.caps else []))
 
     def to_json(self) -> dict:
         return {
-            "method": "learn-then-test (fixed-sequence, binomial tail)",
+            "method": f"learn-then-test ({self.procedure}; binomial tail for 0/1 losses, "
+            "Hoeffding for mean costs)",
+            "certified_budget": self.what,
             "risk": self.risk,
             "confidence": self.confidence,
             "metric": self.metric,
+            "caps": self.caps,
             "test_risk": self.test_risk,
             "p_value": self.p_value,
             "certified": self.certified,
@@ -120,13 +137,13 @@ def binomial_cdf(k: int, n: int, p: float) -> float:
 DROP = "accuracy drop"  # the metric certified for --max-accuracy-drop
 
 
-def risk_target(budget: Budget) -> tuple[float, str]:
-    """(target, metric) that ``budget`` asks to certify."""
+def risk_target(budget: Budget) -> tuple[float, str] | None:
+    """(target, metric) that ``budget`` asks to certify, or None (cost caps only)."""
     if budget.risk is not None:
         return budget.risk, budget.risk_metric
     if budget.max_accuracy_drop is not None:
         return budget.max_accuracy_drop, DROP
-    raise CalibrationError("nothing to certify: expected --risk or --max-accuracy-drop")
+    return None
 
 
 def no_loss(table: ExitTable, metric: str) -> np.ndarray:
@@ -178,63 +195,81 @@ def certify(
     seed: int = 0,
     path_length: int = 16,
 ) -> Certificate:
-    """Learn-then-Test thresholds for ``budget`` (its --risk or --max-accuracy-drop) at
-    ``budget.confidence``; any cost caps in ``budget`` are then met on the calibration set
-    by the fastest certified vector (estimated, not certified: see ``search``)."""
-    risk, metric = risk_target(budget)
-    if metric == "error" and not table.labeled:
+    """Learn-then-Test thresholds for every part of ``budget`` at ``budget.confidence``: its
+    risk (--risk, or the accuracy drop) and its cost caps (``caps``: where samples leave,
+    the costs taken as measured). A risk alone, or caps alone, walk their path with
+    fixed-sequence testing; both together test every path point at delta / length
+    (Bonferroni), since the path makes one riskier as it makes the other safer."""
+    target, capped = risk_target(budget), has_caps(budget)
+    if target is None and not capped:
+        raise CalibrationError("nothing to certify: expected a budget")
+    if target is not None and target[1] == "error" and not table.labeled:
         raise CalibrationError("--risk-metric error needs labels 'y' in the data")
     n = table.num_samples
     if n < 20:
         raise CalibrationError(f"a certified budget needs at least 20 calibration samples, got {n}")
     order = np.random.default_rng(seed).permutation(n)
     path_half, test_half = table.take(order[: n // 2]), table.take(order[n // 2 :])
-    path = threshold_path(path_half, costs, metric, risk, path_length)
-    delta = 1.0 - budget.confidence
+    if target is not None:
+        path = threshold_path(path_half, costs, target[1], target[0], path_length)
+    else:
+        path = cap_path(path_half, costs, budget, path_length)
+    if not path:
+        raise CalibrationError(_nothing_certified(budget, test_half.num_samples))
+    both = target is not None and capped
+    delta = (1.0 - budget.confidence) / (len(path) if both else 1)
     points = evaluate_many(table, costs, np.stack(path))
-    tested = fixed_sequence_test(test_half, path, risk, metric, delta)
+    tested = _test_path(test_half, costs, budget, path, target, delta, stop_at_failure=not both)
     trail = tuple(
         PathPoint(p.mean_latency_ms, r, p_value, p_value is not None and p_value <= delta)
         for p, (r, p_value) in zip(points, tested)
     )
-    caps = _caps(budget)
     certified = [i for i, p in enumerate(trail) if p.certified]
     if not certified:
-        raise CalibrationError(
-            f"no thresholds can be certified for {budget.describe()} with "
-            f"{test_half.num_samples} test samples; even the final exit alone fails. "
-            "Use more calibration data, a larger --risk or a lower --confidence"
-        )
-    within = [i for i in certified if caps is None or caps.feasible(points[i])]
-    if not within:
-        closest = points[min(certified, key=lambda i: points[i].mean_latency_ms)]
-        raise CalibrationError(
-            f"no certified thresholds meet the cost caps of {budget.describe()}; the fastest "
-            f"certified gives {closest.mean_latency_ms:.4g} ms mean: relax a cap, or use more "
-            "calibration data so that looser thresholds can be certified"
-        )
-    chosen = min(within, key=lambda i: points[i].mean_latency_ms)
+        raise CalibrationError(_nothing_certified(budget, test_half.num_samples))
+    if target is not None:  # a risk bound: the fastest thresholds that keep it
+        chosen = min(certified, key=lambda i: points[i].mean_latency_ms)
+    else:  # caps only: the most accurate thresholds within them, then the fastest
+        chosen = max(certified, key=lambda i: (points[i].accuracy, -points[i].mean_latency_ms))
     return Certificate(
         point=points[chosen],
-        risk=risk,
+        risk=None if target is None else target[0],
         confidence=budget.confidence,
-        metric=metric,
+        metric=None if target is None else target[1],
         test_risk=trail[chosen].test_risk,
-        p_value=trail[chosen].p_value,
+        p_value=float(trail[chosen].p_value),
         certified=len(certified),
         path_length=len(path),
         test_samples=test_half.num_samples,
         path=trail,
+        caps=describe_caps(budget) if capped else "",
+        procedure="bonferroni" if both else "fixed-sequence",
     )
 
 
-def _caps(budget: Budget) -> Objective | None:
-    """The budget's cost caps alone, as an objective, or None if it has none."""
-    caps = {"latency_ms": budget.latency_ms, "p95_latency_ms": budget.p95_latency_ms,
-            "energy_mj": budget.energy_mj}  # fmt: skip
-    if all(v is None for v in caps.values()):
-        return None
-    return Objective(Budget(**caps, confidence=budget.confidence), None)
+def _nothing_certified(budget: Budget, samples: int) -> str:
+    return (
+        f"no thresholds can be certified for {budget.describe()} at confidence "
+        f"{budget.confidence:g} with {samples} held-back samples. Use more calibration data, "
+        "a looser budget or a lower --confidence"
+    )
+
+
+def _test_path(test_half, costs, budget, path, target, delta, *, stop_at_failure: bool):
+    """(test-half risk or None, p-value or None) per path point."""
+    results, stopped = [], False
+    for thresholds in path:
+        risk, p_value = None, None
+        if target is not None:
+            ((risk, p_value),) = fixed_sequence_test(test_half, [thresholds], *target, delta)
+        if not stopped and has_caps(budget):
+            p_caps = cap_p_value(test_half, costs, thresholds, budget)
+            p_value = p_caps if p_value is None else max(p_value, p_caps)
+        if stopped:
+            p_value = None
+        stopped = stop_at_failure and (stopped or p_value > delta)
+        results.append((risk, p_value))
+    return results
 
 
 def fixed_sequence_test(

@@ -60,12 +60,13 @@ class CalibrateOptions:
 
 
 def build_report(table: ExitTable, costs: SegmentCosts, budget: Budget) -> CalibrationReport:
-    """The pure part: search (or certify) and package the result.
+    """The pure part: search, certify, and package the result.
 
-    --risk: Learn-then-Test alone. --max-accuracy-drop: the per-exit search gives the fronts
-    and the calibration-set estimate, and Learn-then-Test picks the thresholds, so the drop
-    holds on new data at the stated confidence (``estimate`` keeps what the uncertified
-    search would have chosen, to show what the guarantee costs). Cost caps alone: search.
+    The per-exit search gives the fronts and the calibration-set estimate; Learn-then-Test
+    (``certify``) picks the thresholds, so that every part of the budget holds on new data
+    at the stated confidence (the cost caps insofar as they depend on where samples leave).
+    ``estimate`` keeps what the uncertified search would have chosen, to show what the
+    guarantee costs. --risk (guarantee mode) has no front: Learn-then-Test alone.
     """
     common = dict(
         budget=budget,
@@ -80,14 +81,14 @@ def build_report(table: ExitTable, costs: SegmentCosts, budget: Budget) -> Calib
             chosen=cert.point, shared=None, front=(), shared_front=(), certificate=cert, **common
         )
     result = search(table, costs, budget)
-    cert = certify(table, costs, budget) if budget.max_accuracy_drop is not None else None
+    cert = certify(table, costs, budget)
     return CalibrationReport(
-        chosen=result.per_exit if cert is None else cert.point,
+        chosen=cert.point,
         shared=result.shared,
         front=result.front,
         shared_front=result.shared_front,
         certificate=cert,
-        estimate=None if cert is None else result.per_exit,
+        estimate=result.per_exit,
         **common,
     )
 

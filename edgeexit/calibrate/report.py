@@ -80,10 +80,16 @@ class CalibrationReport:
         c = self.certificate
         if c is None:
             return None
-        target = f"{c.risk * 100:g} pp" if c.metric == "accuracy drop" else f"{c.risk:.2%}"
+        parts = []
+        if c.metric == "accuracy drop":
+            parts.append(f"accuracy drop <= {c.risk * 100:g} pp")
+        elif c.metric is not None:
+            parts.append(f"{c.metric} <= {c.risk:.2%}")
+        if c.caps:
+            parts.append(f"{c.caps} (where samples leave; the costs as measured)")
         return (
-            f"{c.metric} <= {target} on new data from the calibration data's distribution, "
-            f"with confidence {c.confidence:g} (Learn-then-Test, exact binomial test on "
+            f"{', '.join(parts)} on new data from the calibration data's distribution, with "
+            f"confidence {c.confidence:g} (Learn-then-Test, {c.procedure}, on "
             f"{c.test_samples} held-back samples)"
         )
 
@@ -104,10 +110,9 @@ class CalibrationReport:
     def estimated(self) -> str:
         """What is only an estimate, in words."""
         return (
-            "latency and energy: calibration-set exit shares x per-exit costs "
-            f"({self.costs.source}); cost caps are checked on the one-sided 95 % upper bound "
-            "of the mean over the sample mix, but the costs are as measured: check them on "
-            "the device with `edgeexit bench --check`"
+            "the expected figures (calibration-set exit shares x per-exit costs from "
+            f"{self.costs.source}); the per-exit costs are as measured: check them on the "
+            "device with `edgeexit bench --check`"
         )
 
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
@@ -115,7 +120,7 @@ class CalibrationReport:
         yield self._comparison_table()
         if self.front:
             yield self._front_table()
-        if self.budget.guarantee and self.certificate is not None:
+        if self.budget.guarantee:
             yield self._path_table()
         if self.guaranteed:
             yield f"[green]guaranteed:[/green] {self.guaranteed}"
@@ -165,8 +170,7 @@ class CalibrationReport:
         if self.certificate is not None:
             c = self.certificate
             table.caption += (
-                f"; certified {c.metric} <= {c.risk:g} at confidence {c.confidence:g} "
-                f"(test-half {c.metric} {c.test_risk:.2%}, p={c.p_value:.2g})"
+                f"; certified {c.what} at confidence {c.confidence:g} (p={c.p_value:.2g})"
             )
         return table
 
@@ -312,8 +316,8 @@ def draw_guarantee(ax: Any, report: CalibrationReport) -> None:
     """Guarantee mode on a matplotlib Axes: test-half risk (%) vs expected mean latency
     along the Learn-then-Test path (certified, failed, not tested), against the target."""
     cert = report.certificate
-    if cert is None:
-        raise CalibrationError("draw_guarantee needs a report made in guarantee mode")
+    if cert is None or cert.test_risk is None:
+        raise CalibrationError("draw_guarantee needs a report made in guarantee mode (--risk)")
     x = [p.mean_latency_ms for p in cert.path]
     y = [100 * p.test_risk for p in cert.path]
     ax.plot(x, y, "-", color="0.75", linewidth=1, zorder=1, label="path (strict to loose)")
