@@ -17,6 +17,7 @@ import math
 import os
 import re
 import stat
+import struct
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -295,8 +296,19 @@ def round_threshold(threshold: float, score_dtype: np.dtype) -> float:
     """
     if math.isinf(threshold):
         return threshold
+    code = _PACK_CODES.get(np.dtype(score_dtype))
+    if (
+        code is not None
+    ):  # struct rounds as numpy's cast does (to nearest, ties to even), 10x faster
+        try:
+            return struct.unpack(code, struct.pack(code, threshold))[0]
+        except OverflowError:  # beyond the dtype's range: it rounds to infinity
+            return math.copysign(math.inf, threshold)
     with np.errstate(over="ignore"):
         return float(np.asarray(threshold, dtype=np.float64).astype(score_dtype))
+
+
+_PACK_CODES = {np.dtype(np.float16): "e", np.dtype(np.float32): "f", np.dtype(np.float64): "d"}
 
 
 # -- reading and writing -------------------------------------------------------------------

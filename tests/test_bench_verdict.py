@@ -158,3 +158,37 @@ def test_bench_check_on_a_bundle_never_calibrated_is_a_one_line_error(tmp_path):
         f"error: --check: {bundle} was never calibrated, so there is no budget to check; "
         "run edgeexit calibrate first"
     ]
+
+
+def test_a_bundle_that_never_exits_early_says_so_instead_of_slower():
+    (said,) = verdict.warnings(0.99, (0.97, 1.01), 1.0, None, None, 1, early_exits=False)
+    assert "every sample to the final exit" in said and "SLOWER" not in said
+
+
+def test_check_fails_only_when_surely_slower_or_a_budget_is_missed():
+    from dataclasses import replace
+
+    from edgeexit.calibrate.bench import BenchReport
+
+    check = check_for(Budget(latency_ms=0.6), held_out(early_ms=0.5))
+    fields = {f: None for f in BenchReport.__dataclass_fields__}
+    report = BenchReport(**{**fields, "checks": (check,), "speedup": 0.99,
+                            "speedup_ci": (0.97, 1.01)})  # fmt: skip
+    assert report.verdict == "met" and report.passed  # noise around 1x is not a failure
+    assert not replace(report, speedup=0.8, speedup_ci=(0.78, 0.82)).passed
+    missed = check_for(Budget(latency_ms=0.4), held_out(early_ms=0.5))
+    assert not replace(report, checks=(missed,), speedup=2.0, speedup_ci=(1.9, 2.1)).passed
+
+
+def test_calibrate_says_when_nothing_early_could_be_certified():
+    from calibrate_synthetic import synthetic_table, unit_costs
+
+    from edgeexit.calibrate.pipeline import build_report
+
+    report = build_report(
+        synthetic_table(60, seed=4), unit_costs(), Budget(max_accuracy_drop=0.001)
+    )
+    assert all(t == float("inf") for t in report.thresholds[:-1])
+    (warning,) = report.warnings
+    assert "no early exit" in warning and "30 held-back samples" in warning
+    assert report.to_json()["trust"]["warnings"] == [warning]

@@ -71,7 +71,7 @@ class CalibrationReport:
         if self.estimate is not None:
             doc["uncertified_estimate"] = self.estimate.to_json()
         doc["trust"] = {"guaranteed": self.guaranteed, "estimated": self.estimated,
-                        "warning": self.too_noisy}  # fmt: skip
+                        "warnings": list(self.warnings)}  # fmt: skip
         return doc
 
     @property
@@ -92,6 +92,21 @@ class CalibrationReport:
             f"confidence {c.confidence:g} (Learn-then-Test, {c.procedure}, on "
             f"{c.test_samples} held-back samples)"
         )
+
+    @property
+    def warnings(self) -> tuple[str, ...]:
+        """What a reader must not miss, in words."""
+        said = [self.too_noisy] if self.too_noisy else []
+        if all(math.isinf(t) for t in self.thresholds[:-1]):
+            c = self.certificate
+            held_back = f" with {c.test_samples} held-back samples" if c else ""
+            said.append(
+                f"no early exit: nothing faster than the full model could be certified for "
+                f"{self.budget.describe()}{held_back}, so every sample goes to the final "
+                "exit. More calibration data (the test uses half of it), a looser budget or "
+                "a lower --confidence would allow early exits"
+            )
+        return tuple(said)
 
     @property
     def too_noisy(self) -> str | None:
@@ -125,8 +140,8 @@ class CalibrationReport:
         if self.guaranteed:
             yield f"[green]guaranteed:[/green] {self.guaranteed}"
         yield f"[yellow]estimated:[/yellow] {self.estimated}"
-        if self.too_noisy:
-            yield f"[yellow]warning:[/yellow] {self.too_noisy}"
+        for warning in self.warnings:
+            yield f"[yellow]warning:[/yellow] {warning}"
 
     def _exit_table(self) -> Table:
         table = Table(title=f"Per-exit thresholds ({self.budget.describe()})")

@@ -176,10 +176,18 @@ def warnings(
     predicted_ms: float | None,
     predicted_batch: int | None,
     batch_size: int,
+    *,
+    early_exits: bool = True,
 ) -> tuple[str, ...]:
-    """What a reader must not miss, in words."""
+    """What a reader must not miss, in words. ``early_exits``: whether any threshold
+    before the last lets a sample leave (else the bundle is the full model)."""
     said = []
-    if speedup < 1.0:
+    if not early_exits:
+        said.append(
+            "the thresholds send every sample to the final exit: this bundle is the full "
+            "model, so no speed-up is possible (calibrate with more data or a looser budget)"
+        )
+    elif speedup < 1.0:
         said.append(
             f"the calibrated bundle is SLOWER than the full model ({speedup:.2f}x, "
             f"{LEVEL:.0%} CI {speedup_ci[0]:.2f}-{speedup_ci[1]:.2f}x): its exits cost more "

@@ -16,6 +16,8 @@ def render_demo(report: Any) -> Iterator[Any]:
     from edgeexit.calibrate.bench import verdict_lines
 
     yield _comparison(report)
+    if report.calibration.guaranteed:
+        yield f"calibrate certified: {report.calibration.guaranteed}"
     yield from verdict_lines(report.bench)
     yield _histogram(report)
     yield _energy_note(report)
