@@ -30,9 +30,15 @@ def noisy_copies(split, copies: int, seed: int, max_noise_std: float = 0.6):
 
 
 def build_digits_bundle(
-    out_dir: Path, *, train_copies: int = 2, eval_copies: int = 3, epochs: int = 5
+    out_dir: Path,
+    *,
+    train_copies: int = 2,
+    eval_copies: int = 3,
+    epochs: int = 5,
+    cal_copies: int | None = None,
 ) -> DigitsBundle:
-    """Train on noisy digits (seeded), export the bundle, write calibration and test files."""
+    """Train on noisy digits (seeded), export the bundle, write calibration and test files
+    (``cal_copies`` noisy copies of the calibration split, default ``eval_copies``)."""
     import torch
 
     import edgeexit
@@ -47,6 +53,7 @@ def build_digits_bundle(
     train_multi_exit(model, train.x, train.y, epochs=epochs, lr=3e-3, seed=0)
     bundle = out_dir / "bundle"
     edgeexit.export(model, train.x[:2], bundle)
-    cal = noisy_copies(clean.calibration, eval_copies, seed=100).save_npz(out_dir / "cal.npz")
+    cal_copies = eval_copies if cal_copies is None else cal_copies
+    cal = noisy_copies(clean.calibration, cal_copies, seed=100).save_npz(out_dir / "cal.npz")
     test = noisy_copies(clean.test, eval_copies, seed=200).save_npz(out_dir / "test.npz")
     return DigitsBundle(bundle, cal, test)
