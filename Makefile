@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: test demo lint bench clean
+.PHONY: test demo lint bench wheel clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -26,5 +26,14 @@ demo: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/run.py
 
+# The wheel a device installs (pure Python: one wheel for x86 and the Pi), built from a copy
+# of what it ships, so no stale build/ directory can leak old files into it.
+wheel: $(STAMP)
+	rm -rf build/wheel-src && mkdir -p build/wheel-src dist
+	tar --exclude=__pycache__ -cf - pyproject.toml README.md edgeexit | tar -xf - -C build/wheel-src
+	$(PY) -m pip wheel -q --no-deps --no-build-isolation -w dist build/wheel-src
+	rm -rf build/wheel-src
+	@ls dist/edgeexit-*.whl
+
 clean:
-	rm -rf $(VENV) .pytest_cache build *.egg-info
+	rm -rf $(VENV) .pytest_cache build dist *.egg-info

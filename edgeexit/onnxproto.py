@@ -144,3 +144,27 @@ def _tensor(data: memoryview, found: dict[str, None]) -> None:
         found.setdefault(location, None)
     elif external:
         raise ProtoError("a tensor is stored externally but names no location")
+
+
+_NODE_OP_TYPE, _NODE_DOMAIN = 4, 7
+
+
+def op_counts(model: bytes | memoryview) -> dict[str, int]:
+    """How many nodes of each operator the main graph of a serialized ModelProto holds
+    (``domain::Op`` outside the default domain), most frequent first."""
+    counts: dict[str, int] = {}
+    for number, value in fields(memoryview(model)):
+        if number != _MODEL_GRAPH or isinstance(value, int):
+            continue
+        for inner, node in fields(value):
+            if inner != _GRAPH_NODE or isinstance(node, int):
+                continue
+            op = domain = ""
+            for field, item in fields(node):
+                if field == _NODE_OP_TYPE and not isinstance(item, int):
+                    op = bytes(item).decode("utf-8", "replace")
+                elif field == _NODE_DOMAIN and not isinstance(item, int):
+                    domain = bytes(item).decode("utf-8", "replace")
+            name = f"{domain}::{op}" if domain not in ("", "ai.onnx") else op
+            counts[name] = counts.get(name, 0) + 1
+    return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))

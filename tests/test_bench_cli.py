@@ -41,7 +41,10 @@ def test_bench_table_and_batch(tmp_path):
 
 @pytest.mark.parametrize(
     ("args", "message", "code"),
-    [(["--batch", "0"], "'--batch'", 2), (["--data", "missing.npz"], "does not exist", 1)],
+    [
+        (["--batch-size", "0"], "'--batch-size'", 2),
+        (["--data", "missing.npz"], "does not exist", 1),
+    ],
 )
 def test_bench_errors_are_one_line(tmp_path, args, message, code):
     bundle, data = fresh_bundle(tmp_path)

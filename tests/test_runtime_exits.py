@@ -44,7 +44,7 @@ def softmax_max(logits: np.ndarray) -> np.ndarray:
 
 
 def reference_exits(scores: np.ndarray, thresholds) -> np.ndarray:
-    """First exit with score >= threshold, else the last: the rule of DESIGN.md §2."""
+    """First exit with score >= threshold, else the last (docs/design.md, *The bundle*)."""
     leaving = scores[:-1] >= np.asarray(thresholds[:-1])[:, None]
     first = np.where(leaving.any(axis=0), leaving.argmax(axis=0), len(scores) - 1)
     return first

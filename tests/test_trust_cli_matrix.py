@@ -1177,7 +1177,7 @@ CASES = [
         "opt-drop-2",
         argv("calibrate", "bundle", "--data", "cal.npz", "--max-accuracy-drop", "2"),
         2,
-        "is not a fraction in [0, 1)",
+        "is not an accuracy drop: expected a fraction in [0, 1)",
     ),
     Case(
         "opt-drop-nan",
@@ -1268,7 +1268,13 @@ CASES = [
         "opt-quant-drop",
         argv("export", "model.pt", "-o", "out", "--max-quant-drop", "200"),
         2,
-        "percentage points",
+        "expected a fraction in [0, 1) such as 0.01, or points such as 1pp",
+    ),
+    Case(
+        "opt-quant-drop-old-points",  # --max-quant-drop used to take points: 1 is refused
+        argv("export", "model.pt", "-o", "out", "--max-quant-drop", "1"),
+        2,
+        "is not an accuracy drop",
     ),
     Case(
         "opt-input-shape",

@@ -1,8 +1,8 @@
 """Run an edgeexit bundle with plain onnxruntime, following only its manifest.json.
 
-This is the whole device-side contract (DESIGN.md §2) in a few lines; edgeexit's runtime is
-the fast, measured way to do the same. tests/test_export_bundle_contract.py imports this
-file, so it cannot rot.
+This is the whole device-side contract (docs/design.md, *The bundle*) in a few lines;
+edgeexit's runtime is the fast, measured way to do the same. tests/test_export_bundle.py
+imports this file, so it cannot rot.
 
     python docs/examples/run_bundle.py BUNDLE_DIR DATA.npz
 """

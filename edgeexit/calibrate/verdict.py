@@ -198,7 +198,8 @@ def warnings(
     if predicted_batch is not None and predicted_batch != batch_size:
         said.append(
             f"calibrate predicted {predicted_ms:.4g} ms for batch {predicted_batch}; bench ran "
-            f"batch {batch_size}, so the two are not compared (bench --batch {predicted_batch})"
+            f"batch {batch_size}, so the two are not compared "
+            f"(bench --batch-size {predicted_batch})"
         )
         return tuple(said)
     error = measured_ms / predicted_ms - 1

@@ -20,7 +20,12 @@ def bench_cmd(
     bundle: Path = typer.Argument(..., help="The bundle directory."),
     data: Path = typer.Option(..., "--data", help="Data .npz (x, optional labels y)."),
     batch: int = typer.Option(
-        1, "--batch", min=1, help="Samples per call (per-sample latency = call's)."
+        1,
+        "--batch-size",
+        "-b",
+        "--batch",
+        min=1,
+        help="Samples per call (per-sample latency = call's).",
     ),
     target: str = typer.Option(
         None, "--target", "-t", parser=params.target, help="Target name or .toml profile."
@@ -51,7 +56,7 @@ def bench_cmd(
 
         edgeexit bench bundle/ --data test.npz --check     # in CI: fails on a missed budget
 
-        edgeexit bench bundle/ --data test.npz --batch 32 --target rpi5 --json
+        edgeexit bench bundle/ --data test.npz --batch-size 32 --target rpi5 --json
     """
     options = BenchOptions(batch_size=batch, target=target, rounds=rounds)
     if check and not read_manifest(bundle).extra.get("calibration"):

@@ -30,15 +30,18 @@ def calibrate_cmd(
     ),
     max_accuracy_drop: float = typer.Option(
         None,
-        parser=params.fraction,
-        metavar="FRACTION",
-        help="Fastest thresholds losing at most this fraction (0.01 = 1 pp).",
+        parser=params.accuracy_drop,
+        metavar="DROP",
+        help="Fastest thresholds losing at most this much accuracy: 0.01 or 1pp.",
     ),
     risk: float = typer.Option(
         None, parser=params.probability, metavar="P", help="Guarantee mode: risk bound, e.g. 0.02."
     ),
     confidence: float = typer.Option(
-        0.9, parser=params.probability, metavar="P", help="Guarantee mode: confidence, e.g. 0.9."
+        0.9,
+        parser=params.probability,
+        metavar="P",
+        help="Probability that every budget holds on new data (Learn-then-Test), e.g. 0.9.",
     ),
     risk_metric: params.RiskMetric = typer.Option(
         "disagreement", help="disagreement (with final) or error."

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import sys
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -27,6 +28,9 @@ from edgeexit.files import os_reason
 _USAGE_ERROR = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")
 _CLICK_EXCEPTION = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
 EXIT_USAGE, EXIT_INTERRUPTED = 2, 130
+# Modules only the host install has, and the extra that brings each.
+HOST_EXTRAS = {"torch": "export", "onnx": "export", "onnxsim": "export", "matplotlib": "plot",
+               "sklearn": "dev"}  # fmt: skip
 
 
 class _OneLineErrors(TyperGroup):
@@ -67,10 +71,55 @@ app = typer.Typer(
     cls=_OneLineErrors,
     help="Deploy multi-exit (early-exit) networks to edge devices as chained ONNX segments.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,
     pretty_exceptions_enable=False,
     rich_markup_mode="markdown",
 )
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(version_line())
+        raise typer.Exit(0)
+
+
+def version_line() -> str:
+    """'edgeexit 0.1.0 (onnxruntime 1.32.0, numpy 2.4.6, python 3.11.2)'."""
+    import importlib.metadata as md
+    import platform
+
+    import edgeexit
+
+    def installed(name: str) -> str:
+        try:
+            return md.version(name)
+        except md.PackageNotFoundError:
+            return "not installed"
+
+    return (
+        f"edgeexit {edgeexit.__version__} (onnxruntime {installed('onnxruntime')}, numpy "
+        f"{installed('numpy')}, python {platform.python_version()})"
+    )
+
+
+@app.callback()
+def _global_options(
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
+    quiet: bool = typer.Option(
+        False, "--quiet", "-q", help="Only results and errors: no notes (e.g. how energy is found)."
+    ),
+) -> None:
+    """Deploy multi-exit (early-exit) networks to edge devices as chained ONNX segments.
+
+    Pipeline: `export` a model.pt to a bundle, `profile` it on the device, `calibrate` its
+    exit thresholds to a budget, then `run` or `bench` it on the device; `inspect` shows
+    what a bundle holds.
+    """
+    # edgeexit's notes (which energy meter, trust warnings) go through the 'edgeexit'
+    # logger; without a handler, Python prints warnings and above to stderr.
+    logging.getLogger("edgeexit").setLevel(logging.ERROR if quiet else logging.NOTSET)
 
 
 def fail(message: str) -> typer.Exit:
@@ -103,6 +152,15 @@ def command(*args: Any, **kwargs: Any) -> Callable:
                 return fn(*a, **kw)
             except EdgeExitError as err:
                 raise fail(first_line(err)) from None
+            except ModuleNotFoundError as err:
+                extra = HOST_EXTRAS.get((err.name or "").split(".")[0])
+                if extra is None:
+                    raise
+                raise fail(
+                    f"edgeexit {fn.__name__.removesuffix('_cmd')} needs {err.name}, which this "
+                    f"install lacks (a device install has the runtime only): on the host, "
+                    f"pip install 'edgeexit[{extra}]' (torch: the CPU wheel first)"
+                ) from None
             except OSError as err:
                 where = f": {err.filename}" if err.filename else ""
                 raise fail(f"{os_reason(err)}{where}") from None
@@ -134,12 +192,3 @@ def stage_progress(*, hidden: bool) -> Iterator[Callable[[str, int, int], None]]
             bar.update(tasks[stage], completed=done, total=total)
 
         yield advance
-
-
-@app.callback()
-def _root() -> None:
-    """Deploy multi-exit (early-exit) networks to edge devices as chained ONNX segments.
-
-    Pipeline: `export` a model.pt to a bundle, `profile` it on the device, `calibrate` its
-    exit thresholds to a budget, then `run` or `bench` it on the device.
-    """

@@ -22,7 +22,10 @@ def demo_cmd(
     test_data: Path = typer.Option(None, help="Held-out .npz to bench on (default: --data)."),
     epochs: int = typer.Option(6, min=1, help="Training epochs for the digits example."),
     max_accuracy_drop: float = typer.Option(
-        0.01, parser=params.fraction, metavar="FRACTION", help="Budget: accuracy given up."
+        "0.01",
+        parser=params.accuracy_drop,
+        metavar="DROP",
+        help="Budget: accuracy given up, 0.01 or 1pp.",
     ),
     target_latency: float = typer.Option(
         None, parser=params.latency_ms, metavar="TIME", help="Budget instead: mean latency."

@@ -44,11 +44,11 @@ def export_cmd(
         None, "--calib-data", help="Data (.npz) to quantize with and check exits on (--target)."
     ),
     max_quant_drop: float = typer.Option(
-        1.0,
+        "0.01",
         "--max-quant-drop",
-        parser=params.points,
-        metavar="PP",
-        help="Most accuracy (pp) an exit may lose to the target's precision.",
+        parser=params.accuracy_drop,
+        metavar="DROP",
+        help="Most accuracy an exit may lose to the target's precision: 0.01 or 1pp.",
     ),
     trust: bool = typer.Option(
         False, "--trust-pickle", help="Load a pickled nn.Module (runs code from the file)."
@@ -81,7 +81,7 @@ def export_cmd(
     params_ = {"patience": patience} if criterion == "patience" else {}
     options = ExportOptions(
         criterion=criterion, criterion_params=params_, opset=opset, atol=atol, target=target,
-        calib_data=str(calib_data) if calib_data else None, max_quant_drop_pp=max_quant_drop,
+        calib_data=str(calib_data) if calib_data else None, max_quant_drop_pp=100 * max_quant_drop,
     )  # fmt: skip
     console = Console(stderr=as_json)
     try:

@@ -49,11 +49,22 @@ def energy_mj(text: str) -> float:
         raise typer.BadParameter(str(err)) from err
 
 
-def fraction(text: str) -> float:
-    """A fraction in [0, 1): an accuracy drop (0.01 = 1 point)."""
-    value = _number(text)
+def accuracy_drop(text: str) -> float:
+    """An accuracy drop, as a fraction: '0.01' or '1pp' (percentage points), the same unit
+    for every command that takes one. A bare number must be a fraction below 1, so an old
+    '--max-quant-drop 1' (points) is refused rather than read as 100 %."""
+    stripped = str(text).strip()
+    if stripped.lower().endswith("pp"):
+        value = _number(stripped[:-2].strip()) / 100
+        if not 0 <= value < 1:
+            raise typer.BadParameter(f"{text} is not in [0pp, 100pp)")
+        return value
+    value = _number(stripped)
     if not 0 <= value < 1:
-        raise typer.BadParameter(f"{text} is not a fraction in [0, 1), e.g. 0.01 for 1 point")
+        raise typer.BadParameter(
+            f"{text} is not an accuracy drop: expected a fraction in [0, 1) such as 0.01, "
+            "or points such as 1pp"
+        )
     return value
 
 
@@ -62,14 +73,6 @@ def probability(text: str) -> float:
     value = _number(text)
     if not 0 < value < 1:
         raise typer.BadParameter(f"{text} is not a probability in (0, 1), e.g. 0.9")
-    return value
-
-
-def points(text: str) -> float:
-    """Percentage points in [0, 100]."""
-    value = _number(text)
-    if not 0 <= value <= 100:
-        raise typer.BadParameter(f"{text} is not a number of percentage points in [0, 100]")
     return value
 
 

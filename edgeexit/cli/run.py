@@ -18,7 +18,11 @@ from edgeexit.runtime import Runtime
 def run_cmd(
     bundle: Path = typer.Argument(..., help="The bundle directory (manifest.json + segments)."),
     input_path: Path = typer.Option(
-        ..., "--input", "-i", help="A .npy array, or a .npz with 'x' (or one array per input)."
+        ...,
+        "--input",
+        "-i",
+        "--data",
+        help="A .npy array, or a .npz with 'x' (or one array per input) and optional labels y.",
     ),
     target: str = typer.Option(
         None, "--target", "-t", parser=params.target, help="Target name or .toml profile."
@@ -37,7 +41,8 @@ def run_cmd(
 
     Each sample leaves at the first exit whose score reaches the bundle's threshold.
     Latency and energy are those of one call on the whole input, after --warmup untimed
-    calls. Energy says where it comes from: measured by a named sensor, or modeled.
+    calls. Energy says where it comes from: measured by a named sensor, or modeled. With
+    labels 'y' in a .npz input, the accuracy is reported too.
 
     Examples:
 
@@ -49,11 +54,17 @@ def run_cmd(
     """
     runtime = Runtime(bundle, target=target, threads=threads)
     data = load_data(input_path, runtime.manifest.inputs)
+    if data.labels is not None:
+        data.check_labels(runtime.num_classes, str(input_path))
     for _ in range(warmup):
         runtime.run(data.inputs)
     result = runtime.run(data.inputs)
+    accuracy = None if data.labels is None else float((result.predictions == data.labels).mean())
     if as_json:
-        doc = {"target": runtime.target.name, "warmup_calls": warmup, **result.to_json()}
+        doc = {"target": runtime.target.name, "warmup_calls": warmup, **result.to_json(),
+               "accuracy": accuracy}  # fmt: skip
         typer.echo(dumps_json(doc))
         return
     Console().print(result)
+    if accuracy is not None:
+        Console().print(f"accuracy     {accuracy:.2%} against the labels 'y' in {input_path}")

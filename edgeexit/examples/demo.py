@@ -128,6 +128,8 @@ def run_demo(options: DemoOptions = DemoOptions(), *, progress: Progress | None 
     from edgeexit.targets.profiling import profile_bundle
 
     tell = progress or (lambda stage, done, total: None)
+    import torch  # noqa: F401  (on a device install: fail before writing anything)
+
     out = _demo_folder(options)
     if options.model is None:
         written, losses = _train_example(options, out, tell)

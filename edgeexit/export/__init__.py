@@ -1,6 +1,6 @@
 """The torch side of edgeexit: the model contract, checkpoints, ONNX export and validation.
 
-``edgeexit.export`` is both this package and a function (DESIGN.md fixes both names):
+``edgeexit.export`` is both this package and a function:
 ``edgeexit.export(model, example_inputs, out_dir, ...)`` calls :func:`export`. Importing it
 imports torch and onnx, which is why ``import edgeexit`` loads it only on first use.
 """

@@ -1,4 +1,4 @@
-"""The multi-exit model contract (DESIGN.md §1), checked once, in one place.
+"""The multi-exit model contract (docs/design.md, section 1), checked once, in one place.
 
 A multi-exit model is any ``nn.Module`` with two equal-length ``nn.ModuleList``s,
 ``segments`` and ``exits``. ``segments[0](*inputs)`` returns a carry (a Tensor or a tuple of

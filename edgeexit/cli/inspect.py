@@ -1,0 +1,86 @@
+"""`edgeexit inspect BUNDLE`: what a bundle holds, checked, without running it."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from edgeexit.cli.core import command, fail
+from edgeexit.files import dumps_json
+from edgeexit.inspection import BundleInfo, describe_bundle
+
+TOP_OPS = 4  # operators named per segment in the table; --json has them all
+
+
+@command("inspect")
+def inspect_cmd(
+    bundle: Path = typer.Argument(..., help="The bundle directory."),
+    as_json: bool = typer.Option(False, "--json", help="Print only a JSON object."),
+) -> None:
+    """Show what a bundle holds: inputs, segments (size, operators, carry, threshold),
+    criterion, precision, target, a calibration summary, and an integrity check (every
+    file against its sha256). Exits 1 if the check fails, after the report.
+
+    Examples:
+
+        edgeexit inspect bundle/
+
+        edgeexit inspect bundle/ --json
+    """
+    info = describe_bundle(bundle)
+    if as_json:
+        typer.echo(dumps_json(info.to_json()))
+    else:
+        _render(info)
+    if not info.intact:
+        raise fail(f"integrity check failed: {info.integrity}")
+
+
+def _render(info: BundleInfo) -> None:
+    doc = info.to_json()
+    console = Console()
+    inputs = ", ".join(f"{i['name']} {i['dtype']}[{', '.join(map(str, i['shape']))}]"
+                       for i in doc["inputs"])  # fmt: skip
+    where = escape(str(info.path))
+    console.print(
+        f"bundle {where}: {len(info.segments)} segments, criterion {doc['criterion']}, "
+        f"{doc['precision']}, target {doc['target'] or 'any'}, {doc['num_classes']} classes, "
+        f"opset {doc['opset']} ({doc['exporter']}, edgeexit {doc['edgeexit_version']})"
+    )
+    console.print(f"inputs: {escape(inputs)}")
+    table = Table(title="Segments (backbone block + exit head)")
+    for col in ("segment", "file", "KiB", "nodes", "top operators", "carry", "threshold"):
+        table.add_column(col, justify="left" if col in ("file", "top operators") else "right")
+    for s in info.segments:
+        top = ", ".join(f"{op} {n}" for op, n in list(s.ops.items())[:TOP_OPS])
+        last = s.index == len(info.segments) - 1
+        threshold = (
+            "always" if last else ("never" if math.isinf(s.threshold) else f"{s.threshold:.4f}")
+        )
+        table.add_row(str(s.index), s.file, f"{s.size_bytes / 1024:.1f}", str(sum(s.ops.values())),
+                      top, str(len(s.carry)), threshold)  # fmt: skip
+    console.print(table)
+    console.print(escape(_calibration_line(doc["calibration"])))
+    colour = "green" if info.intact else "red"
+    check = "every file matches its sha256" if info.intact else escape(info.integrity)
+    console.print(f"integrity: [{colour}]{check}[/{colour}]")
+
+
+def _calibration_line(cal: dict | None) -> str:
+    if not cal:
+        return "calibration: none (thresholds as exported; run edgeexit calibrate)"
+    budget = ", ".join(f"{k}={v}" for k, v in (cal["budget"] or {}).items())
+    parts = [f"calibration: budget {budget} on {cal['samples']} samples"]
+    if cal["certified"]:
+        parts.append(f"certified {cal['certified']} at confidence {cal['confidence']}")
+    if cal["expected_mean_latency_ms"] is not None:
+        parts.append(
+            f"expected {cal['expected_mean_latency_ms']:.4g} ms mean, accuracy "
+            f"{100 * cal['expected_accuracy']:.2f} % (costs: {cal['costs_from']})"
+        )
+    return "; ".join(parts)

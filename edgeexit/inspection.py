@@ -1,0 +1,126 @@
+"""What a bundle holds, without running it: ``edgeexit inspect`` and ``describe_bundle``.
+
+Reads the manifest (strictly, as the runtime does), checks every file against its sha256,
+and counts each segment's operators from the ONNX bytes with ``onnxproto`` (no ``onnx``
+import: this runs on a device). Never raises for a bundle that fails its integrity check:
+the check is one of the things it reports.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edgeexit.bundle import Manifest, load_segments, read_manifest
+from edgeexit.errors import BundleError
+from edgeexit.onnxproto import ProtoError, op_counts
+
+
+@dataclass(frozen=True)
+class SegmentInfo:
+    index: int
+    file: str
+    size_bytes: int  # the segment file and its external data
+    ops: dict[str, int]  # operator -> nodes, most frequent first
+    carry: tuple[str, ...]
+    threshold: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "index": self.index,
+            "file": self.file,
+            "size_bytes": self.size_bytes,
+            "nodes": sum(self.ops.values()),
+            "ops": self.ops,
+            "carry": list(self.carry),
+            "threshold": None if math.isinf(self.threshold) else self.threshold,
+        }
+
+
+@dataclass(frozen=True)
+class BundleInfo:
+    path: Path
+    manifest: Manifest
+    segments: tuple[SegmentInfo, ...]
+    integrity: str  # 'ok' or what failed
+    calibration: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def intact(self) -> bool:
+        return self.integrity == "ok"
+
+    def to_json(self) -> dict[str, Any]:
+        m = self.manifest
+        extra = m.extra
+        return {
+            "bundle": str(self.path),
+            "integrity": self.integrity,
+            "inputs": [
+                {"name": i.name, "dtype": i.dtype, "shape": list(i.shape)} for i in m.inputs
+            ],  # fmt: skip
+            "criterion": m.criterion,
+            "precision": extra.get("precision", "fp32"),
+            "target": extra.get("target"),
+            "num_classes": extra.get("num_classes"),
+            "opset": extra.get("opset"),
+            "exporter": extra.get("exporter"),
+            "edgeexit_version": extra.get("edgeexit_version"),
+            "segments": [s.to_json() for s in self.segments],
+            "calibration": self.calibration or None,
+        }
+
+
+def describe_bundle(bundle_dir: str | os.PathLike) -> BundleInfo:
+    """What ``bundle_dir`` holds. BundleError only when there is no readable manifest."""
+    path = Path(bundle_dir)
+    manifest = read_manifest(path)
+    try:
+        load_segments(path, manifest)
+        integrity = "ok"
+    except BundleError as err:
+        integrity = str(err)
+    segments = tuple(
+        _segment(path, i, spec, threshold)
+        for i, (spec, threshold) in enumerate(zip(manifest.segments, manifest.thresholds))
+    )
+    return BundleInfo(path, manifest, segments, integrity, _calibration(manifest))
+
+
+def _segment(folder: Path, index: int, spec, threshold: float) -> SegmentInfo:
+    names = [spec.file, *(e.file for e in spec.external_data)]
+    size = sum(_size(folder / n) for n in names)
+    try:
+        ops = op_counts((folder / spec.file).read_bytes())
+    except (OSError, ProtoError):
+        ops = {}  # the integrity line says why
+    return SegmentInfo(index, spec.file, size, ops, tuple(spec.carry), threshold)
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.lstat().st_size
+    except OSError:
+        return 0
+
+
+def _calibration(manifest: Manifest) -> dict[str, Any]:
+    """The calibration block, summarised: budget, what was certified, what to expect."""
+    block = manifest.extra.get("calibration")
+    if not isinstance(block, dict):
+        return {}
+    expected = block.get("expected") or {}
+    guarantee = block.get("guarantee") or {}
+    costs = block.get("profile") or {}
+    return {
+        "budget": block.get("budget"),
+        "certified": guarantee.get("certified_budget") or None,
+        "confidence": guarantee.get("confidence"),
+        "expected_accuracy": expected.get("accuracy"),
+        "expected_mean_latency_ms": expected.get("mean_latency_ms"),
+        "exit_shares": expected.get("exit_shares"),
+        "samples": block.get("samples"),
+        "costs_from": costs.get("source"),
+    }

@@ -1,0 +1,148 @@
+"""First contact with the CLI: one name per concept on every command, --version, --quiet,
+shell completion, `inspect`, and `run` reporting accuracy when the data has labels."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+
+import numpy as np
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from edgeexit.cli import app
+
+runner = CliRunner()
+
+# concept -> the spellings every command that takes it must accept
+SPELLINGS = {
+    "--target": {"--target", "-t"},
+    "--batch-size": {"--batch-size", "-b"},
+    "--out": {"--out", "-o"},
+    "--json": {"--json"},
+}
+
+
+def commands() -> dict:
+    group = typer.main.get_command(app)
+    return dict(group.commands)
+
+
+def test_every_command_spells_a_concept_the_same_way():
+    for name, command in commands().items():
+        options = [set(p.opts) for p in command.params if p.param_type_name == "option"]
+        spelled = set().union(*options)
+        for concept, spellings in SPELLINGS.items():
+            matching = [o for o in options if concept in o]
+            if matching:
+                assert spellings <= matching[0], f"{name}: {concept} without {spellings}"
+        assert "--batch" not in spelled or "--batch-size" in spelled, name
+        assert "--json" in spelled, f"{name} has no --json"
+
+
+def test_accuracy_drops_take_one_unit_everywhere():
+    from edgeexit.cli import params
+
+    drop_options = [
+        (name, p)
+        for name, command in commands().items()
+        for p in command.params
+        if any(o in ("--max-accuracy-drop", "--max-quant-drop") for o in getattr(p, "opts", ()))
+    ]
+    assert {name for name, _ in drop_options} == {"calibrate", "demo", "export"}
+    for _, option in drop_options:
+        assert option.metavar == "DROP"
+    assert params.accuracy_drop("0.01") == params.accuracy_drop("1pp") == pytest.approx(0.01)
+    assert params.accuracy_drop("2.5 pp") == pytest.approx(0.025)
+    for bad in ("1", "200", "-0.1", "nan", "100pp", "x"):
+        with pytest.raises(typer.BadParameter):
+            params.accuracy_drop(bad)
+
+
+def test_version_names_the_runtime_dependencies():
+    import edgeexit
+
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0
+    assert result.output.startswith(f"edgeexit {edgeexit.__version__} (onnxruntime ")
+
+
+def test_quiet_silences_the_notes_and_only_them():
+    assert runner.invoke(app, ["-q", "targets", "--json"]).exit_code == 0
+    assert logging.getLogger("edgeexit").level == logging.ERROR
+    assert runner.invoke(app, ["targets", "--json"]).exit_code == 0
+    assert logging.getLogger("edgeexit").level == logging.NOTSET
+
+
+def test_shell_completion_is_offered():
+    result = runner.invoke(app, ["--show-completion", "bash"])
+    assert result.exit_code == 0 and "complete" in result.output
+
+
+@pytest.fixture
+def bundle_and_data(tmp_path):
+    pytest.importorskip("torch")
+    from calibrate_cli_bundle import fresh_bundle
+
+    return fresh_bundle(tmp_path)
+
+
+def test_inspect_shows_the_bundle_and_checks_it(bundle_and_data, tmp_path):
+    bundle, _ = bundle_and_data
+    doc = json.loads(runner.invoke(app, ["inspect", str(bundle), "--json"]).stdout)
+    assert doc["integrity"] == "ok" and doc["criterion"] == "confidence"
+    assert doc["inputs"] == [{"name": "x", "dtype": "float32", "shape": ["batch", 1, 8, 8]}]
+    assert len(doc["segments"]) == 3 and all(s["nodes"] > 0 for s in doc["segments"])
+    assert "Conv" in doc["segments"][0]["ops"] and doc["calibration"] is None
+    table = runner.invoke(app, ["inspect", str(bundle)])
+    assert table.exit_code == 0 and "every file matches its sha256" in table.output
+    assert "x float32[batch, 1, 8, 8]" in table.output
+    tampered = shutil.copytree(bundle, tmp_path / "tampered")
+    with open(tampered / "segment_01.onnx", "ab") as f:
+        f.write(b"x")
+    result = runner.invoke(app, ["inspect", str(tampered)])
+    assert result.exit_code == 1
+    assert "integrity check failed: segment file" in result.stderr
+
+
+def test_run_reports_accuracy_when_the_data_has_labels(bundle_and_data, tmp_path):
+    bundle, data = bundle_and_data
+    labeled = json.loads(
+        runner.invoke(app, ["run", str(bundle), "--data", str(data), "--json"]).stdout
+    )
+    truth = np.load(data)["y"]
+    assert labeled["accuracy"] == pytest.approx(np.mean(np.array(labeled["predictions"]) == truth))
+    bare = tmp_path / "x.npy"
+    np.save(bare, np.load(data)["x"])
+    unlabeled = json.loads(
+        runner.invoke(app, ["run", str(bundle), "-i", str(bare), "--json"]).stdout
+    )
+    assert unlabeled["accuracy"] is None
+
+
+@pytest.mark.parametrize(
+    ("argv", "command"),
+    [(["export", "model.pt", "-o", "out"], "export"), (["demo", "-o", "demo"], "demo")],
+)
+def test_host_commands_on_a_device_install_say_which_extra(tmp_path, argv, command):
+    import subprocess
+    import sys
+
+    (tmp_path / "model.pt").write_bytes(b"not read")
+    code = (
+        "import sys; sys.modules['torch'] = None\n"  # what a device install looks like
+        "from edgeexit.cli import main\n"
+        f"sys.argv = ['edgeexit', *{argv!r}]\n"
+        "main()\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 1, done.stderr
+    assert done.stderr.strip().splitlines() == [
+        f"error: edgeexit {command} needs torch, which this install lacks (a device install "
+        "has the runtime only): on the host, pip install 'edgeexit[export]' (torch: the CPU "
+        "wheel first)"
+    ]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pt"]  # nothing written
