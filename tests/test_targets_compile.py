@@ -246,3 +246,10 @@ def test_calibration_data_of_the_wrong_shape_is_refused(fp32_bundle, tmp_path):
     with pytest.raises(InputError, match=r"input .x. has shape \(4, 1, 9, 9\); expected"):
         compile_bundle(src, tmp_path / "out", "rpi4", calib=wrong)
     assert not (tmp_path / "out").exists()
+
+
+def test_calibration_data_may_be_given_as_a_path(fp32_bundle, tmp_path):
+    src, _ = fp32_bundle
+    calib_path = write_calib(tmp_path / "calib.npz")
+    report = compile_bundle(src, tmp_path / "cuda", "cuda", calib=calib_path, options=ONE_THREAD)
+    assert report.samples == 512 and report.reference == "labels"

@@ -1,11 +1,18 @@
 """Checkpoints that load without running pickled code.
 
-``save`` writes a dict that ``torch.load(weights_only=True)`` accepts: the state_dict, the
-import path and keyword arguments of the factory that builds the model, the model inputs'
-spec and a few example rows. ``load`` rebuilds the model by importing that factory (code the
-user has installed, not code stored in the file), and calls it only if it is an
-``nn.Module`` class or a ``@checkpointable`` factory: a file naming ``os:system`` or
-``subprocess:run`` is refused before anything is called. A plain pickled ``nn.Module``
+``save`` writes a dict that ``torch.load(weights_only=True)`` accepts, in one of two kinds:
+
+- *factory*: the state_dict, the import path and keyword arguments of the factory that
+  builds the model. ``load`` imports that factory (code the user has installed, not code
+  stored in the file) and calls it only if it is an ``nn.Module`` class or a
+  ``@checkpointable`` factory: a file naming ``os:system`` or ``subprocess:run`` is refused
+  before anything is called. Used when a factory is given or recorded and importable from
+  another process (not ``__main__``).
+- *programs*: every segment and exit captured with ``torch.export`` and stored as data
+  (``edgeexit.export.programs``): any model that exports can be saved this way, with no
+  factory and no PYTHONPATH; the graphs may call tensor operators only.
+
+Both keep the model inputs' spec and a few example rows. A plain pickled ``nn.Module``
 (``torch.save(model)``) is loaded only with ``trust_pickle=True``, because unpickling runs
 arbitrary code; so is a factory of any other kind.
 """
@@ -75,33 +82,38 @@ def save(
     """Write ``model`` to ``path`` as an edgeexit checkpoint.
 
     ``factory`` ("package.module:function") and ``factory_kwargs`` say how to rebuild the
-    model; models built by a ``@checkpointable`` factory record them already.
+    model; models built by a ``@checkpointable`` factory record them already. Without an
+    importable factory (none given, or one defined in ``__main__``), every segment and exit
+    is captured with ``torch.export`` instead (module docstring): the file then needs no
+    code of yours to load, but holds the model in eval mode for inference and export only.
     """
     from edgeexit.export.inputs import resolve_input_names, to_tensors
     from edgeexit.export.model import check_contract
 
     check_contract(model)
+    given = factory is not None
     if factory is None:
         factory, recorded = getattr(model, FACTORY_ATTR, (None, {}))
         factory_kwargs = recorded if factory_kwargs is None else factory_kwargs
-    if factory is None:
-        raise CheckpointError(
-            f"cannot tell how to rebuild a {type(model).__name__}; pass "
-            "factory='package.module:function' (and factory_kwargs) or build it with a "
-            "@checkpointable factory"
-        )
-    _import_factory(factory, trusted=False)  # fail now, not at export time
+    if given:
+        _import_factory(factory, trusted=False)  # asked for: fail now, not at export time
+    elif factory is not None and not _importable_elsewhere(factory):
+        factory = None  # defined in a script: another process could not import it
     path = files.check_output(path, "checkpoint", recognise=is_checkpoint)
     inputs = to_tensors(example_inputs)
     names = resolve_input_names(inputs, input_names)
-    doc = {
+    doc: dict[str, Any] = {
         "format": FORMAT,
-        "factory": factory,
-        "factory_kwargs": dict(factory_kwargs or {}),
-        "state_dict": model.state_dict(),
         "input_names": list(names),
         "example_inputs": [x[:EXAMPLE_ROWS].clone() for x in inputs],
     }
+    if factory is not None:
+        doc.update(factory=factory, factory_kwargs=dict(factory_kwargs or {}),
+                   state_dict=model.state_dict())  # fmt: skip
+    else:
+        from edgeexit.export.programs import capture
+
+        doc["programs"] = capture(model, inputs)
     buffer = io.BytesIO()
     torch.save(doc, buffer)
     files.write_bytes_atomic(path, buffer.getvalue(), what="checkpoint")
@@ -156,15 +168,25 @@ def load(path: str | os.PathLike, *, trust_pickle: bool = False) -> Checkpoint:
 
 def _checked_doc(doc: dict, path: Path) -> dict:
     """The checkpoint's fields, type-checked: a crafted file gets one line, not a traceback."""
+    from edgeexit.export.programs import check_parts
+
     problems = []
-    if not isinstance(doc.get("factory"), str) or ":" not in doc.get("factory", ""):
-        problems.append("'factory' must be a string 'package.module:function'")
     kwargs = doc.get("factory_kwargs", {})
-    if not isinstance(kwargs, dict) or not all(isinstance(k, str) for k in kwargs):
-        problems.append("'factory_kwargs' must be a dict with string keys")
-    state = doc.get("state_dict")
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        problems.append("'state_dict' must map names to tensors")
+    if "programs" in doc:
+        if "factory" in doc:
+            problems.append("it holds both 'programs' and a 'factory'")
+        if (problem := check_parts(doc["programs"])) is not None:
+            problems.append(problem)
+    else:
+        if not isinstance(doc.get("factory"), str) or ":" not in doc.get("factory", ""):
+            problems.append("'factory' must be a string 'package.module:function'")
+        if not isinstance(kwargs, dict) or not all(isinstance(k, str) for k in kwargs):
+            problems.append("'factory_kwargs' must be a dict with string keys")
+        state = doc.get("state_dict")
+        if not isinstance(state, dict) or not all(
+            isinstance(v, torch.Tensor) for v in state.values()
+        ):
+            problems.append("'state_dict' must map names to tensors")
     names = doc.get("input_names")
     if not isinstance(names, list | tuple) or not all(isinstance(n, str) for n in names):
         problems.append("'input_names' must be a list of strings")
@@ -174,10 +196,15 @@ def _checked_doc(doc: dict, path: Path) -> dict:
         problems.append("'example_inputs' must be a non-empty list of tensors")
     if problems:
         raise CheckpointError(f"{path} is a damaged edgeexit checkpoint: {problems[0]}")
-    return {**doc, "factory_kwargs": dict(kwargs)}
+    return {**doc, "factory_kwargs": dict(kwargs) if isinstance(kwargs, dict) else {}}
 
 
 def _rebuild(doc: dict, path: Path, *, trusted: bool) -> Checkpoint:
+    if "programs" in doc:
+        from edgeexit.export.programs import rebuild
+
+        model = rebuild(doc["programs"], path)
+        return Checkpoint(model, tuple(doc["example_inputs"]), tuple(doc["input_names"]))
     fn = _import_factory(doc["factory"], trusted=trusted, source=path)
     try:
         model = fn(**doc["factory_kwargs"])
@@ -190,6 +217,19 @@ def _rebuild(doc: dict, path: Path, *, trusted: bool) -> Checkpoint:
         ) from err
     model.eval()
     return Checkpoint(model, tuple(doc["example_inputs"]), tuple(doc["input_names"]))
+
+
+def _importable_elsewhere(spec: str) -> bool:
+    """Whether another process could import the factory ``spec`` names: not one defined in
+    a script (``__main__``), and importable here."""
+    module = spec.partition(":")[0]
+    if module == "__main__":
+        return False
+    try:
+        _import_factory(spec, trusted=False)
+    except CheckpointError:
+        return False
+    return True
 
 
 def _import_factory(

@@ -27,7 +27,7 @@ from edgeexit.bundle import (
     verify_segments,
     write_manifest,
 )
-from edgeexit.data import Dataset
+from edgeexit.data import Dataset, load_data
 from edgeexit.errors import TargetError, ValidationError
 from edgeexit.targets import precision as prec
 from edgeexit.targets.evaluate import host_sessions, run_chain
@@ -71,14 +71,18 @@ def compile_bundle(
     dst_dir: str | os.PathLike,
     target: Target | str,
     *,
-    calib: Dataset | None = None,
+    calib: Dataset | str | os.PathLike | None = None,
     options: CompileOptions = CompileOptions(),
 ) -> CompileReport:
     """Write ``dst_dir``: the fp32 bundle ``src_dir`` compiled for ``target``.
 
+    ``calib``: calibration data for int8 and the accuracy check, a ``.npz`` path (``x`` or
+    one array per input, optional labels ``y``) or a loaded ``edgeexit.data.Dataset``.
     ``dst_dir`` must be new, empty or a bundle, and not ``src_dir`` (files.check_output).
     """
     check_bundle_output(dst_dir, inputs=(src_dir,))
+    if calib is not None and not isinstance(calib, Dataset):
+        calib = load_data(calib, read_manifest(src_dir).inputs)
     compiled = _compile(src_dir, target, calib, options)
     with atomic_bundle_dir(dst_dir, inputs=(src_dir,)) as tmp:
         _write_into(tmp, compiled, ort_format=options.ort_format)
