@@ -285,6 +285,13 @@ def _threshold(value: Any, where: str) -> float:
     return float(value)
 
 
+# Only the batch axis of a bundle's inputs is free: every other size is the export's.
+FIXED_SIZE_HINT = (
+    "; the bundle was exported for that size: pad or cut the data to it, or export again "
+    "with example inputs of the size you need"
+)
+
+
 def round_threshold(threshold: float, score_dtype: np.dtype) -> float:
     """``threshold`` as the nearest value of the score's dtype, as a Python float.
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgeexit.bundle import InputSpec
+from edgeexit.bundle import FIXED_SIZE_HINT, InputSpec
 from edgeexit.errors import DataError
 from edgeexit.files import os_reason
 
@@ -159,7 +159,9 @@ def _cast(x: np.ndarray, spec: InputSpec, path: Path) -> np.ndarray:
         )
     for got, dim in zip(x.shape[1:], want[1:]):
         if isinstance(dim, int) and got != dim:
-            raise DataError(f"{path}: input {spec.name!r} has shape {x.shape}, expected {want}")
+            raise DataError(
+                f"{path}: input {spec.name!r} has shape {x.shape}, expected {want}{FIXED_SIZE_HINT}"
+            )
     dtype = np.dtype(spec.dtype)
     if x.dtype == dtype:
         return np.ascontiguousarray(x)

@@ -146,3 +146,14 @@ def test_host_commands_on_a_device_install_say_which_extra(tmp_path, argv, comma
         "wheel first)"
     ]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pt"]  # nothing written
+
+
+def test_data_of_another_size_than_the_export_says_what_to_change(bundle_and_data, tmp_path):
+    bundle, _ = bundle_and_data
+    small = tmp_path / "small.npz"
+    np.savez(small, x=np.zeros((3, 1, 6, 6), np.float32))
+    result = runner.invoke(app, ["run", str(bundle), "--data", str(small)])
+    assert result.exit_code == 1
+    assert "expected ('batch', 1, 8, 8); the bundle was exported for that size: pad or cut" in (
+        result.stderr
+    )

@@ -66,3 +66,46 @@ def test_segment_must_return_tensors():
     model = MultiExit([Dicty()], [nn.Linear(4, 3)])
     with pytest.raises(ModelContractError, match="expected a Tensor or a tuple of Tensors"):
         run_exits(model, (torch.randn(2, 4),))
+
+
+def test_export_errors_name_the_cause_and_what_to_change(tmp_path):
+    import torch
+    from torch import nn
+
+    import edgeexit
+    from edgeexit.errors import ModelContractError, ValidationError
+
+    class Two(nn.Module):
+        def forward(self, x):
+            return torch.relu(x), x * 2
+
+    class UsesFirst(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(4, 4)
+
+        def forward(self, a, b):
+            return (self.fc(a),)
+
+    class Head(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(4, 3)
+
+        def forward(self, a, *rest):
+            return self.fc(a)
+
+    class NoneInCarry(nn.Module):
+        def forward(self, x):
+            return x, None
+
+    ignored = edgeexit.MultiExit([Two(), UsesFirst()], [Head(), Head()])
+    with pytest.raises(ValidationError) as err:
+        edgeexit.export(ignored, torch.rand(2, 4), tmp_path / "a")
+    message = str(err.value)
+    assert "segment 1 ignores its input 'carry_0_1' (carry element 1 from segment 0)" in message
+    assert "stop returning it from segment 0" in message
+    assert message.count("ignores its input") == 1  # once, not once per batch size checked
+    holes = edgeexit.MultiExit([NoneInCarry(), UsesFirst()], [Head(), Head()])
+    with pytest.raises(ModelContractError, match="element 1 is None.*mask helper"):
+        edgeexit.export(holes, torch.rand(2, 4), tmp_path / "b")

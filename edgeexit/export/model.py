@@ -83,6 +83,13 @@ def as_carry(value: object, where: str) -> tuple[torch.Tensor, ...]:
         and all(isinstance(v, torch.Tensor) for v in value)
     ):
         return tuple(value)
+    if isinstance(value, (tuple, list)) and any(v is None for v in value):
+        k = next(k for k, v in enumerate(value) if v is None)
+        raise ModelContractError(
+            f"{where} returned a carry whose element {k} is None; every element must be a "
+            "Tensor. A transformers mask helper returns None for a batch without padding: "
+            "build the mask as a Tensor yourself (e.g. from attention_mask) and carry that"
+        )
     raise ModelContractError(
         f"{where} returned a {type(value).__name__}; expected a Tensor or a tuple of Tensors"
     )

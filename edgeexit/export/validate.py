@@ -96,8 +96,13 @@ def validate_bundle(
             checks.append(_check(i, seg, sess, step, want, atol))
     report = ValidationReport(atol, tuple(checks))
     if not report.ok:
+        # Each cause once: the same one found again at another batch size says nothing new.
+        causes: dict[str, str] = {}
+        for problem in report.problems:
+            causes.setdefault(problem.split(": ", 1)[-1], problem)
+        problems = list(causes.values())
         raise ValidationError(
-            f"bundle does not match PyTorch within atol {atol:g}: " + "; ".join(report.problems),
+            f"bundle does not match PyTorch within atol {atol:g}: " + "; ".join(problems),
             report=report,
         )
     return report
@@ -121,16 +126,37 @@ def other_batch(inputs: Sequence[torch.Tensor]) -> tuple[torch.Tensor, ...]:
     return tuple(out)
 
 
+def _io_mismatch(i, seg: SegmentSpec, got_inputs, got_outputs, expected) -> str:
+    """Why the graph's inputs or outputs are not the manifest's, with what to change."""
+    unused = [name for name in seg.inputs if name not in got_inputs]
+    if unused:
+        k = list(seg.inputs).index(unused[0])
+        source = "model input" if i == 0 else f"carry element {k} from segment {i - 1}"
+        change = (
+            "use it, or leave it out of the model's inputs"
+            if i == 0
+            else f"use it in segment {i}, or stop returning it from segment {i - 1}"
+        )
+        return (
+            f"segment {i} ignores its input {unused[0]!r} ({source}), and ONNX drops unused "
+            f"inputs: {change}"
+        )
+    missing = [name for name in expected if name not in got_outputs]
+    return (
+        f"graph inputs/outputs differ from the manifest (missing outputs {missing}, inputs "
+        f"{got_inputs} instead of {list(seg.inputs)})"
+    )
+
+
 def _check(i, seg: SegmentSpec, sess, step, want_score, atol: float) -> SegmentCheck:
     batch = int(step.logits.shape[0])
     where = f"segment {i} at batch {batch}"
     problems = []
     expected = [*seg.carry, seg.logits, seg.score]
     got_names = [o.name for o in sess.get_outputs()]
-    if sorted(got_names) != sorted(expected) or [x.name for x in sess.get_inputs()] != list(
-        seg.inputs
-    ):
-        problems.append(f"{where}: graph inputs/outputs differ from the manifest")
+    got_inputs = [x.name for x in sess.get_inputs()]
+    if sorted(got_names) != sorted(expected) or got_inputs != list(seg.inputs):
+        problems.append(f"{where}: {_io_mismatch(i, seg, got_inputs, got_names, expected)}")
         return SegmentCheck(i, batch, np.nan, np.nan, np.nan, tuple(problems))
     for x in sess.get_inputs():
         if x.shape and isinstance(x.shape[0], int):

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from edgeexit.bundle import InputSpec
+from edgeexit.bundle import FIXED_SIZE_HINT, InputSpec
 from edgeexit.data import all_finite, nonfinite_rows, rows_text
 from edgeexit.errors import InputError
 
@@ -67,6 +67,7 @@ def _check_one(x: Any, spec: InputSpec) -> np.ndarray:
         if isinstance(want, int) and got != want:
             raise InputError(
                 f"input {spec.name!r} has shape {x.shape}; expected {_shape_text(spec)}"
+                f"{FIXED_SIZE_HINT}"
             )
     return x
 
