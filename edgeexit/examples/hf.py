@@ -1,0 +1,143 @@
+"""Hugging Face ``transformers`` encoders as multi-exit models: DeeBERT-style exits on [CLS].
+
+``multi_exit_encoder(hf_model, num_labels)`` turns a BERT, RoBERTa, DistilBERT or ALBERT
+encoder (``BertModel``, ``...ForSequenceClassification``, ...) into a ``MultiExit`` with an
+exit after every layer; ``multi_exit_vit(hf_model, num_labels)`` does the same for a ViT.
+What it takes care of, which a user would otherwise have to know:
+
+- the additive attention mask is built once, in segment 0, from the 0/1 ``attention_mask``
+  and carried with the hidden states (a Tensor always: transformers' own mask helpers
+  return None for a batch without padding, and changed between versions);
+- attention runs the ``eager`` implementation, which exports to ONNX op by op;
+- ALBERT's shared layer groups are applied as its encoder applies them.
+
+The exits are new (random) heads, a pooler (dense + tanh) and a classifier on the [CLS]
+hidden state, as DeeBERT attaches them: train them with ``train_multi_exit`` (all exits
+at once, or with ``freeze_backbone=True`` for the heads only). Needs the ``hf`` extra
+(``transformers``), never on a device: a bundle exported from these is plain ONNX.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from edgeexit.export.model import MultiExit
+
+
+def additive_mask(attention_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """[batch, 1, 1, seq]: 0 where a token is attended to, the dtype's minimum where not."""
+    keep = attention_mask[:, None, None, :].to(dtype)
+    return (1.0 - keep) * torch.finfo(dtype).min
+
+
+class ClsExit(nn.Module):
+    """DeeBERT's exit: pooler (dense + tanh) then a classifier, on the [CLS] position."""
+
+    def __init__(self, hidden: int, num_labels: int, norm: nn.Module | None = None) -> None:
+        super().__init__()
+        self.norm = norm if norm is not None else nn.Identity()
+        self.pooler = nn.Linear(hidden, hidden)
+        self.classifier = nn.Linear(hidden, num_labels)
+
+    def forward(self, hidden: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        cls = self.norm(hidden[:, 0])  # the mask rides along in the carry; [CLS] is never masked
+        return self.classifier(torch.tanh(self.pooler(cls)))
+
+
+class _Stem(nn.Module):
+    """Segment 0: embeddings, the mask built once, the first layer."""
+
+    def __init__(self, embed: nn.Module, layer: nn.Module) -> None:
+        super().__init__()
+        self.embed = embed
+        self.layer = layer
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor):
+        hidden = self.embed(input_ids)
+        mask = additive_mask(attention_mask, hidden.dtype)
+        return _hidden(self.layer(hidden, mask)), mask
+
+
+class _Layer(nn.Module):
+    """Segment i >= 1: one encoder layer over (hidden, mask)."""
+
+    def __init__(self, layer: nn.Module) -> None:
+        super().__init__()
+        self.layer = layer
+
+    def forward(self, hidden: torch.Tensor, mask: torch.Tensor):
+        return _hidden(self.layer(hidden, mask)), mask
+
+
+def multi_exit_encoder(hf_model: nn.Module, num_labels: int) -> MultiExit:
+    """A BERT / RoBERTa / DistilBERT / ALBERT encoder as a MultiExit: inputs
+    ``(input_ids, attention_mask)`` int64 [batch, seq], an exit after every layer."""
+    base = _base(hf_model)
+    _eager(hf_model)
+    kind = base.config.model_type
+    hidden = base.config.hidden_size
+    if kind in ("bert", "roberta"):
+        layers = list(base.encoder.layer)
+        embed = base.embeddings
+    elif kind == "distilbert":
+        layers = list(base.transformer.layer)
+        embed = base.embeddings
+    elif kind == "albert":
+        config = base.config
+        per_group = config.num_hidden_layers // config.num_hidden_groups
+        groups = base.encoder.albert_layer_groups
+        layers = [groups[i // per_group] for i in range(config.num_hidden_layers)]
+        embed = nn.Sequential(base.embeddings, base.encoder.embedding_hidden_mapping_in)
+    else:
+        raise ValueError(
+            f"model type {kind!r}: expected bert, roberta, distilbert or albert "
+            "(multi_exit_vit for ViT)"
+        )
+    segments = [_Stem(embed, layers[0])]
+    segments += [_Layer(layer) for layer in layers[1:]]
+    return MultiExit(segments, [ClsExit(hidden, num_labels) for _ in segments])
+
+
+def multi_exit_vit(hf_model: nn.Module, num_labels: int) -> MultiExit:
+    """A ViT as a MultiExit: input ``pixel_values`` float [batch, channels, H, W], an exit
+    (final layer norm, then DeeBERT's head on [CLS]) after every layer."""
+    base = _base(hf_model)
+    _eager(hf_model)
+    if base.config.model_type != "vit":
+        raise ValueError(f"model type {base.config.model_type!r}: expected vit")
+    # transformers 5 keeps ViT's layers on the model, older versions on its encoder
+    layers = list(base.layers if hasattr(base, "layers") else base.encoder.layer)
+    hidden = base.config.hidden_size
+    segments = [nn.Sequential(base.embeddings, _NoMask(layers[0]))]
+    segments += [_NoMask(layer) for layer in layers[1:]]
+    norm = base.layernorm
+    return MultiExit(segments, [ClsExit(hidden, num_labels, norm) for _ in segments])
+
+
+class _NoMask(nn.Module):
+    def __init__(self, layer: nn.Module) -> None:
+        super().__init__()
+        self.layer = layer
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return _hidden(self.layer(hidden))
+
+
+def _hidden(output: torch.Tensor | tuple) -> torch.Tensor:
+    """A layer's hidden states: transformers 5 returns them, 4.x a tuple that starts with them."""
+    return output[0] if isinstance(output, tuple) else output
+
+
+def _base(hf_model: nn.Module) -> nn.Module:
+    """The bare encoder inside a task model (``model.bert``, ``model.vit``...)."""
+    prefix = getattr(hf_model, "base_model_prefix", "")
+    return getattr(hf_model, prefix, hf_model) if prefix else hf_model
+
+
+def _eager(hf_model: nn.Module) -> None:
+    """Attention op by op: exports to ONNX the same on every transformers version."""
+    if hasattr(hf_model, "set_attn_implementation"):
+        hf_model.set_attn_implementation("eager")
+    else:  # older transformers
+        hf_model.config._attn_implementation = "eager"
