@@ -53,7 +53,7 @@ def test_json_output_is_only_json(tmp_path):
         (["--target-energy", "1uJ"], "smallest achievable energy is", 1),
         ([], "no budget given", 2),
         (["--risk", "0.02", "--target-latency", "4ms"], "cannot be combined", 2),
-        (["--max-accuracy-drop", "2"], "is not a fraction in [0, 1)", 2),
+        (["--max-accuracy-drop", "2"], "is not an accuracy drop: expected a fraction", 2),
     ],
 )
 def test_bad_budgets_are_one_line_errors_and_leave_bundle_alone(tmp_path, args, message, code):

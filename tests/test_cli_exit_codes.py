@@ -5,7 +5,7 @@ from typer.testing import CliRunner
 
 from edgeexit.cli import app
 
-COMMANDS = ("export", "profile", "calibrate", "run", "bench", "targets", "demo")
+COMMANDS = ("export", "profile", "calibrate", "run", "bench", "targets", "demo", "inspect")
 
 # A command line per command that parses but fails on its input: exit 1, one line, no traceback.
 FAILING = {
@@ -23,6 +23,7 @@ FAILING = {
     "bench": ["bench", "{tmp}/no-bundle", "--data", "{tmp}/d.npz"],
     "targets": ["targets", "no-such-board"],
     "demo": ["demo", "--model", "{tmp}/m.pt", "--data", "{tmp}/d.npz"],
+    "inspect": ["inspect", "{tmp}/no-bundle"],
 }
 
 

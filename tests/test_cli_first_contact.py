@@ -157,3 +157,11 @@ def test_data_of_another_size_than_the_export_says_what_to_change(bundle_and_dat
     assert "expected ('batch', 1, 8, 8); the bundle was exported for that size: pad or cut" in (
         result.stderr
     )
+
+
+@pytest.mark.parametrize("name", sorted(commands()))
+def test_help_shows_flags_as_flags_and_arguments_by_name(name):
+    result = runner.invoke(app, [name, "--help"])
+    assert result.exit_code == 0
+    assert "<bool>" not in result.output
+    assert "{bundle}" not in result.output and "{model}" not in result.output

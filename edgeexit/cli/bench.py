@@ -17,7 +17,7 @@ from edgeexit.files import dumps_json
 
 @command("bench")
 def bench_cmd(
-    bundle: Path = typer.Argument(..., help="The bundle directory."),
+    bundle: Path = typer.Argument(..., metavar="BUNDLE", help="The bundle directory."),
     data: Path = typer.Option(..., "--data", help="Data .npz (x, optional labels y)."),
     batch: int = typer.Option(
         1,

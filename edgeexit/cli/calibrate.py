@@ -17,7 +17,7 @@ from edgeexit.files import dumps_json
 
 @command("calibrate")
 def calibrate_cmd(
-    bundle: Path = typer.Argument(..., help="The bundle directory to calibrate."),
+    bundle: Path = typer.Argument(..., metavar="BUNDLE", help="The bundle directory to calibrate."),
     data: Path = typer.Option(..., "--data", help="Calibration data .npz (x, optional y)."),
     target_latency: float = typer.Option(
         None, parser=params.latency_ms, metavar="TIME", help="Mean latency cap, e.g. 4ms, 800us."

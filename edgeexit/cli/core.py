@@ -33,6 +33,24 @@ HOST_EXTRAS = {"torch": "export", "onnx": "export", "onnxsim": "export", "matplo
                "sklearn": "dev"}  # fmt: skip
 
 
+def _flags_without_types() -> None:
+    """typer >= 0.20 writes a type after every option in --help, flags too ('--json
+    <bool>'); a flag takes no value, so it is shown bare, as click and older typer do."""
+    option = getattr(typer.core, "TyperOption", None)
+    shown = getattr(option, "display_type_rich", None)
+    if shown is None or getattr(shown, "_edgeexit", False):
+        return
+
+    def display_type_rich(self: Any, ctx: Any) -> str | None:
+        return None if getattr(self, "is_flag", False) else shown(self, ctx)
+
+    display_type_rich._edgeexit = True  # type: ignore[attr-defined]
+    option.display_type_rich = display_type_rich
+
+
+_flags_without_types()
+
+
 class _OneLineErrors(TyperGroup):
     """The command group, with usage errors printed as one ``error:`` line (exit 2) instead
     of a framed usage box, and Ctrl-C as exit 130, for CLI runs and CliRunner alike."""

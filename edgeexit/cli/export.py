@@ -18,7 +18,9 @@ from edgeexit.files import dumps_json
 
 @command("export")
 def export_cmd(
-    model: Path = typer.Argument(..., help="A checkpoint written by edgeexit.save()."),
+    model: Path = typer.Argument(
+        ..., metavar="MODEL", help="A checkpoint written by edgeexit.save()."
+    ),
     out: Path = typer.Option(
         ..., "-o", "--out", parser=params.output_path, help="The bundle directory to write."
     ),

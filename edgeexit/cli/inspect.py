@@ -19,7 +19,7 @@ TOP_OPS = 4  # operators named per segment in the table; --json has them all
 
 @command("inspect")
 def inspect_cmd(
-    bundle: Path = typer.Argument(..., help="The bundle directory."),
+    bundle: Path = typer.Argument(..., metavar="BUNDLE", help="The bundle directory."),
     as_json: bool = typer.Option(False, "--json", help="Print only a JSON object."),
 ) -> None:
     """Show what a bundle holds: inputs, segments (size, operators, carry, threshold),

@@ -14,7 +14,7 @@ from edgeexit.files import dumps_json
 
 @command("profile")
 def profile_cmd(
-    bundle: Path = typer.Argument(..., help="The bundle directory."),
+    bundle: Path = typer.Argument(..., metavar="BUNDLE", help="The bundle directory."),
     target: str = typer.Option(
         None, "--target", "-t", parser=params.target, help="Target name or .toml profile."
     ),

@@ -16,7 +16,9 @@ from edgeexit.runtime import Runtime
 
 @command("run")
 def run_cmd(
-    bundle: Path = typer.Argument(..., help="The bundle directory (manifest.json + segments)."),
+    bundle: Path = typer.Argument(
+        ..., metavar="BUNDLE", help="The bundle directory (manifest.json + segments)."
+    ),
     input_path: Path = typer.Option(
         ...,
         "--input",
