@@ -16,7 +16,7 @@ from edgeexit.targets.render import target_details, targets_table
 @command("targets")
 def targets_cmd(
     name: str = typer.Argument(
-        None, metavar="[NAME]", help="A target name or the path of a .toml profile."
+        None, metavar="NAME", help="A target name or the path of a .toml profile."
     ),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
