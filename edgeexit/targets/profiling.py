@@ -445,12 +445,12 @@ def measure_exit_costs(
             return False
         if elapsed > max_seconds:
             return True
+        if r % 2 == 1:
+            return False  # whole pairs of rounds keep the exits' order balanced
         if elapsed < min_seconds:
             return False
         if until_spread is None or r >= most:
             return True
-        if r % 2 == 1:
-            return False  # whole pairs of rounds keep the exits' order balanced
         widest = max(median_spread([float(np.mean(b)) for b in blocks]) for blocks in latency)
         return widest <= until_spread
 
