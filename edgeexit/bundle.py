@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from edgeexit import files
-from edgeexit.errors import BundleError
+from edgeexit.errors import BundleError, first_line
 from edgeexit.onnxproto import ProtoError, external_data_files
 
 FORMAT = "edgeexit.bundle/1"
@@ -361,7 +361,7 @@ def _no_constant(name: str) -> None:
 def _reason(err: Exception) -> str:
     if isinstance(err, OSError):
         return files.os_reason(err)
-    return (str(err).strip().splitlines() or [type(err).__name__])[0]
+    return first_line(err)
 
 
 @dataclass(frozen=True)

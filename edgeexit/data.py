@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from edgeexit.bundle import FIXED_SIZE_HINT, InputSpec
-from edgeexit.errors import DataError
+from edgeexit.errors import DataError, first_line
 from edgeexit.files import os_reason
 
 
@@ -103,9 +103,9 @@ def _read_arrays(path: Path) -> dict[str, np.ndarray]:
                 f"{path} holds arrays of Python objects, which edgeexit will not unpickle; "
                 "expected numeric arrays"
             ) from err
-        raise DataError(f"{path} is not a .npy or .npz file: {_first_line(err)}") from err
+        raise DataError(f"{path} is not a .npy or .npz file: {first_line(err)}") from err
     except (zipfile.BadZipFile, zlib.error, EOFError) as err:
-        raise DataError(f"{path} is a damaged .npz archive: {_first_line(err)}") from err
+        raise DataError(f"{path} is a damaged .npz archive: {first_line(err)}") from err
     except OSError as err:
         raise DataError(f"{path} is unreadable: {os_reason(err)}") from err
 
@@ -145,10 +145,6 @@ def rows_text(rows: np.ndarray) -> str:
     """'2 sample(s) (rows 3, 17)', at most ten rows named."""
     shown = ", ".join(str(r) for r in rows[:10]) + (" ..." if rows.size > 10 else "")
     return f"{rows.size} sample(s) (rows {shown})"
-
-
-def _first_line(err: BaseException) -> str:
-    return (str(err).strip().splitlines() or [type(err).__name__])[0]
 
 
 def _cast(x: np.ndarray, spec: InputSpec, path: Path) -> np.ndarray:

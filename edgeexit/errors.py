@@ -57,3 +57,10 @@ class OutputError(EdgeExitError):
 
 class CalibrationError(EdgeExitError):
     """A calibration budget cannot be met, or is malformed."""
+
+
+def first_line(err: BaseException) -> str:
+    """The first line of an error's message, or its type's name when it has none: how an
+    error from a library (ONNX Runtime, torch, numpy) is quoted inside one of ours."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__

@@ -90,3 +90,7 @@ def test_guarantee_holds_over_random_draws(digits):
         speedups.append(costs.cumulative_latency_ms[-1] / cert.point.mean_latency_ms)
     assert violations / trials <= 1 - budget.confidence
     assert np.median(speedups) > 1.2  # certified and still useful
+
+
+# Trains a model: left out of the fast subset (pytest -m "not slow").
+pytestmark = pytest.mark.slow

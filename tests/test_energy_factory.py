@@ -89,3 +89,17 @@ def test_real_probes_on_this_machine_give_a_labeled_meter():
     reading = meter.end_window()
     assert reading.source in {"rapl", "nvml", "modeled"}
     assert reading.measured == (reading.source != "modeled")
+
+
+def test_the_environment_can_force_the_meter(monkeypatch):
+    target = load_target("x86-cpu")
+    monkeypatch.setenv("EDGEEXIT_ENERGY_METER", "none")
+    assert get_meter(target).source == "none"
+    monkeypatch.setenv("EDGEEXIT_ENERGY_METER", "modeled")
+    meter = get_meter(target)
+    assert meter.source == "modeled" and not meter.measured
+    monkeypatch.setenv("EDGEEXIT_ENERGY_METER", "thermometer")
+    with pytest.raises(EnergyMeterError, match="expected auto, modeled, none or one of rapl"):
+        get_meter(target)
+    # fake backends (the probing tests) are never overridden
+    assert get_meter(target, backends={"rapl": lambda: FakeMeter("rapl")}).source == "rapl"

@@ -54,3 +54,7 @@ def test_demo_model_without_data_is_a_one_line_error(tmp_path):
     result = CliRunner().invoke(app, ["demo", "--model", str(tmp_path / "m.pt")])
     assert result.exit_code == 2  # options that do not go together: a usage error
     assert "--model needs --data" in result.output
+
+
+# Trains a model: left out of the fast subset (pytest -m "not slow").
+pytestmark = pytest.mark.slow

@@ -1,5 +1,6 @@
 """Joint training of every exit: losses fall, distillation runs, a frozen backbone stays put."""
 
+import pytest
 import torch
 
 from edgeexit.examples import exit_accuracies, load_digits, train_multi_exit
@@ -44,3 +45,7 @@ def test_two_input_model_trains():
     torch.manual_seed(0)
     losses = train_multi_exit(tiny_bert(layers=2), (ids, mask), y, epochs=2, batch_size=32)
     assert len(losses) == 2 and all(loss > 0 for loss in losses)
+
+
+# Trains a model: left out of the fast subset (pytest -m "not slow").
+pytestmark = pytest.mark.slow

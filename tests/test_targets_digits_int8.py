@@ -78,3 +78,7 @@ def test_export_cli_cross_compiles_and_refuses_a_lossy_bundle(trained):
     assert bad.exit_code == 1
     assert "error: int8 bundle for rpi4 loses too much accuracy" in bad.stderr
     assert "Traceback" not in bad.output and not (root / "cli-bad").exists()
+
+
+# Trains a model: left out of the fast subset (pytest -m "not slow").
+pytestmark = pytest.mark.slow

@@ -20,7 +20,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from typer.core import TyperGroup
 
-from edgeexit.errors import EdgeExitError
+from edgeexit.errors import EdgeExitError, first_line
 from edgeexit.files import os_reason
 
 # typer re-exports click's exception classes under its own names in every version it
@@ -151,12 +151,6 @@ def usage_error(message: str) -> typer.Exit:
     combinations no single option's parser can check."""
     typer.echo(f"error: {message}", err=True)
     return typer.Exit(EXIT_USAGE)
-
-
-def first_line(err: BaseException) -> str:
-    """The first line of an error's message, or its type's name when it has none."""
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
 
 
 def command(*args: Any, **kwargs: Any) -> Callable:

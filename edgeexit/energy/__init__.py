@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 from collections.abc import Callable, Mapping
 
 from edgeexit.energy.common import (
@@ -39,6 +40,7 @@ __all__ = [
 ]
 
 PROBE_ORDER = ("rapl", "nvml", "ina3221", "rpi5-pmic")
+ENV_OVERRIDE = "EDGEEXIT_ENERGY_METER"
 log = logging.getLogger("edgeexit.energy")
 
 
@@ -50,9 +52,19 @@ def get_meter(
     """The meter for ``target``: a readable sensor if one exists, else its power model.
 
     ``backends`` replaces the real sensor factories (tests use fakes); its probes are not
-    cached.
+    cached. The environment variable ``EDGEEXIT_ENERGY_METER`` (``modeled``, ``none`` or a
+    sensor name) overrides the target's choice for the real sensors: a shared machine whose
+    sensor measures other tenants too, or a test run that must not depend on the host.
     """
     choice = target.energy_meter if target is not None else "auto"
+    probes = choice not in ("none", "modeled")  # a target that never probes stays as it is
+    if probes and backends is None and (forced := os.environ.get(ENV_OVERRIDE)):
+        if forced not in (*PROBE_ORDER, "auto", "modeled", "none"):
+            raise EnergyMeterError(
+                f"{ENV_OVERRIDE}={forced!r}; expected auto, modeled, none or one of "
+                f"{', '.join(PROBE_ORDER)}"
+            )
+        choice = forced
     if choice == "none":
         return NoMeter()
     if choice != "modeled":

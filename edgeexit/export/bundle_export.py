@@ -32,7 +32,7 @@ from edgeexit.bundle import (
     sha256_file,
     write_manifest,
 )
-from edgeexit.errors import ExportError, InputError, ModelContractError
+from edgeexit.errors import ExportError, InputError, ModelContractError, first_line
 from edgeexit.export.convert import export_graph
 from edgeexit.export.graphs import SegmentGraph, WholeGraph
 from edgeexit.export.inputs import resolve_input_names, to_tensors
@@ -232,7 +232,7 @@ def trace(model: nn.Module, inputs: tuple[torch.Tensor, ...], criterion: str) ->
         raise
     except Exception as err:  # (a model raises anything on inputs it cannot take)
         shapes = ", ".join(str(tuple(x.shape)) for x in inputs)
-        line = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        line = first_line(err)
         raise InputError(f"inputs of shape {shapes} do not fit the model: {line}") from err
     classes = {int(s.logits.shape[-1]) for s in steps}
     if len(classes) != 1:

@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from edgeexit import files
-from edgeexit.errors import CheckpointError
+from edgeexit.errors import CheckpointError, first_line
 
 FORMAT = "edgeexit.checkpoint/1"
 FACTORY_ATTR = "_edgeexit_factory"
@@ -148,14 +148,14 @@ def load(path: str | os.PathLike, *, trust_pickle: bool = False) -> Checkpoint:
         # torch versions); anything else means the bytes are not a pickle.
         # ("Unsupported global: GLOBAL torch.nn...Linear", "unsupported GLOBAL posix.system")
         if trust_pickle or "unsupported global" not in str(err).lower():
-            raise CheckpointError(f"{path} is not a PyTorch checkpoint: {_line(err)}") from err
+            raise CheckpointError(f"{path} is not a PyTorch checkpoint: {first_line(err)}") from err
         raise CheckpointError(
             f"{path} holds pickled code (e.g. a whole module saved with torch.save), which "
             "edgeexit will not run by default; re-save it with edgeexit.save(model, path, "
             "example_inputs=...), or pass --trust-pickle (trust_pickle=True) if you trust it"
         ) from err
     except Exception as err:  # (torch raises RuntimeError, OSError, EOFError, zip errors...)
-        raise CheckpointError(f"{path} is not a PyTorch checkpoint: {_line(err)}") from err
+        raise CheckpointError(f"{path} is not a PyTorch checkpoint: {first_line(err)}") from err
     if isinstance(doc, nn.Module):
         return Checkpoint(doc, None, None)
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
@@ -213,7 +213,7 @@ def _rebuild(doc: dict, path: Path, *, trusted: bool) -> Checkpoint:
         model.load_state_dict(doc["state_dict"], strict=True)
     except (TypeError, RuntimeError, KeyError, ValueError) as err:
         raise CheckpointError(
-            f"{path}: factory {doc['factory']} could not rebuild the model: {_line(err)}"
+            f"{path}: factory {doc['factory']} could not rebuild the model: {first_line(err)}"
         ) from err
     model.eval()
     return Checkpoint(model, tuple(doc["example_inputs"]), tuple(doc["input_names"]))
@@ -248,7 +248,7 @@ def _import_factory(
             obj = getattr(obj, part)
     except (ImportError, AttributeError, ValueError, TypeError) as err:
         raise CheckpointError(
-            f"factory {spec!r} is not importable ({_line(err)}); expected "
+            f"factory {spec!r} is not importable ({first_line(err)}); expected "
             "'package.module:function' on the Python path"
         ) from err
     is_model_class = inspect.isclass(obj) and issubclass(obj, nn.Module)
@@ -262,8 +262,3 @@ def _import_factory(
             "@edgeexit.checkpointable, or pass --trust-pickle if you trust this file"
         )
     return obj
-
-
-def _line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__

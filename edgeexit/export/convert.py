@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from edgeexit.bundle import BATCH_DIM
-from edgeexit.errors import ExportError
+from edgeexit.errors import ExportError, first_line
 from edgeexit.export.layout import anchor_blocked_inputs
 
 EXPORTERS = ("auto", "torchscript", "dynamo")
@@ -64,7 +64,7 @@ def export_graph(
             with _quiet():
                 run(module, tuple(args), path, list(input_names), list(output_names), used)
         except Exception as err:  # (torch raises many types; all mean "failed")
-            failures.append(f"{name}: {_first_line(err)}")
+            failures.append(f"{name}: {first_line(err)}")
             continue
         _finish(path, simplify, max_ir_version)
         return name, used
@@ -123,7 +123,7 @@ def _simplify(model: onnx.ModelProto) -> onnx.ModelProto:
     try:
         simplified, ok = onnxsim.simplify(model)
     except Exception as err:  # (onnxsim raises bare RuntimeErrors and more)
-        raise ExportError(f"onnxsim could not simplify the graph: {_first_line(err)}") from err
+        raise ExportError(f"onnxsim could not simplify the graph: {first_line(err)}") from err
     if not ok:
         raise ExportError("onnxsim's check of the simplified graph failed")
     return simplified
@@ -145,8 +145,3 @@ def _quiet():
             yield
     finally:
         logger.setLevel(level)
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from edgeexit.errors import CheckpointError
+from edgeexit.errors import CheckpointError, first_line
 
 # Operators a loaded graph may call: tensor computations only.
 SAFE_NAMESPACES = frozenset({"aten", "prims"})
@@ -89,7 +89,7 @@ def _capture_one(module: nn.Module, args: tuple, what: str, serde: Any) -> dict[
     except CheckpointError:
         raise
     except Exception as err:  # (torch.export raises many kinds: user code, guards, ops)
-        line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        line = first_line(err)
         raise CheckpointError(
             f"cannot capture {what} with torch.export ({line}); save the model with "
             "factory='package.module:function' (an importable function that builds it)"

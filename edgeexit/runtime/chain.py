@@ -23,7 +23,7 @@ import numpy as np
 import onnxruntime as ort
 
 from edgeexit.bundle import Manifest
-from edgeexit.errors import BundleError, InputError
+from edgeexit.errors import BundleError, InputError, first_line
 from edgeexit.runtime.buffers import Buffer, bound_runner
 from edgeexit.runtime.criteria import patience_update
 from edgeexit.runtime.gather import RowMover
@@ -170,7 +170,7 @@ class Chain:
             self.raise_failed(i, err)
 
     def raise_failed(self, i: int, err: Exception) -> None:
-        text = str(err).strip().splitlines()[0] if str(err).strip() else repr(err)
+        text = first_line(err)
         raise BundleError(f"{self.manifest.segments[i].file} failed: {text}") from err
 
     def stage_inputs(self, xs: tuple[np.ndarray, ...]) -> int:

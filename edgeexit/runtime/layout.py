@@ -15,7 +15,7 @@ import numpy as np
 import onnxruntime as ort
 
 from edgeexit.bundle import Manifest, SegmentSpec
-from edgeexit.errors import BundleError
+from edgeexit.errors import BundleError, first_line
 from edgeexit.runtime.session import ORT_ERRORS
 
 PROBE_BATCH = 2
@@ -78,7 +78,7 @@ def probe_layouts(
         except ORT_ERRORS as err:
             raise BundleError(
                 f"{spec.file} fails on a batch of {PROBE_BATCH}; expected a dynamic batch axis "
-                f"({str(err).strip().splitlines()[0] if str(err).strip() else err!r})"
+                f"({first_line(err)})"
             ) from err
         out = {n: _layout(spec, n, v) for n, v in zip(names, values)}
         if len(out[spec.logits].row_shape) != 1:

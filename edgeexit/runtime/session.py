@@ -16,7 +16,7 @@ from typing import Any
 import onnxruntime as ort
 
 from edgeexit.bundle import SegmentSource
-from edgeexit.errors import BundleError, TargetError
+from edgeexit.errors import BundleError, TargetError, first_line
 from edgeexit.targets import Target
 
 # Every exception type ONNX Runtime's native module defines (Fail, InvalidGraph, NoSuchFile,
@@ -149,5 +149,5 @@ def open_session(source: SegmentSource | Path, config: SessionConfig) -> ort.Inf
             provider_options=[dict(o) for o in config.provider_options] or None,
         )
     except ORT_ERRORS as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        first = first_line(err)
         raise BundleError(f"ONNX Runtime cannot load {path.name}: {first}") from err

@@ -30,7 +30,7 @@ import numpy as np
 
 from edgeexit import files
 from edgeexit.bundle import BATCH_DIM, InputSpec
-from edgeexit.errors import InputError, TargetError
+from edgeexit.errors import InputError, TargetError, first_line
 from edgeexit.targets.profile import Target, host_arch
 
 FORMAT = "edgeexit.profile/1"
@@ -286,7 +286,7 @@ class DeviceProfile:
                 f"device profile {path} is unreadable: {files.os_reason(err)}"
             ) from err
         except (UnicodeDecodeError, ValueError) as err:
-            reason = (str(err).splitlines() or [type(err).__name__])[0]
+            reason = first_line(err)
             raise TargetError(f"device profile {path} is not readable JSON: {reason}") from err
         return cls.from_json(doc, source=str(path))
 

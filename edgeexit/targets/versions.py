@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from edgeexit.errors import TargetError
+from edgeexit.errors import TargetError, first_line
 from edgeexit.targets.profile import Target
 
 DEFAULT_DOMAINS = ("", "ai.onnx")
@@ -65,7 +65,5 @@ def _opsets(model: Any) -> str:
 
 
 def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    line = text.splitlines()[0] if text else type(err).__name__
     # The converter's C++ assertions start with a source path; the reason follows "failed: ".
-    return line.split("failed: ", 1)[-1]
+    return first_line(err).split("failed: ", 1)[-1]
