@@ -23,6 +23,7 @@ from edgeexit.bundle import SegmentSpec, read_manifest, verify_segments
 from edgeexit.errors import ValidationError
 from edgeexit.export.model import run_exits
 from edgeexit.export.scores import exit_score
+from edgeexit.runtime.session import cpu_session
 
 
 @dataclass(frozen=True)
@@ -187,11 +188,7 @@ def _compare(got: np.ndarray, ref: np.ndarray, atol: float) -> tuple[float, str 
 
 
 def _session(path: Path) -> ort.InferenceSession:
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 1
-    opts.inter_op_num_threads = 1
-    opts.log_severity_level = 3
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    return cpu_session(path, what=path.name, error=ValidationError)
 
 
 def _diff(value: float, atol: float) -> str:

@@ -12,6 +12,8 @@ from __future__ import annotations
 import numpy as np
 import onnxruntime as ort
 
+from edgeexit.runtime.session import cpu_session
+
 # ONNX TensorProto.DataType codes.
 _ELEM_TYPES = {
     np.dtype(np.float32): 1,
@@ -75,11 +77,8 @@ class RowMover:
     def _session(self, op: str, dtype: np.dtype, rank: int) -> ort.InferenceSession:
         key = (op, np.dtype(dtype), rank)
         if key not in self._sessions:
-            opts = ort.SessionOptions()
-            opts.log_severity_level = 3
-            opts.intra_op_num_threads = 1
-            self._sessions[key] = ort.InferenceSession(
-                row_graph(op, dtype, rank), sess_options=opts, providers=self.providers
+            self._sessions[key] = cpu_session(
+                row_graph(op, dtype, rank), what=f"the {op} row graph", providers=self.providers
             )
         return self._sessions[key]
 

@@ -9,6 +9,8 @@ the error tree.
 
 from __future__ import annotations
 
+import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,7 +18,7 @@ from typing import Any
 import onnxruntime as ort
 
 from edgeexit.bundle import SegmentSource
-from edgeexit.errors import BundleError, TargetError, first_line
+from edgeexit.errors import BundleError, EdgeExitError, TargetError, first_line
 from edgeexit.targets import Target
 
 # Every exception type ONNX Runtime's native module defines (Fail, InvalidGraph, NoSuchFile,
@@ -151,3 +153,32 @@ def open_session(source: SegmentSource | Path, config: SessionConfig) -> ort.Inf
     except ORT_ERRORS as err:
         first = first_line(err)
         raise BundleError(f"ONNX Runtime cannot load {path.name}: {first}") from err
+
+
+def cpu_session(
+    model: bytes | str | os.PathLike,
+    *,
+    what: str,
+    threads: int = 1,
+    optimization: str = "all",
+    providers: Sequence[str] = ("CPUExecutionProvider",),
+    save_as: Path | None = None,
+    error: type[EdgeExitError] = BundleError,
+) -> ort.InferenceSession:
+    """A session outside any target, for the tools around the chain: validation at export,
+    evaluation at compile, the ORT-format save (``save_as``), the row gather. The one place
+    such sessions are built, and where ONNX Runtime's errors become ``error`` naming
+    ``what``. ``threads`` 0: ONNX Runtime's default."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    options.graph_optimization_level = _OPT_LEVELS[optimization]
+    if save_as is not None:
+        options.optimized_model_filepath = str(save_as)
+        options.add_session_config_entry("session.save_model_format", "ORT")
+    source = model if isinstance(model, bytes) else str(model)
+    try:
+        return ort.InferenceSession(source, options, providers=list(providers))
+    except ORT_ERRORS as err:
+        raise error(f"ONNX Runtime cannot load {what}: {first_line(err)}") from err

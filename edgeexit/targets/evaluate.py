@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from edgeexit.bundle import Manifest
+from edgeexit.errors import TargetError
 
 
 @dataclass(frozen=True)
@@ -32,19 +33,17 @@ def host_sessions(
     ``optimization``: "all" runs this host's fused kernels; "basic" leaves quantized graphs'
     QuantizeLinear/DequantizeLinear pairs unfused, so int8 numerics are simulated in fp32,
     the same on every CPU."""
-    import onnxruntime as ort
+    from edgeexit.runtime.session import cpu_session
 
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.graph_optimization_level = (
-        ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
-        if optimization == "basic"
-        else ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    )
     return [
-        ort.InferenceSession(m.SerializeToString(), options, providers=["CPUExecutionProvider"])
-        for m in models
+        cpu_session(
+            m.SerializeToString(),
+            what=f"segment {i} for evaluation",
+            threads=threads,
+            optimization=optimization,
+            error=TargetError,
+        )  # fmt: skip
+        for i, m in enumerate(models)
     ]
 
 

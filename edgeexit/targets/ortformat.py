@@ -14,19 +14,10 @@ from edgeexit.errors import TargetError
 
 def save_ort_format(onnx_path: Path) -> Path:
     """Write ``onnx_path`` as ``<stem>.ort`` next to it and remove the .onnx file."""
-    import onnxruntime as ort
-
-    from edgeexit.runtime.session import ORT_ERRORS
+    from edgeexit.runtime.session import cpu_session
 
     out = onnx_path.with_suffix(".ort")
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
-    options.optimized_model_filepath = str(out)
-    options.add_session_config_entry("session.save_model_format", "ORT")
-    options.log_severity_level = 3
-    try:
-        ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
-    except ORT_ERRORS as err:
-        raise TargetError(f"cannot save {onnx_path.name} in the ORT format: {err}") from err
+    cpu_session(onnx_path, what=f"{onnx_path.name} to save it in the ORT format",
+                optimization="basic", save_as=out, error=TargetError)  # fmt: skip
     onnx_path.unlink()
     return out
