@@ -434,7 +434,8 @@ def measure_exit_costs(
             runtime.run(batches[k % len(batches)], thresholds=thresholds)
     measures = meter is not None and meter.measured
     latency = [[] for _ in range(n_exits)]
-    energy = [[] for _ in range(n_exits)]
+    means = [[] for _ in range(n_exits)]  # each block's mean, kept as measured: the checks
+    energy = [[] for _ in range(n_exits)]  # below would otherwise recompute them every round
     total, done, cursor = n_exits * (warmup + rounds * calls), n_exits * warmup, 0
     most = max(rounds, max_rounds or rounds)
     started, r = perf_counter(), 0
@@ -451,8 +452,7 @@ def measure_exit_costs(
             return False
         if until_spread is None or r >= most:
             return True
-        widest = max(median_spread([float(np.mean(b)) for b in blocks]) for blocks in latency)
-        return widest <= until_spread
+        return max(median_spread(m) for m in means) <= until_spread
 
     while not settled():
         for i in range(n_exits) if r % 2 == 0 else reversed(range(n_exits)):
@@ -461,6 +461,7 @@ def measure_exit_costs(
             )
             cursor += len(block)
             latency[i].append(block)
+            means[i].append(float(np.mean(block)))
             if measures and reading.measured and reading.energy_mj is not None:
                 power_w = reading.energy_mj / 1e3 / reading.duration_s
                 energy[i].append((reading.energy_mj / len(block), power_w))
