@@ -10,8 +10,6 @@ exceeds the cap, at most 5 %), tested with the exact binomial tail.
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
 from edgeexit.calibrate.budget import Budget
@@ -24,6 +22,7 @@ from edgeexit.calibrate.search import (
     exit_indices,
     shared_sweep,
 )
+from edgeexit.calibrate.tails import binomial_cdf, hoeffding_p_value
 
 P95_SHARE = 0.05  # a p95 cap lets this share of samples pay more
 
@@ -38,24 +37,9 @@ def describe_caps(budget: Budget) -> str:
     return caps.describe()
 
 
-def hoeffding_p_value(per_exit: np.ndarray, exits: np.ndarray, cap: float) -> float:
-    """p-value of H0 "mean cost > cap" for costs ``per_exit[exits]``, bounded by the
-    cheapest and dearest exit: exp(-2 n gap^2 / range^2) (Hoeffding)."""
-    values = per_exit[exits]
-    gap = cap - float(values.mean())
-    if gap <= 0:
-        return 1.0
-    spread = float(per_exit.max() - per_exit.min())
-    if spread == 0:
-        return 0.0
-    return math.exp(-2 * len(values) * gap**2 / spread**2)
-
-
 def cap_p_value(table: ExitTable, costs: SegmentCosts, thresholds: np.ndarray, budget: Budget):
     """The largest p-value over the budget's caps: a vector is certified only if every cap
     is (H0 is "some cap is exceeded", a union: its p-value is the largest of the parts)."""
-    from edgeexit.calibrate.guarantee import binomial_cdf
-
     exits = exit_indices(table.scores, thresholds)
     p_values = [0.0]
     if budget.latency_ms is not None:

@@ -22,7 +22,6 @@ have risk <= a target on the population. Two budgets are certified this way:
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -40,6 +39,7 @@ from edgeexit.calibrate.search import (
     exit_indices,
     shared_sweep,
 )
+from edgeexit.calibrate.tails import binomial_cdf
 from edgeexit.errors import CalibrationError
 
 
@@ -113,25 +113,6 @@ class Certificate:
             "test_samples": self.test_samples,
             "path": [p.to_json() for p in self.path],
         }
-
-
-def binomial_cdf(k: int, n: int, p: float) -> float:
-    """P(Binomial(n, p) <= k), summed in log space so large n does not underflow."""
-    if k >= n or p <= 0.0:
-        return 1.0
-    if k < 0:
-        return 0.0
-    log_p, log_q = math.log(p), math.log1p(-p)
-    terms = [
-        math.lgamma(n + 1)
-        - math.lgamma(j + 1)
-        - math.lgamma(n - j + 1)
-        + j * log_p
-        + (n - j) * log_q
-        for j in range(k + 1)
-    ]
-    top = max(terms)
-    return min(1.0, math.exp(top) * sum(math.exp(t - top) for t in terms))
 
 
 DROP = "accuracy drop"  # the metric certified for --max-accuracy-drop
