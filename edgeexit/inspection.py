@@ -8,6 +8,7 @@ the check is one of the things it reports.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 from dataclasses import dataclass, field
@@ -78,24 +79,29 @@ def describe_bundle(bundle_dir: str | os.PathLike) -> BundleInfo:
     path = Path(bundle_dir)
     manifest = read_manifest(path)
     try:
-        load_segments(path, manifest)
+        sources = load_segments(path, manifest)
         integrity = "ok"
     except BundleError as err:
-        integrity = str(err)
+        sources, integrity = [None] * manifest.num_exits, str(err)
     segments = tuple(
-        _segment(path, i, spec, threshold)
-        for i, (spec, threshold) in enumerate(zip(manifest.segments, manifest.thresholds))
+        _segment(path, i, spec, threshold, source)
+        for i, (spec, threshold, source) in enumerate(
+            zip(manifest.segments, manifest.thresholds, sources)
+        )
     )
     return BundleInfo(path, manifest, segments, integrity, _calibration(manifest))
 
 
-def _segment(folder: Path, index: int, spec, threshold: float) -> SegmentInfo:
+def _segment(folder: Path, index: int, spec, threshold: float, source) -> SegmentInfo:
+    """Operators are counted only from verified bytes (the ones load_segments read and
+    checked): a bundle that fails its check gets none, and the integrity line says why."""
     names = [spec.file, *(e.file for e in spec.external_data)]
     size = sum(_size(folder / n) for n in names)
-    try:
-        ops = op_counts((folder / spec.file).read_bytes())
-    except (OSError, ProtoError):
-        ops = {}  # the integrity line says why
+    ops: dict[str, int] = {}
+    if source is not None:
+        with contextlib.suppress(OSError, ProtoError):  # ONNX Runtime says why, at load
+            model = source.model if source.model is not None else source.path.read_bytes()
+            ops = op_counts(model)
     return SegmentInfo(index, spec.file, size, ops, tuple(spec.carry), threshold)
 
 
