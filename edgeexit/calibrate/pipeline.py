@@ -110,8 +110,9 @@ def measure_costs(
 
     The same measurement ``edgeexit profile`` records per exit (``measure_exit_costs``):
     every sample forced out at exit i, the runtime's per-call overhead included, exits
-    interleaved round by round; the costs are the median over rounds of each round's mean,
-    with rounds added while they scatter (``CalibrateOptions``).
+    interleaved round by round; the costs are each exit's uncontended figure (the 20th
+    percentile of its round means, ``ExitLatency``), with rounds added while they scatter
+    (``CalibrateOptions``).
     """
     from edgeexit.energy import get_meter
     from edgeexit.targets.profiling import measure_exit_costs

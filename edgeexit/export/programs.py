@@ -137,7 +137,7 @@ def rebuild(parts: list[dict[str, Any]], source: Path) -> nn.Module:
     for k, part in enumerate(parts):
         what = f"{'segment' if k % 2 == 0 else 'exit'} {k // 2}"
         artifact = serde.SerializedArtifact(
-            bytes(part["graph"].numpy().tobytes()), part["state_dict"], part["constants"], ()
+            part["graph"].numpy().tobytes(), part["state_dict"], part["constants"], ()
         )
         try:
             program = serde.deserialize(artifact)
