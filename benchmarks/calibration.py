@@ -1,6 +1,6 @@
 """Calibration benchmark on noisy digits: does calibrate's predicted mean latency hold?
 
-Trains the three-exit digits CNN (seeded, edgeexit.examples.noisy_bundle), exports it and
+Trains the three-exit digits CNN (seeded, tests/calibrate_digits.py), exports it and
 calibrates it for several budgets on the calibration split: from costs measured here, and
 once from an `edgeexit profile` JSON (its per-exit costs). Then, in one process and one
 Runtime, for --rounds rounds, cost calls and held-out calls alternate call by call:
@@ -41,8 +41,9 @@ from rich.table import Table
 from edgeexit.calibrate import Budget, evaluate, load_profile_costs
 from edgeexit.calibrate.pipeline import CalibrateOptions, calibrate_bundle, collect_table
 from edgeexit.data import load_data
-from edgeexit.examples.noisy_bundle import build_digits_bundle
-from edgeexit.targets.profiling import DeviceProfile, measure_exit_costs, profile_bundle
+from edgeexit.measure.cost_profile import CostProfile
+from edgeexit.measure.profiling import measure_exit_costs, profile_bundle
+from tests.calibrate_digits import build_digits_bundle
 
 TARGET_ERROR = 0.10
 
@@ -94,7 +95,7 @@ def old_profile_prediction(built, profile_path: Path, case: Case) -> float:
     from edgeexit.bundle import read_manifest
     from edgeexit.runtime import Runtime
 
-    doc = DeviceProfile.load(profile_path).to_json()
+    doc = CostProfile.load(profile_path).to_json()
     del doc["exits"]
     old = profile_path.with_name("profile_segments_only.json")
     old.write_text(json.dumps(doc))

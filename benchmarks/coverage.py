@@ -49,7 +49,7 @@ class Pool:
 
 
 def digits_pool(work: Path) -> Pool:
-    from edgeexit.examples.noisy_bundle import build_digits_bundle
+    from tests.calibrate_digits import build_digits_bundle
 
     built = build_digits_bundle(work / "digits")
     parts = [np.load(p) for p in (built.calibration, built.test)]
@@ -85,7 +85,7 @@ def transformer_pool(work: Path) -> Pool:
 
     import edgeexit
     from edgeexit.examples import load_digits, train_multi_exit
-    from edgeexit.examples.noisy_bundle import noisy_copies
+    from edgeexit.examples.digits import noisy_copies
 
     torch.manual_seed(SEED)
     clean = load_digits(seed=SEED)

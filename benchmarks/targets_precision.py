@@ -19,7 +19,7 @@ import torch
 
 import edgeexit
 from edgeexit.examples import digits_resnet, load_digits, train_multi_exit
-from edgeexit.targets.profiling import profile_bundle
+from edgeexit.measure.profiling import profile_bundle
 
 
 def main() -> None:

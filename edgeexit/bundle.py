@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import math
 import os
 import re
@@ -25,8 +24,8 @@ from typing import Any
 
 import numpy as np
 
-from edgeexit import files
-from edgeexit.errors import BundleError, first_line
+from edgeexit import documents, files
+from edgeexit.errors import BundleError
 from edgeexit.onnxproto import ProtoError, external_data_files
 
 FORMAT = "edgeexit.bundle/1"
@@ -341,27 +340,14 @@ def read_manifest(bundle_dir: str | os.PathLike) -> Manifest:
         raise BundleError(f"{path} is a symbolic link; a bundle holds its own manifest")
     if path.exists() and not path.is_file():
         raise BundleError(f"{path} is not a regular file; expected the bundle's manifest")
-    try:
-        if path.stat().st_size > MAX_MANIFEST_BYTES:
-            raise BundleError(f"{path} is over {MAX_MANIFEST_BYTES >> 20} MiB; not a manifest")
-        doc = json.loads(path.read_bytes().decode("utf-8"), parse_constant=_no_constant)
-    except FileNotFoundError as err:
-        raise BundleError(f"{path} is missing: not an edgeexit bundle") from err
-    except UnicodeDecodeError as err:
-        raise BundleError(f"{path} is not UTF-8 text: not an edgeexit manifest") from err
-    except (OSError, ValueError) as err:
-        raise BundleError(f"{path} is unreadable: {_reason(err)}") from err
+    doc = documents.read_json(
+        path,
+        "bundle manifest",
+        BundleError,
+        max_bytes=MAX_MANIFEST_BYTES,
+        missing="is missing: not an edgeexit bundle",
+    )
     return Manifest.from_json(doc)
-
-
-def _no_constant(name: str) -> None:
-    raise ValueError(f"{name} is not a JSON number; expected a finite number or null")
-
-
-def _reason(err: Exception) -> str:
-    if isinstance(err, OSError):
-        return files.os_reason(err)
-    return first_line(err)
 
 
 @dataclass(frozen=True)

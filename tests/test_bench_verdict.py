@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from edgeexit.calibrate import verdict
-from edgeexit.calibrate.budget import Budget
+from edgeexit.budget import Budget
+from edgeexit.measure import verdict
 
 N = 400
 
@@ -168,7 +168,7 @@ def test_a_bundle_that_never_exits_early_says_so_instead_of_slower():
 def test_check_fails_only_when_surely_slower_or_a_budget_is_missed():
     from dataclasses import replace
 
-    from edgeexit.calibrate.bench import BenchReport
+    from edgeexit.measure.bench import BenchReport
 
     check = check_for(Budget(latency_ms=0.6), held_out(early_ms=0.5))
     fields = {f: None for f in BenchReport.__dataclass_fields__}

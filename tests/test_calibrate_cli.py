@@ -82,7 +82,7 @@ def test_malformed_data_is_refused(tmp_path):
 
 
 def test_profile_from_edgeexit_profile_is_used(tmp_path):
-    from edgeexit.targets.profiling import profile_bundle
+    from edgeexit.measure.profiling import profile_bundle
 
     bundle, data = fresh_bundle(tmp_path)
     profile_bundle(bundle, repeats=20, warmup=2).save(tmp_path / "p.json")
@@ -95,7 +95,7 @@ def test_profile_from_edgeexit_profile_is_used(tmp_path):
 
 
 def test_profile_of_another_bundle_is_refused(tmp_path):
-    from edgeexit.targets.profiling import profile_bundle
+    from edgeexit.measure.profiling import profile_bundle
 
     bundle, data = fresh_bundle(tmp_path)
     profile = profile_bundle(bundle, repeats=5, warmup=1).to_json()

@@ -163,7 +163,7 @@ class ForcedExitRuntime:
 def test_measuring_here_uses_the_per_exit_measurement():
     runtime = ForcedExitRuntime()
     dataset = Dataset((np.zeros((10, 4), dtype=np.float32),), None)
-    with mock.patch("edgeexit.energy.get_meter", autospec=True, return_value=NoMeter()):
+    with mock.patch("edgeexit.calibrate.pipeline.get_meter", autospec=True, return_value=NoMeter()):
         options = CalibrateOptions(timing_samples=5, timing_calls=5, timing_rounds=2)
         costs = measure_costs(runtime, dataset, options)
     assert list(costs.cumulative_latency_ms) == pytest.approx(EXIT_MS)
@@ -189,7 +189,7 @@ class NoisyRuntime(ForcedExitRuntime):
 
 
 def test_costs_plan_for_the_uncontended_machine_and_say_how_noisy_they_were():
-    from edgeexit.targets.profiling import measure_exit_costs
+    from edgeexit.measure.profiling import measure_exit_costs
 
     runtime = NoisyRuntime(contended_every=240, contended_for=60)  # slow a quarter of the time
     exits = measure_exit_costs(runtime, [()], rounds=40, calls=8, warmup=0)
@@ -200,7 +200,7 @@ def test_costs_plan_for_the_uncontended_machine_and_say_how_noisy_they_were():
 
 
 def test_rounds_are_added_while_the_costs_scatter_and_stop_once_they_settle():
-    from edgeexit.targets.profiling import measure_exit_costs
+    from edgeexit.measure.profiling import measure_exit_costs
 
     quiet = ForcedExitRuntime()
     measure_exit_costs(quiet, [()], rounds=6, calls=4, warmup=0, until_spread=0.02)
@@ -213,7 +213,7 @@ def test_rounds_are_added_while_the_costs_scatter_and_stop_once_they_settle():
 
 
 def test_median_spread_is_a_relative_interval_half_width():
-    from edgeexit.targets.profiling import median_spread
+    from edgeexit.measure.rounds import median_spread
 
     assert median_spread([1.0] * 10) == 0.0
     assert median_spread([1.0, 2.0]) == float("inf")  # too few rounds to say
@@ -223,7 +223,7 @@ def test_median_spread_is_a_relative_interval_half_width():
 
 
 def test_old_profiles_without_the_new_figures_still_load(tmp_path):
-    from edgeexit.targets.profiling import ExitLatency, _figures
+    from edgeexit.measure.cost_profile import ExitLatency, _figures
 
     old = {"median": 1.0, "p95": 2.0, "mean": 1.1, "min": 0.9, "robust_mean": 1.05}
     latency = ExitLatency(**_figures(old, ExitLatency))

@@ -13,8 +13,9 @@ from typer.testing import CliRunner
 from edgeexit.cli import app
 from edgeexit.energy.common import EnergyMeter, EnergyReading
 from edgeexit.errors import InputError, TargetError
-from edgeexit.targets.profile import host_arch
-from edgeexit.targets.profiling import DeviceProfile, load_profile, profile_bundle
+from edgeexit.measure.cost_profile import CostProfile
+from edgeexit.measure.profiling import profile_bundle
+from edgeexit.targets.spec import host_arch
 
 
 @pytest.fixture(scope="module")
@@ -59,12 +60,12 @@ def test_profile_json_has_the_contract_keys_and_round_trips(bundle, tmp_path):
     assert {"target", "energy_source", "segments"} <= set(doc)
     assert {"median", "p95"} <= set(doc["segments"][0]["latency_ms"])
     assert {"median", "p95", "robust_mean"} <= set(doc["exits"][2]["latency_ms"])
-    assert load_profile(path) == profile
+    assert CostProfile.load(path) == profile
     assert doc["batch_size"] == 4
     # A profile written before the exits block existed still loads; readers fall back.
     del doc["exits"]
     path.write_text(json.dumps(doc))
-    old = load_profile(path)
+    old = CostProfile.load(path)
     assert old.exits == () and old.segments == profile.segments
     assert old.exit_latency_ms(1) == pytest.approx(
         sum(s.latency_ms.median for s in profile.segments[:2])
@@ -85,12 +86,12 @@ def test_bad_settings_and_bad_profile_files_are_refused(bundle, tmp_path):
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"format": "edgeexit.profile/1", "target": "x"}))
     with pytest.raises(TargetError, match="bad.json: missing key"):
-        DeviceProfile.load(bad)
+        CostProfile.load(bad)
     bad.write_text("[1, 2]")
     with pytest.raises(TargetError, match="format is 'list'; expected 'edgeexit.profile/1'"):
-        DeviceProfile.load(bad)
+        CostProfile.load(bad)
     with pytest.raises(TargetError, match="does not exist"):
-        DeviceProfile.load(tmp_path / "missing.json")
+        CostProfile.load(tmp_path / "missing.json")
 
 
 def test_profiling_a_foreign_target_here_warns(bundle, caplog):
@@ -135,7 +136,7 @@ class FakeSensor(EnergyMeter):
 
 
 def test_a_sensor_gives_energy_per_call_over_a_long_enough_window(bundle):
-    with mock.patch("edgeexit.energy.get_meter", autospec=True, return_value=FakeSensor()):
+    with mock.patch("edgeexit.measure.profiling.get_meter", autospec=True, return_value=FakeSensor()):
         profile = profile_bundle(bundle, "x86-cpu", repeats=3, warmup=0, rounds=2)
     assert profile.energy_measured and profile.energy_source == "fake-sensor"
     assert profile.measured_idle_power_w == pytest.approx(4.0)
@@ -155,7 +156,7 @@ def test_fp16_bundle_profiles_on_cuda(bundle, tmp_path):
 
     if "CUDAExecutionProvider" not in ort.get_available_providers():
         pytest.skip("no CUDA execution provider in this onnxruntime")
-    from edgeexit.targets.compile import compile_bundle
+    from edgeexit.compile.compiler import compile_bundle
 
     compile_bundle(bundle, tmp_path / "cuda", "cuda")
     profile = profile_bundle(tmp_path / "cuda", "cuda", repeats=20, warmup=5)

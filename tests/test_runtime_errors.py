@@ -105,7 +105,7 @@ def wrong_output(bundle):
 BREAKAGES = {
     tamper: "segment_01.onnx does not match its sha256",
     drop: "segment_02.onnx is missing",
-    break_json: "manifest.json is unreadable",
+    break_json: "manifest.json is not readable JSON",
     other_version: "manifest format is 'edgeexit.bundle/2'",
     drop_key: "segments[0].score must be a non-empty string",
     wrong_output: "segment_00.onnx has no output 'nope'",

@@ -11,12 +11,12 @@ import pytest
 from fixtures.targets_digits import load_weights, segment_model, write_bundle, write_calib
 
 from edgeexit.bundle import read_manifest, verify_segments
+from edgeexit.compile.compiler import CompileOptions, compile_bundle
+from edgeexit.compile.evaluate import host_sessions, run_chain
+from edgeexit.compile.versions import default_opset, pin_versions
 from edgeexit.data import Dataset, load_data
 from edgeexit.errors import TargetError, ValidationError
 from edgeexit.targets import load_target
-from edgeexit.targets.compile import CompileOptions, compile_bundle
-from edgeexit.targets.evaluate import host_sessions, run_chain
-from edgeexit.targets.versions import default_opset, pin_versions
 
 ONE_THREAD = CompileOptions(threads=1)
 

@@ -9,10 +9,10 @@ torch = pytest.importorskip("torch")
 
 import edgeexit  # noqa: E402
 from edgeexit.bundle import read_manifest, verify_segments  # noqa: E402
+from edgeexit.compile.compiler import CompileOptions, compile_bundle  # noqa: E402
+from edgeexit.compile.evaluate import host_sessions, run_chain  # noqa: E402
 from edgeexit.data import Dataset  # noqa: E402
 from edgeexit.examples import EXAMPLE_MODELS, make_token_task  # noqa: E402
-from edgeexit.targets.compile import CompileOptions, compile_bundle  # noqa: E402
-from edgeexit.targets.evaluate import host_sessions, run_chain  # noqa: E402
 
 # Untrained models: their near-tied logits flip under any precision change, so the accuracy
 # bar is the digits test's job (test_targets_digits_int8.py); here every exit is reported.

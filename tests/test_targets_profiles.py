@@ -8,7 +8,7 @@ from typer.testing import CliRunner
 from edgeexit.cli import app
 from edgeexit.errors import TargetError
 from edgeexit.targets import available_targets, load_target
-from edgeexit.targets.profile import parse_target
+from edgeexit.targets.spec import parse_target
 
 GOOD = {"name": "board", "arch": "aarch64", "providers": ["CPUExecutionProvider"]}
 
@@ -101,7 +101,7 @@ def test_device_side_target_and_energy_modules_stay_off_the_export_side():
     import sys
 
     modules = (
-        "edgeexit.targets.profiling, edgeexit.targets.render, edgeexit.energy.rapl, "
+        "edgeexit.measure.profiling, edgeexit.targets.render, edgeexit.energy.rapl, "
         "edgeexit.energy.nvml, edgeexit.energy.ina3221, edgeexit.energy.rpi_pmic, "
         "edgeexit.cli.profile, edgeexit.cli.targets"
     )

@@ -44,7 +44,7 @@ def pristine(tmp_path_factory):
 
     from edgeexit import save
     from edgeexit.examples.models import digits_cnn
-    from edgeexit.targets.profiling import profile_bundle
+    from edgeexit.measure.profiling import profile_bundle
 
     world = tmp_path_factory.mktemp("world")
     write_bundle(world / "bundle", load_weights())
@@ -293,9 +293,9 @@ M = "manifest"
 CASES = [
     # manifests, through run (and a few through the other commands)
     Case("manifest-not-utf8", on("run", lambda w: put_manifest(w, b"\xff\xfe{")), 1, "not UTF-8"),
-    Case("manifest-not-json", on("run", lambda w: put_manifest(w, "{nope")), 1, "unreadable"),
+    Case("manifest-not-json", on("run", lambda w: put_manifest(w, "{nope")), 1, "not readable JSON"),
     Case("manifest-list", on("run", lambda w: put_manifest(w, "[1]")), 1, "expected an object"),
-    Case("manifest-empty", on("run", lambda w: put_manifest(w, "")), 1, "unreadable"),
+    Case("manifest-empty", on("run", lambda w: put_manifest(w, "")), 1, "not readable JSON"),
     Case("manifest-format", on("run", edit(setitem(("format",), "x/9"))), 1, "format is 'x/9'"),
     Case("manifest-no-format", on("run", edit(delitem(("format",)))), 1, "format is None"),
     Case(
@@ -748,7 +748,7 @@ CASES = [
         "profile-dir",
         calibrate_with_profile(lambda w: (w / "bad.json").mkdir()),
         1,
-        "is unreadable",
+        "is a directory",
     ),
     Case(
         "profile-not-json",
@@ -760,7 +760,7 @@ CASES = [
         "profile-not-utf8",
         calibrate_with_profile(lambda w: (w / "bad.json").write_bytes(b"\xff")),
         1,
-        "not readable JSON",
+        "not UTF-8",
     ),
     Case(
         "profile-nan",

@@ -80,7 +80,7 @@ def test_a_bundle_or_an_empty_folder_may_be_replaced(tmp_path):
 
 
 def test_compile_refuses_its_own_source(tmp_path):
-    from edgeexit.targets.compile import compile_bundle
+    from edgeexit.compile.compiler import compile_bundle
 
     src = write_bundle(tmp_path / "b", load_weights())
     before = tree(tmp_path)

@@ -6,7 +6,7 @@ load the profile, write the manifest atomically); ``bench`` measures a bundle as
 Nothing here imports torch or onnx, so ``edgeexit bench`` works on a device.
 """
 
-from edgeexit.calibrate.budget import Budget, parse_energy_mj, parse_latency_ms
+from edgeexit.budget import Budget, parse_energy_mj, parse_latency_ms
 from edgeexit.calibrate.costs import SegmentCosts, load_profile_costs
 from edgeexit.calibrate.guarantee import Certificate, certify
 from edgeexit.calibrate.report import CalibrationReport

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from edgeexit.calibrate.budget import Budget
+from edgeexit.budget import Budget
 from edgeexit.calibrate.costs import SegmentCosts
 from edgeexit.calibrate.search import (
     ExitTable,

@@ -1,7 +1,7 @@
 """Cost vectors for calibration: what a sample leaving at exit i costs on the device.
 
 The primary figures are per exit: a sample leaving at exit i pays what a runtime call
-forced out at i costs (``edgeexit.targets.profiling.measure_exit_costs``: from a profile's
+forced out at i costs (``edgeexit.measure.profiling.measure_exit_costs``: from a profile's
 ``exits`` block, or measured here by the same function), so the expected latency of a
 threshold setting is sum over exits of (share leaving there) x (that exit's cost), the
 runtime's per-call overhead included. Only for profiles written before the ``exits``
@@ -18,15 +18,13 @@ import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from edgeexit.bundle import Manifest
 from edgeexit.errors import CalibrationError
-
-if TYPE_CHECKING:
-    from edgeexit.targets.profiling import DeviceProfile, ExitProfile
+from edgeexit.measure.cost_profile import CostProfile, ExitProfile
 
 SEGMENT_SUM_NOTE = "segments summed: profile has no per-exit costs, per-call overhead left out"
 
@@ -131,9 +129,7 @@ def load_profile_costs(
     is used where the device measured it (per call, divided by the profile's batch size);
     otherwise it is modeled from the profile's power model (or ``active_power_w``).
     """
-    from edgeexit.targets.profiling import load_profile
-
-    profile = load_profile(path)
+    profile = CostProfile.load(path)
     ours = [(s.file, s.sha256) for s in manifest.segments]
     theirs = [(s.file, s.sha256) for s in profile.segments]
     if ours != theirs:
@@ -153,7 +149,7 @@ def load_profile_costs(
     return _segment_sum_costs(profile, power_w, f"profile {path} ({SEGMENT_SUM_NOTE})")
 
 
-def _segment_sum_costs(profile: DeviceProfile, power_w: float, source: str) -> SegmentCosts:
+def _segment_sum_costs(profile: CostProfile, power_w: float, source: str) -> SegmentCosts:
     """Fallback for old profiles: a sample leaving at i costs segments 0..i timed alone."""
     median = tuple(s.latency_ms.median for s in profile.segments)
     p95 = tuple(s.latency_ms.p95 for s in profile.segments)

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edgeexit.calibrate.budget import Budget
+from edgeexit.budget import Budget
 from edgeexit.calibrate.caps import cap_p_value, cap_path, describe_caps, has_caps
 from edgeexit.calibrate.costs import SegmentCosts
 from edgeexit.calibrate.search import (

@@ -19,13 +19,16 @@ from pathlib import Path
 import numpy as np
 
 from edgeexit import files
+from edgeexit.budget import Budget
 from edgeexit.bundle import read_manifest, write_manifest
-from edgeexit.calibrate.budget import Budget
 from edgeexit.calibrate.costs import SegmentCosts, exit_costs, load_profile_costs
 from edgeexit.calibrate.guarantee import certify
 from edgeexit.calibrate.report import CalibrationReport
 from edgeexit.calibrate.search import ExitTable, search
 from edgeexit.data import Dataset, load_data
+from edgeexit.energy import get_meter
+from edgeexit.measure.profiling import measure_exit_costs
+from edgeexit.runtime import Runtime
 
 Progress = Callable[[str, int, int], None]  # (stage, done, total)
 WARMUP_CALLS = 100  # per exit, untimed, before measuring costs here
@@ -114,9 +117,6 @@ def measure_costs(
     percentile of its round means, ``ExitLatency``), with rounds added while they scatter
     (``CalibrateOptions``).
     """
-    from edgeexit.energy import get_meter
-    from edgeexit.targets.profiling import measure_exit_costs
-
     meter = get_meter(runtime.target)  # its own windows over each block: sensors are slow
     rows = np.linspace(0, len(dataset) - 1, min(options.timing_samples, len(dataset)))
     one = [dataset.take(slice(r, r + 1)).inputs for r in rows.astype(int)]
@@ -154,8 +154,6 @@ def calibrate_bundle(
     nothing certified, a plot that cannot be made) raises before the manifest is touched,
     and the write itself is atomic.
     """
-    from edgeexit.runtime import Runtime  # lazily: onnxruntime is heavy to import
-
     sources = (bundle_dir, data_path, *([options.profile] if options.profile else []))
     if options.plot is not None:
         files.check_output(options.plot, "plot", inputs=sources)

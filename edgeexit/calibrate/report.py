@@ -18,7 +18,7 @@ from rich.console import Console, ConsoleOptions, RenderResult
 from rich.table import Table
 
 from edgeexit import files
-from edgeexit.calibrate.budget import Budget
+from edgeexit.budget import Budget
 from edgeexit.calibrate.costs import SegmentCosts
 from edgeexit.calibrate.guarantee import Certificate
 from edgeexit.calibrate.search import OperatingPoint

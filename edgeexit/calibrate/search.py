@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edgeexit.calibrate.budget import Budget
+from edgeexit.budget import Budget
 from edgeexit.calibrate.costs import SegmentCosts
 from edgeexit.errors import CalibrationError
 

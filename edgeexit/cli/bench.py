@@ -8,11 +8,11 @@ import typer
 from rich.console import Console
 
 from edgeexit.bundle import read_manifest
-from edgeexit.calibrate.bench import BenchOptions, bench_bundle
 from edgeexit.cli import params
 from edgeexit.cli.core import command, fail, stage_progress
 from edgeexit.errors import CalibrationError
 from edgeexit.files import dumps_json
+from edgeexit.measure.bench import BenchOptions, bench_bundle
 
 
 @command("bench")

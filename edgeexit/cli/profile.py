@@ -7,9 +7,13 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
+from edgeexit.bundle import read_manifest
 from edgeexit.cli import params
 from edgeexit.cli.core import command, stage_progress
-from edgeexit.files import dumps_json
+from edgeexit.data import load_data
+from edgeexit.files import check_output, dumps_json
+from edgeexit.measure.profiling import profile_bundle
+from edgeexit.targets.emulation import emulation_warning
 
 
 @command("profile")
@@ -49,12 +53,6 @@ def profile_cmd(
 
         edgeexit profile bundle/ --target x86-cpu --repeats 500 --batch-size 8 --json
     """
-    from edgeexit.bundle import read_manifest
-    from edgeexit.data import load_data
-    from edgeexit.files import check_output
-    from edgeexit.targets.emulation import emulation_warning
-    from edgeexit.targets.profiling import profile_bundle
-
     sources = (bundle,) if data is None else (bundle, data)
     if out is not None:
         check_output(out, "profile", inputs=sources)  # refuse now, not after measuring

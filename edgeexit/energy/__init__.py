@@ -27,8 +27,12 @@ from edgeexit.energy.common import (
     NoMeter,
     SensorUnavailable,
 )
+from edgeexit.energy.ina3221 import Ina3221Meter
+from edgeexit.energy.nvml import NvmlMeter
+from edgeexit.energy.rapl import RaplMeter
+from edgeexit.energy.rpi_pmic import RpiPmicMeter
 from edgeexit.errors import EnergyMeterError
-from edgeexit.targets.profile import Target
+from edgeexit.targets.spec import Target
 
 __all__ = [
     "PROBE_ORDER",
@@ -40,6 +44,14 @@ __all__ = [
 ]
 
 PROBE_ORDER = ("rapl", "nvml", "ina3221", "rpi5-pmic")
+# Each sensor's meter (nvml's is also told which GPUs); a sensor module imports nothing
+# beyond the standard library until it is opened (pynvml on NvmlMeter()).
+SENSORS: dict[str, Callable[[], EnergyMeter]] = {
+    "rapl": RaplMeter,
+    "nvml": NvmlMeter,
+    "ina3221": Ina3221Meter,
+    "rpi5-pmic": RpiPmicMeter,
+}
 ENV_OVERRIDE = "EDGEEXIT_ENERGY_METER"
 log = logging.getLogger("edgeexit.energy")
 
@@ -111,24 +123,14 @@ def _cached_probe(name: str, gpu_indices: tuple[int, ...]) -> str:
 
 
 def _factory(name: str, gpu_indices: tuple[int, ...]) -> Callable[[], EnergyMeter]:
-    # Backends are imported on use, so a machine only loads what it probes.
-    if name == "rapl":
-        from edgeexit.energy.rapl import RaplMeter
-
-        return RaplMeter
     if name == "nvml":
-        from edgeexit.energy.nvml import NvmlMeter
-
         return functools.partial(NvmlMeter, gpu_indices)
-    if name == "ina3221":
-        from edgeexit.energy.ina3221 import Ina3221Meter
-
-        return Ina3221Meter
-    if name == "rpi5-pmic":
-        from edgeexit.energy.rpi_pmic import RpiPmicMeter
-
-        return RpiPmicMeter
-    raise EnergyMeterError(f"unknown energy meter {name!r}; expected one of {PROBE_ORDER}")
+    try:
+        return SENSORS[name]
+    except KeyError:
+        raise EnergyMeterError(
+            f"unknown energy meter {name!r}; expected one of {PROBE_ORDER}"
+        ) from None
 
 
 def _gpu_indices(target: Target | None) -> tuple[int, ...]:

@@ -15,6 +15,7 @@ _LAZY = {
     "load_digits": "edgeexit.examples.digits",
     "load_noisy_digits": "edgeexit.examples.digits",
     "add_noise": "edgeexit.examples.digits",
+    "noisy_copies": "edgeexit.examples.digits",
     "make_token_task": "edgeexit.examples.digits",
     "digits_resnet": "edgeexit.examples.models",
     "digits_cnn": "edgeexit.examples.models",

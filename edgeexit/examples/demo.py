@@ -18,11 +18,17 @@ from pathlib import Path
 from typing import Any
 
 from edgeexit import files
-from edgeexit.calibrate.bench import BenchOptions, BenchReport, bench_bundle
-from edgeexit.calibrate.budget import Budget
+from edgeexit.budget import Budget
+from edgeexit.bundle import read_manifest
 from edgeexit.calibrate.pipeline import CalibrateOptions, calibrate_bundle
 from edgeexit.calibrate.report import CalibrationReport
+from edgeexit.data import load_data
 from edgeexit.errors import InputError, OutputError
+from edgeexit.examples.demo_render import render_demo  # rich layout kept apart
+from edgeexit.examples.digits import load_digits, noisy_copies
+from edgeexit.measure.bench import BenchOptions, BenchReport, bench_bundle
+from edgeexit.measure.profiling import profile_bundle
+from edgeexit.targets import load_target
 
 Progress = Callable[[str, int, int], None]  # (stage, done, total), as in calibrate
 
@@ -100,7 +106,6 @@ class DemoReport:
         }
 
     def __rich_console__(self, console, options):
-        from edgeexit.examples.demo_render import render_demo  # rich layout kept apart
 
         yield from render_demo(self)
 
@@ -113,7 +118,6 @@ def _energy_mj(bench: BenchReport, calibration: CalibrationReport, target) -> tu
     read the sensor for the full runs, so the device profile's measured segment energies
     stand in for the full model (the render says so).
     """
-    from edgeexit.targets import load_target
 
     if bench.energy_source == "modeled":
         power_w = load_target(target).active_power_w
@@ -125,7 +129,6 @@ def _energy_mj(bench: BenchReport, calibration: CalibrationReport, target) -> tu
 
 def run_demo(options: DemoOptions = DemoOptions(), *, progress: Progress | None = None):
     """Model -> bundle -> profile -> calibrate -> bench; return the DemoReport."""
-    from edgeexit.targets.profiling import profile_bundle
 
     tell = progress or (lambda stage, done, total: None)
     import torch  # noqa: F401  (on a device install: fail before writing anything)
@@ -174,9 +177,7 @@ def _train_example(options: DemoOptions, out: Path, tell: Progress):
     import torch
 
     import edgeexit
-    from edgeexit.examples.digits import load_digits
     from edgeexit.examples.models import digits_three_exit
-    from edgeexit.examples.noisy_bundle import noisy_copies
     from edgeexit.export.train import train_multi_exit
 
     clean = load_digits(seed=options.seed)
@@ -234,8 +235,6 @@ def _export_user_model(options: DemoOptions, out: Path, tell: Progress) -> DemoF
 
 
 def _load_inputs(bundle_dir: Path, data_path: Path):
-    from edgeexit.bundle import read_manifest
-    from edgeexit.data import load_data
 
     return load_data(data_path, read_manifest(bundle_dir).inputs).inputs
 

@@ -9,12 +9,12 @@ from typing import Any
 
 from rich.table import Table
 
+from edgeexit.measure.bench import verdict_lines
+
 BAR_WIDTH = 32
 
 
 def render_demo(report: Any) -> Iterator[Any]:
-    from edgeexit.calibrate.bench import verdict_lines
-
     yield _comparison(report)
     if report.calibration.guaranteed:
         yield f"calibrate certified: {report.calibration.guaranteed}"

@@ -61,6 +61,13 @@ def add_noise(split: Split, *, max_noise_std: float = 0.6, seed: int = 0) -> Spl
     return Split((split.x + noise).astype(np.float32), split.y, std)
 
 
+def noisy_copies(split: Split, copies: int, seed: int, max_noise_std: float = 0.6) -> Split:
+    """``copies`` noisy copies of ``split`` (each with ``add_noise``'s per-sample strengths),
+    stacked: a held-out split large enough to resolve 1 pp."""
+    parts = [add_noise(split, max_noise_std=max_noise_std, seed=seed + k) for k in range(copies)]
+    return Split(np.concatenate([p.x for p in parts]), np.concatenate([p.y for p in parts]))
+
+
 def load_noisy_digits(*, seed: int = 0, max_noise_std: float = 0.6) -> DigitsSplits:
     """``load_digits`` with per-sample noise on every split (different noise per split)."""
     clean = load_digits(seed=seed)

@@ -32,6 +32,7 @@ from edgeexit.bundle import (
     sha256_file,
     write_manifest,
 )
+from edgeexit.compile.compiler import compile_exported
 from edgeexit.errors import ExportError, InputError, ModelContractError, first_line
 from edgeexit.export.convert import export_graph
 from edgeexit.export.graphs import SegmentGraph, WholeGraph
@@ -40,6 +41,7 @@ from edgeexit.export.model import ExitStep, check_contract, run_exits
 from edgeexit.export.options import DEFAULT_OPSET, MAX_OPSET, ExportOptions
 from edgeexit.export.scores import check_criterion
 from edgeexit.export.validate import ValidationReport, validate_bundle
+from edgeexit.targets import load_target
 
 PATIENCE_DEFAULT = 2
 
@@ -264,11 +266,9 @@ def _initial_thresholds(options: ExportOptions, num_exits: int) -> tuple[float, 
 
 
 def _compile_for_target(bundle_dir: Path, options: ExportOptions):
-    """The validated fp32 bundle in the target's precision (edgeexit.targets.compile)."""
+    """The validated fp32 bundle in the target's precision (edgeexit.compile.compiler)."""
     if options.target is None:
         return None
-    from edgeexit.targets.compile import compile_exported
-
     return compile_exported(
         bundle_dir,
         options.target,
@@ -296,8 +296,6 @@ def _resolve_target(options: ExportOptions) -> _TargetLimits:
     fixed = options.opset is not None
     if options.target is None:
         return _TargetLimits(None, options.opset or DEFAULT_OPSET, None, opset_fixed=fixed)
-    from edgeexit.targets import load_target
-
     target = load_target(options.target)
     if options.opset is not None and options.opset > target.max_opset:
         raise ExportError(

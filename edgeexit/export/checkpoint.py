@@ -36,6 +36,9 @@ from torch import nn
 
 from edgeexit import files
 from edgeexit.errors import CheckpointError, first_line
+from edgeexit.export.inputs import resolve_input_names, to_tensors
+from edgeexit.export.model import check_contract
+from edgeexit.export.programs import capture, check_parts, rebuild
 
 FORMAT = "edgeexit.checkpoint/1"
 FACTORY_ATTR = "_edgeexit_factory"
@@ -87,9 +90,6 @@ def save(
     is captured with ``torch.export`` instead (module docstring): the file then needs no
     code of yours to load, but holds the model in eval mode for inference and export only.
     """
-    from edgeexit.export.inputs import resolve_input_names, to_tensors
-    from edgeexit.export.model import check_contract
-
     check_contract(model)
     given = factory is not None
     if factory is None:
@@ -111,8 +111,6 @@ def save(
         doc.update(factory=factory, factory_kwargs=dict(factory_kwargs or {}),
                    state_dict=model.state_dict())  # fmt: skip
     else:
-        from edgeexit.export.programs import capture
-
         doc["programs"] = capture(model, inputs)
     buffer = io.BytesIO()
     torch.save(doc, buffer)
@@ -168,8 +166,6 @@ def load(path: str | os.PathLike, *, trust_pickle: bool = False) -> Checkpoint:
 
 def _checked_doc(doc: dict, path: Path) -> dict:
     """The checkpoint's fields, type-checked: a crafted file gets one line, not a traceback."""
-    from edgeexit.export.programs import check_parts
-
     problems = []
     kwargs = doc.get("factory_kwargs", {})
     if "programs" in doc:
@@ -201,8 +197,6 @@ def _checked_doc(doc: dict, path: Path) -> dict:
 
 def _rebuild(doc: dict, path: Path, *, trusted: bool) -> Checkpoint:
     if "programs" in doc:
-        from edgeexit.export.programs import rebuild
-
         model = rebuild(doc["programs"], path)
         return Checkpoint(model, tuple(doc["example_inputs"]), tuple(doc["input_names"]))
     fn = _import_factory(doc["factory"], trusted=trusted, source=path)

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from edgeexit.errors import CheckpointError, first_line
+from edgeexit.export.model import MultiExit
 
 # Operators a loaded graph may call: tensor computations only.
 SAFE_NAMESPACES = frozenset({"aten", "prims"})
@@ -130,8 +131,6 @@ def check_parts(parts: Any) -> str | None:
 def rebuild(parts: list[dict[str, Any]], source: Path) -> nn.Module:
     """The MultiExit the programs make, refusing a graph that calls more than tensor ops."""
     from torch._export.serde import serialize as serde
-
-    from edgeexit.export.model import MultiExit
 
     modules = []
     for k, part in enumerate(parts):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from rich import box
 from rich.table import Table
 
-from edgeexit.targets.profile import Target
+from edgeexit.targets.spec import Target
 
 
 def _short(provider: str) -> str:
@@ -55,31 +55,4 @@ def target_details(t: Target) -> Table:
     }
     for key, value in rows.items():
         table.add_row(key, value)
-    return table
-
-
-def profile_table(profile) -> Table:
-    """A DeviceProfile: one row per segment, then the cost of leaving at each exit."""
-    if profile.energy_measured:
-        energy_note = f"energy measured ({profile.energy_source})"
-    else:
-        active_w = profile.power_model_w.get("active", 0.0)
-        energy_note = f"no energy sensor: energy not measured (power model {active_w:g} W active)"
-    table = Table(
-        title=f"profile on {profile.target} ({profile.precision}, batch {profile.batch_size})",
-        caption=f"{profile.repeats} timed calls per segment after {profile.warmup} warm-up; "
-        f"{energy_note}",
-    )
-    for col in ("segment", "median ms", "p95 ms", "exit at ms", "mJ/call", "exit at mJ"):
-        table.add_column(col, justify="right")
-    for s in profile.segments:
-        exit_mj = profile.exit_energy_mj(s.index)
-        table.add_row(
-            str(s.index),
-            f"{s.latency_ms.median:.3f}",
-            f"{s.latency_ms.p95:.3f}",
-            f"{profile.exit_latency_ms(s.index):.3f}",
-            "-" if s.energy_mj is None else f"{s.energy_mj:.4f}",
-            "-" if exit_mj is None else f"{exit_mj:.4f}",
-        )
     return table

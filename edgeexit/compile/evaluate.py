@@ -14,6 +14,7 @@ import numpy as np
 
 from edgeexit.bundle import Manifest
 from edgeexit.errors import TargetError
+from edgeexit.runtime.session import cpu_session
 
 
 @dataclass(frozen=True)
@@ -33,8 +34,6 @@ def host_sessions(
     ``optimization``: "all" runs this host's fused kernels; "basic" leaves quantized graphs'
     QuantizeLinear/DequantizeLinear pairs unfused, so int8 numerics are simulated in fp32,
     the same on every CPU."""
-    from edgeexit.runtime.session import cpu_session
-
     return [
         cpu_session(
             m.SerializeToString(),

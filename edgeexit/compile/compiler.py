@@ -27,13 +27,15 @@ from edgeexit.bundle import (
     verify_segments,
     write_manifest,
 )
+from edgeexit.compile import precision as prec
+from edgeexit.compile.evaluate import host_sessions, run_chain
+from edgeexit.compile.ortformat import save_ort_format
+from edgeexit.compile.report import CompileReport, ExitAccuracy
+from edgeexit.compile.versions import default_opset, pin_versions
 from edgeexit.data import Dataset, load_data
 from edgeexit.errors import TargetError, ValidationError
-from edgeexit.targets import precision as prec
-from edgeexit.targets.evaluate import host_sessions, run_chain
-from edgeexit.targets.profile import Target, host_arch, load_target
-from edgeexit.targets.report import CompileReport, ExitAccuracy
-from edgeexit.targets.versions import default_opset, pin_versions
+from edgeexit.runtime.inputs import check_inputs
+from edgeexit.targets.spec import Target, host_arch, load_target
 
 # Domains only an x86 ORT build (or only the optimizer that wrote them) can load.
 HOST_ONLY_DOMAINS = ("com.microsoft.nchwc",)
@@ -117,8 +119,6 @@ def _compile(
         _refuse_host_only_ops(model, target, seg.file)
     fp32 = [pin_versions(m, target, name=s.file) for m, s in zip(models, manifest.segments)]
     if calib is not None:
-        from edgeexit.runtime.inputs import check_inputs
-
         check_inputs(calib.inputs, manifest.inputs)  # InputError naming the mismatch
         calib = calib.take(slice(0, options.calib_samples))
         num_classes = manifest.extra.get("num_classes")
@@ -245,8 +245,6 @@ def _accuracy(
 def _write_into(folder: Path, compiled: _Compiled, *, ort_format: bool) -> None:
     import onnx
 
-    from edgeexit.targets.ortformat import save_ort_format
-
     report = compiled.report
     segments = []
     for model, seg in zip(compiled.models, compiled.manifest.segments):
@@ -274,8 +272,6 @@ def compile_exported(
 ) -> CompileReport:
     """The hook ``export --target`` calls: compile the fp32 bundle it has just validated, in
     place (inside export's own temporary directory), loading the calibration data file."""
-    from edgeexit.data import load_data
-
     calib = load_data(calib_data, read_manifest(bundle_dir).inputs) if calib_data else None
     options = CompileOptions(max_quant_drop_pp=max_quant_drop_pp)
     return compile_in_place(Path(bundle_dir), target, calib, options)

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from edgeexit.calibrate.budget import Budget
+from edgeexit.budget import Budget
 
 LEVEL = 0.95  # two-sided level of every interval shown
 BOOTSTRAP = 1000  # resamples; a 95 % percentile interval needs several hundred

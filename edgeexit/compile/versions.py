@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from edgeexit.errors import TargetError, first_line
-from edgeexit.targets.profile import Target
+from edgeexit.targets.spec import Target
 
 DEFAULT_DOMAINS = ("", "ai.onnx")
 

@@ -1,26 +1,23 @@
-"""Device target profiles: what a device runs (providers, threads, precision, ONNX limits)
-and how its energy is measured or modeled. Profiles are TOML files shipped in
-``edgeexit/targets/profiles/``; a user can pass the path of their own."""
+"""Target specs: what a device runs (providers, threads, precision, ONNX limits) and how its
+energy is measured or modeled. Specs are TOML files shipped in ``edgeexit/targets/specs/``
+(the CLI and the docs call them target profiles); a user can pass the path of their own.
+
+Not to be confused with a cost profile (``edgeexit.measure.cost_profile``): what a bundle
+was measured to cost on a device."""
 
 from __future__ import annotations
 
 import os
 import platform
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edgeexit import documents
 from edgeexit.errors import TargetError
-from edgeexit.files import os_reason
 from edgeexit.targets.checks import check_values
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
-
-PROFILE_DIR = Path(__file__).parent / "profiles"
+SPEC_DIR = Path(__file__).parent / "specs"
 
 
 @dataclass(frozen=True)
@@ -51,7 +48,7 @@ def host_arch() -> str:
 
 
 def available_targets() -> list[str]:
-    return sorted(p.stem for p in PROFILE_DIR.glob("*.toml"))
+    return sorted(p.stem for p in SPEC_DIR.glob("*.toml"))
 
 
 def load_target(name_or_path: str | os.PathLike | Target | None) -> Target:
@@ -62,24 +59,13 @@ def load_target(name_or_path: str | os.PathLike | Target | None) -> Target:
         name_or_path = "x86-cpu"
     path = Path(name_or_path)
     if path.suffix != ".toml":
-        path = PROFILE_DIR / f"{name_or_path}.toml"
+        path = SPEC_DIR / f"{name_or_path}.toml"
         if not path.is_file():
             raise TargetError(
                 f"unknown target {str(name_or_path)!r}; expected one of "
                 f"{', '.join(available_targets())} or the path of a .toml profile"
             )
-    try:
-        doc = tomllib.loads(path.read_bytes().decode("utf-8"))
-    except FileNotFoundError as err:
-        raise TargetError(f"target profile {path} does not exist") from err
-    except IsADirectoryError as err:
-        raise TargetError(f"target profile {path} is a directory; expected a .toml file") from err
-    except OSError as err:
-        raise TargetError(f"target profile {path} is unreadable: {os_reason(err)}") from err
-    except UnicodeDecodeError as err:
-        raise TargetError(f"target profile {path} is not UTF-8 text") from err
-    except tomllib.TOMLDecodeError as err:
-        raise TargetError(f"target profile {path} is not valid TOML: {err}") from err
+    doc = documents.read_toml(path, "target profile", TargetError)
     return parse_target(doc, source=str(path))
 
 

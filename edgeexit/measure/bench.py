@@ -22,12 +22,13 @@ import numpy as np
 from rich.console import Console, ConsoleOptions, RenderResult
 from rich.table import Table
 
+from edgeexit.budget import Budget
 from edgeexit.bundle import read_manifest
-from edgeexit.calibrate import verdict
-from edgeexit.calibrate.budget import Budget
 from edgeexit.data import load_data
 from edgeexit.errors import BundleError, CalibrationError, InputError
-from edgeexit.targets.profiling import UNCONTENDED_PERCENTILE
+from edgeexit.measure import verdict
+from edgeexit.measure.rounds import round_order, uncontended
+from edgeexit.runtime import Runtime
 
 
 @dataclass(frozen=True)
@@ -177,8 +178,6 @@ def bench_bundle(
     progress: Callable[[int, int], None] | None = None,
 ) -> BenchReport:
     """Run the bundle over the data as deployed and against the full chain, alternating."""
-    from edgeexit.runtime import Runtime  # lazily: onnxruntime is heavy to import
-
     manifest = read_manifest(bundle_dir)
     dataset = load_data(data_path, manifest.inputs)
     runtime = Runtime(bundle_dir, target=options.target)
@@ -194,7 +193,7 @@ def bench_bundle(
         early, full_runs = [], []
         for k, xs in enumerate(batches):
             pair = [(early, None), (full_runs, full)]
-            for sink, thresholds in pair if (k + r) % 2 == 0 else reversed(pair):
+            for sink, thresholds in round_order(pair, k + r):
                 sink.append(runtime.run(xs, thresholds=thresholds))
             if progress is not None:
                 progress(r * n + min((k + 1) * b, n), options.rounds * n)
@@ -216,7 +215,7 @@ def _summarise(rounds, labels, batch_size, num_exits, extra, early_exits) -> Ben
     early_ms = np.median(early_rounds, axis=0)
     # Calibrate plans with uncontended costs (ExitLatency.uncontended): its prediction is
     # checked against the like figure of this run, each sample's 20th percentile over rounds.
-    uncontended = float(np.percentile(early_rounds, UNCONTENDED_PERCENTILE, axis=0).mean())
+    uncontended_ms = float(uncontended(early_rounds, axis=0).mean())
     full_ms = np.median(_per_sample([f for _, f in rounds], lambda r: r.latency_ms), axis=0)
     energies = [r.energy_mj for e, _ in rounds for r in e]
     energy = None
@@ -266,11 +265,11 @@ def _summarise(rounds, labels, batch_size, num_exits, extra, early_exits) -> Ben
         rounds=len(rounds),
         budget=None if budget is None else budget.describe(),
         checks=checks,
-        uncontended_mean_latency_ms=uncontended,
+        uncontended_mean_latency_ms=uncontended_ms,
         warnings=verdict.warnings(
             speedup,
             speedup_ci,
-            uncontended,
+            uncontended_ms,
             predicted,
             predicted_batch,
             batch_size,
