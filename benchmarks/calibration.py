@@ -41,6 +41,7 @@ from rich.table import Table
 from edgeexit.calibrate import Budget, evaluate, load_profile_costs
 from edgeexit.calibrate.pipeline import CalibrateOptions, calibrate_bundle, collect_table
 from edgeexit.data import load_data
+from edgeexit.energy import NONE
 from edgeexit.measure.cost_profile import CostProfile
 from edgeexit.measure.profiling import measure_exit_costs, profile_bundle
 from tests.calibrate_digits import build_digits_bundle
@@ -66,7 +67,7 @@ def calibrate_cases(built, out: Path) -> tuple[list[Case], dict]:
     probe = calibrate_bundle(built.bundle, built.calibration, Budget(max_accuracy_drop=0.5),
                              here, write=False)  # fmt: skip
     costs = probe.costs
-    full_ms = float(costs.cumulative_latency_ms[-1])
+    full_ms = float(costs.latency_ms[-1])
     profile_path = out / "profile.json"
     profile_bundle(built.bundle, repeats=300, warmup=30, rounds=10).save(profile_path)
     runs = [
@@ -176,7 +177,7 @@ def summarise(built, cases: list[Case], measured: dict, old_ms: float) -> list[d
     table = collect_table(Runtime(built.bundle), load_data(built.calibration, manifest.inputs))
     round_costs = [
         exit_costs(
-            exits, batch_size=1, energy_source="none", power_w=0.0, source="measured in this run"
+            exits, batch_size=1, energy=NONE, power_w=0.0, source="measured in this run"
         )  # fmt: skip
         for exits in measured["exits_per_round"]
     ]

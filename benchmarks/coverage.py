@@ -45,7 +45,7 @@ SEED = 0
 class Pool:
     name: str
     table: ExitTable  # every pooled sample through every exit
-    costs: object  # SegmentCosts, measured once
+    costs: object  # ExitCosts, measured once
 
 
 def digits_pool(work: Path) -> Pool:
@@ -125,13 +125,13 @@ def outcome(held: ExitTable, costs, budget: Budget, thresholds) -> dict:
         )
     else:
         figure, limit = point.mean_latency_ms, budget.latency_ms
-    full_ms = float(costs.cumulative_latency_ms[-1])
+    full_ms = float(costs.latency_ms[-1])
     return {"figure": figure, "held": bool(figure <= limit),
             "speedup": full_ms / point.mean_latency_ms, "accuracy": point.accuracy}  # fmt: skip
 
 
 def run_pool(pool: Pool, splits: int) -> list[dict]:
-    full_ms = float(pool.costs.cumulative_latency_ms[-1])
+    full_ms = float(pool.costs.latency_ms[-1])
     budgets = {
         "accuracy drop <= 1 pp": Budget(max_accuracy_drop=0.01),
         "mean latency <= half the full model's": Budget(latency_ms=full_ms / 2),
@@ -210,7 +210,7 @@ def main() -> None:
             "pools": {
                 p.name: {
                     "samples": p.table.num_samples,
-                    "exit_ms": p.costs.cumulative_latency_ms.tolist(),
+                    "exit_ms": list(p.costs.latency_ms),
                     "final_accuracy": float(p.table.correct[-1].mean()),
                 }
                 for p in pools

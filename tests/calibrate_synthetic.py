@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from edgeexit.calibrate import ExitTable, SegmentCosts
+from edgeexit.calibrate import ExitCosts, ExitTable
+from edgeexit.energy import MODELED
 
 
 def synthetic_exits(n: int, *, seed: int = 0, exits: int = 4, classes: int = 10):
@@ -29,12 +30,13 @@ def synthetic_table(n: int = 1500, *, seed: int = 0, labeled: bool = True) -> Ex
     return ExitTable.from_predictions(predictions, scores, labels if labeled else None)
 
 
-def unit_costs(exits: int = 4, *, power_w: float = 10.0) -> SegmentCosts:
-    """Every segment 1 ms (p95 1.2 ms); energy modeled at ``power_w``."""
-    return SegmentCosts(
-        latency_ms=(1.0,) * exits,
-        p95_latency_ms=(1.2,) * exits,
-        energy_mj=(power_w * 1.0,) * exits,
-        energy_source="modeled",
+def unit_costs(exits: int = 4, *, power_w: float = 10.0) -> ExitCosts:
+    """Every segment 1 ms (p95 1.2 ms): exit i costs i + 1 ms; energy modeled at ``power_w``."""
+    depth = [float(i + 1) for i in range(exits)]
+    return ExitCosts(
+        latency_ms=tuple(depth),
+        p95_latency_ms=tuple(1.2 * d for d in depth),
+        energy_mj=tuple(power_w * d for d in depth),
+        energy=MODELED,
         source="synthetic",
     )

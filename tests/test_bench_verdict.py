@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from edgeexit.budget import Budget
+from edgeexit.energy import MODELED
 from edgeexit.measure import verdict
 
 N = 400
@@ -26,7 +27,7 @@ def held_out(early_ms=0.5, full_ms=1.0, wrong_early=0, wrong_full=0, labels=True
         full_predictions=full,
         labels=truth if labels else None,
         energy_mj=rng.normal(2.0, 0.2, N),
-        energy_note="modeled from the target's power model",
+        energy=MODELED,
     )
 
 

@@ -13,6 +13,7 @@ from edgeexit.bundle import InputSpec, Manifest, SegmentSpec
 from edgeexit.calibrate import ExitTable, evaluate, load_profile_costs
 from edgeexit.calibrate.pipeline import CalibrateOptions, measure_costs
 from edgeexit.data import Dataset
+from edgeexit.energy import NONE
 from edgeexit.energy.common import NoMeter
 from edgeexit.errors import CalibrationError, EdgeExitError
 from edgeexit.targets import load_target
@@ -94,17 +95,17 @@ def write(tmp_path, doc):
 def test_measured_energy_is_per_sample_and_labeled(tmp_path):
     doc = profile_doc([4.0, 8.0, 2.0], measured=True, batch_size=2)
     costs = load_profile_costs(write(tmp_path, doc), manifest())
-    assert costs.latency_ms == (1.0, 2.0, 3.0) and costs.p95_latency_ms == (2.0, 3.0, 4.0)
-    assert costs.energy_mj == (2.0, 4.0, 1.0)
-    assert costs.energy_source == "measured (rpi5-pmic)"
-    assert list(costs.cumulative_latency_ms) == [1.0, 3.0, 6.0]
+    assert costs.latency_ms == (1.0, 3.0, 6.0) and costs.p95_latency_ms == (2.0, 5.0, 9.0)
+    assert costs.energy_mj == (2.0, 6.0, 7.0)
+    assert costs.energy.label == "measured (rpi5-pmic)"
+    assert list(costs.latency_ms) == [1.0, 3.0, 6.0]
 
 
 def test_unmeasured_energy_is_modeled_from_profile_power(tmp_path):
     costs = load_profile_costs(write(tmp_path, profile_doc([None] * 3, measured=False)),
                                manifest())  # fmt: skip
-    assert costs.energy_source == "modeled"
-    assert costs.energy_mj == pytest.approx((5.0, 10.0, 15.0))  # 5 W x ms
+    assert costs.energy.label == "modeled"
+    assert costs.energy_mj == pytest.approx((5.0, 15.0, 30.0))  # 5 W x ms, per exit
 
 
 def test_profile_of_other_bundle_or_garbage_is_refused(tmp_path):
@@ -119,26 +120,26 @@ def test_per_exit_costs_give_the_exact_expected_latency(tmp_path):
     doc = with_exits(profile_doc([None] * 3, measured=False))
     costs = load_profile_costs(write(tmp_path, doc), manifest())
     assert costs.source == f"profile {tmp_path / 'profile.json'}"
-    assert list(costs.cumulative_latency_ms) == pytest.approx(EXIT_MS)
-    assert list(costs.cumulative_p95_latency_ms) == pytest.approx([0.4, 1.0, 2.2])
+    assert list(costs.latency_ms) == pytest.approx(EXIT_MS)
+    assert list(costs.p95_latency_ms) == pytest.approx([0.4, 1.0, 2.2])
     point = evaluate(four_samples_leaving_at_0_0_1_2(), costs, np.full(3, 0.5))
     assert point.exit_shares == pytest.approx((0.5, 0.25, 0.25))
     assert point.mean_latency_ms == pytest.approx(0.5 * 0.2 + 0.25 * 0.5 + 0.25 * 1.1)
     assert point.energy_mj == pytest.approx(5.0 * point.mean_latency_ms)  # modeled, 5 W
-    assert costs.energy_source == "modeled"
+    assert costs.energy.label == "modeled"
 
 
 def test_per_exit_measured_energy_is_per_sample(tmp_path):
     doc = with_exits(profile_doc([1.0] * 3, measured=True, batch_size=2), (2.0, 6.0, 8.0))
     costs = load_profile_costs(write(tmp_path, doc), manifest())
-    assert list(costs.cumulative_energy_mj) == pytest.approx([1.0, 3.0, 4.0])
-    assert costs.energy_source == "measured (rpi5-pmic)"
+    assert list(costs.energy_mj) == pytest.approx([1.0, 3.0, 4.0])
+    assert costs.energy.label == "measured (rpi5-pmic)"
 
 
 def test_old_profile_without_exits_falls_back_to_the_segment_sum_and_says_so(tmp_path):
     costs = load_profile_costs(write(tmp_path, profile_doc([None] * 3, measured=False)),
                                manifest())  # fmt: skip
-    assert list(costs.cumulative_latency_ms) == [1.0, 3.0, 6.0]  # medians 1, 2, 3 summed
+    assert list(costs.latency_ms) == [1.0, 3.0, 6.0]  # medians 1, 2, 3 summed
     assert "segments summed" in costs.source and "overhead left out" in costs.source
     point = evaluate(four_samples_leaving_at_0_0_1_2(), costs, np.full(3, 0.5))
     assert point.mean_latency_ms == pytest.approx(0.5 * 1.0 + 0.25 * 3.0 + 0.25 * 6.0)
@@ -166,10 +167,10 @@ def test_measuring_here_uses_the_per_exit_measurement():
     with mock.patch("edgeexit.calibrate.pipeline.get_meter", autospec=True, return_value=NoMeter()):
         options = CalibrateOptions(timing_samples=5, timing_calls=5, timing_rounds=2)
         costs = measure_costs(runtime, dataset, options)
-    assert list(costs.cumulative_latency_ms) == pytest.approx(EXIT_MS)
+    assert list(costs.latency_ms) == pytest.approx(EXIT_MS)
     assert costs.source == "measured here (batch 1)"
-    assert costs.energy_source == "modeled"  # no sensor: x86-cpu's 10 W power model
-    assert list(costs.cumulative_energy_mj) == pytest.approx([10 * ms for ms in EXIT_MS])
+    assert costs.energy.label == "modeled"  # no sensor: x86-cpu's 10 W power model
+    assert list(costs.energy_mj) == pytest.approx([10 * ms for ms in EXIT_MS])
     timed = runtime.calls[-2 * 5 * 3 :]  # 2 rounds x 5 samples x 3 exits after the warm-up
     assert sorted(set(timed)) == [0, 1, 2] and timed[:5] == [0] * 5 and timed[-5:] == [0] * 5
 
@@ -235,15 +236,15 @@ def test_old_profiles_without_the_new_figures_still_load(tmp_path):
 def test_noisy_or_clipped_costs_make_the_report_advise_a_profile():
     from calibrate_synthetic import synthetic_table
 
-    from edgeexit.calibrate import Budget, SegmentCosts
+    from edgeexit.calibrate import Budget, ExitCosts
     from edgeexit.calibrate.pipeline import build_report
 
     ms = np.array([1.0, 2.0, 1.9, 4.0])  # exit 2 measured cheaper than exit 1: noise
     table = synthetic_table(400, seed=1)
-    calm = SegmentCosts.from_exits(ms + [0, 0, 0.2, 0], ms, None, "none", "here", noise=0.01)
+    calm = ExitCosts.from_measured(ms + [0, 0, 0.2, 0], ms, None, NONE, "here", noise=0.01)
     assert calm.clipped == 0
     assert build_report(table, calm, Budget(latency_ms=3.0)).too_noisy is None
-    noisy = SegmentCosts.from_exits(ms, ms, None, "none", "here", noise=0.12)
+    noisy = ExitCosts.from_measured(ms, ms, None, NONE, "here", noise=0.12)
     assert noisy.clipped == 1
     advice = build_report(table, noisy, Budget(latency_ms=3.0)).too_noisy
     assert "+-12%" in advice and "1 clipped" in advice and "edgeexit profile" in advice

@@ -9,16 +9,17 @@ pytest.importorskip("matplotlib")
 from matplotlib.figure import Figure  # noqa: E402
 
 from edgeexit import files  # noqa: E402
-from edgeexit.calibrate import Budget, SegmentCosts  # noqa: E402
+from edgeexit.calibrate import Budget, ExitCosts  # noqa: E402
 from edgeexit.calibrate.pipeline import build_report  # noqa: E402
 from edgeexit.calibrate.report import draw_front, draw_guarantee  # noqa: E402
+from edgeexit.energy import MODELED  # noqa: E402
 from edgeexit.errors import CalibrationError  # noqa: E402
 
 EXIT_MS = np.array([0.02, 0.05, 0.09, 0.12])
 
 
 def report_for(budget: Budget):
-    costs = SegmentCosts.from_exits(EXIT_MS, 1.2 * EXIT_MS, 5 * EXIT_MS, "modeled", "synthetic")
+    costs = ExitCosts.from_measured(EXIT_MS, 1.2 * EXIT_MS, 5 * EXIT_MS, MODELED, "synthetic")
     return build_report(synthetic_table(500, seed=3), costs, budget)
 
 

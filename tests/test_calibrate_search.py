@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 from calibrate_synthetic import synthetic_exits, synthetic_table, unit_costs
 
-from edgeexit.calibrate import Budget, ExitTable, SegmentCosts, evaluate, search
+from edgeexit.calibrate import Budget, ExitCosts, ExitTable, evaluate, search
 from edgeexit.calibrate.search import exit_indices, pareto_front, shared_sweep
+from edgeexit.energy import NONE
 from edgeexit.errors import CalibrationError
 
 
@@ -20,7 +21,7 @@ def test_exit_rule_matches_runtime_contract():
 
 def test_evaluate_costs_are_cumulative():
     table = synthetic_table(200)
-    costs = SegmentCosts((1.0, 2.0, 3.0, 4.0), (1.0, 2.0, 3.0, 4.0), None, "none", "test")
+    costs = ExitCosts((1.0, 3.0, 6.0, 10.0), (1.0, 3.0, 6.0, 10.0), None, NONE, "test")
     everyone_first = evaluate(table, costs, np.full(4, -math.inf))
     assert everyone_first.mean_latency_ms == pytest.approx(1.0)
     assert everyone_first.exit_shares == (1.0, 0.0, 0.0, 0.0)
@@ -97,7 +98,7 @@ def test_budget_below_first_exit_is_refused_with_smallest_figure(budget, smalles
 
 
 def test_energy_budget_without_energy_figure_is_refused():
-    costs = SegmentCosts((1.0,) * 4, (1.0,) * 4, None, "none", "test")
+    costs = ExitCosts((1.0, 2.0, 3.0, 4.0), (1.0, 2.0, 3.0, 4.0), None, NONE, "test")
     with pytest.raises(CalibrationError, match="needs an energy figure"):
         search(synthetic_table(100), costs, Budget(energy_mj=20.0))
 

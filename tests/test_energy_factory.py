@@ -20,7 +20,7 @@ class FakeMeter(EnergyMeter):
         pass
 
     def end_window(self) -> EnergyReading:
-        return EnergyReading(1.0, self.source, True, 1.0)
+        return EnergyReading(1.0, self.provenance, 1.0)
 
 
 def absent(reason: str):
@@ -87,8 +87,8 @@ def test_real_probes_on_this_machine_give_a_labeled_meter():
     meter = get_meter(load_target("x86-cpu"))
     meter.begin_window()
     reading = meter.end_window()
-    assert reading.source in {"rapl", "nvml", "modeled"}
-    assert reading.measured == (reading.source != "modeled")
+    assert reading.source.name in {"rapl", "nvml", "modeled"}
+    assert reading.measured == (reading.source.name != "modeled")
 
 
 def test_the_environment_can_force_the_meter(monkeypatch):

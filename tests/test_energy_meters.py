@@ -47,7 +47,11 @@ def test_rapl_window_is_the_counter_difference_in_mj(tmp_path):
     counter.write_text("3500000\n")
     reading = meter.end_window()
     assert reading.energy_mj == pytest.approx(2500.0)
-    assert (reading.source, reading.measured, reading.label) == ("rapl", True, "measured (rapl)")
+    assert (reading.source.sensor, reading.measured, reading.label) == (
+        "rapl",
+        True,
+        "measured (rapl)",
+    )
 
 
 def test_rapl_counter_wrap_around_is_unwrapped(tmp_path):
@@ -99,7 +103,7 @@ def test_ina3221_uses_vdd_in_alone_when_monitored(tmp_path):
     meter.begin_window()
     reading = meter.end_window()
     assert reading.energy_mj == pytest.approx(5.0 * reading.duration_s * 1e3, rel=1e-6)
-    assert reading.source == "ina3221" and reading.measured
+    assert reading.source.sensor == "ina3221" and reading.measured
 
 
 def test_ina3221_sums_rails_and_skips_unconnected_channels(tmp_path):

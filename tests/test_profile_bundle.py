@@ -132,11 +132,13 @@ class FakeSensor(EnergyMeter):
 
     def end_window(self) -> EnergyReading:
         duration_s = time.perf_counter() - self._t0
-        return EnergyReading(4.0 * duration_s * 1e3, self.source, True, duration_s)
+        return EnergyReading(4.0 * duration_s * 1e3, self.provenance, duration_s)
 
 
 def test_a_sensor_gives_energy_per_call_over_a_long_enough_window(bundle):
-    with mock.patch("edgeexit.measure.profiling.get_meter", autospec=True, return_value=FakeSensor()):
+    with mock.patch(
+        "edgeexit.measure.profiling.get_meter", autospec=True, return_value=FakeSensor()
+    ):
         profile = profile_bundle(bundle, "x86-cpu", repeats=3, warmup=0, rounds=2)
     assert profile.energy_measured and profile.energy_source == "fake-sensor"
     assert profile.measured_idle_power_w == pytest.approx(4.0)

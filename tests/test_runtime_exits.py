@@ -110,7 +110,8 @@ def test_run_all_exits_matches_pytorch_and_reports_progress(case):
     assert out.logits.shape == ref.shape and out.logits.dtype == np.float32
     np.testing.assert_allclose(out.logits, ref, atol=1e-4)
     np.testing.assert_allclose(out.scores, softmax_max(ref), atol=1e-5)
-    assert len(out.segment_ms) == rt.num_exits and all(ms > 0 for ms in out.segment_ms)
+    assert len(out.segment_ms_per_sample) == rt.num_exits
+    assert all(ms > 0 for ms in out.segment_ms_per_sample)
 
 
 def test_run_segment_chains_like_the_runtime(case):

@@ -293,7 +293,9 @@ M = "manifest"
 CASES = [
     # manifests, through run (and a few through the other commands)
     Case("manifest-not-utf8", on("run", lambda w: put_manifest(w, b"\xff\xfe{")), 1, "not UTF-8"),
-    Case("manifest-not-json", on("run", lambda w: put_manifest(w, "{nope")), 1, "not readable JSON"),
+    Case(
+        "manifest-not-json", on("run", lambda w: put_manifest(w, "{nope")), 1, "not readable JSON"
+    ),
     Case("manifest-list", on("run", lambda w: put_manifest(w, "[1]")), 1, "expected an object"),
     Case("manifest-empty", on("run", lambda w: put_manifest(w, "")), 1, "not readable JSON"),
     Case("manifest-format", on("run", edit(setitem(("format",), "x/9"))), 1, "format is 'x/9'"),

@@ -7,7 +7,7 @@ Nothing here imports torch or onnx, so ``edgeexit bench`` works on a device.
 """
 
 from edgeexit.budget import Budget, parse_energy_mj, parse_latency_ms
-from edgeexit.calibrate.costs import SegmentCosts, load_profile_costs
+from edgeexit.calibrate.costs import ExitCosts, load_profile_costs
 from edgeexit.calibrate.guarantee import Certificate, certify
 from edgeexit.calibrate.report import CalibrationReport
 from edgeexit.calibrate.search import ExitTable, OperatingPoint, evaluate, search
@@ -18,7 +18,7 @@ __all__ = [
     "Certificate",
     "ExitTable",
     "OperatingPoint",
-    "SegmentCosts",
+    "ExitCosts",
     "certify",
     "evaluate",
     "load_profile_costs",

@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from edgeexit.budget import Budget
-from edgeexit.calibrate.costs import SegmentCosts
+from edgeexit.calibrate.costs import ExitCosts
 from edgeexit.calibrate.search import (
     ExitTable,
     Objective,
@@ -37,22 +37,22 @@ def describe_caps(budget: Budget) -> str:
     return caps.describe()
 
 
-def cap_p_value(table: ExitTable, costs: SegmentCosts, thresholds: np.ndarray, budget: Budget):
+def cap_p_value(table: ExitTable, costs: ExitCosts, thresholds: np.ndarray, budget: Budget):
     """The largest p-value over the budget's caps: a vector is certified only if every cap
     is (H0 is "some cap is exceeded", a union: its p-value is the largest of the parts)."""
     exits = exit_indices(table.scores, thresholds)
     p_values = [0.0]
     if budget.latency_ms is not None:
-        p_values.append(hoeffding_p_value(costs.cumulative_latency_ms, exits, budget.latency_ms))
-    if budget.energy_mj is not None and costs.cumulative_energy_mj is not None:
-        p_values.append(hoeffding_p_value(costs.cumulative_energy_mj, exits, budget.energy_mj))
+        p_values.append(hoeffding_p_value(costs.latency_ms, exits, budget.latency_ms))
+    if budget.energy_mj is not None and costs.energy_mj is not None:
+        p_values.append(hoeffding_p_value(costs.energy_mj, exits, budget.energy_mj))
     if budget.p95_latency_ms is not None:
-        over = int((costs.cumulative_p95_latency_ms[exits] > budget.p95_latency_ms).sum())
+        over = int((np.asarray(costs.p95_latency_ms)[exits] > budget.p95_latency_ms).sum())
         p_values.append(binomial_cdf(over, len(exits), P95_SHARE))
     return max(p_values)
 
 
-def cap_path(table: ExitTable, costs: SegmentCosts, budget: Budget, length: int):
+def cap_path(table: ExitTable, costs: ExitCosts, budget: Budget, length: int):
     """Per-exit thresholds from fast to slow: the most accurate under the caps scaled by a
     rising factor up to 1 (on the path half). Faster than the caps allow is what passes
     the test; the last steps, at the caps, are the ones it may refuse."""

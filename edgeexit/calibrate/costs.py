@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from edgeexit.bundle import Manifest
+from edgeexit.energy.provenance import MODELED, NONE, EnergySource, modeled_energy_mj
 from edgeexit.errors import CalibrationError
 from edgeexit.measure.cost_profile import CostProfile, ExitProfile
 
@@ -30,22 +31,19 @@ SEGMENT_SUM_NOTE = "segments summed: profile has no per-exit costs, per-call ove
 
 
 @dataclass(frozen=True)
-class SegmentCosts:
-    """Per-segment costs, index i = segment i (backbone block i + exit head i).
+class ExitCosts:
+    """What a sample leaving at exit i costs, i = 0..E-1: per-exit figures, each never
+    below the one before (leaving later runs strictly more; see ``from_measured``).
 
-    ``energy_mj`` is None when neither a sensor nor a power model gives a figure.
-    ``energy_source`` is 'measured (<sensor>)', 'modeled' or 'none'; ``source`` says where
-    the latencies came from (a profile path, or 'measured here').
-
-    Built with :meth:`from_exits` (the normal path), the per-segment fields are the
-    differences between consecutive exits' costs and the cumulative views below are the
-    per-exit costs themselves.
+    ``energy_mj`` is None when neither a sensor nor a power model gives a figure, and
+    ``energy`` says which gave it. ``source`` says where the latencies came from (a
+    profile path, or 'measured here').
     """
 
     latency_ms: tuple[float, ...]
     p95_latency_ms: tuple[float, ...]
     energy_mj: tuple[float, ...] | None
-    energy_source: str
+    energy: EnergySource
     source: str
     batch_size: int = 1  # samples per call the costs were measured at
     # How far to trust the costs: the widest exit's 95 % interval half-width, relative (0:
@@ -56,32 +54,29 @@ class SegmentCosts:
 
     def __post_init__(self) -> None:
         if len(self.latency_ms) != len(self.p95_latency_ms):
-            raise CalibrationError("segment costs: median and p95 latency lengths differ")
+            raise CalibrationError("exit costs: median and p95 latency lengths differ")
         if self.energy_mj is not None and len(self.energy_mj) != len(self.latency_ms):
-            raise CalibrationError("segment costs: energy and latency lengths differ")
+            raise CalibrationError("exit costs: energy and latency lengths differ")
 
     @classmethod
-    def from_exits(
+    def from_measured(
         cls,
         latency_ms: np.ndarray,
         p95_latency_ms: np.ndarray,
         energy_mj: np.ndarray | None,
-        energy_source: str,
+        energy: EnergySource,
         source: str,
         batch_size: int = 1,
         noise: float = 0.0,
-    ) -> SegmentCosts:
-        """From per-exit costs (cost of a sample leaving at exit i, i = 0..E-1).
-
-        Leaving later runs strictly more, so a later exit measured cheaper than an earlier
+    ) -> ExitCosts:
+        """From per-exit figures as measured. A later exit measured cheaper than an earlier
         one is timing noise: each figure is raised to the largest before it (a no-op on
-        monotone figures, which pass through exactly).
-        """
+        monotone figures, which pass through exactly), and ``clipped`` counts them."""
         return cls(
-            latency_ms=_diffs(latency_ms),
-            p95_latency_ms=_diffs(p95_latency_ms),
-            energy_mj=None if energy_mj is None else _diffs(energy_mj),
-            energy_source=energy_source,
+            latency_ms=_monotone(latency_ms),
+            p95_latency_ms=_monotone(p95_latency_ms),
+            energy_mj=None if energy_mj is None else _monotone(energy_mj),
+            energy=energy,
             source=source,
             batch_size=batch_size,
             noise=noise,
@@ -89,38 +84,27 @@ class SegmentCosts:
         )
 
     @property
-    def num_segments(self) -> int:
+    def num_exits(self) -> int:
         return len(self.latency_ms)
 
-    @property
-    def cumulative_latency_ms(self) -> np.ndarray:
-        """Latency of a sample leaving at exit i: segments 0..i."""
-        return np.cumsum(self.latency_ms)
-
-    @property
-    def cumulative_p95_latency_ms(self) -> np.ndarray:
-        return np.cumsum(self.p95_latency_ms)
-
-    @property
-    def cumulative_energy_mj(self) -> np.ndarray | None:
-        return None if self.energy_mj is None else np.cumsum(self.energy_mj)
-
     def to_json(self) -> dict[str, Any]:
+        """The calibration record in the manifest keeps its format: each segment's share
+        (the differences between consecutive exits' costs)."""
         return {
             "source": self.source,
             "batch_size": self.batch_size,
             "noise": self.noise if math.isfinite(self.noise) else None,
             "clipped": self.clipped,
-            "latency_ms": list(self.latency_ms),
-            "p95_latency_ms": list(self.p95_latency_ms),
-            "energy_mj": None if self.energy_mj is None else list(self.energy_mj),
-            "energy_source": self.energy_source,
+            "latency_ms": _diffs(self.latency_ms),
+            "p95_latency_ms": _diffs(self.p95_latency_ms),
+            "energy_mj": None if self.energy_mj is None else _diffs(self.energy_mj),
+            "energy_source": self.energy.label,
         }
 
 
 def load_profile_costs(
     path: str | os.PathLike, manifest: Manifest, *, active_power_w: float = 0.0
-) -> SegmentCosts:
+) -> ExitCosts:
     """Costs from a device profile (``edgeexit profile -o PROFILE.json``).
 
     The profile must describe this bundle's segments (same files and sha256). Latency and
@@ -142,36 +126,35 @@ def load_profile_costs(
         return exit_costs(
             profile.exits,
             batch_size=profile.batch_size,
-            energy_source=profile.energy_source,
+            energy=profile.energy_provenance,
             power_w=power_w,
             source=f"profile {path}",
         )
     return _segment_sum_costs(profile, power_w, f"profile {path} ({SEGMENT_SUM_NOTE})")
 
 
-def _segment_sum_costs(profile: CostProfile, power_w: float, source: str) -> SegmentCosts:
+def _segment_sum_costs(profile: CostProfile, power_w: float, source: str) -> ExitCosts:
     """Fallback for old profiles: a sample leaving at i costs segments 0..i timed alone."""
-    median = tuple(s.latency_ms.median for s in profile.segments)
-    p95 = tuple(s.latency_ms.p95 for s in profile.segments)
+    median = np.cumsum([s.latency_ms.median for s in profile.segments])
+    p95 = np.cumsum([s.latency_ms.p95 for s in profile.segments])
     energies = [s.energy_mj for s in profile.segments]
-    if profile.energy_measured and all(e is not None for e in energies):
-        energy_mj = tuple(e / profile.batch_size for e in energies)
-        energy_source = f"measured ({profile.energy_source})"
-    elif power_w > 0:  # W x ms = mJ
-        energy_mj, energy_source = tuple(m * power_w for m in median), "modeled"
+    if profile.energy_provenance.measured and all(e is not None for e in energies):
+        energy_mj, energy = np.cumsum(energies) / profile.batch_size, profile.energy_provenance
+    elif power_w > 0:
+        energy_mj, energy = modeled_energy_mj(power_w, median), MODELED
     else:
-        energy_mj, energy_source = None, "none"
-    return SegmentCosts(median, p95, energy_mj, energy_source, source, profile.batch_size)
+        energy_mj, energy = None, NONE
+    return ExitCosts.from_measured(median, p95, energy_mj, energy, source, profile.batch_size)
 
 
 def exit_costs(
     exits: Sequence[ExitProfile],
     *,
     batch_size: int,
-    energy_source: str,
+    energy: EnergySource,
     power_w: float,
     source: str,
-) -> SegmentCosts:
+) -> ExitCosts:
     """Costs per sample from per-exit call costs (``measure_exit_costs``, a profile's exits).
 
     Mean latency from each exit's ``uncontended`` figure (20th percentile of the rounds'
@@ -185,16 +168,19 @@ def exit_costs(
     latency = np.array([e.latency_ms.uncontended or e.latency_ms.robust_mean for e in exits])
     p95 = np.array([e.latency_ms.p95 for e in exits])
     measured = [e.energy_mj for e in exits]
-    if exits and all(m is not None for m in measured):
-        energy, label = np.array(measured) / batch_size, f"measured ({energy_source})"
-    elif power_w > 0:  # W x ms = mJ
-        energy, label = latency * power_w, "modeled"
+    if exits and energy.measured and all(m is not None for m in measured):
+        energy_mj = np.array(measured) / batch_size
+    elif power_w > 0:
+        energy_mj, energy = modeled_energy_mj(power_w, latency), MODELED
     else:
-        energy, label = None, "none"
+        energy_mj, energy = None, NONE
     noise = max((e.latency_ms.spread for e in exits), default=0.0)
-    return SegmentCosts.from_exits(latency, p95, energy, label, source, batch_size, noise)
+    return ExitCosts.from_measured(latency, p95, energy_mj, energy, source, batch_size, noise)
 
 
-def _diffs(per_exit: np.ndarray) -> tuple[float, ...]:
-    monotone = np.maximum.accumulate(np.asarray(per_exit, dtype=float))
-    return tuple(float(v) for v in np.diff(monotone, prepend=0.0))
+def _monotone(per_exit: np.ndarray) -> tuple[float, ...]:
+    return tuple(float(v) for v in np.maximum.accumulate(np.asarray(per_exit, dtype=float)))
+
+
+def _diffs(per_exit: tuple[float, ...]) -> list[float]:
+    return [float(v) for v in np.diff(per_exit, prepend=0.0)]

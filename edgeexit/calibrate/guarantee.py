@@ -28,7 +28,7 @@ import numpy as np
 
 from edgeexit.budget import Budget
 from edgeexit.calibrate.caps import cap_p_value, cap_path, describe_caps, has_caps
-from edgeexit.calibrate.costs import SegmentCosts
+from edgeexit.calibrate.costs import ExitCosts
 from edgeexit.calibrate.search import (
     ExitTable,
     Objective,
@@ -144,7 +144,7 @@ def losses(table: ExitTable, thresholds: np.ndarray, metric: str) -> np.ndarray:
 
 
 def threshold_path(
-    table: ExitTable, costs: SegmentCosts, metric: str, risk: float, length: int
+    table: ExitTable, costs: ExitCosts, metric: str, risk: float, length: int
 ) -> list[np.ndarray]:
     """Strict-to-loose per-exit thresholds: fastest with path-half risk <= a, a rising."""
     base_risk = float(losses(table, np.full(table.num_exits, np.inf), metric).mean())
@@ -170,7 +170,7 @@ def _loss_view(table: ExitTable, metric: str) -> ExitTable:
 
 def certify(
     table: ExitTable,
-    costs: SegmentCosts,
+    costs: ExitCosts,
     budget: Budget,
     *,
     seed: int = 0,

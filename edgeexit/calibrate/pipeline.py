@@ -21,7 +21,7 @@ import numpy as np
 from edgeexit import files
 from edgeexit.budget import Budget
 from edgeexit.bundle import read_manifest, write_manifest
-from edgeexit.calibrate.costs import SegmentCosts, exit_costs, load_profile_costs
+from edgeexit.calibrate.costs import ExitCosts, exit_costs, load_profile_costs
 from edgeexit.calibrate.guarantee import certify
 from edgeexit.calibrate.report import CalibrationReport
 from edgeexit.calibrate.search import ExitTable, search
@@ -62,7 +62,7 @@ class CalibrateOptions:
     seed: int = 0
 
 
-def build_report(table: ExitTable, costs: SegmentCosts, budget: Budget) -> CalibrationReport:
+def build_report(table: ExitTable, costs: ExitCosts, budget: Budget) -> CalibrationReport:
     """The pure part: search, certify, and package the result.
 
     The per-exit search gives the fronts and the calibration-set estimate; Learn-then-Test
@@ -108,7 +108,7 @@ def collect_table(
 
 def measure_costs(
     runtime, dataset: Dataset, options: CalibrateOptions, *, progress: Progress | None = None
-) -> SegmentCosts:
+) -> ExitCosts:
     """Batch-1 cost of leaving at each exit, measured here through ``Runtime.run``.
 
     The same measurement ``edgeexit profile`` records per exit (``measure_exit_costs``):
@@ -130,7 +130,7 @@ def measure_costs(
     return exit_costs(
         exits,
         batch_size=1,
-        energy_source=meter.source,
+        energy=meter.provenance,
         power_w=runtime.target.active_power_w,
         source="measured here (batch 1)",
     )
@@ -144,7 +144,7 @@ def calibrate_bundle(
     *,
     progress: Progress | None = None,
     write: bool = True,
-    costs: SegmentCosts | None = None,
+    costs: ExitCosts | None = None,
 ) -> CalibrationReport:
     """Calibrate ``bundle_dir`` on ``data_path`` to ``budget``; write the manifest if ``write``.
 

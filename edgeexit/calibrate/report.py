@@ -19,7 +19,7 @@ from rich.table import Table
 
 from edgeexit import files
 from edgeexit.budget import Budget
-from edgeexit.calibrate.costs import SegmentCosts
+from edgeexit.calibrate.costs import ExitCosts
 from edgeexit.calibrate.guarantee import Certificate
 from edgeexit.calibrate.search import OperatingPoint
 from edgeexit.errors import CalibrationError
@@ -36,7 +36,7 @@ class CalibrationReport:
     shared: OperatingPoint | None  # the SDN/DeeBERT shared-threshold baseline
     front: tuple[OperatingPoint, ...]
     shared_front: tuple[OperatingPoint, ...]
-    costs: SegmentCosts
+    costs: ExitCosts
     final_accuracy: float
     labeled: bool
     num_samples: int
@@ -60,7 +60,7 @@ class CalibrationReport:
             "samples": self.num_samples,
             "final_exit_accuracy": self.final_accuracy,
             "expected": self.chosen.to_json(),
-            "energy_source": self.costs.energy_source,
+            "energy_source": self.costs.energy.label,
             "profile": self.costs.to_json(),
             "front": [p.to_json() for p in self.front],
         }
@@ -147,7 +147,7 @@ class CalibrationReport:
         table = Table(title=f"Per-exit thresholds ({self.budget.describe()})")
         for col in ("exit", "threshold", "share exiting", "cumulative latency ms"):
             table.add_column(col, justify="right")
-        cum = self.costs.cumulative_latency_ms
+        cum = self.costs.latency_ms
         for i, (t, share) in enumerate(zip(self.chosen.thresholds, self.chosen.exit_shares)):
             last = i == len(cum) - 1
             shown = "always" if last else ("never" if math.isinf(t) else f"{t:.4f}")
@@ -160,7 +160,7 @@ class CalibrationReport:
                    "speed-up")  # fmt: skip
         for col in columns:
             table.add_column(col, justify="right")
-        full = self.costs.cumulative_latency_ms[-1]
+        full = self.costs.latency_ms[-1]
         rows = [("final exit only", self.final_accuracy, full, None, None)]
         if self.shared is not None:
             rows.append(_row("shared threshold (baseline)", self.shared))
@@ -177,7 +177,7 @@ class CalibrationReport:
                 "" if energy is None else f"{energy:.4f}",
                 f"{full / mean:.2f}x",
             )
-        table.caption = f"energy: {self.costs.energy_source}; costs from {self.costs.source}"
+        table.caption = f"energy: {self.costs.energy}; costs from {self.costs.source}"
         if self.costs.noise > 0:
             table.caption += f", known within +-{self.costs.noise:.1%}"
         if self.costs.clipped:
@@ -207,7 +207,7 @@ class CalibrationReport:
         table = Table(title="Pareto front (per-exit search)")
         for col in (self.accuracy_name, "mean latency ms", "speed-up"):
             table.add_column(col, justify="right")
-        full = self.costs.cumulative_latency_ms[-1]
+        full = self.costs.latency_ms[-1]
         for p in self.front:
             table.add_row(
                 f"{p.accuracy:.2%}", f"{p.mean_latency_ms:.3f}", f"{full / p.mean_latency_ms:.2f}x"
@@ -247,7 +247,7 @@ class CalibrationReport:
     @property
     def full_latency_ms(self) -> float:
         """Expected latency of the model without early exits (every sample to the end)."""
-        return self.costs.cumulative_latency_ms[-1]
+        return self.costs.latency_ms[-1]
 
     @property
     def speedup(self) -> float:

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from edgeexit.budget import Budget
-from edgeexit.calibrate.costs import SegmentCosts
+from edgeexit.calibrate.costs import ExitCosts
 from edgeexit.errors import CalibrationError
 
 # One-sided 95 % normal quantile: cost caps are checked on the upper confidence bound of the
@@ -117,28 +117,28 @@ def exit_indices(scores: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
     return exits[0] if single else exits
 
 
-def evaluate(table: ExitTable, costs: SegmentCosts, thresholds: np.ndarray) -> OperatingPoint:
+def evaluate(table: ExitTable, costs: ExitCosts, thresholds: np.ndarray) -> OperatingPoint:
     """Expected figures for one threshold vector."""
     return evaluate_many(table, costs, np.asarray(thresholds, dtype=np.float64)[None])[0]
 
 
 def evaluate_many(
-    table: ExitTable, costs: SegmentCosts, thresholds: np.ndarray
+    table: ExitTable, costs: ExitCosts, thresholds: np.ndarray
 ) -> list[OperatingPoint]:
     """Expected figures for K threshold vectors [K, E], in one vectorised pass."""
-    if thresholds.shape[1] != table.num_exits or costs.num_segments != table.num_exits:
+    if thresholds.shape[1] != table.num_exits or costs.num_exits != table.num_exits:
         raise CalibrationError(
-            f"{table.num_exits} exits in the data, {costs.num_segments} segment costs, "
+            f"{table.num_exits} exits in the data, {costs.num_exits} exit costs, "
             f"{thresholds.shape[1]} thresholds: they must match"
         )
     exits = exit_indices(table.scores, thresholds)  # [K, N]
     n = table.num_samples
     accuracy = table.correct[exits, np.arange(n)[None, :]].mean(axis=1)
-    lat = costs.cumulative_latency_ms[exits]
-    p95 = np.quantile(costs.cumulative_p95_latency_ms[exits], 0.95, axis=1)
+    lat = np.asarray(costs.latency_ms)[exits]
+    p95 = np.quantile(np.asarray(costs.p95_latency_ms)[exits], 0.95, axis=1)
     lat_mean = lat.mean(axis=1)
     lat_ucb = lat_mean + _Z95 * lat.std(axis=1) / math.sqrt(n)
-    cum_energy = costs.cumulative_energy_mj
+    cum_energy = None if costs.energy_mj is None else np.asarray(costs.energy_mj)
     if cum_energy is None:
         e_mean = e_ucb = [None] * len(thresholds)
     else:
@@ -221,9 +221,7 @@ def candidate_thresholds(scores: np.ndarray, grid_size: int) -> np.ndarray:
     return np.append(np.unique(quantiles), np.inf)
 
 
-def shared_sweep(
-    table: ExitTable, costs: SegmentCosts, grid_size: int = 101
-) -> list[OperatingPoint]:
+def shared_sweep(table: ExitTable, costs: ExitCosts, grid_size: int = 101) -> list[OperatingPoint]:
     """The SDN/DeeBERT baseline: one threshold for every exit, swept over a grid."""
     grid = candidate_thresholds(table.scores[:-1], grid_size)
     thresholds = np.repeat(grid[:, None], table.num_exits, axis=1)
@@ -236,7 +234,7 @@ def best(points: list[OperatingPoint], objective: Objective) -> OperatingPoint:
 
 def coordinate_descent(
     table: ExitTable,
-    costs: SegmentCosts,
+    costs: ExitCosts,
     objective: Objective,
     start: OperatingPoint,
     *,
@@ -273,7 +271,7 @@ class SearchResult:
     final_accuracy: float
 
 
-def check_reachable(budget: Budget, costs: SegmentCosts) -> None:
+def check_reachable(budget: Budget, costs: ExitCosts) -> None:
     """Refuse a cost cap below the first exit's cost, naming the smallest achievable figure."""
     first_lat = costs.latency_ms[0]
     if budget.latency_ms is not None and budget.latency_ms < first_lat:
@@ -296,12 +294,12 @@ def check_reachable(budget: Budget, costs: SegmentCosts) -> None:
             raise CalibrationError(
                 f"target energy {budget.energy_mj:g} mJ is below the first exit's cost; "
                 f"the smallest achievable energy is {costs.energy_mj[0]:.4g} mJ/sample "
-                f"({costs.energy_source})"
+                f"({costs.energy})"
             )
 
 
 def search(
-    table: ExitTable, costs: SegmentCosts, budget: Budget, *, front_points: int = 16
+    table: ExitTable, costs: ExitCosts, budget: Budget, *, front_points: int = 16
 ) -> SearchResult:
     """Best shared threshold and best per-exit thresholds for ``budget``.
 
@@ -323,9 +321,9 @@ def search(
     )
 
 
-def _front_points(table: ExitTable, costs: SegmentCosts, count: int) -> list[OperatingPoint]:
+def _front_points(table: ExitTable, costs: ExitCosts, count: int) -> list[OperatingPoint]:
     """Per-exit points for latency caps spread from the first exit's cost to the full cost."""
-    cum = costs.cumulative_latency_ms
+    cum = costs.latency_ms
     points = []
     for cap in np.linspace(cum[0], cum[-1], count):
         objective = Objective(Budget(latency_ms=float(cap)), None)

@@ -31,6 +31,7 @@ def binomial_cdf(k: int, n: int, p: float) -> float:
 def hoeffding_p_value(per_exit: np.ndarray, exits: np.ndarray, cap: float) -> float:
     """p-value of H0 "mean cost > cap" for costs ``per_exit[exits]``, bounded by the
     cheapest and dearest exit: exp(-2 n gap^2 / range^2) (Hoeffding)."""
+    per_exit = np.asarray(per_exit)
     values = per_exit[exits]
     gap = cap - float(values.mean())
     if gap <= 0:

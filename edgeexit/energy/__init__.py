@@ -29,6 +29,7 @@ from edgeexit.energy.common import (
 )
 from edgeexit.energy.ina3221 import Ina3221Meter
 from edgeexit.energy.nvml import NvmlMeter
+from edgeexit.energy.provenance import MODELED, NONE, EnergySource, modeled_energy_mj
 from edgeexit.energy.rapl import RaplMeter
 from edgeexit.energy.rpi_pmic import RpiPmicMeter
 from edgeexit.errors import EnergyMeterError
@@ -38,6 +39,10 @@ __all__ = [
     "PROBE_ORDER",
     "EnergyMeter",
     "EnergyReading",
+    "EnergySource",
+    "MODELED",
+    "NONE",
+    "modeled_energy_mj",
     "ModeledMeter",
     "NoMeter",
     "get_meter",

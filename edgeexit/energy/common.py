@@ -9,24 +9,26 @@ import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
+from edgeexit.energy.provenance import MODELED, NONE, EnergySource, modeled_energy_mj
 from edgeexit.errors import EdgeExitError
 
 
 @dataclass(frozen=True)
 class EnergyReading:
-    """Energy over one window. ``measured`` is False for modeled figures and for 'none'."""
+    """Energy over one window, and where it comes from."""
 
     energy_mj: float | None
-    source: str  # "rapl", "nvml", "ina3221", "rpi5-pmic", "modeled", or "none"
-    measured: bool
+    source: EnergySource
     duration_s: float
+
+    @property
+    def measured(self) -> bool:
+        return self.source.measured and self.energy_mj is not None
 
     @property
     def label(self) -> str:
         """How a figure is shown: a modeled figure is never shown as measured."""
-        if self.energy_mj is None:
-            return "none"
-        return f"measured ({self.source})" if self.measured else "modeled"
+        return NONE.label if self.energy_mj is None else self.source.label
 
 
 class EnergyMeter(ABC):
@@ -45,6 +47,13 @@ class EnergyMeter(ABC):
     # time, which a caller may compute inline), or None when there is no figure at all.
     modeled_power_w: float | None = None
 
+    @property
+    def provenance(self) -> EnergySource:
+        """What this meter's figures are: measured by its sensor, modeled, or none."""
+        if self.measured:
+            return EnergySource.measured_by(self.source)
+        return MODELED if self.modeled_power_w is not None else NONE
+
     @abstractmethod
     def begin_window(self) -> None: ...
 
@@ -56,7 +65,7 @@ class EnergyMeter(ABC):
         if self.needs_window:
             raise NotImplementedError(f"{type(self).__name__} reads a sensor: open a window")
         power_w = self.modeled_power_w
-        return None if power_w is None else power_w * duration_s * 1e3  # W × s = J
+        return None if power_w is None else modeled_energy_mj(power_w, duration_s * 1e3)
 
 
 class NoMeter(EnergyMeter):
@@ -68,7 +77,7 @@ class NoMeter(EnergyMeter):
         self._start = time.perf_counter()
 
     def end_window(self) -> EnergyReading:
-        return EnergyReading(None, "none", False, time.perf_counter() - self._start)
+        return EnergyReading(None, NONE, time.perf_counter() - self._start)
 
 
 class ModeledMeter(EnergyMeter):
@@ -87,7 +96,7 @@ class ModeledMeter(EnergyMeter):
 
     def end_window(self) -> EnergyReading:
         duration_s = time.perf_counter() - self._start
-        return EnergyReading(self.energy_mj_for(duration_s), "modeled", False, duration_s)
+        return EnergyReading(self.energy_mj_for(duration_s), MODELED, duration_s)
 
 
 class SensorUnavailable(EdgeExitError):
@@ -135,7 +144,7 @@ class SampledPowerMeter(EnergyMeter):
             for (t0, p0), (t1, p1) in zip(self._samples, self._samples[1:])
         )
         duration_s = self._samples[-1][0] - self._samples[0][0]
-        return EnergyReading(energy_j * 1e3, self.source, True, duration_s)
+        return EnergyReading(energy_j * 1e3, self.provenance, duration_s)
 
     def _sample(self) -> None:
         while not self._stop.wait(self.interval_s):

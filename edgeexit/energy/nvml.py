@@ -40,7 +40,7 @@ class NvmlMeter(EnergyMeter):
         end_mj = self._read_mj()
         duration_s = time.perf_counter() - self._start_s
         energy_mj = sum(end - start for start, end in zip(self._start_mj, end_mj))
-        return EnergyReading(float(energy_mj), self.source, True, duration_s)
+        return EnergyReading(float(energy_mj), self.provenance, duration_s)
 
     def _read_mj(self) -> list[int]:
         pynvml = _pynvml()

@@ -46,7 +46,7 @@ class RaplMeter(EnergyMeter):
             delta_uj(start, end, max_range)
             for start, end, max_range in zip(self._start_uj, end_uj, self.max_range_uj)
         )
-        return EnergyReading(total_uj / 1e3, self.source, True, duration_s)
+        return EnergyReading(total_uj / 1e3, self.provenance, duration_s)
 
 
 def delta_uj(start_uj: int, end_uj: int, max_range_uj: int) -> int:

@@ -23,6 +23,7 @@ from edgeexit.bundle import read_manifest
 from edgeexit.calibrate.pipeline import CalibrateOptions, calibrate_bundle
 from edgeexit.calibrate.report import CalibrationReport
 from edgeexit.data import load_data
+from edgeexit.energy import MODELED, modeled_energy_mj
 from edgeexit.errors import InputError, OutputError
 from edgeexit.examples.demo_render import render_demo  # rich layout kept apart
 from edgeexit.examples.digits import load_digits, noisy_copies
@@ -101,7 +102,7 @@ class DemoReport:
             "budget": self.calibration.budget.to_json(),
             "thresholds": list(self.calibration.thresholds),
             "energy_mj_per_sample": {"full": self.energy_mj[0], "calibrated": self.energy_mj[1]},
-            "energy_source": self.bench.energy_source,
+            "energy_source": self.bench.energy.label,
             "bench": self.bench.to_json(),
         }
 
@@ -119,10 +120,13 @@ def _energy_mj(bench: BenchReport, calibration: CalibrationReport, target) -> tu
     stand in for the full model (the render says so).
     """
 
-    if bench.energy_source == "modeled":
+    if bench.energy == MODELED:
         power_w = load_target(target).active_power_w
-        return power_w * bench.full_mean_latency_ms, power_w * bench.mean_latency_ms
-    cumulative = calibration.costs.cumulative_energy_mj
+        return (
+            modeled_energy_mj(power_w, bench.full_mean_latency_ms),
+            modeled_energy_mj(power_w, bench.mean_latency_ms),
+        )
+    cumulative = calibration.costs.energy_mj
     full = None if cumulative is None else float(cumulative[-1])
     return full, bench.energy_mj_per_sample
 

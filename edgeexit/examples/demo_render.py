@@ -43,7 +43,7 @@ def _comparison(report: Any) -> Table:
         "speed-up (95% CI)", "1.00x", f"[bold]{bench.speedup:.2f}x[/bold] ({low:.2f}-{high:.2f}x)"
     )
     table.add_row(
-        f"energy mJ/sample ({bench.energy_source})",
+        f"energy mJ/sample ({bench.energy})",
         *("n/a" if e is None else f"{e:.4f}" for e in report.energy_mj),
     )
     shown = ", ".join("never" if t == float("inf") else f"{t:.3f}" for t in cal.thresholds[:-1])
@@ -54,7 +54,7 @@ def _comparison(report: Any) -> Table:
 def _histogram(report: Any) -> Table:
     counts = report.bench.exit_counts
     total = max(sum(counts), 1)
-    cumulative_ms = report.calibration.costs.cumulative_latency_ms
+    cumulative_ms = report.calibration.costs.latency_ms
     table = Table(title="Where the samples left (exit histogram)")
     for col in ("exit", "samples", "share", "", "cost ms (profile)"):
         table.add_column(col, justify="right" if col else "left")
@@ -65,14 +65,14 @@ def _histogram(report: Any) -> Table:
 
 
 def _energy_note(report: Any) -> str:
-    source = report.bench.energy_source
-    if source == "modeled":
+    source = report.bench.energy
+    if source.kind == "modeled":
         return (
             "energy: [yellow]modeled[/yellow], not measured: this machine has no energy sensor "
             "edgeexit can read, so energy = the target's active power x the mean latency "
             "above, for both columns."
         )
-    if source == "none":
+    if source.kind == "none":
         return "energy: none (no sensor and no power model for this target)."
     return f"energy: {source}, read around every call (full model: from the device profile)."
 

@@ -25,6 +25,7 @@ from rich.table import Table
 from edgeexit.budget import Budget
 from edgeexit.bundle import read_manifest
 from edgeexit.data import load_data
+from edgeexit.energy import NONE, EnergySource
 from edgeexit.errors import BundleError, CalibrationError, InputError
 from edgeexit.measure import verdict
 from edgeexit.measure.rounds import round_order, uncontended
@@ -66,7 +67,7 @@ class BenchReport:
     p95_latency_ms: float
     throughput_per_s: float
     energy_mj_per_sample: float | None
-    energy_source: str  # 'measured (rapl)', 'modeled' or 'none'
+    energy: EnergySource  # of energy_mj_per_sample
     full_mean_latency_ms: float
     full_accuracy: float | None
     predicted_mean_latency_ms: float | None  # what calibrate expected, if it ran
@@ -104,7 +105,7 @@ class BenchReport:
             "p95_latency_ms": self.p95_latency_ms,
             "throughput_per_s": self.throughput_per_s,
             "energy_mj_per_sample": self.energy_mj_per_sample,
-            "energy_source": self.energy_source,
+            "energy_source": self.energy.label,
             "full_mean_latency_ms": self.full_mean_latency_ms,
             "full_accuracy": self.full_accuracy,
             "speedup": self.speedup,
@@ -136,7 +137,7 @@ class BenchReport:
         table.add_row("p95 latency ms", f"{self.p95_latency_ms:.3f}", "")
         table.add_row("throughput /s", f"{self.throughput_per_s:.1f}", "")
         energy = "n/a" if self.energy_mj_per_sample is None else f"{self.energy_mj_per_sample:.4f}"
-        table.add_row(f"energy mJ/sample ({self.energy_source})", energy, "")
+        table.add_row(f"energy mJ/sample ({self.energy})", energy, "")
         low, high = self.speedup_ci
         table.add_row("speed-up", f"{self.speedup:.2f}x ({low:.2f}-{high:.2f}x)", "1.00x")
         table.add_row(
@@ -222,7 +223,7 @@ def _summarise(rounds, labels, batch_size, num_exits, extra, early_exits) -> Ben
     if all(e is not None for e in energies):
         per_call = _per_sample([e for e, _ in rounds], lambda r: r.energy_mj / len(r.exit_index))
         energy = np.median(per_call, axis=0)
-    source = early[0].energy_label if energy is not None else "none"
+    source = early[0].energy_provenance if energy is not None else NONE
     exits = np.concatenate([r.exit_index for r in early])
     index = verdict.resample(len(exits))
     calibration = extra.get("calibration") or {}
@@ -235,7 +236,7 @@ def _summarise(rounds, labels, batch_size, num_exits, extra, early_exits) -> Ben
         full_predictions=np.concatenate([r.predictions for r in full_runs]),
         labels=labels,
         energy_mj=energy,
-        energy_note="modeled from the target's power model" if source == "modeled" else "",
+        energy=source,
     )
     budget = _budget(calibration)
     checks = () if budget is None else verdict.checks(budget, held, index)
@@ -255,7 +256,7 @@ def _summarise(rounds, labels, batch_size, num_exits, extra, early_exits) -> Ben
         p95_latency_ms=float(np.quantile(early_ms, 0.95)),
         throughput_per_s=_throughput([e for e, _ in rounds]),
         energy_mj_per_sample=None if energy is None else float(energy.mean()),
-        energy_source=source,
+        energy=source,
         full_mean_latency_ms=full_mean,
         full_accuracy=_accuracy(full_runs, labels),
         predicted_mean_latency_ms=predicted,

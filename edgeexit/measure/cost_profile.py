@@ -19,6 +19,7 @@ import numpy as np
 from rich.table import Table
 
 from edgeexit import documents, files
+from edgeexit.energy.provenance import NONE, EnergySource
 from edgeexit.errors import TargetError
 from edgeexit.measure.rounds import median_spread, uncontended
 
@@ -146,6 +147,11 @@ class CostProfile:
     # Per-exit costs through the runtime. Empty in profiles written before they existed;
     # readers then fall back to summing segments (which leaves out per-call overhead).
     exits: tuple[ExitProfile, ...] = ()
+
+    @property
+    def energy_provenance(self) -> EnergySource:
+        """Measured by the named sensor, or none (a profile holds no modeled figure)."""
+        return EnergySource.measured_by(self.energy_source) if self.energy_measured else NONE
 
     def exit_latency_ms(self, i: int, stat: str = "median") -> float:
         """Latency of a call leaving at exit i: measured through the runtime when the

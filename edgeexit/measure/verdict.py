@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from edgeexit.budget import Budget
+from edgeexit.energy import EnergySource
 
 LEVEL = 0.95  # two-sided level of every interval shown
 BOOTSTRAP = 1000  # resamples; a 95 % percentile interval needs several hundred
@@ -95,7 +96,7 @@ class HeldOut:
     full_predictions: np.ndarray
     labels: np.ndarray | None
     energy_mj: np.ndarray | None  # early exit, per sample
-    energy_note: str
+    energy: EnergySource  # of energy_mj
 
 
 def resample(n: int, seed: int = 0) -> np.ndarray:
@@ -127,10 +128,10 @@ def checks(budget: Budget, held: HeldOut, index: np.ndarray) -> tuple[Check, ...
                   *interval(lambda i: np.quantile(x[i], 0.95, axis=1), index), "ms")
         )  # fmt: skip
     if budget.energy_mj is not None and held.energy_mj is not None:
-        e = held.energy_mj
+        e, note = held.energy_mj, _energy_note(held.energy)
         found.append(
             Check("energy", budget.energy_mj, float(e.mean()),
-                  *interval(lambda i: e[i].mean(axis=1), index), "mJ/sample", held.energy_note)
+                  *interval(lambda i: e[i].mean(axis=1), index), "mJ/sample", note)
         )  # fmt: skip
     if budget.max_accuracy_drop is not None:
         found.append(_drop_check(budget.max_accuracy_drop, held, index))
@@ -211,3 +212,7 @@ def warnings(
             "calibrate again"
         )
     return tuple(said)
+
+
+def _energy_note(energy: EnergySource) -> str:
+    return "modeled from the target's power model" if energy.kind == "modeled" else ""

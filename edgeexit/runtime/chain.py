@@ -33,6 +33,7 @@ from edgeexit.runtime.session import ORT_ERRORS
 _ONE = np.ones(1, dtype=bool)
 _INF = math.inf  # a module global: one lookup instead of two (math, then .inf) per exit
 MAX_SHARED_COLUMN = 4096  # batch sizes whose all-at-one-exit index array is cached
+_SEQUENCES = (tuple, list)  # input containers a cached plan takes
 
 
 class Step(NamedTuple):
@@ -126,7 +127,7 @@ class Chain:
                 bufs.setdefault(name, Buffer(lay[name], cap))
             self.outputs.append(bufs)
         self.steps: list[dict[int, Step]] = [{} for _ in self.sessions]
-        self.plans.clear()  # emptied, not replaced: Runtime holds this dict
+        self.plans.clear()  # they hold views of the old buffers
         self.scratch: dict[int, Buffer] = {}  # device carries' gather targets, made lazily
         self.capacity = cap
 
@@ -237,7 +238,7 @@ class Chain:
         while nobody has left, the steps come from the plan.
         """
         if plan is None:
-            plan = self.plans.get(xs[0].shape) or self.make_plan(xs[0].shape)
+            plan = self.plan(xs[0].shape)
         whole = plan.steps  # every segment bound for the whole batch
         for view, x in zip(plan.stage, xs):
             view[...] = x  # ~0.4 µs less than slicing the buffer every call
@@ -304,7 +305,7 @@ class Chain:
         the first segment and after each (``Result`` turns them into ``segment_ms`` when
         asked). Nobody leaves, so no score is read and no patience counter kept.
         """
-        plan = self.plans.get(xs[0].shape) or self.make_plan(xs[0].shape)
+        plan = self.plan(xs[0].shape)
         stamps: list[float] = []
         return self.run_plan(plan, xs, stamps), plan.exit_index, stamps
 
@@ -327,6 +328,21 @@ class Chain:
         except ORT_ERRORS as err:
             self.raise_failed(len(stamps) - 1, err)
         return plan.logits.copy()
+
+    def known_plan(self, inputs: object) -> Plan | None:
+        """The cached plan for inputs exactly like an earlier call's (one array, or a list
+        or tuple of arrays, of the same dtypes and shapes), else None. A hit means the
+        inputs need no other check than for NaN and inf (``Plan.float_inputs``)."""
+        if type(inputs) is np.ndarray:
+            plan = self.plans.get(inputs.shape)
+            return plan if plan is not None and inputs.dtype is plan.single_dtype else None
+        if type(inputs) not in _SEQUENCES or not inputs or type(inputs[0]) is not np.ndarray:
+            return None
+        plan = self.plans.get(inputs[0].shape)
+        return plan if plan is not None and plan.takes(inputs) else None
+
+    def plan(self, shape: tuple[int, ...]) -> Plan:
+        return self.plans.get(shape) or self.make_plan(shape)
 
     def make_plan(self, shape: tuple[int, ...]) -> Plan:
         """The plan for inputs whose first one has ``shape`` (cached for batches up to

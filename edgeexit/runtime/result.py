@@ -10,6 +10,8 @@ import numpy as np
 from rich.console import Console, ConsoleOptions, RenderResult
 from rich.table import Table
 
+from edgeexit.energy.provenance import NONE, EnergySource, modeled_energy_mj
+
 MAX_ROWS_SHOWN = 20
 
 
@@ -19,27 +21,26 @@ class Result:
     ``logits`` [batch, classes]: each row from the exit its sample took.
     ``exit_index`` [batch]: that exit (may be a shared read-only array: copy it before
     writing to it). ``latency_ms``: wall time of the call, from its start to the end of
-    its last segment. ``energy_mj`` and ``energy_source``: the call's energy and where it
-    comes from ('modeled' from the target's power figure, a sensor name such as 'rapl'
-    when measured, or 'none' with ``energy_mj`` None); ``energy_measured`` is True only for
-    a sensor's figure. ``segment_ms``: time inside each segment's ONNX Runtime call (0 for
-    segments no sample reached).
+    its last segment. ``energy_mj``: the call's energy, and ``energy_provenance`` where it
+    comes from (an ``EnergySource``: measured by a named sensor, modeled from the target's
+    power figure, or none, with ``energy_mj`` None); ``energy_source`` ('rapl', 'modeled'
+    or 'none') and ``energy_measured`` say the same in words. ``segment_ms``: time of each
+    segment's call within this one (0 for segments no sample reached).
 
-    A plain class with ``__slots__`` built positionally, not a dataclass: this is made on
-    every call. Right after the segments have run, the interpreter's code and data are out
-    of the caches and every Python step costs microseconds (docs/runtime.md), so the
-    runtime's fast path builds the Result *before* the segments run and hands it only the
-    clock readings: ``stamps`` (perf_counter seconds before the first segment and after
-    each) and ``t0`` (the call's start). ``latency_ms``, ``segment_ms`` and a modeled
-    ``energy_mj`` (``power_w`` × latency) are then worked out on first access, from the
-    same readings, so they are the figures an eager computation would give.
+    A plain class with ``__slots__``, not a dataclass: this is made on every call. Right
+    after the segments have run, the interpreter's code and data are out of the caches and
+    every Python step costs microseconds (docs/runtime.md), so the runtime's fast path
+    builds the Result *before* the segments run (``pending``) and hands it only the clock
+    readings: ``stamps`` (perf_counter seconds before the first segment and after each)
+    and ``t0`` (the call's start). ``latency_ms``, ``segment_ms`` and a modeled
+    ``energy_mj`` are then worked out on first access, from the same readings, so they are
+    the figures an eager computation would give. ``done`` builds one after the segments.
     """
 
     __slots__ = (
         "logits",
         "exit_index",
-        "energy_source",
-        "energy_measured",
+        "energy_provenance",
         "_latency_ms",
         "_energy_mj",
         "_power_w",
@@ -52,25 +53,55 @@ class Result:
         self,
         logits: np.ndarray | None,
         exit_index: np.ndarray,
+        energy_provenance: EnergySource,
         latency_ms: float | None,
         energy_mj: float | None,
-        energy_source: str,
+        power_w: float | None,
         segment_ms: Sequence[float] | None,
-        energy_measured: bool = False,
-        stamps: list[float] | None = None,
-        t0: float | None = None,
-        power_w: float | None = None,
+        stamps: list[float] | None,
+        t0: float | None,
     ) -> None:
         self.logits = logits
         self.exit_index = exit_index
-        self.energy_source = energy_source
-        self.energy_measured = energy_measured
+        self.energy_provenance = energy_provenance
         self._latency_ms = latency_ms  # None: from t0 to the last stamp
-        self._energy_mj = energy_mj  # None with power_w: power_w × latency
+        self._energy_mj = energy_mj  # None with power_w: modeled from the latency
         self._power_w = power_w
-        self._t0 = t0
-        self._segment_ms = None if segment_ms is None else tuple(segment_ms)
+        self._segment_ms = segment_ms  # None: from the stamps
         self._stamps = stamps
+        self._t0 = t0
+
+    @classmethod
+    def pending(
+        cls,
+        exit_index: np.ndarray,
+        energy_provenance: EnergySource,
+        power_w: float | None,
+        t0: float,
+        stamps: list[float],
+    ) -> Result:
+        """A call's result made before its segments run: the caller sets ``logits`` and
+        appends the clock readings to ``stamps`` as they come."""
+        return cls(None, exit_index, energy_provenance, None, None, power_w, None, stamps, t0)
+
+    @classmethod
+    def done(
+        cls,
+        logits: np.ndarray,
+        exit_index: np.ndarray,
+        energy_provenance: EnergySource,
+        latency_ms: float,
+        energy_mj: float | None,
+        power_w: float | None,
+        segment_ms: Sequence[float] | None = None,
+        stamps: list[float] | None = None,
+    ) -> Result:
+        """A finished call's result: ``energy_mj`` measured, or None to model it from
+        ``power_w``; per-segment times as ``segment_ms`` or as ``stamps``."""
+        return cls(
+            logits, exit_index, energy_provenance, latency_ms, energy_mj, power_w,
+            segment_ms, stamps, None,
+        )  # fmt: skip
 
     @property
     def latency_ms(self) -> float:
@@ -81,15 +112,27 @@ class Result:
     @property
     def energy_mj(self) -> float | None:
         if self._energy_mj is None and self._power_w is not None:
-            self._energy_mj = self._power_w * self.latency_ms  # W × ms = mJ
+            self._energy_mj = modeled_energy_mj(self._power_w, self.latency_ms)
         return self._energy_mj
 
     @property
     def segment_ms(self) -> tuple[float, ...]:
-        if self._segment_ms is None:
+        segment_ms = self._segment_ms
+        if segment_ms is None:
             stamps = self._stamps
-            self._segment_ms = tuple((b - a) * 1e3 for a, b in zip(stamps, stamps[1:]))
-        return self._segment_ms
+            segment_ms = self._segment_ms = tuple((b - a) * 1e3 for a, b in zip(stamps, stamps[1:]))
+        elif type(segment_ms) is not tuple:
+            segment_ms = self._segment_ms = tuple(segment_ms)
+        return segment_ms
+
+    @property
+    def energy_source(self) -> str:
+        """'rapl' (or another sensor), 'modeled' or 'none'."""
+        return self.energy_provenance.name
+
+    @property
+    def energy_measured(self) -> bool:
+        return self.energy_provenance.measured
 
     def __repr__(self) -> str:
         return (
@@ -104,9 +147,7 @@ class Result:
     @property
     def energy_label(self) -> str:
         """'measured (rapl)', 'modeled' or 'none': a modeled figure never reads as measured."""
-        if self.energy_mj is None:
-            return "none"
-        return f"measured ({self.energy_source})" if self.energy_measured else "modeled"
+        return NONE.label if self.energy_mj is None else self.energy_provenance.label
 
     def exit_counts(self) -> list[int]:
         return np.bincount(self.exit_index, minlength=len(self.segment_ms)).tolist()
@@ -146,10 +187,10 @@ class ExitOutputs:
     """Every sample through every exit (``Runtime.run_all_exits``), for calibration.
 
     ``logits`` float32 [num_exits, N, C]; ``scores`` float32 [num_exits, N] (the patience
-    counters for the ``patience`` criterion); ``segment_ms`` the mean time per sample of
-    each segment over the pass, in ms.
+    counters for the ``patience`` criterion); ``segment_ms_per_sample`` the mean time per
+    sample of each segment over the pass, in ms.
     """
 
     logits: np.ndarray
     scores: np.ndarray
-    segment_ms: tuple[float, ...]
+    segment_ms_per_sample: tuple[float, ...]

@@ -19,14 +19,13 @@ import onnxruntime as ort
 from edgeexit.bundle import Manifest, load_segments, read_manifest, round_threshold
 from edgeexit.energy import get_meter
 from edgeexit.errors import InputError
-from edgeexit.runtime.chain import Chain, Plan, all_infinite
+from edgeexit.runtime.chain import Chain, all_infinite
 from edgeexit.runtime.inputs import Inputs, all_finite, check_inputs, refuse_nonfinite
 from edgeexit.runtime.layout import probe_layouts
 from edgeexit.runtime.result import ExitOutputs, Result
 from edgeexit.runtime.session import open_session, resolve_config
 from edgeexit.targets import Target, load_target
 
-_SEQUENCES = (tuple, list)  # input containers the fast path of run() takes
 KNOWN_THRESHOLDS = 64  # threshold settings remembered converted, per Runtime
 
 
@@ -80,14 +79,14 @@ class Runtime:
         )
         carry_device = "cuda" if config.device == "cuda" else None
         self._chain = Chain(self.manifest, sessions, layouts, carry_device)
-        self._plans = self._chain.plans  # one attribute load less on every fast call
+        self._known_plan = self._chain.known_plan  # one attribute load less per call
         meter = get_meter(self.target)
         # A sensor gets a real window around each call; a power model (or no meter) has
         # nothing to read, so its energy is computed from the call's measured latency.
         self._meter = meter
         self._window = meter if meter.needs_window else None
         self._power_w = meter.modeled_power_w
-        self._energy_source = meter.source
+        self._energy = meter.provenance
         self._to_last = all_infinite(self.manifest.thresholds)
         # Thresholds passed to run(), converted and rounded (~6 us): a benchmark or a search
         # cycling over a few settings converts each once.
@@ -95,12 +94,6 @@ class Runtime:
         self._patience = self.manifest.criterion == "patience"
         self._thresholds = self._rounded(self.manifest.thresholds)
         self._lock = threading.Lock()
-        first = self.manifest.inputs[0]
-        self._single_input = (
-            (np.dtype(first.dtype), tuple(first.shape[1:]), np.dtype(first.dtype).kind == "f")
-            if len(self.manifest.inputs) == 1
-            else None
-        )
         self.config = config
 
     @property
@@ -133,90 +126,43 @@ class Runtime:
 
     def _run(self, inputs: Inputs, thresholds: Sequence[float] | None) -> Result:
         t0 = perf_counter()
-        if self._window is None:
-            # The hot path: inputs exactly like an earlier call's (so a plan is cached for
-            # them and they need no other check), no sensor window. After a large segment
-            # every Python step costs microseconds (docs/runtime.md), so the common
-            # single-array case is tested inline and the Result of a forced-last run is
-            # built before the segments run.
-            if type(inputs) is np.ndarray:
-                plan = self._plans.get(inputs.shape)
-                xs = (inputs,)
-                if plan is not None and inputs.dtype is not plan.single_dtype:
-                    plan = None
-            else:
-                plan = self._sequence_plan(inputs)
-                xs = inputs
-            if plan is not None:
-                for k in plan.float_inputs:
-                    if not all_finite(xs[k]):
-                        refuse_nonfinite(xs, self.manifest.inputs)
-                if thresholds is None:
-                    chosen, to_last = self._thresholds, self._to_last
-                else:
-                    chosen, to_last = self._checked(thresholds)
-                if to_last:
-                    stamps: list[float] = []
-                    result = Result(
-                        None,
-                        plan.exit_index,
-                        None,
-                        None,
-                        self._energy_source,
-                        None,
-                        False,
-                        stamps,
-                        t0,
-                        self._power_w,
-                    )
-                    result.logits = self._chain.run_plan(plan, xs, stamps)
-                    return result
-                logits, exit_index, segment_ms = self._chain.forward(
-                    xs, chosen, self._patience, plan
-                )
-                latency_ms = (perf_counter() - t0) * 1e3
-                return Result(
-                    logits,
-                    exit_index,
-                    latency_ms,
-                    None,
-                    self._energy_source,
-                    segment_ms,
-                    False,
-                    None,
-                    None,
-                    self._power_w,
-                )
-        xs = self._checked_inputs(inputs)
-        if thresholds is None:
-            chosen, to_last = self._thresholds, self._to_last
+        # Inputs exactly like an earlier call's have a plan cached and need no other check.
+        # After a large segment every Python step costs microseconds (docs/runtime.md), so
+        # everything a call needs is settled here, before the segments run.
+        plan = self._known_plan(inputs)
+        if plan is None:
+            xs = check_inputs(inputs, self.manifest.inputs)
         else:
-            chosen, to_last = self._checked(thresholds)
+            xs = (inputs,) if type(inputs) is np.ndarray else inputs
+            for k in plan.float_inputs:
+                if not all_finite(xs[k]):
+                    refuse_nonfinite(xs, self.manifest.inputs)
+        chosen, to_last = self._select(thresholds)
         window = self._window
-        if window is not None:
+        if window is None:
+            if to_last and plan is not None:  # the hot path: the Result is made first
+                stamps: list[float] = []
+                result = Result.pending(plan.exit_index, self._energy, self._power_w, t0, stamps)
+                result.logits = self._chain.run_plan(plan, xs, stamps)
+                return result
+        else:
             window.begin_window()
         stamps = segment_ms = None
         if to_last:  # no exit before the last can fire: the segments run back to back
             logits, exit_index, stamps = self._chain.forward_to_last(xs)
         else:
-            logits, exit_index, segment_ms = self._chain.forward(xs, chosen, self._patience)
+            logits, exit_index, segment_ms = self._chain.forward(xs, chosen, self._patience, plan)
         latency_ms = (perf_counter() - t0) * 1e3
-        if window is None:
-            energy_mj, source = self._meter.energy_mj_for(latency_ms / 1e3), self._energy_source
-            measured = False
-        else:
-            reading = window.end_window()
-            energy_mj, source, measured = reading.energy_mj, reading.source, reading.measured
-        return Result(
-            logits,
-            exit_index,
-            latency_ms,
-            energy_mj,
-            source,
-            segment_ms,
-            measured,
-            stamps,
-        )
+        if window is None:  # energy modeled from the latency on first access, or none
+            return Result.done(
+                logits, exit_index, self._energy, latency_ms, None, self._power_w,
+                segment_ms, stamps,
+            )  # fmt: skip
+        reading = window.end_window()
+        return Result.done(
+            logits, exit_index, reading.source, latency_ms, reading.energy_mj, None,
+            segment_ms, stamps,
+        )  # fmt: skip
 
     def run_all_exits(
         self,
@@ -279,27 +225,12 @@ class Runtime:
             carry = [self._chain.to_host(rows) for rows in step.carry]
             return carry, step.logits, step.score
 
-    def _sequence_plan(self, inputs: object) -> Plan | None:
-        """The cached plan for a list or tuple of arrays exactly like an earlier call's."""
-        if type(inputs) not in _SEQUENCES or not inputs or type(inputs[0]) is not np.ndarray:
-            return None
-        plan = self._plans.get(inputs[0].shape)
-        return plan if plan is not None and plan.takes(inputs) else None
-
-    def _checked_inputs(self, inputs: Inputs) -> tuple[np.ndarray, ...]:
-        fast = self._single_input
-        if (
-            fast is not None
-            and type(inputs) is np.ndarray
-            and inputs.dtype == fast[0]
-            and inputs.shape[1:] == fast[1]
-            and len(inputs)
-        ):
-            # the common case, checked in ~0.3 µs instead of ~2 (+ the finiteness test)
-            if fast[2] and not all_finite(inputs):
-                refuse_nonfinite((inputs,), self.manifest.inputs)
-            return (inputs,)
-        return check_inputs(inputs, self.manifest.inputs)
+    def _select(self, thresholds: Sequence[float] | None) -> tuple[tuple[float, ...], bool]:
+        """The thresholds a call uses (the manifest's, or its own checked and rounded) and
+        whether only the last exit can fire."""
+        if thresholds is None:
+            return self._thresholds, self._to_last
+        return self._checked(thresholds)
 
     def _checked(self, thresholds: Sequence[float]) -> tuple[tuple[float, ...], bool]:
         """The thresholds as floats and whether only the last exit can fire.
