@@ -137,7 +137,10 @@ class Runtime:
             for k in plan.float_inputs:
                 if not all_finite(xs[k]):
                     refuse_nonfinite(xs, self.manifest.inputs)
-        chosen, to_last = self._select(thresholds)
+        if thresholds is None:
+            chosen, to_last = self._thresholds, self._to_last
+        else:
+            chosen, to_last = self._checked(thresholds)
         window = self._window
         if window is None:
             if to_last and plan is not None:  # the hot path: the Result is made first
@@ -224,13 +227,6 @@ class Runtime:
             self._chain.run_step(i, step)
             carry = [self._chain.to_host(rows) for rows in step.carry]
             return carry, step.logits, step.score
-
-    def _select(self, thresholds: Sequence[float] | None) -> tuple[tuple[float, ...], bool]:
-        """The thresholds a call uses (the manifest's, or its own checked and rounded) and
-        whether only the last exit can fire."""
-        if thresholds is None:
-            return self._thresholds, self._to_last
-        return self._checked(thresholds)
 
     def _checked(self, thresholds: Sequence[float]) -> tuple[tuple[float, ...], bool]:
         """The thresholds as floats and whether only the last exit can fire.
