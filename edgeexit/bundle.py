@@ -25,12 +25,12 @@ from typing import Any
 import numpy as np
 
 from edgeexit import documents, files
+from edgeexit.criteria import CRITERIA
 from edgeexit.errors import BundleError
 from edgeexit.onnxproto import ProtoError, external_data_files
 
 FORMAT = "edgeexit.bundle/1"
 MANIFEST = "manifest.json"
-CRITERIA = ("confidence", "margin", "entropy", "similarity", "gate", "patience")
 BATCH_DIM = "batch"
 SEGMENT_SUFFIXES = (".onnx", ".ort")
 INPUT_DTYPES = ("float32", "float16", "float64", "int64", "int32", "int8", "uint8", "bool")

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import edgeexit
-from edgeexit.bundle import CRITERIA
+from edgeexit.criteria import NAMES as CRITERIA
 from edgeexit.errors import ModelContractError
 from edgeexit.examples.models import EXAMPLE_MODELS, example_inputs
 from edgeexit.export import run_exits

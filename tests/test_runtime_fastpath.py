@@ -102,7 +102,9 @@ def test_multi_input_fast_path_matches_the_general_path(bert):
         for out in (first, as_list, as_tuple):
             np.testing.assert_array_equal(out.logits, ref)
             assert out.exit_index.tolist() == [rt.num_exits - 1]
-        with mock.patch("edgeexit.runtime.runtime.check_inputs", side_effect=AssertionError("slow path")):
+        with mock.patch(
+            "edgeexit.runtime.runtime.check_inputs", side_effect=AssertionError("slow path")
+        ):
             np.testing.assert_array_equal(rt.run(rows).logits, ref)  # really the fast path
 
 
@@ -208,7 +210,9 @@ def test_early_exit_calls_take_the_fast_path_and_match_it(digits):
     assert len(set(rt.run(x, thresholds=thresholds).exit_index.tolist())) >= 3
     for rows in (x[:1], x[:7], x[7:8]):
         first = rt.run(rows, thresholds=thresholds)  # checked in full, makes the plan
-        with mock.patch("edgeexit.runtime.runtime.check_inputs", side_effect=AssertionError("slow path")):
+        with mock.patch(
+            "edgeexit.runtime.runtime.check_inputs", side_effect=AssertionError("slow path")
+        ):
             again = rt.run(rows, thresholds=thresholds)
         np.testing.assert_array_equal(again.logits, first.logits)
         np.testing.assert_array_equal(again.exit_index, first.exit_index)

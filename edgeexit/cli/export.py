@@ -13,6 +13,7 @@ from rich.console import Console
 
 from edgeexit.cli import params
 from edgeexit.cli.core import command
+from edgeexit.criteria import CRITERIA
 from edgeexit.files import dumps_json
 
 
@@ -80,7 +81,8 @@ def export_cmd(
         shapes = [parse_input_shape(s) for s in input_shape or ()]
     except InputError as err:  # a malformed option value: a usage error
         raise typer.BadParameter(str(err), param_hint="'--input-shape'") from None
-    params_ = {"patience": patience} if criterion == "patience" else {}
+    options_given = {"patience": patience}  # each criterion takes the ones it defines
+    params_ = {k: v for k, v in options_given.items() if k in CRITERIA[criterion].defaults}
     options = ExportOptions(
         criterion=criterion, criterion_params=params_, opset=opset, atol=atol, target=target,
         calib_data=str(calib_data) if calib_data else None, max_quant_drop_pp=100 * max_quant_drop,

@@ -14,7 +14,7 @@ from pathlib import Path
 import typer
 
 from edgeexit.budget import parse_energy_mj, parse_latency_ms
-from edgeexit.bundle import CRITERIA
+from edgeexit.criteria import NAMES as CRITERIA
 from edgeexit.errors import CalibrationError
 from edgeexit.targets import available_targets
 

@@ -9,7 +9,6 @@ directory, validated there, and renamed into place only if everything succeeded.
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -33,6 +32,7 @@ from edgeexit.bundle import (
     write_manifest,
 )
 from edgeexit.compile.compiler import compile_exported
+from edgeexit.criteria import CRITERIA
 from edgeexit.errors import ExportError, InputError, ModelContractError, first_line
 from edgeexit.export.convert import export_graph
 from edgeexit.export.graphs import SegmentGraph, WholeGraph
@@ -42,8 +42,6 @@ from edgeexit.export.options import DEFAULT_OPSET, MAX_OPSET, ExportOptions
 from edgeexit.export.scores import check_criterion
 from edgeexit.export.validate import ValidationReport, validate_bundle
 from edgeexit.targets import load_target
-
-PATIENCE_DEFAULT = 2
 
 
 @dataclass(frozen=True)
@@ -258,11 +256,8 @@ def _at_least_two(tensors: Sequence[torch.Tensor]) -> tuple[torch.Tensor, ...]:
 
 
 def _initial_thresholds(options: ExportOptions, num_exits: int) -> tuple[float, ...]:
-    """Uncalibrated, every sample runs to the last exit; with the patience criterion the
-    bundle follows PABEE's own rule instead: leave once ``patience`` exits in a row agree."""
-    if options.criterion == "patience":
-        return (float(_criterion_params(options)["patience"]),) * num_exits
-    return tuple(math.inf for _ in range(num_exits))
+    criterion = CRITERIA[options.criterion]
+    return criterion.initial_thresholds(_criterion_params(options), num_exits)
 
 
 def _compile_for_target(bundle_dir: Path, options: ExportOptions):
@@ -278,9 +273,7 @@ def _compile_for_target(bundle_dir: Path, options: ExportOptions):
 
 
 def _criterion_params(options: ExportOptions) -> dict:
-    if options.criterion == "patience":  # PABEE's default: two agreeing exits in a row
-        return {"patience": PATIENCE_DEFAULT, **options.criterion_params}
-    return dict(options.criterion_params)
+    return CRITERIA[options.criterion].params(options.criterion_params)
 
 
 @dataclass(frozen=True)

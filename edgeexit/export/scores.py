@@ -19,25 +19,22 @@ with a threshold and never needs to know the criterion.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 
-from edgeexit.bundle import CRITERIA
+from edgeexit.criteria import CRITERIA, NAMES
 from edgeexit.errors import ModelContractError
 
 
 def check_criterion(criterion: str, num_classes: int, has_gate: bool, where: str) -> None:
     """Raise ModelContractError if ``criterion`` cannot be computed for this exit."""
-    if criterion not in CRITERIA:
-        raise ModelContractError(f"unknown criterion {criterion!r}; expected one of {CRITERIA}")
-    if criterion == "gate" and not has_gate:
-        raise ModelContractError(
-            f"criterion 'gate' needs {where} to return (logits, gate [batch]); it returns logits"
-        )
-    if criterion in ("margin", "entropy") and num_classes < 2:
-        raise ModelContractError(
-            f"criterion {criterion!r} needs at least 2 classes; {where} has {num_classes}"
-        )
+    known = CRITERIA.get(criterion)
+    if known is None:
+        raise ModelContractError(f"unknown criterion {criterion!r}; expected one of {NAMES}")
+    problem = known.problem(num_classes, has_gate, where)
+    if problem:
+        raise ModelContractError(problem)
 
 
 def exit_score(
@@ -48,21 +45,44 @@ def exit_score(
     hidden_out: torch.Tensor,
 ) -> torch.Tensor:
     """The score ``[batch]`` float32 of one exit under ``criterion``."""
-    logits = logits.float()
-    if criterion in ("confidence", "patience"):
-        return torch.softmax(logits, dim=-1).max(dim=-1).values
-    if criterion == "margin":
-        top2 = torch.softmax(logits, dim=-1).topk(2, dim=-1).values
-        return top2[:, 0] - top2[:, 1]
-    if criterion == "entropy":
-        log_p = torch.log_softmax(logits, dim=-1)
-        entropy = -(log_p.exp() * log_p).sum(dim=-1)
-        return 1.0 - entropy / math.log(logits.shape[-1])
-    if criterion == "gate":
-        return gate.float()
-    if criterion == "similarity":
-        return _cosine(hidden_in, hidden_out)
-    raise ModelContractError(f"unknown criterion {criterion!r}; expected one of {CRITERIA}")
+    score = SCORES.get(criterion)
+    if score is None:
+        raise ModelContractError(f"unknown criterion {criterion!r}; expected one of {NAMES}")
+    return score(logits.float(), gate, hidden_in, hidden_out)
+
+
+def _confidence(logits, gate, hidden_in, hidden_out):
+    return torch.softmax(logits, dim=-1).max(dim=-1).values
+
+
+def _margin(logits, gate, hidden_in, hidden_out):
+    top2 = torch.softmax(logits, dim=-1).topk(2, dim=-1).values
+    return top2[:, 0] - top2[:, 1]
+
+
+def _entropy(logits, gate, hidden_in, hidden_out):
+    log_p = torch.log_softmax(logits, dim=-1)
+    entropy = -(log_p.exp() * log_p).sum(dim=-1)
+    return 1.0 - entropy / math.log(logits.shape[-1])
+
+
+def _gate(logits, gate, hidden_in, hidden_out):
+    return gate.float()
+
+
+def _similarity(logits, gate, hidden_in, hidden_out):
+    return _cosine(hidden_in, hidden_out)
+
+
+# The in-graph score of every criterion in edgeexit.criteria, by name.
+SCORES: dict[str, Callable[..., torch.Tensor]] = {
+    "confidence": _confidence,
+    "margin": _margin,
+    "entropy": _entropy,
+    "similarity": _similarity,
+    "gate": _gate,
+    "patience": _confidence,  # the runtime counts agreeing exits; the graph's score is spare
+}
 
 
 def _cosine(before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:

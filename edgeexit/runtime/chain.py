@@ -23,9 +23,9 @@ import numpy as np
 import onnxruntime as ort
 
 from edgeexit.bundle import Manifest
+from edgeexit.criteria import PatienceState
 from edgeexit.errors import BundleError, InputError, first_line
 from edgeexit.runtime.buffers import Buffer, bound_runner
-from edgeexit.runtime.criteria import patience_update
 from edgeexit.runtime.gather import RowMover
 from edgeexit.runtime.layout import Layout
 from edgeexit.runtime.session import ORT_ERRORS
@@ -227,7 +227,7 @@ class Chain:
         self,
         xs: Sequence[np.ndarray],
         thresholds: tuple[float, ...],
-        patience: bool,
+        state_update: Callable | None,
         plan: Plan | None = None,
     ) -> tuple[np.ndarray, np.ndarray, list[float]]:
         """Run a batch with per-sample exits: (logits [n, C], exit_index [n], ms per segment).
@@ -246,7 +246,7 @@ class Chain:
         logits = exit_index = None  # allocated when the first sample leaves
         seg_ms = [0.0] * len(self.sessions)
         alive: np.ndarray | None = None  # None: row j is still sample j
-        state: tuple[np.ndarray, np.ndarray] | None = None  # patience (counter, argmax)
+        state: PatienceState | None = None  # a runtime-decided criterion's (patience)
         last = len(self.sessions) - 1
         t = perf_counter()
         for i, threshold in enumerate(thresholds):
@@ -263,15 +263,15 @@ class Chain:
                 logits[alive] = step.logits
                 exit_index[alive] = i
                 break
-            if patience:
-                state = patience_update(state, step.logits)
+            if state_update is not None:
+                state = state_update(state, step.logits)
                 score = state[0]
             elif threshold == _INF:
                 continue  # nobody leaves here: skip even reading the score
             else:
                 score = step.score
             if k == 1:  # one sample: a scalar test is 10x cheaper than a ufunc + any()
-                if not (score[0] if patience else step.first_score[0]) >= threshold:
+                if not (score[0] if state is not None else step.first_score[0]) >= threshold:
                     continue
                 leaving = _ONE
             else:
@@ -400,7 +400,11 @@ class Chain:
     # -- every exit for every sample (calibration) ----------------------------------------
 
     def forward_all(
-        self, xs: tuple[np.ndarray, ...], patience: bool, logits: np.ndarray, scores: np.ndarray
+        self,
+        xs: tuple[np.ndarray, ...],
+        state_update: Callable | None,
+        logits: np.ndarray,
+        scores: np.ndarray,
     ) -> list[float]:
         """Fill ``logits`` [E, n, C] and ``scores`` [E, n] for one batch; seconds per seg."""
         n = self.stage_inputs(xs)
@@ -412,8 +416,8 @@ class Chain:
             self.run_step(i, step)
             seg_s[i] = perf_counter() - t
             logits[i] = step.logits
-            if patience:
-                state = patience_update(state, step.logits)
+            if state_update is not None:
+                state = state_update(state, step.logits)
                 scores[i] = state[0]
             else:
                 scores[i] = step.score

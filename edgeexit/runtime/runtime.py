@@ -17,6 +17,7 @@ import numpy as np
 import onnxruntime as ort
 
 from edgeexit.bundle import Manifest, load_segments, read_manifest, round_threshold
+from edgeexit.criteria import CRITERIA
 from edgeexit.energy import get_meter
 from edgeexit.errors import InputError
 from edgeexit.runtime.chain import Chain, all_infinite
@@ -91,7 +92,8 @@ class Runtime:
         # Thresholds passed to run(), converted and rounded (~6 us): a benchmark or a search
         # cycling over a few settings converts each once.
         self._known_thresholds: dict[tuple, tuple[tuple[float, ...], bool]] = {}
-        self._patience = self.manifest.criterion == "patience"
+        # a criterion decided here (patience) updates its state from each exit's logits
+        self._state_update = CRITERIA[self.manifest.criterion].runtime_state
         self._thresholds = self._rounded(self.manifest.thresholds)
         self._lock = threading.Lock()
         self.config = config
@@ -154,7 +156,9 @@ class Runtime:
         if to_last:  # no exit before the last can fire: the segments run back to back
             logits, exit_index, stamps = self._chain.forward_to_last(xs)
         else:
-            logits, exit_index, segment_ms = self._chain.forward(xs, chosen, self._patience, plan)
+            logits, exit_index, segment_ms = self._chain.forward(
+                xs, chosen, self._state_update, plan
+            )
         latency_ms = (perf_counter() - t0) * 1e3
         if window is None:  # energy modeled from the latency on first access, or none
             return Result.done(
@@ -200,7 +204,7 @@ class Runtime:
         for start in range(0, n, batch_size):
             rows = slice(start, min(start + batch_size, n))
             total_s += self._chain.forward_all(
-                tuple(x[rows] for x in xs), self._patience, logits[:, rows], scores[:, rows]
+                tuple(x[rows] for x in xs), self._state_update, logits[:, rows], scores[:, rows]
             )
             if progress is not None:
                 progress(rows.stop, n)

@@ -1,0 +1,85 @@
+"""The exit criteria: what each one needs, what it defaults to, and what the runtime keeps.
+
+One entry per criterion. The bundle accepts these names, the CLI offers them, the exporter
+checks an exit against ``Criterion.needs`` and fills in ``defaults``, and the runtime
+carries ``runtime_state`` across exits for a criterion that has one (PABEE's patience).
+The score itself is computed inside each segment's graph, so its formula is written in
+torch, on the export side (``edgeexit.export.scores.SCORES``, one function per name here;
+a test keeps the two in step). numpy only: the device reads this module.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+# (counter, argmax) per remaining sample; None before the first exit
+PatienceState = tuple[np.ndarray, np.ndarray]
+
+
+def patience_update(state: PatienceState | None, logits: np.ndarray) -> PatienceState:
+    """PABEE: the counter is 0 at exit 0, then +1 while the argmax stays the same, else 0."""
+    pred = logits.argmax(axis=1)
+    if state is None:
+        return np.zeros(len(pred), dtype=np.float32), pred
+    counter, prev = state
+    return np.where(pred == prev, counter + 1, 0).astype(np.float32), pred
+
+
+@dataclass(frozen=True)
+class Criterion:
+    name: str
+    summary: str  # one line, for --help and the docs
+    needs_gate: bool = False  # the exit returns (logits, gate [batch])
+    min_classes: int = 1
+    defaults: Mapping[str, Any] = field(default_factory=dict)  # criterion_params
+    # Decided in the runtime, not in the graph: updates the per-sample state from an exit's
+    # logits; the threshold then applies to the state's counter instead of the graph score.
+    runtime_state: Callable[[PatienceState | None, np.ndarray], PatienceState] | None = None
+
+    def params(self, given: Mapping[str, Any]) -> dict[str, Any]:
+        return {**self.defaults, **given}
+
+    def initial_thresholds(self, params: Mapping[str, Any], num_exits: int) -> tuple[float, ...]:
+        """Before calibration: every sample runs to the last exit, except under a criterion
+        with its own rule (patience: leave once ``patience`` exits in a row agree)."""
+        if self.runtime_state is not None:
+            return (float(params["patience"]),) * num_exits
+        return (math.inf,) * num_exits
+
+    def problem(self, num_classes: int, has_gate: bool, where: str) -> str | None:
+        """Why this criterion cannot score the exit ``where``, or None."""
+        if self.needs_gate and not has_gate:
+            return (
+                f"criterion {self.name!r} needs {where} to return (logits, gate [batch]); "
+                "it returns logits"
+            )
+        if num_classes < self.min_classes:
+            return (
+                f"criterion {self.name!r} needs at least {self.min_classes} classes; "
+                f"{where} has {num_classes}"
+            )
+        return None
+
+
+CRITERIA: dict[str, Criterion] = {
+    c.name: c
+    for c in (
+        Criterion("confidence", "max softmax probability"),
+        Criterion("margin", "top-1 minus top-2 probability", min_classes=2),
+        Criterion("entropy", "1 - H(p) / log(C): 1 one-hot, 0 uniform", min_classes=2),
+        Criterion("similarity", "cosine of the hidden state entering and leaving (MuE, CALM)"),
+        Criterion("gate", "the head's own learned score (JEI-DNN, DeeDiff)", needs_gate=True),
+        Criterion(
+            "patience",
+            "PABEE: leave once this many exits in a row agree on the argmax",
+            defaults={"patience": 2},
+            runtime_state=patience_update,
+        ),
+    )
+}
+NAMES = tuple(CRITERIA)
