@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import re
+import warnings
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -17,6 +18,18 @@ from edgeexit.errors import CalibrationError
 _NUMBER_UNIT = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*([a-zA-Zµ]*)\s*$")
 _TIME_TO_MS = {"ms": 1.0, "s": 1e3, "us": 1e-3, "µs": 1e-3}
 _ENERGY_TO_MJ = {"mj": 1.0, "j": 1e3, "uj": 1e-3, "µj": 1e-3}
+
+
+def drop_from_points(points: float, owner: str) -> float:
+    """An accuracy drop given in percentage points by code written before every drop was a
+    fraction (``max_quant_drop_pp=1.0``): the fraction, with a DeprecationWarning."""
+    warnings.warn(
+        f"{owner}(max_quant_drop_pp=...) is deprecated: pass max_quant_drop as a fraction "
+        f"({points / 100:g} for {points:g} pp), as every accuracy drop is given",
+        DeprecationWarning,
+        stacklevel=4,
+    )
+    return points / 100
 
 
 def _parse(text: str, units: dict[str, float], what: str, example: str) -> float:
@@ -73,18 +86,18 @@ class Budget:
         caps = (self.latency_ms, self.p95_latency_ms, self.energy_mj, self.max_accuracy_drop)
         if self.risk is None and all(c is None for c in caps):
             raise CalibrationError(
-                "no budget given; expected one of --target-latency, --target-p95-latency, "
-                "--target-energy, --max-accuracy-drop or --risk"
+                "no budget given; expected one of `latency_ms`, `p95_latency_ms`, "
+                "`energy_mj`, `max_accuracy_drop` or `risk`"
             )
         if self.risk is not None and any(c is not None for c in caps):
-            raise CalibrationError("--risk (guarantee mode) cannot be combined with other budgets")
+            raise CalibrationError("`risk` (guarantee mode) cannot be combined with other budgets")
         if self.max_accuracy_drop is not None:
-            _fraction(self.max_accuracy_drop, "--max-accuracy-drop")
+            _fraction(self.max_accuracy_drop, "`max_accuracy_drop`")
         if self.risk is not None and not 0.0 < self.risk < 1.0:
-            raise CalibrationError(f"--risk is {self.risk}; expected a fraction in (0, 1)")
+            raise CalibrationError(f"`risk` is {self.risk}; expected a fraction in (0, 1)")
         if not 0.0 < self.confidence < 1.0:
             raise CalibrationError(
-                f"--confidence is {self.confidence}; expected a probability in (0, 1), e.g. 0.9"
+                f"`confidence` is {self.confidence}; expected a probability in (0, 1), e.g. 0.9"
             )
         if self.risk_metric not in ("disagreement", "error"):
             raise CalibrationError(

@@ -3,7 +3,21 @@
 Every failure a user can cause is an `EdgeExitError`; the CLI catches it once and prints
 its message as one line. Vendor errors (torch, onnx, onnxruntime) are translated at the
 boundary and chained with ``raise ... from err`` so the cause stays visible to debuggers.
+
+Messages speak the library's language: a parameter is named in backquotes as Python spells
+it (```max_accuracy_drop``` is 2.0; expected a fraction), and the CLI shows its flag
+instead (``--max-accuracy-drop``; the one table is ``edgeexit.cli.core.FLAGS``).
 """
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+
+class Report(Protocol):
+    """What a validation leaves behind: every check, for a person and for a script."""
+
+    def to_json(self) -> dict[str, Any]: ...
 
 
 class EdgeExitError(Exception):
@@ -27,12 +41,22 @@ class ExportError(EdgeExitError):
 
 
 class ValidationError(EdgeExitError):
-    """A bundle does not match its reference within tolerance: the exported segments against
-    PyTorch, or a compiled bundle's exits against fp32. ``report`` renders every check."""
+    """A bundle does not match its reference: ``report`` holds every check (it renders
+    itself with rich and serializes with ``to_json``), not only the failing ones."""
 
-    def __init__(self, message: str, report: object = None) -> None:
+    def __init__(self, message: str, report: Report) -> None:
         super().__init__(message)
         self.report = report
+
+
+class ParityError(ValidationError):
+    """The exported segments do not match PyTorch within tolerance (``report``: the
+    per-segment ``ValidationReport`` of ``edgeexit.export.validate``)."""
+
+
+class PrecisionLossError(ValidationError):
+    """A compiled bundle's exits lose more accuracy against fp32 than allowed (``report``:
+    the ``CompileReport`` of ``edgeexit.compile``)."""
 
 
 class InputError(EdgeExitError, ValueError):

@@ -140,7 +140,7 @@ def test_a_class_defined_in_a_script_exports_from_another_process(tmp_path):
 def test_pickled_module_needs_trust(tmp_path):
     model = digits_resnet(width=4)
     torch.save(model, tmp_path / "whole.pt")
-    with pytest.raises(CheckpointError, match="--trust-pickle"):
+    with pytest.raises(CheckpointError, match="`trust_pickle`"):
         load(tmp_path / "whole.pt")
     ckpt = load(tmp_path / "whole.pt", trust_pickle=True)
     assert ckpt.example_inputs is None and isinstance(ckpt.model, nn.Module)

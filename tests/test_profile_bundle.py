@@ -76,7 +76,7 @@ def test_real_inputs_are_used_when_given(bundle):
     x = np.zeros((8, 1, 8, 8), dtype=np.float32)
     profile = profile_bundle(bundle, "x86-cpu", repeats=3, warmup=0, batch_size=2, inputs=(x,))
     assert profile.batch_size == 2
-    with pytest.raises(InputError, match="holds 8 samples; expected at least --batch-size 9"):
+    with pytest.raises(InputError, match="holds 8 samples; expected at least `batch_size` 9"):
         profile_bundle(bundle, "x86-cpu", repeats=1, batch_size=9, inputs=(x,))
 
 

@@ -1211,14 +1211,19 @@ CASES = [
         2,
         "'vibes' is not one of",
     ),
-    Case("opt-no-budget", argv("calibrate", "bundle", "--data", "cal.npz"), 2, "no budget given"),
+    Case(
+        "opt-no-budget",
+        argv("calibrate", "bundle", "--data", "cal.npz"),
+        2,
+        "no budget given; expected one of --target-latency, --target-p95-latency,",
+    ),
     Case(
         "opt-risk-and-latency",
         argv(
             "calibrate", "bundle", "--data", "cal.npz", "--risk", "0.1", "--target-latency", "1ms"
         ),
         2,
-        "cannot be combined",
+        "--risk (guarantee mode) cannot be combined",
     ),
     Case(
         "opt-bench-batch",

@@ -71,7 +71,7 @@ def test_a_pickle_with_reduce_never_runs(tmp_path):
             return (os.system, (f"touch {marker}",))
 
     torch.save({"format": "edgeexit.checkpoint/1", "x": Evil()}, tmp_path / "evil.pt")
-    with pytest.raises(CheckpointError, match="holds pickled code.*--trust-pickle"):
+    with pytest.raises(CheckpointError, match="holds pickled code.*`trust_pickle`"):
         edgeexit.load(tmp_path / "evil.pt")
     assert not marker.exists()
 

@@ -409,6 +409,6 @@ def test_ctrl_c_during_calibrate_leaves_the_bundle_and_no_litter(tmp_path, monke
 
 def test_checkpoint_refusal_says_how_to_opt_in(tmp_path):
     torch.save(nn.Linear(2, 2), tmp_path / "whole.pt")
-    with pytest.raises(CheckpointError, match="pass --trust-pickle"):
+    with pytest.raises(CheckpointError, match="pass `trust_pickle`"):
         edgeexit.load(tmp_path / "whole.pt")
     assert shutil.which("edgeexit") or True

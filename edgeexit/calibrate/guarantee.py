@@ -185,7 +185,7 @@ def certify(
     if target is None and not capped:
         raise CalibrationError("nothing to certify: expected a budget")
     if target is not None and target[1] == "error" and not table.labeled:
-        raise CalibrationError("--risk-metric error needs labels 'y' in the data")
+        raise CalibrationError("`risk_metric` 'error' needs labels 'y' in the data")
     n = table.num_samples
     if n < 20:
         raise CalibrationError(f"a certified budget needs at least 20 calibration samples, got {n}")
@@ -232,7 +232,7 @@ def _nothing_certified(budget: Budget, samples: int) -> str:
     return (
         f"no thresholds can be certified for {budget.describe()} at confidence "
         f"{budget.confidence:g} with {samples} held-back samples. Use more calibration data, "
-        "a looser budget or a lower --confidence"
+        "a looser budget or a lower `confidence`"
     )
 
 

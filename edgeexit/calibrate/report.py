@@ -104,7 +104,7 @@ class CalibrationReport:
                 f"no early exit: nothing faster than the full model could be certified for "
                 f"{self.budget.describe()}{held_back}, so every sample goes to the final "
                 "exit. More calibration data (the test uses half of it), a looser budget or "
-                "a lower --confidence would allow early exits"
+                "a lower `confidence` would allow early exits"
             )
         return tuple(said)
 
@@ -118,7 +118,7 @@ class CalibrationReport:
         return (
             f"the exit costs were noisy ({noise}, {c.clipped} clipped): candidates closer "
             "than that cannot be told apart, and another run may choose differently. Run "
-            "`edgeexit profile` on an idle device and calibrate with --profile"
+            "`edgeexit profile` on an idle device and calibrate with its `profile`"
         )
 
     @property
@@ -231,7 +231,7 @@ class CalibrationReport:
             matplotlib.use("Agg")
             import matplotlib.pyplot as plt
         except ImportError as err:
-            raise CalibrationError("--plot needs matplotlib: pip install 'edgeexit[plot]'") from err
+            raise CalibrationError("`plot` needs matplotlib: pip install 'edgeexit[plot]'") from err
         fig, ax = plt.subplots(figsize=(7, 4.5))
         try:
             (draw_guarantee if self.budget.guarantee else draw_front)(ax, self)
@@ -332,7 +332,7 @@ def draw_guarantee(ax: Any, report: CalibrationReport) -> None:
     along the Learn-then-Test path (certified, failed, not tested), against the target."""
     cert = report.certificate
     if cert is None or cert.test_risk is None:
-        raise CalibrationError("draw_guarantee needs a report made in guarantee mode (--risk)")
+        raise CalibrationError("draw_guarantee needs a report made in guarantee mode (`risk`)")
     x = [p.mean_latency_ms for p in cert.path]
     y = [100 * p.test_risk for p in cert.path]
     ax.plot(x, y, "-", color="0.75", linewidth=1, zorder=1, label="path (strict to loose)")

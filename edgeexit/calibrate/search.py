@@ -287,7 +287,7 @@ def check_reachable(budget: Budget, costs: ExitCosts) -> None:
     if budget.energy_mj is not None:
         if costs.energy_mj is None:
             raise CalibrationError(
-                "--target-energy needs an energy figure: the profile has no measured energy "
+                "`energy_mj` needs an energy figure: the profile has no measured energy "
                 "and the target has no power model (active_power_w)"
             )
         if budget.energy_mj < costs.energy_mj[0]:

@@ -5,12 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from rich.console import Console
 
 from edgeexit.calibrate import Budget
 from edgeexit.calibrate.pipeline import CalibrateOptions, calibrate_bundle
 from edgeexit.cli import params
-from edgeexit.cli.core import command, stage_progress, usage_error
+from edgeexit.cli.core import command, in_flags, show, stage_progress, usage_error
 from edgeexit.errors import CalibrationError
 from edgeexit.files import dumps_json
 
@@ -85,6 +84,6 @@ def calibrate_cmd(
             bundle, data, budget, options, progress=advance, write=not dry_run
         )
     if as_json:
-        typer.echo(dumps_json(report.to_json()))
+        typer.echo(in_flags(dumps_json(report.to_json())))
         return
-    Console().print(report)
+    show(report)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import re
 import sys
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -79,7 +80,7 @@ def _usage_error(err: Exception) -> int:
         return err.exit_code
     ctx = getattr(err, "ctx", None)
     hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
-    text = " ".join(message.split())  # click wraps long messages; keep them on one line
+    text = in_flags(" ".join(message.split()))  # click wraps long messages: one line
     typer.echo(f"error: {text}{hint}", err=True)
     return EXIT_USAGE
 
@@ -140,16 +141,58 @@ def _global_options(
     logging.getLogger("edgeexit").setLevel(logging.ERROR if quiet else logging.NOTSET)
 
 
+# The library names a parameter in backquotes as Python spells it (edgeexit.errors); the
+# command line shows the flag that sets it. One table for every command.
+FLAGS = {
+    "latency_ms": "--target-latency",
+    "p95_latency_ms": "--target-p95-latency",
+    "energy_mj": "--target-energy",
+    "max_accuracy_drop": "--max-accuracy-drop",
+    "risk": "--risk",
+    "risk_metric": "--risk-metric",
+    "confidence": "--confidence",
+    "profile": "--profile",
+    "plot": "--plot",
+    "batch_size": "--batch-size",
+    "rounds": "--rounds",
+    "data": "--data",
+    "test_data": "--test-data",
+    "calib_data": "--calib-data",
+    "max_quant_drop": "--max-quant-drop",
+    "opset": "--opset",
+    "input_shape": "--input-shape",
+    "trust_pickle": "--trust-pickle",
+    "model": "--model",
+    "epochs": "--epochs",
+    "profile_repeats": "--profile-repeats",
+}
+_PARAMETER = re.compile(r"`(\w+)`")
+
+
+def in_flags(message: str) -> str:
+    """A library message as the command line says it: `max_accuracy_drop` becomes
+    --max-accuracy-drop; a name without a flag keeps its backquotes."""
+    return _PARAMETER.sub(lambda m: FLAGS.get(m[1], m[0]), message)
+
+
+def show(renderable: Any) -> None:
+    """Print a report the library rendered, its parameter names as flags."""
+    console = Console()
+    with console.capture() as captured:
+        console.print(renderable)
+    sys.stdout.write(in_flags(captured.get()))
+
+
 def fail(message: str) -> typer.Exit:
     """Print one line to stderr; return the Exit to raise (code 1)."""
-    typer.echo(f"error: {message}", err=True)
+    typer.echo(f"error: {in_flags(message)}", err=True)
     return typer.Exit(1)
 
 
 def usage_error(message: str) -> typer.Exit:
     """Print one usage-error line to stderr; return the Exit to raise (code 2), for option
     combinations no single option's parser can check."""
-    typer.echo(f"error: {message}", err=True)
+    typer.echo(f"error: {in_flags(message)}", err=True)
     return typer.Exit(EXIT_USAGE)
 
 

@@ -5,10 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from rich.console import Console
 
 from edgeexit.cli import params
-from edgeexit.cli.core import command, stage_progress, usage_error
+from edgeexit.cli.core import command, in_flags, show, stage_progress, usage_error
 from edgeexit.files import dumps_json
 
 
@@ -65,6 +64,6 @@ def demo_cmd(
     with stage_progress(hidden=as_json) as advance:
         report = run_demo(options, progress=advance)
     if as_json:
-        typer.echo(dumps_json(report.to_json()))
+        typer.echo(in_flags(dumps_json(report.to_json())))
         return
-    Console().print(report)
+    show(report)

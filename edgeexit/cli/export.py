@@ -85,7 +85,7 @@ def export_cmd(
     params_ = {k: v for k, v in options_given.items() if k in CRITERIA[criterion].defaults}
     options = ExportOptions(
         criterion=criterion, criterion_params=params_, opset=opset, atol=atol, target=target,
-        calib_data=str(calib_data) if calib_data else None, max_quant_drop_pp=100 * max_quant_drop,
+        calib_data=str(calib_data) if calib_data else None, max_quant_drop=max_quant_drop,
     )  # fmt: skip
     console = Console(stderr=as_json)
     try:

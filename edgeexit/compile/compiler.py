@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from edgeexit.budget import drop_from_points
 from edgeexit.bundle import (
     Manifest,
     atomic_bundle_dir,
@@ -33,7 +34,7 @@ from edgeexit.compile.ortformat import save_ort_format
 from edgeexit.compile.report import CompileReport, ExitAccuracy
 from edgeexit.compile.versions import default_opset, pin_versions
 from edgeexit.data import Dataset, load_data
-from edgeexit.errors import TargetError, ValidationError
+from edgeexit.errors import PrecisionLossError, TargetError
 from edgeexit.runtime.inputs import check_inputs
 from edgeexit.targets.spec import Target, host_arch, load_target
 
@@ -45,17 +46,22 @@ HOST_ONLY_DOMAINS = ("com.microsoft.nchwc",)
 class CompileOptions:
     """How a bundle is compiled; travels from the CLI to here in one piece."""
 
-    max_quant_drop_pp: float = 1.0  # most accuracy an exit may lose, in percentage points
+    max_quant_drop: float = 0.01  # most accuracy an exit may lose, a fraction (0.01: 1 pp)
     calib_samples: int = 512  # calibration samples used (the first N of the data)
     batch_size: int = 64
     threads: int = 0  # host evaluation threads; 0: ONNX Runtime's default
     ort_format: bool = False  # segments as .ort files, for minimal ONNX Runtime builds
+    max_quant_drop_pp: float | None = None  # deprecated: max_quant_drop in percentage points
 
     def __post_init__(self) -> None:
-        if not 0 <= self.max_quant_drop_pp <= 100:
+        if self.max_quant_drop_pp is not None:
+            drop = drop_from_points(self.max_quant_drop_pp, "CompileOptions")
+            object.__setattr__(self, "max_quant_drop", drop)
+            object.__setattr__(self, "max_quant_drop_pp", None)
+        if not 0 <= self.max_quant_drop <= 1:
             raise TargetError(
-                f"max quantization drop must be 0..100 percentage points, "
-                f"got {self.max_quant_drop_pp:g}"
+                f"`max_quant_drop` is {self.max_quant_drop:g}; expected a fraction in [0, 1], "
+                "e.g. 0.01 for 1 pp"
             )
         if self.calib_samples < 1 or self.batch_size < 1 or self.threads < 0:
             raise TargetError(f"calibration sizes must be positive, got {self}")
@@ -135,15 +141,15 @@ def _compile(
         kernels=kernels if compiled is not fp32 else "",
         **_accuracy(fp32, compiled, manifest, calib, options, kernels),
     )
-    failing = [e for e in report.exits if e.drop_pp > options.max_quant_drop_pp]
+    failing = [e for e in report.exits if e.drop > options.max_quant_drop]
     if failing:
-        raise ValidationError(
+        raise PrecisionLossError(
             f"{target.precision} bundle for {target.name} loses too much accuracy: "
             + "; ".join(
                 f"exit {e.exit_index} {e.reference_accuracy:.1%} -> {e.compiled_accuracy:.1%}"
                 for e in failing
             )
-            + f" (--max-quant-drop {options.max_quant_drop_pp:g} pp); nothing written",
+            + f" (`max_quant_drop` {100 * options.max_quant_drop:g} pp); nothing written",
             report=report,
         )
     return _Compiled(manifest, compiled, report)
@@ -192,7 +198,7 @@ def _change_precision(
         method = "int8-static-qdq"
     elif any(prec.has_op(m, prec.STATIC_INT8_OPS[:2]) for m in fp32):
         raise TargetError(
-            f"int8 for {target.name} needs calibration data (--calib-data DATA.npz): this model "
+            f"int8 for {target.name} needs calibration data (`calib_data`, a .npz): this model "
             "has convolutions, and dynamic quantization would turn them into ConvInteger, "
             "which many ARM builds of ONNX Runtime lack"
         )
@@ -268,10 +274,10 @@ def compile_exported(
     target: Target | str,
     *,
     calib_data: str | os.PathLike | None = None,
-    max_quant_drop_pp: float = 1.0,
+    max_quant_drop: float = 0.01,
 ) -> CompileReport:
     """The hook ``export --target`` calls: compile the fp32 bundle it has just validated, in
     place (inside export's own temporary directory), loading the calibration data file."""
     calib = load_data(calib_data, read_manifest(bundle_dir).inputs) if calib_data else None
-    options = CompileOptions(max_quant_drop_pp=max_quant_drop_pp)
+    options = CompileOptions(max_quant_drop=max_quant_drop)
     return compile_in_place(Path(bundle_dir), target, calib, options)

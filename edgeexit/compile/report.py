@@ -19,6 +19,11 @@ class ExitAccuracy:
     mean_score_shift: float  # mean |score_fp32 - score_compiled|: thresholds move with it
 
     @property
+    def drop(self) -> float:
+        """Accuracy lost, a fraction (negative: the compiled exit does better)."""
+        return self.reference_accuracy - self.compiled_accuracy
+
+    @property
     def drop_pp(self) -> float:
         """Accuracy lost, in percentage points (negative: the compiled exit does better)."""
         return (self.reference_accuracy - self.compiled_accuracy) * 100

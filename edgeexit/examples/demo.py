@@ -59,11 +59,11 @@ class DemoOptions:
 
     def __post_init__(self) -> None:
         if self.model is not None and self.data is None:
-            raise InputError("--model needs --data: a .npz with its calibration inputs and y")
+            raise InputError("`model` needs `data`: a .npz with its calibration inputs and y")
         if self.model is None and (self.data or self.test_data):
-            raise InputError("--data/--test-data go with --model; the digits demo has its own")
+            raise InputError("`data`/`test_data` go with `model`; the digits demo has its own")
         if self.epochs < 1 or self.profile_repeats < 1:
-            raise InputError("--epochs and --profile-repeats must be positive integers")
+            raise InputError("`epochs` and `profile_repeats` must be positive integers")
 
     @property
     def budget(self) -> Budget:

@@ -268,7 +268,7 @@ def _compile_for_target(bundle_dir: Path, options: ExportOptions):
         bundle_dir,
         options.target,
         calib_data=options.calib_data,
-        max_quant_drop_pp=options.max_quant_drop_pp,
+        max_quant_drop=options.max_quant_drop,
     )
 
 
@@ -293,7 +293,7 @@ def _resolve_target(options: ExportOptions) -> _TargetLimits:
     if options.opset is not None and options.opset > target.max_opset:
         raise ExportError(
             f"opset {options.opset} is above target {target.name}'s max_opset "
-            f"{target.max_opset}; expected --opset <= {target.max_opset}"
+            f"{target.max_opset}; expected `opset` <= {target.max_opset}"
         )
     opset = options.opset or min(DEFAULT_OPSET, target.max_opset)
     return _TargetLimits(target.name, opset, target.max_ir_version, target.max_opset, fixed)

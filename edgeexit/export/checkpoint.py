@@ -135,8 +135,8 @@ def load(path: str | os.PathLike, *, trust_pickle: bool = False) -> Checkpoint:
         raise CheckpointError(f"model file {path} {what}; expected a checkpoint file")
     if trust_pickle:
         log.warning(
-            "warning: loading %s with --trust-pickle: unpickling runs any code stored in "
-            "the file; do this only for files you made or trust",
+            "warning: loading %s with trust_pickle (--trust-pickle): unpickling runs any "
+            "code stored in the file; do this only for files you made or trust",
             path,
         )
     try:
@@ -150,7 +150,7 @@ def load(path: str | os.PathLike, *, trust_pickle: bool = False) -> Checkpoint:
         raise CheckpointError(
             f"{path} holds pickled code (e.g. a whole module saved with torch.save), which "
             "edgeexit will not run by default; re-save it with edgeexit.save(model, path, "
-            "example_inputs=...), or pass --trust-pickle (trust_pickle=True) if you trust it"
+            "example_inputs=...), or pass `trust_pickle` if you trust it"
         ) from err
     except Exception as err:  # (torch raises RuntimeError, OSError, EOFError, zip errors...)
         raise CheckpointError(f"{path} is not a PyTorch checkpoint: {first_line(err)}") from err
@@ -253,6 +253,6 @@ def _import_factory(
         raise CheckpointError(
             f"{where} {spec!r}, which is neither an nn.Module class nor a @checkpointable "
             "factory: edgeexit will not call it. Decorate your factory with "
-            "@edgeexit.checkpointable, or pass --trust-pickle if you trust this file"
+            "@edgeexit.checkpointable, or pass `trust_pickle` if you trust this file"
         )
     return obj

@@ -37,8 +37,8 @@ def export_file(
         inputs, names = ckpt.example_inputs, ckpt.input_names
     else:
         raise InputError(
-            f"{model_path} is a pickled module without an input spec; pass --input-shape "
-            "with the per-sample dims, e.g. --input-shape 1x8x8"
+            f"{model_path} is a pickled module without an input spec; pass `input_shape` "
+            "with the per-sample dims, e.g. 1x8x8"
         )
     if options.input_names is None:
         options = replace(options, input_names=names)
@@ -50,5 +50,5 @@ def _names(shapes: Sequence[InputShape], saved: tuple[str, ...] | None) -> tuple
     if all(given):
         return tuple(given)
     if any(given):
-        raise InputError("name every --input-shape (NAME=DIMS) or none of them")
+        raise InputError("name every `input_shape` (NAME=DIMS) or none of them")
     return saved if saved is not None and len(saved) == len(shapes) else None

@@ -6,6 +6,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from edgeexit.budget import drop_from_points
+
 DEFAULT_OPSET = 17  # the widest ONNX Runtime support on edge devices
 MAX_OPSET = 21  # the highest an exporter that needs more (dynamo: 18) may use by default
 DEFAULT_ATOL = 1e-4
@@ -31,4 +33,11 @@ class ExportOptions:
     validate: bool = True
     # With a target: data to quantize with and check exits on, and the most an exit may lose.
     calib_data: str | None = None
-    max_quant_drop_pp: float = 1.0
+    max_quant_drop: float = 0.01  # a fraction: 0.01 is 1 pp
+    max_quant_drop_pp: float | None = None  # deprecated: max_quant_drop in points
+
+    def __post_init__(self) -> None:
+        if self.max_quant_drop_pp is not None:
+            drop = drop_from_points(self.max_quant_drop_pp, "ExportOptions")
+            object.__setattr__(self, "max_quant_drop", drop)
+            object.__setattr__(self, "max_quant_drop_pp", None)

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
@@ -20,7 +21,7 @@ from rich.table import Table
 from torch import nn
 
 from edgeexit.bundle import SegmentSpec, read_manifest, verify_segments
-from edgeexit.errors import ValidationError
+from edgeexit.errors import ExportError, ParityError
 from edgeexit.export.model import run_exits
 from edgeexit.export.scores import exit_score
 from edgeexit.runtime.session import cpu_session
@@ -56,6 +57,9 @@ class ValidationReport:
     @property
     def problems(self) -> list[str]:
         return [p for c in self.checks for p in c.problems]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"atol": self.atol, "ok": self.ok, "checks": [asdict(c) for c in self.checks]}
 
     def __rich_console__(self, console, options):
         table = Table(title=f"validation against PyTorch (atol {self.atol:g})")
@@ -102,7 +106,7 @@ def validate_bundle(
         for problem in report.problems:
             causes.setdefault(problem.split(": ", 1)[-1], problem)
         problems = list(causes.values())
-        raise ValidationError(
+        raise ParityError(
             f"bundle does not match PyTorch within atol {atol:g}: " + "; ".join(problems),
             report=report,
         )
@@ -188,7 +192,7 @@ def _compare(got: np.ndarray, ref: np.ndarray, atol: float) -> tuple[float, str 
 
 
 def _session(path: Path) -> ort.InferenceSession:
-    return cpu_session(path, what=path.name, error=ValidationError)
+    return cpu_session(path, what=path.name, error=ExportError)
 
 
 def _diff(value: float, atol: float) -> str:

@@ -41,9 +41,9 @@ class BenchOptions:
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
-            raise InputError(f"--batch-size is {self.batch_size}; expected a positive integer")
+            raise InputError(f"`batch_size` is {self.batch_size}; expected a positive integer")
         if self.rounds < 1:
-            raise InputError(f"--rounds is {self.rounds}; expected a positive integer")
+            raise InputError(f"`rounds` is {self.rounds}; expected a positive integer")
 
 
 @dataclass(frozen=True)

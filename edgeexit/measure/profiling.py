@@ -270,7 +270,7 @@ def _first_batch(
         return synthetic_inputs(specs, batch_size)
     if len(inputs[0]) < batch_size:
         raise InputError(
-            f"the data holds {len(inputs[0])} samples; expected at least --batch-size {batch_size}"
+            f"the data holds {len(inputs[0])} samples; expected at least `batch_size` {batch_size}"
         )
     return [x[:batch_size] for x in inputs]
 
@@ -297,7 +297,7 @@ def synthetic_inputs(specs: tuple[InputSpec, ...], batch_size: int) -> list[np.n
         if any(isinstance(d, str) and d != BATCH_DIM for d in spec.shape):
             raise InputError(
                 f"input {spec.name!r} has symbolic axes {spec.shape}; pass real inputs "
-                "(--data DATA.npz) to profile it"
+                "(`data`, a .npz) to profile it"
             )
         shape = tuple(batch_size if d == BATCH_DIM else d for d in spec.shape)
         dtype = np.dtype(spec.dtype)
