@@ -34,7 +34,7 @@ def test_row_graphs_are_valid_onnx():
 
 def test_row_mover_compacts_in_place_on_ortvalues():
     from edgeexit.runtime.buffers import Buffer
-    from edgeexit.runtime.layout import Layout
+    from edgeexit.runtime.shapes import Layout
 
     layout = Layout((3, 2), np.dtype(np.int64))
     buffer, scratch = Buffer(layout, 8, "cpu"), Buffer(layout, 8, "cpu")

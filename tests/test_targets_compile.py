@@ -12,7 +12,7 @@ from fixtures.targets_digits import load_weights, segment_model, write_bundle, w
 
 from edgeexit.bundle import read_manifest, verify_segments
 from edgeexit.compile.compiler import CompileOptions, compile_bundle
-from edgeexit.compile.evaluate import host_sessions, run_chain
+from edgeexit.compile.host_chain import host_sessions, run_chain
 from edgeexit.compile.versions import default_opset, pin_versions
 from edgeexit.data import Dataset, load_data
 from edgeexit.errors import TargetError, ValidationError

@@ -10,7 +10,7 @@ torch = pytest.importorskip("torch")
 import edgeexit  # noqa: E402
 from edgeexit.bundle import read_manifest, verify_segments  # noqa: E402
 from edgeexit.compile.compiler import CompileOptions, compile_bundle  # noqa: E402
-from edgeexit.compile.evaluate import host_sessions, run_chain  # noqa: E402
+from edgeexit.compile.host_chain import host_sessions, run_chain  # noqa: E402
 from edgeexit.data import Dataset  # noqa: E402
 from edgeexit.examples import EXAMPLE_MODELS, make_token_task  # noqa: E402
 

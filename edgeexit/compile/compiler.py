@@ -29,7 +29,7 @@ from edgeexit.bundle import (
     write_manifest,
 )
 from edgeexit.compile import precision as prec
-from edgeexit.compile.evaluate import host_sessions, run_chain
+from edgeexit.compile.host_chain import host_sessions, run_chain
 from edgeexit.compile.ortformat import save_ort_format
 from edgeexit.compile.report import CompileReport, ExitAccuracy
 from edgeexit.compile.versions import default_opset, pin_versions

@@ -4,7 +4,7 @@ The TorchScript exporter is tried first because it is ~10x faster on small graph
 dynamo exporter takes over where TorchScript cannot trace a module (with torch 2.13 it fails
 on ``nn.MultiheadAttention`` in eval mode, ``aten::_native_multi_head_attention``). The
 result is simplified with onnxsim, its carry inputs anchored in ONNX Runtime's blocked
-layout where a residual skip reads them (``layout.py``), and its IR version capped for the
+layout where a residual skip reads them (``nchwc.py``), and its IR version capped for the
 target.
 """
 
@@ -23,7 +23,7 @@ from torch import nn
 
 from edgeexit.bundle import BATCH_DIM
 from edgeexit.errors import ExportError, first_line
-from edgeexit.export.layout import anchor_blocked_inputs
+from edgeexit.export.nchwc import anchor_blocked_inputs
 
 EXPORTERS = ("auto", "torchscript", "dynamo")
 DYNAMO_MIN_OPSET = 18

@@ -13,7 +13,7 @@ from collections.abc import Callable
 import numpy as np
 import onnxruntime as ort
 
-from edgeexit.runtime.layout import Layout
+from edgeexit.runtime.shapes import Layout
 
 
 class Buffer:

@@ -27,8 +27,8 @@ from edgeexit.criteria import PatienceState
 from edgeexit.errors import BundleError, InputError, first_line
 from edgeexit.runtime.buffers import Buffer, bound_runner
 from edgeexit.runtime.gather import RowMover
-from edgeexit.runtime.layout import Layout
 from edgeexit.runtime.session import ORT_ERRORS
+from edgeexit.runtime.shapes import Layout
 
 _ONE = np.ones(1, dtype=bool)
 _INF = math.inf  # a module global: one lookup instead of two (math, then .inf) per exit

@@ -22,9 +22,9 @@ from edgeexit.energy import get_meter
 from edgeexit.errors import InputError
 from edgeexit.runtime.chain import Chain, all_infinite
 from edgeexit.runtime.inputs import Inputs, all_finite, check_inputs, refuse_nonfinite
-from edgeexit.runtime.layout import probe_layouts
 from edgeexit.runtime.result import ExitOutputs, Result
 from edgeexit.runtime.session import open_session, resolve_config
+from edgeexit.runtime.shapes import probe_layouts
 from edgeexit.targets import Target, load_target
 
 KNOWN_THRESHOLDS = 64  # threshold settings remembered converted, per Runtime

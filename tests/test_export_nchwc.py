@@ -8,7 +8,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from edgeexit.export.layout import anchor_blocked_inputs
+from edgeexit.export.nchwc import anchor_blocked_inputs
 
 
 def residual_graph(channels: int = 16, skip: bool = True) -> onnx.ModelProto:
