@@ -34,7 +34,6 @@ import json
 import math
 import os
 import platform
-import random
 import tempfile
 import time
 from collections.abc import Callable
@@ -45,6 +44,9 @@ import onnxruntime as ort
 import torch
 from rich.console import Console
 from rich.table import Table
+
+from edgeexit.measure.profiling import forced_exit
+from edgeexit.measure.rounds import shuffled_orders
 
 RESULTS = Path(__file__).parent / "results"
 VARIANTS = ("full-onnx", "edgeexit", "torch-ee", "oracle")
@@ -159,7 +161,7 @@ def oracle_runner(runtime, exits_of: Callable[[int, int], np.ndarray]):
     """(d) Timed oracle: batch 1 through Runtime.run with the exit forced to the oracle's;
     larger batches segment by segment, each on the rows that have not left yet."""
     n = runtime.num_exits
-    forced = [[math.inf] * i + [-math.inf] * (n - i) for i in range(n)]
+    forced = [forced_exit(n, i) for i in range(n)]
 
     def run(x: np.ndarray, start: int) -> np.ndarray:
         exits = exits_of(start, len(x))
@@ -188,14 +190,11 @@ def time_variants(fns: dict[str, Callable], batches: list, rounds: int) -> dict[
     warm over consecutive calls, as a deployed model does. Interleaving per call instead would
     time every call cold after another framework has evicted the caches.
     """
-    rng = random.Random(SEED)
-    order = list(fns)
     times = {name: np.empty((rounds, len(batches))) for name in fns}
     for fn in fns.values():  # warm-up: arenas, caches, bindings
         for start, xb in batches[:8]:
             fn(xb, start)
-    for r in range(rounds):
-        rng.shuffle(order)
+    for r, order in enumerate(shuffled_orders(list(fns), rounds, SEED)):
         for name in order:
             fn, row = fns[name], times[name][r]
             for k, (start, xb) in enumerate(batches):

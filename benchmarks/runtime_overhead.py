@@ -35,7 +35,6 @@ import json
 import math
 import os
 import platform
-import random
 import subprocess
 import tempfile
 import time
@@ -47,6 +46,8 @@ import numpy as np
 import onnxruntime as ort
 from rich.console import Console
 from rich.table import Table
+
+from edgeexit.measure.rounds import median_interval, shuffled_orders
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -164,27 +165,15 @@ def time_alternating(
     every instance once, in a new shuffled order."""
     calls = [(name, j, fn) for j, fns in enumerate(instances) for name, fn in fns.items()]
     times = {name: np.empty((rounds, len(instances))) for name in instances[0]}
-    rng = random.Random(0)
     for _, _, fn in calls:  # warm up: arenas, caches, branch predictors
         for _ in range(50):
             fn()
-    for r in range(rounds):
-        rng.shuffle(calls)
-        for name, j, fn in calls:
+    for r, order in enumerate(shuffled_orders(calls, rounds)):
+        for name, j, fn in order:
             t = time.perf_counter()
             fn()
             times[name][r, j] = time.perf_counter() - t
     return times
-
-
-def median_ci(values: np.ndarray, z: float = 1.96) -> tuple[float, float]:
-    """A distribution-free 95% confidence interval of the median: the order statistics
-    at ranks n/2 -+ z*sqrt(n)/2 (binomial normal approximation; fine for n >= 100)."""
-    ordered = np.sort(values)
-    n = len(ordered)
-    half = z * math.sqrt(n) / 2
-    low, high = int(math.floor(n / 2 - half)), int(math.ceil(n / 2 + half))
-    return float(ordered[max(low, 0)]), float(ordered[min(high, n - 1)])
 
 
 def summarize(times: dict[str, np.ndarray]) -> dict[str, dict[str, float]]:
@@ -196,7 +185,7 @@ def summarize(times: dict[str, np.ndarray]) -> dict[str, dict[str, float]]:
     for name, per_instance in times.items():
         t = per_instance.mean(axis=1)
         paired = t / base
-        low, high = median_ci(paired)
+        low, high = median_interval(paired)
         rows[name] = {
             "median_us": float(np.median(t)) * 1e6,
             "p10_us": float(np.percentile(t, 10)) * 1e6,

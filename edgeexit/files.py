@@ -212,33 +212,40 @@ def _remove(path: Path) -> None:
 # -- atomic files --------------------------------------------------------------------------
 
 
-def write_bytes_atomic(path: str | os.PathLike, data: bytes, *, what: str = "file") -> None:
-    """Write ``data`` to ``path`` through a temporary name and a rename: a crash leaves the
-    old file or the new one. An existing file keeps its permission bits; a new one gets the
-    umask's. OS errors (full disk, read-only, permissions) become one OutputError."""
+@contextlib.contextmanager
+def replacing(path: str | os.PathLike, *, what: str = "file") -> Iterator[Path]:
+    """A temporary path beside ``path`` for the block to write; renamed over ``path`` when
+    the block succeeds (a crash leaves the old file or the new one), removed otherwise. An
+    existing file keeps its permission bits; a new one gets the umask's. OS errors (full
+    disk, read-only, permissions) become one OutputError."""
     path = Path(path)
     clean_stale(path)
     tmp = temp_name(path)
     try:
-        mode = os.stat(path).st_mode & 0o7777 if path.is_file() else None
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                fd = -1
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-                if mode is not None:
-                    os.fchmod(f.fileno(), mode)
-        finally:
-            if fd != -1:
-                os.close(fd)
+        yield tmp
+        if path.is_file():
+            os.chmod(tmp, os.stat(path).st_mode & 0o7777)
         os.replace(tmp, path)
     except OSError as err:
         raise OutputError(f"cannot write {what} {path}: {os_reason(err)}") from err
     finally:
-        with contextlib.suppress(FileNotFoundError, OSError):
+        with contextlib.suppress(OSError):
             os.unlink(tmp)
+
+
+def write_bytes_atomic(path: str | os.PathLike, data: bytes, *, what: str = "file") -> None:
+    """Write ``data`` to ``path`` atomically (``replacing``)."""
+    with replacing(path, what=what) as tmp:
+        _write_synced(tmp, data)
+
+
+def _write_synced(path: Path, data: bytes) -> None:
+    """A new file holding ``data``, on disk when this returns."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 class Staged:
@@ -250,11 +257,7 @@ class Staged:
         self.path = Path(path)
         self.tmp = temp_name(self.path)
         try:
-            fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
+            _write_synced(self.tmp, data)
         except OSError as err:
             self.discard()
             raise OutputError(f"cannot write {what} {self.path}: {os_reason(err)}") from err

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 import edgeexit
+from edgeexit import files
 from edgeexit.bundle import (
     BATCH_DIM,
     InputSpec,
@@ -203,8 +204,7 @@ def export_monolithic(
     outputs = [f"logits_{i}" for i in range(len(steps))] + [f"score_{i}" for i in range(len(steps))]
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
+    with files.replacing(path, what="ONNX graph") as tmp:
         export_graph(
             WholeGraph(model, criterion),
             _at_least_two(inputs),
@@ -215,9 +215,6 @@ def export_monolithic(
             max_opset=None if opset else MAX_OPSET,
             exporter=exporter,
         )
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
 
 

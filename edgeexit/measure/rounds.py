@@ -18,7 +18,8 @@ Profiling (``profiling``), bench (``bench``) and the benchmarks all time through
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+import random
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -33,6 +34,16 @@ def round_order(items: Sequence[T], r: int) -> Sequence[T]:
     """Round ``r``'s order: as given in even rounds, reversed in odd ones. Over a pair of
     rounds every item runs early and late alike, so drift hits them alike."""
     return items if r % 2 == 0 else items[::-1]
+
+
+def shuffled_orders(items: Sequence[T], rounds: int, seed: int = 0) -> Iterator[list[T]]:
+    """Each of ``rounds`` rounds' order: a new seeded shuffle per round, for contenders
+    whose fixed alternation could line up with a machine's periodic load."""
+    rng = random.Random(seed)
+    order = list(items)
+    for _ in range(rounds):
+        rng.shuffle(order)
+        yield list(order)
 
 
 def median_interval(values: Sequence[float], z: float = 1.96) -> tuple[float, float]:
