@@ -207,18 +207,31 @@ def _exit_block(
     meter: EnergyMeter | None,
     between_calls: Callable[[], None] | None,
 ) -> tuple[np.ndarray, Any]:
-    """``calls`` timed calls (more if the meter's window needs them) and the window's
-    reading (None without a meter)."""
+    """``calls`` timed runtime calls forced out at one exit, as the runtime times them."""
+
+    def call(k: int) -> float:
+        batch = batches[(cursor + k) % len(batches)]
+        latency_ms = runtime.run(batch, thresholds=thresholds).latency_ms
+        if between_calls is not None:
+            between_calls()
+        return latency_ms
+
+    return _window_of_calls(call, calls, meter)
+
+
+def _window_of_calls(
+    call: Callable[[int], float], calls: int, meter: EnergyMeter | None
+) -> tuple[np.ndarray, Any]:
+    """Latencies (ms) of at least ``calls`` calls of ``call(k)``, inside one energy window
+    that lasts at least a measuring meter's ``min_window_s`` (a slow sensor counter needs
+    many calls to resolve), and the window's reading (None without a meter)."""
     min_window_s = meter.min_window_s if meter is not None and meter.measured else 0.0
-    latencies_ms = []
+    latencies_ms: list[float] = []
     if meter is not None:
         meter.begin_window()
     start = perf_counter()
     while len(latencies_ms) < calls or perf_counter() - start < min_window_s:
-        batch = batches[(cursor + len(latencies_ms)) % len(batches)]
-        latencies_ms.append(runtime.run(batch, thresholds=thresholds).latency_ms)
-        if between_calls is not None:
-            between_calls()
+        latencies_ms.append(call(len(latencies_ms)))
     reading = meter.end_window() if meter is not None else None
     return np.asarray(latencies_ms), reading
 
@@ -238,7 +251,13 @@ def _profile_segment(
 ) -> SegmentProfile:
     for _ in range(warmup):
         runtime.run_segment(i, feeds)
-    latencies_ms, reading = _timed(runtime, i, feeds, repeats, meter)
+
+    def call(_: int) -> float:
+        t0 = perf_counter()
+        runtime.run_segment(i, feeds)
+        return (perf_counter() - t0) * 1e3
+
+    latencies_ms, reading = _window_of_calls(call, repeats, meter)
     energy_mj, power_w = _measured_per_call(reading, len(latencies_ms))
     spec = runtime.manifest.segments[i]
     return SegmentProfile(
@@ -273,19 +292,6 @@ def _first_batch(
             f"the data holds {len(inputs[0])} samples; expected at least `batch_size` {batch_size}"
         )
     return [x[:batch_size] for x in inputs]
-
-
-def _timed(runtime: Runtime, i: int, feeds: list, repeats: int, meter: EnergyMeter):
-    """Latencies of at least ``repeats`` calls, inside one energy window that lasts at least
-    the meter's ``min_window_s`` (a slow sensor counter needs many calls to resolve)."""
-    latencies_ms = []
-    meter.begin_window()
-    start = perf_counter()
-    while len(latencies_ms) < repeats or perf_counter() - start < meter.min_window_s:
-        t0 = perf_counter()
-        runtime.run_segment(i, feeds)
-        latencies_ms.append((perf_counter() - t0) * 1e3)
-    return np.asarray(latencies_ms), meter.end_window()
 
 
 def synthetic_inputs(specs: tuple[InputSpec, ...], batch_size: int) -> list[np.ndarray]:
