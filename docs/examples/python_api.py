@@ -5,8 +5,8 @@ from torch import nn
 import edgeexit
 import edgeexit.examples
 from edgeexit.calibrate import Budget
-from edgeexit.measure.bench import bench_bundle
 from edgeexit.calibrate.pipeline import CalibrateOptions, calibrate_bundle
+from edgeexit.measure.bench import bench_bundle
 from edgeexit.measure.profiling import profile_bundle
 
 # 1. any nn.Module with equal-length nn.ModuleLists `segments` and `exits` (docs/export.md)
