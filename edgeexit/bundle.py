@@ -17,7 +17,7 @@ import os
 import re
 import stat
 import struct
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -378,9 +378,15 @@ def _regular_file(folder: Path, name: str, what: str) -> Path:
 def load_segments(bundle_dir: str | os.PathLike, manifest: Manifest) -> list[SegmentSource]:
     """Check every file the segments need (confined to the bundle, sha256 as listed) and
     return them ready for ONNX Runtime; BundleError names the first that fails."""
+    return load_graphs(bundle_dir, manifest.segments)
+
+
+def load_graphs(bundle_dir: str | os.PathLike, graphs: Sequence[Any]) -> list[SegmentSource]:
+    """``load_segments`` for any graph files listed with ``file``, ``sha256`` and
+    ``external_data`` (a classifier's segments, a decoder's segments and head)."""
     folder = Path(bundle_dir)
     sources = []
-    for seg in manifest.segments:
+    for seg in graphs:
         path = _regular_file(folder, seg.file, "segment file")
         try:
             data = path.read_bytes()

@@ -76,13 +76,18 @@ def is_plot(path: Path) -> bool:
 
 
 def _json_format(path: Path, prefix: str) -> bool:
+    return (json_format(path) or "").startswith(prefix)
+
+
+def json_format(path: Path) -> str | None:
+    """The ``format`` a JSON document at ``path`` declares, or None (no such document)."""
     try:
         if path.stat().st_size > 64 << 20:
-            return False
+            return None
         doc = json.loads(path.read_bytes())
     except (OSError, ValueError):
-        return False
-    return isinstance(doc, dict) and str(doc.get("format", "")).startswith(prefix)
+        return None
+    return str(doc.get("format", "")) if isinstance(doc, dict) else None
 
 
 KINDS: dict[str, tuple[str, Callable[[Path], bool], bool]] = {

@@ -27,7 +27,7 @@ LAYERS: tuple[frozenset[str], ...] = tuple(
         "data",
         "energy",
         "runtime",
-        "measure inspection",  # the device side ends here
+        "measure inspection generation",  # the device side ends here
         "compile",  # host only from here on
         "calibrate",
         "export",

@@ -9,6 +9,7 @@ from edgeexit.cli import (
     calibrate,  # noqa: F401
     demo,  # noqa: F401
     export,  # noqa: F401
+    generate,  # noqa: F401
     inspect,  # noqa: F401
     profile,  # noqa: F401
     run,  # noqa: F401

@@ -97,3 +97,29 @@ def output_path(text: str | Path) -> Path:
     if not str(text).strip():
         raise typer.BadParameter("an empty path; expected a file or folder name")
     return Path(text)
+
+
+def choice(name: str, values: tuple[str, ...]) -> type[Enum]:
+    """A choice option: typer lists the values when one is not among them."""
+    return Enum(name, {v: v for v in values}, type=str)
+
+
+def share(text: str) -> float:
+    """A confidence level in [0, 1] (0: never stops)."""
+    value = _number(text)
+    if not 0 <= value <= 1:
+        raise typer.BadParameter(f"{text} is not in [0, 1]")
+    return value
+
+
+def number_list(text: str, flag: str) -> list[float]:
+    """'0.9,0.8,inf' -> numbers (inf: never), for options that take one per exit."""
+    try:
+        values = [float(part) for part in text.split(",")]
+    except ValueError:
+        raise typer.BadParameter(
+            f"{text!r} is not a comma-separated list of numbers", param_hint=f"'{flag}'"
+        ) from None
+    if any(v != v for v in values):
+        raise typer.BadParameter(f"{text!r} holds NaN", param_hint=f"'{flag}'")
+    return values

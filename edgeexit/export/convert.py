@@ -41,12 +41,15 @@ def export_graph(
     exporter: str = "auto",
     simplify: bool = True,
     max_ir_version: int | None = None,
+    axes: dict[str, dict[int, str]] | None = None,
 ) -> tuple[str, int]:
     """Export ``module(*args)`` to ``path``; return the exporter that succeeded and the
     opset it wrote.
 
     ``max_opset``: when set, an exporter that needs a higher opset than ``opset`` (dynamo
     needs 18) may raise it up to this; None keeps ``opset`` (the user chose it).
+    ``axes``: the dynamic axes of each named input and output (TorchScript's form); by
+    default axis 0 of every one, the batch.
     """
     if exporter not in EXPORTERS:
         raise ExportError(f"unknown exporter {exporter!r}; expected one of {EXPORTERS}")
@@ -62,7 +65,7 @@ def export_graph(
         try:
             run = _torchscript if name == "torchscript" else _dynamo
             with _quiet():
-                run(module, tuple(args), path, list(input_names), list(output_names), used)
+                run(module, tuple(args), path, list(input_names), list(output_names), used, axes)
         except Exception as err:  # (torch raises many types; all mean "failed")
             failures.append(f"{name}: {first_line(err)}")
             continue
@@ -71,8 +74,8 @@ def export_graph(
     raise ExportError("ONNX export failed (" + "; ".join(failures) + ")")
 
 
-def _torchscript(module, args, path, input_names, output_names, opset) -> None:
-    axes = {n: {0: BATCH_DIM} for n in (*input_names, *output_names)}
+def _torchscript(module, args, path, input_names, output_names, opset, axes) -> None:
+    axes = axes or {n: {0: BATCH_DIM} for n in (*input_names, *output_names)}
     torch.onnx.export(
         module,
         args,
@@ -86,7 +89,9 @@ def _torchscript(module, args, path, input_names, output_names, opset) -> None:
     )
 
 
-def _dynamo(module, args, path, input_names, output_names, opset) -> None:
+def _dynamo(module, args, path, input_names, output_names, opset, axes) -> None:
+    if axes is not None:
+        raise ExportError("the dynamo exporter here takes the batch axis only")
     if opset < DYNAMO_MIN_OPSET:
         raise ExportError(f"the dynamo exporter needs opset >= {DYNAMO_MIN_OPSET}, got {opset}")
     batch = torch.export.Dim(BATCH_DIM, min=1)

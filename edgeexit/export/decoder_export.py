@@ -1,0 +1,125 @@
+"""Export a ``MultiExitDecoder`` as a decoder bundle: one graph per segment, one shared head.
+
+Every graph is exported with its token axis and its past axis dynamic, checked against
+PyTorch under ONNX Runtime at several (new tokens, past length) shapes, including an empty
+past (the prompt) and one new token after a long past (decoding), and written atomically.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from edgeexit.bundle import atomic_bundle_dir, check_bundle_output, sha256_file
+from edgeexit.errors import ExportError, ParityError
+from edgeexit.export.convert import export_graph
+from edgeexit.export.decoder_model import HeadGraph, MultiExitDecoder, SegmentGraph
+from edgeexit.export.options import DEFAULT_ATOL, DEFAULT_OPSET
+from edgeexit.generation.manifest import DecoderManifest, GraphFile, write_decoder_manifest
+from edgeexit.runtime.session import cpu_session
+
+# (new tokens, past length) the graphs are checked at: a prompt, decoding, a verification.
+CHECK_SHAPES = ((5, 0), (1, 7), (3, 4))
+
+
+def export_decoder(
+    model: MultiExitDecoder,
+    out_dir: str | os.PathLike,
+    *,
+    opset: int = DEFAULT_OPSET,
+    atol: float = DEFAULT_ATOL,
+) -> DecoderManifest:
+    """Write ``model`` to ``out_dir`` as a decoder bundle, validated; return its manifest."""
+    check_bundle_output(out_dir)
+    config = model.config
+    model.eval()
+    with atomic_bundle_dir(out_dir) as tmp, torch.no_grad():
+        segments = []
+        for i, layers in enumerate(config.segment_layers()):
+            graph = SegmentGraph(model, i)
+            path = tmp / f"segment_{i:02d}.onnx"
+            names = _segment_names(i, len(layers))
+            export_graph(
+                graph, _segment_args(model, i, len(layers), 3, 2), path, *names,
+                opset=opset, exporter="torchscript", axes=_axes(*names),
+            )  # fmt: skip
+            _check(graph, path, names[0], lambda t, p, i=i, n=len(layers): _segment_args(
+                model, i, n, t, p), atol)  # fmt: skip
+            segments.append(GraphFile(path.name, sha256_file(path), len(layers)))
+        head, path = HeadGraph(model), tmp / "head.onnx"
+        names = (["hidden"], ["logits", "confidence"])
+        export_graph(
+            head, (torch.randn(1, 3, config.dim),), path, *names,
+            opset=opset, exporter="torchscript", axes=_axes(*names),
+        )  # fmt: skip
+        _check(head, path, names[0], lambda t, p: (torch.randn(1, t, config.dim),), atol)
+        manifest = DecoderManifest(
+            vocab_size=config.vocab_size,
+            dim=config.dim,
+            heads=config.heads,
+            head_dim=config.head_dim,
+            max_positions=config.max_positions,
+            eos_token_id=config.eos_token_id,
+            segments=tuple(segments),
+            head=GraphFile(path.name, sha256_file(path)),
+            extra={"exit_after": list(config.exit_after), "opset": opset},
+        )
+        write_decoder_manifest(tmp, manifest)
+    return manifest
+
+
+def _segment_names(index: int, layers: int) -> tuple[list[str], list[str]]:
+    past = [f"past_{kind}_{j}" for j in range(layers) for kind in ("key", "value")]
+    new = [f"{kind}_{j}" for j in range(layers) for kind in ("key", "value")]
+    return ["input_ids" if index == 0 else "hidden", *past], ["hidden_out", *new]
+
+
+def _axes(inputs: list[str], outputs: list[str]) -> dict[str, dict[int, str]]:
+    return {n: {1: "past" if n.startswith("past_") else "tokens"} for n in (*inputs, *outputs)}
+
+
+def _segment_args(
+    model: MultiExitDecoder, index: int, layers: int, tokens: int, past: int
+) -> tuple[torch.Tensor, ...]:
+    c = model.config
+    generator = torch.Generator().manual_seed(tokens * 31 + past)
+    if index == 0:
+        x = torch.randint(0, c.vocab_size, (1, tokens), generator=generator)
+    else:
+        x = torch.randn(1, tokens, c.dim, generator=generator)
+    cache = [torch.randn(1, past, c.heads, c.head_dim, generator=generator) for _ in range(2)]
+    return (x, *(t for _ in range(layers) for t in cache))
+
+
+def _check(graph: torch.nn.Module, path: Path, names: list[str], args_at, atol: float) -> None:
+    """The graph under ONNX Runtime against PyTorch at every shape of CHECK_SHAPES."""
+    session = cpu_session(path, what=path.name, error=ExportError)
+    for tokens, past in CHECK_SHAPES:
+        args = args_at(tokens, past)
+        want = graph(*args)
+        got = session.run(None, {n: a.numpy() for n, a in zip(names, args)})
+        for name, w, g in zip([o.name for o in session.get_outputs()], want, got):
+            diff = float(np.max(np.abs(w.numpy() - g))) if g.size else 0.0
+            if not diff <= atol:
+                raise ParityError(
+                    f"{path.name} does not match PyTorch at {tokens} new tokens after "
+                    f"{past}: {name} differs by {diff:.3g} (atol {atol:g})",
+                    report=_Mismatch(path.name, tokens, past, name, diff, atol),
+                )
+
+
+class _Mismatch:
+    """The one check that failed, for ParityError's report."""
+
+    def __init__(self, graph: str, tokens: int, past: int, output: str, diff: float, atol: float):
+        self.doc = {"graph": graph, "tokens": tokens, "past": past, "output": output,
+                    "max_abs_diff": diff, "atol": atol}  # fmt: skip
+
+    def to_json(self) -> dict:
+        return dict(self.doc)
+
+    def __rich__(self) -> str:
+        return ", ".join(f"{k} {v}" for k, v in self.doc.items())

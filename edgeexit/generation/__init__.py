@@ -1,0 +1,7 @@
+"""Early-exit text generation on the device (no torch): a decoder bundle's segments and
+shared head under ONNX Runtime, with key/value caches bound in place, decoded in full,
+self-speculatively (the first segments draft, the rest verify) or with early exits."""
+
+from edgeexit.generation.generator import MODES, Generation, Generator, SpeculativeOptions
+
+__all__ = ["MODES", "Generation", "Generator", "SpeculativeOptions"]

@@ -1,0 +1,157 @@
+"""Early-exit text generation over a decoder bundle, against PyTorch references.
+
+A small random decoder (3 exits) is exported once. ``full`` must give PyTorch's greedy
+tokens; ``self-speculative`` must give ``full``'s for every draft depth and length (cache
+roll-back, prompts of 1 token and longer than a draft, EOS inside a draft, the token limit
+reached mid-draft); ``early-exit`` must give what the full model's own exits give when each
+token leaves at the first confident one (the skipped layers' caches, filled later from the
+exit's hidden state, are exactly the full model's).
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from edgeexit.errors import BundleError, InputError  # noqa: E402
+from edgeexit.export.decoder_export import export_decoder  # noqa: E402
+from edgeexit.export.decoder_model import DecoderConfig, MultiExitDecoder  # noqa: E402
+from edgeexit.generation import Generator, SpeculativeOptions  # noqa: E402
+
+CONFIG = DecoderConfig(dim=32, heads=2, layers=4, hidden=64, exit_after=(1, 2, 4),
+                       max_positions=48, vocab_size=40, eos_token_id=None)  # fmt: skip
+PROMPTS = ([5], [1, 2, 3, 4, 5, 6, 7, 8, 9], [30, 3, 3, 3])
+
+
+@pytest.fixture(scope="module")
+def decoder(tmp_path_factory):
+    torch.manual_seed(0)
+    model = MultiExitDecoder(CONFIG).eval()
+    with torch.no_grad():  # a peaked random model: its exits are confident sometimes
+        model.lm_head.weight.mul_(8.0)
+    bundle = tmp_path_factory.mktemp("decoder") / "bundle"
+    export_decoder(model, bundle)
+    return model, bundle, Generator(bundle, threads=1)
+
+
+def torch_greedy(model, prompt, new, thresholds=None):
+    """PyTorch's greedy tokens; with thresholds, each token from the first exit whose
+    confidence reaches its threshold (the last takes the rest), and its exit."""
+    seq, exits = list(prompt), []
+    with torch.no_grad():
+        for _ in range(new):
+            outs = [o[0, -1] for o in model(torch.tensor([seq]))]
+            chosen = len(outs) - 1
+            if thresholds is not None and len(seq) > len(prompt):  # the first is prefilled
+                for e, t in enumerate(thresholds):
+                    if torch.softmax(outs[e], -1).max() >= t:
+                        chosen = e
+                        break
+            exits.append(chosen)
+            seq.append(int(outs[chosen].argmax()))
+    return seq[len(prompt) :], exits
+
+
+@pytest.mark.parametrize("prompt", PROMPTS, ids=lambda p: f"len{len(p)}")
+def test_full_is_pytorchs_greedy_decoding(decoder, prompt):
+    model, _, gen = decoder
+    assert (
+        list(gen.generate(prompt, max_new_tokens=12).tokens) == torch_greedy(model, prompt, 12)[0]
+    )
+
+
+@pytest.mark.parametrize("k", [1, 2])
+@pytest.mark.parametrize("gamma", [1, 3, 6])
+def test_self_speculative_is_token_identical_to_full(decoder, k, gamma):
+    _, _, gen = decoder
+    for prompt in PROMPTS:
+        full = gen.generate(prompt, max_new_tokens=20).tokens
+        spec = gen.generate(prompt, max_new_tokens=20, mode="self-speculative",
+                            speculative=SpeculativeOptions(k=k, gamma=gamma))  # fmt: skip
+        assert spec.tokens == full
+        assert spec.verifications < len(full) or gamma == 1
+        assert 0 <= spec.accepted <= spec.drafted
+
+
+def test_rejected_drafts_are_rolled_back(decoder):
+    _, _, gen = decoder
+    prompt = PROMPTS[1]
+    full = gen.generate(prompt, max_new_tokens=24).tokens
+    spec = gen.generate(prompt, max_new_tokens=24, mode="self-speculative",
+                        speculative=SpeculativeOptions(k=1, gamma=6))  # fmt: skip
+    assert spec.accepted < spec.drafted  # some drafts were rejected: their caches rolled back
+    assert spec.tokens == full
+    again = gen.generate(PROMPTS[2], max_new_tokens=24, mode="self-speculative")
+    assert again.tokens == gen.generate(PROMPTS[2], max_new_tokens=24).tokens
+
+
+def test_the_token_limit_and_a_draft_stop_inside_a_draft(decoder):
+    _, _, gen = decoder
+    for new in (1, 2, 5):
+        spec = gen.generate(PROMPTS[0], max_new_tokens=new, mode="self-speculative",
+                            speculative=SpeculativeOptions(k=2, gamma=8))  # fmt: skip
+        assert spec.tokens == gen.generate(PROMPTS[0], max_new_tokens=new).tokens
+        assert len(spec.tokens) == new and spec.stopped == "max_new_tokens"
+    never = gen.generate(PROMPTS[1], max_new_tokens=10, mode="self-speculative",
+                         speculative=SpeculativeOptions(k=1, gamma=4, draft_stop=1.1))  # fmt: skip
+    assert never.drafted == 0 and never.tokens == gen.generate(PROMPTS[1], max_new_tokens=10).tokens
+
+
+def test_eos_inside_a_draft_ends_generation_where_full_does(decoder, tmp_path):
+    _, bundle, gen = decoder
+    full = gen.generate(PROMPTS[1], max_new_tokens=20).tokens
+    eos = full[5]  # a token the model emits: make it the end of text in a copy
+    copy = tmp_path / "bundle"
+    copy.mkdir()
+    for f in bundle.iterdir():
+        copy.joinpath(f.name).write_bytes(f.read_bytes())
+    doc = json.loads((copy / "manifest.json").read_text())
+    doc["eos_token_id"] = eos
+    (copy / "manifest.json").write_text(json.dumps(doc))
+    stopping = Generator(copy, threads=1)
+    want = list(full[: full.index(eos) + 1])
+    for mode in ("full", "self-speculative"):
+        out = stopping.generate(PROMPTS[1], max_new_tokens=20, mode=mode,
+                                speculative=SpeculativeOptions(k=1, gamma=6))  # fmt: skip
+        assert list(out.tokens) == want and out.stopped == "eos"
+
+
+@pytest.mark.parametrize("thresholds", [(0.0, 0.0), (0.5, 0.5), (0.2, 0.9), (np.inf, np.inf)])
+def test_early_exit_is_the_full_models_first_confident_exit(decoder, thresholds):
+    model, _, gen = decoder
+    for prompt in PROMPTS:
+        out = gen.generate(prompt, max_new_tokens=14, mode="early-exit", thresholds=thresholds)
+        want, exits = torch_greedy(model, prompt, 14, thresholds)
+        assert list(out.tokens) == want
+        assert list(out.exits) == exits
+
+
+def test_bad_inputs_are_one_line_errors(decoder, tmp_path):
+    _, bundle, gen = decoder
+    cases = [
+        (dict(prompt=[]), "the prompt is empty"),
+        (dict(prompt=[1, 99]), "prompt id 99 at position 1 is outside the vocabulary"),
+        (dict(prompt=[-1]), "outside the vocabulary"),
+        (dict(prompt=[1] * 40, max_new_tokens=10), "need 49 positions; .* caches hold 48"),
+        (dict(prompt=[1], max_new_tokens=0), "`max_new_tokens` is 0"),
+        (dict(prompt=[1], mode="beam"), "mode 'beam'"),
+        (dict(prompt=[1], mode="early-exit"), "early-exit decoding needs thresholds"),
+        (dict(prompt=[1], mode="early-exit", thresholds=[0.5]), "got 1 thresholds; expected 2"),
+        (dict(prompt=[1], mode="self-speculative", speculative=SpeculativeOptions(k=3)),
+         "draft depth k is 3; expected 1..2"),
+    ]  # fmt: skip
+    for kwargs, message in cases:
+        with pytest.raises(InputError, match=message) as err:
+            gen.generate(**kwargs)
+        assert "\n" not in str(err.value)
+    (bundle.parent / "tampered").mkdir()
+    for f in bundle.iterdir():
+        (bundle.parent / "tampered" / f.name).write_bytes(f.read_bytes())
+    with open(bundle.parent / "tampered" / "head.onnx", "ab") as f:
+        f.write(b"\0")
+    with pytest.raises(BundleError, match="head.onnx does not match its sha256"):
+        Generator(bundle.parent / "tampered")
