@@ -159,6 +159,7 @@ FLAGS = {
     "test_data": "--test-data",
     "calib_data": "--calib-data",
     "max_quant_drop": "--max-quant-drop",
+    "max_new_tokens": "--max-new-tokens",
     "opset": "--opset",
     "input_shape": "--input-shape",
     "trust_pickle": "--trust-pickle",
