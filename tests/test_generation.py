@@ -155,3 +155,23 @@ def test_bad_inputs_are_one_line_errors(decoder, tmp_path):
         f.write(b"\0")
     with pytest.raises(BundleError, match="head.onnx does not match its sha256"):
         Generator(bundle.parent / "tampered")
+
+
+def test_calibration_chooses_and_records_settings_that_hold(decoder, tmp_path):
+    from edgeexit.generation.calibrate import calibrate_generation
+
+    _, bundle, _ = decoder
+    copy = tmp_path / "bundle"
+    copy.mkdir()
+    for f in bundle.iterdir():
+        copy.joinpath(f.name).write_bytes(f.read_bytes())
+    report = calibrate_generation(copy, PROMPTS[:2], held_out=PROMPTS[2:], max_new_tokens=10,
+                                  min_agreement=0.8, threads=1)  # fmt: skip
+    assert report.calibration_agreement >= 0.8 and report.held is not None
+    assert 1 <= report.self_speculative["k"] <= 2 and report.speculative_speedup > 0
+    gen = Generator(copy, threads=1)  # the manifest's choice is the default now
+    assert gen.manifest.generation["self_speculative"] == report.self_speculative
+    out = gen.generate(PROMPTS[0], max_new_tokens=10, mode="early-exit")
+    assert len(out.exits) == len(out.tokens)
+    spec = gen.generate(PROMPTS[0], max_new_tokens=10, mode="self-speculative")
+    assert spec.tokens == gen.generate(PROMPTS[0], max_new_tokens=10).tokens

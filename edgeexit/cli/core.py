@@ -160,6 +160,7 @@ FLAGS = {
     "calib_data": "--calib-data",
     "max_quant_drop": "--max-quant-drop",
     "max_new_tokens": "--max-new-tokens",
+    "min_agreement": "--min-agreement",
     "opset": "--opset",
     "input_shape": "--input-shape",
     "trust_pickle": "--trust-pickle",

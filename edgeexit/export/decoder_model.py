@@ -47,8 +47,14 @@ class DecoderConfig:
             raise ModelContractError(
                 f"exit_after ends at {bounds[-1]}; expected the last layer ({self.layers})"
             )
-        if self.dim % self.heads:
-            raise ModelContractError(f"dim {self.dim} is not a multiple of heads {self.heads}")
+        if self.eos_token_id is not None and not 0 <= self.eos_token_id < self.vocab_size:
+            raise ModelContractError(
+                f"eos_token_id {self.eos_token_id} is outside the vocabulary ({self.vocab_size})"
+            )
+        if self.dim % self.heads or self.head_dim % 2:
+            raise ModelContractError(
+                f"dim {self.dim} is not an even multiple of heads {self.heads}"
+            )
 
     @property
     def head_dim(self) -> int:

@@ -108,3 +108,42 @@ def _trainable(model: nn.Module, freeze_backbone: bool) -> list[nn.Parameter]:
 def _tensors(inputs: object) -> tuple[torch.Tensor, ...]:
     items = inputs if isinstance(inputs, (tuple, list)) else (inputs,)
     return tuple(torch.as_tensor(np.asarray(x)) if not torch.is_tensor(x) else x for x in items)
+
+
+def train_decoder(
+    model: nn.Module,
+    corpus: np.ndarray,
+    *,
+    steps: int = 300,
+    seq_len: int = 128,
+    batch_size: int = 16,
+    lr: float = 2e-3,
+    seed: int = 0,
+    on_step: Callable[[int, float], None] | None = None,
+) -> list[float]:
+    """Train a ``MultiExitDecoder`` in place on next-token prediction over ``corpus`` (token
+    ids), every exit at once with LayerSkip's rising weights (``early_exit_loss``), on
+    random windows; cosine-decayed AdamW. Returns the loss of each step."""
+    from edgeexit.export.decoder_model import early_exit_loss
+
+    rng = np.random.default_rng(seed)
+    torch.manual_seed(seed)
+    tokens = torch.as_tensor(np.asarray(corpus), dtype=torch.int64)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(opt, lr, total_steps=steps, pct_start=0.1)
+    model.train()
+    history = []
+    for step in range(steps):
+        starts = rng.integers(0, len(tokens) - seq_len - 1, batch_size)
+        window = torch.stack([tokens[s : s + seq_len + 1] for s in starts])
+        loss = early_exit_loss(model(window[:, :-1]), window[:, 1:])
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        schedule.step()
+        history.append(float(loss.detach()))
+        if on_step is not None:
+            on_step(step + 1, history[-1])
+    model.eval()
+    return history

@@ -161,6 +161,22 @@ class Generator:
         tokens, stopped, stats = result
         return Generation(mode, len(ids), tuple(tokens), seconds, stopped, **stats)
 
+    def exit_table(self, ids: Sequence[int] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Every exit's next-token prediction and confidence at every position of ``ids``
+        (teacher-forced: the sequence as given): two arrays [num_exits, len(ids)]."""
+        ids = self._check(ids, 1, "full")
+        predictions = np.empty((self.num_exits, len(ids)), dtype=np.int64)
+        confidence = np.empty((self.num_exits, len(ids)), dtype=np.float32)
+        with self._lock:
+            for segment in self.segments:
+                segment.length = 0
+            hidden = ids
+            for i, segment in enumerate(self.segments):
+                hidden = segment.run(hidden)
+                logits, conf = self.head.run(hidden)
+                predictions[i], confidence[i] = logits.argmax(axis=1), conf
+        return predictions, confidence
+
     # -- the three modes ------------------------------------------------------------------
 
     def _full(self, ids: np.ndarray, max_new: int) -> tuple[list[int], str, dict]:

@@ -1,0 +1,211 @@
+"""Choose how a decoder bundle generates on this device, from measurements on prompts.
+
+- **Self-speculative**: the draft depth ``k``, the draft length ``gamma`` and the draft
+  stop are searched by measured tokens/s on the calibration prompts, against ``full`` in
+  the same run (rounds alternate the two). The output does not depend on the choice
+  (greedy self-speculative decoding is the full model's), so speed alone decides.
+- **Early-exit**: one confidence threshold shared by every exit but the last, the lowest
+  whose teacher-forced token agreement with ``full`` on the calibration prompts reaches
+  ``min_agreement`` (on the full model's own continuations: at each position, does the
+  first confident exit predict the full model's token?). Then the chosen thresholds are run
+  as deployed on held-out prompts, and the report says whether free-running agreement held
+  there, with its margin.
+
+The choice is written into the manifest (``generation``); ``Generator.generate`` uses it
+when no setting is passed.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgeexit import files
+from edgeexit.errors import CalibrationError
+from edgeexit.generation.generator import Generator, SpeculativeOptions
+from edgeexit.generation.manifest import read_decoder_manifest, write_decoder_manifest
+
+GAMMAS = (2, 3, 4, 6, 8)
+DRAFT_STOPS = (0.0, 0.3, 0.5, 0.7)
+THRESHOLDS = tuple(np.round(np.linspace(0.0, 1.0, 41), 3))
+
+
+@dataclass(frozen=True)
+class GenerationReport:
+    """What ``calibrate_generation`` chose and measured."""
+
+    self_speculative: dict[str, Any]  # k, gamma, draft_stop
+    speculative_speedup: float  # tokens/s against full, on the calibration prompts
+    early_exit: tuple[float, ...]  # thresholds, one per exit but the last
+    min_agreement: float
+    calibration_agreement: float  # teacher-forced, on the calibration prompts
+    held_out_agreement: float | None  # free-running, on the held-out prompts
+    early_exit_speedup: float | None  # tokens/s against full, held-out prompts
+    mean_exit_depth: float | None
+    held: bool | None  # held-out agreement >= min_agreement; None without held-out prompts
+    tried: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        doc = asdict(self)
+        doc["early_exit"] = [None if math.isinf(t) else t for t in self.early_exit]
+        return doc
+
+    def lines(self) -> list[str]:
+        spec = self.self_speculative
+        out = [
+            f"self-speculative: k={spec['k']}, gamma={spec['gamma']}, draft stop "
+            f"{spec['draft_stop']:g}: {self.speculative_speedup:.2f}x full's tokens/s "
+            "(output identical to full)",
+            f"early-exit: thresholds {', '.join(f'{t:g}' for t in self.early_exit)}; "
+            f"teacher-forced agreement {self.calibration_agreement:.1%} "
+            f"(budget >= {self.min_agreement:.0%})",
+        ]
+        if self.held is not None:
+            word = "met" if self.held else "MISSED"
+            margin = self.held_out_agreement - self.min_agreement
+            out.append(
+                f"held-out, as deployed: agreement {self.held_out_agreement:.1%} ({word}, "
+                f"margin {margin:+.1%}), {self.early_exit_speedup:.2f}x full's tokens/s, "
+                f"mean exit depth {self.mean_exit_depth:.0%}"
+            )
+        return out
+
+
+def calibrate_generation(
+    bundle_dir: str | os.PathLike,
+    prompts: Sequence[Sequence[int]],
+    *,
+    held_out: Sequence[Sequence[int]] = (),
+    max_new_tokens: int = 32,
+    min_agreement: float = 0.9,
+    target: str | None = None,
+    threads: int | None = None,
+    write: bool = True,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> GenerationReport:
+    """Measure, choose and (with ``write``) record the generation settings of a bundle."""
+    if not prompts:
+        raise CalibrationError("no calibration prompts; expected at least one")
+    if not 0 < min_agreement <= 1:
+        raise CalibrationError(f"`min_agreement` is {min_agreement}; expected a fraction in (0, 1]")
+    generator = Generator(bundle_dir, target=target, threads=threads)
+    tell = progress or (lambda stage, done, total: None)
+    spec, speedup, tried = _choose_speculative(generator, prompts, max_new_tokens, tell)
+    thresholds, agreement = _choose_thresholds(generator, prompts, max_new_tokens, min_agreement)
+    held = _held_out(generator, held_out, max_new_tokens, thresholds) if held_out else None
+    report = GenerationReport(
+        self_speculative=asdict(spec),
+        speculative_speedup=speedup,
+        early_exit=thresholds,
+        min_agreement=min_agreement,
+        calibration_agreement=agreement,
+        held_out_agreement=None if held is None else held[0],
+        early_exit_speedup=None if held is None else held[1],
+        mean_exit_depth=None if held is None else held[2],
+        held=None if held is None else held[0] >= min_agreement,
+        tried=tried,
+    )
+    if write:
+        _record(Path(bundle_dir), report)
+    return report
+
+
+def _choose_speculative(generator, prompts, new, tell):
+    """Coordinate search: (k, gamma) with no draft stop, then the stop for the best pair."""
+    k_values = range(1, generator.num_exits)
+    first = [SpeculativeOptions(k, g, 0.0) for k, g in itertools.product(k_values, GAMMAS)]
+    tried: list[dict[str, Any]] = []
+    total = len(first) + len(DRAFT_STOPS) - 1
+
+    def measure(options: SpeculativeOptions) -> float:
+        ratio = _speed_ratio(generator, prompts, new, options)
+        tried.append({**asdict(options), "speedup": ratio})
+        tell("self-speculative settings", len(tried), total)
+        return ratio
+
+    scored = {options: measure(options) for options in first}
+    best = max(scored, key=scored.get)
+    for stop in DRAFT_STOPS[1:]:
+        options = SpeculativeOptions(best.k, best.gamma, stop)
+        scored[options] = measure(options)
+    best = max(scored, key=scored.get)
+    return best, scored[best], tried
+
+
+def _speed_ratio(generator, prompts, new, options) -> float:
+    """Speculative over full tokens/s, the two alternating prompt by prompt, twice."""
+    spec_s = full_s = 0.0
+    tokens = 0
+    for r in range(2):
+        for p, prompt in enumerate(prompts):
+            runs = [("full", None), ("self-speculative", options)]
+            for mode, opts in runs if (p + r) % 2 == 0 else runs[::-1]:
+                out = generator.generate(prompt, max_new_tokens=new, mode=mode, speculative=opts)
+                if mode == "full":
+                    full_s += out.seconds
+                    tokens += len(out.tokens)
+                else:
+                    spec_s += out.seconds
+    return full_s / spec_s if spec_s > 0 else math.inf
+
+
+def _choose_thresholds(generator, prompts, new, min_agreement):
+    """The lowest shared threshold whose teacher-forced agreement reaches the budget."""
+    tables = []
+    for prompt in prompts:
+        full = generator.generate(prompt, max_new_tokens=new).tokens
+        sequence = np.concatenate([np.asarray(prompt, dtype=np.int64), full[:-1]]).astype(np.int64)
+        predictions, confidence = generator.exit_table(sequence)
+        start = len(prompt) - 1  # the positions whose next token was generated
+        tables.append((predictions[:, start:], confidence[:, start:]))
+    predictions = np.concatenate([p for p, _ in tables], axis=1)
+    confidence = np.concatenate([c for _, c in tables], axis=1)
+    want = predictions[-1]
+    for threshold in THRESHOLDS:
+        agreement = _agreement(predictions, confidence, want, float(threshold))
+        if agreement >= min_agreement:
+            return (float(threshold),) * (generator.num_exits - 1), agreement
+    return (math.inf,) * (generator.num_exits - 1), 1.0
+
+
+def _agreement(predictions, confidence, want, threshold) -> float:
+    confident = confidence[:-1] >= threshold
+    first = np.where(confident.any(axis=0), confident.argmax(axis=0), len(predictions) - 1)
+    chosen = predictions[first, np.arange(predictions.shape[1])]
+    return float((chosen == want).mean())
+
+
+def _held_out(generator, prompts, new, thresholds):
+    """(agreement, speed-up, mean exit depth) of early-exit decoding as deployed."""
+    same = total = 0
+    full_s = early_s = 0.0
+    depths = []
+    for prompt in prompts:
+        full = generator.generate(prompt, max_new_tokens=new)
+        early = generator.generate(prompt, max_new_tokens=new, mode="early-exit",
+                                   thresholds=thresholds)  # fmt: skip
+        n = min(len(full.tokens), len(early.tokens))
+        same += sum(a == b for a, b in zip(full.tokens[:n], early.tokens[:n]))
+        total += max(len(full.tokens), len(early.tokens))
+        full_s += full.seconds / max(len(full.tokens), 1)
+        early_s += early.seconds / max(len(early.tokens), 1)
+        depths.append(early.mean_exit_depth(generator.num_exits))
+    return same / total, full_s / early_s, float(np.mean(depths))
+
+
+def _record(bundle: Path, report: GenerationReport) -> None:
+    with files.locked(bundle, "calibrate"):
+        manifest = read_decoder_manifest(bundle)
+        choice = {
+            "self_speculative": report.self_speculative,
+            "early_exit": [None if math.isinf(t) else t for t in report.early_exit],
+            "report": {k: v for k, v in report.to_json().items() if k != "tried"},
+        }
+        write_decoder_manifest(bundle, manifest.with_generation(choice))
