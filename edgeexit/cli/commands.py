@@ -7,6 +7,7 @@ Command modules must not import torch, onnx or onnxsim at module level: the devi
 from edgeexit.cli import (
     bench,  # noqa: F401
     calibrate,  # noqa: F401
+    calibrate_generation,  # noqa: F401
     demo,  # noqa: F401
     export,  # noqa: F401
     generate,  # noqa: F401

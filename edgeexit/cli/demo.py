@@ -34,6 +34,10 @@ def demo_cmd(
     ),
     profile_repeats: int = typer.Option(100, min=1, help="Timed calls per segment profiling."),
     trust_pickle: bool = typer.Option(False, help="--model is a pickled nn.Module you trust."),
+    generate: bool = typer.Option(
+        False, "--generate", help="The text-generation demo instead: a byte-level decoder."
+    ),
+    steps: int = typer.Option(400, min=1, help="--generate: training steps (cached)."),
     as_json: bool = typer.Option(False, "--json", help="Print only a JSON object."),
 ) -> None:
     """Train a three-exit CNN on noisy digits, export, profile, calibrate and bench it.
@@ -49,7 +53,12 @@ def demo_cmd(
         edgeexit demo -o /tmp/demo --epochs 2 --target-latency 0.05ms
 
         edgeexit demo --model model.pt --data cal.npz --test-data test.npz
+
+        edgeexit demo --generate        # early-exit text generation, trained on stdlib code
     """
+    if generate:
+        _generation_demo(out, steps, as_json)
+        return
     from edgeexit.errors import InputError
     from edgeexit.examples.demo import DemoOptions, run_demo  # torch is imported there
 
@@ -63,6 +72,17 @@ def demo_cmd(
         raise usage_error(f"{err} (see 'edgeexit demo --help')") from None
     with stage_progress(hidden=as_json) as advance:
         report = run_demo(options, progress=advance)
+    if as_json:
+        typer.echo(in_flags(dumps_json(report.to_json())))
+        return
+    show(report)
+
+
+def _generation_demo(out: Path, steps: int, as_json: bool) -> None:
+    from edgeexit.examples.generation_demo import run_generation_demo  # imports torch
+
+    with stage_progress(hidden=as_json) as advance:
+        report = run_generation_demo(out, steps=steps, progress=advance)
     if as_json:
         typer.echo(in_flags(dumps_json(report.to_json())))
         return

@@ -31,8 +31,10 @@ def export_decoder(
     *,
     opset: int = DEFAULT_OPSET,
     atol: float = DEFAULT_ATOL,
+    tokenizer: str | None = None,
 ) -> DecoderManifest:
-    """Write ``model`` to ``out_dir`` as a decoder bundle, validated; return its manifest."""
+    """Write ``model`` to ``out_dir`` as a decoder bundle, validated; return its manifest.
+    ``tokenizer="bytes"`` marks a byte-level model: `generate --prompt TEXT` then works."""
     check_bundle_output(out_dir)
     config = model.config
     model.eval()
@@ -65,7 +67,11 @@ def export_decoder(
             eos_token_id=config.eos_token_id,
             segments=tuple(segments),
             head=GraphFile(path.name, sha256_file(path)),
-            extra={"exit_after": list(config.exit_after), "opset": opset},
+            extra={
+                "exit_after": list(config.exit_after),
+                "opset": opset,
+                **({"tokenizer": tokenizer} if tokenizer else {}),
+            },  # fmt: skip
         )
         write_decoder_manifest(tmp, manifest)
     return manifest

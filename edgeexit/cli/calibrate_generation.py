@@ -1,0 +1,97 @@
+"""`edgeexit calibrate-generation BUNDLE --prompts P.json`: how a decoder bundle generates."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import typer
+
+from edgeexit.cli import params
+from edgeexit.cli.core import command, in_flags, stage_progress
+from edgeexit.errors import DataError
+from edgeexit.files import dumps_json
+from edgeexit.generation.calibrate import calibrate_generation
+from edgeexit.generation.manifest import read_decoder_manifest
+
+
+@command("calibrate-generation")
+def calibrate_generation_cmd(
+    bundle: Path = typer.Argument(..., metavar="BUNDLE", help="A decoder bundle directory."),
+    prompts: Path = typer.Option(
+        ..., "--prompts", help="A .json list of prompts (text, or lists of token ids)."
+    ),
+    held_out: Path = typer.Option(
+        None, "--held-out", help="Prompts to check on (default: every other of --prompts)."
+    ),
+    min_agreement: float = typer.Option(
+        0.9,
+        "--min-agreement",
+        parser=params.share,
+        metavar="FRACTION",
+        help="Early-exit: the least share of tokens that must match full decoding.",
+    ),  # fmt: skip
+    max_new_tokens: int = typer.Option(32, "--max-new-tokens", "-n", min=1, help="Per prompt."),
+    target: str = typer.Option(
+        None, "--target", "-t", parser=params.target, help="Target name or .toml profile."
+    ),
+    threads: int = typer.Option(None, "--threads", min=0, help="Intra-op threads (0 = all cores)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Report only; leave the bundle as is."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of text."),
+) -> None:
+    """Choose self-speculative and early-exit settings by measuring on this device.
+
+    Self-speculative decoding (its output is full decoding's) gets the draft depth, draft
+    length and draft stop with the most tokens/s; early-exit decoding gets the lowest
+    confidence threshold whose agreement with full decoding reaches --min-agreement, and
+    is then checked as deployed on held-out prompts: met or MISSED, with its margin.
+
+    Example:
+
+        edgeexit calibrate-generation bundle/ --prompts prompts.json --min-agreement 0.95
+    """
+    byte_level = read_decoder_manifest(bundle).extra.get("tokenizer") == "bytes"
+    calibration = _read_prompts(prompts, byte_level)
+    if held_out is not None:
+        checked = _read_prompts(held_out, byte_level)
+    elif len(calibration) >= 2:
+        calibration, checked = calibration[::2], calibration[1::2]
+    else:
+        checked = []
+    with stage_progress(hidden=as_json) as advance:
+        report = calibrate_generation(
+            bundle, calibration, held_out=checked, max_new_tokens=max_new_tokens,
+            min_agreement=min_agreement, target=target, threads=threads, write=not dry_run,
+            progress=advance,
+        )  # fmt: skip
+    if as_json:
+        typer.echo(in_flags(dumps_json(report.to_json())))
+        return
+    for line in report.lines():
+        typer.echo(line)
+    if not dry_run:
+        typer.echo(f"recorded in {bundle}/manifest.json (generation)")
+
+
+def _read_prompts(path: Path, byte_level: bool) -> list[np.ndarray]:
+    if not path.is_file():
+        what = "is a directory" if path.is_dir() else "does not exist"
+        raise DataError(f"prompts file {path} {what}; expected a .json list of prompts")
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        raise DataError(f"prompts file {path} is not readable JSON: {err}") from err
+    if not isinstance(doc, list) or not doc:
+        raise DataError(f"prompts file {path} must hold a non-empty list of prompts")
+    out = []
+    for i, prompt in enumerate(doc):
+        if isinstance(prompt, str):
+            if not byte_level:
+                raise DataError(f"prompt {i} is text, but the bundle has no byte tokenizer")
+            out.append(np.frombuffer(prompt.encode(), np.uint8).astype(np.int64))
+        elif isinstance(prompt, list) and all(isinstance(t, int) for t in prompt):
+            out.append(np.array(prompt, dtype=np.int64))
+        else:
+            raise DataError(f"prompt {i} in {path} is neither text nor a list of token ids")
+    return out
