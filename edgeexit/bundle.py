@@ -30,6 +30,7 @@ from edgeexit.errors import BundleError
 from edgeexit.onnxproto import ProtoError, external_data_files
 
 FORMAT = "edgeexit.bundle/1"
+DECODER_FORMAT = "edgeexit.bundle/decoder-1"  # edgeexit.generation reads these
 MANIFEST = "manifest.json"
 BATCH_DIM = "batch"
 SEGMENT_SUFFIXES = (".onnx", ".ort")
@@ -136,6 +137,10 @@ class Manifest:
         if not isinstance(doc, dict):
             raise BundleError(f"manifest is a JSON {type(doc).__name__}; expected an object")
         fmt = doc.get("format")
+        if fmt == DECODER_FORMAT:
+            raise BundleError(
+                "this is a decoder bundle (a language model): run it with `edgeexit generate`"
+            )
         if fmt != FORMAT:
             raise BundleError(f"manifest format is {fmt!r}; this edgeexit reads {FORMAT!r}")
         inputs = tuple(_input(x, f"inputs[{k}]") for k, x in enumerate(_list(doc, "inputs")))

@@ -121,9 +121,45 @@ def threshold_in_widest_gap(scores: np.ndarray) -> float:
     return float(ranked[k] + ranked[k + 1]) / 2
 
 
+DECODER_PROMPT = [3, 14, 15, 9, 26, 5, 35]
+DECODER_THRESHOLDS = (0.5, 0.5)
+
+
+def export_decoder_bundle(out_dir: Path) -> None:
+    """A small seeded decoder (3 exits) as ``decoder/``, the prompt as ``decoder_prompt.txt``
+    and the host's tokens in every generation mode as ``host_decoder.json``."""
+    import json
+
+    import torch
+
+    from edgeexit.export.decoder_export import export_decoder
+    from edgeexit.export.decoder_model import DecoderConfig, MultiExitDecoder
+    from edgeexit.generation import Generator
+
+    torch.manual_seed(SEED)
+    config = DecoderConfig(dim=32, heads=2, layers=4, hidden=64, exit_after=(1, 2, 4),
+                           max_positions=64, vocab_size=40, eos_token_id=None)  # fmt: skip
+    model = MultiExitDecoder(config).eval()
+    with torch.no_grad():
+        model.lm_head.weight.mul_(8.0)  # peaked, so that exits are confident sometimes
+    export_decoder(model, out_dir / "decoder")
+    (out_dir / "decoder_prompt.txt").write_text(" ".join(map(str, DECODER_PROMPT)))
+    generator = Generator(out_dir / "decoder", threads=1)
+    tokens = {
+        mode: list(
+            generator.generate(
+                DECODER_PROMPT, max_new_tokens=16, mode=mode, thresholds=DECODER_THRESHOLDS
+            ).tokens
+        )  # fmt: skip
+        for mode in ("full", "self-speculative", "early-exit")
+    }
+    (out_dir / "host_decoder.json").write_text(json.dumps(tokens))
+
+
 def main(out_dir: Path) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     write_tiny_model(out_dir)
+    export_decoder_bundle(out_dir)
     bundles = export_bundles(out_dir)
     x = np.load(out_dir / "inputs.npz")["x"]
     for bundle in bundles:

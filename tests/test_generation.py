@@ -175,3 +175,70 @@ def test_calibration_chooses_and_records_settings_that_hold(decoder, tmp_path):
     assert len(out.exits) == len(out.tokens)
     spec = gen.generate(PROMPTS[0], max_new_tokens=10, mode="self-speculative")
     assert spec.tokens == gen.generate(PROMPTS[0], max_new_tokens=10).tokens
+
+
+def cli(*args):
+    from typer.testing import CliRunner
+
+    from edgeexit.cli import app
+
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def test_the_generate_command(decoder, tmp_path):
+    _, bundle, gen = decoder
+    ids = tmp_path / "ids.txt"
+    ids.write_text("1 2 3 4")
+    result = cli("generate", bundle, "--prompt-ids", ids, "-n", 8, "--mode",
+                 "self-speculative", "--k", 2, "--gamma", 3, "--json")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert doc["tokens"] == list(gen.generate([1, 2, 3, 4], max_new_tokens=8).tokens)
+    assert doc["mode"] == "self-speculative" and doc["new_tokens"] == 8
+    early = cli("generate", bundle, "--prompt-ids", ids, "--mode", "early-exit",
+                "--thresholds", "0.5,inf", "--json")  # fmt: skip
+    assert early.exit_code == 0 and json.loads(early.stdout)["exits"]
+    np.save(tmp_path / "ids.npy", np.array([1, 2, 3, 4]))
+    assert cli("generate", bundle, "--prompt-ids", tmp_path / "ids.npy").exit_code == 0
+
+
+def test_generate_refuses_bad_input_in_one_line(decoder, tmp_path):
+    _, bundle, _ = decoder
+    (tmp_path / "words.txt").write_text("one two")
+    (tmp_path / "far.txt").write_text("1 999")
+    cases = [
+        (("--prompt", "hi"), 2, "no byte-level tokenizer: pass --prompt-ids"),
+        ((), 2, "give the prompt as --prompt TEXT or --prompt-ids FILE"),
+        (("--prompt-ids", tmp_path / "missing.txt"), 1, "does not exist"),
+        (("--prompt-ids", tmp_path / "words.txt"), 1, "are not integers"),
+        (("--prompt-ids", tmp_path / "far.txt"), 1, "prompt id 999 at position 1"),
+        (("--prompt-ids", tmp_path / "far.txt", "--mode", "early-exit", "--thresholds", "a,b"),
+         2, "not a comma-separated list"),
+        (("--prompt-ids", tmp_path / "far.txt", "-n", 0), 2, "--max-new-tokens"),
+    ]  # fmt: skip
+    for args, code, message in cases:
+        result = cli("generate", bundle, *args)
+        errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+        assert result.exit_code == code and len(errors) == 1, (args, result.output)
+        assert message in errors[0], errors[0]
+    run = cli("run", bundle, "--input", tmp_path / "far.txt")
+    assert run.exit_code == 1 and "run it with `edgeexit generate`" in run.stderr
+
+
+def test_the_calibrate_generation_command(decoder, tmp_path):
+    _, bundle, _ = decoder
+    prompts = tmp_path / "prompts.json"
+    prompts.write_text(json.dumps([list(p) for p in PROMPTS]))
+    result = cli("calibrate-generation", bundle, "--prompts", prompts, "-n", 6,
+                 "--min-agreement", "0.8", "--dry-run", "--json")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert doc["min_agreement"] == 0.8 and len(doc["early_exit"]) == 2
+    assert (
+        "generation" not in json.loads((bundle / "manifest.json").read_text())
+        or not (json.loads((bundle / "manifest.json").read_text())["generation"])
+    )  # --dry-run left it
+    text = tmp_path / "text.json"
+    text.write_text(json.dumps(["hello"]))
+    bad = cli("calibrate-generation", bundle, "--prompts", text)
+    assert bad.exit_code == 1 and "no byte tokenizer" in bad.stderr

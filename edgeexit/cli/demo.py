@@ -37,7 +37,7 @@ def demo_cmd(
     generate: bool = typer.Option(
         False, "--generate", help="The text-generation demo instead: a byte-level decoder."
     ),
-    steps: int = typer.Option(400, min=1, help="--generate: training steps (cached)."),
+    steps: int = typer.Option(600, min=1, help="--generate: training steps (cached)."),
     as_json: bool = typer.Option(False, "--json", help="Print only a JSON object."),
 ) -> None:
     """Train a three-exit CNN on noisy digits, export, profile, calibrate and bench it.

@@ -1,7 +1,7 @@
 """`edgeexit demo --generate`: a byte-level decoder that can exit, end to end, no download.
 
 Trains a small Llama-style decoder with exits after layers 2, 4 and 8 on the Python
-standard library's own source (LayerSkip-style early-exit loss; about 4 minutes on 2
+standard library's own source (LayerSkip-style early-exit loss; about 6 minutes on 2
 cores, cached under the user's cache folder), exports it as a decoder bundle, calibrates
 how it generates on this machine, and decodes held-out code prompts in the three modes.
 """
@@ -38,7 +38,8 @@ from edgeexit.generation.calibrate import (
 CONFIG = DecoderConfig(vocab_size=VOCAB, dim=192, heads=6, layers=8, hidden=512,
                        exit_after=(2, 4, 8), max_positions=512, eos_token_id=EOS)  # fmt: skip
 TRAIN_BYTES = 4 << 20  # the corpus trained on; prompts come from the source after it
-STEPS = 400
+STEPS = 600
+EXIT_SCALE = 1.5  # early exits weigh more: the first drafts for self-speculative decoding
 PROMPT_BYTES = 32
 Progress = Callable[[str, int, int], None]
 
@@ -52,7 +53,16 @@ def demo_decoder(steps: int = STEPS, *, progress: Progress | None = None) -> Mul
     """The demo's trained decoder: from the cache when this Python trained it before."""
     tell = progress or (lambda stage, done, total: None)
     key = hashlib.sha256(
-        repr((asdict(CONFIG), steps, TRAIN_BYTES, sys.version_info[:2], torch.__version__)).encode()
+        repr(
+            (
+                asdict(CONFIG),
+                steps,
+                EXIT_SCALE,
+                TRAIN_BYTES,
+                sys.version_info[:2],
+                torch.__version__,
+            )
+        ).encode()
     ).hexdigest()[:16]
     path = cache_dir() / f"decoder-{key}.pt"
     model = MultiExitDecoder(CONFIG)
@@ -60,7 +70,8 @@ def demo_decoder(steps: int = STEPS, *, progress: Progress | None = None) -> Mul
         model.load_state_dict(torch.load(path, weights_only=True))
         return model.eval()
     corpus = stdlib_corpus(TRAIN_BYTES)
-    train_decoder(model, corpus, steps=steps, on_step=lambda s, _: tell("training", s, steps))
+    train_decoder(model, corpus, steps=steps, exit_scale=EXIT_SCALE,
+                  on_step=lambda s, _: tell("training", s, steps))  # fmt: skip
     buffer = io.BytesIO()
     torch.save(model.state_dict(), buffer)
     path.parent.mkdir(parents=True, exist_ok=True)

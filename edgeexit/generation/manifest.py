@@ -20,10 +20,16 @@ from pathlib import Path
 from typing import Any
 
 from edgeexit import documents, files
-from edgeexit.bundle import MANIFEST, MAX_MANIFEST_BYTES, ExternalFile, plain_file_name
+from edgeexit.bundle import (
+    DECODER_FORMAT,
+    MANIFEST,
+    MAX_MANIFEST_BYTES,
+    ExternalFile,
+    plain_file_name,
+)
 from edgeexit.errors import BundleError
 
-FORMAT = "edgeexit.bundle/decoder-1"
+FORMAT = DECODER_FORMAT
 
 
 @dataclass(frozen=True)

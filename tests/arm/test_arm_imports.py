@@ -107,7 +107,9 @@ def drive_device_path(artifacts: Path) -> None:
         ["targets", "--json"],
         ["run", bundle, "-i", data, "-t", "rpi4", "--json"],
         ["profile", bundle, "-t", "rpi4", "--repeats", "2", "--warmup", "0", "--json"],
-    ):
+        ["generate", str(artifacts / "decoder"), "--prompt-ids",
+         str(artifacts / "decoder_prompt.txt"), "-n", "4", "--mode", "self-speculative"],
+    ):  # fmt: skip
         result = CliRunner().invoke(app, args)
         assert result.exit_code == 0, f"edgeexit {' '.join(args)}: {result.output}"
 

@@ -1,0 +1,216 @@
+"""Early-exit text generation, side by side in one process, on the demo's trained decoder.
+
+Five ways to continue the same held-out code prompts greedily, one thread each, the order
+of the ways alternating prompt by prompt (``round_order``) so that drift on a shared
+machine hits them alike:
+
+  (a) full            edgeexit's segment chain, every segment for every token
+  (b) one-graph       the same weights as ONE ONNX graph with a KV cache (ids + past in,
+                      logits + new keys/values out), caches bound in place: what a user
+                      would deploy today, with edgeexit's own cache handling
+  (c) self-spec       edgeexit self-speculative decoding (the calibrated k, gamma, stop)
+  (d) early-exit      edgeexit early-exit decoding (the calibrated thresholds)
+  (e) hf-assistant    transformers' generate(assistant_early_exit=k) on the same weights
+                      in PyTorch (LayerSkip's self-speculation in transformers)
+  (f) hf-full         transformers' plain greedy generate, for (e)'s reference
+
+Reported: tokens/s, speed-up against (a), acceptance rate, mean exit depth, and token
+agreement with (a); self-speculative output must equal (a) token for token, and any
+divergence is listed with its step and the full model's confidence there.
+
+Usage:
+  PYTHONPATH=. python benchmarks/generation.py [--prompts 16] [--new 48] [--save F.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from edgeexit.examples.generation_demo import demo_decoder, held_out_prompts
+from edgeexit.examples.hf_llama import decoder_to_llama
+from edgeexit.export.convert import export_graph
+from edgeexit.export.decoder_export import export_decoder
+from edgeexit.generation import Generator
+from edgeexit.generation.caches import LayerCache, SegmentRunner
+from edgeexit.generation.calibrate import calibrate_generation, token_agreement
+from edgeexit.measure.rounds import round_order
+
+RESULTS = Path(__file__).parent / "results"
+
+
+class OneGraph(torch.nn.Module):
+    """The whole decoder and its head as one graph: (ids, past per layer) -> (logits,
+    new keys/values per layer); the logits ride in the 'hidden_out' slot."""
+
+    def __init__(self, model) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, ids, *past):
+        hidden = self.model.embed_tokens(ids)
+        new = []
+        for j, layer in enumerate(self.model.layers):
+            hidden, k, v = layer(hidden, past[2 * j], past[2 * j + 1])
+            new += [k, v]
+        return (self.model.head(hidden), *new)
+
+
+class OneGraphDecoder:
+    """Greedy decoding over OneGraph with caches bound in place (edgeexit's own runner)."""
+
+    def __init__(self, model, manifest, folder: Path) -> None:
+        c = model.config
+        n = c.layers
+        names_in = ["input_ids"] + [f"past_{k}_{j}" for j in range(n) for k in ("key", "value")]
+        names_out = ["hidden_out"] + [f"{k}_{j}" for j in range(n) for k in ("key", "value")]
+        axes = {x: {1: "past" if x.startswith("past_") else "tokens"} for x in names_in + names_out}
+        args = [torch.randint(0, c.vocab_size, (1, 3))] + [
+            torch.randn(1, 2, c.heads, c.head_dim) for _ in range(2 * n)
+        ]
+        path = folder / "one_graph.onnx"
+        export_graph(OneGraph(model).eval(), args, path, names_in, names_out, opset=17,
+                     exporter="torchscript", axes=axes)  # fmt: skip
+        self.bytes = path.stat().st_size
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = 1
+        session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        caches = [LayerCache(manifest) for _ in range(n)]
+        self.runner = SegmentRunner(session, path.name, True, caches, c.vocab_size,
+                                    manifest.max_positions)  # fmt: skip
+        self.eos = c.eos_token_id
+
+    def generate(self, prompt: np.ndarray, new: int) -> tuple[list[int], float]:
+        start = time.perf_counter()
+        self.runner.length = 0
+        out = [int(self.runner.run(prompt.astype(np.int64))[-1].argmax())]
+        while len(out) < new and out[-1] != self.eos:
+            out.append(int(self.runner.run(np.array([out[-1]]))[-1].argmax()))
+        return out, time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--prompts", type=int, default=16, help="held-out prompts timed")
+    parser.add_argument("--new", type=int, default=48, help="new tokens per prompt")
+    parser.add_argument("--save", type=Path, help="write the results as JSON here")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    model = demo_decoder().eval()
+    prompts = held_out_prompts(32 + args.prompts)
+    calibration, test = prompts[:32], prompts[32:]
+    with tempfile.TemporaryDirectory() as tmp:
+        bundle = Path(tmp) / "bundle"
+        manifest = export_decoder(model, bundle, tokenizer="bytes")
+        report = calibrate_generation(bundle, calibration, held_out=test,
+                                      max_new_tokens=args.new, threads=1)  # fmt: skip
+        generator = Generator(bundle, threads=1)
+        one = OneGraphDecoder(model, manifest, Path(tmp))
+        bundle_bytes = sum(f.stat().st_size for f in bundle.glob("*.onnx"))
+        k = report.self_speculative["k"]
+        exit_layer = model.config.exit_after[k - 1]
+        hf = decoder_to_llama(model)
+        results = run_all(generator, one, hf, exit_layer, test, args.new)
+    doc = summarize(results, generator.num_exits)
+    doc.update(
+        machine=f"{platform.machine()} {platform.processor()}".strip(),
+        onnxruntime=ort.__version__, torch=torch.__version__, prompts=len(test),
+        new_tokens=args.new, calibration=report.to_json(),
+        bundle_bytes=bundle_bytes, one_graph_bytes=one.bytes,
+        size_ratio=bundle_bytes / one.bytes, assistant_early_exit_layer=exit_layer,
+    )  # fmt: skip
+    Console().print(render(doc))
+    if args.save:
+        args.save.write_text(json.dumps(doc, indent=2) + "\n")
+
+
+def run_all(generator, one, hf, exit_layer, prompts, new) -> dict[str, list]:
+    ways = ["full", "one-graph", "self-spec", "early-exit", "hf-assistant", "hf-full"]
+    out: dict[str, list] = {w: [] for w in ways}
+    for p, prompt in enumerate(prompts):
+        for way in round_order(ways, p):
+            out[way].append(run_one(way, generator, one, hf, exit_layer, prompt, new))
+    return out
+
+
+def run_one(way, generator, one, hf, exit_layer, prompt, new) -> dict:
+    modes = {"full": "full", "self-spec": "self-speculative", "early-exit": "early-exit"}
+    if way in modes:
+        g = generator.generate(prompt, max_new_tokens=new, mode=modes[way])
+        return {"tokens": list(g.tokens), "seconds": g.seconds, "drafted": g.drafted,
+                "accepted": g.accepted, "exits": list(g.exits)}  # fmt: skip
+    if way == "one-graph":
+        tokens, seconds = one.generate(prompt, new)
+        return {"tokens": tokens, "seconds": seconds}
+    ids = torch.from_numpy(np.asarray(prompt, dtype=np.int64)[None])
+    extra = {"assistant_early_exit": exit_layer} if way == "hf-assistant" else {}
+    start = time.perf_counter()
+    with torch.no_grad():
+        sequence = hf.generate(ids, max_new_tokens=new, do_sample=False, **extra)
+    seconds = time.perf_counter() - start
+    return {"tokens": sequence[0, len(prompt) :].tolist(), "seconds": seconds}
+
+
+def summarize(results: dict[str, list], num_exits: int) -> dict:
+    full = [r["tokens"] for r in results["full"]]
+    rate = {w: sum(len(r["tokens"]) for r in rs) / sum(r["seconds"] for r in rs)
+            for w, rs in results.items()}  # fmt: skip
+    rows = {}
+    for way, runs in results.items():
+        drafted = sum(r.get("drafted", 0) for r in runs)
+        exits = [e for r in runs for e in r.get("exits", [])]
+        rows[way] = {
+            "tokens_per_s": rate[way],
+            "vs_full": rate[way] / rate["full"],
+            "agreement_with_full": token_agreement(full, [r["tokens"] for r in runs]),
+            "acceptance_rate": sum(r.get("accepted", 0) for r in runs) / drafted
+            if drafted else None,
+            "mean_exit_depth": (float(np.mean(exits)) + 1) / num_exits if exits else None,
+        }  # fmt: skip
+    divergences = [
+        {"prompt": p, "step": next(i for i, (a, b) in enumerate(zip(f, s)) if a != b)}
+        for p, (f, s) in enumerate(zip(full, (r["tokens"] for r in results["self-spec"])))
+        if f != s
+    ]
+    return {
+        "ways": rows,
+        "self_spec_identical": not divergences,
+        "divergences": divergences,
+        "self_spec_vs_one_graph": rate["self-spec"] / rate["one-graph"],
+        "self_spec_vs_hf_assistant": rate["self-spec"] / rate["hf-assistant"],
+    }
+
+
+def render(doc: dict) -> Table:
+    table = Table(title=f"greedy generation, {doc['prompts']} held-out prompts x "
+                  f"{doc['new_tokens']} tokens, 1 thread ({doc['machine']})")  # fmt: skip
+    for col in ("way", "tokens/s", "vs full", "= full", "acceptance", "exit depth"):
+        table.add_column(col, justify="right")
+    for way, r in doc["ways"].items():
+        table.add_row(
+            way, f"{r['tokens_per_s']:.0f}", f"{r['vs_full']:.2f}x",
+            f"{r['agreement_with_full']:.1%}",
+            "-" if r["acceptance_rate"] is None else f"{r['acceptance_rate']:.0%}",
+            "-" if r["mean_exit_depth"] is None else f"{r['mean_exit_depth']:.0%}",
+        )  # fmt: skip
+    table.caption = (
+        f"self-spec identical to full: {doc['self_spec_identical']}; self-spec vs one graph "
+        f"{doc['self_spec_vs_one_graph']:.2f}x, vs transformers assistant_early_exit "
+        f"{doc['self_spec_vs_hf_assistant']:.2f}x; bundle {doc['bundle_bytes'] / 1e6:.1f} MB = "
+        f"{doc['size_ratio']:.2f}x the one graph"
+    )
+    return table
+
+
+if __name__ == "__main__":
+    main()
