@@ -5,7 +5,8 @@ from typer.testing import CliRunner
 
 from edgeexit.cli import app
 
-COMMANDS = ("export", "profile", "calibrate", "run", "bench", "targets", "demo", "inspect")
+COMMANDS = ("export", "profile", "calibrate", "run", "bench", "targets", "demo", "inspect",
+            "generate", "calibrate-generation")  # fmt: skip
 
 # A command line per command that parses but fails on its input: exit 1, one line, no traceback.
 FAILING = {
@@ -24,6 +25,13 @@ FAILING = {
     "targets": ["targets", "no-such-board"],
     "demo": ["demo", "--model", "{tmp}/m.pt", "--data", "{tmp}/d.npz"],
     "inspect": ["inspect", "{tmp}/no-bundle"],
+    "generate": ["generate", "{tmp}/no-bundle", "--prompt", "hi"],
+    "calibrate-generation": [
+        "calibrate-generation",
+        "{tmp}/no-bundle",
+        "--prompts",
+        "{tmp}/p.json",
+    ],
 }
 
 

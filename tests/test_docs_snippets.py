@@ -34,6 +34,16 @@ edgeexit.export(digits_resnet(width=4).eval(), torch.rand(2, 1, 8, 8), "bundle")
 x = np.random.rand(5, 1, 8, 8).astype(np.float32)
 x_cal = np.random.rand(32, 1, 8, 8).astype(np.float32)
 """,
+    "generation.md": """
+import numpy as np
+import torch
+from edgeexit.export.decoder_export import export_decoder
+from edgeexit.export.decoder_model import DecoderConfig, MultiExitDecoder
+torch.manual_seed(0)
+config = DecoderConfig(dim=16, heads=2, layers=2, hidden=32, exit_after=(1, 2), max_positions=96)
+export_decoder(MultiExitDecoder(config).eval(), "bundle")
+ids = np.array([100, 101, 102])
+""",
     "deploying-to-raspberry-pi.md": """
 import numpy as np
 import torch

@@ -47,9 +47,11 @@ def calibrate_generation_cmd(
     confidence threshold whose agreement with full decoding reaches --min-agreement, and
     is then checked as deployed on held-out prompts: met or MISSED, with its margin.
 
-    Example:
+    Examples:
 
         edgeexit calibrate-generation bundle/ --prompts prompts.json --min-agreement 0.95
+
+        edgeexit calibrate-generation bundle/ --prompts p.json --held-out h.json --dry-run
     """
     byte_level = read_decoder_manifest(bundle).extra.get("tokenizer") == "bytes"
     calibration = _read_prompts(prompts, byte_level)
