@@ -17,17 +17,34 @@ from typing import Any
 
 import numpy as np
 
-# (counter, argmax) per remaining sample; None before the first exit
-PatienceState = tuple[np.ndarray, np.ndarray]
+# Per remaining sample: first the value the threshold is compared with, then what the
+# criterion keeps (patience: its argmax; Q-exit: the probability of not having halted).
+# None before the first exit.
+RuntimeState = tuple[np.ndarray, np.ndarray]
+StateUpdate = Callable[[RuntimeState | None, np.ndarray, np.ndarray], RuntimeState]
 
 
-def patience_update(state: PatienceState | None, logits: np.ndarray) -> PatienceState:
+def patience_update(
+    state: RuntimeState | None, logits: np.ndarray, score: np.ndarray
+) -> RuntimeState:
     """PABEE: the counter is 0 at exit 0, then +1 while the argmax stays the same, else 0."""
     pred = logits.argmax(axis=1)
     if state is None:
         return np.zeros(len(pred), dtype=np.float32), pred
     counter, prev = state
     return np.where(pred == prev, counter + 1, 0).astype(np.float32), pred
+
+
+def q_exit_update(
+    state: RuntimeState | None, logits: np.ndarray, score: np.ndarray
+) -> RuntimeState:
+    """PALBERT's Q-exit: each exit's gate gives the probability of halting there given that
+    the sample reached it (the in-graph score, a sigmoid); the value compared is the
+    cumulative probability of having halted by this exit, 1 - prod(1 - p)."""
+    survive = 1.0 - score.astype(np.float32)
+    if state is not None:
+        survive = state[1] * survive
+    return (1.0 - survive).astype(np.float32), survive
 
 
 @dataclass(frozen=True)
@@ -38,8 +55,8 @@ class Criterion:
     min_classes: int = 1
     defaults: Mapping[str, Any] = field(default_factory=dict)  # criterion_params
     # Decided in the runtime, not in the graph: updates the per-sample state from an exit's
-    # logits; the threshold then applies to the state's counter instead of the graph score.
-    runtime_state: Callable[[PatienceState | None, np.ndarray], PatienceState] | None = None
+    # logits and graph score; the threshold then applies to the state's first value.
+    runtime_state: StateUpdate | None = None
 
     def params(self, given: Mapping[str, Any]) -> dict[str, Any]:
         return {**self.defaults, **given}
@@ -47,7 +64,7 @@ class Criterion:
     def initial_thresholds(self, params: Mapping[str, Any], num_exits: int) -> tuple[float, ...]:
         """Before calibration: every sample runs to the last exit, except under a criterion
         with its own rule (patience: leave once ``patience`` exits in a row agree)."""
-        if self.runtime_state is not None:
+        if "patience" in params:
             return (float(params["patience"]),) * num_exits
         return (math.inf,) * num_exits
 
@@ -79,6 +96,12 @@ CRITERIA: dict[str, Criterion] = {
             "PABEE: leave once this many exits in a row agree on the argmax",
             defaults={"patience": 2},
             runtime_state=patience_update,
+        ),
+        Criterion(
+            "q-exit",
+            "PALBERT: the cumulative halting probability of the exits' gates",
+            needs_gate=True,
+            runtime_state=q_exit_update,
         ),
     )
 }

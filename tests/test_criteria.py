@@ -27,9 +27,10 @@ def test_needs_come_from_the_registry():
     check_criterion("confidence", 1, False, "exits[0]")
 
 
-def test_patience_is_the_one_runtime_criterion_and_starts_at_its_own_rule():
+def test_patience_and_q_exit_are_decided_in_the_runtime_and_patience_starts_at_its_rule():
     stateful = [name for name, c in CRITERIA.items() if c.runtime_state is not None]
-    assert stateful == ["patience"]
+    assert stateful == ["patience", "q-exit"]
+    assert CRITERIA["q-exit"].initial_thresholds({}, 2) == (float("inf"),) * 2
     patience = CRITERIA["patience"]
     assert patience.initial_thresholds(patience.params({}), 3) == (2.0, 2.0, 2.0)
     assert CRITERIA["confidence"].initial_thresholds({}, 2) == (float("inf"),) * 2
@@ -37,9 +38,9 @@ def test_patience_is_the_one_runtime_criterion_and_starts_at_its_own_rule():
 
 def test_patience_counts_agreeing_exits():
     a = np.array([[1.0, 0.0], [0.0, 1.0]])
-    state = patience_update(None, a)
-    state = patience_update(state, a)
-    state = patience_update(state, a[::-1])
+    state = patience_update(None, a, None)
+    state = patience_update(state, a, None)
+    state = patience_update(state, a[::-1], None)
     assert state[0].tolist() == [0.0, 0.0]
-    state = patience_update(patience_update(None, a), a)
+    state = patience_update(patience_update(None, a, None), a, None)
     assert state[0].tolist() == [1.0, 1.0]

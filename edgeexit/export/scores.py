@@ -12,6 +12,8 @@ with a threshold and never needs to know the criterion.
   different sizes (segment 0 fed by the raw inputs, a downsampling block) there is nothing
   to compare and the score is -1, the lowest cosine: only a threshold of -1 exits there.
 - ``gate``: the head's own learned score ``[batch]``, as-is (JEI-DNN, DeeDiff).
+- ``q-exit`` (PALBERT): the in-graph score is sigmoid(gate), the probability of halting at
+  this exit; the runtime accumulates the probability of having halted, 1 - prod(1 - p).
 - ``patience`` (PABEE): the in-graph score is the confidence; the runtime counts how many
   consecutive exits agreed on the argmax.
 """
@@ -70,6 +72,10 @@ def _gate(logits, gate, hidden_in, hidden_out):
     return gate.float()
 
 
+def _halting(logits, gate, hidden_in, hidden_out):
+    return torch.sigmoid(gate.float())
+
+
 def _similarity(logits, gate, hidden_in, hidden_out):
     return _cosine(hidden_in, hidden_out)
 
@@ -82,6 +88,7 @@ SCORES: dict[str, Callable[..., torch.Tensor]] = {
     "similarity": _similarity,
     "gate": _gate,
     "patience": _confidence,  # the runtime counts agreeing exits; the graph's score is spare
+    "q-exit": _halting,  # the runtime accumulates these into the probability of halting
 }
 
 

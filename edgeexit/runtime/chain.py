@@ -23,7 +23,7 @@ import numpy as np
 import onnxruntime as ort
 
 from edgeexit.bundle import Manifest
-from edgeexit.criteria import PatienceState
+from edgeexit.criteria import RuntimeState
 from edgeexit.errors import BundleError, InputError, first_line
 from edgeexit.runtime.buffers import Buffer, bound_runner
 from edgeexit.runtime.gather import RowMover
@@ -246,7 +246,7 @@ class Chain:
         logits = exit_index = None  # allocated when the first sample leaves
         seg_ms = [0.0] * len(self.sessions)
         alive: np.ndarray | None = None  # None: row j is still sample j
-        state: PatienceState | None = None  # a runtime-decided criterion's (patience)
+        state: RuntimeState | None = None  # a runtime-decided criterion's (patience, Q-exit)
         last = len(self.sessions) - 1
         t = perf_counter()
         for i, threshold in enumerate(thresholds):
@@ -264,7 +264,7 @@ class Chain:
                 exit_index[alive] = i
                 break
             if state_update is not None:
-                state = state_update(state, step.logits)
+                state = state_update(state, step.logits, step.score)
                 score = state[0]
             elif threshold == _INF:
                 continue  # nobody leaves here: skip even reading the score
@@ -290,7 +290,7 @@ class Chain:
             keep = np.flatnonzero(~leaving)
             alive = keep if alive is None else alive[keep]
             if state is not None:
-                state = (state[0][keep], state[1][keep])
+                state = (state[0][keep], state[1][keep])  # (value, what it keeps)
             self.compact(step.carry, keep)
             k = keep.size
             t = perf_counter()  # the compaction is orchestration, not segment time
@@ -417,7 +417,7 @@ class Chain:
             seg_s[i] = perf_counter() - t
             logits[i] = step.logits
             if state_update is not None:
-                state = state_update(state, step.logits)
+                state = state_update(state, step.logits, step.score)
                 scores[i] = state[0]
             else:
                 scores[i] = step.score
