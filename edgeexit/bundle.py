@@ -26,7 +26,7 @@ import numpy as np
 
 from edgeexit import documents, files
 from edgeexit.criteria import CRITERIA
-from edgeexit.errors import BundleError
+from edgeexit.errors import BundleError, InputError
 from edgeexit.onnxproto import ProtoError, external_data_files
 
 FORMAT = "edgeexit.bundle/1"
@@ -113,6 +113,18 @@ class Manifest:
         if any(math.isnan(t) or t == -math.inf for t in values):
             raise BundleError(f"thresholds {values} hold NaN or -inf; expected numbers or inf")
         return replace(self, thresholds=values)
+
+    def capped(self, max_exit: int) -> Manifest:
+        """The chain up to exit ``max_exit``: every sample leaves by it, and the segments
+        after it are not part of the chain (a runtime never opens them)."""
+        if isinstance(max_exit, bool) or not isinstance(max_exit, int):
+            raise InputError(f"`max_exit` is {max_exit!r}; expected an exit index")
+        if not 0 <= max_exit < self.num_exits:
+            raise InputError(
+                f"`max_exit` is {max_exit}; expected 0..{self.num_exits - 1}, an exit of the bundle"
+            )
+        keep = max_exit + 1
+        return replace(self, segments=self.segments[:keep], thresholds=self.thresholds[:keep])
 
     def with_extra(self, **extra: Any) -> Manifest:
         return replace(self, extra={**self.extra, **extra})

@@ -161,6 +161,7 @@ FLAGS = {
     "max_quant_drop": "--max-quant-drop",
     "max_new_tokens": "--max-new-tokens",
     "min_agreement": "--min-agreement",
+    "max_exit": "--max-exit",
     "opset": "--opset",
     "input_shape": "--input-shape",
     "trust_pickle": "--trust-pickle",

@@ -30,6 +30,12 @@ def run_cmd(
         None, "--target", "-t", parser=params.target, help="Target name or .toml profile."
     ),
     threads: int = typer.Option(None, "--threads", min=0, help="Intra-op threads (0 = all cores)."),
+    max_exit: int = typer.Option(
+        None,
+        "--max-exit",
+        min=0,
+        help="Cap the depth: all leave by this exit; later segments are never loaded.",
+    ),  # fmt: skip
     warmup: int = typer.Option(
         1,
         "--warmup",
@@ -53,8 +59,10 @@ def run_cmd(
         edgeexit run bundle/ --input x.npy --target rpi5 --threads 4 --json
 
         edgeexit run bundle/ --input x.npy --warmup 0      # the cold first call
+
+        edgeexit run bundle/ --input x.npy --max-exit 1    # segments after exit 1 stay on disk
     """
-    runtime = Runtime(bundle, target=target, threads=threads)
+    runtime = Runtime(bundle, target=target, threads=threads, max_exit=max_exit)
     data = load_data(input_path, runtime.manifest.inputs)
     if data.labels is not None:
         data.check_labels(runtime.num_classes, str(input_path))

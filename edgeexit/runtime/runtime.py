@@ -41,6 +41,9 @@ class Runtime:
         providers: ONNX Runtime execution providers, overriding the target's; with
             ``['CUDAExecutionProvider', ...]`` carries stay on the GPU between segments.
         threads: intra-op threads, overriding the target's (0 = all cores).
+        max_exit: cap the depth: every sample leaves by this exit, and the segments after
+            it are neither verified nor loaded (DeeR-VLA's peak budget). ``num_exits`` and
+            the thresholds ``run`` takes count the exits up to it.
 
     Raises BundleError (unreadable/other-format manifest, missing or modified segment,
     a segment ONNX Runtime cannot load) and TargetError (unknown target or provider).
@@ -66,10 +69,13 @@ class Runtime:
         target: str | os.PathLike | Target | None = None,
         providers: Sequence[str] | None = None,
         threads: int | None = None,
+        max_exit: int | None = None,
     ) -> None:
         self.target = load_target(target)
         config = resolve_config(self.target, providers, threads)
         self.manifest: Manifest = read_manifest(bundle_dir)
+        if max_exit is not None:  # the later segments are never opened: no memory for them
+            self.manifest = self.manifest.capped(max_exit)
         sources = load_segments(bundle_dir, self.manifest)
         sessions = [open_session(s, config) for s in sources]
         layouts = probe_layouts(self.manifest, sessions)

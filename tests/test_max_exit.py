@@ -1,0 +1,63 @@
+"""A depth cap (DeeR-VLA's peak budget): every sample leaves by exit K, and the segments
+after it are never opened, so a device does not spend their memory."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+import edgeexit  # noqa: E402
+from edgeexit.errors import InputError  # noqa: E402
+from edgeexit.examples import digits_resnet  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory):
+    torch.manual_seed(0)
+    out = tmp_path_factory.mktemp("cap") / "bundle"
+    edgeexit.export(digits_resnet(width=4).eval(), torch.rand(2, 1, 8, 8), out)
+    return out
+
+
+def test_capped_runs_are_the_full_chain_forced_out_at_the_cap(bundle):
+    x = np.random.default_rng(0).random((7, 1, 8, 8), dtype=np.float32)
+    full = edgeexit.Runtime(bundle, threads=1)
+    every = full.run_all_exits(x)
+    for k in range(full.num_exits):
+        capped = edgeexit.Runtime(bundle, threads=1, max_exit=k)
+        out = capped.run(x)
+        assert capped.num_exits == k + 1 and set(out.exit_index.tolist()) == {k}
+        np.testing.assert_allclose(out.logits, every.logits[k], atol=1e-6)
+
+
+def test_segments_after_the_cap_are_never_opened(bundle, tmp_path):
+    copy = tmp_path / "bundle"
+    copy.mkdir()
+    for f in bundle.iterdir():
+        copy.joinpath(f.name).write_bytes(f.read_bytes())
+    last = edgeexit.Runtime(copy, threads=1).manifest.segments[-1].file
+    (copy / last).unlink()  # a device that never copied the deep segments
+    x = np.zeros((2, 1, 8, 8), dtype=np.float32)
+    assert edgeexit.Runtime(copy, threads=1, max_exit=1).run(x).exit_index.tolist() == [1, 1]
+    with pytest.raises(edgeexit.EdgeExitError, match="missing"):
+        edgeexit.Runtime(copy, threads=1)
+    with pytest.raises(InputError, match="`max_exit` is 9; expected 0..3"):
+        edgeexit.Runtime(bundle, max_exit=9)
+
+
+def test_the_run_command_takes_the_cap(bundle, tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from edgeexit.cli import app
+
+    np.save(tmp_path / "x.npy", np.zeros((3, 1, 8, 8), dtype=np.float32))
+    ok = CliRunner().invoke(app, ["run", str(bundle), "-i", str(tmp_path / "x.npy"),
+                                  "--max-exit", "0", "--json"])  # fmt: skip
+    assert ok.exit_code == 0 and json.loads(ok.stdout)["exit_index"] == [0, 0, 0]
+    bad = CliRunner().invoke(app, ["run", str(bundle), "-i", str(tmp_path / "x.npy"),
+                                   "--max-exit", "7"])  # fmt: skip
+    assert bad.exit_code == 1 and "--max-exit is 7" in bad.stderr
