@@ -347,6 +347,12 @@ def sha256_file(path: Path) -> str:
 
 def read_manifest(bundle_dir: str | os.PathLike) -> Manifest:
     """Parse and check ``bundle_dir/manifest.json`` (without reading the segment files)."""
+    return Manifest.from_json(read_manifest_document(bundle_dir))
+
+
+def read_manifest_document(bundle_dir: str | os.PathLike) -> Any:
+    """The JSON of ``bundle_dir/manifest.json``, whatever its format: the folder checked,
+    a swap that a crash interrupted put back, the file a regular one of sane size."""
     folder = Path(bundle_dir)
     if not folder.exists():
         files.clean_stale(folder)  # a swap killed between its two renames: put it back
@@ -357,14 +363,13 @@ def read_manifest(bundle_dir: str | os.PathLike) -> Manifest:
         raise BundleError(f"{path} is a symbolic link; a bundle holds its own manifest")
     if path.exists() and not path.is_file():
         raise BundleError(f"{path} is not a regular file; expected the bundle's manifest")
-    doc = documents.read_json(
+    return documents.read_json(
         path,
         "bundle manifest",
         BundleError,
         max_bytes=MAX_MANIFEST_BYTES,
         missing="is missing: not an edgeexit bundle",
     )
-    return Manifest.from_json(doc)
 
 
 @dataclass(frozen=True)

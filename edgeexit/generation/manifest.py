@@ -19,13 +19,13 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from edgeexit import documents, files
+from edgeexit import files
 from edgeexit.bundle import (
     DECODER_FORMAT,
     MANIFEST,
-    MAX_MANIFEST_BYTES,
     ExternalFile,
     plain_file_name,
+    read_manifest_document,
 )
 from edgeexit.errors import BundleError
 
@@ -116,22 +116,9 @@ class DecoderManifest:
                    head=head, generation=dict(generation), extra=extra)  # fmt: skip
 
 
-def is_decoder_bundle(bundle_dir: str | os.PathLike) -> bool:
-    return files.json_format(Path(bundle_dir) / MANIFEST) == FORMAT
-
-
 def read_decoder_manifest(bundle_dir: str | os.PathLike) -> DecoderManifest:
-    path = Path(bundle_dir) / MANIFEST
-    if not Path(bundle_dir).is_dir():
-        raise BundleError(f"bundle {bundle_dir} is not a directory; expected a bundle directory")
-    doc = documents.read_json(
-        path,
-        "bundle manifest",
-        BundleError,
-        max_bytes=MAX_MANIFEST_BYTES,
-        missing="is missing: not an edgeexit bundle",
-    )
-    return DecoderManifest.from_json(doc, source=str(path))
+    doc = read_manifest_document(bundle_dir)
+    return DecoderManifest.from_json(doc, source=str(Path(bundle_dir) / MANIFEST))
 
 
 def write_decoder_manifest(bundle_dir: str | os.PathLike, manifest: DecoderManifest) -> None:
