@@ -61,3 +61,32 @@ def test_the_run_command_takes_the_cap(bundle, tmp_path):
     bad = CliRunner().invoke(app, ["run", str(bundle), "-i", str(tmp_path / "x.npy"),
                                    "--max-exit", "7"])  # fmt: skip
     assert bad.exit_code == 1 and "--max-exit is 7" in bad.stderr
+
+
+def test_calibrate_caps_the_depth_and_the_device_keeps_the_cap(bundle, tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from edgeexit.cli import app
+
+    copy = tmp_path / "bundle"
+    copy.mkdir()
+    for f in bundle.iterdir():
+        copy.joinpath(f.name).write_bytes(f.read_bytes())
+    rng = np.random.default_rng(1)
+    x = rng.random((60, 1, 8, 8), dtype=np.float32)
+    y = edgeexit.Runtime(copy, threads=1).run(x).predictions  # labels: the full model's own
+    np.savez(tmp_path / "cal.npz", x=x, y=y)
+    result = CliRunner().invoke(app, ["calibrate", str(copy), "--data", str(tmp_path / "cal.npz"),
+                                      "--risk", "0.5", "--max-exit", "1", "--json"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    doc = json.loads((copy / "manifest.json").read_text())
+    assert doc["max_exit"] == 1 and doc["thresholds"][2:] == [None, None]
+    (copy / doc["segments"][3]["file"]).unlink()  # beyond the cap: the device never needs it
+    runtime = edgeexit.Runtime(copy, threads=1)
+    assert runtime.num_exits == 2 and max(runtime.run(x).exit_index) <= 1
+    bench = CliRunner().invoke(app, ["bench", str(copy), "--data", str(tmp_path / "cal.npz"),
+                                     "--rounds", "1", "--json"])  # fmt: skip
+    assert bench.exit_code == 0, bench.output
+    assert len(json.loads(bench.stdout)["exit_counts"]) == 2

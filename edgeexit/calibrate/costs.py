@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -116,12 +116,15 @@ def load_profile_costs(
     profile = CostProfile.load(path)
     ours = [(s.file, s.sha256) for s in manifest.segments]
     theirs = [(s.file, s.sha256) for s in profile.segments]
-    if ours != theirs:
+    if ours != theirs[: len(ours)]:  # a capped chain (max_exit) plans with its exits only
         raise CalibrationError(
             f"profile {path} was measured on another bundle (its segment files or sha256 "
             "differ); profile this bundle with `edgeexit profile`"
         )
     power_w = profile.power_model_w.get("active", 0.0) or active_power_w
+    if len(ours) < len(theirs):  # leaving at exit i costs the same whatever follows i
+        profile = replace(profile, segments=profile.segments[: len(ours)],
+                          exits=profile.exits[: len(ours)])  # fmt: skip
     if len(profile.exits) == len(profile.segments):
         return exit_costs(
             profile.exits,

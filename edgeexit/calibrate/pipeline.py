@@ -11,9 +11,10 @@ second calibrate or an export onto it is refused rather than one result silently
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -50,6 +51,7 @@ class CalibrateOptions:
 
     profile: Path | None = None
     target: str | None = None
+    max_exit: int | None = None  # cap the depth: exits after it are dropped from the chain
     plot: Path | None = None
     batch_size: int = 256
     timing_samples: int = 48
@@ -161,13 +163,13 @@ def calibrate_bundle(
     with files.locked(bundle_dir, "calibrate") if write else contextlib.nullcontext():
         manifest = read_manifest(bundle_dir)
         dataset = load_data(data_path, manifest.inputs)
-        runtime = Runtime(bundle_dir, target=options.target)
+        runtime = Runtime(bundle_dir, target=options.target, max_exit=_cap(manifest, options))
         dataset.check_labels(runtime.num_classes, str(data_path))
         if costs is not None:
             pass  # given by the caller
         elif options.profile is not None:
             power_w = runtime.target.active_power_w
-            costs = load_profile_costs(options.profile, manifest, active_power_w=power_w)
+            costs = load_profile_costs(options.profile, runtime.manifest, active_power_w=power_w)
         else:
             costs = measure_costs(runtime, dataset, options, progress=progress)
         table = collect_table(runtime, dataset, batch_size=options.batch_size, progress=progress)
@@ -177,7 +179,12 @@ def calibrate_bundle(
             plot = files.Staged(options.plot, report.plot_png(), what="plot")
         try:
             if write:
-                updated = manifest.with_thresholds(report.thresholds).with_extra(
+                dropped = (math.inf,) * (manifest.num_exits - runtime.num_exits)
+                extra = {k: v for k, v in manifest.extra.items() if k != "max_exit"}
+                if dropped:  # the runtime caps the chain here from now on
+                    extra["max_exit"] = runtime.num_exits - 1
+                updated = replace(manifest, extra=extra)
+                updated = updated.with_thresholds((*report.thresholds, *dropped)).with_extra(
                     calibration=report.to_json()
                 )
                 write_manifest(bundle_dir, updated)
@@ -188,3 +195,9 @@ def calibrate_bundle(
         if plot is not None:
             plot.commit()
     return report
+
+
+def _cap(manifest, options: CalibrateOptions) -> int:
+    """The exit calibration stops at: the one asked for, else the deepest (a cap an earlier
+    calibration recorded is replaced, not inherited)."""
+    return manifest.num_exits - 1 if options.max_exit is None else options.max_exit

@@ -50,6 +50,13 @@ def calibrate_cmd(
         None, "--target", "-t", parser=params.target, help="Target name or .toml profile."
     ),
     plot: Path = typer.Option(None, help="Save the Pareto front as a PNG (needs matplotlib)."),
+    max_exit: int = typer.Option(
+        None,
+        "--max-exit",
+        min=0,
+        help="Cap the depth: every sample leaves by this exit, and "
+        "the device never loads the segments after it.",
+    ),  # fmt: skip
     dry_run: bool = typer.Option(False, "--dry-run", help="Do not write the manifest."),
     as_json: bool = typer.Option(False, "--json", help="Print only a JSON object."),
 ) -> None:
@@ -65,6 +72,8 @@ def calibrate_cmd(
         edgeexit calibrate bundle/ --data cal.npz --max-accuracy-drop 0.01 --plot pareto.png
 
         edgeexit calibrate bundle/ --data cal.npz --risk 0.02 --confidence 0.9
+
+        edgeexit calibrate bundle/ --data cal.npz --max-accuracy-drop 0.05 --max-exit 1
     """
     try:
         budget = Budget(
@@ -78,7 +87,7 @@ def calibrate_cmd(
         )
     except CalibrationError as err:  # no budget, or budgets that do not go together
         raise usage_error(f"{err} (see 'edgeexit calibrate --help')") from None
-    options = CalibrateOptions(profile=profile, target=target, plot=plot)
+    options = CalibrateOptions(profile=profile, target=target, plot=plot, max_exit=max_exit)
     with stage_progress(hidden=as_json) as advance:
         report = calibrate_bundle(
             bundle, data, budget, options, progress=advance, write=not dry_run

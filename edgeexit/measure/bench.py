@@ -179,9 +179,9 @@ def bench_bundle(
     progress: Callable[[int, int], None] | None = None,
 ) -> BenchReport:
     """Run the bundle over the data as deployed and against the full chain, alternating."""
-    manifest = read_manifest(bundle_dir)
-    dataset = load_data(data_path, manifest.inputs)
+    dataset = load_data(data_path, read_manifest(bundle_dir).inputs)
     runtime = Runtime(bundle_dir, target=options.target)
+    manifest = runtime.manifest  # capped at the exit calibrate chose, if it did
     dataset.check_labels(runtime.num_classes, str(data_path))
     full = [math.inf] * manifest.num_exits
     n, b = len(dataset), options.batch_size

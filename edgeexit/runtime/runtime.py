@@ -43,7 +43,8 @@ class Runtime:
         threads: intra-op threads, overriding the target's (0 = all cores).
         max_exit: cap the depth: every sample leaves by this exit, and the segments after
             it are neither verified nor loaded (DeeR-VLA's peak budget). ``num_exits`` and
-            the thresholds ``run`` takes count the exits up to it.
+            the thresholds ``run`` takes count the exits up to it. Default: the cap
+            calibrate recorded in the manifest, if any.
 
     Raises BundleError (unreadable/other-format manifest, missing or modified segment,
     a segment ONNX Runtime cannot load) and TargetError (unknown target or provider).
@@ -74,6 +75,8 @@ class Runtime:
         self.target = load_target(target)
         config = resolve_config(self.target, providers, threads)
         self.manifest: Manifest = read_manifest(bundle_dir)
+        if max_exit is None:  # calibrate may have capped the bundle (calibrate --max-exit)
+            max_exit = self.manifest.extra.get("max_exit")
         if max_exit is not None:  # the later segments are never opened: no memory for them
             self.manifest = self.manifest.capped(max_exit)
         sources = load_segments(bundle_dir, self.manifest)
