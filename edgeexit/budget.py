@@ -18,6 +18,14 @@ from edgeexit.errors import CalibrationError
 _NUMBER_UNIT = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*([a-zA-Zµ]*)\s*$")
 _TIME_TO_MS = {"ms": 1.0, "s": 1e3, "us": 1e-3, "µs": 1e-3}
 _ENERGY_TO_MJ = {"mj": 1.0, "j": 1e3, "uj": 1e-3, "µj": 1e-3}
+_MEMORY_TO_MB = {
+    "mb": 1.0,
+    "mib": 1.0,
+    "gb": 1024.0,
+    "gib": 1024.0,
+    "kb": 1 / 1024,
+    "kib": 1 / 1024,
+}
 
 
 def drop_from_points(points: float, owner: str) -> float:
@@ -53,6 +61,11 @@ def parse_latency_ms(text: str) -> float:
 def parse_energy_mj(text: str) -> float:
     """'2mJ', '1.5J', '300uJ' -> millijoules."""
     return _parse(text, _ENERGY_TO_MJ, "energy", "'2mJ' or '1.5J'")
+
+
+def parse_memory_mb(text: str) -> float:
+    """'64MB', '1.5GB', '512kB' -> megabytes (MiB: what the OS counts resident memory in)."""
+    return _parse(text, _MEMORY_TO_MB, "memory", "'64MB' or '1.5GB'")
 
 
 def _fraction(value: float, what: str) -> float:

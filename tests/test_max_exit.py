@@ -90,3 +90,36 @@ def test_calibrate_caps_the_depth_and_the_device_keeps_the_cap(bundle, tmp_path)
                                      "--rounds", "1", "--json"])  # fmt: skip
     assert bench.exit_code == 0, bench.output
     assert len(json.loads(bench.stdout)["exit_counts"]) == 2
+
+
+def test_profile_records_resident_memory_and_calibrate_caps_to_a_memory_budget(bundle, tmp_path):
+    import json
+    import sys
+
+    from typer.testing import CliRunner
+
+    from edgeexit.cli import app
+    from edgeexit.measure.profiling import profile_bundle
+
+    profile = profile_bundle(bundle, repeats=2, warmup=0, rounds=2, min_seconds=0.0)
+    resident = [s.resident_mb for s in profile.segments]
+    if sys.platform.startswith("linux"):
+        assert all(r is not None and r >= 0 for r in resident)
+    doc = profile.to_json()
+    for s in doc["segments"]:
+        s["resident_mb"] = 10.0  # known figures: the cap follows from them alone
+    (tmp_path / "p.json").write_text(json.dumps(doc))
+    x = np.random.default_rng(2).random((40, 1, 8, 8), dtype=np.float32)
+    np.savez(tmp_path / "cal.npz", x=x, y=edgeexit.Runtime(bundle).run(x).predictions)
+    base = ["calibrate", str(bundle), "--data", str(tmp_path / "cal.npz"), "--risk", "0.5",
+            "--dry-run", "--json"]  # fmt: skip
+    ok = CliRunner().invoke(app, [*base, "--profile", str(tmp_path / "p.json"),
+                                  "--target-memory", "25MB"])  # fmt: skip
+    assert ok.exit_code == 0, ok.output
+    assert len(json.loads(ok.stdout)["expected"]["thresholds"]) == 2  # segments 0, 1: 20 MB
+    small = CliRunner().invoke(app, [*base, "--profile", str(tmp_path / "p.json"),
+                                     "--target-memory", "5MB"])  # fmt: skip
+    assert small.exit_code == 1 and "the first segment alone holds 10.0 MB" in small.stderr
+    blind = CliRunner().invoke(app, [*base, "--target-memory", "5MB"])
+    assert blind.exit_code == 1 and "--target-memory needs" in blind.stderr
+    assert "pass a --profile" in blind.stderr

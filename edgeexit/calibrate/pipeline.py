@@ -28,6 +28,8 @@ from edgeexit.calibrate.report import CalibrationReport
 from edgeexit.calibrate.search import ExitTable, search
 from edgeexit.data import Dataset, load_data
 from edgeexit.energy import get_meter
+from edgeexit.errors import CalibrationError
+from edgeexit.measure.cost_profile import CostProfile
 from edgeexit.measure.profiling import measure_exit_costs
 from edgeexit.runtime import Runtime
 
@@ -52,6 +54,9 @@ class CalibrateOptions:
     profile: Path | None = None
     target: str | None = None
     max_exit: int | None = None  # cap the depth: exits after it are dropped from the chain
+    # cap it instead where the loaded segments fit in this much resident memory, MB (from
+    # the profile's per-segment figures; needs ``profile``)
+    max_memory_mb: float | None = None
     plot: Path | None = None
     batch_size: int = 256
     timing_samples: int = 48
@@ -163,7 +168,8 @@ def calibrate_bundle(
     with files.locked(bundle_dir, "calibrate") if write else contextlib.nullcontext():
         manifest = read_manifest(bundle_dir)
         dataset = load_data(data_path, manifest.inputs)
-        runtime = Runtime(bundle_dir, target=options.target, max_exit=_cap(manifest, options))
+        cap = _cap(manifest, options)
+        runtime = Runtime(bundle_dir, target=options.target, max_exit=cap)
         dataset.check_labels(runtime.num_classes, str(data_path))
         if costs is not None:
             pass  # given by the caller
@@ -198,6 +204,34 @@ def calibrate_bundle(
 
 
 def _cap(manifest, options: CalibrateOptions) -> int:
-    """The exit calibration stops at: the one asked for, else the deepest (a cap an earlier
-    calibration recorded is replaced, not inherited)."""
-    return manifest.num_exits - 1 if options.max_exit is None else options.max_exit
+    """The exit calibration stops at: the one asked for (``max_exit``), the deepest whose
+    segments fit in ``max_memory_mb``, else the last (a cap an earlier calibration recorded
+    is replaced, not inherited)."""
+    cap = manifest.num_exits - 1 if options.max_exit is None else options.max_exit
+    if options.max_memory_mb is None:
+        return cap
+    return min(cap, memory_cap(manifest, options.profile, options.max_memory_mb))
+
+
+def memory_cap(manifest, profile_path: Path | None, max_memory_mb: float) -> int:
+    """The deepest exit whose segments 0..i, as the profile measured them resident, fit."""
+    if profile_path is None:
+        raise CalibrationError(
+            "`max_memory_mb` needs each segment's resident memory as the device measured it: "
+            "pass a `profile` from `edgeexit profile` on the device"
+        )
+    profile = CostProfile.load(profile_path)
+    resident = [s.resident_mb for s in profile.segments]
+    if any(r is None for r in resident):
+        raise CalibrationError(
+            f"profile {profile_path} has no resident memory per segment (written before it "
+            "was measured, or by a device whose OS does not report it): profile it again"
+        )
+    held = np.cumsum(resident)
+    fits = np.flatnonzero(held[: manifest.num_exits] <= max_memory_mb)
+    if not fits.size:
+        raise CalibrationError(
+            f"the first segment alone holds {held[0]:.1f} MB; the memory budget is "
+            f"{max_memory_mb:g} MB"
+        )
+    return int(fits[-1])

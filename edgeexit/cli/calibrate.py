@@ -50,6 +50,12 @@ def calibrate_cmd(
         None, "--target", "-t", parser=params.target, help="Target name or .toml profile."
     ),
     plot: Path = typer.Option(None, help="Save the Pareto front as a PNG (needs matplotlib)."),
+    target_memory: float = typer.Option(
+        None,
+        parser=params.memory_mb,
+        metavar="MEMORY",
+        help="Cap the depth where the loaded segments fit, e.g. 64MB (needs --profile).",
+    ),  # fmt: skip
     max_exit: int = typer.Option(
         None,
         "--max-exit",
@@ -87,7 +93,9 @@ def calibrate_cmd(
         )
     except CalibrationError as err:  # no budget, or budgets that do not go together
         raise usage_error(f"{err} (see 'edgeexit calibrate --help')") from None
-    options = CalibrateOptions(profile=profile, target=target, plot=plot, max_exit=max_exit)
+    options = CalibrateOptions(
+        profile=profile, target=target, plot=plot, max_exit=max_exit, max_memory_mb=target_memory
+    )
     with stage_progress(hidden=as_json) as advance:
         report = calibrate_bundle(
             bundle, data, budget, options, progress=advance, write=not dry_run

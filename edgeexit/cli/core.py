@@ -162,6 +162,7 @@ FLAGS = {
     "max_new_tokens": "--max-new-tokens",
     "min_agreement": "--min-agreement",
     "max_exit": "--max-exit",
+    "max_memory_mb": "--target-memory",
     "opset": "--opset",
     "input_shape": "--input-shape",
     "trust_pickle": "--trust-pickle",

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import typer
 
-from edgeexit.budget import parse_energy_mj, parse_latency_ms
+from edgeexit.budget import parse_energy_mj, parse_latency_ms, parse_memory_mb
 from edgeexit.criteria import NAMES as CRITERIA
 from edgeexit.errors import CalibrationError
 from edgeexit.targets import available_targets
@@ -37,6 +37,14 @@ def latency_ms(text: str) -> float:
     """'4ms', '800us', '0.5 s' -> milliseconds."""
     try:
         return parse_latency_ms(text)
+    except CalibrationError as err:
+        raise typer.BadParameter(str(err)) from err
+
+
+def memory_mb(text: str) -> float:
+    """'64MB', '1.5GB' -> megabytes."""
+    try:
+        return parse_memory_mb(text)
     except CalibrationError as err:
         raise typer.BadParameter(str(err)) from err
 

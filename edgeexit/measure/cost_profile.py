@@ -119,6 +119,9 @@ class SegmentProfile:
     latency_ms: LatencyStats
     energy_mj: float | None  # measured, per call (one batch); None without a sensor
     power_w: float | None  # measured average over the window (includes the idle baseline)
+    # resident memory the segment's session holds once loaded, MB (RSS growth); None where
+    # the OS does not say, or in profiles written before it was measured
+    resident_mb: float | None = None
 
 
 @dataclass(frozen=True)
@@ -190,6 +193,7 @@ class CostProfile:
                     "latency_ms": vars(s.latency_ms),
                     "energy_mj": s.energy_mj,
                     "power_w": s.power_w,
+                    "resident_mb": s.resident_mb,
                 }
                 for s in self.segments
             ],
@@ -212,6 +216,7 @@ class CostProfile:
                     latency_ms=LatencyStats(**_figures(s["latency_ms"], LatencyStats)),
                     energy_mj=_optional_figure(s.get("energy_mj"), "energy_mj"),
                     power_w=_optional_figure(s.get("power_w"), "power_w"),
+                    resident_mb=_optional_figure(s.get("resident_mb"), "resident_mb"),
                 )
                 for s in doc["segments"]
             )
@@ -272,7 +277,8 @@ def profile_table(profile: CostProfile) -> Table:
         caption=f"{profile.repeats} timed calls per segment after {profile.warmup} warm-up; "
         f"{energy_note}",
     )
-    for col in ("segment", "median ms", "p95 ms", "exit at ms", "mJ/call", "exit at mJ"):
+    columns = ("segment", "median ms", "p95 ms", "exit at ms", "mJ/call", "exit at mJ", "MB")
+    for col in columns:
         table.add_column(col, justify="right")
     for s in profile.segments:
         exit_mj = profile.exit_energy_mj(s.index)
@@ -283,6 +289,7 @@ def profile_table(profile: CostProfile) -> Table:
             f"{profile.exit_latency_ms(s.index):.3f}",
             "-" if s.energy_mj is None else f"{s.energy_mj:.4f}",
             "-" if exit_mj is None else f"{exit_mj:.4f}",
+            "-" if s.resident_mb is None else f"{s.resident_mb:.1f}",
         )
     return table
 

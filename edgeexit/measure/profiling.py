@@ -14,6 +14,7 @@ is not running on. Two views are recorded:
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
@@ -35,6 +36,7 @@ from edgeexit.measure.cost_profile import (
     LatencyStats,
     SegmentProfile,
 )
+from edgeexit.measure.memory import segment_resident_mb
 from edgeexit.measure.rounds import Schedule, round_order
 from edgeexit.runtime import Runtime
 from edgeexit.targets.spec import Target, host_arch
@@ -69,6 +71,7 @@ def profile_bundle(
     """
     _check_counts(repeats=repeats, warmup=warmup, batch_size=batch_size, rounds=rounds)
     runtime = Runtime(bundle_dir, target=target)
+    resident = segment_resident_mb(bundle_dir, runtime.manifest, runtime.config)
     _warn_if_foreign(runtime.target)
     meter = get_meter(runtime.target)  # probes are cached: no second probe, no second warning
     first = _first_batch(inputs, runtime.manifest.inputs, batch_size)
@@ -78,7 +81,8 @@ def profile_bundle(
     total = segment_calls + (warmup + calls * min(rounds, repeats)) * runtime.num_exits
     segments = []
     for i in range(runtime.num_exits):
-        segments.append(_profile_segment(runtime, i, feeds, meter, repeats, warmup))
+        segment = _profile_segment(runtime, i, feeds, meter, repeats, warmup)
+        segments.append(dataclasses.replace(segment, resident_mb=resident[i]))
         if progress is not None:
             progress((i + 1) * (warmup + repeats), total)
         carry, _, _ = runtime.run_segment(i, feeds)

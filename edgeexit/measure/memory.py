@@ -1,0 +1,44 @@
+"""Resident memory a segment costs on the device: the process's RSS growth when its ONNX
+Runtime session is opened (weights, prepacked copies, the initial arena), the figure a
+memory budget is planned with (``calibrate --target-memory``). Linux reports RSS in
+/proc; elsewhere the figure is None, never a guess."""
+
+from __future__ import annotations
+
+import gc
+import os
+from pathlib import Path
+
+from edgeexit.bundle import Manifest, load_segments
+from edgeexit.runtime.session import SessionConfig, open_session
+
+STATUS = Path("/proc/self/status")
+
+
+def resident_mb() -> float | None:
+    """This process's resident memory now, MB; None where the OS does not say."""
+    try:
+        for line in STATUS.read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def segment_resident_mb(
+    bundle_dir: str | os.PathLike, manifest: Manifest, config: SessionConfig
+) -> list[float | None]:
+    """Each segment's RSS growth when its session is opened after the ones before it (all
+    kept open while measuring, as a runtime keeps them), MB."""
+    gc.collect()
+    sessions, growth = [], []
+    for source in load_segments(bundle_dir, manifest):
+        before = resident_mb()
+        sessions.append(open_session(source, config))
+        after = resident_mb()
+        growth.append(None if before is None or after is None else max(after - before, 0.0))
+        del source
+    del sessions
+    gc.collect()
+    return growth
