@@ -41,7 +41,7 @@ from edgeexit.examples.generation_demo import demo_decoder, held_out_prompts
 from edgeexit.examples.hf_llama import decoder_to_llama
 from edgeexit.export.convert import export_graph
 from edgeexit.export.decoder_export import export_decoder
-from edgeexit.generation import Generator
+from edgeexit.generation import Generator, text
 from edgeexit.generation.caches import LayerCache, SegmentRunner
 from edgeexit.generation.calibrate import calibrate_generation, token_agreement
 from edgeexit.measure.rounds import round_order
@@ -111,7 +111,7 @@ def main() -> None:
     calibration, test = prompts[:32], prompts[32:]
     with tempfile.TemporaryDirectory() as tmp:
         bundle = Path(tmp) / "bundle"
-        manifest = export_decoder(model, bundle, tokenizer="bytes")
+        manifest = export_decoder(model, bundle, tokenizer=text.BYTES)
         report = calibrate_generation(bundle, calibration, held_out=test,
                                       max_new_tokens=args.new, threads=1)  # fmt: skip
         generator = Generator(bundle, threads=1)

@@ -54,6 +54,9 @@ class Criterion:
     needs_gate: bool = False  # the exit returns (logits, gate [batch])
     min_classes: int = 1
     defaults: Mapping[str, Any] = field(default_factory=dict)  # criterion_params
+    # the parameter that is also every exit's threshold before calibration (patience's own
+    # rule); None: every sample runs to the last exit until calibrated
+    rule: str | None = None
     # Decided in the runtime, not in the graph: updates the per-sample state from an exit's
     # logits and graph score; the threshold then applies to the state's first value.
     runtime_state: StateUpdate | None = None
@@ -64,8 +67,8 @@ class Criterion:
     def initial_thresholds(self, params: Mapping[str, Any], num_exits: int) -> tuple[float, ...]:
         """Before calibration: every sample runs to the last exit, except under a criterion
         with its own rule (patience: leave once ``patience`` exits in a row agree)."""
-        if "patience" in params:
-            return (float(params["patience"]),) * num_exits
+        if self.rule is not None:
+            return (float(params[self.rule]),) * num_exits
         return (math.inf,) * num_exits
 
     def problem(self, num_classes: int, has_gate: bool, where: str) -> str | None:
@@ -95,6 +98,7 @@ CRITERIA: dict[str, Criterion] = {
             "patience",
             "PABEE: leave once this many exits in a row agree on the argmax",
             defaults={"patience": 2},
+            rule="patience",
             runtime_state=patience_update,
         ),
         Criterion(

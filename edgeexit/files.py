@@ -76,18 +76,13 @@ def is_plot(path: Path) -> bool:
 
 
 def _json_format(path: Path, prefix: str) -> bool:
-    return (json_format(path) or "").startswith(prefix)
-
-
-def json_format(path: Path) -> str | None:
-    """The ``format`` a JSON document at ``path`` declares, or None (no such document)."""
     try:
         if path.stat().st_size > 64 << 20:
-            return None
+            return False
         doc = json.loads(path.read_bytes())
     except (OSError, ValueError):
-        return None
-    return str(doc.get("format", "")) if isinstance(doc, dict) else None
+        return False
+    return isinstance(doc, dict) and str(doc.get("format", "")).startswith(prefix)
 
 
 KINDS: dict[str, tuple[str, Callable[[Path], bool], bool]] = {

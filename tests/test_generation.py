@@ -242,3 +242,30 @@ def test_the_calibrate_generation_command(decoder, tmp_path):
     text.write_text(json.dumps(["hello"]))
     bad = cli("calibrate-generation", bundle, "--prompts", text)
     assert bad.exit_code == 1 and "no byte tokenizer" in bad.stderr
+
+
+def test_two_threads_get_their_own_right_answers(decoder):
+    from concurrent.futures import ThreadPoolExecutor
+
+    _, _, gen = decoder
+    want = {tuple(p): gen.generate(p, max_new_tokens=10).tokens for p in PROMPTS}
+    modes = ("full", "self-speculative", "early-exit")
+
+    def one(i):
+        prompt = PROMPTS[i % len(PROMPTS)]
+        out = gen.generate(prompt, max_new_tokens=10, mode=modes[i % 3],
+                           thresholds=(np.inf, np.inf))  # fmt: skip
+        return tuple(prompt), out.tokens
+
+    with ThreadPoolExecutor(4) as pool:
+        for prompt, tokens in pool.map(one, range(24)):
+            assert tokens == want[prompt]
+
+
+def test_a_classifier_bundle_is_named_as_one(tmp_path):
+    import edgeexit
+    from edgeexit.examples import digits_resnet
+
+    edgeexit.export(digits_resnet(width=4).eval(), torch.rand(2, 1, 8, 8), tmp_path / "b")
+    with pytest.raises(BundleError, match="a classifier bundle.*`edgeexit run`"):
+        Generator(tmp_path / "b")

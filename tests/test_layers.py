@@ -27,7 +27,8 @@ LAYERS: tuple[frozenset[str], ...] = tuple(
         "data",
         "energy",
         "runtime",
-        "measure inspection generation",  # the device side ends here
+        "measure inspection",
+        "generation",  # the device side ends here
         "compile",  # host only from here on
         "calibrate",
         "export",
@@ -36,8 +37,8 @@ LAYERS: tuple[frozenset[str], ...] = tuple(
         "__main__",
     )
 )
-DEVICE_SIDE = frozenset().union(*LAYERS[:9])
-HOST_ONLY = frozenset().union(*LAYERS[9:13])
+DEVICE_SIDE = frozenset().union(*LAYERS[:10])
+HOST_ONLY = frozenset().union(*LAYERS[10:14])
 EXPORT_LIBRARIES = ("torch", "onnx", "onnxsim", "onnxscript", "transformers")
 # Function-level imports inside one package that are not about cost, and why.
 DEFERRED_ON_PURPOSE = {

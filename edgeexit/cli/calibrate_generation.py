@@ -12,6 +12,7 @@ from edgeexit.cli import params
 from edgeexit.cli.core import command, in_flags, stage_progress
 from edgeexit.errors import DataError
 from edgeexit.files import dumps_json
+from edgeexit.generation import text
 from edgeexit.generation.calibrate import calibrate_generation
 from edgeexit.generation.manifest import read_decoder_manifest
 
@@ -53,7 +54,7 @@ def calibrate_generation_cmd(
 
         edgeexit calibrate-generation bundle/ --prompts p.json --held-out h.json --dry-run
     """
-    byte_level = read_decoder_manifest(bundle).extra.get("tokenizer") == "bytes"
+    byte_level = read_decoder_manifest(bundle).extra.get("tokenizer") == text.BYTES
     calibration = _read_prompts(prompts, byte_level)
     if held_out is not None:
         checked = _read_prompts(held_out, byte_level)
@@ -91,7 +92,7 @@ def _read_prompts(path: Path, byte_level: bool) -> list[np.ndarray]:
         if isinstance(prompt, str):
             if not byte_level:
                 raise DataError(f"prompt {i} is text, but the bundle has no byte tokenizer")
-            out.append(np.frombuffer(prompt.encode(), np.uint8).astype(np.int64))
+            out.append(text.encode(prompt))
         elif isinstance(prompt, list) and all(isinstance(t, int) for t in prompt):
             out.append(np.array(prompt, dtype=np.int64))
         else:

@@ -13,7 +13,7 @@ from edgeexit.cli import params
 from edgeexit.cli.core import command, in_flags, usage_error
 from edgeexit.errors import DataError
 from edgeexit.files import dumps_json
-from edgeexit.generation import MODES, Generation, Generator, SpeculativeOptions
+from edgeexit.generation import MODES, Generation, Generator, SpeculativeOptions, text
 
 Mode = params.choice("Mode", MODES)
 
@@ -65,10 +65,10 @@ def generate_cmd(
     if (prompt is None) == (prompt_ids is None):
         raise usage_error("give the prompt as --prompt TEXT or --prompt-ids FILE (one of them)")
     generator = Generator(bundle, target=target, threads=threads)
-    byte_level = generator.manifest.extra.get("tokenizer") == "bytes"
+    byte_level = generator.manifest.extra.get("tokenizer") == text.BYTES
     if prompt is not None and not byte_level:
         raise usage_error("this bundle has no byte-level tokenizer: pass --prompt-ids FILE")
-    ids = _read_ids(prompt_ids) if prompt is None else np.frombuffer(prompt.encode(), np.uint8)
+    ids = _read_ids(prompt_ids) if prompt is None else text.encode(prompt)
     spec = None
     if mode == "self-speculative" and (k, gamma, draft_stop) != (None, None, None):
         chosen = {**generator.manifest.generation.get("self_speculative", {})}
@@ -84,11 +84,11 @@ def generate_cmd(
     if as_json:
         doc = out.to_json(generator.num_exits)
         if byte_level:
-            doc["text"] = _text(out.tokens, generator.manifest.eos_token_id)
+            doc["text"] = text.decode(out.tokens)
         typer.echo(in_flags(dumps_json(doc)))
         return
     if byte_level:
-        typer.echo(_text(out.tokens, generator.manifest.eos_token_id))
+        typer.echo(text.decode(out.tokens))
     else:
         typer.echo(" ".join(str(t) for t in out.tokens))
     Console(stderr=True).print(_summary(out, generator.num_exits))
@@ -108,11 +108,6 @@ def _read_ids(path: Path) -> np.ndarray:
     if ids.dtype.kind not in "iu":
         raise DataError(f"prompt ids {path} hold {ids.dtype}; expected integers")
     return ids.reshape(-1)
-
-
-def _text(tokens: tuple[int, ...], eos: int | None) -> str:
-    data = bytes(t for t in tokens if t != eos and t < 256)
-    return data.decode("utf-8", errors="replace")
 
 
 def _summary(out: Generation, num_exits: int) -> Table:

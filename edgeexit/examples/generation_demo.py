@@ -23,17 +23,19 @@ import torch
 from rich.table import Table
 
 from edgeexit import files
-from edgeexit.examples.text import EOS, VOCAB, decode, stdlib_corpus
+from edgeexit.examples.text import EOS, VOCAB, stdlib_corpus
 from edgeexit.export.decoder_export import export_decoder
 from edgeexit.export.decoder_model import DecoderConfig, MultiExitDecoder
 from edgeexit.export.train import train_decoder
-from edgeexit.generation import Generator
+from edgeexit.generation import Generator, text
 from edgeexit.generation.calibrate import (
     GenerationReport,
     calibrate_generation,
     token_agreement,
     tokens_per_s,
 )
+from edgeexit.generation.text import decode
+from edgeexit.measure.rounds import round_order
 
 CONFIG = DecoderConfig(vocab_size=VOCAB, dim=192, heads=6, layers=8, hidden=512,
                        exit_after=(2, 4, 8), max_positions=512, eos_token_id=EOS)  # fmt: skip
@@ -134,7 +136,7 @@ def run_generation_demo(
     with files.atomic_dir(out_dir, "demo") as tmp:
         (tmp / files.DEMO_MARKER).write_text("written by edgeexit demo --generate\n")
         tell("exporting", 0, 1)
-        export_decoder(model, tmp / "bundle", tokenizer="bytes")
+        export_decoder(model, tmp / "bundle", tokenizer=text.BYTES)
         report = calibrate_generation(
             tmp / "bundle", calibration_prompts, held_out=test_prompts,
             max_new_tokens=max_new_tokens, threads=1, progress=tell,
@@ -149,8 +151,7 @@ def _compare(generator: Generator, prompts, new: int):
     runs: dict[str, list] = {m: [] for m in modes}
     for r in range(2):
         for p, prompt in enumerate(prompts):
-            order = modes if (p + r) % 2 == 0 else modes[::-1]
-            for mode in order:
+            for mode in round_order(modes, p + r):
                 runs[mode].append(generator.generate(prompt, max_new_tokens=new, mode=mode))
     full_rate = tokens_per_s(runs["full"])
     rows = []

@@ -1,7 +1,8 @@
 """Text that is on every machine without a download: the Python standard library's source.
 
-Byte-level: a token is a byte (0..255) and 256 ends a text, so no tokenizer ships with a
-bundle. The files are read in sorted order, so the same Python gives the same corpus.
+Byte-level (``edgeexit.generation.text``): a token is a byte (0..255) and 256 ends a text,
+so no tokenizer ships with a bundle. The files are read in sorted order, so the same Python
+gives the same corpus.
 """
 
 from __future__ import annotations
@@ -32,11 +33,3 @@ def stdlib_corpus(max_bytes: int = 4 << 20) -> np.ndarray:
     if not parts:
         raise FileNotFoundError(f"no Python sources under {root}")
     return np.concatenate(parts)[:max_bytes]
-
-
-def encode(text: str) -> np.ndarray:
-    return np.frombuffer(text.encode(), dtype=np.uint8).astype(np.int64)
-
-
-def decode(tokens) -> str:
-    return bytes(int(t) for t in tokens if 0 <= int(t) < 256).decode("utf-8", errors="replace")

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from edgeexit.export.decoder_model import early_exit_loss
 from edgeexit.export.model import check_contract, run_exits
 
 
@@ -126,8 +127,6 @@ def train_decoder(
     ids), every exit at once with LayerSkip's rising weights (``early_exit_loss``), on
     random windows; cosine-decayed AdamW. ``exit_scale`` weighs the early exits up (the
     draft of self-speculative decoding is the first). Returns the loss of each step."""
-    from edgeexit.export.decoder_model import early_exit_loss
-
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
     tokens = torch.as_tensor(np.asarray(corpus), dtype=torch.int64)

@@ -31,6 +31,7 @@ from edgeexit import files
 from edgeexit.errors import CalibrationError
 from edgeexit.generation.generator import Generator, SpeculativeOptions
 from edgeexit.generation.manifest import read_decoder_manifest, write_decoder_manifest
+from edgeexit.measure.rounds import round_order
 
 GAMMAS = (2, 3, 4, 6, 8)
 SPEED_PROMPTS = 8  # prompts the self-speculative settings are timed on
@@ -146,15 +147,13 @@ def _choose_speculative(generator, prompts, new, tell):
 def _speed_ratio(generator, prompts, new, options) -> float:
     """Speculative over full tokens/s, the two alternating prompt by prompt, twice."""
     spec_s = full_s = 0.0
-    tokens = 0
+    runs = [("full", None), ("self-speculative", options)]
     for r in range(2):
         for p, prompt in enumerate(prompts):
-            runs = [("full", None), ("self-speculative", options)]
-            for mode, opts in runs if (p + r) % 2 == 0 else runs[::-1]:
+            for mode, opts in round_order(runs, p + r):
                 out = generator.generate(prompt, max_new_tokens=new, mode=mode, speculative=opts)
                 if mode == "full":
                     full_s += out.seconds
-                    tokens += len(out.tokens)
                 else:
                     spec_s += out.seconds
     return full_s / spec_s if spec_s > 0 else math.inf
@@ -190,7 +189,7 @@ def _held_out(generator, prompts, new, thresholds):
     fulls, earlies = [], []
     for p, prompt in enumerate(prompts):  # alternating which runs first
         pair = [("full", None), ("early-exit", thresholds)]
-        for mode, chosen in pair if p % 2 == 0 else pair[::-1]:
+        for mode, chosen in round_order(pair, p):
             out = generator.generate(prompt, max_new_tokens=new, mode=mode, thresholds=chosen)
             (fulls if mode == "full" else earlies).append(out)
     agreement = token_agreement([f.tokens for f in fulls], [e.tokens for e in earlies])

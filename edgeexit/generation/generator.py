@@ -161,29 +161,13 @@ class Generator:
         tokens, stopped, stats = result
         return Generation(mode, len(ids), tuple(tokens), seconds, stopped, **stats)
 
-    def exit_table(self, ids: Sequence[int] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Every exit's next-token prediction and confidence at every position of ``ids``
-        (teacher-forced: the sequence as given): two arrays [num_exits, len(ids)]."""
-        ids = self._check(ids, 1, "full")
-        predictions = np.empty((self.num_exits, len(ids)), dtype=np.int64)
-        confidence = np.empty((self.num_exits, len(ids)), dtype=np.float32)
-        with self._lock:
-            for segment in self.segments:
-                segment.length = 0
-            hidden = ids
-            for i, segment in enumerate(self.segments):
-                hidden = segment.run(hidden)
-                logits, conf = self.head.run(hidden)
-                predictions[i], confidence[i] = logits.argmax(axis=1), conf
-        return predictions, confidence
-
     # -- the three modes ------------------------------------------------------------------
 
     def _full(self, ids: np.ndarray, max_new: int) -> tuple[list[int], str, dict]:
         token = self._prefill(ids)
         out = [token]
         while not self._done(out, max_new):
-            token = self._next(self._through(np.array([token]), 0, self.num_exits))
+            token = self._next(self._through(np.array([token]), self.num_exits))
             out.append(token)
         return out, self._stopped(out), {}
 
@@ -200,9 +184,7 @@ class Generator:
             room = min(options.gamma, max_new - len(out))  # tokens still wanted
             x = np.array([pending])
             while True:  # draft: the early segments, one token at a time
-                hiddens.append(self._through(x, 0, k).copy())
-                if len(drafts) == room:
-                    break
+                hiddens.append(self._through(x, k).copy())
                 logits, confidence = self.head.run(hiddens[-1])
                 if confidence[-1] < options.draft_stop:
                     break
@@ -239,8 +221,9 @@ class Generator:
                 if i == self.num_exits:  # the last exit takes every token left
                     exit_at, logits = i - 1, self.head.run(hidden)[0][-1]
                     break
-                if self._confident(hidden, thresholds[i - 1]):
-                    exit_at, logits = i - 1, self._logits
+                logits = self._confident_logits(hidden, thresholds[i - 1])
+                if logits is not None:
+                    exit_at = i - 1
                     break
                 segment = self.segments[i]
                 skipped = self._hidden[segment.length : q]  # positions it has not seen yet
@@ -259,24 +242,26 @@ class Generator:
         """A fresh sequence: every segment over the prompt; the full model's next token."""
         for segment in self.segments:
             segment.length = 0
-        hidden = self._through(ids, 0, self.num_exits)
+        hidden = self._through(ids, self.num_exits)
         self._hidden[: len(ids)] = hidden
         return self._next(hidden)
 
-    def _through(self, x: np.ndarray, first: int, stop: int) -> np.ndarray:
-        for segment in self.segments[first:stop]:
+    def _through(self, x: np.ndarray, stop: int) -> np.ndarray:
+        """``x`` through segments 0..stop-1."""
+        for segment in self.segments[:stop]:
             x = segment.run(x)
         return x
 
     def _next(self, hidden: np.ndarray) -> int:
         return int(self.head.run(hidden[-1:])[0][-1].argmax())
 
-    def _confident(self, hidden: np.ndarray, threshold: float) -> bool:
+    def _confident_logits(self, hidden: np.ndarray, threshold: float) -> np.ndarray | None:
+        """The exit's logits for the last position if its confidence reaches
+        ``threshold``, else None (the head is not even run for an inf threshold)."""
         if math.isinf(threshold):
-            return False
+            return None
         logits, confidence = self.head.run(hidden)
-        self._logits = logits[-1]
-        return bool(confidence[-1] >= threshold)
+        return logits[-1] if confidence[-1] >= threshold else None
 
     def _done(self, out: list[int], max_new: int) -> bool:
         return len(out) >= max_new or out[-1] == self.manifest.eos_token_id

@@ -27,6 +27,9 @@ from edgeexit.bundle import (
     plain_file_name,
     read_manifest_document,
 )
+from edgeexit.bundle import (
+    FORMAT as CLASSIFIER_FORMAT,
+)
 from edgeexit.errors import BundleError
 
 FORMAT = DECODER_FORMAT
@@ -90,6 +93,10 @@ class DecoderManifest:
 
     @classmethod
     def from_json(cls, doc: Any, *, source: str = "manifest") -> DecoderManifest:
+        if isinstance(doc, dict) and doc.get("format") == CLASSIFIER_FORMAT:
+            raise BundleError(
+                "this is a classifier bundle, not a language model: run it with `edgeexit run`"
+            )
         if not isinstance(doc, dict) or doc.get("format") != FORMAT:
             got = doc.get("format") if isinstance(doc, dict) else type(doc).__name__
             raise BundleError(f"{source}: format is {got!r}; expected {FORMAT!r}")

@@ -38,7 +38,6 @@ def segment_resident_mb(
         sessions.append(open_session(source, config))
         after = resident_mb()
         growth.append(None if before is None or after is None else max(after - before, 0.0))
-        del source
     del sessions
     gc.collect()
     return growth
