@@ -16,7 +16,7 @@ import onnxruntime as ort
 
 from edgeexit.errors import BundleError
 from edgeexit.generation.manifest import DecoderManifest
-from edgeexit.runtime.buffers import bound_runner
+from edgeexit.runtime.buffers import bound_runner, host_binders
 from edgeexit.runtime.session import ORT_ERRORS
 
 F32 = np.dtype(np.float32)
@@ -30,35 +30,39 @@ class LayerCache:
         shape = (1, manifest.max_positions, manifest.heads, manifest.head_dim)
         self.keys = np.zeros(shape, dtype=np.float32)
         self.values = np.zeros(shape, dtype=np.float32)
+        # Addresses taken once: reading ``ndarray.ctypes.data`` costs ~2 µs, and a step
+        # binds every layer's keys and values twice. The arrays never move.
+        self.keys_at, self.values_at = self.keys.ctypes.data, self.values.ctypes.data
         self.row = manifest.heads * manifest.head_dim * F32.itemsize  # bytes per position
-        self.row_shape = shape[2:]
+        self.row_shape = list(shape[2:])
 
 
 class GraphCall:
-    """One session with its IOBinding: ``run`` binds what a call needs and runs it."""
+    """One session with its IOBinding: bind host memory by address, then ``run``."""
 
     def __init__(self, session: ort.InferenceSession, name: str) -> None:
         self.session, self.name = session, name
         self.io = session.io_binding()
+        self.bind_input, self.bind_output = host_binders(self.io)
         self.run_bound = bound_runner(session, self.io, ort.RunOptions())
-
-    def bind(self, name: str, array: np.ndarray, *, output: bool = False) -> None:
-        bind = self.io.bind_output if output else self.io.bind_input
-        bind(name, "cpu", 0, array.dtype, list(array.shape), array.ctypes.data)
-
-    def bind_rows(
-        self, name: str, base: np.ndarray, start: int, count: int, row_bytes: int, output: bool
-    ) -> None:
-        """Positions start..start+count-1 of a cache array, in place."""
-        bind = self.io.bind_output if output else self.io.bind_input
-        shape = [1, count, *base.shape[2:]]
-        bind(name, "cpu", 0, base.dtype, shape, base.ctypes.data + start * row_bytes)
 
     def run(self) -> None:
         try:
             self.run_bound()
         except ORT_ERRORS as err:
             raise BundleError(f"{self.name} failed in ONNX Runtime: {err}") from err
+
+
+class Staging:
+    """A graph input's rows, copied into one array allocated once (its address known)."""
+
+    def __init__(self, capacity: int, row_shape: Sequence[int], dtype: np.dtype) -> None:
+        self.array = np.empty((capacity, *row_shape), dtype=dtype)
+        self.at, self.dtype, self.row_shape = self.array.ctypes.data, dtype, list(row_shape)
+
+    def bind(self, call: GraphCall, name: str, rows: np.ndarray) -> None:
+        self.array[: len(rows)] = rows
+        call.bind_input(name, self.dtype, [1, len(rows), *self.row_shape], self.at)
 
 
 class SegmentRunner:
@@ -74,9 +78,14 @@ class SegmentRunner:
         capacity: int,
     ) -> None:
         self.call = GraphCall(session, name)
-        self.first = first
-        self.caches = list(caches)
+        self.input_name = "input_ids" if first else "hidden"
+        self.staged = Staging(capacity, [] if first else [dim], I64 if first else F32)
+        self.caches = [
+            (cache, f"past_key_{j}", f"past_value_{j}", f"key_{j}", f"value_{j}")
+            for j, cache in enumerate(caches)
+        ]
         self.out = np.empty((1, capacity, dim), dtype=np.float32)
+        self.out_at, self.dim = self.out.ctypes.data, dim
         self.length = 0  # positions whose keys and values every layer here holds
 
     def run(self, x: np.ndarray) -> np.ndarray:
@@ -84,19 +93,19 @@ class SegmentRunner:
         positions length..length+T-1; return the hidden states [T, D] (a view that the
         next call overwrites) and advance ``length`` by T."""
         t, start, call = len(x), self.length, self.call
-        staged = np.ascontiguousarray(x)[None]  # alive until the run: it is bound
-        call.bind("input_ids" if self.first else "hidden", staged)
-        for j, cache in enumerate(self.caches):
-            row = cache.row
-            call.bind_rows(f"past_key_{j}", cache.keys, 0, start, row, output=False)
-            call.bind_rows(f"past_value_{j}", cache.values, 0, start, row, output=False)
-            call.bind_rows(f"key_{j}", cache.keys, start, t, row, output=True)
-            call.bind_rows(f"value_{j}", cache.values, start, t, row, output=True)
-        out = self.out[:, :t]
-        call.bind("hidden_out", out, output=True)
+        self.staged.bind(call, self.input_name, x)
+        bind_input, bind_output = call.bind_input, call.bind_output
+        for cache, past_key, past_value, key, value in self.caches:
+            past, new = [1, start, *cache.row_shape], [1, t, *cache.row_shape]
+            offset = start * cache.row  # the new positions, in place after the past
+            bind_input(past_key, F32, past, cache.keys_at)
+            bind_input(past_value, F32, past, cache.values_at)
+            bind_output(key, F32, new, cache.keys_at + offset)
+            bind_output(value, F32, new, cache.values_at + offset)
+        bind_output("hidden_out", F32, [1, t, self.dim], self.out_at)
         call.run()
         self.length = start + t
-        return out[0]
+        return self.out[0, :t]
 
 
 class HeadRunner:
@@ -104,16 +113,16 @@ class HeadRunner:
 
     def __init__(self, session: ort.InferenceSession, manifest: DecoderManifest) -> None:
         self.call = GraphCall(session, manifest.head.file)
-        capacity = manifest.max_positions
-        self.logits = np.empty((1, capacity, manifest.vocab_size), dtype=np.float32)
+        capacity, self.vocab = manifest.max_positions, manifest.vocab_size
+        self.staged = Staging(capacity, [manifest.dim], F32)
+        self.logits = np.empty((1, capacity, self.vocab), dtype=np.float32)
         self.confidence = np.empty((1, capacity), dtype=np.float32)
+        self.logits_at, self.confidence_at = self.logits.ctypes.data, self.confidence.ctypes.data
 
     def run(self, hidden: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        t = len(hidden)
-        call = self.call
-        staged = np.ascontiguousarray(hidden)[None]  # alive until the run: it is bound
-        call.bind("hidden", staged)
-        call.bind("logits", self.logits[:, :t], output=True)
-        call.bind("confidence", self.confidence[:, :t], output=True)
+        t, call = len(hidden), self.call
+        self.staged.bind(call, "hidden", hidden)
+        call.bind_output("logits", F32, [1, t, self.vocab], self.logits_at)
+        call.bind_output("confidence", F32, [1, t], self.confidence_at)
         call.run()
         return self.logits[0, :t], self.confidence[0, :t]
