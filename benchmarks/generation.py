@@ -60,8 +60,9 @@ class OneGraph(torch.nn.Module):
     def forward(self, ids, *past):
         hidden = self.model.embed_tokens(ids)
         new = []
+        at = self.model.layers[0].positions(hidden, past[0])
         for j, layer in enumerate(self.model.layers):
-            hidden, k, v = layer(hidden, past[2 * j], past[2 * j + 1])
+            hidden, k, v = layer(hidden, past[2 * j], past[2 * j + 1], at)
             new += [k, v]
         return (self.model.head(hidden), *new)
 

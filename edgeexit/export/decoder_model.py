@@ -19,7 +19,9 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -76,15 +78,37 @@ class RMSNorm(nn.Module):
         return self.weight * (x * torch.rsqrt(variance + self.eps))
 
 
-def rotary(x: torch.Tensor, positions: torch.Tensor, theta: float) -> torch.Tensor:
-    """Rotary positions on ``x`` [B, T, H, Dh] at ``positions`` [T] (Llama's convention:
-    the two halves of each head rotate together)."""
-    half = x.shape[-1] // 2
-    inv_freq = 1.0 / (theta ** (torch.arange(0, half, dtype=torch.float32) / half))
-    freqs = positions.float()[:, None] * inv_freq[None, :]  # [T, half]
+class Positions(NamedTuple):
+    """What every layer of one call shares about positions P..P+T-1: the rotary cosines
+    and sines [1, T, 3H, Dh] for the heads of q, k and v together (v's: 1 and 0, so that
+    one rotation covers all three), the rotation's half swap [Dh, Dh], and the causal mask
+    [T, P+T]. Computed once per call, not per layer: at batch 1 a decoder step costs
+    mostly its node count, so an exported graph should hold these nodes once."""
+
+    cos: torch.Tensor
+    sin: torch.Tensor
+    swap: torch.Tensor
+    causal: torch.Tensor
+
+
+def positions(t: int, past: int, heads: int, head_dim: int, theta: float, device=None) -> Positions:
+    """The ``Positions`` of ``t`` new tokens after ``past`` cached ones (Llama's rotary
+    convention: the two halves of each head rotate together)."""
+    half = head_dim // 2
+    at = torch.arange(t, device=device) + past
+    inv_freq = 1.0 / (theta ** (torch.arange(0, half, dtype=torch.float32, device=device) / half))
+    freqs = at.float()[:, None] * inv_freq[None, :]  # [T, half]
     angles = torch.cat([freqs, freqs], dim=-1)[None, :, None, :]  # [1, T, 1, Dh]
-    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
-    return x * angles.cos() + rotated * angles.sin()
+    cos, sin = angles.cos(), angles.sin()
+    rotated = (1, t, 2 * heads, head_dim)  # q's and k's heads rotate, v's do not
+    cos = torch.cat([cos.expand(rotated), torch.ones_like(cos).expand(1, t, heads, head_dim)], 2)
+    sin = torch.cat([sin.expand(rotated), torch.zeros_like(sin).expand(1, t, heads, head_dim)], 2)
+    # x @ swap = [-x2, x1] for x = [x1, x2]: one MatMul node instead of Split, Neg, Concat
+    swap = np.zeros((head_dim, head_dim), dtype=np.float32)
+    swap[np.arange(half) + half, np.arange(half)] = -1.0
+    swap[np.arange(half), np.arange(half) + half] = 1.0
+    causal = torch.arange(past + t, device=device)[None, :] <= at[:, None]  # [T, P+T]
+    return Positions(cos, sin, torch.from_numpy(swap).to(device), causal)
 
 
 class DecoderLayer(nn.Module):
@@ -102,29 +126,44 @@ class DecoderLayer(nn.Module):
         self.up_proj = nn.Linear(d, config.hidden, bias=False)
         self.down_proj = nn.Linear(config.hidden, d, bias=False)
 
+    def positions(self, x: torch.Tensor, past_k: torch.Tensor) -> Positions:
+        t, past = x.shape[1], past_k.shape[1]
+        return positions(t, past, self.heads, self.head_dim, self.theta, x.device)
+
     def forward(
-        self, x: torch.Tensor, past_k: torch.Tensor, past_v: torch.Tensor
+        self,
+        x: torch.Tensor,
+        past_k: torch.Tensor,
+        past_v: torch.Tensor,
+        at: Positions | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``x`` [B, T, D] at positions P..P+T-1, where P = past_k.shape[1]; returns the
-        new hidden states and this layer's keys and values for the T new positions."""
-        b, t, _ = x.shape
-        past = past_k.shape[1]
-        positions = torch.arange(t, device=x.device) + past
+        new hidden states and this layer's keys and values for the T new positions.
+        ``at``: the call's ``Positions``, when the caller shares them across layers."""
+        b, t, d = x.shape
+        at = at if at is not None else self.positions(x, past_k)
         h = self.input_layernorm(x)
-        q = self.q_proj(h).view(b, t, self.heads, self.head_dim)
-        k = self.k_proj(h).view(b, t, self.heads, self.head_dim)
-        v = self.v_proj(h).view(b, t, self.heads, self.head_dim)
-        q, k = rotary(q, positions, self.theta), rotary(k, positions, self.theta)
+        # q, k and v as one product (and gate and up below): one MatMul node instead of
+        # three in the exported graph; ONNX Runtime folds the weights' Concat at load.
+        qkv = nn.functional.linear(
+            h, torch.cat([self.q_proj.weight, self.k_proj.weight, self.v_proj.weight])
+        )
+        qkv = qkv.view(b, t, 3 * self.heads, self.head_dim)
+        qkv = qkv * at.cos + (qkv @ at.swap) * at.sin  # rotary on q and k; v as it was
+        q, k, v = qkv.split(self.heads, dim=2)
         keys = torch.cat([past_k, k], dim=1).transpose(1, 2)  # [B, H, P+T, Dh]
         values = torch.cat([past_v, v], dim=1).transpose(1, 2)
         scores = q.transpose(1, 2) @ keys.transpose(2, 3) / math.sqrt(self.head_dim)
-        key_pos = torch.arange(past + t, device=x.device)
-        causal = key_pos[None, :] <= positions[:, None]  # [T, P+T]
-        scores = scores.masked_fill(~causal, float("-inf"))
+        scores = scores.masked_fill(~at.causal, float("-inf"))
         attended = torch.softmax(scores.float(), dim=-1) @ values  # [B, H, T, Dh]
-        x = x + self.o_proj(attended.transpose(1, 2).reshape(b, t, -1))
+        # o_proj head by head, summed over heads: no transpose back or reshape by shape
+        per_head = self.o_proj.weight.t().reshape(self.heads, self.head_dim, d)
+        x = x + (attended @ per_head).sum(dim=1)
         h = self.post_attention_layernorm(x)
-        x = x + self.down_proj(nn.functional.silu(self.gate_proj(h)) * self.up_proj(h))
+        gate, up = nn.functional.linear(
+            h, torch.cat([self.gate_proj.weight, self.up_proj.weight])
+        ).split(self.gate_proj.out_features, dim=-1)
+        x = x + self.down_proj(nn.functional.silu(gate) * up)
         return x, k, v
 
 
@@ -147,8 +186,9 @@ class MultiExitDecoder(nn.Module):
         x = self.embed_tokens(ids)
         empty = x.new_zeros(x.shape[0], 0, self.config.heads, self.config.head_dim)
         exits, bounds = [], set(self.config.exit_after)
+        at = self.layers[0].positions(x, empty)
         for i, layer in enumerate(self.layers):
-            x, _, _ = layer(x, empty, empty)
+            x, _, _ = layer(x, empty, empty, at)
             if i + 1 in bounds:
                 exits.append(self.head(x))
         return exits
@@ -168,8 +208,9 @@ class SegmentGraph(nn.Module):
     def forward(self, x: torch.Tensor, *past: torch.Tensor) -> tuple[torch.Tensor, ...]:
         hidden = self.embed(x) if self.first else x
         new: list[torch.Tensor] = []
+        at = self.layers[0].positions(hidden, past[0])
         for j, layer in enumerate(self.layers):
-            hidden, k, v = layer(hidden, past[2 * j], past[2 * j + 1])
+            hidden, k, v = layer(hidden, past[2 * j], past[2 * j + 1], at)
             new += [k, v]
         return (hidden, *new)
 
