@@ -269,3 +269,49 @@ def test_a_classifier_bundle_is_named_as_one(tmp_path):
     edgeexit.export(digits_resnet(width=4).eval(), torch.rand(2, 1, 8, 8), tmp_path / "b")
     with pytest.raises(BundleError, match="a classifier bundle.*`edgeexit run`"):
         Generator(tmp_path / "b")
+
+
+class _ScriptedGenerator:
+    """Early-exit decoding with known answers: tokens agree with full decoding while exit
+    0's threshold is >= 0.7 (half of them differ below); the lower either threshold, the
+    more tokens leave early. Exit 1 never costs agreement."""
+
+    num_exits = 3
+
+    def generate(self, prompt, *, max_new_tokens, mode="full", thresholds=None):
+        from edgeexit.generation.generator import Generation
+
+        full = (1,) * 20
+        if mode == "full":
+            return Generation(mode, len(prompt), full, 1.0, "max_new_tokens")
+        t0, t1 = (min(t, 1.0) for t in thresholds)
+        tokens = full if t0 >= 0.7 - 1e-9 else (1,) * 10 + (2,) * 10
+        first = round(20 * (1 - t0))
+        second = min(round(20 * (1 - t1)), 20 - first)
+        exits = (0,) * first + (1,) * second + (2,) * (20 - first - second)
+        return Generation(mode, len(prompt), tokens, 1.0, "max_new_tokens", exits=exits)
+
+
+def test_threshold_search_lowers_each_exit_as_far_as_the_bound_allows():
+    from edgeexit.generation.calibrate import _choose_thresholds
+
+    seen = []
+    chosen, agreement = _choose_thresholds(
+        _ScriptedGenerator(), [[1]] * 4, 20, 0.9, lambda *a: seen.append(a)
+    )
+    # shared down to 0.7 (0.65 breaks exit 0), then exit 1 alone down to 0.3, below
+    # which no more tokens leave there (a lower threshold would buy nothing)
+    assert chosen == (0.7, 0.3)
+    assert agreement.mean == 1.0 and agreement.lower() == 1.0
+    assert agreement.depth == pytest.approx(((0 + 1) * 6 + 2 * 14) / 20 / 3)
+    assert seen and all(stage == "early-exit thresholds" for stage, _, _ in seen)
+
+
+def test_the_agreement_bound_is_below_the_mean_when_prompts_differ():
+    from edgeexit.generation.calibrate import Agreement
+
+    steady = Agreement(np.full(8, 9), np.full(8, 10), 0.5)
+    assert steady.lower() == pytest.approx(0.9) == steady.mean
+    mixed = Agreement(np.array([10, 10, 10, 10, 10, 10, 2, 10]), np.full(8, 10), 0.5)
+    assert mixed.mean == pytest.approx(0.9)
+    assert mixed.lower() < 0.85  # one prompt that diverged early weighs on the bound
