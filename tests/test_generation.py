@@ -315,3 +315,23 @@ def test_the_agreement_bound_is_below_the_mean_when_prompts_differ():
     mixed = Agreement(np.array([10, 10, 10, 10, 10, 10, 2, 10]), np.full(8, 10), 0.5)
     assert mixed.mean == pytest.approx(0.9)
     assert mixed.lower() < 0.85  # one prompt that diverged early weighs on the bound
+
+
+def test_self_distillation_adds_the_early_exits_divergence_from_the_last():
+    from edgeexit.export.decoder_model import early_exit_loss
+
+    torch.manual_seed(0)
+    last = torch.randn(2, 5, 11)
+    targets = torch.randint(0, 11, (2, 5))
+    plain = early_exit_loss([last.clone(), last], targets, 1.5)
+    # an early exit that already predicts what the last one does: nothing to add
+    same = early_exit_loss([last.clone(), last], targets, 1.5, distill=1.0)
+    assert same.item() == pytest.approx(plain.item(), abs=1e-6)
+    other = torch.randn(2, 5, 11, requires_grad=True)
+    base = early_exit_loss([other, last], targets, 1.5)
+    distilled = early_exit_loss([other, last], targets, 1.5, distill=2.0)
+    teacher = torch.softmax(last, -1)
+    kl = (teacher * (teacher.log() - torch.log_softmax(other, -1))).sum(-1).mean()
+    assert distilled.item() == pytest.approx(base.item() + 2.0 * kl.item(), rel=1e-5)
+    distilled.backward()  # the last exit is the teacher, held fixed: only `other` learns
+    assert other.grad is not None

@@ -42,6 +42,7 @@ CONFIG = DecoderConfig(vocab_size=VOCAB, dim=192, heads=6, layers=8, hidden=512,
 TRAIN_BYTES = 4 << 20  # the corpus trained on; prompts come from the source after it
 STEPS = 600
 EXIT_SCALE = 1.5  # early exits weigh more: the first drafts for self-speculative decoding
+DISTILL = 1.0  # and learn the last exit's predictions: agreeing is what gets a draft accepted
 PROMPT_BYTES = 32
 Progress = Callable[[str, int, int], None]
 
@@ -60,6 +61,7 @@ def demo_decoder(steps: int = STEPS, *, progress: Progress | None = None) -> Mul
                 asdict(CONFIG),
                 steps,
                 EXIT_SCALE,
+                DISTILL,
                 TRAIN_BYTES,
                 sys.version_info[:2],
                 torch.__version__,
@@ -72,7 +74,7 @@ def demo_decoder(steps: int = STEPS, *, progress: Progress | None = None) -> Mul
         model.load_state_dict(torch.load(path, weights_only=True))
         return model.eval()
     corpus = stdlib_corpus(TRAIN_BYTES)
-    train_decoder(model, corpus, steps=steps, exit_scale=EXIT_SCALE,
+    train_decoder(model, corpus, steps=steps, exit_scale=EXIT_SCALE, distill=DISTILL,
                   on_step=lambda s, _: tell("training", s, steps))  # fmt: skip
     buffer = io.BytesIO()
     torch.save(model.state_dict(), buffer)

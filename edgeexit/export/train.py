@@ -121,12 +121,14 @@ def train_decoder(
     lr: float = 2e-3,
     seed: int = 0,
     exit_scale: float = 1.0,
+    distill: float = 0.0,
     on_step: Callable[[int, float], None] | None = None,
 ) -> list[float]:
     """Train a ``MultiExitDecoder`` in place on next-token prediction over ``corpus`` (token
     ids), every exit at once with LayerSkip's rising weights (``early_exit_loss``), on
     random windows; cosine-decayed AdamW. ``exit_scale`` weighs the early exits up (the
-    draft of self-speculative decoding is the first). Returns the loss of each step."""
+    draft of self-speculative decoding is the first); ``distill`` teaches the early exits the
+    last one's predictions too (``early_exit_loss``). Returns the loss of each step."""
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
     tokens = torch.as_tensor(np.asarray(corpus), dtype=torch.int64)
@@ -137,7 +139,7 @@ def train_decoder(
     for step in range(steps):
         starts = rng.integers(0, len(tokens) - seq_len - 1, batch_size)
         window = torch.stack([tokens[s : s + seq_len + 1] for s in starts])
-        loss = early_exit_loss(model(window[:, :-1]), window[:, 1:], exit_scale)
+        loss = early_exit_loss(model(window[:, :-1]), window[:, 1:], exit_scale, distill)
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
