@@ -117,9 +117,41 @@ def test_profile_records_resident_memory_and_calibrate_caps_to_a_memory_budget(b
                                   "--target-memory", "25MB"])  # fmt: skip
     assert ok.exit_code == 0, ok.output
     assert len(json.loads(ok.stdout)["expected"]["thresholds"]) == 2  # segments 0, 1: 20 MB
+    assert "exit 1: its resident memory is 20 MB" in json.loads(ok.stdout)["depth_cap"]
     small = CliRunner().invoke(app, [*base, "--profile", str(tmp_path / "p.json"),
                                      "--target-memory", "5MB"])  # fmt: skip
-    assert small.exit_code == 1 and "the first segment alone holds 10.0 MB" in small.stderr
+    assert small.exit_code == 1 and "exit 0 alone takes 10 MB" in small.stderr
     blind = CliRunner().invoke(app, [*base, "--target-memory", "5MB"])
     assert blind.exit_code == 1 and "--target-memory needs" in blind.stderr
     assert "pass a --profile" in blind.stderr
+
+
+def test_calibrate_caps_the_depth_to_a_peak_latency_budget(bundle, tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from edgeexit.cli import app
+    from edgeexit.measure.profiling import profile_bundle
+
+    doc = profile_bundle(bundle, repeats=2, warmup=0, rounds=2, min_seconds=0.0).to_json()
+    for i, e in enumerate(doc["exits"]):  # known figures: exit i's calls take i + 1 ms
+        e["latency_ms"] = {k: float(i + 1) for k in e["latency_ms"]} | {"spread": 0.0}
+    (tmp_path / "p.json").write_text(json.dumps(doc))
+    x = np.random.default_rng(2).random((40, 1, 8, 8), dtype=np.float32)
+    np.savez(tmp_path / "cal.npz", x=x, y=edgeexit.Runtime(bundle).run(x).predictions)
+    base = ["calibrate", str(bundle), "--data", str(tmp_path / "cal.npz"), "--risk", "0.5",
+            "--profile", str(tmp_path / "p.json"), "--dry-run", "--json"]  # fmt: skip
+    capped = CliRunner().invoke(app, [*base, "--target-max-latency", "2.5ms"])
+    assert capped.exit_code == 0, capped.output
+    out = json.loads(capped.stdout)
+    assert len(out["expected"]["thresholds"]) == 2  # exits 0 and 1: 1 ms and 2 ms
+    assert "p95 latency of a call is 2 ms" in out["depth_cap"]
+    both = CliRunner().invoke(app, [*base, "--target-max-latency", "9ms", "--max-exit", "0"])
+    assert both.exit_code == 0, both.output
+    assert json.loads(both.stdout)["depth_cap"].startswith("every sample leaves by exit 0")
+    free = CliRunner().invoke(app, [*base, "--target-max-latency", "9ms"])
+    assert "depth_cap" not in json.loads(free.stdout)  # every exit fits: no cap
+    tight = CliRunner().invoke(app, [*base, "--target-max-latency", "0.5ms"])
+    assert tight.exit_code == 1 and "exit 0 alone takes 1 ms" in tight.stderr
+    assert "--target-max-latency budget is 0.5 ms" in tight.stderr

@@ -57,6 +57,8 @@ class CalibrateOptions:
     # cap it instead where the loaded segments fit in this much resident memory, MB (from
     # the profile's per-segment figures; needs ``profile``)
     max_memory_mb: float | None = None
+    # or where a call leaving at the cap takes at most this long, ms (the profile's p95)
+    max_latency_ms: float | None = None
     plot: Path | None = None
     batch_size: int = 256
     timing_samples: int = 48
@@ -168,7 +170,7 @@ def calibrate_bundle(
     with files.locked(bundle_dir, "calibrate") if write else contextlib.nullcontext():
         manifest = read_manifest(bundle_dir)
         dataset = load_data(data_path, manifest.inputs)
-        cap = _cap(manifest, options)
+        cap, capped = _cap(manifest, options)
         runtime = Runtime(bundle_dir, target=options.target, max_exit=cap)
         dataset.check_labels(runtime.num_classes, str(data_path))
         if costs is not None:
@@ -179,7 +181,7 @@ def calibrate_bundle(
         else:
             costs = measure_costs(runtime, dataset, options, progress=progress)
         table = collect_table(runtime, dataset, batch_size=options.batch_size, progress=progress)
-        report = build_report(table, costs, budget)
+        report = replace(build_report(table, costs, budget), depth_cap=capped)
         plot = None
         if options.plot is not None:
             plot = files.Staged(options.plot, report.plot_png(), what="plot")
@@ -203,35 +205,66 @@ def calibrate_bundle(
     return report
 
 
-def _cap(manifest, options: CalibrateOptions) -> int:
-    """The exit calibration stops at: the one asked for (``max_exit``), the deepest whose
-    segments fit in ``max_memory_mb``, else the last (a cap an earlier calibration recorded
-    is replaced, not inherited)."""
-    cap = manifest.num_exits - 1 if options.max_exit is None else options.max_exit
-    if options.max_memory_mb is None:
-        return cap
-    return min(cap, memory_cap(manifest, options.profile, options.max_memory_mb))
+def _cap(manifest, options: CalibrateOptions) -> tuple[int, str | None]:
+    """The exit calibration stops at, and why in words (None: no cap): the one asked for
+    (``max_exit``), the deepest whose loaded segments fit in ``max_memory_mb``, the deepest
+    whose calls finish within ``max_latency_ms`` (p95, from the profile), whichever is
+    shallowest; else the last (a cap an earlier calibration recorded is replaced, not
+    inherited)."""
+    last = manifest.num_exits - 1
+    caps = [] if options.max_exit is None else [(options.max_exit, "asked for (`max_exit`)")]
+    for limit, figure in ((options.max_memory_mb, MEMORY), (options.max_latency_ms, PEAK)):
+        if limit is not None:
+            caps.append(profile_cap(manifest, options.profile, limit, figure))
+    if not caps:
+        return last, None
+    cap, why = min(caps, key=lambda c: c[0])
+    return cap, None if cap >= last else f"every sample leaves by exit {cap}: {why}"
 
 
-def memory_cap(manifest, profile_path: Path | None, max_memory_mb: float) -> int:
-    """The deepest exit whose segments 0..i, as the profile measured them resident, fit."""
+@dataclass(frozen=True)
+class CapFigure:
+    """A per-exit figure from a profile that a depth cap keeps within a budget."""
+
+    param: str  # the option, named as the library names it
+    name: str
+    unit: str
+
+    def per_exit(self, profile: CostProfile, exits: int) -> np.ndarray | None:
+        if self is MEMORY:  # what is loaded when the chain stops at exit i: segments 0..i
+            resident = [s.resident_mb for s in profile.segments[:exits]]
+            return None if any(r is None for r in resident) else np.cumsum(resident)
+        return np.array([profile.exit_latency_ms(i, "p95") for i in range(exits)])
+
+
+MEMORY = CapFigure("max_memory_mb", "resident memory", "MB")
+PEAK = CapFigure("max_latency_ms", "p95 latency of a call", "ms")
+
+
+def profile_cap(
+    manifest, profile_path: Path | None, limit: float, figure: CapFigure
+) -> tuple[int, str]:
+    """The deepest exit whose ``figure``, as the profile measured it, is within ``limit``."""
     if profile_path is None:
         raise CalibrationError(
-            "`max_memory_mb` needs each segment's resident memory as the device measured it: "
+            f"`{figure.param}` needs each exit's {figure.name} as the device measured it: "
             "pass a `profile` from `edgeexit profile` on the device"
         )
     profile = CostProfile.load(profile_path)
-    resident = [s.resident_mb for s in profile.segments]
-    if any(r is None for r in resident):
+    values = figure.per_exit(profile, manifest.num_exits)
+    if values is None:
         raise CalibrationError(
             f"profile {profile_path} has no resident memory per segment (written before it "
             "was measured, or by a device whose OS does not report it): profile it again"
         )
-    held = np.cumsum(resident)
-    fits = np.flatnonzero(held[: manifest.num_exits] <= max_memory_mb)
+    fits = np.flatnonzero(values <= limit)
     if not fits.size:
         raise CalibrationError(
-            f"the first segment alone holds {held[0]:.1f} MB; the memory budget is "
-            f"{max_memory_mb:g} MB"
+            f"exit 0 alone takes {values[0]:.3g} {figure.unit} ({figure.name}); the "
+            f"`{figure.param}` budget is {limit:g} {figure.unit}"
         )
-    return int(fits[-1])
+    cap = int(fits[-1])
+    return cap, (
+        f"its {figure.name} is {values[cap]:.3g} {figure.unit}, within the `{figure.param}` "
+        f"budget of {limit:g} {figure.unit}, as profiled"
+    )

@@ -43,6 +43,7 @@ class CalibrationReport:
     certificate: Certificate | None = None
     # With a certified accuracy drop: what the calibration-set estimate alone would choose.
     estimate: OperatingPoint | None = None
+    depth_cap: str | None = None  # why the chain stops before its last exit, in words
 
     @property
     def thresholds(self) -> tuple[float, ...]:
@@ -70,6 +71,8 @@ class CalibrationReport:
             doc["guarantee"] = self.certificate.to_json()
         if self.estimate is not None:
             doc["uncertified_estimate"] = self.estimate.to_json()
+        if self.depth_cap is not None:
+            doc["depth_cap"] = self.depth_cap
         doc["trust"] = {"guaranteed": self.guaranteed, "estimated": self.estimated,
                         "warnings": list(self.warnings)}  # fmt: skip
         return doc
@@ -137,6 +140,8 @@ class CalibrationReport:
             yield self._front_table()
         if self.budget.guarantee:
             yield self._path_table()
+        if self.depth_cap:
+            yield f"depth cap: {self.depth_cap}"
         if self.guaranteed:
             yield f"[green]guaranteed:[/green] {self.guaranteed}"
         yield f"[yellow]estimated:[/yellow] {self.estimated}"

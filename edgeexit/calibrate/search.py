@@ -215,7 +215,10 @@ SCORE_DTYPE = np.float32
 
 def candidate_thresholds(scores: np.ndarray, grid_size: int) -> np.ndarray:
     """Score quantiles (so every candidate moves some samples) plus +inf (nobody exits),
-    as values of the score dtype."""
+    as values of the score dtype. No scores (a chain capped at its first exit, whose one
+    exit takes everyone): +inf alone."""
+    if scores.size == 0:
+        return np.array([np.inf])
     levels = np.linspace(0.0, 1.0, grid_size)
     quantiles = np.quantile(scores.ravel(), levels).astype(SCORE_DTYPE).astype(np.float64)
     return np.append(np.unique(quantiles), np.inf)

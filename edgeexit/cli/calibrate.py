@@ -56,6 +56,13 @@ def calibrate_cmd(
         metavar="MEMORY",
         help="Cap the depth where the loaded segments fit, e.g. 64MB (needs --profile).",
     ),  # fmt: skip
+    target_max_latency: float = typer.Option(
+        None,
+        parser=params.latency_ms,
+        metavar="TIME",
+        help="Peak latency: cap the depth where a call leaving at the cap takes at most "
+        "this long (p95), e.g. 8ms (needs --profile).",
+    ),  # fmt: skip
     max_exit: int = typer.Option(
         None,
         "--max-exit",
@@ -80,6 +87,8 @@ def calibrate_cmd(
         edgeexit calibrate bundle/ --data cal.npz --risk 0.02 --confidence 0.9
 
         edgeexit calibrate bundle/ --data cal.npz --max-accuracy-drop 0.05 --max-exit 1
+
+        edgeexit calibrate bundle/ --data cal.npz --target-latency 2ms --target-max-latency 5ms --profile rpi5.json
     """
     try:
         budget = Budget(
@@ -94,8 +103,9 @@ def calibrate_cmd(
     except CalibrationError as err:  # no budget, or budgets that do not go together
         raise usage_error(f"{err} (see 'edgeexit calibrate --help')") from None
     options = CalibrateOptions(
-        profile=profile, target=target, plot=plot, max_exit=max_exit, max_memory_mb=target_memory
-    )
+        profile=profile, target=target, plot=plot, max_exit=max_exit,
+        max_memory_mb=target_memory, max_latency_ms=target_max_latency,
+    )  # fmt: skip
     with stage_progress(hidden=as_json) as advance:
         report = calibrate_bundle(
             bundle, data, budget, options, progress=advance, write=not dry_run

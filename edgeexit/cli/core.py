@@ -163,6 +163,7 @@ FLAGS = {
     "min_agreement": "--min-agreement",
     "max_exit": "--max-exit",
     "max_memory_mb": "--target-memory",
+    "max_latency_ms": "--target-max-latency",
     "opset": "--opset",
     "input_shape": "--input-shape",
     "trust_pickle": "--trust-pickle",
