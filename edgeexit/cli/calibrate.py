@@ -88,7 +88,7 @@ def calibrate_cmd(
 
         edgeexit calibrate bundle/ --data cal.npz --max-accuracy-drop 0.05 --max-exit 1
 
-        edgeexit calibrate bundle/ --data cal.npz --target-latency 2ms --target-max-latency 5ms --profile rpi5.json
+        edgeexit calibrate bundle/ --data cal.npz --target-max-latency 5ms --profile rpi5.json
     """
     try:
         budget = Budget(
