@@ -23,6 +23,7 @@ from edgeexit.bundle import (
     Manifest,
     atomic_bundle_dir,
     check_bundle_output,
+    external_files,
     read_manifest,
     sha256_file,
     verify_segments,
@@ -251,14 +252,25 @@ def _accuracy(
 def _write_into(folder: Path, compiled: _Compiled, *, ort_format: bool) -> None:
     import onnx
 
+    from edgeexit.compile.shared_weights import share_weights
+
     report = compiled.report
-    segments = []
+    paths = []
     for model, seg in zip(compiled.models, compiled.manifest.segments):
         path = (folder / seg.file).with_suffix(".onnx")
-        onnx.save(model, path)
+        onnx.save(model, path)  # weights inline: the old shared file may not fit them
+        paths.append(path)
+    # weights the compiled graphs still have in common (a shared layer quantized alike),
+    # stored once again; the ORT format cannot read external data, so none there
+    share_weights(folder, [] if ort_format else [p.name for p in paths])
+    segments = []
+    for path, seg in zip(paths, compiled.manifest.segments):
         if ort_format:
             path = save_ort_format(path)
-        segments.append(replace(seg, file=path.name, sha256=sha256_file(path)))
+        segments.append(
+            replace(seg, file=path.name, sha256=sha256_file(path),
+                    external_data=external_files(folder, path.name))
+        )  # fmt: skip
     manifest = replace(compiled.manifest, segments=tuple(segments)).with_extra(
         precision=report.precision,
         target=report.target,

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import onnx
 import torch
@@ -33,6 +34,7 @@ from edgeexit.bundle import (
     write_manifest,
 )
 from edgeexit.compile.compiler import compile_exported
+from edgeexit.compile.shared_weights import share_weights
 from edgeexit.criteria import CRITERIA
 from edgeexit.errors import ExportError, InputError, ModelContractError, first_line
 from edgeexit.export.convert import export_graph
@@ -111,6 +113,7 @@ def export_bundle(
     steps = trace(model, inputs, options.criterion)
     with atomic_bundle_dir(out_dir, inputs=sources) as tmp:
         segments, exporters, opset = _export_segments(model, steps, names, tmp, options, target)
+        segments, shared = store_shared_weights(tmp, segments)
         manifest = Manifest(
             inputs=tuple(
                 InputSpec(n, numpy_dtype(x), (BATCH_DIM, *x.shape[1:]))
@@ -128,6 +131,7 @@ def export_bundle(
                 "target": target.name,
                 "exporter": "+".join(sorted(exporters)),
                 "edgeexit_version": edgeexit.__version__,
+                **shared,
             },
         )
         write_manifest(tmp, manifest)
@@ -138,6 +142,24 @@ def export_bundle(
         if compiled is not None:
             manifest = read_manifest(tmp)
     return ExportResult(Path(out_dir), manifest, report, compiled)
+
+
+def store_shared_weights(
+    folder: Path, segments: Sequence[SegmentSpec]
+) -> tuple[list[SegmentSpec], dict[str, Any]]:
+    """Weights that several segments hold, stored once (``shared_weights``); the specs
+    with their new sha256 and external data, and the manifest's record of what was shared
+    (nothing when nothing was)."""
+    done = share_weights(folder, [s.file for s in segments])
+    specs = [
+        replace(
+            s, sha256=sha256_file(folder / s.file), external_data=external_files(folder, s.file)
+        )
+        for s in segments
+    ]
+    record = {"tensors": done.tensors, "file_bytes": done.file_bytes,
+              "saved_bytes": done.saved_bytes}  # fmt: skip
+    return specs, {"shared_weights": record} if done.tensors else {}
 
 
 def _export_segments(
