@@ -1,0 +1,111 @@
+"""Weights stored once: an ALBERT bundle's size and resident memory, shared against inlined.
+
+ALBERT applies one layer at every depth, so each segment of a bundle holds the same
+weights. Exports a config-built ALBERT (random init) as a bundle (the shared layer stored
+once, in shared_weights.bin) and as one ONNX graph, makes a copy of the bundle with every
+segment's weights inlined (what bundles were before), and reports the three sizes and,
+for both bundles, the resident memory a Runtime holds once it has run one batch (VmRSS
+growth in a fresh process; Linux only).
+
+Usage:
+  PYTHONPATH=. python benchmarks/shared_weights.py [--save F.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+from dataclasses import replace
+from pathlib import Path
+
+PROBE = """
+import json, sys
+import numpy as np
+def rss_mb():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+from edgeexit.runtime import Runtime
+before = rss_mb()
+rt = Runtime(sys.argv[1], threads=1)
+ids = np.ones((1, 64), dtype=np.int64)
+rt.run([ids, np.ones((1, 64), dtype=np.int64)])
+print(json.dumps({"grew_mb": rss_mb() - before}))
+"""
+
+
+def inlined_copy(bundle: Path, out: Path) -> Path:
+    """The bundle with every segment's weights inside its own graph."""
+    import onnx
+
+    from edgeexit.bundle import read_manifest, sha256_file, write_manifest
+
+    out.mkdir()
+    manifest = read_manifest(bundle)
+    segments = []
+    for seg in manifest.segments:
+        onnx.save(onnx.load(str(bundle / seg.file)), out / seg.file)  # loads external data
+        segments.append(replace(seg, sha256=sha256_file(out / seg.file), external_data=()))
+    write_manifest(out, replace(manifest, segments=tuple(segments)))
+    return out
+
+
+def size_mb(path: Path) -> float:
+    files = path.iterdir() if path.is_dir() else [path]
+    return sum(f.stat().st_size for f in files) / 2**20
+
+
+def resident_mb(bundle: Path) -> float:
+    out = subprocess.run([sys.executable, "-c", PROBE, str(bundle)], capture_output=True,
+                         text=True, check=True)  # fmt: skip
+    return json.loads(out.stdout.splitlines()[-1])["grew_mb"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--save", type=Path, help="write the results as JSON here")
+    args = parser.parse_args()
+    import torch
+    import transformers as tf
+
+    import edgeexit
+    from edgeexit.examples.hf import multi_exit_encoder
+    from edgeexit.export.bundle_export import export_monolithic
+
+    torch.manual_seed(0)
+    config = tf.AlbertConfig(vocab_size=1000, hidden_size=256, num_hidden_layers=6,
+                             num_attention_heads=4, intermediate_size=1024,
+                             embedding_size=128, max_position_embeddings=64)  # fmt: skip
+    model = multi_exit_encoder(tf.AlbertModel(config).eval(), num_labels=3).eval()
+    ids = torch.randint(3, 1000, (2, 64))
+    example = (ids, torch.ones_like(ids))
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        edgeexit.export(model, example, root / "shared")
+        export_monolithic(model, example, root / "one.onnx")
+        inlined = inlined_copy(root / "shared", root / "inlined")
+        doc = {
+            "segments": config.num_hidden_layers,
+            "one_graph_mb": size_mb(root / "one.onnx"),
+            "shared_mb": size_mb(root / "shared"),
+            "inlined_mb": size_mb(inlined),
+            "shared_resident_mb": resident_mb(root / "shared"),
+            "inlined_resident_mb": resident_mb(inlined),
+        }
+    doc["shared_vs_one_graph"] = doc["shared_mb"] / doc["one_graph_mb"]
+    doc["inlined_vs_one_graph"] = doc["inlined_mb"] / doc["one_graph_mb"]
+    print(f"ALBERT, {doc['segments']} segments sharing one layer")
+    print(f"  one graph        {doc['one_graph_mb']:6.2f} MB")
+    print(f"  bundle, shared   {doc['shared_mb']:6.2f} MB = {doc['shared_vs_one_graph']:.2f}x "
+          f"the one graph; resident {doc['shared_resident_mb']:.1f} MB")  # fmt: skip
+    print(f"  bundle, inlined  {doc['inlined_mb']:6.2f} MB = {doc['inlined_vs_one_graph']:.2f}x "
+          f"the one graph; resident {doc['inlined_resident_mb']:.1f} MB")  # fmt: skip
+    if args.save:
+        args.save.write_text(json.dumps(doc, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
