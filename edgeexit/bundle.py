@@ -34,6 +34,7 @@ DECODER_FORMAT = "edgeexit.bundle/decoder-1"  # edgeexit.generation reads these
 MANIFEST = "manifest.json"
 BATCH_DIM = "batch"
 SEGMENT_SUFFIXES = (".onnx", ".ort")
+SHARED_WEIGHTS = "shared_weights.bin"  # weights several graphs hold, stored once
 INPUT_DTYPES = ("float32", "float16", "float64", "int64", "int32", "int8", "uint8", "bool")
 MAX_MANIFEST_BYTES = 16 << 20
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")

@@ -11,23 +11,26 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from edgeexit.bundle import Manifest, load_segments, read_manifest
+from edgeexit.bundle import SHARED_WEIGHTS, Manifest, load_segments, read_manifest
 from edgeexit.errors import BundleError
+from edgeexit.measure.memory import segment_resident_mb
 from edgeexit.onnxproto import ProtoError, op_counts
+from edgeexit.runtime.session import resolve_config
 
 
 @dataclass(frozen=True)
 class SegmentInfo:
     index: int
     file: str
-    size_bytes: int  # the segment file and its external data
+    size_bytes: int  # the segment file and its own external data (shared weights apart)
     ops: dict[str, int]  # operator -> nodes, most frequent first
     carry: tuple[str, ...]
     threshold: float
+    resident_mb: float | None = None  # measured on request: RSS growth when it is opened
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -38,6 +41,7 @@ class SegmentInfo:
             "ops": self.ops,
             "carry": list(self.carry),
             "threshold": None if math.isinf(self.threshold) else self.threshold,
+            "resident_mb": self.resident_mb,
         }
 
 
@@ -48,6 +52,7 @@ class BundleInfo:
     segments: tuple[SegmentInfo, ...]
     integrity: str  # 'ok' or what failed
     calibration: dict[str, Any] = field(default_factory=dict)
+    shared_bytes: int = 0  # weights several segments hold, stored once
 
     @property
     def intact(self) -> bool:
@@ -70,12 +75,18 @@ class BundleInfo:
             "exporter": extra.get("exporter"),
             "edgeexit_version": extra.get("edgeexit_version"),
             "segments": [s.to_json() for s in self.segments],
+            "shared_weights_bytes": self.shared_bytes,
             "calibration": self.calibration or None,
         }
 
 
-def describe_bundle(bundle_dir: str | os.PathLike) -> BundleInfo:
-    """What ``bundle_dir`` holds. BundleError only when there is no readable manifest."""
+def describe_bundle(bundle_dir: str | os.PathLike, *, memory: bool = False) -> BundleInfo:
+    """What ``bundle_dir`` holds. BundleError only when there is no readable manifest.
+
+    ``memory``: also open each segment as the runtime does (default session settings) and
+    record the resident memory it adds (``measure.memory``; None where the OS does not
+    say, and for a bundle that fails its integrity check).
+    """
     path = Path(bundle_dir)
     manifest = read_manifest(path)
     try:
@@ -83,20 +94,24 @@ def describe_bundle(bundle_dir: str | os.PathLike) -> BundleInfo:
         integrity = "ok"
     except BundleError as err:
         sources, integrity = [None] * manifest.num_exits, str(err)
+    resident: list[float | None] = [None] * manifest.num_exits
+    if memory and integrity == "ok":
+        resident = segment_resident_mb(path, manifest, resolve_config(None, None, None))
     segments = tuple(
-        _segment(path, i, spec, threshold, source)
-        for i, (spec, threshold, source) in enumerate(
-            zip(manifest.segments, manifest.thresholds, sources)
+        replace(_segment(path, i, spec, threshold, source), resident_mb=mb)
+        for i, (spec, threshold, source, mb) in enumerate(
+            zip(manifest.segments, manifest.thresholds, sources, resident)
         )
     )
-    return BundleInfo(path, manifest, segments, integrity, _calibration(manifest))
+    shared = _size(path / SHARED_WEIGHTS) if (path / SHARED_WEIGHTS).is_file() else 0
+    return BundleInfo(path, manifest, segments, integrity, _calibration(manifest), shared)
 
 
 def _segment(folder: Path, index: int, spec, threshold: float, source) -> SegmentInfo:
     """Operators are counted only from verified bytes (the ones load_segments read and
     checked): a bundle that fails its check gets none, and the integrity line says why."""
-    names = [spec.file, *(e.file for e in spec.external_data)]
-    size = sum(_size(folder / n) for n in names)
+    own = [e.file for e in spec.external_data if e.file != SHARED_WEIGHTS]
+    size = sum(_size(folder / n) for n in [spec.file, *own])
     ops: dict[str, int] = {}
     if source is not None:
         with contextlib.suppress(OSError, ProtoError):  # ONNX Runtime says why, at load

@@ -105,6 +105,19 @@ def test_inspect_shows_the_bundle_and_checks_it(bundle_and_data, tmp_path):
     result = runner.invoke(app, ["inspect", str(tampered)])
     assert result.exit_code == 1
     assert "integrity check failed: segment file" in result.stderr
+    assert all(s["resident_mb"] is None for s in doc["segments"])  # measured on request
+
+
+def test_inspect_memory_measures_each_segment_as_the_runtime_opens_it(bundle_and_data):
+    import sys
+
+    bundle, _ = bundle_and_data
+    doc = json.loads(runner.invoke(app, ["inspect", str(bundle), "--memory", "--json"]).stdout)
+    resident = [s["resident_mb"] for s in doc["segments"]]
+    if sys.platform.startswith("linux"):
+        assert all(r is not None and r >= 0 for r in resident)
+    table = runner.invoke(app, ["inspect", str(bundle), "--memory"])
+    assert table.exit_code == 0 and "resident MB" in table.output
 
 
 def test_run_reports_accuracy_when_the_data_has_labels(bundle_and_data, tmp_path):

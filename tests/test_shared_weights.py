@@ -108,3 +108,13 @@ def test_nothing_in_common_writes_no_file(tmp_path):
     assert {f: (tmp_path / f).read_bytes() for f in before} == before
     doc = json.dumps(done.__dict__)
     assert "saved_bytes" in doc
+
+
+def test_inspect_counts_the_shared_weights_once(albert):
+    from edgeexit.inspection import describe_bundle
+
+    _, root = albert
+    info = describe_bundle(root / "bundle")
+    assert info.shared_bytes == (root / "bundle" / SHARED_FILE).stat().st_size
+    listed = sum(s.size_bytes for s in info.segments) + info.shared_bytes
+    assert listed + (root / "bundle" / "manifest.json").stat().st_size == size(root / "bundle")

@@ -20,6 +20,12 @@ TOP_OPS = 4  # operators named per segment in the table; --json has them all
 @command("inspect")
 def inspect_cmd(
     bundle: Path = typer.Argument(..., metavar="BUNDLE", help="The bundle directory."),
+    memory: bool = typer.Option(
+        False,
+        "--memory",
+        help="Also open each segment as the runtime does and report the resident memory "
+        "it adds (RSS growth, MB; Linux).",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print only a JSON object."),
 ) -> None:
     """Show what a bundle holds: inputs, segments (size, operators, carry, threshold),
@@ -31,8 +37,10 @@ def inspect_cmd(
         edgeexit inspect bundle/
 
         edgeexit inspect bundle/ --json
+
+        edgeexit inspect bundle/ --memory
     """
-    info = describe_bundle(bundle)
+    info = describe_bundle(bundle, memory=memory)
     if as_json:
         typer.echo(dumps_json(info.to_json()))
     else:
@@ -54,7 +62,9 @@ def _render(info: BundleInfo) -> None:
     )
     console.print(f"inputs: {escape(inputs)}")
     table = Table(title="Segments (backbone block + exit head)")
-    for col in ("segment", "file", "KiB", "nodes", "top operators", "carry", "threshold"):
+    columns = ["segment", "file", "KiB", "nodes", "top operators", "carry", "threshold"]
+    measured = any(s.resident_mb is not None for s in info.segments)
+    for col in columns + (["resident MB"] if measured else []):
         table.add_column(col, justify="left" if col in ("file", "top operators") else "right")
     for s in info.segments:
         top = ", ".join(f"{op} {n}" for op, n in list(s.ops.items())[:TOP_OPS])
@@ -62,8 +72,19 @@ def _render(info: BundleInfo) -> None:
         threshold = (
             "always" if last else ("never" if math.isinf(s.threshold) else f"{s.threshold:.4f}")
         )
-        table.add_row(str(s.index), s.file, f"{s.size_bytes / 1024:.1f}", str(sum(s.ops.values())),
-                      top, str(len(s.carry)), threshold)  # fmt: skip
+        row = [str(s.index), s.file, f"{s.size_bytes / 1024:.1f}", str(sum(s.ops.values())),
+               top, str(len(s.carry)), threshold]  # fmt: skip
+        if measured:
+            row.append("-" if s.resident_mb is None else f"{s.resident_mb:.1f}")
+        table.add_row(*row)
+    if info.shared_bytes:
+        table.caption = (
+            f"plus {info.shared_bytes / 1024:.1f} KiB of weights several segments hold, "
+            "stored once (shared_weights.bin)"
+        )
+    if measured:
+        note = "resident: RSS growth as each segment's session opens after the ones before"
+        table.caption = f"{table.caption}; {note}" if table.caption else note
     console.print(table)
     console.print(escape(_calibration_line(doc["calibration"])))
     colour = "green" if info.intact else "red"

@@ -23,8 +23,8 @@ import onnx
 from onnx import numpy_helper
 
 from edgeexit import files
+from edgeexit.bundle import SHARED_WEIGHTS as SHARED_FILE
 
-SHARED_FILE = "shared_weights.bin"
 MIN_BYTES = 1024  # smaller tensors (shapes, scales, biases) stay inside their graph
 ALIGN = 4096  # a page: ONNX Runtime maps external data whose offset is page-aligned
 _DATA_FIELDS = ("raw_data", "float_data", "int32_data", "int64_data", "double_data",
