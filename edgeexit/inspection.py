@@ -20,6 +20,7 @@ from edgeexit.errors import BundleError
 from edgeexit.measure.memory import segment_resident_mb
 from edgeexit.onnxproto import ProtoError, op_counts
 from edgeexit.runtime.session import resolve_config
+from edgeexit.targets import load_target
 
 
 @dataclass(frozen=True)
@@ -96,7 +97,8 @@ def describe_bundle(bundle_dir: str | os.PathLike, *, memory: bool = False) -> B
         sources, integrity = [None] * manifest.num_exits, str(err)
     resident: list[float | None] = [None] * manifest.num_exits
     if memory and integrity == "ok":
-        resident = segment_resident_mb(path, manifest, resolve_config(None, None, None))
+        config = resolve_config(load_target(None), None, None)  # as Runtime(bundle) opens it
+        resident = segment_resident_mb(path, manifest, config)
     segments = tuple(
         replace(_segment(path, i, spec, threshold, source), resident_mb=mb)
         for i, (spec, threshold, source, mb) in enumerate(

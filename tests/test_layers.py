@@ -27,8 +27,8 @@ LAYERS: tuple[frozenset[str], ...] = tuple(
         "data",
         "energy",
         "runtime",
-        "measure inspection",
-        "generation",  # the device side ends here
+        "measure",
+        "inspection generation",  # the device side ends here
         "compile",  # host only from here on
         "calibrate",
         "export",
