@@ -126,9 +126,12 @@ def interleaved_rounds(built, cases: list[Case], rounds: int, progress) -> dict:
     cost_batches = [cal.take(slice(r, r + 1)).inputs for r in range(len(cal))]
     held_out = [test.take(slice(r, r + 1)).inputs for r in range(len(test))]  # as bench does
     runs = [c.thresholds for c in cases] + [(math.inf,) * runtime.num_exits]
+    # one cost "round" below is a pair of measure_exit_costs rounds (its Schedule runs
+    # whole pairs, so that each exit goes early and late alike)
+    per_call = 2 * runtime.num_exits
     steps_per_round = len(runs) * len(held_out)
-    if steps_per_round % runtime.num_exits:
-        held_out = held_out[: len(held_out) - len(held_out) % runtime.num_exits]
+    if steps_per_round % per_call:
+        held_out = held_out[: len(held_out) - len(held_out) % per_call]
         steps_per_round = len(runs) * len(held_out)
     latency = np.zeros((rounds, len(runs), len(held_out)))
     predictions = np.zeros((len(runs), len(held_out)), dtype=int)
@@ -153,7 +156,7 @@ def interleaved_rounds(built, cases: list[Case], rounds: int, progress) -> dict:
                 runtime,
                 cost_batches,
                 rounds=1,
-                calls=steps_per_round // runtime.num_exits,
+                calls=steps_per_round // per_call,
                 warmup=30 if r == 0 else 0,
                 between_calls=held_out_call,
             )
@@ -221,7 +224,7 @@ def summarise(built, cases: list[Case], measured: dict, old_ms: float) -> list[d
     last["segment_sum_predicted_ms"] = old_ms
     last["segment_sum_prediction_error"] = last["measured_mean_latency_ms"] / old_ms - 1.0
     for row in rows:
-        row["exit_costs_rounds_ms"] = [list(c.cumulative_latency_ms) for c in round_costs]
+        row["exit_costs_rounds_ms"] = [list(c.latency_ms) for c in round_costs]
     return rows
 
 

@@ -41,14 +41,19 @@ def inlined_copy(bundle: Path, out: Path) -> Path:
     """The bundle with every segment's weights inside its own graph."""
     import onnx
 
-    from edgeexit.bundle import read_manifest, sha256_file, write_manifest
+    from edgeexit.bundle import GraphFile, read_manifest, sha256_file, write_manifest
 
     out.mkdir()
     manifest = read_manifest(bundle)
+
+    def inline(file: str) -> str:
+        onnx.save(onnx.load(str(bundle / file)), out / file)  # loads the external data
+        return sha256_file(out / file)
+
     segments = []
     for seg in manifest.segments:
-        onnx.save(onnx.load(str(bundle / seg.file)), out / seg.file)  # loads external data
-        segments.append(replace(seg, sha256=sha256_file(out / seg.file), external_data=()))
+        body = None if seg.body is None else GraphFile(seg.body.file, inline(seg.body.file))
+        segments.append(replace(seg, sha256=inline(seg.file), external_data=(), body=body))
     write_manifest(out, replace(manifest, segments=tuple(segments)))
     return out
 

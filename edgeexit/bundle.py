@@ -58,8 +58,30 @@ class ExternalFile:
 
 
 @dataclass(frozen=True)
+class GraphFile:
+    """A graph file of the bundle with its sha256 and the external data it reads."""
+
+    file: str
+    sha256: str
+    external_data: tuple[ExternalFile, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        doc: dict[str, Any] = {"file": self.file, "sha256": self.sha256}
+        if self.external_data:
+            doc["external_data"] = [
+                {"file": e.file, "sha256": e.sha256} for e in self.external_data
+            ]
+        return doc
+
+
+@dataclass(frozen=True)
 class SegmentSpec:
-    """Segment i = backbone block i + exit head i, as one ONNX file."""
+    """Segment i = backbone block i + exit head i, as one ONNX file.
+
+    ``body``: the same block without its head (inputs in, ``carry`` out), which the
+    runtime runs instead while the exit is disabled (its threshold is "never"), so that
+    the head costs nothing; None for the last segment and in bundles without one.
+    """
 
     file: str
     sha256: str
@@ -68,6 +90,16 @@ class SegmentSpec:
     logits: str
     score: str
     external_data: tuple[ExternalFile, ...] = ()
+    body: GraphFile | None = None
+
+    @property
+    def headless(self) -> SegmentSpec | None:
+        """This segment as its body alone (no logits, no score), or None without one."""
+        if self.body is None:
+            return None
+        b = self.body
+        return replace(self, file=b.file, sha256=b.sha256, external_data=b.external_data,
+                       logits="", score="", body=None)  # fmt: skip
 
     def to_json(self) -> dict[str, Any]:
         doc: dict[str, Any] = {
@@ -82,6 +114,8 @@ class SegmentSpec:
             doc["external_data"] = [
                 {"file": e.file, "sha256": e.sha256} for e in self.external_data
             ]
+        if self.body is not None:
+            doc["body"] = self.body.to_json()
         return doc
 
 
@@ -125,7 +159,8 @@ class Manifest:
                 f"`max_exit` is {max_exit}; expected 0..{self.num_exits - 1}, an exit of the bundle"
             )
         keep = max_exit + 1
-        return replace(self, segments=self.segments[:keep], thresholds=self.thresholds[:keep])
+        segments = (*self.segments[:max_exit], replace(self.segments[max_exit], body=None))
+        return replace(self, segments=segments, thresholds=self.thresholds[:keep])
 
     def with_extra(self, **extra: Any) -> Manifest:
         return replace(self, extra={**self.extra, **extra})
@@ -255,6 +290,21 @@ def _input(doc: Any, where: str) -> InputSpec:
 
 
 def _segment(doc: Any, where: str) -> SegmentSpec:
+    file = _graph_file(doc, where)
+    body = doc.get("body")
+    return SegmentSpec(
+        file=file.file,
+        sha256=file.sha256,
+        inputs=_names(doc, "inputs", where),
+        carry=_names(doc, "carry", where),
+        logits=_text(doc, "logits", where),
+        score=_text(doc, "score", where),
+        external_data=file.external_data,
+        body=None if body is None else _graph_file(body, f"{where}.body"),
+    )
+
+
+def _graph_file(doc: Any, where: str) -> GraphFile:
     file = plain_file_name(_text(doc, "file", where), f"{where}.file")
     if not file.endswith(SEGMENT_SUFFIXES):
         raise BundleError(f"manifest {where}.file {file!r} is not an .onnx or .ort file")
@@ -262,15 +312,7 @@ def _segment(doc: Any, where: str) -> SegmentSpec:
     for k, e in enumerate(doc.get("external_data") or []):
         at = f"{where}.external_data[{k}]"
         externals.append(ExternalFile(plain_file_name(_text(e, "file", at), at), _sha(e, at)))
-    return SegmentSpec(
-        file=file,
-        sha256=_sha(doc, where),
-        inputs=_names(doc, "inputs", where),
-        carry=_names(doc, "carry", where),
-        logits=_text(doc, "logits", where),
-        score=_text(doc, "score", where),
-        external_data=tuple(externals),
-    )
+    return GraphFile(file, _sha(doc, where), tuple(externals))
 
 
 def _check_chain(inputs: tuple[InputSpec, ...], segments: tuple[SegmentSpec, ...]) -> None:
@@ -288,6 +330,8 @@ def _check_chain(inputs: tuple[InputSpec, ...], segments: tuple[SegmentSpec, ...
             )
     if segments[-1].carry:
         raise BundleError("manifest's last segment carries outputs; expected none")
+    if segments[-1].body is not None:
+        raise BundleError("manifest's last segment has a body; the last exit always runs its head")
 
 
 def _threshold(value: Any, where: str) -> float:

@@ -168,3 +168,21 @@ def op_counts(model: bytes | memoryview) -> dict[str, int]:
             name = f"{domain}::{op}" if domain not in ("", "ai.onnx") else op
             counts[name] = counts.get(name, 0) + 1
     return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+
+
+_GRAPH_OUTPUT, _VALUE_INFO_NAME = 12, 1
+
+
+def output_names(model: bytes | memoryview) -> list[str]:
+    """The names of the main graph's outputs of a serialized ModelProto, in order."""
+    names: list[str] = []
+    for number, value in fields(memoryview(model)):
+        if number != _MODEL_GRAPH or isinstance(value, int):
+            continue
+        for inner, info in fields(value):
+            if inner != _GRAPH_OUTPUT or isinstance(info, int):
+                continue
+            for field, item in fields(info):
+                if field == _VALUE_INFO_NAME and not isinstance(item, int):
+                    names.append(bytes(item).decode("utf-8", "replace"))
+    return names

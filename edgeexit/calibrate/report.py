@@ -50,6 +50,13 @@ class CalibrationReport:
         return self.chosen.thresholds
 
     @property
+    def kept_exits(self) -> tuple[int, ...]:
+        """Exits samples may leave at (a finite threshold, and the last): the others are
+        disabled, and on the device their heads do not run (a segment's body does)."""
+        last = len(self.thresholds) - 1
+        return tuple(i for i, t in enumerate(self.thresholds) if i == last or math.isfinite(t))
+
+    @property
     def accuracy_name(self) -> str:
         return "accuracy" if self.labeled else "agreement with final exit"
 
@@ -61,6 +68,7 @@ class CalibrationReport:
             "samples": self.num_samples,
             "final_exit_accuracy": self.final_accuracy,
             "expected": self.chosen.to_json(),
+            "kept_exits": list(self.kept_exits),
             "energy_source": self.costs.energy.label,
             "profile": self.costs.to_json(),
             "front": [p.to_json() for p in self.front],
@@ -140,6 +148,12 @@ class CalibrationReport:
             yield self._front_table()
         if self.budget.guarantee:
             yield self._path_table()
+        disabled = len(self.thresholds) - len(self.kept_exits)
+        if disabled:
+            yield (
+                f"exits kept: {', '.join(map(str, self.kept_exits))}; {disabled} disabled "
+                "(threshold never: where the bundle has bodies, their heads do not run)"
+            )
         if self.depth_cap:
             yield f"depth cap: {self.depth_cap}"
         if self.guaranteed:

@@ -53,6 +53,12 @@ def export_cmd(
         metavar="DROP",
         help="Most accuracy an exit may lose to the target's precision: 0.01 or 1pp.",
     ),
+    bodies: bool = typer.Option(
+        True,
+        "--bodies/--no-bodies",
+        help="Also write each segment without its exit head, run while that exit is "
+        "disabled (threshold never), so that its head costs nothing.",
+    ),
     trust: bool = typer.Option(
         False, "--trust-pickle", help="Load a pickled nn.Module (runs code from the file)."
     ),
@@ -86,6 +92,7 @@ def export_cmd(
     options = ExportOptions(
         criterion=criterion, criterion_params=params_, opset=opset, atol=atol, target=target,
         calib_data=str(calib_data) if calib_data else None, max_quant_drop=max_quant_drop,
+        bodies=bodies,
     )  # fmt: skip
     console = Console(stderr=as_json)
     try:

@@ -106,6 +106,8 @@ def compile_in_place(
     compiled = _compile(bundle_dir, target, calib, options)
     for seg in compiled.manifest.segments:
         (bundle_dir / seg.file).unlink()
+        if seg.body is not None:  # compiled bundles run every head (see _write_into)
+            (bundle_dir / seg.body.file).unlink()
     _write_into(bundle_dir, compiled, ort_format=options.ort_format)
     return compiled.report
 
@@ -267,9 +269,11 @@ def _write_into(folder: Path, compiled: _Compiled, *, ort_format: bool) -> None:
     for path, seg in zip(paths, compiled.manifest.segments):
         if ort_format:
             path = save_ort_format(path)
+        # No body: a block compiled alone would not quantize as it does with its head,
+        # and a body must hand on exactly the carry its segment does.
         segments.append(
             replace(seg, file=path.name, sha256=sha256_file(path),
-                    external_data=external_files(folder, path.name))
+                    external_data=external_files(folder, path.name), body=None)
         )  # fmt: skip
     manifest = replace(compiled.manifest, segments=tuple(segments)).with_extra(
         precision=report.precision,

@@ -25,8 +25,10 @@ from onnx import numpy_helper
 from edgeexit import files
 from edgeexit.bundle import SHARED_WEIGHTS as SHARED_FILE
 
-MIN_BYTES = 1024  # smaller tensors (shapes, scales, biases) stay inside their graph
-ALIGN = 4096  # a page: ONNX Runtime maps external data whose offset is page-aligned
+MIN_BYTES = 256  # smaller tensors (shapes, scales) stay inside their graph
+# A page: ONNX Runtime maps external data whose offset is page-aligned. Only tensors of a
+# page or more are aligned (mapping a smaller one saves nothing; the padding would cost).
+ALIGN = 4096
 _DATA_FIELDS = ("raw_data", "float_data", "int32_data", "int64_data", "double_data",
                 "uint64_data", "string_data")  # fmt: skip
 
@@ -66,8 +68,10 @@ def share_weights(folder: Path, graph_files: Sequence[str]) -> SharedWeights:
         return SharedWeights(0, 0, 0)
     blob, saved = bytearray(), 0
     for key, tensors in shared.items():
-        blob += b"\0" * (-len(blob) % ALIGN)
-        offset, data = len(blob), payload[key]
+        data = payload[key]
+        if len(data) >= ALIGN:
+            blob += b"\0" * (-len(blob) % ALIGN)
+        offset = len(blob)
         blob += data
         saved += len(data) * (len(tensors) - 1)
         for _, tensor in tensors:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import onnx
 import torch
 from torch import nn
@@ -23,6 +24,7 @@ import edgeexit
 from edgeexit import files
 from edgeexit.bundle import (
     BATCH_DIM,
+    GraphFile,
     InputSpec,
     Manifest,
     SegmentSpec,
@@ -38,12 +40,13 @@ from edgeexit.compile.shared_weights import share_weights
 from edgeexit.criteria import CRITERIA
 from edgeexit.errors import ExportError, InputError, ModelContractError, first_line
 from edgeexit.export.convert import export_graph
-from edgeexit.export.graphs import SegmentGraph, WholeGraph
+from edgeexit.export.graphs import BodyGraph, SegmentGraph, WholeGraph
 from edgeexit.export.inputs import resolve_input_names, to_tensors
 from edgeexit.export.model import ExitStep, check_contract, run_exits
 from edgeexit.export.options import DEFAULT_OPSET, MAX_OPSET, ExportOptions
 from edgeexit.export.scores import check_criterion
 from edgeexit.export.validate import ValidationReport, validate_bundle
+from edgeexit.runtime.session import cpu_session
 from edgeexit.targets import load_target
 
 
@@ -81,7 +84,7 @@ def export(
     """Export ``model`` to the bundle directory ``out_dir`` and validate it.
 
     ``more`` sets other ExportOptions fields (atol, input_names, exporter, criterion_params,
-    simplify, validate). Raises an EdgeExitError subclass; on failure nothing is written.
+    simplify, validate, bodies). Raises an EdgeExitError subclass; on failure nothing is written.
     """
     try:
         options = ExportOptions(criterion=criterion, target=target, opset=opset, **more)
@@ -147,16 +150,22 @@ def export_bundle(
 def store_shared_weights(
     folder: Path, segments: Sequence[SegmentSpec]
 ) -> tuple[list[SegmentSpec], dict[str, Any]]:
-    """Weights that several segments hold, stored once (``shared_weights``); the specs
-    with their new sha256 and external data, and the manifest's record of what was shared
-    (nothing when nothing was)."""
-    done = share_weights(folder, [s.file for s in segments])
-    specs = [
-        replace(
-            s, sha256=sha256_file(folder / s.file), external_data=external_files(folder, s.file)
-        )
-        for s in segments
-    ]
+    """Weights that several graphs hold (a shared layer; a segment and its body), stored
+    once (``shared_weights``); the specs with their new sha256 and external data, and the
+    manifest's record of what was shared (nothing when nothing was)."""
+    graphs = [f for s in segments for f in (s.file, *([s.body.file] if s.body else []))]
+    done = share_weights(folder, graphs)
+
+    def fresh(file: str) -> tuple[str, tuple]:
+        return sha256_file(folder / file), external_files(folder, file)
+
+    specs = []
+    for s in segments:
+        sha, external = fresh(s.file)
+        body = None
+        if s.body is not None:
+            body = GraphFile(s.body.file, *fresh(s.body.file))
+        specs.append(replace(s, sha256=sha, external_data=external, body=body))
     record = {"tensors": done.tensors, "file_bytes": done.file_bytes,
               "saved_bytes": done.saved_bytes}  # fmt: skip
     return specs, {"shared_weights": record} if done.tensors else {}
@@ -170,41 +179,55 @@ def _export_segments(
     options: ExportOptions,
     target: _TargetLimits,
 ) -> tuple[list[SegmentSpec], set[str], int]:
-    """Write segment_{i}.onnx for every exit; return their specs, the exporters used and
-    the highest opset written."""
+    """Write segment_{i}.onnx for every exit, and body_{i}.onnx (the block without its
+    head) for every exit but the last under a criterion the runtime need not follow
+    exit by exit; return their specs, the exporters used and the highest opset written."""
     segments, exporters, opsets = [], set(), set()
     carry_in = names
+    bodies = options.bodies and CRITERIA[options.criterion].runtime_state is None
     for i, step in enumerate(steps):
         last = i == len(steps) - 1
         carry = () if last else tuple(f"carry_{i}_{k}" for k in range(len(step.carry_out)))
         outputs = (*carry, f"logits_{i}", f"score_{i}")
         file = tmp / f"segment_{i:02d}.onnx"
-        used, opset = export_graph(
-            SegmentGraph(model, i, options.criterion),
-            _at_least_two(step.carry_in),
-            file,
-            carry_in,
-            outputs,
+        example = _at_least_two(step.carry_in)
+        settings = dict(
             opset=target.opset,
             max_opset=None if target.opset_fixed else target.max_opset,
             exporter=options.exporter,
             simplify=options.simplify,
             max_ir_version=target.max_ir_version,
         )
+        used, opset = export_graph(
+            SegmentGraph(model, i, options.criterion), example, file, carry_in, outputs,
+            **settings,
+        )  # fmt: skip
         exporters.add(used)
         opsets.add(opset)
-        segments.append(
-            SegmentSpec(
-                file.name,
-                sha256_file(file),
-                carry_in,
-                carry,
-                *outputs[-2:],
-                external_data=external_files(tmp, file.name),
-            )
-        )
+        body = None
+        if bodies and not last:
+            body_file = tmp / f"body_{i:02d}.onnx"
+            export_graph(BodyGraph(model, i), example, body_file, carry_in, carry, **settings)
+            _check_body(file, body_file, carry_in, carry, example, options.atol)
+            body = GraphFile(body_file.name, "")
+        segments.append(SegmentSpec(file.name, "", carry_in, carry, *outputs[-2:], body=body))
         carry_in = carry
     return segments, exporters, max(opsets)
+
+
+def _check_body(
+    fused: Path, body: Path, inputs: Sequence[str], carry: Sequence[str], example, atol: float
+) -> None:
+    """The body hands on what the segment with its head does, under ONNX Runtime."""
+    feeds = {n: x.detach().numpy() for n, x in zip(inputs, example)}
+    want = cpu_session(fused, what=fused.name, error=ExportError).run(list(carry), feeds)
+    got = cpu_session(body, what=body.name, error=ExportError).run(list(carry), feeds)
+    for name, w, g in zip(carry, want, got):
+        if w.shape != g.shape or not np.allclose(w, g, atol=atol, rtol=0):
+            raise ExportError(
+                f"{body.name} output {name!r} differs from {fused.name}'s; expected the "
+                "block without its head to hand on the same carry"
+            )
 
 
 def export_monolithic(

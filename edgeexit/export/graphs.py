@@ -48,3 +48,32 @@ class WholeGraph(nn.Module):
             logits.append(exit_logits)
             scores.append(score)
         return (*logits, *scores)
+
+
+class BodyGraph(nn.Module):
+    """``segments[i]`` alone, without its exit head: returns the carry. The runtime runs it
+    while exit i is disabled, so that a head that cannot fire costs nothing."""
+
+    def __init__(self, model: nn.Module, index: int) -> None:
+        super().__init__()
+        self.segment = model.segments[index]
+        self.index = index
+
+    def forward(self, *carry_in: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return tuple(as_carry(self.segment(*carry_in), f"segments[{self.index}]"))
+
+
+class PlainGraph(nn.Module):
+    """The plain network: every segment, then the last exit head alone (``logits``): what
+    a chain with every early exit disabled is measured against."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.segments = model.segments
+        self.head = model.exits[len(model.segments) - 1]
+
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        carry = inputs
+        for i, segment in enumerate(self.segments):
+            carry = as_carry(segment(*carry), f"segments[{i}]")
+        return split_head(self.head(*carry), "exits[-1]")[0]

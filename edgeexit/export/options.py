@@ -20,6 +20,8 @@ class ExportOptions:
     ``opset=None`` picks DEFAULT_OPSET, capped by the target's ``max_opset``.
     ``exporter``: "auto" tries TorchScript then dynamo; "torchscript" or "dynamo" forces one.
     ``validate`` runs the bundle under ONNX Runtime against PyTorch (tolerance ``atol``).
+    ``bodies`` also writes each segment but the last without its exit head, which the
+    runtime runs while that exit is disabled (docs/runtime.md).
     """
 
     criterion: str = "confidence"
@@ -31,6 +33,7 @@ class ExportOptions:
     exporter: str = "auto"
     simplify: bool = True
     validate: bool = True
+    bodies: bool = True
     # With a target: data to quantize with and check exits on, and the most an exit may lose.
     calib_data: str | None = None
     max_quant_drop: float = 0.01  # a fraction: 0.01 is 1 pp

@@ -37,16 +37,17 @@ _SEQUENCES = (tuple, list)  # input containers a cached plan takes
 
 
 class Step(NamedTuple):
-    """Segment i bound for a batch of k: call ``run()``, then read these views."""
+    """Segment i bound for a batch of k: call ``run()``, then read these views (score and
+    logits are None for a body, a block run without its disabled head)."""
 
     run: Callable[[], object]  # runs the segment on its bound buffers
     binding: ort.IOBinding
-    score: np.ndarray  # [k] view of the score buffer
+    score: np.ndarray | None  # [k] view of the score buffer
     # Row 0 of the score buffer as a memoryview: first_score[0] is a Python float, read
     # and compared by the interpreter alone. Right after a 6 ms segment a numpy scalar
     # test costs ~15 µs here (numpy's code is out of the caches), this one ~9 µs.
     first_score: memoryview | np.ndarray
-    logits: np.ndarray  # [k, C] view of the logits buffer
+    logits: np.ndarray | None  # [k, C] view of the logits buffer
     carry: tuple  # [k, ...] views of the carry buffers (numpy on CPU, OrtValue rows on CUDA)
 
 
@@ -100,7 +101,7 @@ class Chain:
         # never leave it (only scores and logits are bound to host memory).
         self.carry_device = carry_device
         self.mover = RowMover(sessions[0].get_providers(), carry_device) if carry_device else None
-        self.num_classes = layouts[0][manifest.segments[0].logits].row_shape[0]
+        self.num_classes = layouts[-1][manifest.segments[-1].logits].row_shape[0]
         self.input_layouts = [
             Layout(tuple(int(d) for d in s.shape[1:]), np.dtype(s.dtype)) for s in manifest.inputs
         ]
@@ -123,7 +124,7 @@ class Chain:
         self.outputs: list[dict[str, Buffer]] = []
         for spec, lay in zip(self.manifest.segments, self.layouts):
             bufs = {name: Buffer(lay[name], cap, self.carry_device) for name in spec.carry}
-            for name in (spec.logits, spec.score):  # read on the host
+            for name in (spec.logits, spec.score) if spec.logits else ():  # read on the host
                 bufs.setdefault(name, Buffer(lay[name], cap))
             self.outputs.append(bufs)
         self.steps: list[dict[int, Step]] = [{} for _ in self.sessions]
@@ -153,12 +154,13 @@ class Chain:
                 src.bind_input(io, name, k)
         for name, buf in outs.items():
             buf.bind_output(io, name, k)
+        head = bool(spec.logits)  # a body (no head) has neither logits nor a score
         step = Step(
             bound_runner(self.sessions[i], io, self.run_options),
             io,
-            outs[spec.score].array[:k],
-            first_row(outs[spec.score].array),
-            outs[spec.logits].array[:k],
+            outs[spec.score].array[:k] if head else None,
+            first_row(outs[spec.score].array) if head else None,
+            outs[spec.logits].array[:k] if head else None,
             tuple(outs[name].rows(k) for name in spec.carry),
         )
         self.steps[i][k] = step

@@ -11,12 +11,13 @@ import math
 import os
 import threading
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from time import perf_counter
 
 import numpy as np
 import onnxruntime as ort
 
-from edgeexit.bundle import Manifest, load_segments, read_manifest, round_threshold
+from edgeexit.bundle import Manifest, load_graphs, load_segments, read_manifest, round_threshold
 from edgeexit.criteria import CRITERIA
 from edgeexit.energy import get_meter
 from edgeexit.errors import InputError
@@ -24,7 +25,7 @@ from edgeexit.runtime.chain import Chain, all_infinite
 from edgeexit.runtime.inputs import Inputs, all_finite, check_inputs, refuse_nonfinite
 from edgeexit.runtime.result import ExitOutputs, Result
 from edgeexit.runtime.session import open_session, resolve_config
-from edgeexit.runtime.shapes import probe_layouts
+from edgeexit.runtime.shapes import check_output_names, probe_layouts
 from edgeexit.targets import Target, load_target
 
 KNOWN_THRESHOLDS = 64  # threshold settings remembered converted, per Runtime
@@ -79,16 +80,35 @@ class Runtime:
             max_exit = self.manifest.extra.get("max_exit")
         if max_exit is not None:  # the later segments are never opened: no memory for them
             self.manifest = self.manifest.capped(max_exit)
-        sources = load_segments(bundle_dir, self.manifest)
-        sessions = [open_session(s, config) for s in sources]
-        layouts = probe_layouts(self.manifest, sessions)
-        # Exit decisions compare in each score's own dtype: thresholds are rounded to it
-        # once, here and in _convert_thresholds (bundle.round_threshold says why).
-        self._score_dtypes = tuple(
-            lay[seg.score].dtype for lay, seg in zip(layouts, self.manifest.segments)
+        # a criterion decided here (patience) updates its state from each exit's logits
+        self._state_update = CRITERIA[self.manifest.criterion].runtime_state
+        # Disabled exits are free: while exit i's threshold is "never", its body (the block
+        # without the head) runs instead. A call whose thresholds enable such an exit, and
+        # calibration's every-exit pass, use the chain with every head (opened then).
+        self._headless = _disabled_with_body(self.manifest, self._state_update)
+        segments = tuple(
+            s.headless if i in self._headless else s for i, s in enumerate(self.manifest.segments)
         )
-        carry_device = "cuda" if config.device == "cuda" else None
-        self._chain = Chain(self.manifest, sessions, layouts, carry_device)
+        chain_manifest = replace(self.manifest, segments=segments)
+        sessions = [open_session(s, config) for s in load_segments(bundle_dir, chain_manifest)]
+        # The segments with heads that bodies stand in for are checked now all the same (a
+        # changed or missing file fails the load, not a later call), and kept verified.
+        with_heads = [self.manifest.segments[i] for i in sorted(self._headless)]
+        self._head_sources = load_graphs(bundle_dir, with_heads)
+        for spec, source in zip(with_heads, self._head_sources):
+            check_output_names(spec, source)
+        layouts = probe_layouts(chain_manifest, sessions)
+        # Exit decisions compare in each score's own dtype: thresholds are rounded to it
+        # once, here and in _convert_thresholds (bundle.round_threshold says why). A body
+        # has no score: every score edgeexit exports is float32.
+        self._score_dtypes = tuple(
+            lay[seg.score].dtype if seg.score else np.dtype(np.float32)
+            for lay, seg in zip(layouts, segments)
+        )
+        self._carry_device = "cuda" if config.device == "cuda" else None
+        self._chain = Chain(chain_manifest, sessions, layouts, self._carry_device)
+        self._heads_chain: Chain | None = None if self._headless else self._chain
+        self._bundle_dir, self.config = bundle_dir, config
         self._known_plan = self._chain.known_plan  # one attribute load less per call
         meter = get_meter(self.target)
         # A sensor gets a real window around each call; a power model (or no meter) has
@@ -100,12 +120,9 @@ class Runtime:
         self._to_last = all_infinite(self.manifest.thresholds)
         # Thresholds passed to run(), converted and rounded (~6 us): a benchmark or a search
         # cycling over a few settings converts each once.
-        self._known_thresholds: dict[tuple, tuple[tuple[float, ...], bool]] = {}
-        # a criterion decided here (patience) updates its state from each exit's logits
-        self._state_update = CRITERIA[self.manifest.criterion].runtime_state
+        self._known_thresholds: dict[tuple, tuple[tuple[float, ...], bool, bool]] = {}
         self._thresholds = self._rounded(self.manifest.thresholds)
         self._lock = threading.Lock()
-        self.config = config
 
     @property
     def num_exits(self) -> int:
@@ -137,10 +154,15 @@ class Runtime:
 
     def _run(self, inputs: Inputs, thresholds: Sequence[float] | None) -> Result:
         t0 = perf_counter()
+        if thresholds is None:
+            chosen, to_last, chain = self._thresholds, self._to_last, self._chain
+        else:
+            chosen, to_last, heads = self._checked(thresholds)
+            chain = self._with_heads() if heads else self._chain
         # Inputs exactly like an earlier call's have a plan cached and need no other check.
         # After a large segment every Python step costs microseconds (docs/runtime.md), so
         # everything a call needs is settled here, before the segments run.
-        plan = self._known_plan(inputs)
+        plan = self._known_plan(inputs) if chain is self._chain else chain.known_plan(inputs)
         if plan is None:
             xs = check_inputs(inputs, self.manifest.inputs)
         else:
@@ -148,26 +170,20 @@ class Runtime:
             for k in plan.float_inputs:
                 if not all_finite(xs[k]):
                     refuse_nonfinite(xs, self.manifest.inputs)
-        if thresholds is None:
-            chosen, to_last = self._thresholds, self._to_last
-        else:
-            chosen, to_last = self._checked(thresholds)
         window = self._window
         if window is None:
             if to_last and plan is not None:  # the hot path: the Result is made first
                 stamps: list[float] = []
                 result = Result.pending(plan.exit_index, self._energy, self._power_w, t0, stamps)
-                result.logits = self._chain.run_plan(plan, xs, stamps)
+                result.logits = chain.run_plan(plan, xs, stamps)
                 return result
         else:
             window.begin_window()
         stamps = segment_ms = None
         if to_last:  # no exit before the last can fire: the segments run back to back
-            logits, exit_index, stamps = self._chain.forward_to_last(xs)
+            logits, exit_index, stamps = chain.forward_to_last(xs)
         else:
-            logits, exit_index, segment_ms = self._chain.forward(
-                xs, chosen, self._state_update, plan
-            )
+            logits, exit_index, segment_ms = chain.forward(xs, chosen, self._state_update, plan)
         latency_ms = (perf_counter() - t0) * 1e3
         if window is None:  # energy modeled from the latency on first access, or none
             return Result.done(
@@ -212,7 +228,7 @@ class Runtime:
         total_s = np.zeros(self.num_exits)
         for start in range(0, n, batch_size):
             rows = slice(start, min(start + batch_size, n))
-            total_s += self._chain.forward_all(
+            total_s += self._with_heads().forward_all(
                 tuple(x[rows] for x in xs), self._state_update, logits[:, rows], scores[:, rows]
             )
             if progress is not None:
@@ -236,13 +252,31 @@ class Runtime:
                 f"segment index {i!r} is out of range; expected 0..{self.num_exits - 1}"
             )
         with self._lock:
-            step = self._chain.segment_step(i, feeds)
-            self._chain.run_step(i, step)
-            carry = [self._chain.to_host(rows) for rows in step.carry]
+            chain = self._with_heads()
+            step = chain.segment_step(i, feeds)
+            chain.run_step(i, step)
+            carry = [chain.to_host(rows) for rows in step.carry]
             return carry, step.logits, step.score
 
-    def _checked(self, thresholds: Sequence[float]) -> tuple[tuple[float, ...], bool]:
-        """The thresholds as floats and whether only the last exit can fire.
+    def _with_heads(self) -> Chain:
+        """The chain with every exit's head: the loaded one when no exit runs as a body,
+        else one whose segments with heads are opened now, once (the others shared)."""
+        if self._heads_chain is None:
+            specs = [self.manifest.segments[i] for i in self._headless]
+            opened = iter(
+                open_session(s, self.config) for s in load_graphs(self._bundle_dir, specs)
+            )
+            sessions = [
+                next(opened) if i in self._headless else session
+                for i, session in enumerate(self._chain.sessions)
+            ]
+            layouts = probe_layouts(self.manifest, sessions)
+            self._heads_chain = Chain(self.manifest, sessions, layouts, self._carry_device)
+        return self._heads_chain
+
+    def _checked(self, thresholds: Sequence[float]) -> tuple[tuple[float, ...], bool, bool]:
+        """The thresholds as floats, whether only the last exit can fire, and whether an
+        exit that runs as a body (no head) is enabled, so that the heads are needed.
 
         Callers pass a few settings over and over (a benchmark cycles over several): an
         equal sequence reuses its answer (~0.3 µs) instead of converting, checking and
@@ -264,7 +298,7 @@ class Runtime:
         self._known_thresholds[raw] = answer
         return answer
 
-    def _convert_thresholds(self, raw: tuple) -> tuple[tuple[float, ...], bool]:
+    def _convert_thresholds(self, raw: tuple) -> tuple[tuple[float, ...], bool, bool]:
         try:
             values = tuple(float(t) for t in raw)
         except (TypeError, ValueError) as err:
@@ -276,7 +310,21 @@ class Runtime:
         if any(math.isnan(t) for t in values):
             raise InputError("a threshold is NaN; expected a number or inf (nobody exits there)")
         values = self._rounded(values)
-        return values, all_infinite(values)
+        heads = any(values[i] != math.inf for i in self._headless)
+        return values, all_infinite(values), heads
 
     def _rounded(self, thresholds: Sequence[float]) -> tuple[float, ...]:
         return tuple(round_threshold(t, d) for t, d in zip(thresholds, self._score_dtypes))
+
+
+def _disabled_with_body(manifest: Manifest, state_update: Callable | None) -> frozenset[int]:
+    """Exits before the last whose threshold is "never" and whose segment has a body; none
+    under a criterion the runtime follows exit by exit (patience reads every head)."""
+    if state_update is not None:
+        return frozenset()
+    last = manifest.num_exits - 1
+    return frozenset(
+        i
+        for i, (s, t) in enumerate(zip(manifest.segments, manifest.thresholds))
+        if i < last and t == math.inf and s.body is not None
+    )

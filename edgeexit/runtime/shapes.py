@@ -14,8 +14,9 @@ from dataclasses import dataclass
 import numpy as np
 import onnxruntime as ort
 
-from edgeexit.bundle import Manifest, SegmentSpec
+from edgeexit.bundle import Manifest, SegmentSource, SegmentSpec
 from edgeexit.errors import BundleError, first_line
+from edgeexit.onnxproto import ProtoError, output_names
 from edgeexit.runtime.session import ORT_ERRORS
 
 PROBE_BATCH = 2
@@ -32,6 +33,28 @@ class Layout:
         return np.empty((rows, *self.row_shape), dtype=self.dtype)
 
 
+def outputs(spec: SegmentSpec) -> list[str]:
+    """The outputs a segment's graph gives: its carry, then its exit's logits and score,
+    which a body (the block without its head, ``SegmentSpec.headless``) has not."""
+    heads = (spec.logits, spec.score) if spec.logits else ()
+    return list(dict.fromkeys((*spec.carry, *heads)))
+
+
+def check_output_names(spec: SegmentSpec, source: SegmentSource) -> None:
+    """The outputs the manifest names are in a segment's ONNX graph (read from its bytes,
+    for a segment not opened yet); an ORT-format file is checked when it is opened."""
+    if not spec.file.endswith(".onnx"):
+        return
+    try:
+        data = source.model if source.model is not None else source.path.read_bytes()
+        have = set(output_names(data))
+    except (OSError, ProtoError) as err:
+        raise BundleError(f"{spec.file} is unreadable: {err}") from err
+    for name in outputs(spec):
+        if name not in have:
+            raise BundleError(f"{spec.file} has no output {name!r}; its outputs are {sorted(have)}")
+
+
 def _check_names(spec: SegmentSpec, session: ort.InferenceSession) -> None:
     have_in = [i.name for i in session.get_inputs()]
     if sorted(have_in) != sorted(spec.inputs):
@@ -39,7 +62,7 @@ def _check_names(spec: SegmentSpec, session: ort.InferenceSession) -> None:
             f"{spec.file} takes inputs {have_in}; the manifest says {list(spec.inputs)}"
         )
     have_out = {o.name for o in session.get_outputs()}
-    for name in (*spec.carry, spec.logits, spec.score):
+    for name in outputs(spec):
         if name not in have_out:
             raise BundleError(
                 f"{spec.file} has no output {name!r}; its outputs are {sorted(have_out)}"
@@ -72,7 +95,7 @@ def probe_layouts(
     layouts = []
     for spec, session in zip(manifest.segments, sessions):
         _check_names(spec, session)
-        names = list(dict.fromkeys((*spec.carry, spec.logits, spec.score)))
+        names = outputs(spec)
         try:
             values = session.run(names, feeds)
         except ORT_ERRORS as err:
@@ -81,15 +104,17 @@ def probe_layouts(
                 f"({first_line(err)})"
             ) from err
         out = {n: _layout(spec, n, v) for n, v in zip(names, values)}
-        if len(out[spec.logits].row_shape) != 1:
-            raise BundleError(f"{spec.file} logits {spec.logits!r} are not [batch, classes]")
-        if out[spec.score].row_shape != ():
-            raise BundleError(f"{spec.file} score {spec.score!r} is not [batch]")
         layouts.append(out)
         if len(layouts) < manifest.num_exits:
             next_inputs = manifest.segments[len(layouts)].inputs
             feeds = dict(zip(next_inputs, values[: len(spec.carry)]))
-    classes = {lay[s.logits].row_shape for lay, s in zip(layouts, manifest.segments)}
+        if not spec.logits:  # a body: the block without its head
+            continue
+        if len(out[spec.logits].row_shape) != 1:
+            raise BundleError(f"{spec.file} logits {spec.logits!r} are not [batch, classes]")
+        if out[spec.score].row_shape != ():
+            raise BundleError(f"{spec.file} score {spec.score!r} is not [batch]")
+    classes = {lay[s.logits].row_shape for lay, s in zip(layouts, manifest.segments) if s.logits}
     if len(classes) != 1:
         raise BundleError(f"exits disagree on the number of classes: {sorted(classes)}")
     return layouts

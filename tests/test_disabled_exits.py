@@ -1,0 +1,121 @@
+"""Disabled exits cost nothing: while an exit's threshold is "never", the runtime runs its
+segment's body (the block without the head). Every answer equals the chain with every
+head, whatever the thresholds of a call."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+import edgeexit  # noqa: E402
+from edgeexit.bundle import read_manifest  # noqa: E402
+from edgeexit.errors import BundleError  # noqa: E402
+from edgeexit.examples.models import digits_resnet  # noqa: E402
+
+INF = math.inf
+
+
+@pytest.fixture(scope="module")
+def bundles(tmp_path_factory):
+    """A digits ResNet bundle as exported, and a copy whose manifest lists no bodies."""
+    torch.manual_seed(0)
+    root = tmp_path_factory.mktemp("bodies")
+    edgeexit.export(digits_resnet(width=8).eval(), torch.rand(2, 1, 8, 8), root / "bundle")
+    heads = shutil.copytree(root / "bundle", root / "heads")
+    doc = json.loads((heads / "manifest.json").read_text())
+    for segment in doc["segments"]:
+        segment.pop("body", None)
+    (heads / "manifest.json").write_text(json.dumps(doc))
+    return root / "bundle", heads
+
+
+def samples(n=24):
+    return np.random.default_rng(1).random((n, 1, 8, 8), dtype=np.float32)
+
+
+def test_export_writes_a_body_for_every_exit_but_the_last(bundles):
+    bundle, _ = bundles
+    manifest = read_manifest(bundle)
+    bodies = [s.body for s in manifest.segments]
+    assert all(b is not None for b in bodies[:-1]) and bodies[-1] is None
+    assert all((bundle / b.file).is_file() for b in bodies[:-1])
+    runtime = edgeexit.Runtime(bundle, threads=1)
+    assert runtime._headless == {0, 1, 2}  # as exported, no early exit can fire
+    outputs = [{o.name for o in s.get_outputs()} for s in runtime.sessions]
+    assert all(not any(n.startswith("score") for n in names) for names in outputs[:-1])
+
+
+@pytest.mark.parametrize(
+    "thresholds", [None, (INF, INF, INF, INF), (0.3, INF, 0.2, INF), (0.0, 0.0, 0.0, 0.0)]
+)
+def test_answers_equal_the_chain_with_every_head(bundles, thresholds):
+    bundle, heads = bundles
+    bodies, every = edgeexit.Runtime(bundle, threads=1), edgeexit.Runtime(heads, threads=1)
+    x = samples()
+    kwargs = {} if thresholds is None else {"thresholds": thresholds}
+    for batch in (x, x[:1]):
+        got, want = bodies.run(batch, **kwargs), every.run(batch, **kwargs)
+        np.testing.assert_array_equal(got.exit_index, want.exit_index)
+        np.testing.assert_array_equal(got.logits, want.logits)
+    all_exits = bodies.run_all_exits(x)
+    np.testing.assert_array_equal(all_exits.logits, every.run_all_exits(x).logits)
+    carry, logits, score = bodies.run_segment(0, [x])
+    assert logits.shape == (len(x), 10) and score.shape == (len(x),)
+
+
+def test_calibrated_thresholds_keep_the_bodies_of_the_exits_they_disable(bundles, tmp_path):
+    bundle, _ = bundles
+    copy = shutil.copytree(bundle, tmp_path / "b")
+    manifest = read_manifest(copy)
+    from edgeexit.bundle import write_manifest
+
+    write_manifest(copy, manifest.with_thresholds((0.5, INF, 0.4, INF)))
+    runtime = edgeexit.Runtime(copy, threads=1)
+    assert runtime._headless == {1}
+    assert runtime.run(samples()).exit_index.max() <= 3
+
+
+def test_a_depth_cap_runs_its_last_segment_with_the_head(bundles):
+    bundle, heads = bundles
+    capped = edgeexit.Runtime(bundle, threads=1, max_exit=1)
+    assert capped._headless == {0}
+    want = edgeexit.Runtime(heads, threads=1, max_exit=1).run(samples())
+    np.testing.assert_array_equal(capped.run(samples()).logits, want.logits)
+
+
+def test_patience_exports_no_bodies(tmp_path):
+    torch.manual_seed(0)
+    model = digits_resnet(width=8).eval()
+    edgeexit.export(model, torch.rand(2, 1, 8, 8), tmp_path / "b", criterion="patience")
+    assert all(s.body is None for s in read_manifest(tmp_path / "b").segments)
+
+
+def test_a_changed_body_is_refused_and_a_body_on_the_last_exit_too(bundles, tmp_path):
+    bundle, _ = bundles
+    copy = shutil.copytree(bundle, tmp_path / "b")
+    with open(copy / "body_00.onnx", "ab") as f:
+        f.write(b"\0")
+    with pytest.raises(BundleError, match="body_00.onnx does not match its sha256"):
+        edgeexit.Runtime(copy)
+    doc = json.loads((bundle / "manifest.json").read_text())
+    doc["segments"][-1]["body"] = doc["segments"][0]["body"]
+    (copy / "manifest.json").write_text(json.dumps(doc))
+    with pytest.raises(BundleError, match="last segment has a body"):
+        edgeexit.Runtime(copy)
+
+
+def test_compiling_drops_the_bodies(bundles, tmp_path):
+    from edgeexit.compile.compiler import CompileOptions, compile_bundle
+
+    bundle, _ = bundles
+    compile_bundle(bundle, tmp_path / "fp16", "x86-cpu", options=CompileOptions(threads=1))
+    manifest = read_manifest(tmp_path / "fp16")
+    assert all(s.body is None for s in manifest.segments)
+    assert not list((tmp_path / "fp16").glob("body_*"))
+    edgeexit.Runtime(tmp_path / "fp16").run(samples(2))
