@@ -120,7 +120,8 @@ def interleaved_rounds(built, cases: list[Case], rounds: int, progress) -> dict:
     from edgeexit.runtime import Runtime
 
     manifest = read_manifest(built.bundle)
-    runtime = Runtime(built.bundle)
+    runtime = Runtime(built.bundle)  # as deployed
+    timed = Runtime(built.bundle, bodies=False)  # costs are timed with every head
     cal = load_data(built.calibration, manifest.inputs)
     test = load_data(built.test, manifest.inputs)
     cost_batches = [cal.take(slice(r, r + 1)).inputs for r in range(len(cal))]
@@ -153,7 +154,7 @@ def interleaved_rounds(built, cases: list[Case], rounds: int, progress) -> dict:
     for r in range(rounds):  # one cost round per call, so each round has its own costs
         per_round.append(
             measure_exit_costs(
-                runtime,
+                timed,
                 cost_batches,
                 rounds=1,
                 calls=steps_per_round // per_call,

@@ -77,8 +77,16 @@ def test_calibrated_thresholds_keep_the_bodies_of_the_exits_they_disable(bundles
 
     write_manifest(copy, manifest.with_thresholds((0.5, INF, 0.4, INF)))
     runtime = edgeexit.Runtime(copy, threads=1)
-    assert runtime._headless == {1}
+    assert runtime.bodies_in_use == {1}
     assert runtime.run(samples()).exit_index.max() <= 3
+    write_manifest(copy, manifest.with_thresholds((INF, 0.5, INF, INF)))
+    runtime = edgeexit.Runtime(copy, threads=1)
+    assert runtime.bodies_in_use == {0, 2}
+    every = edgeexit.Runtime(bundles[1], threads=1)
+    for thresholds in [(0.2, 0.3, 0.1, INF), (INF, 0.5, INF, INF)]:  # heads opened, in order
+        got, want = runtime.run(samples(), thresholds=thresholds), every.run(
+            samples(), thresholds=thresholds)  # fmt: skip
+        np.testing.assert_array_equal(got.logits, want.logits)
 
 
 def test_a_depth_cap_runs_its_last_segment_with_the_head(bundles):
@@ -119,3 +127,48 @@ def test_compiling_drops_the_bodies(bundles, tmp_path):
     assert all(s.body is None for s in manifest.segments)
     assert not list((tmp_path / "fp16").glob("body_*"))
     edgeexit.Runtime(tmp_path / "fp16").run(samples(2))
+
+
+def test_a_disabled_exit_is_credited_the_head_it_skips():
+    from edgeexit.calibrate.costs import ExitCosts
+    from edgeexit.energy.provenance import NONE
+
+    costs = ExitCosts((1.0, 2.0, 3.0, 4.0), (1.0, 2.0, 3.0, 4.0), None, NONE, "test",
+                      head_ms=(0.5, 0.0, 0.25, 0.0))  # fmt: skip
+    per_exit = costs.per_exit_latency(np.array([[INF, 0.5, INF, INF], [0.1, 0.2, 0.3, INF]]))
+    np.testing.assert_allclose(per_exit[0], [1.0, 1.5, 2.5, 3.25])  # heads 0 and 2 skipped
+    np.testing.assert_allclose(per_exit[1], [1.0, 2.0, 3.0, 4.0])  # every exit kept
+    plain = ExitCosts((1.0, 2.0), (1.0, 2.0), None, NONE, "test")
+    assert plain.per_exit_latency(np.array([[INF, INF]])).tolist() == [[1.0, 2.0]]
+
+
+def test_calibrate_disables_an_exit_whose_head_costs_more_than_it_saves():
+    from edgeexit.calibrate import Budget, ExitTable
+    from edgeexit.calibrate.costs import ExitCosts
+    from edgeexit.calibrate.search import search
+    from edgeexit.energy.provenance import NONE
+
+    rng = np.random.default_rng(0)
+    n = 400
+    # exit 0 is rarely sure and its head is dear; exit 1 is cheap and often sure
+    scores = np.stack([rng.random(n) * 0.5, rng.random(n), np.ones(n)])
+    predictions = np.zeros((3, n), dtype=int)
+    table = ExitTable.from_predictions(predictions, scores)
+    latency = (2.0, 2.5, 4.0)
+    dear = ExitCosts(latency, latency, None, NONE, "test", head_ms=(1.5, 0.1, 0.0))
+    free = ExitCosts(latency, latency, None, NONE, "test")
+    budget = Budget(max_accuracy_drop=0.0)
+    with_heads = search(table, dear, budget).per_exit
+    assert math.isinf(with_heads.thresholds[0])  # disabled: its head is worth skipping
+    assert with_heads.mean_latency_ms < search(table, free, budget).per_exit.mean_latency_ms
+
+
+def test_profile_records_what_each_head_adds(bundles):
+    from edgeexit.measure.profiling import profile_bundle
+
+    bundle, heads = bundles
+    profile = profile_bundle(bundle, repeats=2, warmup=0, rounds=2, min_seconds=0.0)
+    recorded = [s.head_ms for s in profile.segments]
+    assert all(h is not None and h >= 0 for h in recorded[:-1]) and recorded[-1] is None
+    assert all(s.head_ms is None for s in profile_bundle(heads, repeats=2, warmup=0, rounds=2,
+                                                         min_seconds=0.0).segments)  # fmt: skip

@@ -51,10 +51,16 @@ class ExitCosts:
     # and were raised to it (timing noise).
     noise: float = 0.0
     clipped: int = 0
+    # What each exit's head costs, ms, where the runtime can skip it (its segment runs as
+    # its body while the exit is disabled); the latencies above include every head, and a
+    # candidate that disables exit j is credited head_ms[j] for samples leaving after j.
+    head_ms: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
         if len(self.latency_ms) != len(self.p95_latency_ms):
             raise CalibrationError("exit costs: median and p95 latency lengths differ")
+        if self.head_ms is not None and len(self.head_ms) != len(self.latency_ms):
+            raise CalibrationError("exit costs: head and latency lengths differ")
         if self.energy_mj is not None and len(self.energy_mj) != len(self.latency_ms):
             raise CalibrationError("exit costs: energy and latency lengths differ")
 
@@ -68,6 +74,7 @@ class ExitCosts:
         source: str,
         batch_size: int = 1,
         noise: float = 0.0,
+        head_ms: Sequence[float | None] | None = None,
     ) -> ExitCosts:
         """From per-exit figures as measured. A later exit measured cheaper than an earlier
         one is timing noise: each figure is raised to the largest before it (a no-op on
@@ -81,6 +88,7 @@ class ExitCosts:
             batch_size=batch_size,
             noise=noise,
             clipped=int(np.sum(np.asarray(latency_ms) < np.maximum.accumulate(latency_ms))),
+            head_ms=_heads(head_ms),
         )
 
     @property
@@ -99,7 +107,21 @@ class ExitCosts:
             "p95_latency_ms": _diffs(self.p95_latency_ms),
             "energy_mj": None if self.energy_mj is None else _diffs(self.energy_mj),
             "energy_source": self.energy.label,
+            "head_ms": None if self.head_ms is None else list(self.head_ms),
         }
+
+    def per_exit_latency(self, thresholds: np.ndarray, p95: bool = False) -> np.ndarray:
+        """[K, E] what leaving at each exit costs under each of K threshold vectors: the
+        measured figure, less the heads of the exits before it that the vector disables
+        (threshold +inf) and the runtime then skips."""
+        table = np.asarray(self.p95_latency_ms if p95 else self.latency_ms, dtype=float)
+        if self.head_ms is None:
+            return np.broadcast_to(table, thresholds.shape)
+        disabled = np.isposinf(thresholds)
+        disabled[:, -1] = False  # the last exit always runs its head
+        saved = np.cumsum(disabled * np.asarray(self.head_ms)[None, :], axis=1)
+        before = np.concatenate([np.zeros((len(thresholds), 1)), saved[:, :-1]], axis=1)
+        return table[None, :] - before
 
 
 def load_profile_costs(
@@ -132,6 +154,7 @@ def load_profile_costs(
             energy=profile.energy_provenance,
             power_w=power_w,
             source=f"profile {path}",
+            head_ms=[seg.head_ms for seg in profile.segments],
         )
     return _segment_sum_costs(profile, power_w, f"profile {path} ({SEGMENT_SUM_NOTE})")
 
@@ -157,6 +180,7 @@ def exit_costs(
     energy: EnergySource,
     power_w: float,
     source: str,
+    head_ms: Sequence[float | None] | None = None,
 ) -> ExitCosts:
     """Costs per sample from per-exit call costs (``measure_exit_costs``, a profile's exits).
 
@@ -178,7 +202,17 @@ def exit_costs(
     else:
         energy_mj, energy = None, NONE
     noise = max((e.latency_ms.spread for e in exits), default=0.0)
-    return ExitCosts.from_measured(latency, p95, energy_mj, energy, source, batch_size, noise)
+    return ExitCosts.from_measured(
+        latency, p95, energy_mj, energy, source, batch_size, noise, head_ms=head_ms
+    )
+
+
+def _heads(head_ms: Sequence[float | None] | None) -> tuple[float, ...] | None:
+    """Per-exit head costs with None as 0 (no body: nothing to skip); None if no exit has
+    one."""
+    if head_ms is None or all(h is None for h in head_ms):
+        return None
+    return tuple(0.0 if h is None else float(h) for h in head_ms)
 
 
 def _monotone(per_exit: np.ndarray) -> tuple[float, ...]:

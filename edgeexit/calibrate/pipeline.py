@@ -30,7 +30,7 @@ from edgeexit.data import Dataset, load_data
 from edgeexit.energy import get_meter
 from edgeexit.errors import CalibrationError
 from edgeexit.measure.cost_profile import CostProfile
-from edgeexit.measure.profiling import measure_exit_costs
+from edgeexit.measure.profiling import measure_exit_costs, measure_head_costs, segment_inputs
 from edgeexit.runtime import Runtime
 
 Progress = Callable[[str, int, int], None]  # (stage, done, total)
@@ -136,12 +136,16 @@ def measure_costs(
         max_rounds=options.timing_max_rounds, max_seconds=options.timing_max_seconds,
         min_seconds=options.timing_min_seconds,
     )  # fmt: skip
+    heads = None
+    if not runtime.bodies_in_use:  # every head ran: what skipping each one saves
+        heads = measure_head_costs(runtime, segment_inputs(runtime, one[0]))
     return exit_costs(
         exits,
         batch_size=1,
         energy=meter.provenance,
         power_w=runtime.target.active_power_w,
         source="measured here (batch 1)",
+        head_ms=heads,
     )
 
 
@@ -171,7 +175,8 @@ def calibrate_bundle(
         manifest = read_manifest(bundle_dir)
         dataset = load_data(data_path, manifest.inputs)
         cap, capped = _cap(manifest, options)
-        runtime = Runtime(bundle_dir, target=options.target, max_exit=cap)
+        # every head runs while costs are timed: a disabled exit is credited its head
+        runtime = Runtime(bundle_dir, target=options.target, max_exit=cap, bodies=False)
         dataset.check_labels(runtime.num_classes, str(data_path))
         if costs is not None:
             pass  # given by the caller

@@ -134,8 +134,10 @@ def evaluate_many(
     exits = exit_indices(table.scores, thresholds)  # [K, N]
     n = table.num_samples
     accuracy = table.correct[exits, np.arange(n)[None, :]].mean(axis=1)
-    lat = np.asarray(costs.latency_ms)[exits]
-    p95 = np.quantile(np.asarray(costs.p95_latency_ms)[exits], 0.95, axis=1)
+    # what leaving at each exit costs under each vector (disabled exits' heads skipped)
+    lat = np.take_along_axis(costs.per_exit_latency(thresholds), exits, axis=1)
+    p95_table = costs.per_exit_latency(thresholds, p95=True)
+    p95 = np.quantile(np.take_along_axis(p95_table, exits, axis=1), 0.95, axis=1)
     lat_mean = lat.mean(axis=1)
     lat_ucb = lat_mean + _Z95 * lat.std(axis=1) / math.sqrt(n)
     cum_energy = None if costs.energy_mj is None else np.asarray(costs.energy_mj)

@@ -122,6 +122,9 @@ class SegmentProfile:
     # resident memory the segment's session holds once loaded, MB (RSS growth); None where
     # the OS does not say, or in profiles written before it was measured
     resident_mb: float | None = None
+    # what its exit head adds to it, ms per call (with the head against its body); None
+    # for a segment without a body, or in profiles written before it was measured
+    head_ms: float | None = None
 
 
 @dataclass(frozen=True)
@@ -194,6 +197,7 @@ class CostProfile:
                     "energy_mj": s.energy_mj,
                     "power_w": s.power_w,
                     "resident_mb": s.resident_mb,
+                    "head_ms": s.head_ms,
                 }
                 for s in self.segments
             ],
@@ -217,6 +221,7 @@ class CostProfile:
                     energy_mj=_optional_figure(s.get("energy_mj"), "energy_mj"),
                     power_w=_optional_figure(s.get("power_w"), "power_w"),
                     resident_mb=_optional_figure(s.get("resident_mb"), "resident_mb"),
+                    head_ms=_optional_figure(s.get("head_ms"), "head_ms"),
                 )
                 for s in doc["segments"]
             )

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from edgeexit.bundle import BATCH_DIM, InputSpec
+from edgeexit.bundle import BATCH_DIM, InputSpec, load_graphs
 from edgeexit.energy import EnergyMeter, get_meter
 from edgeexit.errors import InputError
 from edgeexit.measure.cost_profile import (
@@ -39,6 +39,7 @@ from edgeexit.measure.cost_profile import (
 from edgeexit.measure.memory import segment_resident_mb
 from edgeexit.measure.rounds import Schedule, round_order
 from edgeexit.runtime import Runtime
+from edgeexit.runtime.session import open_session
 from edgeexit.targets.spec import Target, host_arch
 
 IDLE_WINDOW_S = 0.5  # how long the idle baseline is measured, when a sensor exists
@@ -70,7 +71,7 @@ def profile_bundle(
     ``progress(done, total)`` is called as segments and exits advance, in calls.
     """
     _check_counts(repeats=repeats, warmup=warmup, batch_size=batch_size, rounds=rounds)
-    runtime = Runtime(bundle_dir, target=target)
+    runtime = Runtime(bundle_dir, target=target, bodies=False)  # every head, timed
     resident = segment_resident_mb(bundle_dir, runtime.manifest, runtime.config)
     _warn_if_foreign(runtime.target)
     meter = get_meter(runtime.target)  # probes are cached: no second probe, no second warning
@@ -79,8 +80,9 @@ def profile_bundle(
     calls = -(-repeats // min(rounds, repeats))  # per exit per round, rounding up
     segment_calls = (warmup + repeats) * runtime.num_exits
     total = segment_calls + (warmup + calls * min(rounds, repeats)) * runtime.num_exits
-    segments = []
+    segments, segment_feeds = [], []
     for i in range(runtime.num_exits):
+        segment_feeds.append(feeds)
         segment = _profile_segment(runtime, i, feeds, meter, repeats, warmup)
         segments.append(dataclasses.replace(segment, resident_mb=resident[i]))
         if progress is not None:
@@ -105,6 +107,8 @@ def profile_bundle(
         max_seconds=10.0,
         min_seconds=min_seconds,
     )
+    heads = measure_head_costs(runtime, segment_feeds)
+    segments = [dataclasses.replace(s, head_ms=h) for s, h in zip(segments, heads)]
     target_ = runtime.target
     return CostProfile(
         target=target_.name,
@@ -122,6 +126,52 @@ def profile_bundle(
         segments=tuple(segments),
         exits=exits,
     )
+
+
+def segment_inputs(runtime: Runtime, inputs: Sequence[np.ndarray]) -> list[list[np.ndarray]]:
+    """What each segment takes when the chain runs ``inputs`` (copies, one list each)."""
+    feeds, found = [np.asarray(x) for x in inputs], []
+    for i in range(runtime.num_exits):
+        found.append(feeds)
+        carry, _, _ = runtime.run_segment(i, feeds)
+        feeds = [c.copy() for c in carry]  # run_segment's outputs are reused buffers
+    return found
+
+
+def measure_head_costs(
+    runtime: Runtime,
+    feeds: Sequence[Sequence[np.ndarray]],
+    *,
+    rounds: int = 30,
+    calls: int = 5,
+) -> tuple[float | None, ...]:
+    """What each exit's head adds to its segment, ms per call at the batch of ``feeds``
+    (one input list per segment): the segment with its head against its body, alternating
+    round by round, plain session calls on the same inputs (their overheads cancel). None
+    for a segment without a body (the last; bundles exported without). ``runtime`` must run
+    every head (``Runtime(..., bodies=False)``): its sessions are the segments with heads.
+    """
+    if runtime.bodies_in_use:
+        raise ValueError("measure_head_costs needs a Runtime opened with bodies=False")
+    found: list[float | None] = []
+    for spec, fused, inputs in zip(runtime.manifest.segments, runtime.sessions, feeds):
+        if spec.body is None:
+            found.append(None)
+            continue
+        (source,) = load_graphs(runtime.bundle_dir, [spec.headless])
+        body = open_session(source, runtime.config)
+        named = dict(zip(spec.inputs, inputs))
+        ways = {"head": fused, "body": body}
+        times: dict[str, list[float]] = {"head": [], "body": []}
+        for r in range(rounds):
+            for name in round_order(list(ways), r):
+                session = ways[name]
+                start = perf_counter()
+                for _ in range(calls):
+                    session.run(None, named)
+                times[name].append((perf_counter() - start) / calls * 1e3)
+        found.append(max(float(np.median(times["head"]) - np.median(times["body"])), 0.0))
+    return tuple(found)
 
 
 def forced_exit(num_exits: int, i: int) -> tuple[float, ...]:

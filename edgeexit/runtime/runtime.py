@@ -12,6 +12,7 @@ import os
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
+from pathlib import Path
 from time import perf_counter
 
 import numpy as np
@@ -46,11 +47,14 @@ class Runtime:
             it are neither verified nor loaded (DeeR-VLA's peak budget). ``num_exits`` and
             the thresholds ``run`` takes count the exits up to it. Default: the cap
             calibrate recorded in the manifest, if any.
+        bodies: run a disabled exit's segment as its body (without the head) where the
+            bundle has one; False runs every head (what calibration times, so that the
+            head of each exit it may disable is known; docs/runtime.md).
 
     Raises BundleError (unreadable/other-format manifest, missing or modified segment,
     a segment ONNX Runtime cannot load) and TargetError (unknown target or provider).
 
-    Attributes: ``manifest``, ``target``, ``num_exits``.
+    Attributes: ``manifest``, ``target``, ``num_exits``, ``bundle_dir``.
 
     Thread-safe: calls from several threads are serialized by a lock (each call owns the
     pre-allocated buffers while it runs), so every thread gets its own right answer; for
@@ -72,6 +76,7 @@ class Runtime:
         providers: Sequence[str] | None = None,
         threads: int | None = None,
         max_exit: int | None = None,
+        bodies: bool = True,
     ) -> None:
         self.target = load_target(target)
         config = resolve_config(self.target, providers, threads)
@@ -85,7 +90,9 @@ class Runtime:
         # Disabled exits are free: while exit i's threshold is "never", its body (the block
         # without the head) runs instead. A call whose thresholds enable such an exit, and
         # calibration's every-exit pass, use the chain with every head (opened then).
-        self._headless = _disabled_with_body(self.manifest, self._state_update)
+        self._headless = (
+            _disabled_with_body(self.manifest, self._state_update) if bodies else frozenset()
+        )
         segments = tuple(
             s.headless if i in self._headless else s for i, s in enumerate(self.manifest.segments)
         )
@@ -108,7 +115,7 @@ class Runtime:
         self._carry_device = "cuda" if config.device == "cuda" else None
         self._chain = Chain(chain_manifest, sessions, layouts, self._carry_device)
         self._heads_chain: Chain | None = None if self._headless else self._chain
-        self._bundle_dir, self.config = bundle_dir, config
+        self.bundle_dir, self.config = Path(bundle_dir), config
         self._known_plan = self._chain.known_plan  # one attribute load less per call
         meter = get_meter(self.target)
         # A sensor gets a real window around each call; a power model (or no meter) has
@@ -127,6 +134,12 @@ class Runtime:
     @property
     def num_exits(self) -> int:
         return self.manifest.num_exits
+
+    @property
+    def bodies_in_use(self) -> frozenset[int]:
+        """Exits whose segment runs as its body (the block without its head) while the
+        manifest's thresholds hold: those whose threshold is "never"."""
+        return self._headless
 
     @property
     def num_classes(self) -> int:
@@ -262,10 +275,8 @@ class Runtime:
         """The chain with every exit's head: the loaded one when no exit runs as a body,
         else one whose segments with heads are opened now, once (the others shared)."""
         if self._heads_chain is None:
-            specs = [self.manifest.segments[i] for i in self._headless]
-            opened = iter(
-                open_session(s, self.config) for s in load_graphs(self._bundle_dir, specs)
-            )
+            # in exit order, from the bytes verified at load
+            opened = iter([open_session(s, self.config) for s in self._head_sources])
             sessions = [
                 next(opened) if i in self._headless else session
                 for i, session in enumerate(self._chain.sessions)
