@@ -21,21 +21,6 @@ import tempfile
 from dataclasses import replace
 from pathlib import Path
 
-PROBE = """
-import json, sys
-import numpy as np
-def rss_mb():
-    for line in open("/proc/self/status"):
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-from edgeexit.runtime import Runtime
-before = rss_mb()
-rt = Runtime(sys.argv[1], threads=1)
-ids = np.ones((1, 64), dtype=np.int64)
-rt.run([ids, np.ones((1, 64), dtype=np.int64)])
-print(json.dumps({"grew_mb": rss_mb() - before}))
-"""
-
 
 def inlined_copy(bundle: Path, out: Path) -> Path:
     """The bundle with every segment's weights inside its own graph."""
@@ -64,8 +49,12 @@ def size_mb(path: Path) -> float:
 
 
 def resident_mb(bundle: Path) -> float:
-    out = subprocess.run([sys.executable, "-c", PROBE, str(bundle)], capture_output=True,
-                         text=True, check=True)  # fmt: skip
+    """A Runtime's resident memory growth, fresh process, one batch (max_exit_memory's
+    probe, uncapped: the same token inputs)."""
+    from max_exit_memory import PROBE  # benchmarks/ is on the path of a script run here
+
+    out = subprocess.run([sys.executable, "-c", PROBE, str(bundle), "none"],
+                         capture_output=True, text=True, check=True)  # fmt: skip
     return json.loads(out.stdout.splitlines()[-1])["grew_mb"]
 
 

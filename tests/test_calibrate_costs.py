@@ -150,6 +150,7 @@ class ForcedExitRuntime:
     threshold is -inf, so the measured costs are known exactly."""
 
     num_exits = 3
+    bodies_in_use = frozenset({0, 1})  # a deployed runtime: heads are not timed apart
 
     def __init__(self):
         self.target = load_target("x86-cpu")
@@ -168,7 +169,7 @@ def test_measuring_here_uses_the_per_exit_measurement():
         options = CalibrateOptions(timing_samples=5, timing_calls=5, timing_rounds=2)
         costs = measure_costs(runtime, dataset, options)
     assert list(costs.latency_ms) == pytest.approx(EXIT_MS)
-    assert costs.source == "measured here (batch 1)"
+    assert costs.source == "measured here (batch 1)" and costs.head_ms is None
     assert costs.energy.label == "modeled"  # no sensor: x86-cpu's 10 W power model
     assert list(costs.energy_mj) == pytest.approx([10 * ms for ms in EXIT_MS])
     timed = runtime.calls[-2 * 5 * 3 :]  # 2 rounds x 5 samples x 3 exits after the warm-up
