@@ -32,6 +32,7 @@ class SegmentInfo:
     carry: tuple[str, ...]
     threshold: float
     resident_mb: float | None = None  # measured on request: RSS growth when it is opened
+    body_bytes: int | None = None  # its body (the block without the head), if it has one
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -43,6 +44,7 @@ class SegmentInfo:
             "carry": list(self.carry),
             "threshold": None if math.isinf(self.threshold) else self.threshold,
             "resident_mb": self.resident_mb,
+            "body_bytes": self.body_bytes,
         }
 
 
@@ -112,14 +114,20 @@ def describe_bundle(bundle_dir: str | os.PathLike, *, memory: bool = False) -> B
 def _segment(folder: Path, index: int, spec, threshold: float, source) -> SegmentInfo:
     """Operators are counted only from verified bytes (the ones load_segments read and
     checked): a bundle that fails its check gets none, and the integrity line says why."""
-    own = [e.file for e in spec.external_data if e.file != SHARED_WEIGHTS]
-    size = sum(_size(folder / n) for n in [spec.file, *own])
     ops: dict[str, int] = {}
     if source is not None:
         with contextlib.suppress(OSError, ProtoError):  # ONNX Runtime says why, at load
             model = source.model if source.model is not None else source.path.read_bytes()
             ops = op_counts(model)
-    return SegmentInfo(index, spec.file, size, ops, tuple(spec.carry), threshold)
+    body = None if spec.body is None else _graph_bytes(folder, spec.body)
+    return SegmentInfo(index, spec.file, _graph_bytes(folder, spec), ops, tuple(spec.carry),
+                       threshold, body_bytes=body)  # fmt: skip
+
+
+def _graph_bytes(folder: Path, graph) -> int:
+    """A graph file and its own external data (the shared weights are counted apart)."""
+    own = [e.file for e in graph.external_data if e.file != SHARED_WEIGHTS]
+    return sum(_size(folder / n) for n in [graph.file, *own])
 
 
 def _size(path: Path) -> int:

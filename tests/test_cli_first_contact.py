@@ -96,6 +96,8 @@ def test_inspect_shows_the_bundle_and_checks_it(bundle_and_data, tmp_path):
     assert doc["inputs"] == [{"name": "x", "dtype": "float32", "shape": ["batch", 1, 8, 8]}]
     assert len(doc["segments"]) == 3 and all(s["nodes"] > 0 for s in doc["segments"])
     assert "Conv" in doc["segments"][0]["ops"] and doc["calibration"] is None
+    bodies = [s["body_bytes"] for s in doc["segments"]]
+    assert all(b and b > 0 for b in bodies[:-1]) and bodies[-1] is None
     table = runner.invoke(app, ["inspect", str(bundle)])
     assert table.exit_code == 0 and "every file matches its sha256" in table.output
     assert "x float32[batch, 1, 8, 8]" in table.output

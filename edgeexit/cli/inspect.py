@@ -64,7 +64,9 @@ def _render(info: BundleInfo) -> None:
     table = Table(title="Segments (backbone block + exit head)")
     columns = ["segment", "file", "KiB", "nodes", "top operators", "carry", "threshold"]
     measured = any(s.resident_mb is not None for s in info.segments)
-    for col in columns + (["resident MB"] if measured else []):
+    bodies = any(s.body_bytes is not None for s in info.segments)
+    columns += (["body KiB"] if bodies else []) + (["resident MB"] if measured else [])
+    for col in columns:
         table.add_column(col, justify="left" if col in ("file", "top operators") else "right")
     for s in info.segments:
         top = ", ".join(f"{op} {n}" for op, n in list(s.ops.items())[:TOP_OPS])
@@ -74,6 +76,8 @@ def _render(info: BundleInfo) -> None:
         )
         row = [str(s.index), s.file, f"{s.size_bytes / 1024:.1f}", str(sum(s.ops.values())),
                top, str(len(s.carry)), threshold]  # fmt: skip
+        if bodies:
+            row.append("-" if s.body_bytes is None else f"{s.body_bytes / 1024:.1f}")
         if measured:
             row.append("-" if s.resident_mb is None else f"{s.resident_mb:.1f}")
         table.add_row(*row)
@@ -82,6 +86,9 @@ def _render(info: BundleInfo) -> None:
             f"plus {info.shared_bytes / 1024:.1f} KiB of weights several segments hold, "
             "stored once (shared_weights.bin)"
         )
+    if bodies:
+        note = "a body (the block without its head) runs while its exit's threshold is never"
+        table.caption = f"{table.caption}; {note}" if table.caption else note
     if measured:
         note = "resident: RSS growth as each segment's session opens after the ones before"
         table.caption = f"{table.caption}; {note}" if table.caption else note
