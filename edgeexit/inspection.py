@@ -86,7 +86,7 @@ class BundleInfo:
 def describe_bundle(bundle_dir: str | os.PathLike, *, memory: bool = False) -> BundleInfo:
     """What ``bundle_dir`` holds. BundleError only when there is no readable manifest.
 
-    ``memory``: also open each segment as the runtime does (default session settings) and
+    ``memory``: also open each segment with its head (default session settings) and
     record the resident memory it adds (``measure.memory``; None where the OS does not
     say, and for a bundle that fails its integrity check).
     """

@@ -23,7 +23,7 @@ def inspect_cmd(
     memory: bool = typer.Option(
         False,
         "--memory",
-        help="Also open each segment as the runtime does and report the resident memory "
+        help="Also open each segment (with its head) and report the resident memory "
         "it adds (RSS growth, MB; Linux).",
     ),
     as_json: bool = typer.Option(False, "--json", help="Print only a JSON object."),
