@@ -118,15 +118,24 @@ def test_a_changed_body_is_refused_and_a_body_on_the_last_exit_too(bundles, tmp_
         edgeexit.Runtime(copy)
 
 
-def test_compiling_drops_the_bodies(bundles, tmp_path):
+@pytest.mark.parametrize("ort_format", [False, True], ids=["onnx", "ort-format"])
+def test_compiled_bodies_hand_on_what_their_compiled_segments_do(bundles, tmp_path, ort_format):
     from edgeexit.compile.compiler import CompileOptions, compile_bundle
+    from edgeexit.data import Dataset
 
     bundle, _ = bundles
-    compile_bundle(bundle, tmp_path / "fp16", "x86-cpu", options=CompileOptions(threads=1))
-    manifest = read_manifest(tmp_path / "fp16")
-    assert all(s.body is None for s in manifest.segments)
-    assert not list((tmp_path / "fp16").glob("body_*"))
-    edgeexit.Runtime(tmp_path / "fp16").run(samples(2))
+    calib = Dataset((samples(64),), None)
+    options = CompileOptions(threads=1, max_quant_drop=1.0, ort_format=ort_format)
+    compile_bundle(bundle, tmp_path / "int8", "rpi5", calib=calib, options=options)
+    manifest = read_manifest(tmp_path / "int8")
+    kept = [s.body for s in manifest.segments[:-1] if s.body is not None]
+    assert kept, "no compiled body matched its compiled segment"
+    assert all((tmp_path / "int8" / b.file).is_file() for b in kept)
+    deployed = edgeexit.Runtime(tmp_path / "int8", threads=1)
+    every = edgeexit.Runtime(tmp_path / "int8", threads=1, bodies=False)
+    assert deployed.bodies_in_use and not every.bodies_in_use
+    np.testing.assert_allclose(deployed.run(samples()).logits, every.run(samples()).logits,
+                               atol=1e-4)  # fmt: skip
 
 
 def test_a_disabled_exit_is_credited_the_head_it_skips():

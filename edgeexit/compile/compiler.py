@@ -12,6 +12,7 @@ saved model, so the device's own ONNX Runtime optimizes at load. Host-side: impo
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ import numpy as np
 
 from edgeexit.budget import drop_from_points
 from edgeexit.bundle import (
+    GraphFile,
     Manifest,
     atomic_bundle_dir,
     check_bundle_output,
@@ -35,8 +37,9 @@ from edgeexit.compile.ortformat import save_ort_format
 from edgeexit.compile.report import CompileReport, ExitAccuracy
 from edgeexit.compile.versions import default_opset, pin_versions
 from edgeexit.data import Dataset, load_data
-from edgeexit.errors import PrecisionLossError, TargetError
+from edgeexit.errors import EdgeExitError, PrecisionLossError, TargetError
 from edgeexit.runtime.inputs import check_inputs
+from edgeexit.runtime.session import ORT_ERRORS
 from edgeexit.targets.spec import Target, host_arch, load_target
 
 # Domains only an x86 ORT build (or only the optimizer that wrote them) can load.
@@ -73,6 +76,7 @@ class _Compiled:
     manifest: Manifest
     models: list[Any]
     report: CompileReport
+    bodies: list[Any]  # each segment's compiled body, or None (none, or it did not match)
 
 
 def compile_bundle(
@@ -106,7 +110,7 @@ def compile_in_place(
     compiled = _compile(bundle_dir, target, calib, options)
     for seg in compiled.manifest.segments:
         (bundle_dir / seg.file).unlink()
-        if seg.body is not None:  # compiled bundles run every head (see _write_into)
+        if seg.body is not None:  # written again, compiled, where it still matches
             (bundle_dir / seg.body.file).unlink()
     _write_into(bundle_dir, compiled, ort_format=options.ort_format)
     return compiled.report
@@ -133,7 +137,8 @@ def _compile(
         num_classes = manifest.extra.get("num_classes")
         if isinstance(num_classes, int):
             calib.check_labels(num_classes)
-    compiled, method = _change_precision(fp32, manifest, target, calib, options)
+    compiled, method, convert = _change_precision(fp32, manifest, target, calib, options)
+    bodies = _compiled_bodies(src_dir, manifest, target, convert, compiled, calib)
     kernels = _evaluation_kernels(target)
     report = CompileReport(
         target=target.name,
@@ -155,7 +160,53 @@ def _compile(
             + f" (`max_quant_drop` {100 * options.max_quant_drop:g} pp); nothing written",
             report=report,
         )
-    return _Compiled(manifest, compiled, report)
+    return _Compiled(manifest, compiled, report, bodies)
+
+
+# A compiled body must hand on what its compiled segment does: the same block, converted
+# the same way, on the same data. Anything further apart than this is another carry.
+BODY_ATOL = 1e-5
+
+
+def _compiled_bodies(
+    src_dir, manifest: Manifest, target: Target, convert, compiled: list[Any], calib
+) -> list[Any]:
+    """Each segment's body converted as its segment was, kept where it hands on the
+    compiled segment's carry (checked on the calibration inputs, else on a zero batch);
+    None where there is no body or it does not match (that exit's head then runs)."""
+    import onnx
+
+    specs = [s.headless for s in manifest.segments]
+    if not any(specs):
+        return [None] * len(specs)
+    paths = iter(verify_segments(src_dir, replace(manifest, segments=tuple(s for s in specs if s))))
+    inputs = calib.inputs if calib is not None else [
+        np.zeros((2, *i.shape[1:]), dtype=np.dtype(i.dtype)) for i in manifest.inputs
+    ]  # fmt: skip
+    try:
+        sessions = host_sessions(compiled, threads=1)
+        feeds = run_chain(sessions, manifest, [x[:64] for x in inputs]).feeds
+    except (*ORT_ERRORS, EdgeExitError):  # this host cannot run them: no body is checked
+        return [None] * len(specs)
+    bodies = []
+    for i, spec in enumerate(specs):
+        if spec is None:
+            bodies.append(None)
+            continue
+        body = convert(pin_versions(onnx.load(next(paths)), target, name=spec.file), i)
+        body = pin_versions(body, target, name=spec.file)
+        carry = list(spec.carry)
+        try:  # a graph this host cannot run (fp16 kernels it lacks) is not checked: dropped
+            fused, alone = host_sessions([compiled[i], body], threads=1)
+            same = all(
+                np.allclose(a, b, atol=BODY_ATOL, rtol=0)
+                for feed in feeds[i]
+                for a, b in zip(fused.run(carry, feed), alone.run(carry, feed))
+            )
+        except (*ORT_ERRORS, EdgeExitError):
+            same = False
+        bodies.append(body if same else None)
+    return bodies
 
 
 # How the compiled segments are run for the accuracy check (CompileReport.kernels).
@@ -188,17 +239,25 @@ def _change_precision(
     target: Target,
     calib: Dataset | None,
     options: CompileOptions,
-) -> tuple[list[Any], str]:
-    """The segments in the target's precision, and how they were made."""
+) -> tuple[list[Any], str, Callable[[Any, int], Any]]:
+    """The segments in the target's precision, how they were made, and the conversion
+    itself (``convert(model, i)``: any graph that takes segment i's inputs, made alike)."""
     if target.precision == "fp32":
-        return fp32, "none"
+        return fp32, "none", lambda model, i: model
     if target.precision == "fp16":
-        converted, method = [prec.convert_fp16(m) for m in fp32], "fp16"
+        method = "fp16"
+
+        def convert(model: Any, i: int) -> Any:
+            return prec.convert_fp16(model)
+
     elif calib is not None:
         sessions = host_sessions(fp32, threads=options.threads)
         feeds = run_chain(sessions, manifest, calib.inputs, batch_size=options.batch_size).feeds
-        converted = [prec.quantize_int8_static(m, f) for m, f in zip(fp32, feeds)]
         method = "int8-static-qdq"
+
+        def convert(model: Any, i: int) -> Any:
+            return prec.quantize_int8_static(model, feeds[i])
+
     elif any(prec.has_op(m, prec.STATIC_INT8_OPS[:2]) for m in fp32):
         raise TargetError(
             f"int8 for {target.name} needs calibration data (`calib_data`, a .npz): this model "
@@ -206,10 +265,15 @@ def _change_precision(
             "which many ARM builds of ONNX Runtime lack"
         )
     else:
-        converted, method = [prec.quantize_int8_dynamic(m) for m in fp32], "int8-dynamic-matmul"
+        method = "int8-dynamic-matmul"
+
+        def convert(model: Any, i: int) -> Any:
+            return prec.quantize_int8_dynamic(model)
+
+    converted = [convert(m, i) for i, m in enumerate(fp32)]
     # Quantizers may raise the opset (QDQ per-channel needs 13); check the limits again.
     pinned = [pin_versions(m, target, name=s.file) for m, s in zip(converted, manifest.segments)]
-    return pinned, method
+    return pinned, method, convert
 
 
 def _accuracy(
@@ -257,23 +321,32 @@ def _write_into(folder: Path, compiled: _Compiled, *, ort_format: bool) -> None:
     from edgeexit.compile.shared_weights import share_weights
 
     report = compiled.report
-    paths = []
-    for model, seg in zip(compiled.models, compiled.manifest.segments):
+    paths, body_paths = [], []
+    for model, body, seg in zip(compiled.models, compiled.bodies, compiled.manifest.segments):
         path = (folder / seg.file).with_suffix(".onnx")
         onnx.save(model, path)  # weights inline: the old shared file may not fit them
         paths.append(path)
-    # weights the compiled graphs still have in common (a shared layer quantized alike),
-    # stored once again; the ORT format cannot read external data, so none there
-    share_weights(folder, [] if ort_format else [p.name for p in paths])
+        body_path = None
+        if body is not None:
+            body_path = (folder / seg.body.file).with_suffix(".onnx")
+            onnx.save(body, body_path)
+        body_paths.append(body_path)
+    # weights the compiled graphs still have in common (a shared layer quantized alike, a
+    # segment and its body), stored once again; the ORT format cannot read external data
+    written = [p.name for p in (*paths, *body_paths) if p is not None]
+    share_weights(folder, [] if ort_format else written)
     segments = []
-    for path, seg in zip(paths, compiled.manifest.segments):
+    for path, body_path, seg in zip(paths, body_paths, compiled.manifest.segments):
         if ort_format:
             path = save_ort_format(path)
-        # No body: a block compiled alone would not quantize as it does with its head,
-        # and a body must hand on exactly the carry its segment does.
+            body_path = body_path and save_ort_format(body_path)
+        body = None
+        if body_path is not None:
+            body = GraphFile(body_path.name, sha256_file(body_path),
+                             external_files(folder, body_path.name))  # fmt: skip
         segments.append(
             replace(seg, file=path.name, sha256=sha256_file(path),
-                    external_data=external_files(folder, path.name), body=None)
+                    external_data=external_files(folder, path.name), body=body)
         )  # fmt: skip
     manifest = replace(compiled.manifest, segments=tuple(segments)).with_extra(
         precision=report.precision,
