@@ -123,6 +123,8 @@ def main() -> None:
         hf = decoder_to_llama(model)
         results = run_all(generator, one, hf, exit_layer, test, args.new)
     doc = summarize(results, generator.num_exits)
+    for divergence in doc["divergences"]:  # why: how close the full model's call was
+        divergence.update(logit_gap(model, test[divergence["prompt"]], results, divergence))
     doc.update(
         machine=f"{platform.machine()} {platform.processor()}".strip(),
         onnxruntime=ort.__version__, torch=torch.__version__, prompts=len(test),
@@ -131,6 +133,10 @@ def main() -> None:
         size_ratio=bundle_bytes / one.bytes, assistant_early_exit_layer=exit_layer,
     )  # fmt: skip
     Console().print(render(doc))
+    for d in doc["divergences"]:
+        print(f"divergence: prompt {d['prompt']} step {d['step']}: full {d['full_token']}, "
+              f"self-spec {d['self_spec_token']}; the full model's top two {d['top2_tokens']} "
+              f"{d['logit_gap']:.2e} apart")  # fmt: skip
     if args.save:
         args.save.write_text(json.dumps(doc, indent=2) + "\n")
 
@@ -160,6 +166,23 @@ def run_one(way, generator, one, hf, exit_layer, prompt, new) -> dict:
         sequence = hf.generate(ids, max_new_tokens=new, do_sample=False, **extra)
     seconds = time.perf_counter() - start
     return {"tokens": sequence[0, len(prompt) :].tolist(), "seconds": seconds}
+
+
+def logit_gap(model, prompt, results: dict, divergence: dict) -> dict:
+    """At a step where self-speculative output left full decoding's: the full model's two
+    best tokens there and the gap between their logits (PyTorch, the same weights). A gap
+    near float32 rounding is a tie the two orders of summation broke differently."""
+    p, step = divergence["prompt"], divergence["step"]
+    prefix = [*np.asarray(prompt).tolist(), *results["full"][p]["tokens"][:step]]
+    with torch.no_grad():
+        logits = model(torch.tensor([prefix]))[-1][0, -1]
+    top = torch.topk(logits, 2)
+    return {
+        "full_token": int(results["full"][p]["tokens"][step]),
+        "self_spec_token": int(results["self-spec"][p]["tokens"][step]),
+        "top2_tokens": top.indices.tolist(),
+        "logit_gap": float(top.values[0] - top.values[1]),
+    }
 
 
 def summarize(results: dict[str, list], num_exits: int) -> dict:
