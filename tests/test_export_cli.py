@@ -103,6 +103,17 @@ def test_cli_json_target_and_patience(tmp_path):
     assert '"format": "edgeexit.bundle/1"' in result.stdout
 
 
+def test_cli_writes_bodies_unless_told_not_to(tmp_path):
+    save(digits_cnn(width=4), tmp_path / "m.pt", example_inputs=torch.rand(2, 1, 8, 8))
+    assert invoke(tmp_path / "m.pt", "-o", tmp_path / "b").exit_code == 0
+    assert [s.body is not None for s in read_manifest(tmp_path / "b").segments] == [
+        True, True, False]  # fmt: skip
+    bare = invoke(tmp_path / "m.pt", "-o", tmp_path / "bare", "--no-bodies")
+    assert bare.exit_code == 0, bare.output
+    assert all(s.body is None for s in read_manifest(tmp_path / "bare").segments)
+    assert not list((tmp_path / "bare").glob("body_*"))
+
+
 def test_trusted_pickle_with_input_shape(tmp_path):
     torch.save(digits_cnn(width=4), tmp_path / "whole.pt")
     result = invoke(
