@@ -37,7 +37,11 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from edgeexit.examples.generation_demo import demo_decoder, held_out_prompts
+from edgeexit.examples.generation_demo import (
+    demo_decoder,
+    held_out_cross_entropy,
+    held_out_prompts,
+)
 from edgeexit.examples.hf_llama import decoder_to_llama
 from edgeexit.export.convert import export_graph
 from edgeexit.export.decoder_export import export_decoder
@@ -131,8 +135,11 @@ def main() -> None:
         new_tokens=args.new, calibration=report.to_json(),
         bundle_bytes=bundle_bytes, one_graph_bytes=one.bytes,
         size_ratio=bundle_bytes / one.bytes, assistant_early_exit_layer=exit_layer,
+        exit_cross_entropy=held_out_cross_entropy(model),
     )  # fmt: skip
     Console().print(render(doc))
+    entropies = ", ".join(f"{c:.3f}" for c in doc["exit_cross_entropy"])
+    print(f"held-out next-byte cross-entropy per exit (nats): {entropies}")
     for d in doc["divergences"]:
         print(f"divergence: prompt {d['prompt']} step {d['step']}: full {d['full_token']}, "
               f"self-spec {d['self_spec_token']}; the full model's top two {d['top2_tokens']} "

@@ -98,6 +98,19 @@ def held_out_prompts(count: int = 48) -> list[np.ndarray]:
     return chosen
 
 
+def held_out_cross_entropy(model: MultiExitDecoder, windows: int = 64) -> list[float]:
+    """Each exit's next-byte cross-entropy (nats) on source the model never trained on
+    (``windows`` x 128 bytes after the corpus): what a training setting costs in quality."""
+    text = stdlib_corpus(TRAIN_BYTES + windows * 129)[TRAIN_BYTES:]
+    tokens = torch.as_tensor(text[: windows * 129], dtype=torch.int64).view(windows, 129)
+    with torch.no_grad():
+        exits = model.eval()(tokens[:, :-1])
+    targets = tokens[:, 1:].reshape(-1)
+    return [
+        float(torch.nn.functional.cross_entropy(e.reshape(-1, e.shape[-1]), targets)) for e in exits
+    ]
+
+
 @dataclass(frozen=True)
 class GenerationDemo:
     out_dir: Path

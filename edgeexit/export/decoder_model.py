@@ -238,7 +238,8 @@ def early_exit_loss(
     exit's distribution (held fixed), per token, averaged over the early exits, times
     ``distill``. A draft that agrees with the full model is what self-speculative decoding
     accepts, right or wrong; on the demo model (600 steps) it raised the first exit's
-    agreement with the last on generated text from 81 % to 89 %.
+    agreement with the last on generated text from 81 % to 89 %, and the last exit's
+    held-out cross-entropy from 1.52 to 1.61 nats per byte (the trunk is shared).
     """
     weights = [scale * (e + 1) / len(exits) for e in range(len(exits) - 1)] + [1.0]
     losses = [
