@@ -25,9 +25,7 @@ from edgeexit.bundle import (
     Manifest,
     atomic_bundle_dir,
     check_bundle_output,
-    external_files,
     read_manifest,
-    sha256_file,
     verify_segments,
     write_manifest,
 )
@@ -318,36 +316,23 @@ def _accuracy(
 def _write_into(folder: Path, compiled: _Compiled, *, ort_format: bool) -> None:
     import onnx
 
-    from edgeexit.compile.shared_weights import share_weights
+    from edgeexit.compile.shared_weights import store_once
 
     report = compiled.report
-    paths, body_paths = [], []
-    for model, body, seg in zip(compiled.models, compiled.bodies, compiled.manifest.segments):
-        path = (folder / seg.file).with_suffix(".onnx")
+
+    def written(model: Any, file: str) -> str:
+        path = (folder / file).with_suffix(".onnx")
         onnx.save(model, path)  # weights inline: the old shared file may not fit them
-        paths.append(path)
-        body_path = None
-        if body is not None:
-            body_path = (folder / seg.body.file).with_suffix(".onnx")
-            onnx.save(body, body_path)
-        body_paths.append(body_path)
-    # weights the compiled graphs still have in common (a shared layer quantized alike, a
-    # segment and its body), stored once again; the ORT format cannot read external data
-    written = [p.name for p in (*paths, *body_paths) if p is not None]
-    share_weights(folder, [] if ort_format else written)
+        return (save_ort_format(path) if ort_format else path).name
+
     segments = []
-    for path, body_path, seg in zip(paths, body_paths, compiled.manifest.segments):
-        if ort_format:
-            path = save_ort_format(path)
-            body_path = body_path and save_ort_format(body_path)
-        body = None
-        if body_path is not None:
-            body = GraphFile(body_path.name, sha256_file(body_path),
-                             external_files(folder, body_path.name))  # fmt: skip
-        segments.append(
-            replace(seg, file=path.name, sha256=sha256_file(path),
-                    external_data=external_files(folder, path.name), body=body)
-        )  # fmt: skip
+    for model, body, seg in zip(compiled.models, compiled.bodies, compiled.manifest.segments):
+        body_file = None if body is None else GraphFile(written(body, seg.body.file), "")
+        segments.append(replace(seg, file=written(model, seg.file), body=body_file))
+    # weights the compiled graphs still have in common (a shared layer quantized alike, a
+    # segment and its body), stored once again; the ORT format reads no external data, so
+    # its files share nothing (and a stale shared file goes)
+    segments, _ = store_once(folder, segments)
     manifest = replace(compiled.manifest, segments=tuple(segments)).with_extra(
         precision=report.precision,
         target=report.target,

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +24,7 @@ from onnx import numpy_helper
 
 from edgeexit import files
 from edgeexit.bundle import SHARED_WEIGHTS as SHARED_FILE
+from edgeexit.bundle import GraphFile, SegmentSpec, external_files, sha256_file
 
 MIN_BYTES = 256  # smaller tensors (shapes, scales) stay inside their graph
 # A page: ONNX Runtime maps external data whose offset is page-aligned. Only tensors of a
@@ -82,6 +83,26 @@ def share_weights(folder: Path, graph_files: Sequence[str]) -> SharedWeights:
         # serialized by hand: onnx.save would try to write external data itself
         files.write_bytes_atomic(folder / file, models[file].SerializeToString(), what="ONNX graph")
     return SharedWeights(len(shared), len(blob), saved)
+
+
+def store_once(
+    folder: Path, segments: Sequence[SegmentSpec]
+) -> tuple[list[SegmentSpec], SharedWeights]:
+    """``share_weights`` over every graph the specs name (each segment and its body), then
+    the specs with each file's sha256 and external data as now written. Export and
+    compile both end with it, so a manifest always lists what its graphs read."""
+    graphs = [f for s in segments for f in (s.file, *([s.body.file] if s.body else []))]
+    done = share_weights(folder, graphs)
+
+    def recorded(file: str) -> GraphFile:
+        return GraphFile(file, sha256_file(folder / file), external_files(folder, file))
+
+    specs = []
+    for s in segments:
+        own = recorded(s.file)
+        body = None if s.body is None else recorded(s.body.file)
+        specs.append(replace(s, sha256=own.sha256, external_data=own.external_data, body=body))
+    return specs, done
 
 
 def _point_at(tensor: onnx.TensorProto, offset: int, length: int) -> None:

@@ -11,9 +11,8 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import onnx
@@ -30,13 +29,11 @@ from edgeexit.bundle import (
     SegmentSpec,
     atomic_bundle_dir,
     check_bundle_output,
-    external_files,
     read_manifest,
-    sha256_file,
     write_manifest,
 )
 from edgeexit.compile.compiler import compile_exported
-from edgeexit.compile.shared_weights import share_weights
+from edgeexit.compile.shared_weights import store_once
 from edgeexit.criteria import CRITERIA
 from edgeexit.errors import ExportError, InputError, ModelContractError, first_line
 from edgeexit.export.convert import export_graph
@@ -116,7 +113,10 @@ def export_bundle(
     steps = trace(model, inputs, options.criterion)
     with atomic_bundle_dir(out_dir, inputs=sources) as tmp:
         segments, exporters, opset = _export_segments(model, steps, names, tmp, options, target)
-        segments, shared = store_shared_weights(tmp, segments)
+        # weights several graphs hold (a shared layer; a segment and its body), once
+        segments, done = store_once(tmp, segments)
+        shared = {"tensors": done.tensors, "file_bytes": done.file_bytes,
+                  "saved_bytes": done.saved_bytes}  # fmt: skip
         manifest = Manifest(
             inputs=tuple(
                 InputSpec(n, numpy_dtype(x), (BATCH_DIM, *x.shape[1:]))
@@ -134,7 +134,7 @@ def export_bundle(
                 "target": target.name,
                 "exporter": "+".join(sorted(exporters)),
                 "edgeexit_version": edgeexit.__version__,
-                **shared,
+                **({"shared_weights": shared} if done.tensors else {}),
             },
         )
         write_manifest(tmp, manifest)
@@ -145,30 +145,6 @@ def export_bundle(
         if compiled is not None:
             manifest = read_manifest(tmp)
     return ExportResult(Path(out_dir), manifest, report, compiled)
-
-
-def store_shared_weights(
-    folder: Path, segments: Sequence[SegmentSpec]
-) -> tuple[list[SegmentSpec], dict[str, Any]]:
-    """Weights that several graphs hold (a shared layer; a segment and its body), stored
-    once (``shared_weights``); the specs with their new sha256 and external data, and the
-    manifest's record of what was shared (nothing when nothing was)."""
-    graphs = [f for s in segments for f in (s.file, *([s.body.file] if s.body else []))]
-    done = share_weights(folder, graphs)
-
-    def fresh(file: str) -> tuple[str, tuple]:
-        return sha256_file(folder / file), external_files(folder, file)
-
-    specs = []
-    for s in segments:
-        sha, external = fresh(s.file)
-        body = None
-        if s.body is not None:
-            body = GraphFile(s.body.file, *fresh(s.body.file))
-        specs.append(replace(s, sha256=sha, external_data=external, body=body))
-    record = {"tensors": done.tensors, "file_bytes": done.file_bytes,
-              "saved_bytes": done.saved_bytes}  # fmt: skip
-    return specs, {"shared_weights": record} if done.tensors else {}
 
 
 def _export_segments(
