@@ -68,10 +68,12 @@ class GraphFile:
     def to_json(self) -> dict[str, Any]:
         doc: dict[str, Any] = {"file": self.file, "sha256": self.sha256}
         if self.external_data:
-            doc["external_data"] = [
-                {"file": e.file, "sha256": e.sha256} for e in self.external_data
-            ]
+            doc["external_data"] = _externals_json(self.external_data)
         return doc
+
+
+def _externals_json(externals: Sequence[ExternalFile]) -> list[dict[str, str]]:
+    return [{"file": e.file, "sha256": e.sha256} for e in externals]
 
 
 @dataclass(frozen=True)
@@ -93,6 +95,11 @@ class SegmentSpec:
     body: GraphFile | None = None
 
     @property
+    def has_head(self) -> bool:
+        """False for a body (``headless``): no logits, no score."""
+        return bool(self.logits)
+
+    @property
     def headless(self) -> SegmentSpec | None:
         """This segment as its body alone (no logits, no score), or None without one."""
         if self.body is None:
@@ -111,9 +118,7 @@ class SegmentSpec:
             "score": self.score,
         }
         if self.external_data:
-            doc["external_data"] = [
-                {"file": e.file, "sha256": e.sha256} for e in self.external_data
-            ]
+            doc["external_data"] = _externals_json(self.external_data)
         if self.body is not None:
             doc["body"] = self.body.to_json()
         return doc

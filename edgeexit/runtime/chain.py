@@ -124,7 +124,7 @@ class Chain:
         self.outputs: list[dict[str, Buffer]] = []
         for spec, lay in zip(self.manifest.segments, self.layouts):
             bufs = {name: Buffer(lay[name], cap, self.carry_device) for name in spec.carry}
-            for name in (spec.logits, spec.score) if spec.logits else ():  # read on the host
+            for name in (spec.logits, spec.score) if spec.has_head else ():  # read on the host
                 bufs.setdefault(name, Buffer(lay[name], cap))
             self.outputs.append(bufs)
         self.steps: list[dict[int, Step]] = [{} for _ in self.sessions]
@@ -154,7 +154,7 @@ class Chain:
                 src.bind_input(io, name, k)
         for name, buf in outs.items():
             buf.bind_output(io, name, k)
-        head = bool(spec.logits)  # a body (no head) has neither logits nor a score
+        head = spec.has_head  # a body has neither logits nor a score
         step = Step(
             bound_runner(self.sessions[i], io, self.run_options),
             io,

@@ -36,7 +36,7 @@ class Layout:
 def outputs(spec: SegmentSpec) -> list[str]:
     """The outputs a segment's graph gives: its carry, then its exit's logits and score,
     which a body (the block without its head, ``SegmentSpec.headless``) has not."""
-    heads = (spec.logits, spec.score) if spec.logits else ()
+    heads = (spec.logits, spec.score) if spec.has_head else ()
     return list(dict.fromkeys((*spec.carry, *heads)))
 
 
@@ -50,6 +50,10 @@ def check_output_names(spec: SegmentSpec, source: SegmentSource) -> None:
         have = set(output_names(data))
     except (OSError, ProtoError) as err:
         raise BundleError(f"{spec.file} is unreadable: {err}") from err
+    _require_outputs(spec, have)
+
+
+def _require_outputs(spec: SegmentSpec, have: set[str]) -> None:
     for name in outputs(spec):
         if name not in have:
             raise BundleError(f"{spec.file} has no output {name!r}; its outputs are {sorted(have)}")
@@ -61,12 +65,7 @@ def _check_names(spec: SegmentSpec, session: ort.InferenceSession) -> None:
         raise BundleError(
             f"{spec.file} takes inputs {have_in}; the manifest says {list(spec.inputs)}"
         )
-    have_out = {o.name for o in session.get_outputs()}
-    for name in outputs(spec):
-        if name not in have_out:
-            raise BundleError(
-                f"{spec.file} has no output {name!r}; its outputs are {sorted(have_out)}"
-            )
+    _require_outputs(spec, {o.name for o in session.get_outputs()})
 
 
 def _layout(spec: SegmentSpec, name: str, value: np.ndarray) -> Layout:
@@ -108,13 +107,13 @@ def probe_layouts(
         if len(layouts) < manifest.num_exits:
             next_inputs = manifest.segments[len(layouts)].inputs
             feeds = dict(zip(next_inputs, values[: len(spec.carry)]))
-        if not spec.logits:  # a body: the block without its head
+        if not spec.has_head:  # a body: the block without its head
             continue
         if len(out[spec.logits].row_shape) != 1:
             raise BundleError(f"{spec.file} logits {spec.logits!r} are not [batch, classes]")
         if out[spec.score].row_shape != ():
             raise BundleError(f"{spec.file} score {spec.score!r} is not [batch]")
-    classes = {lay[s.logits].row_shape for lay, s in zip(layouts, manifest.segments) if s.logits}
+    classes = {lay[s.logits].row_shape for lay, s in zip(layouts, manifest.segments) if s.has_head}
     if len(classes) != 1:
         raise BundleError(f"exits disagree on the number of classes: {sorted(classes)}")
     return layouts
