@@ -111,6 +111,12 @@ def test_a_changed_body_is_refused_and_a_body_on_the_last_exit_too(bundles, tmp_
         f.write(b"\0")
     with pytest.raises(BundleError, match="body_00.onnx does not match its sha256"):
         edgeexit.Runtime(copy)
+    shutil.copy(bundle / "body_00.onnx", copy / "body_00.onnx")
+    runtime = edgeexit.Runtime(copy, threads=1)  # the heads, not opened yet, are checked again
+    with open(copy / "segment_00.onnx", "ab") as f:
+        f.write(b"\0")
+    with pytest.raises(BundleError, match="segment_00.onnx does not match its sha256"):
+        runtime.run(samples(), thresholds=(0.5, INF, INF, INF))
     doc = json.loads((bundle / "manifest.json").read_text())
     doc["segments"][-1]["body"] = doc["segments"][0]["body"]
     (copy / "manifest.json").write_text(json.dumps(doc))

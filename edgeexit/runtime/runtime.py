@@ -99,17 +99,17 @@ class Runtime:
         chain_manifest = replace(self.manifest, segments=segments)
         sessions = [open_session(s, config) for s in load_segments(bundle_dir, chain_manifest)]
         # The segments with heads that bodies stand in for are checked now all the same (a
-        # changed or missing file fails the load, not a later call), and kept verified.
-        with_heads = [self.manifest.segments[i] for i in sorted(self._headless)]
-        self._head_sources = load_graphs(bundle_dir, with_heads)
-        for spec, source in zip(with_heads, self._head_sources):
+        # changed or missing file fails the load, not a later call); their bytes are not
+        # kept (a disabled head holds no memory) but read and checked again when opened.
+        self._head_specs = [self.manifest.segments[i] for i in sorted(self._headless)]
+        for spec, source in zip(self._head_specs, load_graphs(bundle_dir, self._head_specs)):
             check_output_names(spec, source)
         layouts = probe_layouts(chain_manifest, sessions)
         # Exit decisions compare in each score's own dtype: thresholds are rounded to it
         # once, here and in _convert_thresholds (bundle.round_threshold says why). A body
         # has no score: every score edgeexit exports is float32.
         self._score_dtypes = tuple(
-            lay[seg.score].dtype if seg.score else np.dtype(np.float32)
+            lay[seg.score].dtype if seg.has_head else np.dtype(np.float32)
             for lay, seg in zip(layouts, segments)
         )
         self._carry_device = "cuda" if config.device == "cuda" else None
@@ -275,8 +275,8 @@ class Runtime:
         """The chain with every exit's head: the loaded one when no exit runs as a body,
         else one whose segments with heads are opened now, once (the others shared)."""
         if self._heads_chain is None:
-            # in exit order, from the bytes verified at load
-            opened = iter([open_session(s, self.config) for s in self._head_sources])
+            sources = load_graphs(self.bundle_dir, self._head_specs)  # in exit order
+            opened = iter([open_session(source, self.config) for source in sources])
             sessions = [
                 next(opened) if i in self._headless else session
                 for i, session in enumerate(self._chain.sessions)
