@@ -227,6 +227,16 @@ def _cap(manifest, options: CalibrateOptions) -> tuple[int, str | None]:
     return cap, None if cap >= last else f"every sample leaves by exit {cap}: {why}"
 
 
+def _resident_through(profile: CostProfile, exits: int) -> np.ndarray | None:
+    """What is loaded when the chain stops at exit i: segments 0..i, MB (None: unknown)."""
+    resident = [s.resident_mb for s in profile.segments[:exits]]
+    return None if any(r is None for r in resident) else np.cumsum(resident)
+
+
+def _call_p95(profile: CostProfile, exits: int) -> np.ndarray:
+    return np.array([profile.exit_latency_ms(i, "p95") for i in range(exits)])
+
+
 @dataclass(frozen=True)
 class CapFigure:
     """A per-exit figure from a profile that a depth cap keeps within a budget."""
@@ -234,16 +244,11 @@ class CapFigure:
     param: str  # the option, named as the library names it
     name: str
     unit: str
-
-    def per_exit(self, profile: CostProfile, exits: int) -> np.ndarray | None:
-        if self is MEMORY:  # what is loaded when the chain stops at exit i: segments 0..i
-            resident = [s.resident_mb for s in profile.segments[:exits]]
-            return None if any(r is None for r in resident) else np.cumsum(resident)
-        return np.array([profile.exit_latency_ms(i, "p95") for i in range(exits)])
+    per_exit: Callable[[CostProfile, int], np.ndarray | None]  # None: the profile lacks it
 
 
-MEMORY = CapFigure("max_memory_mb", "resident memory", "MB")
-PEAK = CapFigure("max_latency_ms", "p95 latency of a call", "ms")
+MEMORY = CapFigure("max_memory_mb", "resident memory", "MB", _resident_through)
+PEAK = CapFigure("max_latency_ms", "p95 latency of a call", "ms", _call_p95)
 
 
 def profile_cap(
@@ -259,7 +264,7 @@ def profile_cap(
     values = figure.per_exit(profile, manifest.num_exits)
     if values is None:
         raise CalibrationError(
-            f"profile {profile_path} has no resident memory per segment (written before it "
+            f"profile {profile_path} has no {figure.name} per segment (written before it "
             "was measured, or by a device whose OS does not report it): profile it again"
         )
     fits = np.flatnonzero(values <= limit)
