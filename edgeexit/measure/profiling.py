@@ -76,19 +76,15 @@ def profile_bundle(
     _warn_if_foreign(runtime.target)
     meter = get_meter(runtime.target)  # probes are cached: no second probe, no second warning
     first = _first_batch(inputs, runtime.manifest.inputs, batch_size)
-    feeds = first
     calls = -(-repeats // min(rounds, repeats))  # per exit per round, rounding up
     segment_calls = (warmup + repeats) * runtime.num_exits
     total = segment_calls + (warmup + calls * min(rounds, repeats)) * runtime.num_exits
-    segments, segment_feeds = [], []
-    for i in range(runtime.num_exits):
-        segment_feeds.append(feeds)
+    segments, segment_feeds = [], segment_inputs(runtime, first)
+    for i, feeds in enumerate(segment_feeds):
         segment = _profile_segment(runtime, i, feeds, meter, repeats, warmup)
         segments.append(dataclasses.replace(segment, resident_mb=resident[i]))
         if progress is not None:
             progress((i + 1) * (warmup + repeats), total)
-        carry, _, _ = runtime.run_segment(i, feeds)
-        feeds = [c.copy() for c in carry]  # run_segment's outputs are reused buffers
 
     def exits_progress(done: int, planned: int) -> None:
         if progress is not None:  # the exits' plan grows while their costs still scatter
