@@ -149,24 +149,30 @@ def _tensor(data: memoryview, found: dict[str, None]) -> None:
 _NODE_OP_TYPE, _NODE_DOMAIN = 4, 7
 
 
+def _main_graph(model: bytes | memoryview, field: int) -> Iterator[memoryview]:
+    """The messages in field ``field`` of a serialized ModelProto's main graph (its nodes,
+    its outputs...), in order."""
+    for number, value in fields(memoryview(model)):
+        if number != _MODEL_GRAPH or isinstance(value, int):
+            continue
+        for inner, message in fields(value):
+            if inner == field and not isinstance(message, int):
+                yield message
+
+
 def op_counts(model: bytes | memoryview) -> dict[str, int]:
     """How many nodes of each operator the main graph of a serialized ModelProto holds
     (``domain::Op`` outside the default domain), most frequent first."""
     counts: dict[str, int] = {}
-    for number, value in fields(memoryview(model)):
-        if number != _MODEL_GRAPH or isinstance(value, int):
-            continue
-        for inner, node in fields(value):
-            if inner != _GRAPH_NODE or isinstance(node, int):
-                continue
-            op = domain = ""
-            for field, item in fields(node):
-                if field == _NODE_OP_TYPE and not isinstance(item, int):
-                    op = bytes(item).decode("utf-8", "replace")
-                elif field == _NODE_DOMAIN and not isinstance(item, int):
-                    domain = bytes(item).decode("utf-8", "replace")
-            name = f"{domain}::{op}" if domain not in ("", "ai.onnx") else op
-            counts[name] = counts.get(name, 0) + 1
+    for node in _main_graph(model, _GRAPH_NODE):
+        op = domain = ""
+        for field, item in fields(node):
+            if field == _NODE_OP_TYPE and not isinstance(item, int):
+                op = bytes(item).decode("utf-8", "replace")
+            elif field == _NODE_DOMAIN and not isinstance(item, int):
+                domain = bytes(item).decode("utf-8", "replace")
+        name = f"{domain}::{op}" if domain not in ("", "ai.onnx") else op
+        counts[name] = counts.get(name, 0) + 1
     return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
 
 
@@ -176,13 +182,8 @@ _GRAPH_OUTPUT, _VALUE_INFO_NAME = 12, 1
 def output_names(model: bytes | memoryview) -> list[str]:
     """The names of the main graph's outputs of a serialized ModelProto, in order."""
     names: list[str] = []
-    for number, value in fields(memoryview(model)):
-        if number != _MODEL_GRAPH or isinstance(value, int):
-            continue
-        for inner, info in fields(value):
-            if inner != _GRAPH_OUTPUT or isinstance(info, int):
-                continue
-            for field, item in fields(info):
-                if field == _VALUE_INFO_NAME and not isinstance(item, int):
-                    names.append(bytes(item).decode("utf-8", "replace"))
+    for info in _main_graph(model, _GRAPH_OUTPUT):
+        for field, item in fields(info):
+            if field == _VALUE_INFO_NAME and not isinstance(item, int):
+                names.append(bytes(item).decode("utf-8", "replace"))
     return names
