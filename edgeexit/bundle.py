@@ -83,6 +83,10 @@ class SegmentSpec:
     ``body``: the same block without its head (inputs in, ``carry`` out), which the
     runtime runs instead while the exit is disabled (its threshold is "never"), so that
     the head costs nothing; None for the last segment and in bundles without one.
+    ``plain``: the plain network up to this exit as one graph (from the model inputs,
+    every earlier block without its head, then this segment with its head); run instead
+    of the chain while every earlier exit is disabled, so that such a chain costs what the
+    plain network does (export writes it for the last segment).
     """
 
     file: str
@@ -93,6 +97,7 @@ class SegmentSpec:
     score: str
     external_data: tuple[ExternalFile, ...] = ()
     body: GraphFile | None = None
+    plain: GraphFile | None = None
 
     @property
     def has_head(self) -> bool:
@@ -106,7 +111,17 @@ class SegmentSpec:
             return None
         b = self.body
         return replace(self, file=b.file, sha256=b.sha256, external_data=b.external_data,
-                       logits="", score="", body=None)  # fmt: skip
+                       logits="", score="", body=None, plain=None)  # fmt: skip
+
+    def as_plain(self, inputs: tuple[str, ...]) -> SegmentSpec | None:
+        """The ``plain`` graph as a one-segment chain taking the model ``inputs``, or None.
+        It gives this exit's logits alone: the last exit of a chain takes every sample,
+        so no score is computed."""
+        if self.plain is None:
+            return None
+        w = self.plain
+        return replace(self, file=w.file, sha256=w.sha256, external_data=w.external_data,
+                       inputs=inputs, carry=(), score="", body=None, plain=None)  # fmt: skip
 
     def to_json(self) -> dict[str, Any]:
         doc: dict[str, Any] = {
@@ -121,6 +136,8 @@ class SegmentSpec:
             doc["external_data"] = _externals_json(self.external_data)
         if self.body is not None:
             doc["body"] = self.body.to_json()
+        if self.plain is not None:
+            doc["plain"] = self.plain.to_json()
         return doc
 
 
@@ -296,7 +313,7 @@ def _input(doc: Any, where: str) -> InputSpec:
 
 def _segment(doc: Any, where: str) -> SegmentSpec:
     file = _graph_file(doc, where)
-    body = doc.get("body")
+    body, plain = doc.get("body"), doc.get("plain")
     return SegmentSpec(
         file=file.file,
         sha256=file.sha256,
@@ -306,6 +323,7 @@ def _segment(doc: Any, where: str) -> SegmentSpec:
         score=_text(doc, "score", where),
         external_data=file.external_data,
         body=None if body is None else _graph_file(body, f"{where}.body"),
+        plain=None if plain is None else _graph_file(plain, f"{where}.plain"),
     )
 
 

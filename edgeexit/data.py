@@ -123,17 +123,26 @@ def _refuse_nonfinite(path: Path, specs: tuple[InputSpec, ...], inputs: tuple) -
 
 
 # Below this many elements a sum is the cheapest finiteness test (~3 µs against ~4 for
-# np.isfinite(x).all() on a small input); above it isfinite is faster. Summed in float64, a
-# float32 or float16 array this small cannot overflow, so a non-finite sum means a NaN or
-# an inf in the input, and no overflow warning is ever raised.
+# np.isfinite(x).all() on a small input); above it isfinite is faster. A finite sum means
+# every element is finite. A float32 array is summed in float32: half the time of a float64
+# sum when the caches are cold (7 µs against 16 right after a segment; the runtime checks
+# every call's inputs; np.errstate to silence a warning would cost 15 µs more). A sum that
+# overflows (elements near 1e34 and up: numpy warns once) is settled element by element;
+# float16 (max 65504) is summed in float32.
 _SUM_TEST_MAX = 16384
 
 
 def all_finite(x: np.ndarray) -> bool:
     """True when the float array ``x`` holds no NaN and no inf."""
     if x.size <= _SUM_TEST_MAX and x.itemsize < 8:
-        return math.isfinite(np.add.reduce(x, axis=None, dtype=np.float64))
-    return bool(np.isfinite(x).all())
+        try:
+            total = np.add.reduce(x, axis=None, dtype=None if x.itemsize == 4 else np.float32)
+        except (FloatingPointError, RuntimeWarning):  # overflow set to raise: look closer
+            total = math.inf
+        if math.isfinite(total):
+            return True
+    with np.errstate(over="ignore", invalid="ignore"):
+        return bool(np.isfinite(x).all())
 
 
 def nonfinite_rows(x: np.ndarray) -> np.ndarray:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import atexit
 import functools
+import json
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -53,6 +54,17 @@ def torch_exit_logits(model, inputs: tuple[np.ndarray, ...]) -> np.ndarray:
     with torch.no_grad():
         steps = run_exits(model, [torch.from_numpy(x) for x in inputs])
     return np.stack([s.logits.float().numpy() for s in steps])
+
+
+def without_plain_graph(src: Path, dst: Path) -> Path:
+    """A copy of ``src`` whose manifest lists no plain graph: its runtime runs the chain of
+    segments (bodies for the disabled exits) even when every early exit is disabled."""
+    shutil.copytree(src, dst)
+    doc = json.loads((dst / "manifest.json").read_text())
+    for segment in doc["segments"]:
+        segment.pop("plain", None)
+    (dst / "manifest.json").write_text(json.dumps(doc))
+    return dst
 
 
 def copy_bundle(src: Path, dst: Path) -> Path:

@@ -1,6 +1,7 @@
 """Disabled exits cost nothing: while an exit's threshold is "never", the runtime runs its
-segment's body (the block without the head). Every answer equals the chain with every
-head, whatever the thresholds of a call."""
+segment's body (the block without the head), and while every early exit is, the plain
+graph (the bodies and the last segment joined: one call). Every answer equals the chain
+with every head, whatever the thresholds of a call."""
 
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ def bundles(tmp_path_factory):
     doc = json.loads((heads / "manifest.json").read_text())
     for segment in doc["segments"]:
         segment.pop("body", None)
+        segment.pop("plain", None)
     (heads / "manifest.json").write_text(json.dumps(doc))
     return root / "bundle", heads
 
@@ -101,7 +103,8 @@ def test_patience_exports_no_bodies(tmp_path):
     torch.manual_seed(0)
     model = digits_resnet(width=8).eval()
     edgeexit.export(model, torch.rand(2, 1, 8, 8), tmp_path / "b", criterion="patience")
-    assert all(s.body is None for s in read_manifest(tmp_path / "b").segments)
+    segments = read_manifest(tmp_path / "b").segments
+    assert all(s.body is None and s.plain is None for s in segments)
 
 
 def test_a_changed_body_is_refused_and_a_body_on_the_last_exit_too(bundles, tmp_path):
@@ -142,6 +145,16 @@ def test_compiled_bodies_hand_on_what_their_compiled_segments_do(bundles, tmp_pa
     assert deployed.bodies_in_use and not every.bodies_in_use
     np.testing.assert_allclose(deployed.run(samples()).logits, every.run(samples()).logits,
                                atol=1e-4)  # fmt: skip
+    # the plain graph is the compiled bodies and last segment, joined, where all were kept
+    plain = manifest.segments[-1].plain
+    assert (plain is not None) == (len(kept) == len(manifest.segments) - 1)
+    assert deployed.runs_plain_graph == (plain is not None)
+    if plain is not None:
+        assert plain.file.endswith(".ort" if ort_format else ".onnx")
+        thresholds = (0.1, INF, INF, INF)
+        np.testing.assert_allclose(deployed.run(samples(), thresholds=thresholds).logits,
+                                   every.run(samples(), thresholds=thresholds).logits,
+                                   atol=1e-4)  # fmt: skip
 
 
 def test_a_disabled_exit_is_credited_the_head_it_skips():
@@ -187,3 +200,59 @@ def test_profile_records_what_each_head_adds(bundles):
     assert all(h is not None and h >= 0 for h in recorded[:-1]) and recorded[-1] is None
     assert all(s.head_ms is None for s in profile_bundle(heads, repeats=2, warmup=0, rounds=2,
                                                          min_seconds=0.0).segments)  # fmt: skip
+
+
+def test_every_exit_disabled_runs_the_plain_graph_alone(bundles, tmp_path):
+    bundle, heads = bundles
+    last = read_manifest(bundle).segments[-1]
+    assert last.plain is not None and (bundle / last.plain.file).is_file()
+    runtime, every = edgeexit.Runtime(bundle, threads=1), edgeexit.Runtime(heads, threads=1)
+    assert runtime.runs_plain_graph and len(runtime.sessions) == 1
+    assert not every.runs_plain_graph
+    x = samples()
+    for batch in (x, x[:1], x[:5]):
+        got, want = runtime.run(batch), every.run(batch)
+        np.testing.assert_array_equal(got.logits, want.logits)
+        assert got.exit_index.tolist() == [3] * len(batch)
+        assert math.isnan(got.segment_ms[0]) and got.segment_ms[-1] > 0
+        assert got.to_json()["segment_ms"][:3] == [None, None, None]
+    # a call that enables an exit runs the chain with its heads, opened then
+    got = runtime.run(x, thresholds=(0.2, INF, INF, INF))
+    np.testing.assert_array_equal(got.logits, every.run(x, thresholds=(0.2, INF, INF, INF)).logits)
+    assert runtime.run(x).exit_index.tolist() == [3] * len(x)  # and back to the plain graph
+    # a cap before the last exit has no plain graph: its chain runs
+    assert not edgeexit.Runtime(bundle, threads=1, max_exit=2).runs_plain_graph
+    assert not edgeexit.Runtime(bundle, threads=1, bodies=False).runs_plain_graph
+
+
+def test_a_changed_plain_graph_is_refused(bundles, tmp_path):
+    bundle, _ = bundles
+    copy = shutil.copytree(bundle, tmp_path / "b")
+    plain = read_manifest(copy).segments[-1].plain.file
+    with open(copy / plain, "ab") as f:
+        f.write(b"\0")
+    with pytest.raises(BundleError, match=f"{plain} does not match its sha256"):
+        edgeexit.Runtime(copy)
+
+
+def test_graphs_of_different_opsets_are_not_joined():
+    import onnx
+    from onnx import helper
+
+    from edgeexit.compile.plain_graph import CannotJoin, join_graphs
+
+    def identity(name_in, name_out, opset):
+        graph = helper.make_graph(
+            [helper.make_node("Identity", [name_in], [name_out])], "g",
+            [helper.make_tensor_value_info(name_in, onnx.TensorProto.FLOAT, [1])],
+            [helper.make_tensor_value_info(name_out, onnx.TensorProto.FLOAT, [1])],
+        )  # fmt: skip
+        return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+
+    joined = join_graphs([identity("x", "c", 17), identity("c", "y", 17)])
+    assert [i.name for i in joined.graph.input] == ["x"]
+    assert [o.name for o in joined.graph.output] == ["y"]
+    with pytest.raises(CannotJoin):
+        join_graphs([identity("x", "c", 17), identity("c", "y", 18)])
+    with pytest.raises(CannotJoin, match="does not give"):
+        join_graphs([identity("x", "c", 17), identity("d", "y", 17)])

@@ -75,6 +75,7 @@ class _Compiled:
     models: list[Any]
     report: CompileReport
     bodies: list[Any]  # each segment's compiled body, or None (none, or it did not match)
+    plain: Any = None  # the compiled bodies and last segment as one graph, or None
 
 
 def compile_bundle(
@@ -108,8 +109,9 @@ def compile_in_place(
     compiled = _compile(bundle_dir, target, calib, options)
     for seg in compiled.manifest.segments:
         (bundle_dir / seg.file).unlink()
-        if seg.body is not None:  # written again, compiled, where it still matches
-            (bundle_dir / seg.body.file).unlink()
+        for graph in (seg.body, seg.plain):  # written again, compiled, where it still matches
+            if graph is not None:
+                (bundle_dir / graph.file).unlink()
     _write_into(bundle_dir, compiled, ort_format=options.ort_format)
     return compiled.report
 
@@ -158,7 +160,22 @@ def _compile(
             + f" (`max_quant_drop` {100 * options.max_quant_drop:g} pp); nothing written",
             report=report,
         )
-    return _Compiled(manifest, compiled, report, bodies)
+    plain = _compiled_plain(manifest, compiled, bodies)
+    return _Compiled(manifest, compiled, report, bodies, plain)
+
+
+def _compiled_plain(manifest: Manifest, compiled: list[Any], bodies: list[Any]) -> Any:
+    """The compiled bodies and last segment joined into the plain graph, where the source
+    bundle has one and every compiled body was kept (they were checked against their
+    segments; joining adds no numerics), else None."""
+    from edgeexit.compile.plain_graph import CannotJoin, join_graphs
+
+    if manifest.segments[-1].plain is None or any(b is None for b in bodies[:-1]):
+        return None
+    try:
+        return join_graphs([*bodies[:-1], compiled[-1]], outputs=[manifest.segments[-1].logits])
+    except CannotJoin:
+        return None
 
 
 # A compiled body must hand on what its compiled segment does: the same block, converted
@@ -328,7 +345,10 @@ def _write_into(folder: Path, compiled: _Compiled, *, ort_format: bool) -> None:
     segments = []
     for model, body, seg in zip(compiled.models, compiled.bodies, compiled.manifest.segments):
         body_file = None if body is None else GraphFile(written(body, seg.body.file), "")
-        segments.append(replace(seg, file=written(model, seg.file), body=body_file))
+        plain = compiled.plain if seg.plain is not None else None
+        plain_file = None if plain is None else GraphFile(written(plain, seg.plain.file), "")
+        segments.append(replace(seg, file=written(model, seg.file), body=body_file,
+                                plain=plain_file))  # fmt: skip
     # weights the compiled graphs still have in common (a shared layer quantized alike, a
     # segment and its body), stored once again; the ORT format reads no external data, so
     # its files share nothing (and a stale shared file goes)

@@ -88,20 +88,24 @@ def share_weights(folder: Path, graph_files: Sequence[str]) -> SharedWeights:
 def store_once(
     folder: Path, segments: Sequence[SegmentSpec]
 ) -> tuple[list[SegmentSpec], SharedWeights]:
-    """``share_weights`` over every graph the specs name (each segment and its body), then
-    the specs with each file's sha256 and external data as now written. Export and
-    compile both end with it, so a manifest always lists what its graphs read."""
-    graphs = [f for s in segments for f in (s.file, *([s.body.file] if s.body else []))]
+    """``share_weights`` over every graph the specs name (each segment, its body and its
+    plain-network graph), then the specs with each file's sha256 and external data as
+    now written. Export and compile both end with it, so a manifest always lists what its
+    graphs read."""
+    graphs = [f for s in segments for f in (s.file, *(g.file for g in (s.body, s.plain) if g))]
     done = share_weights(folder, graphs)
 
-    def recorded(file: str) -> GraphFile:
+    def recorded(graph: GraphFile | None) -> GraphFile | None:
+        if graph is None:
+            return None
+        file = graph.file
         return GraphFile(file, sha256_file(folder / file), external_files(folder, file))
 
     specs = []
     for s in segments:
-        own = recorded(s.file)
-        body = None if s.body is None else recorded(s.body.file)
-        specs.append(replace(s, sha256=own.sha256, external_data=own.external_data, body=body))
+        own = recorded(GraphFile(s.file, ""))
+        specs.append(replace(s, sha256=own.sha256, external_data=own.external_data,
+                             body=recorded(s.body), plain=recorded(s.plain)))  # fmt: skip
     return specs, done
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -33,10 +33,11 @@ from edgeexit.bundle import (
     write_manifest,
 )
 from edgeexit.compile.compiler import compile_exported
+from edgeexit.compile.plain_graph import CannotJoin, join_graphs
 from edgeexit.compile.shared_weights import store_once
 from edgeexit.criteria import CRITERIA
 from edgeexit.errors import ExportError, InputError, ModelContractError, first_line
-from edgeexit.export.convert import export_graph
+from edgeexit.export.convert import export_graph, tidy_graph
 from edgeexit.export.graphs import BodyGraph, SegmentGraph, WholeGraph
 from edgeexit.export.inputs import resolve_input_names, to_tensors
 from edgeexit.export.model import ExitStep, check_contract, run_exits
@@ -113,6 +114,7 @@ def export_bundle(
     steps = trace(model, inputs, options.criterion)
     with atomic_bundle_dir(out_dir, inputs=sources) as tmp:
         segments, exporters, opset = _export_segments(model, steps, names, tmp, options, target)
+        segments = _with_plain_graph(tmp, segments, _at_least_two(steps[0].carry_in), options)
         # weights several graphs hold (a shared layer; a segment and its body), once
         segments, done = store_once(tmp, segments)
         shared = {"tensors": done.tensors, "file_bytes": done.file_bytes,
@@ -204,6 +206,49 @@ def _check_body(
                 f"{body.name} output {name!r} differs from {fused.name}'s; expected the "
                 "block without its head to hand on the same carry"
             )
+
+
+def _with_plain_graph(
+    tmp: Path, segments: list[SegmentSpec], example, options: ExportOptions
+) -> list[SegmentSpec]:
+    """The last segment with its ``plain`` graph (every body, then the last segment, as
+    one graph: the plain network), checked under ONNX Runtime to give the chain's answer;
+    the segments as they were when some exit has no body or the graphs cannot be joined
+    (they differ in opset), and the chain then runs as it is."""
+    if len(segments) < 2 or any(s.body is None for s in segments[:-1]):
+        return segments
+    parts = [tmp / s.body.file for s in segments[:-1]] + [tmp / segments[-1].file]
+    try:
+        plain = join_graphs([onnx.load(p) for p in parts], outputs=[segments[-1].logits])
+    except CannotJoin:
+        return segments
+    # onnxsim: the bodies repeat what one graph computes once (the attention mask's shapes)
+    plain = tidy_graph(plain, options.simplify)
+    file = tmp / f"plain_{len(segments) - 1:02d}.onnx"
+    onnx.save(plain, file)
+    _check_plain(file, tmp, segments, example, options.atol)
+    return [*segments[:-1], replace(segments[-1], plain=GraphFile(file.name, ""))]
+
+
+def _check_plain(
+    file: Path, tmp: Path, segments: Sequence[SegmentSpec], example, atol: float
+) -> None:
+    """The plain graph gives what the chain of segments gives, under ONNX Runtime."""
+    inputs = [x.detach().numpy() for x in example]
+    feeds = inputs
+    for spec in segments:
+        session = cpu_session(tmp / spec.file, what=spec.file, error=ExportError)
+        outputs = [*spec.carry, spec.logits, spec.score]
+        *feeds, logits, _ = session.run(outputs, dict(zip(spec.inputs, feeds)))
+    last = segments[-1]
+    (have,) = cpu_session(file, what=file.name, error=ExportError).run(
+        [last.logits], dict(zip(segments[0].inputs, inputs))
+    )
+    if logits.shape != have.shape or not np.allclose(logits, have, atol=atol, rtol=0):
+        raise ExportError(
+            f"{file.name} logits differ from the chain's; expected the plain network "
+            "joined from the bodies to give the last exit's answer"
+        )
 
 
 def export_monolithic(

@@ -93,8 +93,12 @@ class Chain:
         sessions: list[ort.InferenceSession],
         layouts: list[dict[str, Layout]],
         carry_device: str | None = None,
+        first_exit: int = 0,
     ) -> None:
         self.manifest = manifest
+        # the bundle's exit index of this chain's first segment: a plain graph standing for
+        # every segment is one segment whose exit is the bundle's last
+        self.first_exit = first_exit
         self.sessions = sessions
         self.layouts = layouts
         # None: carries are numpy arrays; else OrtValues on that device ("cuda"), which
@@ -125,7 +129,8 @@ class Chain:
         for spec, lay in zip(self.manifest.segments, self.layouts):
             bufs = {name: Buffer(lay[name], cap, self.carry_device) for name in spec.carry}
             for name in (spec.logits, spec.score) if spec.has_head else ():  # read on the host
-                bufs.setdefault(name, Buffer(lay[name], cap))
+                if name:  # a plain graph's last exit has no score (it takes everyone)
+                    bufs.setdefault(name, Buffer(lay[name], cap))
             self.outputs.append(bufs)
         self.steps: list[dict[int, Step]] = [{} for _ in self.sessions]
         self.plans.clear()  # they hold views of the old buffers
@@ -155,11 +160,12 @@ class Chain:
         for name, buf in outs.items():
             buf.bind_output(io, name, k)
         head = spec.has_head  # a body has neither logits nor a score
+        score = bool(spec.score)  # a plain graph has no score
         step = Step(
             bound_runner(self.sessions[i], io, self.run_options),
             io,
-            outs[spec.score].array[:k] if head else None,
-            first_row(outs[spec.score].array) if head else None,
+            outs[spec.score].array[:k] if score else None,
+            first_row(outs[spec.score].array) if score else None,
             outs[spec.logits].array[:k] if head else None,
             tuple(outs[name].rows(k) for name in spec.carry),
         )
@@ -374,7 +380,7 @@ class Chain:
         """
         column = self.exit_columns.get((i, n))
         if column is None:
-            column = np.full(n, i, dtype=np.int64)
+            column = np.full(n, self.first_exit + i, dtype=np.int64)
             column.flags.writeable = False
             if n <= MAX_SHARED_COLUMN:
                 self.exit_columns[(i, n)] = column

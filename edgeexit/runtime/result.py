@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -25,7 +26,8 @@ class Result:
     comes from (an ``EnergySource``: measured by a named sensor, modeled from the target's
     power figure, or none, with ``energy_mj`` None); ``energy_source`` ('rapl', 'modeled'
     or 'none') and ``energy_measured`` say the same in words. ``segment_ms``: time of each
-    segment's call within this one (0 for segments no sample reached).
+    segment's call within this one (0 for segments no sample reached; NaN for those that
+    ran inside the bundle's plain graph, whose time is the last segment's).
 
     A plain class with ``__slots__``, not a dataclass: this is made on every call. Right
     after the segments have run, the interpreter's code and data are out of the caches and
@@ -161,7 +163,7 @@ class Result:
             "energy_mj": self.energy_mj,
             "energy_source": self.energy_source,
             "energy_measured": self.energy_measured,
-            "segment_ms": list(self.segment_ms),
+            "segment_ms": [None if math.isnan(ms) else ms for ms in self.segment_ms],
         }
 
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
@@ -179,7 +181,9 @@ class Result:
         yield f"exits        {counts}"
         yield f"latency      {self.latency_ms:.3f} ms"
         yield f"energy       {energy} ({self.energy_label})"
-        yield "segments     " + ", ".join(f"{ms:.3f}" for ms in self.segment_ms) + " ms"
+        times = ", ".join("-" if math.isnan(ms) else f"{ms:.3f}" for ms in self.segment_ms)
+        inside = " (one graph: the plain network)" if math.isnan(self.segment_ms[0]) else ""
+        yield f"segments     {times} ms{inside}"
 
 
 @dataclass(frozen=True)

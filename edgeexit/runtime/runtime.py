@@ -18,7 +18,14 @@ from time import perf_counter
 import numpy as np
 import onnxruntime as ort
 
-from edgeexit.bundle import Manifest, load_graphs, load_segments, read_manifest, round_threshold
+from edgeexit.bundle import (
+    Manifest,
+    SegmentSpec,
+    load_graphs,
+    load_segments,
+    read_manifest,
+    round_threshold,
+)
 from edgeexit.criteria import CRITERIA
 from edgeexit.energy import get_meter
 from edgeexit.errors import InputError
@@ -88,33 +95,53 @@ class Runtime:
         # a criterion decided here (patience) updates its state from each exit's logits
         self._state_update = CRITERIA[self.manifest.criterion].runtime_state
         # Disabled exits are free: while exit i's threshold is "never", its body (the block
-        # without the head) runs instead. A call whose thresholds enable such an exit, and
-        # calibration's every-exit pass, use the chain with every head (opened then).
-        self._headless = (
-            _disabled_with_body(self.manifest, self._state_update) if bodies else frozenset()
-        )
-        segments = tuple(
-            s.headless if i in self._headless else s for i, s in enumerate(self.manifest.segments)
-        )
-        chain_manifest = replace(self.manifest, segments=segments)
+        # without the head) runs instead, and while every early exit is, the bundle's plain
+        # graph (the bodies and the last segment as one graph: one call, not one per
+        # segment). A call whose thresholds enable such an exit, and calibration's
+        # every-exit pass, use the chain with every head (opened then).
+        n = self.manifest.num_exits
+        plain = _plain_graph(self.manifest, self._state_update) if bodies else None
+        if plain is not None:
+            self._headless = frozenset(range(n - 1))
+            reopened = range(n)  # the chain with heads shares no session with the plain graph
+            # the bodies never run here (they are inside the plain graph); checked all the
+            # same, so that a changed file in a bundle fails its load whatever it runs
+            load_graphs(bundle_dir, [s.body for s in self.manifest.segments if s.body])
+            chain_manifest = replace(self.manifest, segments=(plain,),
+                                     thresholds=self.manifest.thresholds[-1:])  # fmt: skip
+        else:
+            self._headless = (
+                _disabled_with_body(self.manifest, self._state_update) if bodies else frozenset()
+            )
+            reopened = sorted(self._headless)
+            segments = tuple(
+                s.headless if i in self._headless else s
+                for i, s in enumerate(self.manifest.segments)
+            )
+            chain_manifest = replace(self.manifest, segments=segments)
         sessions = [open_session(s, config) for s in load_segments(bundle_dir, chain_manifest)]
         # The segments with heads that bodies stand in for are checked now all the same (a
         # changed or missing file fails the load, not a later call); their bytes are not
         # kept (a disabled head holds no memory) but read and checked again when opened.
-        self._head_specs = [self.manifest.segments[i] for i in sorted(self._headless)]
+        self._reopened = frozenset(reopened)
+        self._head_specs = [self.manifest.segments[i] for i in reopened]
         for spec, source in zip(self._head_specs, load_graphs(bundle_dir, self._head_specs)):
             check_output_names(spec, source)
         layouts = probe_layouts(chain_manifest, sessions)
         # Exit decisions compare in each score's own dtype: thresholds are rounded to it
         # once, here and in _convert_thresholds (bundle.round_threshold says why). A body
-        # has no score: every score edgeexit exports is float32.
-        self._score_dtypes = tuple(
-            lay[seg.score].dtype if seg.has_head else np.dtype(np.float32)
-            for lay, seg in zip(layouts, segments)
-        )
+        # (nor a plain graph) has no score: every score edgeexit exports is float32.
+        dtypes = [lay[seg.score].dtype if seg.score else np.dtype(np.float32)
+                  for lay, seg in zip(layouts, chain_manifest.segments)]  # fmt: skip
+        self._score_dtypes = (np.dtype(np.float32),) * (n - len(dtypes)) + tuple(dtypes)
         self._carry_device = "cuda" if config.device == "cuda" else None
-        self._chain = Chain(chain_manifest, sessions, layouts, self._carry_device)
-        self._heads_chain: Chain | None = None if self._headless else self._chain
+        self._chain = Chain(
+            chain_manifest, sessions, layouts, self._carry_device, first_exit=n - len(sessions)
+        )
+        self._heads_chain: Chain | None = None if self._reopened else self._chain
+        # A call that runs the plain graph times one graph, not each segment: the segments
+        # inside it get NaN (Result.segment_ms), the last one the graph's time.
+        self._stamps_before = [math.nan] * (n - len(sessions))
         self.bundle_dir, self.config = Path(bundle_dir), config
         self._known_plan = self._chain.known_plan  # one attribute load less per call
         meter = get_meter(self.target)
@@ -142,13 +169,20 @@ class Runtime:
         return self._headless
 
     @property
+    def runs_plain_graph(self) -> bool:
+        """True while the manifest's thresholds hold and the bundle's plain graph runs (every
+        early exit disabled): one ONNX Runtime call per batch, the plain network's cost."""
+        return self._chain.first_exit > 0
+
+    @property
     def num_classes(self) -> int:
         """Classes every exit's logits hold (probed at load)."""
         return self._chain.num_classes
 
     @property
     def sessions(self) -> list[ort.InferenceSession]:
-        """The segments' ONNX Runtime sessions, in chain order."""
+        """The ONNX Runtime sessions the chain runs, in order: one per segment, or the plain
+        graph's alone (``runs_plain_graph``)."""
         return self._chain.sessions
 
     def run(self, inputs: Inputs, *, thresholds: Sequence[float] | None = None) -> Result:
@@ -186,7 +220,7 @@ class Runtime:
         window = self._window
         if window is None:
             if to_last and plan is not None:  # the hot path: the Result is made first
-                stamps: list[float] = []
+                stamps = self._stamps_before[:]
                 result = Result.pending(plan.exit_index, self._energy, self._power_w, t0, stamps)
                 result.logits = chain.run_plan(plan, xs, stamps)
                 return result
@@ -195,6 +229,7 @@ class Runtime:
         stamps = segment_ms = None
         if to_last:  # no exit before the last can fire: the segments run back to back
             logits, exit_index, stamps = chain.forward_to_last(xs)
+            stamps[:0] = self._stamps_before
         else:
             logits, exit_index, segment_ms = chain.forward(xs, chosen, self._state_update, plan)
         latency_ms = (perf_counter() - t0) * 1e3
@@ -278,8 +313,8 @@ class Runtime:
             sources = load_graphs(self.bundle_dir, self._head_specs)  # in exit order
             opened = iter([open_session(source, self.config) for source in sources])
             sessions = [
-                next(opened) if i in self._headless else session
-                for i, session in enumerate(self._chain.sessions)
+                next(opened) if i in self._reopened else self._chain.sessions[i]
+                for i in range(self.num_exits)
             ]
             layouts = probe_layouts(self.manifest, sessions)
             self._heads_chain = Chain(self.manifest, sessions, layouts, self._carry_device)
@@ -326,6 +361,15 @@ class Runtime:
 
     def _rounded(self, thresholds: Sequence[float]) -> tuple[float, ...]:
         return tuple(round_threshold(t, d) for t, d in zip(thresholds, self._score_dtypes))
+
+
+def _plain_graph(manifest: Manifest, state_update: Callable | None) -> SegmentSpec | None:
+    """The last segment's plain graph as a one-segment chain, when every exit before the
+    last is "never" (and no criterion reads every head); else None."""
+    last = manifest.segments[-1]
+    if state_update is not None or not all_infinite(manifest.thresholds):
+        return None
+    return last.as_plain(tuple(i.name for i in manifest.inputs))
 
 
 def _disabled_with_body(manifest: Manifest, state_update: Callable | None) -> frozenset[int]:

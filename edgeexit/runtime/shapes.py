@@ -35,9 +35,10 @@ class Layout:
 
 def outputs(spec: SegmentSpec) -> list[str]:
     """The outputs a segment's graph gives: its carry, then its exit's logits and score,
-    which a body (the block without its head, ``SegmentSpec.headless``) has not."""
+    which a body (the block without its head, ``SegmentSpec.headless``) has not, and a
+    plain graph's last exit gives no score (``SegmentSpec.as_plain``: it takes everyone)."""
     heads = (spec.logits, spec.score) if spec.has_head else ()
-    return list(dict.fromkeys((*spec.carry, *heads)))
+    return list(dict.fromkeys((*spec.carry, *(name for name in heads if name))))
 
 
 def check_output_names(spec: SegmentSpec, source: SegmentSource) -> None:
@@ -111,7 +112,7 @@ def probe_layouts(
             continue
         if len(out[spec.logits].row_shape) != 1:
             raise BundleError(f"{spec.file} logits {spec.logits!r} are not [batch, classes]")
-        if out[spec.score].row_shape != ():
+        if spec.score and out[spec.score].row_shape != ():
             raise BundleError(f"{spec.file} score {spec.score!r} is not [batch]")
     classes = {lay[s.logits].row_shape for lay, s in zip(layouts, manifest.segments) if s.has_head}
     if len(classes) != 1:
