@@ -12,6 +12,9 @@ shuffled order every round (``measure.rounds``):
                body, the block without its head (one call per segment)
   heads        the same bundle with every head run (no bodies, no plain graph): what the
                chain cost before
+  one exit     Runtime.run on a bundle of the plain network as one segment with one exit:
+               what Runtime.run itself costs over the bare graph (input checks, NaN
+               refusal, the result), with no early exit at all
 
 Models: the digits ResNet (w=64: cheap convolutional heads) and a transformer with heavy
 heads (tiny_bert's encoder, d=256 t=96, each early exit an attention block + MLP before
@@ -72,11 +75,11 @@ MODELS = {"digits_resnet w=64": digits_resnet, "transformer, heavy heads": heavy
 
 
 def prepare(make, folder: Path):
-    """(bundle, bundle without a plain graph, bundle without bodies either, the plain
-    network's graph, inputs) for one model."""
+    """(bundle, bundle without a plain graph, bundle without bodies either, a one-exit
+    bundle of the plain network, the plain network's graph, inputs) for one model."""
     import torch
 
-    from edgeexit import export
+    from edgeexit import MultiExit, export
     from edgeexit.export.convert import export_graph
     from edgeexit.export.graphs import PlainGraph
 
@@ -96,18 +99,40 @@ def prepare(make, folder: Path):
             for key in dropped:
                 segment.pop(key, None)
         (folder / name / "manifest.json").write_text(json.dumps(doc))
-    return folder / "bundle", folder / "bodies", folder / "heads", folder / "plain.onnx", inputs
+    one_exit = MultiExit([Blocks(model.segments)], [model.exits[-1]])
+    export(one_exit, example, folder / "one_exit", validate=False)
+    bundles = [folder / name for name in ("bundle", "bodies", "heads", "one_exit")]
+    return (*bundles, folder / "plain.onnx", inputs)
+
+
+def Blocks(segments):  # noqa: N802 (a module factory, named as the module it makes)
+    """Every segment in turn, as one segment."""
+    from torch import nn
+
+    from edgeexit.export.model import as_carry
+
+    class Sequence(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.segments = segments
+
+        def forward(self, *carry):
+            for i, segment in enumerate(self.segments):
+                carry = as_carry(segment(*carry), f"segments[{i}]")
+            return carry
+
+    return Sequence()
 
 
 def methods(
-    bundle: Path, no_plain: Path, heads: Path, plain: Path, inputs: list[np.ndarray]
+    bundle: Path, no_plain: Path, heads: Path, one_exit: Path, plain: Path, inputs: list
 ) -> dict:
     from edgeexit.runtime import Runtime
     from edgeexit.runtime.buffers import bound_runner
     from edgeexit.runtime.session import session_options
 
     deployed, bodies = Runtime(bundle, threads=1), Runtime(no_plain, threads=1)
-    every_head = Runtime(heads, threads=1)
+    every_head, alone = Runtime(heads, threads=1), Runtime(one_exit, threads=1)
     assert deployed.runs_plain_graph and bodies.bodies_in_use and not bodies.runs_plain_graph
     assert not every_head.bodies_in_use
     session = ort.InferenceSession(str(plain), session_options(deployed.config),
@@ -135,6 +160,7 @@ def methods(
         "bundle": lambda: deployed.run(inputs),
         "bodies": lambda: bodies.run(inputs),
         "heads": lambda: every_head.run(inputs),
+        "one exit": lambda: alone.run(inputs),
     }
 
 
@@ -176,7 +202,7 @@ def main() -> None:
             goal = ""
             if name == "bundle":
                 goal = "  goal <= 1.03x: " + ("met" if r["paired_ratio"] <= GOAL else "NOT met")
-            print(f"  {name:7s} {r['median_us']:9.1f} us  {r['paired_ratio']:.3f}x plain "
+            print(f"  {name:8s} {r['median_us']:9.1f} us  {r['paired_ratio']:.3f}x plain "
                   f"({r['ci95'][0]:.3f}-{r['ci95'][1]:.3f}){goal}")  # fmt: skip
     if args.save:
         args.save.write_text(json.dumps(results, indent=2) + "\n")

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from edgeexit.bundle import SHARED_WEIGHTS, Manifest, load_segments, read_manifest
+from edgeexit.bundle import SHARED_WEIGHTS, Manifest, load_graphs, load_segments, read_manifest
 from edgeexit.errors import BundleError
 from edgeexit.measure.memory import segment_resident_mb
 from edgeexit.onnxproto import ProtoError, op_counts
@@ -33,6 +33,7 @@ class SegmentInfo:
     threshold: float
     resident_mb: float | None = None  # measured on request: RSS growth when it is opened
     body_bytes: int | None = None  # its body (the block without the head), if it has one
+    plain_bytes: int | None = None  # the plain network up to this exit as one graph, if any
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -45,6 +46,7 @@ class SegmentInfo:
             "threshold": None if math.isinf(self.threshold) else self.threshold,
             "resident_mb": self.resident_mb,
             "body_bytes": self.body_bytes,
+            "plain_bytes": self.plain_bytes,
         }
 
 
@@ -94,6 +96,8 @@ def describe_bundle(bundle_dir: str | os.PathLike, *, memory: bool = False) -> B
     manifest = read_manifest(path)
     try:
         sources = load_segments(path, manifest)
+        # bodies and plain graphs too: a runtime checks every file at load
+        load_graphs(path, [g for s in manifest.segments for g in (s.body, s.plain) if g])
         integrity = "ok"
     except BundleError as err:
         sources, integrity = [None] * manifest.num_exits, str(err)
@@ -119,9 +123,9 @@ def _segment(folder: Path, index: int, spec, threshold: float, source) -> Segmen
         with contextlib.suppress(OSError, ProtoError):  # ONNX Runtime says why, at load
             model = source.model if source.model is not None else source.path.read_bytes()
             ops = op_counts(model)
-    body = None if spec.body is None else _graph_bytes(folder, spec.body)
+    body, plain = (None if g is None else _graph_bytes(folder, g) for g in (spec.body, spec.plain))
     return SegmentInfo(index, spec.file, _graph_bytes(folder, spec), ops, tuple(spec.carry),
-                       threshold, body_bytes=body)  # fmt: skip
+                       threshold, body_bytes=body, plain_bytes=plain)  # fmt: skip
 
 
 def _graph_bytes(folder: Path, graph) -> int:

@@ -233,6 +233,10 @@ def test_a_changed_plain_graph_is_refused(bundles, tmp_path):
         f.write(b"\0")
     with pytest.raises(BundleError, match=f"{plain} does not match its sha256"):
         edgeexit.Runtime(copy)
+    from edgeexit.inspection import describe_bundle
+
+    assert plain in describe_bundle(copy).integrity  # inspect checks every file too
+    assert describe_bundle(bundle).segments[-1].plain_bytes > 0
 
 
 def test_graphs_of_different_opsets_are_not_joined():

@@ -90,7 +90,10 @@ def test_forced_first_and_last_exits(case):
     assert first.segment_ms[0] > 0 and all(ms == 0 for ms in first.segment_ms[1:])
     last = rt.run(ex.inputs, thresholds=[math.inf] * rt.num_exits)
     assert (last.exit_index == rt.num_exits - 1).all()
-    np.testing.assert_array_equal(last.logits, every.logits[-1])
+    if rt.runs_plain_graph:  # one graph: ONNX Runtime may fuse across the old boundaries
+        np.testing.assert_allclose(last.logits, every.logits[-1], atol=1e-6, rtol=0)
+    else:
+        np.testing.assert_array_equal(last.logits, every.logits[-1])
 
 
 def test_manifest_thresholds_apply_without_override(case):

@@ -89,6 +89,12 @@ def _render(info: BundleInfo) -> None:
     if bodies:
         note = "a body (the block without its head) runs while its exit's threshold is never"
         table.caption = f"{table.caption}; {note}" if table.caption else note
+    for s in info.segments:
+        if s.plain_bytes is not None:
+            note = (f"the plain network up to exit {s.index} as one graph "
+                    f"({s.plain_bytes / 1024:.1f} KiB) runs alone while every exit before it "
+                    "is never")  # fmt: skip
+            table.caption = f"{table.caption}; {note}" if table.caption else note
     if measured:
         note = "resident: RSS growth as each segment's session opens after the ones before"
         table.caption = f"{table.caption}; {note}" if table.caption else note

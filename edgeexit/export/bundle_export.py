@@ -239,16 +239,21 @@ def _check_plain(
     for spec in segments:
         session = cpu_session(tmp / spec.file, what=spec.file, error=ExportError)
         outputs = [*spec.carry, spec.logits, spec.score]
-        *feeds, logits, _ = session.run(outputs, dict(zip(spec.inputs, feeds)))
-    last = segments[-1]
-    (have,) = cpu_session(file, what=file.name, error=ExportError).run(
-        [last.logits], dict(zip(segments[0].inputs, inputs))
-    )
+        *feeds, logits, _ = session.run(outputs, _fed(session, spec.inputs, feeds))
+    session = cpu_session(file, what=file.name, error=ExportError)
+    (have,) = session.run([segments[-1].logits], _fed(session, segments[0].inputs, inputs))
     if logits.shape != have.shape or not np.allclose(logits, have, atol=atol, rtol=0):
         raise ExportError(
             f"{file.name} logits differ from the chain's; expected the plain network "
             "joined from the bodies to give the last exit's answer"
         )
+
+
+def _fed(session, names: Sequence[str], arrays: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
+    """The arrays by name, for the inputs the graph kept (an exporter drops unused ones;
+    validation then names such a carry to the user)."""
+    kept = {i.name for i in session.get_inputs()}
+    return {n: a for n, a in zip(names, arrays) if n in kept}
 
 
 def export_monolithic(
