@@ -68,6 +68,20 @@ def parse_memory_mb(text: str) -> float:
     return _parse(text, _MEMORY_TO_MB, "memory", "'64MB' or '1.5GB'")
 
 
+# Quality metrics of exits that give tensors (images, vectors): the budget's unit names the
+# metric. PSNR against the data's target tensors, in dB; MSE against the targets, or
+# against the last exit's output when the data has none.
+QUALITY_UNITS = {"db": "psnr", "mse": "mse"}
+
+
+def parse_quality_drop(text: str) -> tuple[float, str]:
+    """'0.5dB' -> (0.5, 'psnr'): the mean PSNR may fall by 0.5 dB; '0.001mse' ->
+    (0.001, 'mse'): the mean squared error may rise by 0.001."""
+    value = _parse(text, {u: 1.0 for u in QUALITY_UNITS}, "quality drop", "'0.5dB' or '0.001mse'")
+    unit = _NUMBER_UNIT.match(str(text)).group(2).lower()
+    return value, QUALITY_UNITS[unit]
+
+
 def _fraction(value: float, what: str) -> float:
     if not 0.0 <= value < 1.0:
         raise CalibrationError(f"{what} is {value}; expected a fraction in [0, 1), e.g. 0.01")
@@ -82,6 +96,9 @@ class Budget:
       sample) with no accuracy floor: maximise accuracy under the caps;
     - ``max_accuracy_drop`` (fraction, 0.01 = 1 pp below the final exit): minimise expected
       latency subject to the floor (and any caps);
+    - ``max_quality_drop`` (for exits that give tensors, in the units of
+      ``quality_metric``: dB of mean PSNR, or a rise in mean squared error): minimise
+      expected latency subject to it (and any caps), checked on a held-out split;
     - ``risk`` with ``confidence``: guarantee mode; with probability >= confidence over the
       calibration draw, the disagreement with the final exit (or the error, when
       ``risk_metric='error'``) is <= risk. Cannot be combined with the other fields.
@@ -94,13 +111,31 @@ class Budget:
     risk: float | None = None
     confidence: float = 0.9
     risk_metric: str = "disagreement"
+    max_quality_drop: float | None = None
+    quality_metric: str = "psnr"
 
     def __post_init__(self) -> None:
-        caps = (self.latency_ms, self.p95_latency_ms, self.energy_mj, self.max_accuracy_drop)
+        caps = (self.latency_ms, self.p95_latency_ms, self.energy_mj, self.max_accuracy_drop,
+                self.max_quality_drop)  # fmt: skip
         if self.risk is None and all(c is None for c in caps):
             raise CalibrationError(
                 "no budget given; expected one of `latency_ms`, `p95_latency_ms`, "
-                "`energy_mj`, `max_accuracy_drop` or `risk`"
+                "`energy_mj`, `max_accuracy_drop`, `max_quality_drop` or `risk`"
+            )
+        if self.max_quality_drop is not None:
+            if self.max_accuracy_drop is not None:
+                raise CalibrationError(
+                    "`max_quality_drop` (exits that give tensors) and `max_accuracy_drop` "
+                    "(class logits) cannot both be given"
+                )
+            if not self.max_quality_drop > 0 or math.isinf(self.max_quality_drop):
+                raise CalibrationError(
+                    f"`max_quality_drop` is {self.max_quality_drop}; expected a positive figure"
+                )
+        if self.quality_metric not in QUALITY_UNITS.values():
+            raise CalibrationError(
+                f"quality metric {self.quality_metric!r}; expected one of "
+                f"{', '.join(sorted(set(QUALITY_UNITS.values())))}"
             )
         if self.risk is not None and any(c is not None for c in caps):
             raise CalibrationError("`risk` (guarantee mode) cannot be combined with other budgets")
@@ -155,6 +190,11 @@ class Budget:
             parts.append(f"energy <= {self.energy_mj:g} mJ/sample")
         if self.max_accuracy_drop is not None:
             parts.append(f"accuracy drop <= {self.max_accuracy_drop * 100:g} pp")
+        if self.max_quality_drop is not None:
+            if self.quality_metric == "psnr":
+                parts.append(f"PSNR drop <= {self.max_quality_drop:g} dB")
+            else:
+                parts.append(f"MSE rise <= {self.max_quality_drop:g}")
         if self.risk is not None:
             parts.append(f"{self.risk_metric} <= {self.risk:g} with confidence {self.confidence:g}")
         return ", ".join(parts)

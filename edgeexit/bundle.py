@@ -30,6 +30,11 @@ from edgeexit.errors import BundleError, InputError
 from edgeexit.onnxproto import ProtoError, external_data_files
 
 FORMAT = "edgeexit.bundle/1"
+# A bundle whose exits give tensors rather than class logits (``Manifest.output``): a new
+# format, so that a reader that only knows logits refuses it instead of taking an image
+# for logits (an argmax of pixels would be a silently wrong answer).
+TENSOR_FORMAT = "edgeexit.bundle/2"
+OUTPUT_KINDS = ("logits", "tensor")
 DECODER_FORMAT = "edgeexit.bundle/decoder-1"  # edgeexit.generation reads these
 MANIFEST = "manifest.json"
 BATCH_DIM = "batch"
@@ -147,6 +152,8 @@ class Manifest:
 
     ``thresholds[i]`` is the exit score a sample needs to leave at exit i; ``inf`` means no
     sample leaves there (written as JSON ``null``). The last exit always exits.
+    ``output``: what every exit gives (the graph output each segment names ``logits``):
+    "logits" ``[batch, classes]``, or "tensor", any tensor with the batch first.
     ``extra`` keeps every other key (precision, target, calibration report...) untouched.
     """
 
@@ -156,6 +163,7 @@ class Manifest:
     thresholds: tuple[float, ...]
     criterion_params: dict[str, Any] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
+    output: str = "logits"
 
     @property
     def num_exits(self) -> int:
@@ -189,7 +197,7 @@ class Manifest:
 
     def to_json(self) -> dict[str, Any]:
         doc: dict[str, Any] = {
-            "format": FORMAT,
+            "format": FORMAT if self.output == "logits" else TENSOR_FORMAT,
             "inputs": [
                 {"name": i.name, "dtype": i.dtype, "shape": list(i.shape)} for i in self.inputs
             ],
@@ -198,6 +206,8 @@ class Manifest:
             "criterion_params": dict(self.criterion_params),
             "thresholds": [None if math.isinf(t) else t for t in self.thresholds],
         }
+        if self.output != "logits":
+            doc["output"] = self.output
         doc.update(self.extra)
         return doc
 
@@ -211,8 +221,16 @@ class Manifest:
             raise BundleError(
                 "this is a decoder bundle (a language model): run it with `edgeexit generate`"
             )
-        if fmt != FORMAT:
-            raise BundleError(f"manifest format is {fmt!r}; this edgeexit reads {FORMAT!r}")
+        if fmt not in (FORMAT, TENSOR_FORMAT):
+            raise BundleError(
+                f"manifest format is {fmt!r}; this edgeexit reads {FORMAT!r} and {TENSOR_FORMAT!r}"
+            )
+        output = doc.get("output", "logits")
+        if output != ("logits" if fmt == FORMAT else "tensor"):
+            raise BundleError(
+                f"manifest output is {output!r} in format {fmt!r}; expected 'logits' in "
+                f"{FORMAT!r} and 'tensor' in {TENSOR_FORMAT!r}"
+            )
         inputs = tuple(_input(x, f"inputs[{k}]") for k, x in enumerate(_list(doc, "inputs")))
         segments = tuple(
             _segment(s, f"segments[{k}]") for k, s in enumerate(_list(doc, "segments"))
@@ -225,6 +243,11 @@ class Manifest:
             raise BundleError(
                 f"manifest criterion is {criterion!r}; expected one of {', '.join(CRITERIA)}"
             )
+        if output == "tensor" and CRITERIA[criterion].reads_classes:
+            raise BundleError(
+                f"manifest criterion {criterion!r} reads class probabilities, but the exits "
+                "give tensors (output 'tensor'); re-export with a gate, q-exit or similarity"
+            )
         params = doc.get("criterion_params") or {}
         if not isinstance(params, dict):
             raise BundleError("manifest criterion_params must be an object")
@@ -236,7 +259,8 @@ class Manifest:
                 f"manifest has {len(thresholds)} thresholds for {len(segments)} exits; "
                 "expected one per exit"
             )
-        known = {"format", "inputs", "segments", "criterion", "criterion_params", "thresholds"}
+        known = {"format", "inputs", "segments", "criterion", "criterion_params", "thresholds",
+                 "output"}  # fmt: skip
         return cls(
             inputs=inputs,
             segments=segments,
@@ -244,6 +268,7 @@ class Manifest:
             thresholds=thresholds,
             criterion_params=dict(params),
             extra={k: v for k, v in doc.items() if k not in known},
+            output=output,
         )
 
 

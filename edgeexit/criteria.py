@@ -53,6 +53,9 @@ class Criterion:
     summary: str  # one line, for --help and the docs
     needs_gate: bool = False  # the exit returns (logits, gate [batch])
     min_classes: int = 1
+    # the score is read from class logits (softmax, argmax): meaningless for an exit whose
+    # output is an image or another tensor (ExportOptions.output = "tensor")
+    reads_classes: bool = True
     defaults: Mapping[str, Any] = field(default_factory=dict)  # criterion_params
     # the parameter that is also every exit's threshold before calibration (patience's own
     # rule); None: every sample runs to the last exit until calibrated
@@ -71,13 +74,23 @@ class Criterion:
             return (float(params[self.rule]),) * num_exits
         return (math.inf,) * num_exits
 
-    def problem(self, num_classes: int, has_gate: bool, where: str) -> str | None:
-        """Why this criterion cannot score the exit ``where``, or None."""
+    def problem(self, num_classes: int | None, has_gate: bool, where: str) -> str | None:
+        """Why this criterion cannot score the exit ``where``, or None. ``num_classes``
+        None: the exit's output is a tensor, not class logits."""
         if self.needs_gate and not has_gate:
             return (
-                f"criterion {self.name!r} needs {where} to return (logits, gate [batch]); "
-                "it returns logits"
+                f"criterion {self.name!r} needs {where} to return (output, gate [batch]); "
+                "it returns its output alone"
             )
+        if num_classes is None:
+            if self.reads_classes:
+                usable = ", ".join(c.name for c in CRITERIA.values() if not c.reads_classes)
+                return (
+                    f"criterion {self.name!r} reads class probabilities, and {where} returns "
+                    f"a tensor, not class logits; expected one of {usable} (a learned gate "
+                    "or uncertainty head, or the hidden state's change)"
+                )
+            return None
         if num_classes < self.min_classes:
             return (
                 f"criterion {self.name!r} needs at least {self.min_classes} classes; "
@@ -92,8 +105,17 @@ CRITERIA: dict[str, Criterion] = {
         Criterion("confidence", "max softmax probability"),
         Criterion("margin", "top-1 minus top-2 probability", min_classes=2),
         Criterion("entropy", "1 - H(p) / log(C): 1 one-hot, 0 uniform", min_classes=2),
-        Criterion("similarity", "cosine of the hidden state entering and leaving (MuE, CALM)"),
-        Criterion("gate", "the head's own learned score (JEI-DNN, DeeDiff)", needs_gate=True),
+        Criterion(
+            "similarity",
+            "cosine of the hidden state entering and leaving (MuE, CALM)",
+            reads_classes=False,
+        ),
+        Criterion(
+            "gate",
+            "the head's own learned score (JEI-DNN, DeeDiff)",
+            needs_gate=True,
+            reads_classes=False,
+        ),
         Criterion(
             "patience",
             "PABEE: leave once this many exits in a row agree on the argmax",
@@ -105,6 +127,7 @@ CRITERIA: dict[str, Criterion] = {
             "q-exit",
             "PALBERT: the cumulative halting probability of the exits' gates",
             needs_gate=True,
+            reads_classes=False,
             runtime_state=q_exit_update,
         ),
     )

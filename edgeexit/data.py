@@ -1,5 +1,6 @@
 """Data files: ``.npz`` with the inputs (``x``, or one array per model input) and optional
-integer labels ``y``; or a single ``.npy`` array for a single-input model."""
+integer labels ``y`` (for a bundle whose exits give tensors: the target tensors, e.g. the
+clean images); or a single ``.npy`` array for a single-input model."""
 
 from __future__ import annotations
 
@@ -44,7 +45,12 @@ class Dataset:
             )
 
 
-def load_data(path: str | os.PathLike, input_specs: tuple[InputSpec, ...]) -> Dataset:
+def load_data(
+    path: str | os.PathLike,
+    input_specs: tuple[InputSpec, ...],
+    *,
+    targets: tuple[int, ...] | None = None,
+) -> Dataset:
     """Load a data file and match its arrays to ``input_specs``, or raise DataError.
 
     Refused with one line each: a missing or unreadable file, one that is not .npy/.npz,
@@ -73,6 +79,8 @@ def load_data(path: str | os.PathLike, input_specs: tuple[InputSpec, ...]) -> Da
             raise DataError(f"{path}: input {s.name!r} has {len(x)} samples, expected {n}")
     _refuse_nonfinite(path, input_specs, inputs)
     labels = arrays.get("y")
+    if labels is not None and targets is not None:
+        return Dataset(inputs, _targets(labels, n, targets, path))
     if labels is not None:
         if labels.ndim != 1 or len(labels) != n:
             raise DataError(
@@ -82,6 +90,23 @@ def load_data(path: str | os.PathLike, input_specs: tuple[InputSpec, ...]) -> Da
             raise DataError(f"{path}: labels 'y' are {labels.dtype}, expected integers")
         labels = labels.astype(np.int64)
     return Dataset(inputs, labels)
+
+
+def _targets(y: np.ndarray, n: int, shape: tuple[int, ...], path: Path) -> np.ndarray:
+    """The target tensors 'y' of a bundle whose exits give tensors: one per sample, each
+    of the outputs' shape, finite floats (float32)."""
+    if y.shape != (n, *shape):
+        raise DataError(
+            f"{path}: targets 'y' have shape {y.shape}, expected {(n, *shape)}: one per "
+            "sample, shaped like an exit's output"
+        )
+    if y.dtype.kind not in "fiu":
+        raise DataError(f"{path}: targets 'y' are {y.dtype}, expected numbers")
+    y = y.astype(np.float32)
+    if not all_finite(y):
+        rows = nonfinite_rows(y)
+        raise DataError(f"{path}: targets 'y' hold NaN or inf in {rows_text(rows)}")
+    return y
 
 
 def _read_arrays(path: Path) -> dict[str, np.ndarray]:

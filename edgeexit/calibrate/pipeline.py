@@ -24,6 +24,7 @@ from edgeexit.budget import Budget
 from edgeexit.bundle import read_manifest, write_manifest
 from edgeexit.calibrate.costs import ExitCosts, exit_costs, load_profile_costs
 from edgeexit.calibrate.guarantee import certify
+from edgeexit.calibrate.quality import QualityReport, calibrate_quality
 from edgeexit.calibrate.report import CalibrationReport
 from edgeexit.calibrate.search import ExitTable, search
 from edgeexit.data import Dataset, load_data
@@ -115,6 +116,33 @@ def collect_table(
     return ExitTable.from_predictions(predictions, outputs.scores, dataset.labels)
 
 
+def quality_report(
+    runtime, dataset: Dataset, costs: ExitCosts, budget: Budget, options, progress
+) -> QualityReport:
+    """Every sample through every exit once, then the quality search with its held-out
+    check (``calibrate.quality``), for a bundle whose exits give tensors."""
+    report = None if progress is None else (lambda done, total: progress("exits", done, total))
+    outputs = runtime.run_all_exits(dataset.inputs, batch_size=options.batch_size,
+                                    progress=report)  # fmt: skip
+    return calibrate_quality(
+        outputs.scores, outputs.logits, dataset.labels, costs, budget, seed=options.seed
+    )
+
+
+def _check_budget_kind(budget: Budget, tensors: bool, options: CalibrateOptions) -> None:
+    """A quality budget for exits that give tensors, accuracy budgets for class logits."""
+    if not tensors and budget.max_quality_drop is not None:
+        raise CalibrationError(
+            "`max_quality_drop` is for bundles whose exits give images or other tensors; "
+            "this one gives class logits: give `max_accuracy_drop` (e.g. 0.01)"
+        )
+    if tensors and options.plot is not None:
+        raise CalibrationError(
+            "`plot` draws accuracy against latency; a bundle whose exits give tensors has "
+            "no plot yet: leave it out (the report lists both splits)"
+        )
+
+
 def measure_costs(
     runtime, dataset: Dataset, options: CalibrateOptions, *, progress: Progress | None = None
 ) -> ExitCosts:
@@ -158,8 +186,11 @@ def calibrate_bundle(
     progress: Progress | None = None,
     write: bool = True,
     costs: ExitCosts | None = None,
-) -> CalibrationReport:
+) -> CalibrationReport | QualityReport:
     """Calibrate ``bundle_dir`` on ``data_path`` to ``budget``; write the manifest if ``write``.
+
+    A bundle whose exits give tensors is calibrated to a quality budget
+    (``Budget.max_quality_drop``, ``calibrate.quality``) and gets a QualityReport.
 
     ``costs`` (e.g. from an earlier report) skips loading or measuring them again.
 
@@ -173,11 +204,16 @@ def calibrate_bundle(
     read_manifest(bundle_dir)  # a clear error for a path that is no bundle, before locking
     with files.locked(bundle_dir, "calibrate") if write else contextlib.nullcontext():
         manifest = read_manifest(bundle_dir)
-        dataset = load_data(data_path, manifest.inputs)
+        tensors = manifest.output != "logits"  # exits give images or other tensors
+        _check_budget_kind(budget, tensors, options)
         cap, capped = _cap(manifest, options)
         # every head runs while costs are timed: a disabled exit is credited its head
         runtime = Runtime(bundle_dir, target=options.target, max_exit=cap, bodies=False)
-        dataset.check_labels(runtime.num_classes, str(data_path))
+        if tensors:  # 'y' holds target tensors shaped like an exit's output
+            dataset = load_data(data_path, manifest.inputs, targets=runtime.output_shape)
+        else:
+            dataset = load_data(data_path, manifest.inputs)
+            dataset.check_labels(runtime.num_classes, str(data_path))
         if costs is not None:
             pass  # given by the caller
         elif options.profile is not None:
@@ -185,8 +221,14 @@ def calibrate_bundle(
             costs = load_profile_costs(options.profile, runtime.manifest, active_power_w=power_w)
         else:
             costs = measure_costs(runtime, dataset, options, progress=progress)
-        table = collect_table(runtime, dataset, batch_size=options.batch_size, progress=progress)
-        report = replace(build_report(table, costs, budget), depth_cap=capped)
+        if tensors:
+            report = replace(
+                quality_report(runtime, dataset, costs, budget, options, progress), depth_cap=capped
+            )
+        else:
+            table = collect_table(runtime, dataset, batch_size=options.batch_size,
+                                  progress=progress)  # fmt: skip
+            report = replace(build_report(table, costs, budget), depth_cap=capped)
         plot = None
         if options.plot is not None:
             plot = files.Staged(options.plot, report.plot_png(), what="plot")

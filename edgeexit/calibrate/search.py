@@ -179,6 +179,8 @@ class Objective:
         floor = None
         if budget.max_accuracy_drop is not None:
             floor = final_accuracy - budget.max_accuracy_drop
+        if budget.max_quality_drop is not None:  # ``correct`` holds each sample's quality
+            floor = final_accuracy - budget.max_quality_drop
         return cls(budget, floor)
 
     def violation(self, p: OperatingPoint) -> float:

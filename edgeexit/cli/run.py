@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
+import numpy as np
 import typer
 from rich.console import Console
 
+from edgeexit import files
+from edgeexit.calibrate.quality import per_sample_quality
 from edgeexit.cli import params
 from edgeexit.cli.core import command
 from edgeexit.data import load_data
@@ -43,9 +47,15 @@ def run_cmd(
         help="Untimed calls first, so latency is the steady state and not the first call's "
         "(binding buffers, ONNX Runtime's first allocations). 0 reports the cold call.",
     ),
+    save_outputs: Path = typer.Option(
+        None,
+        "--save-outputs",
+        help="Write each sample's output (logits, or the image or tensor its exit gave) "
+        "to this new .npy file.",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
-    """Run a bundle on some inputs: predictions, exit taken, latency and energy.
+    """Run a bundle on some inputs: predictions (or outputs), exit taken, latency, energy.
 
     Each sample leaves at the first exit whose score reaches the bundle's threshold.
     Latency and energy are those of one call on the whole input, after --warmup untimed
@@ -61,20 +71,46 @@ def run_cmd(
         edgeexit run bundle/ --input x.npy --warmup 0      # the cold first call
 
         edgeexit run bundle/ --input x.npy --max-exit 1    # segments after exit 1 stay on disk
+
+        edgeexit run denoise/ --input noisy.npy --save-outputs clean.npy   # image exits
     """
+    if save_outputs is not None:
+        files.check_output(save_outputs, "outputs file", inputs=(bundle, input_path))
     runtime = Runtime(bundle, target=target, threads=threads, max_exit=max_exit)
-    data = load_data(input_path, runtime.manifest.inputs)
-    if data.labels is not None:
+    classes = runtime.manifest.output == "logits"  # else tensors: 'y' holds their targets
+    targets = None if classes else runtime.output_shape
+    data = load_data(input_path, runtime.manifest.inputs, targets=targets)
+    if data.labels is not None and classes:
         data.check_labels(runtime.num_classes, str(input_path))
     for _ in range(warmup):
         runtime.run(data.inputs)
     result = runtime.run(data.inputs)
-    accuracy = None if data.labels is None else float((result.predictions == data.labels).mean())
+    if save_outputs is not None:
+        buffer = io.BytesIO()
+        np.save(buffer, result.outputs)
+        files.write_bytes_atomic(save_outputs, buffer.getvalue(), what="outputs file")
+    score = _score(result, data.labels, classes)
     if as_json:
         doc = {"target": runtime.target.name, "warmup_calls": warmup, **result.to_json(),
-               "accuracy": accuracy}  # fmt: skip
+               **score}  # fmt: skip
         typer.echo(dumps_json(doc))
         return
     Console().print(result)
-    if accuracy is not None:
-        Console().print(f"accuracy     {accuracy:.2%} against the labels 'y' in {input_path}")
+    if score.get("accuracy") is not None:
+        Console().print(
+            f"accuracy     {score['accuracy']:.2%} against the labels 'y' in {input_path}"
+        )
+    if "psnr_db" in score:
+        Console().print(f"PSNR         {score['psnr_db']:.2f} dB (mean) against the targets 'y' "
+                        f"in {input_path}")  # fmt: skip
+
+
+def _score(result, labels, classes: bool) -> dict:
+    """Accuracy against labels, or the outputs' mean PSNR against target tensors."""
+    if classes:
+        accuracy = None if labels is None else float((result.predictions == labels).mean())
+        return {"accuracy": accuracy}
+    if labels is None:
+        return {}
+    psnr = per_sample_quality(result.outputs[None], labels, "psnr")[0]
+    return {"psnr_db": float(psnr.mean())}

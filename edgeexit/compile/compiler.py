@@ -123,6 +123,12 @@ def _compile(
 
     target = load_target(target)
     manifest = read_manifest(src_dir)
+    if manifest.output != "logits":
+        raise TargetError(
+            f"{src_dir}'s exits give tensors: compile's check of every exit compares class "
+            "predictions, which they have none of, so it cannot tell what fp16 or int8 "
+            "costs them yet; deploy the fp32 bundle"
+        )
     source_precision = manifest.extra.get("precision", "fp32")
     if source_precision != "fp32":
         raise TargetError(f"{src_dir} is already {source_precision}; compile from an fp32 bundle")

@@ -111,7 +111,7 @@ def export_bundle(
     inputs = to_tensors(example_inputs)
     names = resolve_input_names(inputs, options.input_names)
     target = _resolve_target(options)
-    steps = trace(model, inputs, options.criterion)
+    steps = trace(model, inputs, options.criterion, options.output)
     with atomic_bundle_dir(out_dir, inputs=sources) as tmp:
         segments, exporters, opset = _export_segments(model, steps, names, tmp, options, target)
         segments = _with_plain_graph(tmp, segments, _at_least_two(steps[0].carry_in), options)
@@ -128,9 +128,10 @@ def export_bundle(
             criterion=options.criterion,
             thresholds=_initial_thresholds(options, len(steps)),
             criterion_params=_criterion_params(options),
+            output=options.output,
             extra={
                 "precision": "fp32",
-                "num_classes": int(steps[-1].logits.shape[-1]),
+                **_output_extra(steps[-1].logits, options.output),
                 "opset": opset,
                 "ir_version": onnx.load(str(tmp / segments[0].file)).ir_version,
                 "target": target.name,
@@ -177,7 +178,8 @@ def _export_segments(
             max_ir_version=target.max_ir_version,
         )
         used, opset = export_graph(
-            SegmentGraph(model, i, options.criterion), example, file, carry_in, outputs,
+            SegmentGraph(model, i, options.criterion, options.output), example, file,
+            carry_in, outputs,
             **settings,
         )  # fmt: skip
         exporters.add(used)
@@ -289,26 +291,45 @@ def export_monolithic(
     return path
 
 
-def trace(model: nn.Module, inputs: tuple[torch.Tensor, ...], criterion: str) -> list[ExitStep]:
-    """Run the model in eval mode on ``inputs``, check the contract and the criterion."""
+def _output_extra(output: torch.Tensor, kind: str) -> dict:
+    """What the manifest records about every exit's output: its classes, or its shape."""
+    if kind == "logits":
+        return {"num_classes": int(output.shape[-1])}
+    return {"output_shape": [BATCH_DIM, *(int(d) for d in output.shape[1:])]}
+
+
+def trace(
+    model: nn.Module, inputs: tuple[torch.Tensor, ...], criterion: str, output: str = "logits"
+) -> list[ExitStep]:
+    """Run the model in eval mode on ``inputs``, check the contract and the criterion
+    (``output``: what every exit gives, "logits" or "tensor")."""
     check_contract(model)
     model.eval()
     try:
         with torch.no_grad():
-            steps = run_exits(model, inputs)
+            steps = run_exits(model, inputs, output)
     except ModelContractError:
         raise
     except Exception as err:  # (a model raises anything on inputs it cannot take)
         shapes = ", ".join(str(tuple(x.shape)) for x in inputs)
         line = first_line(err)
         raise InputError(f"inputs of shape {shapes} do not fit the model: {line}") from err
-    classes = {int(s.logits.shape[-1]) for s in steps}
-    if len(classes) != 1:
-        raise ModelContractError(
-            f"exits return different numbers of classes {sorted(classes)}; expected the same"
-        )
+    if output == "tensor":  # each sample gets the output of the exit it took: one shape
+        shapes = {tuple(s.logits.shape[1:]) for s in steps}
+        if len(shapes) != 1:
+            raise ModelContractError(
+                f"exits return outputs of different shapes {sorted(shapes)} (batch apart); "
+                "expected the same at every exit"
+            )
+    else:
+        classes = {int(s.logits.shape[-1]) for s in steps}
+        if len(classes) != 1:
+            raise ModelContractError(
+                f"exits return different numbers of classes {sorted(classes)}; expected the same"
+            )
     for i, s in enumerate(steps):
-        check_criterion(criterion, int(s.logits.shape[-1]), s.gate is not None, f"exits[{i}]")
+        classes_here = int(s.logits.shape[-1]) if output == "logits" else None
+        check_criterion(criterion, classes_here, s.gate is not None, f"exits[{i}]")
     return steps
 
 

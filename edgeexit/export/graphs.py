@@ -12,22 +12,26 @@ from edgeexit.export.scores import exit_score
 
 
 class SegmentGraph(nn.Module):
-    """``segments[i]`` + ``exits[i]`` + the exit score: returns ``(*carry, logits, score)``.
+    """``segments[i]`` + ``exits[i]`` + the exit score: returns ``(*carry, logits, score)``
+    (``logits``: the exit's output, any tensor where ``output="tensor"``).
 
     The last segment passes no carry on: it returns ``(logits, score)``.
     """
 
-    def __init__(self, model: nn.Module, index: int, criterion: str) -> None:
+    def __init__(
+        self, model: nn.Module, index: int, criterion: str, output: str = "logits"
+    ) -> None:
         super().__init__()
         self.segment = model.segments[index]
         self.head = model.exits[index]
         self.index = index
         self.criterion = criterion
+        self.output = output
         self.last = index == len(model.segments) - 1
 
     def forward(self, *carry_in: torch.Tensor) -> tuple[torch.Tensor, ...]:
         carry = as_carry(self.segment(*carry_in), f"segments[{self.index}]")
-        logits, gate = split_head(self.head(*carry), f"exits[{self.index}]")
+        logits, gate = split_head(self.head(*carry), f"exits[{self.index}]", self.output)
         score = exit_score(self.criterion, logits, gate, carry_in[0], carry[0])
         return (logits, score) if self.last else (*carry, logits, score)
 
@@ -35,10 +39,10 @@ class SegmentGraph(nn.Module):
 class WholeGraph(nn.Module):
     """The whole network as one graph: ``(logits_0..logits_n-1, score_0..score_n-1)``."""
 
-    def __init__(self, model: nn.Module, criterion: str) -> None:
+    def __init__(self, model: nn.Module, criterion: str, output: str = "logits") -> None:
         super().__init__()
         self.parts = nn.ModuleList(
-            SegmentGraph(model, i, criterion) for i in range(check_contract(model))
+            SegmentGraph(model, i, criterion, output) for i in range(check_contract(model))
         )
 
     def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:

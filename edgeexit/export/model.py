@@ -27,17 +27,21 @@ CONTRACT = (
 class MultiExit(nn.Module):
     """A multi-exit model built from parts: ``segments[i]`` followed by head ``exits[i]``.
 
-    ``forward`` returns every exit's logits, which is what joint training needs.
+    ``forward`` returns every exit's logits, which is what joint training needs (every
+    exit's output, for exits that give an image or another tensor: ``output="tensor"``).
     """
 
-    def __init__(self, segments: Sequence[nn.Module], exits: Sequence[nn.Module]) -> None:
+    def __init__(
+        self, segments: Sequence[nn.Module], exits: Sequence[nn.Module], output: str = "logits"
+    ) -> None:
         super().__init__()
         self.segments = nn.ModuleList(segments)
         self.exits = nn.ModuleList(exits)
+        self.output = output
         check_contract(self)
 
     def forward(self, *inputs: torch.Tensor) -> list[torch.Tensor]:
-        return [step.logits for step in run_exits(self, inputs)]
+        return [step.logits for step in run_exits(self, inputs, self.output)]
 
 
 @dataclass
@@ -46,7 +50,7 @@ class ExitStep:
 
     carry_in: tuple[torch.Tensor, ...]
     carry_out: tuple[torch.Tensor, ...]
-    logits: torch.Tensor
+    logits: torch.Tensor  # the exit's output: class logits, or any tensor (output="tensor")
     gate: torch.Tensor | None
 
 
@@ -95,15 +99,28 @@ def as_carry(value: object, where: str) -> tuple[torch.Tensor, ...]:
     )
 
 
-def split_head(value: object, where: str) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """An exit head's output as ``(logits [batch, classes], gate [batch] or None)``."""
+def split_head(
+    value: object, where: str, output: str = "logits"
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """An exit head's output as ``(logits [batch, classes], gate [batch] or None)``; with
+    ``output="tensor"``, ``(any tensor [batch, ...], gate or None)``."""
     gate = None
     if isinstance(value, (tuple, list)) and len(value) == 2:
         value, gate = value
-    if not isinstance(value, torch.Tensor) or value.dim() != 2:
+    if output == "tensor":
+        if not isinstance(value, torch.Tensor) or value.dim() < 1:
+            got = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+            raise ModelContractError(
+                f"{where} returned {got}; expected a tensor with the batch first, or "
+                "(output, gate [batch])"
+            )
+    elif not isinstance(value, torch.Tensor) or value.dim() != 2:
         shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+        hint = ""
+        if isinstance(value, torch.Tensor) and value.dim() != 2:
+            hint = "; an exit that gives an image or another tensor: export with output='tensor'"
         raise ModelContractError(
-            f"{where} returned {shape}; expected logits [batch, classes] or (logits, gate)"
+            f"{where} returned {shape}; expected logits [batch, classes] or (logits, gate){hint}"
         )
     if gate is not None and (not isinstance(gate, torch.Tensor) or gate.dim() != 1):
         shape = tuple(gate.shape) if isinstance(gate, torch.Tensor) else type(gate).__name__
@@ -111,14 +128,17 @@ def split_head(value: object, where: str) -> tuple[torch.Tensor, torch.Tensor | 
     return value, gate
 
 
-def run_exits(model: nn.Module, inputs: Sequence[torch.Tensor]) -> list[ExitStep]:
-    """Run every segment and exit head on ``inputs``, checking each output against the contract."""
+def run_exits(
+    model: nn.Module, inputs: Sequence[torch.Tensor], output: str = "logits"
+) -> list[ExitStep]:
+    """Run every segment and exit head on ``inputs``, checking each output against the
+    contract (``output``: "logits", or "tensor" for exits that give any tensor)."""
     n = check_contract(model)
     carry = tuple(inputs)
     steps = []
     for i in range(n):
         out = as_carry(model.segments[i](*carry), f"segments[{i}]")
-        logits, gate = split_head(model.exits[i](*out), f"exits[{i}]")
+        logits, gate = split_head(model.exits[i](*out), f"exits[{i}]", output)
         steps.append(ExitStep(carry, out, logits, gate))
         carry = out
     return steps

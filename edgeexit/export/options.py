@@ -7,10 +7,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from edgeexit.budget import drop_from_points
+from edgeexit.errors import ExportError
 
 DEFAULT_OPSET = 17  # the widest ONNX Runtime support on edge devices
 MAX_OPSET = 21  # the highest an exporter that needs more (dynamo: 18) may use by default
 DEFAULT_ATOL = 1e-4
+OUTPUT_KINDS = ("logits", "tensor")  # bundle.OUTPUT_KINDS, what a manifest may say
 
 
 @dataclass(frozen=True)
@@ -22,6 +24,9 @@ class ExportOptions:
     ``validate`` runs the bundle under ONNX Runtime against PyTorch (tolerance ``atol``).
     ``bodies`` also writes each segment but the last without its exit head, which the
     runtime runs while that exit is disabled (docs/runtime.md).
+    ``output``: what every exit gives: "logits" ``[batch, classes]``, or "tensor", any
+    tensor with the batch first (an image, a vector, per-token logits), scored by a
+    criterion that does not read classes (gate, q-exit, similarity).
     """
 
     criterion: str = "confidence"
@@ -34,12 +39,17 @@ class ExportOptions:
     simplify: bool = True
     validate: bool = True
     bodies: bool = True
+    output: str = "logits"
     # With a target: data to quantize with and check exits on, and the most an exit may lose.
     calib_data: str | None = None
     max_quant_drop: float = 0.01  # a fraction: 0.01 is 1 pp
     max_quant_drop_pp: float | None = None  # deprecated: max_quant_drop in points
 
     def __post_init__(self) -> None:
+        if self.output not in OUTPUT_KINDS:
+            raise ExportError(
+                f"`output` is {self.output!r}; expected one of {', '.join(OUTPUT_KINDS)}"
+            )
         if self.max_quant_drop_pp is not None:
             drop = drop_from_points(self.max_quant_drop_pp, "ExportOptions")
             object.__setattr__(self, "max_quant_drop", drop)

@@ -29,8 +29,9 @@ from edgeexit.criteria import CRITERIA, NAMES
 from edgeexit.errors import ModelContractError
 
 
-def check_criterion(criterion: str, num_classes: int, has_gate: bool, where: str) -> None:
-    """Raise ModelContractError if ``criterion`` cannot be computed for this exit."""
+def check_criterion(criterion: str, num_classes: int | None, has_gate: bool, where: str) -> None:
+    """Raise ModelContractError if ``criterion`` cannot be computed for this exit
+    (``num_classes`` None: the exit gives a tensor, not class logits)."""
     known = CRITERIA.get(criterion)
     if known is None:
         raise ModelContractError(f"unknown criterion {criterion!r}; expected one of {NAMES}")

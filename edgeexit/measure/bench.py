@@ -179,7 +179,14 @@ def bench_bundle(
     progress: Callable[[int, int], None] | None = None,
 ) -> BenchReport:
     """Run the bundle over the data as deployed and against the full chain, alternating."""
-    dataset = load_data(data_path, read_manifest(bundle_dir).inputs)
+    manifest = read_manifest(bundle_dir)
+    if manifest.output != "logits":
+        raise BundleError(
+            f"{bundle_dir}'s exits give tensors: bench compares class predictions with the "
+            "full chain, which it has none of; `edgeexit calibrate` reports the quality on "
+            "a held-out half, and `edgeexit run --save-outputs` the outputs"
+        )
+    dataset = load_data(data_path, manifest.inputs)
     runtime = Runtime(bundle_dir, target=options.target)
     manifest = runtime.manifest  # capped at the exit calibrate chose, if it did
     dataset.check_labels(runtime.num_classes, str(data_path))

@@ -105,7 +105,8 @@ class Chain:
         # never leave it (only scores and logits are bound to host memory).
         self.carry_device = carry_device
         self.mover = RowMover(sessions[0].get_providers(), carry_device) if carry_device else None
-        self.num_classes = layouts[-1][manifest.segments[-1].logits].row_shape[0]
+        # every exit's output (class logits, or any tensor): each sample gets one of these
+        self.output_layout = layouts[-1][manifest.segments[-1].logits]
         self.input_layouts = [
             Layout(tuple(int(d) for d in s.shape[1:]), np.dtype(s.dtype)) for s in manifest.inputs
         ]
@@ -286,8 +287,8 @@ class Chain:
                 leaving = score >= threshold
                 if not leaving.any():
                     continue
-            if logits is None:
-                logits = np.empty((n, self.num_classes), dtype=np.float32)
+            if logits is None:  # float32, as every exit output is returned
+                logits = np.empty((n, *self.output_layout.row_shape), dtype=np.float32)
                 exit_index = np.empty(n, dtype=np.int64)
             done = np.flatnonzero(leaving)
             rows = done if alive is None else alive[done]

@@ -143,6 +143,12 @@ class Result:
         )
 
     @property
+    def outputs(self) -> np.ndarray:
+        """Each sample's output from the exit it took (``logits`` by another name, which
+        reads better for a bundle whose exits give images or other tensors)."""
+        return self.logits
+
+    @property
     def predictions(self) -> np.ndarray:
         return self.logits.argmax(axis=1)
 
@@ -156,7 +162,7 @@ class Result:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "predictions": self.predictions.tolist(),
+            **self._answer_json(),
             "exit_index": self.exit_index.tolist(),
             "exit_counts": self.exit_counts(),
             "latency_ms": self.latency_ms,
@@ -166,7 +172,14 @@ class Result:
             "segment_ms": [None if math.isnan(ms) else ms for ms in self.segment_ms],
         }
 
+    def _answer_json(self) -> dict[str, Any]:
+        return {"predictions": self.predictions.tolist()}
+
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        yield self._samples_table()
+        yield from self._summary()
+
+    def _samples_table(self) -> Table:
         table = Table(title=f"{len(self.exit_index)} samples")
         for col in ("sample", "prediction", "exit"):
             table.add_column(col, justify="right")
@@ -175,7 +188,9 @@ class Result:
             table.add_row(str(b), str(int(pred)), str(int(exit_i)))
         if shown < len(self.exit_index):
             table.add_row("…", f"{len(self.exit_index) - shown} more", "")
-        yield table
+        return table
+
+    def _summary(self) -> RenderResult:
         counts = ", ".join(f"exit {i}: {c}" for i, c in enumerate(self.exit_counts()))
         energy = "n/a" if self.energy_mj is None else f"{self.energy_mj:.4f} mJ"
         yield f"exits        {counts}"
@@ -184,6 +199,37 @@ class Result:
         times = ", ".join("-" if math.isnan(ms) else f"{ms:.3f}" for ms in self.segment_ms)
         inside = " (one graph: the plain network)" if math.isnan(self.segment_ms[0]) else ""
         yield f"segments     {times} ms{inside}"
+
+
+class TensorResult(Result):
+    """A ``Runtime.run`` call on a bundle whose exits give tensors (images, vectors,
+    per-token logits) rather than class logits: ``outputs`` holds each sample's output from
+    the exit it took; there are no predictions (an argmax of pixels means nothing)."""
+
+    __slots__ = ()
+
+    @property
+    def predictions(self) -> np.ndarray:
+        raise AttributeError(
+            "this bundle's exits give tensors, not class logits: there are no predictions; "
+            "read `outputs`"
+        )
+
+    def _answer_json(self) -> dict[str, Any]:
+        return {"output_shape": list(self.logits.shape)}
+
+    def _samples_table(self) -> Table:
+        table = Table(title=f"{len(self.exit_index)} samples, outputs {tuple(self.logits.shape)}")
+        for col in ("sample", "exit", "output mean", "output min..max"):
+            table.add_column(col, justify="right")
+        shown = min(len(self.exit_index), MAX_ROWS_SHOWN)
+        for b in range(shown):
+            row = self.logits[b]
+            table.add_row(str(b), str(int(self.exit_index[b])), f"{row.mean():.4g}",
+                          f"{row.min():.4g}..{row.max():.4g}")  # fmt: skip
+        if shown < len(self.exit_index):
+            table.add_row("…", f"{len(self.exit_index) - shown} more", "", "")
+        return table
 
 
 @dataclass(frozen=True)

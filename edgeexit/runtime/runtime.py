@@ -28,10 +28,10 @@ from edgeexit.bundle import (
 )
 from edgeexit.criteria import CRITERIA
 from edgeexit.energy import get_meter
-from edgeexit.errors import InputError
+from edgeexit.errors import BundleError, InputError
 from edgeexit.runtime.chain import Chain, all_infinite
 from edgeexit.runtime.inputs import Inputs, all_finite, check_inputs, refuse_nonfinite
-from edgeexit.runtime.result import ExitOutputs, Result
+from edgeexit.runtime.result import ExitOutputs, Result, TensorResult
 from edgeexit.runtime.session import open_session, resolve_config
 from edgeexit.runtime.shapes import check_output_names, probe_layouts
 from edgeexit.targets import Target, load_target
@@ -157,6 +157,8 @@ class Runtime:
         self._known_thresholds: dict[tuple, tuple[tuple[float, ...], bool, bool]] = {}
         self._thresholds = self._rounded(self.manifest.thresholds)
         self._lock = threading.Lock()
+        # a bundle whose exits give tensors answers with outputs, not predictions
+        self._result = Result if self.manifest.output == "logits" else TensorResult
 
     @property
     def num_exits(self) -> int:
@@ -176,8 +178,19 @@ class Runtime:
 
     @property
     def num_classes(self) -> int:
-        """Classes every exit's logits hold (probed at load)."""
-        return self._chain.num_classes
+        """Classes every exit's logits hold (probed at load). A bundle whose exits give
+        tensors has none: BundleError naming ``output_shape``."""
+        if self.manifest.output != "logits":
+            raise BundleError(
+                f"{self.bundle_dir}'s exits give tensors of shape {self.output_shape}, not "
+                "class logits: it has no classes (use `output_shape`)"
+            )
+        return self._chain.output_layout.row_shape[0]
+
+    @property
+    def output_shape(self) -> tuple[int, ...]:
+        """The shape of each sample's output, batch apart (``(classes,)`` for logits)."""
+        return self._chain.output_layout.row_shape
 
     @property
     def sessions(self) -> list[ort.InferenceSession]:
@@ -221,7 +234,9 @@ class Runtime:
         if window is None:
             if to_last and plan is not None:  # the hot path: the Result is made first
                 stamps = self._stamps_before[:]
-                result = Result.pending(plan.exit_index, self._energy, self._power_w, t0, stamps)
+                result = self._result.pending(
+                    plan.exit_index, self._energy, self._power_w, t0, stamps
+                )
                 result.logits = chain.run_plan(plan, xs, stamps)
                 return result
         else:
@@ -234,12 +249,12 @@ class Runtime:
             logits, exit_index, segment_ms = chain.forward(xs, chosen, self._state_update, plan)
         latency_ms = (perf_counter() - t0) * 1e3
         if window is None:  # energy modeled from the latency on first access, or none
-            return Result.done(
+            return self._result.done(
                 logits, exit_index, self._energy, latency_ms, None, self._power_w,
                 segment_ms, stamps,
             )  # fmt: skip
         reading = window.end_window()
-        return Result.done(
+        return self._result.done(
             logits, exit_index, reading.source, latency_ms, reading.energy_mj, None,
             segment_ms, stamps,
         )  # fmt: skip
@@ -271,7 +286,7 @@ class Runtime:
         progress: Callable[[int, int], None] | None,
     ) -> ExitOutputs:
         n = len(xs[0])
-        logits = np.empty((self.num_exits, n, self._chain.num_classes), dtype=np.float32)
+        logits = np.empty((self.num_exits, n, *self.output_shape), dtype=np.float32)
         scores = np.empty((self.num_exits, n), dtype=np.float32)
         total_s = np.zeros(self.num_exits)
         for start in range(0, n, batch_size):

@@ -110,11 +110,12 @@ def probe_layouts(
             feeds = dict(zip(next_inputs, values[: len(spec.carry)]))
         if not spec.has_head:  # a body: the block without its head
             continue
-        if len(out[spec.logits].row_shape) != 1:
+        if manifest.output == "logits" and len(out[spec.logits].row_shape) != 1:
             raise BundleError(f"{spec.file} logits {spec.logits!r} are not [batch, classes]")
         if spec.score and out[spec.score].row_shape != ():
             raise BundleError(f"{spec.file} score {spec.score!r} is not [batch]")
-    classes = {lay[s.logits].row_shape for lay, s in zip(layouts, manifest.segments) if s.has_head}
-    if len(classes) != 1:
-        raise BundleError(f"exits disagree on the number of classes: {sorted(classes)}")
+    shapes = {lay[s.logits].row_shape for lay, s in zip(layouts, manifest.segments) if s.has_head}
+    if len(shapes) != 1:
+        what = "the number of classes" if manifest.output == "logits" else "their output shape"
+        raise BundleError(f"exits disagree on {what}: {sorted(shapes)}")
     return layouts
