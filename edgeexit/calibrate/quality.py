@@ -177,7 +177,8 @@ class QualityReport:
             )  # fmt: skip
         yield table
         plain = self.held_out.plain_latency_ms
-        shown = ("never" if math.isinf(t) else f"{t:.4g}" for t in self.thresholds)
+        shown = [("never" if math.isinf(t) else f"{t:.4g}") for t in self.thresholds[:-1]]
+        shown.append("always")  # the last exit takes everyone left
         yield f"thresholds   {', '.join(shown)}"
         yield (
             f"latency      {self.held_out.mean_latency_ms:.4g} ms/sample expected on the "

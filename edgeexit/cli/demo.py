@@ -38,6 +38,15 @@ def demo_cmd(
         False, "--generate", help="The text-generation demo instead: a byte-level decoder."
     ),
     steps: int = typer.Option(600, min=1, help="--generate: training steps (cached)."),
+    denoise: bool = typer.Option(
+        False,
+        "--denoise",
+        help="The image demo instead: a denoiser whose exits give images, calibrated to "
+        "--max-quality-drop.",
+    ),
+    max_quality_drop: float = typer.Option(
+        0.5, min=0.0, metavar="DB", help="--denoise: PSNR the calibrated bundle may lose, dB."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print only a JSON object."),
 ) -> None:
     """Train a three-exit CNN on noisy digits, export, profile, calibrate and bench it.
@@ -55,9 +64,14 @@ def demo_cmd(
         edgeexit demo --model model.pt --data cal.npz --test-data test.npz
 
         edgeexit demo --generate        # early-exit text generation, trained on stdlib code
+
+        edgeexit demo --denoise         # exits that give images, a PSNR budget
     """
     if generate:
         _generation_demo(out, steps, as_json)
+        return
+    if denoise:
+        _denoise_demo(out, epochs, max_quality_drop, as_json)
         return
     from edgeexit.errors import InputError
     from edgeexit.examples.demo import DemoOptions, run_demo  # torch is imported there
@@ -72,6 +86,19 @@ def demo_cmd(
         raise usage_error(f"{err} (see 'edgeexit demo --help')") from None
     with stage_progress(hidden=as_json) as advance:
         report = run_demo(options, progress=advance)
+    if as_json:
+        typer.echo(in_flags(dumps_json(report.to_json())))
+        return
+    show(report)
+
+
+def _denoise_demo(out: Path, epochs: int, max_quality_drop: float, as_json: bool) -> None:
+    from edgeexit.examples.denoise import run_denoise_demo  # imports torch
+
+    with stage_progress(hidden=as_json) as advance:
+        report = run_denoise_demo(
+            out, max_quality_drop=max_quality_drop, epochs=epochs, progress=advance
+        )
     if as_json:
         typer.echo(in_flags(dumps_json(report.to_json())))
         return

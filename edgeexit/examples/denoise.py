@@ -11,12 +11,25 @@ regress that exit's own PSNR against the clean image. Trains in a few seconds on
 
 from __future__ import annotations
 
+import platform
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
 import numpy as np
 import torch
+from rich.console import Console, ConsoleOptions, RenderResult
+from rich.table import Table
 from torch import nn
 
+from edgeexit import files
+from edgeexit.budget import Budget
+from edgeexit.calibrate.quality import QualityReport, per_sample_quality
 from edgeexit.examples.digits import load_digits
 from edgeexit.export.model import MultiExit
+from edgeexit.measure.rounds import shuffled_orders
 
 PSNR_SCALE = 10.0  # the gate predicts PSNR / 10 (dB): a score of 2.5 means 25 dB
 
@@ -82,7 +95,7 @@ class QualityExit(nn.Module):
         return image, self.gate(summary).squeeze(1)
 
 
-def denoiser(width: int = 16, blocks: int = 3) -> MultiExit:
+def denoiser(width: int = 48, blocks: int = 3) -> MultiExit:
     """A stem exit and one exit after each residual block: ``blocks + 1`` exits."""
     segments = [_Stem(width), *(_Block(width) for _ in range(blocks))]
     return MultiExit(segments, [QualityExit(width) for _ in segments], output="tensor")
@@ -128,3 +141,106 @@ def train_denoiser(
     with torch.no_grad():
         outputs = model(x)
     return [float(psnr_db(out, y).mean()) for out in outputs]
+
+
+@dataclass(frozen=True)
+class DenoiseDemo:
+    """The calibrated denoiser against the same bundle with every early exit disabled,
+    measured side by side on the test split (batch 1, alternating call by call)."""
+
+    out_dir: Path
+    calibration: QualityReport
+    rows: list[dict[str, Any]]
+    noisy_psnr_db: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {"out_dir": str(self.out_dir), "calibration": self.calibration.to_json(),
+                "test": self.rows, "noisy_psnr_db": self.noisy_psnr_db}  # fmt: skip
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        yield self.calibration
+        table = Table(title=f"denoising the test split, measured ({platform.machine()}, batch 1)")
+        for col in ("bundle", "PSNR dB", "vs plain", "ms/image", "speed-up", "exit shares"):
+            table.add_column(col, justify="right")
+        for r in self.rows:
+            table.add_row(
+                r["bundle"], f"{r['psnr_db']:.2f}", f"{r['psnr_drop_db']:+.2f}",
+                f"{r['mean_latency_ms']:.4f}", f"{r['speedup']:.2f}x",
+                ", ".join(f"{s:.0%}" for s in r["exit_shares"]),
+            )  # fmt: skip
+        table.caption = (
+            f"noisy inputs: {self.noisy_psnr_db:.2f} dB; plain: every early exit disabled "
+            f"(one graph); bundle: {self.out_dir / 'bundle'}"
+        )
+        yield table
+
+
+def run_denoise_demo(
+    out_dir: Path,
+    *,
+    max_quality_drop: float = 0.5,
+    epochs: int = 12,
+    rounds: int = 3,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> DenoiseDemo:
+    """Train the denoiser, export it, calibrate it to a PSNR drop, and measure it on the
+    test split against the plain network, in ``out_dir`` (new, empty, or a demo's)."""
+    from edgeexit.calibrate.pipeline import calibrate_bundle
+    from edgeexit.export import export
+    from edgeexit.runtime import Runtime
+
+    tell = progress or (lambda stage, done, total: None)
+    files.check_output(out_dir, "demo")
+    data = denoise_data()
+    tell("training", 0, 1)
+    model = denoiser()
+    train_denoiser(model, *data["train"], epochs=epochs)
+    with files.atomic_dir(out_dir, "demo") as tmp:
+        (tmp / files.DEMO_MARKER).write_text("written by edgeexit demo --denoise\n")
+        tell("exporting", 0, 1)
+        export(model, torch.from_numpy(data["train"][0][:2]), tmp / "plain", criterion="gate",
+               output="tensor")  # fmt: skip
+        np.savez(tmp / "calibration.npz", x=data["calibration"][0], y=data["calibration"][1])
+        np.savez(tmp / "test.npz", x=data["test"][0], y=data["test"][1])
+        shutil.copytree(tmp / "plain", tmp / "bundle")
+        budget = Budget(max_quality_drop=max_quality_drop, quality_metric="psnr")
+        report = calibrate_bundle(tmp / "bundle", tmp / "calibration.npz", budget,
+                                  progress=tell)  # fmt: skip
+        runtimes = {"calibrated": Runtime(tmp / "bundle", threads=1),
+                    "plain": Runtime(tmp / "plain", threads=1)}  # fmt: skip
+        rows = _side_by_side(runtimes, *data["test"], rounds, tell)
+    noisy = float(per_sample_quality(data["test"][0][None], data["test"][1], "psnr").mean())
+    return DenoiseDemo(out_dir, report, rows, noisy)
+
+
+def _side_by_side(runtimes, noisy, clean, rounds: int, tell) -> list[dict[str, Any]]:
+    """Each test image through each runtime at batch 1, alternating in a shuffled order."""
+    names = list(runtimes)
+    seconds = {name: 0.0 for name in names}
+    outputs = {name: np.empty_like(clean) for name in names}
+    exits = {name: np.empty(len(noisy), dtype=np.int64) for name in names}
+    for name in names:  # settle ONNX Runtime before anything is timed
+        for n in range(min(20, len(noisy))):
+            runtimes[name].run(noisy[n : n + 1])
+    for r in range(rounds):
+        for n, order in enumerate(shuffled_orders(names, len(noisy), seed=r)):
+            for name in order:
+                result = runtimes[name].run(noisy[n : n + 1])
+                seconds[name] += result.latency_ms / 1e3
+                outputs[name][n], exits[name][n] = result.outputs[0], result.exit_index[0]
+        tell("measuring", r + 1, rounds)
+    plain_psnr = float(per_sample_quality(outputs["plain"][None], clean, "psnr").mean())
+    rows = []
+    for name in names:
+        psnr = float(per_sample_quality(outputs[name][None], clean, "psnr").mean())
+        ms = seconds[name] * 1e3 / (rounds * len(noisy))
+        num_exits = runtimes[name].num_exits
+        rows.append({
+            "bundle": name, "psnr_db": psnr, "psnr_drop_db": psnr - plain_psnr,
+            "mean_latency_ms": ms,
+            "exit_shares": (np.bincount(exits[name], minlength=num_exits) / len(noisy)).tolist(),
+        })  # fmt: skip
+    plain_ms = next(r["mean_latency_ms"] for r in rows if r["bundle"] == "plain")
+    for row in rows:
+        row["speedup"] = plain_ms / row["mean_latency_ms"]
+    return rows
