@@ -200,4 +200,7 @@ class Budget:
         return ", ".join(parts)
 
     def to_json(self) -> dict[str, Any]:
-        return {k: v for k, v in asdict(self).items() if v is not None}
+        doc = {k: v for k, v in asdict(self).items() if v is not None}
+        if self.max_quality_drop is None:
+            del doc["quality_metric"]  # says nothing without a quality budget
+        return doc

@@ -86,7 +86,7 @@ def break_json(bundle):
 
 def other_version(bundle):
     doc = json.loads((bundle / "manifest.json").read_text())
-    doc["format"] = "edgeexit.bundle/2"
+    doc["format"] = "edgeexit.bundle/3"
     (bundle / "manifest.json").write_text(json.dumps(doc))
 
 
@@ -106,7 +106,7 @@ BREAKAGES = {
     tamper: "segment_01.onnx does not match its sha256",
     drop: "segment_02.onnx is missing",
     break_json: "manifest.json is not readable JSON",
-    other_version: "manifest format is 'edgeexit.bundle/2'",
+    other_version: "manifest format is 'edgeexit.bundle/3'",
     drop_key: "segments[0].score must be a non-empty string",
     wrong_output: "segment_00.onnx has no output 'nope'",
 }

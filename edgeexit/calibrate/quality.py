@@ -42,7 +42,7 @@ def per_sample_quality(outputs: np.ndarray, targets: np.ndarray | None, metric: 
         raise CalibrationError(
             "a PSNR budget needs the target tensors 'y' (e.g. the clean images) in the "
             "data; without them give the budget as a rise in MSE against the last exit's "
-            "output, e.g. --max-quality-drop 0.001mse"
+            "output, e.g. `max_quality_drop` 0.001mse"
         )
     diff = outputs.astype(np.float64) - reference[None].astype(np.float64)
     mse = (diff**2).reshape(diff.shape[0], diff.shape[1], -1).mean(axis=2)

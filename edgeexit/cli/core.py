@@ -148,6 +148,8 @@ FLAGS = {
     "p95_latency_ms": "--target-p95-latency",
     "energy_mj": "--target-energy",
     "max_accuracy_drop": "--max-accuracy-drop",
+    "max_quality_drop": "--max-quality-drop",
+    "output": "--exit-output",
     "risk": "--risk",
     "risk_metric": "--risk-metric",
     "confidence": "--confidence",

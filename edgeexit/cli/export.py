@@ -31,6 +31,12 @@ def export_cmd(
     patience: int = typer.Option(
         2, min=1, help="With --criterion patience: leave once this many exits in a row agree."
     ),
+    exit_output: params.ExitOutput = typer.Option(
+        "logits",
+        "--exit-output",
+        help="What every exit gives: logits [batch, classes], or a tensor (an image, a "
+        "vector) scored by --criterion gate, q-exit or similarity.",
+    ),
     input_shape: list[str] = typer.Option(
         None, "--input-shape", help="[NAME=]D1xD2x...[:DTYPE] per-sample dims; repeat per input."
     ),
@@ -92,7 +98,7 @@ def export_cmd(
     options = ExportOptions(
         criterion=criterion, criterion_params=params_, opset=opset, atol=atol, target=target,
         calib_data=str(calib_data) if calib_data else None, max_quant_drop=max_quant_drop,
-        bodies=bodies,
+        bodies=bodies, output=params.ExitOutput(exit_output).value,
     )  # fmt: skip
     console = Console(stderr=as_json)
     try:

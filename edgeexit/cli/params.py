@@ -21,6 +21,7 @@ from edgeexit.targets import available_targets
 # The exit criteria as a choice: typer lists them when a value is not one of them.
 Criterion = Enum("Criterion", {name: name for name in CRITERIA}, type=str)
 RiskMetric = Enum("RiskMetric", {name: name for name in ("disagreement", "error")}, type=str)
+ExitOutput = Enum("ExitOutput", {name: name for name in ("logits", "tensor")}, type=str)
 
 
 def _number(text: str) -> float:
