@@ -34,7 +34,7 @@ FORMAT = "edgeexit.bundle/1"
 # format, so that a reader that only knows logits refuses it instead of taking an image
 # for logits (an argmax of pixels would be a silently wrong answer).
 TENSOR_FORMAT = "edgeexit.bundle/2"
-OUTPUT_KINDS = ("logits", "tensor")
+OUTPUT_KINDS = ("logits", "tensor", "tokens")
 DECODER_FORMAT = "edgeexit.bundle/decoder-1"  # edgeexit.generation reads these
 MANIFEST = "manifest.json"
 BATCH_DIM = "batch"
@@ -226,10 +226,10 @@ class Manifest:
                 f"manifest format is {fmt!r}; this edgeexit reads {FORMAT!r} and {TENSOR_FORMAT!r}"
             )
         output = doc.get("output", "logits")
-        if output != ("logits" if fmt == FORMAT else "tensor"):
+        if (output == "logits") != (fmt == FORMAT) or output not in OUTPUT_KINDS:
             raise BundleError(
                 f"manifest output is {output!r} in format {fmt!r}; expected 'logits' in "
-                f"{FORMAT!r} and 'tensor' in {TENSOR_FORMAT!r}"
+                f"{FORMAT!r}, and 'tensor' or 'tokens' in {TENSOR_FORMAT!r}"
             )
         inputs = tuple(_input(x, f"inputs[{k}]") for k, x in enumerate(_list(doc, "inputs")))
         segments = tuple(
@@ -242,6 +242,11 @@ class Manifest:
         if criterion not in CRITERIA:
             raise BundleError(
                 f"manifest criterion is {criterion!r}; expected one of {', '.join(CRITERIA)}"
+            )
+        if output == "tokens" and (CRITERIA[criterion].runtime_state or criterion == "similarity"):
+            raise BundleError(
+                f"manifest criterion {criterion!r} scores whole samples; per-token exits "
+                "need a score per token (confidence, margin, entropy or gate)"
             )
         if output == "tensor" and CRITERIA[criterion].reads_classes:
             raise BundleError(

@@ -162,7 +162,7 @@ def test_classification_budgets_and_tools_refuse_the_other_kind(denoise, tmp_pat
     from edgeexit.examples.models import digits_cnn
 
     root, _, _ = denoise
-    with pytest.raises(TargetError, match="give tensors"):
+    with pytest.raises(TargetError, match="give tensor, not one class"):
         compile_bundle(root / "bundle", tmp_path / "c", "rpi5")
     torch.manual_seed(0)
     edgeexit.export(digits_cnn().eval(), torch.rand(2, 1, 8, 8), tmp_path / "cls", validate=False)

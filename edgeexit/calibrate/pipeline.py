@@ -204,6 +204,13 @@ def calibrate_bundle(
     read_manifest(bundle_dir)  # a clear error for a path that is no bundle, before locking
     with files.locked(bundle_dir, "calibrate") if write else contextlib.nullcontext():
         manifest = read_manifest(bundle_dir)
+        if manifest.output == "tokens":
+            raise CalibrationError(
+                f"{bundle_dir} has per-token exits: calibrate does not search their "
+                "thresholds yet (a token's score at an exit depends on which tokens left "
+                "before it); benchmarks/token_exits.py picks a shared threshold by running "
+                "the bundle, and Runtime.run takes `thresholds`"
+            )
         tensors = manifest.output != "logits"  # exits give images or other tensors
         _check_budget_kind(budget, tensors, options)
         cap, capped = _cap(manifest, options)

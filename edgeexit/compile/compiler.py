@@ -125,9 +125,9 @@ def _compile(
     manifest = read_manifest(src_dir)
     if manifest.output != "logits":
         raise TargetError(
-            f"{src_dir}'s exits give tensors: compile's check of every exit compares class "
-            "predictions, which they have none of, so it cannot tell what fp16 or int8 "
-            "costs them yet; deploy the fp32 bundle"
+            f"{src_dir}'s exits give {manifest.output}, not one class per sample: compile's "
+            "check of every exit compares per-sample predictions, so it cannot tell what "
+            "fp16 or int8 costs them yet; deploy the fp32 bundle"
         )
     source_precision = manifest.extra.get("precision", "fp32")
     if source_precision != "fp32":

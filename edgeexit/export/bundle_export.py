@@ -163,7 +163,12 @@ def _export_segments(
     exit by exit; return their specs, the exporters used and the highest opset written."""
     segments, exporters, opsets = [], set(), set()
     carry_in = names
-    bodies = options.bodies and CRITERIA[options.criterion].runtime_state is None
+    # (per-token exits read every head: each token's score decides where it leaves)
+    bodies = (
+        options.bodies
+        and CRITERIA[options.criterion].runtime_state is None
+        and options.output != "tokens"
+    )
     for i, step in enumerate(steps):
         last = i == len(steps) - 1
         carry = () if last else tuple(f"carry_{i}_{k}" for k in range(len(step.carry_out)))
@@ -177,6 +182,8 @@ def _export_segments(
             simplify=options.simplify,
             max_ir_version=target.max_ir_version,
         )
+        if options.output == "tokens":  # the token axis shrinks as tokens leave
+            settings["axes"] = _token_axes(carry_in, (*carry, *outputs[-2:]), first=i == 0)
         used, opset = export_graph(
             SegmentGraph(model, i, options.criterion, options.output), example, file,
             carry_in, outputs,
@@ -193,6 +200,16 @@ def _export_segments(
         segments.append(SegmentSpec(file.name, "", carry_in, carry, *outputs[-2:], body=body))
         carry_in = carry
     return segments, exporters, max(opsets)
+
+
+def _token_axes(
+    inputs: Sequence[str], outputs: Sequence[str], *, first: bool
+) -> dict[str, dict[int, str]]:
+    """Dynamic axes of a segment with per-token exits: the batch everywhere, and the tokens
+    on every carry and output (segment 0 reads every token: its inputs keep their length)."""
+    axes = {name: {0: BATCH_DIM} if first else {0: BATCH_DIM, 1: "tokens"} for name in inputs}
+    axes.update({name: {0: BATCH_DIM, 1: "tokens"} for name in outputs})
+    return axes
 
 
 def _check_body(
@@ -295,6 +312,9 @@ def _output_extra(output: torch.Tensor, kind: str) -> dict:
     """What the manifest records about every exit's output: its classes, or its shape."""
     if kind == "logits":
         return {"num_classes": int(output.shape[-1])}
+    if kind == "tokens":  # finished tokens are dropped: later segments never see them
+        return {"num_classes": int(output.shape[-1]), "tokens": int(output.shape[1]),
+                "finished_tokens": "dropped"}  # fmt: skip
     return {"output_shape": [BATCH_DIM, *(int(d) for d in output.shape[1:])]}
 
 
@@ -314,7 +334,9 @@ def trace(
         shapes = ", ".join(str(tuple(x.shape)) for x in inputs)
         line = first_line(err)
         raise InputError(f"inputs of shape {shapes} do not fit the model: {line}") from err
-    if output == "tensor":  # each sample gets the output of the exit it took: one shape
+    if output == "tokens":
+        _check_token_steps(steps, criterion)
+    elif output == "tensor":  # each sample gets the output of the exit it took: one shape
         shapes = {tuple(s.logits.shape[1:]) for s in steps}
         if len(shapes) != 1:
             raise ModelContractError(
@@ -328,9 +350,36 @@ def trace(
                 f"exits return different numbers of classes {sorted(classes)}; expected the same"
             )
     for i, s in enumerate(steps):
-        classes_here = int(s.logits.shape[-1]) if output == "logits" else None
+        classes_here = None if output == "tensor" else int(s.logits.shape[-1])
         check_criterion(criterion, classes_here, s.gate is not None, f"exits[{i}]")
     return steps
+
+
+def _check_token_steps(steps: list[ExitStep], criterion: str) -> None:
+    """Per-token exits: every exit gives [batch, tokens, classes] for the same tokens and
+    classes, every carry tensor has the token axis second (it is compacted there), and
+    the score is per token (a per-sample or runtime-decided criterion is not)."""
+    tokens = int(steps[0].logits.shape[1])
+    shapes = {tuple(s.logits.shape[1:]) for s in steps}
+    if len(shapes) != 1:
+        raise ModelContractError(
+            f"exits return per-token logits of different shapes {sorted(shapes)}; expected "
+            "the same tokens and classes at every exit"
+        )
+    for i, s in enumerate(steps[:-1]):
+        for k, c in enumerate(s.carry_out):
+            if c.dim() < 2 or int(c.shape[1]) != tokens:
+                raise ModelContractError(
+                    f"segments[{i}] carry {k} has shape {tuple(c.shape)}; per-token exits "
+                    f"compact the token axis, so every carry tensor needs the {tokens} tokens "
+                    "on axis 1"
+                )
+    known = CRITERIA[criterion]
+    if known.runtime_state is not None or criterion == "similarity":
+        raise ModelContractError(
+            f"criterion {criterion!r} scores a whole sample, not each token; per-token exits "
+            "take confidence, margin, entropy or gate"
+        )
 
 
 def numpy_dtype(x: torch.Tensor) -> str:

@@ -107,6 +107,17 @@ def split_head(
     gate = None
     if isinstance(value, (tuple, list)) and len(value) == 2:
         value, gate = value
+    if output == "tokens":
+        if not isinstance(value, torch.Tensor) or value.dim() != 3:
+            got = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+            raise ModelContractError(
+                f"{where} returned {got}; expected per-token logits [batch, tokens, classes] "
+                "or (logits, gate [batch, tokens])"
+            )
+        if gate is not None and (not isinstance(gate, torch.Tensor) or gate.dim() != 2):
+            got = tuple(gate.shape) if isinstance(gate, torch.Tensor) else type(gate).__name__
+            raise ModelContractError(f"{where} returned a gate of {got}; expected [batch, tokens]")
+        return value, gate
     if output == "tensor":
         if not isinstance(value, torch.Tensor) or value.dim() < 1:
             got = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__

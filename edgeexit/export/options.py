@@ -12,7 +12,7 @@ from edgeexit.errors import ExportError
 DEFAULT_OPSET = 17  # the widest ONNX Runtime support on edge devices
 MAX_OPSET = 21  # the highest an exporter that needs more (dynamo: 18) may use by default
 DEFAULT_ATOL = 1e-4
-OUTPUT_KINDS = ("logits", "tensor")  # bundle.OUTPUT_KINDS, what a manifest may say
+OUTPUT_KINDS = ("logits", "tensor", "tokens")  # bundle.OUTPUT_KINDS, what a manifest may say
 
 
 @dataclass(frozen=True)
@@ -26,7 +26,10 @@ class ExportOptions:
     runtime runs while that exit is disabled (docs/runtime.md).
     ``output``: what every exit gives: "logits" ``[batch, classes]``, or "tensor", any
     tensor with the batch first (an image, a vector, per-token logits), scored by a
-    criterion that does not read classes (gate, q-exit, similarity).
+    criterion that does not read classes (gate, q-exit, similarity); or "tokens", per-token
+    logits ``[batch, tokens, classes]`` with a score per token ``[batch, tokens]``, every
+    carry tensor having the token axis second: each token may leave at its own exit, and
+    later segments run on the remaining tokens only (docs/runtime.md, per-token exits).
     """
 
     criterion: str = "confidence"

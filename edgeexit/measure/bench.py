@@ -182,9 +182,9 @@ def bench_bundle(
     manifest = read_manifest(bundle_dir)
     if manifest.output != "logits":
         raise BundleError(
-            f"{bundle_dir}'s exits give tensors: bench compares class predictions with the "
-            "full chain, which it has none of; `edgeexit calibrate` reports the quality on "
-            "a held-out half, and `edgeexit run --save-outputs` the outputs"
+            f"{bundle_dir}'s exits give {manifest.output}, not one class per sample: bench "
+            "compares per-sample predictions with the full chain and cannot read them yet; "
+            "`edgeexit run --json` gives each output and exit"
         )
     dataset = load_data(data_path, manifest.inputs)
     runtime = Runtime(bundle_dir, target=options.target)

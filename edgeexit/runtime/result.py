@@ -232,6 +232,34 @@ class TensorResult(Result):
         return table
 
 
+class TokenResult(Result):
+    """A ``Runtime.run`` call on a bundle with per-token exits: ``logits`` [batch, tokens,
+    classes] and ``exit_index`` [batch, tokens], each token's from the exit it took."""
+
+    __slots__ = ()
+
+    @property
+    def predictions(self) -> np.ndarray:
+        return self.logits.argmax(axis=-1)
+
+    def exit_counts(self) -> list[int]:
+        """Tokens leaving at each exit, over the batch."""
+        return np.bincount(self.exit_index.ravel(), minlength=len(self.segment_ms)).tolist()
+
+    def _samples_table(self) -> Table:
+        table = Table(
+            title=f"{len(self.exit_index)} samples, {self.exit_index.shape[1]} tokens each"
+        )
+        for col in ("sample", "predictions (first tokens)", "tokens per exit"):
+            table.add_column(col, justify="right")
+        exits = len(self.segment_ms)
+        for b in range(min(len(self.exit_index), MAX_ROWS_SHOWN)):
+            first = " ".join(str(int(p)) for p in self.predictions[b][:12])
+            counts = np.bincount(self.exit_index[b], minlength=exits).tolist()
+            table.add_row(str(b), first, " / ".join(str(c) for c in counts))
+        return table
+
+
 @dataclass(frozen=True)
 class ExitOutputs:
     """Every sample through every exit (``Runtime.run_all_exits``), for calibration.

@@ -31,9 +31,10 @@ from edgeexit.energy import get_meter
 from edgeexit.errors import BundleError, InputError
 from edgeexit.runtime.chain import Chain, all_infinite
 from edgeexit.runtime.inputs import Inputs, all_finite, check_inputs, refuse_nonfinite
-from edgeexit.runtime.result import ExitOutputs, Result, TensorResult
+from edgeexit.runtime.result import ExitOutputs, Result, TensorResult, TokenResult
 from edgeexit.runtime.session import open_session, resolve_config
 from edgeexit.runtime.shapes import check_output_names, probe_layouts
+from edgeexit.runtime.tokens import TokenRunner
 from edgeexit.targets import Target, load_target
 
 KNOWN_THRESHOLDS = 64  # threshold settings remembered converted, per Runtime
@@ -158,7 +159,14 @@ class Runtime:
         self._thresholds = self._rounded(self.manifest.thresholds)
         self._lock = threading.Lock()
         # a bundle whose exits give tensors answers with outputs, not predictions
-        self._result = Result if self.manifest.output == "logits" else TensorResult
+        self._result = {"logits": Result, "tensor": TensorResult,
+                        "tokens": TokenResult}[self.manifest.output]  # fmt: skip
+        # per-token exits: samples run one at a time, the token axis compacted
+        self._tokens = (
+            TokenRunner(self.manifest, self._chain.sessions)
+            if self.manifest.output == "tokens"
+            else None
+        )
 
     @property
     def num_exits(self) -> int:
@@ -185,7 +193,7 @@ class Runtime:
                 f"{self.bundle_dir}'s exits give tensors of shape {self.output_shape}, not "
                 "class logits: it has no classes (use `output_shape`)"
             )
-        return self._chain.output_layout.row_shape[0]
+        return self._chain.output_layout.row_shape[-1]  # per-token logits: classes last
 
     @property
     def output_shape(self) -> tuple[int, ...]:
@@ -210,7 +218,25 @@ class Runtime:
         inf are refused (InputError naming the rows): they would get a prediction.
         """
         with self._lock:
+            if self._tokens is not None:
+                return self._run_tokens(inputs, thresholds)
             return self._run(inputs, thresholds)
+
+    def _run_tokens(self, inputs: Inputs, thresholds: Sequence[float] | None) -> Result:
+        t0 = perf_counter()
+        chosen = self._thresholds if thresholds is None else self._checked(thresholds)[0]
+        xs = check_inputs(inputs, self.manifest.inputs)
+        window = self._window
+        if window is not None:
+            window.begin_window()
+        logits, exit_index, segment_ms = self._tokens.run(xs, chosen)
+        latency_ms = (perf_counter() - t0) * 1e3
+        if window is None:
+            return TokenResult.done(logits, exit_index, self._energy, latency_ms, None,
+                                    self._power_w, segment_ms)  # fmt: skip
+        reading = window.end_window()
+        return TokenResult.done(logits, exit_index, reading.source, latency_ms,
+                                reading.energy_mj, None, segment_ms)  # fmt: skip
 
     def _run(self, inputs: Inputs, thresholds: Sequence[float] | None) -> Result:
         t0 = perf_counter()
@@ -287,11 +313,13 @@ class Runtime:
     ) -> ExitOutputs:
         n = len(xs[0])
         logits = np.empty((self.num_exits, n, *self.output_shape), dtype=np.float32)
-        scores = np.empty((self.num_exits, n), dtype=np.float32)
+        chain = self._with_heads()  # (a plain graph has no score)
+        score_row = chain.layouts[-1][self.manifest.segments[-1].score].row_shape
+        scores = np.empty((self.num_exits, n, *score_row), dtype=np.float32)  # per token too
         total_s = np.zeros(self.num_exits)
         for start in range(0, n, batch_size):
             rows = slice(start, min(start + batch_size, n))
-            total_s += self._with_heads().forward_all(
+            total_s += chain.forward_all(
                 tuple(x[rows] for x in xs), self._state_update, logits[:, rows], scores[:, rows]
             )
             if progress is not None:

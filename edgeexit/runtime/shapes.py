@@ -112,8 +112,10 @@ def probe_layouts(
             continue
         if manifest.output == "logits" and len(out[spec.logits].row_shape) != 1:
             raise BundleError(f"{spec.file} logits {spec.logits!r} are not [batch, classes]")
-        if spec.score and out[spec.score].row_shape != ():
-            raise BundleError(f"{spec.file} score {spec.score!r} is not [batch]")
+        per_token = manifest.output == "tokens"  # a score per token: [batch, tokens]
+        if spec.score and len(out[spec.score].row_shape) != int(per_token):
+            want = "[batch, tokens]" if per_token else "[batch]"
+            raise BundleError(f"{spec.file} score {spec.score!r} is not {want}")
     shapes = {lay[s.logits].row_shape for lay, s in zip(layouts, manifest.segments) if s.has_head}
     if len(shapes) != 1:
         what = "the number of classes" if manifest.output == "logits" else "their output shape"
