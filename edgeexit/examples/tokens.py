@@ -1,8 +1,9 @@
 """A token tagger whose tokens leave at their own exits (DToP, DyVTE): a small transformer
 encoder with a per-token classifier after every layer, and a synthetic tagging task in
 which some tokens are easy (their label follows from the token alone) and others need
-context (whether the token occurs again in the sequence), so exits have something to
-decide token by token. Trains in seconds on 2 cores.
+context (whether the token occurs at least three times in its sequence: counting over
+attention, which one layer does roughly and later ones better), so exits have something
+to decide token by token. Trains in seconds on 2 cores.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from torch import nn
 from edgeexit.examples.models import Embeddings, EncoderLayer, FirstLayer
 from edgeexit.export.model import MultiExit
 
-CONTEXT_CLASS = 3  # the label of a context token that occurs again in its sequence
+CONTEXT_CLASS = 3  # the label of a context token that occurs three times or more
 
 
 def tagging_task(
@@ -23,13 +24,13 @@ def tagging_task(
     """``(input_ids, attention_mask, labels)``, labels int64 [n, seq_len] in 0..3.
 
     A token below ``vocab_size / 2`` is labelled ``id % 3`` (easy: the token alone says);
-    one above is labelled 3 when the same id occurs elsewhere in its sequence, else
+    one above is labelled 3 when it occurs at least three times in its sequence, else
     ``id % 3`` (it needs the context)."""
     rng = np.random.default_rng(seed)
     ids = rng.integers(1, vocab_size, size=(n, seq_len))
     counts = np.stack([np.bincount(row, minlength=vocab_size)[row] for row in ids])
     labels = ids % 3
-    labels[(ids >= vocab_size // 2) & (counts > 1)] = CONTEXT_CLASS
+    labels[(ids >= vocab_size // 2) & (counts >= 3)] = CONTEXT_CLASS
     mask = np.ones_like(ids)
     return ids.astype(np.int64), mask.astype(np.int64), labels.astype(np.int64)
 
