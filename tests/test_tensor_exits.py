@@ -205,3 +205,21 @@ def test_cli_run_saves_outputs_and_calibrate_takes_a_quality_drop(denoise, tmp_p
     bad = runner.invoke(app, ["calibrate", str(bundle), "--data", str(root / "cal.npz"),
                               "--max-quality-drop", "half"])  # fmt: skip
     assert bad.exit_code == 2 and "0.5dB" in bad.output
+
+
+def test_the_denoise_demo_end_to_end(tmp_path):
+    from rich.console import Console
+
+    from edgeexit.examples.denoise import run_denoise_demo
+
+    demo = run_denoise_demo(tmp_path / "demo", epochs=1, rounds=1, width=8)
+    doc = demo.to_json()
+    assert {r["bundle"] for r in doc["test"]} == {"calibrated", "plain"}
+    plain = next(r for r in doc["test"] if r["bundle"] == "plain")
+    assert plain["speedup"] == 1.0 and plain["exit_shares"][-1] == 1.0
+    assert doc["calibration"]["held_out"]["met"] in (True, False)
+    assert (tmp_path / "demo" / "bundle" / "manifest.json").is_file()
+    console = Console(width=100)
+    with console.capture() as captured:
+        console.print(demo)
+    assert "denoising the test split" in captured.get()

@@ -181,6 +181,7 @@ def run_denoise_demo(
     max_quality_drop: float = 0.5,
     epochs: int = 12,
     rounds: int = 3,
+    width: int = 48,
     progress: Callable[[str, int, int], None] | None = None,
 ) -> DenoiseDemo:
     """Train the denoiser, export it, calibrate it to a PSNR drop, and measure it on the
@@ -193,7 +194,7 @@ def run_denoise_demo(
     files.check_output(out_dir, "demo")
     data = denoise_data()
     tell("training", 0, 1)
-    model = denoiser()
+    model = denoiser(width=width)
     train_denoiser(model, *data["train"], epochs=epochs)
     with files.atomic_dir(out_dir, "demo") as tmp:
         (tmp / files.DEMO_MARKER).write_text("written by edgeexit demo --denoise\n")
