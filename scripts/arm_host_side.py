@@ -8,6 +8,9 @@ Writes into OUT_DIR:
   and the exits mean something) exported as an fp32 bundle, and exported for the rpi4
   target with calibration data (``calibration.npz``), which makes it int8;
 - ``inputs.npz``: the test digits the emulated side runs;
+- ``denoise/`` and ``tokens/``: exits beyond classification (an image per exit with a
+  gate; per-token exits), seeded and untrained, with ``host_denoise.npz`` and
+  ``host_tokens.npz``: their inputs, thresholds and the host Runtime's answers;
 - ``host_<bundle>.npz``: the host Runtime's outputs on those digits (every exit's logits
   and scores, and a run with thresholds that make samples leave at every exit), the
   host's ONNX Runtime version, and which kernels made them (``kernels``): the int8
@@ -156,10 +159,38 @@ def export_decoder_bundle(out_dir: Path) -> None:
     (out_dir / "host_decoder.json").write_text(json.dumps(tokens))
 
 
+def export_output_kinds(out_dir: Path) -> None:
+    """An image-exit bundle and a per-token-exit bundle, each with the host's answers at
+    thresholds in the widest gap of the middle scores (exits taken at every depth)."""
+    import torch
+
+    import edgeexit
+    from edgeexit.examples.denoise import denoiser
+    from edgeexit.examples.tokens import tagging_task, token_tagger
+
+    torch.manual_seed(SEED)
+    rng = np.random.default_rng(SEED)
+    images = rng.random((N_TEST, 1, 8, 8), dtype=np.float32)
+    edgeexit.export(denoiser(width=8, blocks=2).eval(), torch.from_numpy(images[:2]),
+                    out_dir / "denoise", criterion="gate", output="tensor")  # fmt: skip
+    ids, mask, _ = tagging_task(8, seq_len=16)
+    edgeexit.export(token_tagger(seq_len=16, dim=16, heads=2, layers=3).eval(),
+                    (torch.from_numpy(ids[:2]), torch.from_numpy(mask[:2])),
+                    out_dir / "tokens", output="tokens")  # fmt: skip
+    for name, inputs in (("denoise", [images]), ("tokens", [ids, mask])):
+        rt = edgeexit.Runtime(out_dir / name, target="rpi4", threads=1)
+        scores = rt.run_all_exits(inputs).scores
+        thresholds = [threshold_in_widest_gap(s.ravel()) for s in scores[:-1]] + [np.inf]
+        result = rt.run(inputs, thresholds=thresholds)
+        np.savez(out_dir / f"host_{name}.npz", *inputs, thresholds=np.array(thresholds),
+                 outputs=result.logits, exit_index=result.exit_index)  # fmt: skip
+
+
 def main(out_dir: Path) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     write_tiny_model(out_dir)
     export_decoder_bundle(out_dir)
+    export_output_kinds(out_dir)
     bundles = export_bundles(out_dir)
     x = np.load(out_dir / "inputs.npz")["x"]
     for bundle in bundles:
