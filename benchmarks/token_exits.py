@@ -5,9 +5,10 @@ tokens, a per-token exit after each layer; a synthetic task where half the token
 labelled by their id alone and the others need the context) for a few seconds, exports it
 with ``output="tokens"``, then:
 
-1. picks one shared threshold for the early exits on a calibration split: the lowest of
-   a fixed list whose per-token agreement with the full model (every token to the last
-   exit) is at least --min-agreement, measured by running the bundle;
+1. calibrates it on a calibration split (edgeexit.calibrate.tokens, what `edgeexit
+   calibrate` does for such a bundle): the fastest of a list of shared thresholds whose
+   per-token agreement with the full model (every token to the last exit) is at least
+   --min-agreement on one half, each run and timed, checked on the other half;
 2. runs the test split at batch 1 through the bundle with that threshold and without
    exits (every threshold never: every token through every segment), alternating call by
    call in a shuffled order, for --rounds rounds, in one process with 1 thread.
@@ -30,8 +31,6 @@ from pathlib import Path
 
 import numpy as np
 
-CANDIDATES = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995, 0.999, 0.9999)
-
 
 def build(folder: Path):
     import torch
@@ -49,27 +48,6 @@ def build(folder: Path):
     example = tuple(torch.from_numpy(a[:2]) for a in train[:2])
     edgeexit.export(model, example, folder / "bundle", output="tokens")
     return folder / "bundle", accuracies, trained_s
-
-
-def sweep(runtime, ids, mask) -> list[dict]:
-    """Per-token agreement with the full model, and the share of tokens leaving before the
-    last exit, for each candidate shared threshold (measured by running the bundle)."""
-    exits = runtime.num_exits
-    full = runtime.run([ids, mask]).predictions
-    rows = []
-    for t in CANDIDATES:
-        got = runtime.run([ids, mask], thresholds=(t,) * (exits - 1) + (np.inf,))
-        rows.append({"threshold": t, "agreement": float((got.predictions == full).mean()),
-                     "early_share": float((got.exit_index < exits - 1).mean())})  # fmt: skip
-    return rows
-
-
-def choose_threshold(rows: list[dict], min_agreement: float) -> tuple[float, float]:
-    """The lowest candidate whose per-token agreement with the full model is enough."""
-    for row in rows:
-        if row["agreement"] >= min_agreement:
-            return row["threshold"], row["agreement"]
-    return np.inf, 1.0
 
 
 def side_by_side(runtime, ids, mask, thresholds, rounds: int) -> dict:
@@ -98,6 +76,9 @@ def main() -> None:
     parser.add_argument("--save", type=Path, help="write the results as JSON here")
     args = parser.parse_args()
 
+    from edgeexit.budget import Budget
+    from edgeexit.calibrate.tokens import calibrate_tokens
+    from edgeexit.data import Dataset
     from edgeexit.examples.tokens import tagging_task
     from edgeexit.runtime import Runtime
 
@@ -105,9 +86,9 @@ def main() -> None:
         bundle, train_accuracy, trained_s = build(Path(tmp))
         runtime = Runtime(bundle, threads=1)
         cal_ids, cal_mask, _ = tagging_task(200, seed=1)
-        swept = sweep(runtime, cal_ids, cal_mask)
-        threshold, cal_agreement = choose_threshold(swept, args.min_agreement)
-        thresholds = (threshold,) * (runtime.num_exits - 1) + (np.inf,)
+        budget = Budget(max_accuracy_drop=1 - args.min_agreement)
+        report = calibrate_tokens(runtime, Dataset((cal_ids, cal_mask), None), budget)
+        thresholds, threshold = report.thresholds, report.thresholds[0]
         ids, mask, labels = tagging_task(200, seed=2)
         measured = side_by_side(runtime, ids, mask, thresholds, args.rounds)
     full = np.stack([r.predictions[0] for r in measured["answers"]["full"]])
@@ -122,8 +103,7 @@ def main() -> None:
         "train_accuracy_per_exit": train_accuracy,
         "min_agreement": args.min_agreement,
         "threshold": threshold,
-        "calibration_agreement": cal_agreement,
-        "calibration_sweep": swept,
+        "calibration": report.to_json(),
         "tokens_per_s": rates,
         "speedup": float(np.median(ratios)),
         "speedup_per_round": ratios.tolist(),
@@ -136,10 +116,12 @@ def main() -> None:
         "rounds": args.rounds,
     }
     met = "met" if doc["test_agreement"] >= args.min_agreement else "MISSED"
-    for row in swept:
-        print(f"  threshold {row['threshold']:<7g} agreement {row['agreement']:.2%}, "
-              f"{row['early_share']:.1%} of tokens leave early (calibration split)")  # fmt: skip
-    print(f"threshold {threshold} (calibration agreement {cal_agreement:.2%})")
+    for p in report.sweep:
+        print(f"  threshold {p.threshold:<7g} agreement {p.agreement:.2%}, {p.early_share:.1%} "
+              f"of tokens leave early, {p.speedup:.2f}x (calibration, search half)")  # fmt: skip
+    h = report.held_out
+    print(f"threshold {threshold} (calibration held-out half: agreement {h.agreement:.2%}, "
+          f"{'met' if report.held_out_met else 'MISSED'})")  # fmt: skip
     print(
         f"full         {rates['full']:9.0f} tokens/s   accuracy {doc['test_accuracy']['full']:.2%}"
     )

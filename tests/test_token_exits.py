@@ -138,17 +138,35 @@ def test_the_contract_for_token_exits(tmp_path):
         edgeexit.export(bad, inputs, tmp_path / "b", output="tokens")
 
 
-def test_calibrate_bench_and_compile_refuse_per_token_bundles(tagger, tmp_path):
+def test_calibrate_runs_each_shared_threshold_and_checks_the_held_out_half(tagger, tmp_path):
+    import shutil
+
     from edgeexit.calibrate import Budget
     from edgeexit.calibrate.pipeline import calibrate_bundle
+    from edgeexit.errors import CalibrationError
+
+    bundle, _, (ids, mask, labels) = tagger
+    copy = shutil.copytree(bundle, tmp_path / "b")
+    np.savez(tmp_path / "d.npz", input_0=ids, input_1=mask, y=labels)
+    report = calibrate_bundle(copy, tmp_path / "d.npz", Budget(max_accuracy_drop=0.05))
+    doc = report.to_json()
+    assert doc["kind"] == "tokens" and len(doc["sweep"]) > 5
+    chosen = [p for p in doc["sweep"] if p["threshold"] == doc["thresholds"][0]]
+    assert not chosen or chosen[0]["agreement"] >= 0.95  # within the budget on the search half
+    held = doc["held_out"]
+    assert held["met"] == (held["agreement"] >= 0.95) and held["speedup"] > 0
+    assert read_manifest(copy).thresholds == tuple(report.thresholds)  # written
+    with pytest.raises(CalibrationError, match="max_accuracy_drop` alone"):
+        calibrate_bundle(copy, tmp_path / "d.npz", Budget(latency_ms=1.0), write=False)
+
+
+def test_bench_and_compile_refuse_per_token_bundles(tagger, tmp_path):
     from edgeexit.compile.compiler import compile_bundle
-    from edgeexit.errors import BundleError, CalibrationError, TargetError
+    from edgeexit.errors import BundleError, TargetError
     from edgeexit.measure.bench import bench_bundle
 
     bundle, _, (ids, mask, labels) = tagger
     np.savez(tmp_path / "d.npz", input_0=ids, input_1=mask)
-    with pytest.raises(CalibrationError, match="per-token exits"):
-        calibrate_bundle(bundle, tmp_path / "d.npz", Budget(max_accuracy_drop=0.01), write=False)
     with pytest.raises(BundleError, match="give tokens"):
         bench_bundle(bundle, tmp_path / "d.npz")
     with pytest.raises(TargetError, match="give tokens"):

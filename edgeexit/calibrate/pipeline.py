@@ -27,6 +27,7 @@ from edgeexit.calibrate.guarantee import certify
 from edgeexit.calibrate.quality import QualityReport, calibrate_quality
 from edgeexit.calibrate.report import CalibrationReport
 from edgeexit.calibrate.search import ExitTable, search
+from edgeexit.calibrate.tokens import TokenReport, calibrate_tokens
 from edgeexit.data import Dataset, load_data
 from edgeexit.energy import get_meter
 from edgeexit.errors import CalibrationError
@@ -130,7 +131,8 @@ def quality_report(
 
 
 def _check_budget_kind(budget: Budget, tensors: bool, options: CalibrateOptions) -> None:
-    """A quality budget for exits that give tensors, accuracy budgets for class logits."""
+    """A quality budget for exits that give tensors, accuracy budgets for class logits
+    (and per-token exits, whose budget is checked by ``calibrate_tokens``)."""
     if not tensors and budget.max_quality_drop is not None:
         raise CalibrationError(
             "`max_quality_drop` is for bundles whose exits give images or other tensors; "
@@ -186,7 +188,7 @@ def calibrate_bundle(
     progress: Progress | None = None,
     write: bool = True,
     costs: ExitCosts | None = None,
-) -> CalibrationReport | QualityReport:
+) -> CalibrationReport | QualityReport | TokenReport:
     """Calibrate ``bundle_dir`` on ``data_path`` to ``budget``; write the manifest if ``write``.
 
     A bundle whose exits give tensors is calibrated to a quality budget
@@ -204,31 +206,31 @@ def calibrate_bundle(
     read_manifest(bundle_dir)  # a clear error for a path that is no bundle, before locking
     with files.locked(bundle_dir, "calibrate") if write else contextlib.nullcontext():
         manifest = read_manifest(bundle_dir)
-        if manifest.output == "tokens":
-            raise CalibrationError(
-                f"{bundle_dir} has per-token exits: calibrate does not search their "
-                "thresholds yet (a token's score at an exit depends on which tokens left "
-                "before it); benchmarks/token_exits.py picks a shared threshold by running "
-                "the bundle, and Runtime.run takes `thresholds`"
-            )
+        tokens = manifest.output == "tokens"  # each token leaves at its own exit
         tensors = manifest.output != "logits"  # exits give images or other tensors
         _check_budget_kind(budget, tensors, options)
         cap, capped = _cap(manifest, options)
         # every head runs while costs are timed: a disabled exit is credited its head
         runtime = Runtime(bundle_dir, target=options.target, max_exit=cap, bodies=False)
         if tensors:  # 'y' holds target tensors shaped like an exit's output
-            dataset = load_data(data_path, manifest.inputs, targets=runtime.output_shape)
+            dataset = load_data(data_path, manifest.inputs, targets=runtime.output_shape[:-1]
+                                if tokens else runtime.output_shape)  # fmt: skip
         else:
             dataset = load_data(data_path, manifest.inputs)
             dataset.check_labels(runtime.num_classes, str(data_path))
-        if costs is not None:
+        if tokens:
+            pass  # each candidate is run and timed (calibrate/tokens.py)
+        elif costs is not None:
             pass  # given by the caller
         elif options.profile is not None:
             power_w = runtime.target.active_power_w
             costs = load_profile_costs(options.profile, runtime.manifest, active_power_w=power_w)
         else:
             costs = measure_costs(runtime, dataset, options, progress=progress)
-        if tensors:
+        if tokens:
+            report = replace(calibrate_tokens(runtime, dataset, budget, seed=options.seed),
+                             depth_cap=capped)  # fmt: skip
+        elif tensors:
             report = replace(
                 quality_report(runtime, dataset, costs, budget, options, progress), depth_cap=capped
             )
