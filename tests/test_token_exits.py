@@ -171,3 +171,17 @@ def test_bench_and_compile_refuse_per_token_bundles(tagger, tmp_path):
         bench_bundle(bundle, tmp_path / "d.npz")
     with pytest.raises(TargetError, match="give tokens"):
         compile_bundle(bundle, tmp_path / "c", "rpi5")
+
+
+def test_cli_run_reports_per_token_accuracy(tagger, tmp_path):
+    from typer.testing import CliRunner
+
+    from edgeexit.cli import app
+
+    bundle, _, (ids, mask, labels) = tagger
+    np.savez(tmp_path / "d.npz", input_0=ids, input_1=mask, y=labels)
+    got = CliRunner().invoke(app, ["run", str(bundle), "--input", str(tmp_path / "d.npz"),
+                                   "--json"])  # fmt: skip
+    assert got.exit_code == 0, got.output
+    doc = json.loads(got.stdout)
+    assert 0 <= doc["accuracy"] <= 1 and np.array(doc["exit_index"]).shape == ids.shape

@@ -77,8 +77,10 @@ def run_cmd(
     if save_outputs is not None:
         files.check_output(save_outputs, "outputs file", inputs=(bundle, input_path))
     runtime = Runtime(bundle, target=target, threads=threads, max_exit=max_exit)
-    classes = runtime.manifest.output == "logits"  # else tensors: 'y' holds their targets
-    targets = None if classes else runtime.output_shape
+    kind = runtime.manifest.output
+    classes = kind != "tensor"  # else 'y' holds target tensors
+    # labels: one per sample, or one per token; targets: shaped like an output
+    targets = {"logits": None, "tokens": runtime.output_shape[:-1]}.get(kind, runtime.output_shape)
     data = load_data(input_path, runtime.manifest.inputs, targets=targets)
     if data.labels is not None and classes:
         data.check_labels(runtime.num_classes, str(input_path))

@@ -188,7 +188,7 @@ class Runtime:
     def num_classes(self) -> int:
         """Classes every exit's logits hold (probed at load). A bundle whose exits give
         tensors has none: BundleError naming ``output_shape``."""
-        if self.manifest.output != "logits":
+        if self.manifest.output == "tensor":
             raise BundleError(
                 f"{self.bundle_dir}'s exits give tensors of shape {self.output_shape}, not "
                 "class logits: it has no classes (use `output_shape`)"
