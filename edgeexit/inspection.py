@@ -76,6 +76,9 @@ class BundleInfo:
             "precision": extra.get("precision", "fp32"),
             "target": extra.get("target"),
             "num_classes": extra.get("num_classes"),
+            "output": m.output,  # logits, tensor (an image...) or tokens (per-token exits)
+            "output_shape": extra.get("output_shape"),
+            "tokens": extra.get("tokens"),
             "opset": extra.get("opset"),
             "exporter": extra.get("exporter"),
             "edgeexit_version": extra.get("edgeexit_version"),

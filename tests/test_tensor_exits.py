@@ -52,6 +52,10 @@ def test_an_image_exit_exports_validates_and_says_so_in_the_manifest(denoise):
     doc = json.loads((root / "bundle" / "manifest.json").read_text())
     assert doc["format"] == TENSOR_FORMAT and doc["output"] == "tensor"
     assert doc["output_shape"] == ["batch", 1, 8, 8] and "num_classes" not in doc
+    from edgeexit.inspection import describe_bundle
+
+    described = describe_bundle(root / "bundle").to_json()
+    assert described["output"] == "tensor" and described["output_shape"] == ["batch", 1, 8, 8]
 
 
 def test_each_sample_gets_the_output_of_the_exit_it_took(denoise):

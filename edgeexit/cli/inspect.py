@@ -49,6 +49,17 @@ def inspect_cmd(
         raise fail(f"integrity check failed: {info.integrity}")
 
 
+def _outputs(doc: dict) -> str:
+    """What every exit gives, in words."""
+    if doc["output"] == "tensor":
+        shape = ", ".join(map(str, doc["output_shape"] or ["?"]))
+        return f"exits give tensors [{shape}]"
+    if doc["output"] == "tokens":
+        return (f"{doc['num_classes']} classes per token ({doc['tokens']} tokens; each leaves "
+                "at its own exit, finished tokens dropped)")  # fmt: skip
+    return f"{doc['num_classes']} classes"
+
+
 def _render(info: BundleInfo) -> None:
     doc = info.to_json()
     console = Console()
@@ -57,7 +68,7 @@ def _render(info: BundleInfo) -> None:
     where = escape(str(info.path))
     console.print(
         f"bundle {where}: {len(info.segments)} segments, criterion {doc['criterion']}, "
-        f"{doc['precision']}, target {doc['target'] or 'any'}, {doc['num_classes']} classes, "
+        f"{doc['precision']}, target {doc['target'] or 'any'}, {escape(_outputs(doc))}, "
         f"opset {doc['opset']} ({doc['exporter']}, edgeexit {doc['edgeexit_version']})"
     )
     console.print(f"inputs: {escape(inputs)}")
