@@ -166,8 +166,8 @@ def test_classification_budgets_and_tools_refuse_the_other_kind(denoise, tmp_pat
     from edgeexit.examples.models import digits_cnn
 
     root, _, _ = denoise
-    with pytest.raises(TargetError, match="give tensor, not one class"):
-        compile_bundle(root / "bundle", tmp_path / "c", "rpi5")
+    with pytest.raises(TargetError, match="target tensors"):  # fp16 without targets
+        compile_bundle(root / "bundle", tmp_path / "c", "cuda")
     torch.manual_seed(0)
     edgeexit.export(digits_cnn().eval(), torch.rand(2, 1, 8, 8), tmp_path / "cls", validate=False)
     np.savez(
@@ -227,3 +227,24 @@ def test_the_denoise_demo_end_to_end(tmp_path):
     with console.capture() as captured:
         console.print(demo)
     assert "denoising the test split" in captured.get()
+
+
+@pytest.mark.parametrize("target", ["rpi5", "cuda"])  # int8 (QDQ), fp16
+def test_compile_checks_each_exits_psnr_against_the_targets(denoise, tmp_path, target):
+    from edgeexit.compile.compiler import CompileOptions, compile_bundle
+    from edgeexit.errors import PrecisionLossError
+
+    root, _, data = denoise
+    options = CompileOptions(threads=1, calib_samples=128)
+    report = compile_bundle(root / "bundle", tmp_path / target, target, calib=root / "cal.npz",
+                            options=options)  # fmt: skip
+    exits = report.to_json()["exits"]
+    assert len(exits) == 3 and all(abs(e["drop_db"]) < 0.5 for e in exits)
+    assert all(e["fp32_psnr_db"] > 10 for e in exits)
+    runtime = edgeexit.Runtime(tmp_path / target, threads=1, providers=["CPUExecutionProvider"])
+    assert runtime.run(data["test"][0][:4]).outputs.shape == (4, 1, 8, 8)
+    strict = CompileOptions(threads=1, calib_samples=128, max_quant_psnr_drop=1e-9)
+    with pytest.raises(PrecisionLossError, match="loses too much PSNR"):
+        compile_bundle(root / "bundle", tmp_path / "strict", target, calib=root / "cal.npz",
+                       options=strict)  # fmt: skip
+    assert not (tmp_path / "strict").exists()

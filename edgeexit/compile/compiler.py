@@ -53,6 +53,9 @@ class CompileOptions:
     batch_size: int = 64
     threads: int = 0  # host evaluation threads; 0: ONNX Runtime's default
     ort_format: bool = False  # segments as .ort files, for minimal ONNX Runtime builds
+    # exits that give images or other tensors: the most an exit's mean PSNR against the
+    # calibration data's targets may fall, dB (their check has no accuracy to lose)
+    max_quant_psnr_drop: float = 0.5
     max_quant_drop_pp: float | None = None  # deprecated: max_quant_drop in percentage points
 
     def __post_init__(self) -> None:
@@ -94,7 +97,7 @@ def compile_bundle(
     """
     check_bundle_output(dst_dir, inputs=(src_dir,))
     if calib is not None and not isinstance(calib, Dataset):
-        calib = load_data(calib, read_manifest(src_dir).inputs)
+        calib = load_calibration(calib, read_manifest(src_dir))
     compiled = _compile(src_dir, target, calib, options)
     with atomic_bundle_dir(dst_dir, inputs=(src_dir,)) as tmp:
         _write_into(tmp, compiled, ort_format=options.ort_format)
@@ -123,11 +126,11 @@ def _compile(
 
     target = load_target(target)
     manifest = read_manifest(src_dir)
-    if manifest.output != "logits":
+    if manifest.output == "tokens":
         raise TargetError(
-            f"{src_dir}'s exits give {manifest.output}, not one class per sample: compile's "
-            "check of every exit compares per-sample predictions, so it cannot tell what "
-            "fp16 or int8 costs them yet; deploy the fp32 bundle"
+            f"{src_dir}'s exits give tokens, not one class per sample: compile's check of "
+            "every exit compares per-sample predictions, so it cannot tell what fp16 or "
+            "int8 costs them yet; deploy the fp32 bundle"
         )
     source_precision = manifest.extra.get("precision", "fp32")
     if source_precision != "fp32":
@@ -144,6 +147,13 @@ def _compile(
         if isinstance(num_classes, int):
             calib.check_labels(num_classes)
     compiled, method, convert = _change_precision(fp32, manifest, target, calib, options)
+    tensors = manifest.output == "tensor"
+    if tensors and compiled is not fp32 and (calib is None or calib.labels is None):
+        raise TargetError(
+            f"{target.precision} changes what exits that give tensors output, and only a PSNR "
+            "against target tensors can say by how much: pass `calib_data` with the inputs "
+            "and their targets 'y' (e.g. the clean images)"
+        )
     bodies = _compiled_bodies(src_dir, manifest, target, convert, compiled, calib)
     kernels = _evaluation_kernels(target)
     report = CompileReport(
@@ -155,7 +165,20 @@ def _compile(
         kernels=kernels if compiled is not fp32 else "",
         **_accuracy(fp32, compiled, manifest, calib, options, kernels),
     )
-    failing = [e for e in report.exits if e.drop > options.max_quant_drop]
+    if tensors:
+        failing = [e for e in report.exits if e.drop > options.max_quant_psnr_drop]
+        if failing:
+            raise PrecisionLossError(
+                f"{target.precision} bundle for {target.name} loses too much PSNR: "
+                + "; ".join(
+                    f"exit {e.exit_index} {e.reference_accuracy:.2f} -> "
+                    f"{e.compiled_accuracy:.2f} dB"
+                    for e in failing
+                )
+                + f" (at most {options.max_quant_psnr_drop:g} dB); nothing written",
+                report=report,
+            )
+    failing = [] if tensors else [e for e in report.exits if e.drop > options.max_quant_drop]
     if failing:
         raise PrecisionLossError(
             f"{target.precision} bundle for {target.name} loses too much accuracy: "
@@ -319,6 +342,20 @@ def _accuracy(
         for models in (fp32, compiled)
     ]
     ref, out = run
+    if manifest.output == "tensor":  # each exit's mean PSNR against the targets
+        from edgeexit.calibrate.quality import per_sample_quality
+
+        def psnr(outputs: list[np.ndarray]) -> np.ndarray:
+            return per_sample_quality(np.stack(outputs), calib.labels, "psnr").mean(axis=1)
+
+        before, after = psnr(ref.logits), psnr(out.logits)
+        exits = tuple(
+            ExitAccuracy(
+                i, float(b), float(a), float(np.mean(np.abs(ref.scores[i] - out.scores[i])))
+            )
+            for i, (b, a) in enumerate(zip(before, after))
+        )
+        return {"reference": "PSNR dB against targets", "samples": len(calib), "exits": exits}
     # Without labels, agreement with the fp32 prediction is the accuracy measure.
     labels = calib.labels
     reference = "labels" if labels is not None else "fp32 predictions"
@@ -369,6 +406,15 @@ def _write_into(folder: Path, compiled: _Compiled, *, ort_format: bool) -> None:
     write_manifest(folder, manifest)
 
 
+def load_calibration(path: str | os.PathLike, manifest: Manifest) -> Dataset:
+    """A calibration data file for ``manifest``: labels, or, for exits that give tensors,
+    the target tensors 'y' (shaped like an exit's output)."""
+    if manifest.output == "tensor":
+        shape = tuple(int(d) for d in manifest.extra["output_shape"][1:])
+        return load_data(path, manifest.inputs, targets=shape)
+    return load_data(path, manifest.inputs)
+
+
 def compile_exported(
     bundle_dir: str | os.PathLike,
     target: Target | str,
@@ -378,6 +424,6 @@ def compile_exported(
 ) -> CompileReport:
     """The hook ``export --target`` calls: compile the fp32 bundle it has just validated, in
     place (inside export's own temporary directory), loading the calibration data file."""
-    calib = load_data(calib_data, read_manifest(bundle_dir).inputs) if calib_data else None
+    calib = load_calibration(calib_data, read_manifest(bundle_dir)) if calib_data else None
     options = CompileOptions(max_quant_drop=max_quant_drop)
     return compile_in_place(Path(bundle_dir), target, calib, options)

@@ -11,7 +11,8 @@ from rich.table import Table
 
 @dataclass(frozen=True)
 class ExitAccuracy:
-    """One exit on the calibration data: fp32 vs compiled (fractions in [0, 1])."""
+    """One exit on the calibration data: fp32 vs compiled (fractions in [0, 1]; for exits
+    that give tensors, mean PSNRs in dB, and ``drop`` in dB)."""
 
     exit_index: int
     reference_accuracy: float
@@ -51,21 +52,31 @@ class CompileReport:
             "accuracy_reference": self.reference,
             "accuracy_kernels": self.kernels,
             "samples": self.samples,
-            "exits": [
-                {
-                    "exit": e.exit_index,
-                    "fp32_accuracy": round(e.reference_accuracy, 6),
-                    "accuracy": round(e.compiled_accuracy, 6),
-                    "drop_pp": round(e.drop_pp, 4),
-                    "mean_score_shift": round(e.mean_score_shift, 6),
-                }
-                for e in self.exits
-            ],
+            "exits": [self._exit_json(e) for e in self.exits],
         }
+
+    def _exit_json(self, e: ExitAccuracy) -> dict[str, Any]:
+        if self._psnr:  # (ExitAccuracy holds the mean PSNRs, dB)
+            figures = {"fp32_psnr_db": round(e.reference_accuracy, 4),
+                       "psnr_db": round(e.compiled_accuracy, 4),
+                       "drop_db": round(e.drop, 4)}  # fmt: skip
+        else:
+            figures = {"fp32_accuracy": round(e.reference_accuracy, 6),
+                       "accuracy": round(e.compiled_accuracy, 6),
+                       "drop_pp": round(e.drop_pp, 4)}  # fmt: skip
+        return {"exit": e.exit_index, **figures, "mean_score_shift": round(e.mean_score_shift, 6)}
+
+    @property
+    def _psnr(self) -> bool:
+        """The check measured PSNR (exits that give tensors), not accuracy."""
+        return self.reference.startswith("PSNR")
 
     def _caption(self) -> str:
         if not self.exits:
             return "no calibration data: accuracy NOT checked"
+        if self._psnr:
+            how = f", {self.kernels}" if self.kernels else ""
+            return f"mean PSNR against the targets on {self.samples} calibration samples{how}"
         how = f", {self.kernels}" if self.kernels else ""
         return f"accuracy vs {self.reference} on {self.samples} calibration samples{how}"
 
@@ -80,14 +91,15 @@ class CompileReport:
             f"(IR {self.ir_version}, opset {self.opset}, {self.method})",
             caption=self._caption(),
         )
-        for col in ("exit", "fp32", self.precision, "drop (pp)", "score shift"):
+        drop = "drop (dB)" if self._psnr else "drop (pp)"
+        for col in ("exit", "fp32", self.precision, drop, "score shift"):
             table.add_column(col, justify="right")
         for e in self.exits:
-            table.add_row(
-                str(e.exit_index),
-                f"{e.reference_accuracy:.1%}",
-                f"{e.compiled_accuracy:.1%}",
-                f"{e.drop_pp:+.2f}",
-                f"{e.mean_score_shift:.4f}",
-            )
+            if self._psnr:
+                figures = (f"{e.reference_accuracy:.2f} dB", f"{e.compiled_accuracy:.2f} dB",
+                           f"{e.drop:+.3f}")  # fmt: skip
+            else:
+                figures = (f"{e.reference_accuracy:.1%}", f"{e.compiled_accuracy:.1%}",
+                           f"{e.drop_pp:+.2f}")  # fmt: skip
+            table.add_row(str(e.exit_index), *figures, f"{e.mean_score_shift:.4f}")
         return table
