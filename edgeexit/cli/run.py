@@ -10,11 +10,11 @@ import typer
 from rich.console import Console
 
 from edgeexit import files
-from edgeexit.calibrate.quality import per_sample_quality
 from edgeexit.cli import params
 from edgeexit.cli.core import command
 from edgeexit.data import load_data
 from edgeexit.files import dumps_json
+from edgeexit.measure.quality import per_sample_quality
 from edgeexit.runtime import Runtime
 
 

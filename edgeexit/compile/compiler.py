@@ -343,7 +343,7 @@ def _accuracy(
     ]
     ref, out = run
     if manifest.output == "tensor":  # each exit's mean PSNR against the targets
-        from edgeexit.calibrate.quality import per_sample_quality
+        from edgeexit.measure.quality import per_sample_quality
 
         def psnr(outputs: list[np.ndarray]) -> np.ndarray:
             return per_sample_quality(np.stack(outputs), calib.labels, "psnr").mean(axis=1)

@@ -26,9 +26,10 @@ from torch import nn
 
 from edgeexit import files
 from edgeexit.budget import Budget
-from edgeexit.calibrate.quality import QualityReport, per_sample_quality
+from edgeexit.calibrate.quality import QualityReport
 from edgeexit.examples.digits import load_digits
 from edgeexit.export.model import MultiExit
+from edgeexit.measure.quality import per_sample_quality
 from edgeexit.measure.rounds import shuffled_orders
 
 PSNR_SCALE = 10.0  # the gate predicts PSNR / 10 (dB): a score of 2.5 means 25 dB
