@@ -185,3 +185,15 @@ def test_cli_run_reports_per_token_accuracy(tagger, tmp_path):
     assert got.exit_code == 0, got.output
     doc = json.loads(got.stdout)
     assert 0 <= doc["accuracy"] <= 1 and np.array(doc["exit_index"]).shape == ids.shape
+
+
+def test_the_token_demo_end_to_end(tmp_path):
+    from edgeexit.examples.tokens import run_token_demo
+
+    demo = run_token_demo(tmp_path / "demo", sequences=200, epochs=1, rounds=1)
+    doc = demo.to_json()
+    assert [r["run"] for r in doc["test"]] == ["no early exit", "per-token exits"]
+    assert doc["test"][0]["exit_shares"][-1] == 1.0
+    assert 0 <= doc["test_agreement"] <= 1 and doc["speedup"] > 0
+    assert doc["calibration"]["kind"] == "tokens"
+    assert (tmp_path / "demo" / "bundle" / "manifest.json").is_file()

@@ -47,6 +47,12 @@ def demo_cmd(
     max_quality_drop: float = typer.Option(
         0.5, min=0.0, metavar="DB", help="--denoise: PSNR the calibrated bundle may lose, dB."
     ),
+    tokens: bool = typer.Option(
+        False,
+        "--tokens",
+        help="The per-token demo instead: a token tagger whose tokens leave at their own "
+        "exits, calibrated to 98 % per-token agreement with the full model.",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print only a JSON object."),
 ) -> None:
     """Train a three-exit CNN on noisy digits, export, profile, calibrate and bench it.
@@ -66,12 +72,17 @@ def demo_cmd(
         edgeexit demo --generate        # early-exit text generation, trained on stdlib code
 
         edgeexit demo --denoise         # exits that give images, a PSNR budget
+
+        edgeexit demo --tokens          # per-token exits: each token leaves on its own
     """
     if generate:
         _generation_demo(out, steps, as_json)
         return
     if denoise:
         _denoise_demo(out, epochs, max_quality_drop, as_json)
+        return
+    if tokens:
+        _token_demo(out, as_json)
         return
     from edgeexit.errors import InputError
     from edgeexit.examples.demo import DemoOptions, run_demo  # torch is imported there
@@ -99,6 +110,17 @@ def _denoise_demo(out: Path, epochs: int, max_quality_drop: float, as_json: bool
         report = run_denoise_demo(
             out, max_quality_drop=max_quality_drop, epochs=epochs, progress=advance
         )
+    if as_json:
+        typer.echo(in_flags(dumps_json(report.to_json())))
+        return
+    show(report)
+
+
+def _token_demo(out: Path, as_json: bool) -> None:
+    from edgeexit.examples.tokens import run_token_demo  # imports torch
+
+    with stage_progress(hidden=as_json) as advance:
+        report = run_token_demo(out, progress=advance)
     if as_json:
         typer.echo(in_flags(dumps_json(report.to_json())))
         return

@@ -8,12 +8,26 @@ to decide token by token. Trains in seconds on 2 cores.
 
 from __future__ import annotations
 
+import math
+import platform
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from time import perf_counter
+from typing import Any
+
 import numpy as np
 import torch
+from rich.console import Console, ConsoleOptions, RenderResult
+from rich.table import Table
 from torch import nn
 
+from edgeexit import files
+from edgeexit.budget import Budget
+from edgeexit.calibrate.tokens import TokenReport
 from edgeexit.examples.models import Embeddings, EncoderLayer, FirstLayer
 from edgeexit.export.model import MultiExit
+from edgeexit.measure.rounds import shuffled_orders
 
 CONTEXT_CLASS = 3  # the label of a context token that occurs three times or more
 
@@ -86,3 +100,114 @@ def train_tagger(
     with torch.no_grad():
         outputs = model(x, m)
     return [float((o.argmax(-1) == y).float().mean()) for o in outputs]
+
+
+@dataclass(frozen=True)
+class TokenDemo:
+    """The per-token-exit tagger, calibrated, against no early exit on a test split,
+    measured side by side (batch 1, alternating call by call)."""
+
+    out_dir: Path
+    calibration: TokenReport
+    train_accuracy: list[float]  # per exit, on the training data
+    rows: list[dict[str, Any]]  # full and token exits: tokens/s, accuracy, exit shares
+    speedup: float  # median over rounds of the per-round ratio
+    speedup_per_round: list[float]
+    agreement: float  # per-token agreement with the full model on the test split
+    min_agreement: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {"out_dir": str(self.out_dir), "calibration": self.calibration.to_json(),
+                "train_accuracy_per_exit": self.train_accuracy, "test": self.rows,
+                "speedup": self.speedup, "speedup_per_round": self.speedup_per_round,
+                "test_agreement": self.agreement, "min_agreement": self.min_agreement}  # fmt: skip
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        yield self.calibration
+        table = Table(title=f"tagging the test split, measured ({platform.machine()}, batch 1)")
+        for col in ("run", "tokens/s", "accuracy", "exit shares"):
+            table.add_column(col, justify="right")
+        for r in self.rows:
+            table.add_row(r["run"], f"{r['tokens_per_s']:.0f}", f"{r['accuracy']:.2%}",
+                          ", ".join(f"{s:.1%}" for s in r["exit_shares"]))  # fmt: skip
+        met = "met" if self.agreement >= self.min_agreement else "MISSED"
+        rounds = ", ".join(f"{r:.2f}" for r in self.speedup_per_round)
+        table.caption = (
+            f"speed-up {self.speedup:.2f}x (rounds {rounds}); per-token agreement with the "
+            f"full model {self.agreement:.2%} (target {self.min_agreement:.0%}: {met}); "
+            f"bundle: {self.out_dir / 'bundle'}"
+        )
+        yield table
+
+
+def run_token_demo(
+    out_dir: Path,
+    *,
+    min_agreement: float = 0.98,
+    epochs: int = 4,
+    sequences: int = 3000,
+    rounds: int = 3,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> TokenDemo:
+    """Train the tagger, export it with per-token exits, calibrate a shared threshold to
+    ``min_agreement`` with the full model, and measure it against no early exit on 200
+    test sequences, in ``out_dir`` (new, empty, or a demo's)."""
+    from edgeexit.calibrate.pipeline import calibrate_bundle
+    from edgeexit.export import export
+    from edgeexit.runtime import Runtime
+
+    tell = progress or (lambda stage, done, total: None)
+    files.check_output(out_dir, "demo")
+    torch.manual_seed(0)
+    model = token_tagger()
+    tell("training", 0, 1)
+    train = tagging_task(sequences, seed=0)
+    accuracies = train_tagger(model, *train, epochs=epochs)
+    calibration, test = tagging_task(200, seed=1), tagging_task(200, seed=2)
+    with files.atomic_dir(out_dir, "demo") as tmp:
+        (tmp / files.DEMO_MARKER).write_text("written by edgeexit demo --tokens\n")
+        tell("exporting", 0, 1)
+        example = tuple(torch.from_numpy(a[:2]) for a in train[:2])
+        export(model, example, tmp / "bundle", output="tokens")
+        for name, (ids, mask, labels) in (("calibration", calibration), ("test", test)):
+            np.savez(tmp / f"{name}.npz", input_0=ids, input_1=mask, y=labels)
+        budget = Budget(max_accuracy_drop=1 - min_agreement)
+        tell("calibrating", 0, 1)
+        report = calibrate_bundle(tmp / "bundle", tmp / "calibration.npz", budget)
+        runtime = Runtime(tmp / "bundle", threads=1)
+        answers, seconds = _side_by_side(runtime, test[0], test[1], rounds, tell)
+    full, early = (np.stack([r.predictions[0] for r in answers[k]]) for k in ("full", "exits"))
+    ratios = seconds["full"] / seconds["exits"]
+    rows = []
+    for name, key in (("no early exit", "full"), ("per-token exits", "exits")):
+        exits = np.stack([r.exit_index[0] for r in answers[key]])
+        rows.append({
+            "run": name, "tokens_per_s": rounds * test[0].size / seconds[key].sum(),
+            "accuracy": float((np.stack([r.predictions[0] for r in answers[key]])
+                               == test[2]).mean()),
+            "exit_shares": (np.bincount(exits.ravel(), minlength=runtime.num_exits)
+                            / exits.size).tolist(),
+        })  # fmt: skip
+    return TokenDemo(out_dir, report, accuracies, rows, float(np.median(ratios)),
+                     ratios.tolist(), float((early == full).mean()), min_agreement)  # fmt: skip
+
+
+def _side_by_side(runtime, ids, mask, rounds: int, tell):
+    """Each test sequence as deployed (the manifest's thresholds) and with no early exit,
+    one per call, alternating in a new shuffled order every round."""
+    no_exit = (math.inf,) * runtime.num_exits
+    runs = {"full": no_exit, "exits": None}
+    seconds = {name: np.zeros(rounds) for name in runs}
+    answers: dict[str, list] = {name: [None] * len(ids) for name in runs}
+    for n in range(min(10, len(ids))):  # settle ONNX Runtime before anything is timed
+        for thresholds in runs.values():
+            runtime.run([ids[n : n + 1], mask[n : n + 1]], thresholds=thresholds)
+    for r in range(rounds):
+        for n, order in enumerate(shuffled_orders(list(runs), len(ids), seed=r)):
+            for name in order:
+                started = perf_counter()
+                answers[name][n] = runtime.run([ids[n : n + 1], mask[n : n + 1]],
+                                               thresholds=runs[name])  # fmt: skip
+                seconds[name][r] += perf_counter() - started
+        tell("measuring", r + 1, rounds)
+    return answers, seconds
