@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from time import perf_counter
 from typing import Any
 
 import numpy as np
@@ -23,6 +22,7 @@ from rich.table import Table
 from edgeexit.budget import Budget
 from edgeexit.data import Dataset
 from edgeexit.errors import CalibrationError
+from edgeexit.measure.rounds import alternating_calls
 
 # Shared thresholds tried: scores are probabilities (confidence, margin, entropy) or gates
 CANDIDATES = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995, 0.999, 0.9999)
@@ -130,23 +130,22 @@ def calibrate_tokens(runtime, dataset: Dataset, budget: Budget, *, seed: int = 0
 
 
 def run_point(runtime, data: Dataset, threshold: float) -> TokenPoint:
-    """Run every sample with the shared threshold and with none, alternating which goes
-    first sample by sample, one sample per call (as a device serves them)."""
+    """Run every sample with the shared threshold and with none, in a shuffled order
+    sample by sample, one sample per call (as a device serves them)."""
     exits = runtime.num_exits
     early = (threshold,) * (exits - 1) + (math.inf,)
     full = (math.inf,) * exits
+
+    ones = [data.take(slice(k, k + 1)).inputs for k in range(len(data))]  # outside the clock
+    answers, seconds = alternating_calls(
+        {"early": lambda k: runtime.run(ones[k], thresholds=early),
+         "full": lambda k: runtime.run(ones[k], thresholds=full)}, len(data),
+    )  # fmt: skip
     agree = leave = tokens = 0
-    seconds = {"early": 0.0, "full": 0.0}
-    for k in range(len(data)):
-        one = data.take(slice(k, k + 1)).inputs
-        answers = {}
-        for name, thresholds in (("early", early), ("full", full))[:: 1 if k % 2 else -1]:
-            t = perf_counter()
-            answers[name] = runtime.run(one, thresholds=thresholds)
-            seconds[name] += perf_counter() - t
-        agree += int((answers["early"].predictions == answers["full"].predictions).sum())
-        leave += int((answers["early"].exit_index < exits - 1).sum())
-        tokens += answers["early"].exit_index.size
-    per_sample = {name: s * 1e3 / len(data) for name, s in seconds.items()}
+    for got, want in zip(answers["early"], answers["full"]):
+        agree += int((got.predictions == want.predictions).sum())
+        leave += int((got.exit_index < exits - 1).sum())
+        tokens += got.exit_index.size
+    per_sample = {name: float(s.sum()) * 1e3 / len(data) for name, s in seconds.items()}
     return TokenPoint(threshold, agree / tokens, leave / tokens, per_sample["early"],
                       per_sample["full"])  # fmt: skip

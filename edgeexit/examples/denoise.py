@@ -30,7 +30,7 @@ from edgeexit.calibrate.quality import QualityReport
 from edgeexit.examples.digits import load_digits
 from edgeexit.export.model import MultiExit
 from edgeexit.measure.quality import per_sample_quality
-from edgeexit.measure.rounds import shuffled_orders
+from edgeexit.measure.rounds import alternating_calls
 
 PSNR_SCALE = 10.0  # the gate predicts PSNR / 10 (dB): a score of 2.5 means 25 dB
 
@@ -217,25 +217,18 @@ def run_denoise_demo(
 
 def _side_by_side(runtimes, noisy, clean, rounds: int, tell) -> list[dict[str, Any]]:
     """Each test image through each runtime at batch 1, alternating in a shuffled order."""
-    names = list(runtimes)
-    seconds = {name: 0.0 for name in names}
-    outputs = {name: np.empty_like(clean) for name in names}
-    exits = {name: np.empty(len(noisy), dtype=np.int64) for name in names}
-    for name in names:  # settle ONNX Runtime before anything is timed
-        for n in range(min(20, len(noisy))):
-            runtimes[name].run(noisy[n : n + 1])
-    for r in range(rounds):
-        for n, order in enumerate(shuffled_orders(names, len(noisy), seed=r)):
-            for name in order:
-                result = runtimes[name].run(noisy[n : n + 1])
-                seconds[name] += result.latency_ms / 1e3
-                outputs[name][n], exits[name][n] = result.outputs[0], result.exit_index[0]
-        tell("measuring", r + 1, rounds)
+    answers, seconds = alternating_calls(
+        {name: (lambda n, rt=rt: rt.run(noisy[n : n + 1])) for name, rt in runtimes.items()},
+        len(noisy), rounds=rounds, warmup=20,
+        progress=lambda done, total: tell("measuring", done, total),
+    )  # fmt: skip
+    outputs = {name: np.stack([a.outputs[0] for a in got]) for name, got in answers.items()}
+    exits = {name: np.array([a.exit_index[0] for a in got]) for name, got in answers.items()}
     plain_psnr = float(per_sample_quality(outputs["plain"][None], clean, "psnr").mean())
     rows = []
-    for name in names:
+    for name in runtimes:
         psnr = float(per_sample_quality(outputs[name][None], clean, "psnr").mean())
-        ms = seconds[name] * 1e3 / (rounds * len(noisy))
+        ms = seconds[name].sum() * 1e3 / (rounds * len(noisy))
         num_exits = runtimes[name].num_exits
         rows.append({
             "bundle": name, "psnr_db": psnr, "psnr_drop_db": psnr - plain_psnr,

@@ -13,7 +13,6 @@ import platform
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from time import perf_counter
 from typing import Any
 
 import numpy as np
@@ -27,7 +26,7 @@ from edgeexit.budget import Budget
 from edgeexit.calibrate.tokens import TokenReport
 from edgeexit.examples.models import Embeddings, EncoderLayer, FirstLayer
 from edgeexit.export.model import MultiExit
-from edgeexit.measure.rounds import shuffled_orders
+from edgeexit.measure.rounds import alternating_calls
 
 CONTEXT_CLASS = 3  # the label of a context token that occurs three times or more
 
@@ -175,7 +174,14 @@ def run_token_demo(
         tell("calibrating", 0, 1)
         report = calibrate_bundle(tmp / "bundle", tmp / "calibration.npz", budget)
         runtime = Runtime(tmp / "bundle", threads=1)
-        answers, seconds = _side_by_side(runtime, test[0], test[1], rounds, tell)
+        ids, mask = test[0], test[1]
+        no_exit = (math.inf,) * runtime.num_exits
+        answers, seconds = alternating_calls(
+            {"full": lambda n: runtime.run([ids[n : n + 1], mask[n : n + 1]], thresholds=no_exit),
+             "exits": lambda n: runtime.run([ids[n : n + 1], mask[n : n + 1]])},  # as deployed
+            len(ids), rounds=rounds, warmup=10,
+            progress=lambda done, total: tell("measuring", done, total),
+        )  # fmt: skip
     full, early = (np.stack([r.predictions[0] for r in answers[k]]) for k in ("full", "exits"))
     ratios = seconds["full"] / seconds["exits"]
     rows = []
@@ -190,24 +196,3 @@ def run_token_demo(
         })  # fmt: skip
     return TokenDemo(out_dir, report, accuracies, rows, float(np.median(ratios)),
                      ratios.tolist(), float((early == full).mean()), min_agreement)  # fmt: skip
-
-
-def _side_by_side(runtime, ids, mask, rounds: int, tell):
-    """Each test sequence as deployed (the manifest's thresholds) and with no early exit,
-    one per call, alternating in a new shuffled order every round."""
-    no_exit = (math.inf,) * runtime.num_exits
-    runs = {"full": no_exit, "exits": None}
-    seconds = {name: np.zeros(rounds) for name in runs}
-    answers: dict[str, list] = {name: [None] * len(ids) for name in runs}
-    for n in range(min(10, len(ids))):  # settle ONNX Runtime before anything is timed
-        for thresholds in runs.values():
-            runtime.run([ids[n : n + 1], mask[n : n + 1]], thresholds=thresholds)
-    for r in range(rounds):
-        for n, order in enumerate(shuffled_orders(list(runs), len(ids), seed=r)):
-            for name in order:
-                started = perf_counter()
-                answers[name][n] = runtime.run([ids[n : n + 1], mask[n : n + 1]],
-                                               thresholds=runs[name])  # fmt: skip
-                seconds[name][r] += perf_counter() - started
-        tell("measuring", r + 1, rounds)
-    return answers, seconds

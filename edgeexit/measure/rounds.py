@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from time import perf_counter
 from typing import TypeVar
 
 import numpy as np
@@ -44,6 +45,35 @@ def shuffled_orders(items: Sequence[T], rounds: int, seed: int = 0) -> Iterator[
     for _ in range(rounds):
         rng.shuffle(order)
         yield list(order)
+
+
+def alternating_calls(
+    calls: Mapping[str, Callable[[int], T]],
+    count: int,
+    *,
+    rounds: int = 1,
+    warmup: int = 0,
+    progress: Callable[[int, int], None] | None = None,
+) -> tuple[dict[str, list[T]], dict[str, np.ndarray]]:
+    """Call every contender on items 0..count-1, item by item, the contenders in a new
+    seeded shuffled order for each item (``shuffled_orders``), for ``rounds`` rounds, after
+    ``warmup`` untimed items each. Returns each contender's answers (the last round's, per
+    item) and its wall-clock seconds per round; ``progress(round, rounds)`` after each."""
+    names = list(calls)
+    for n in range(min(warmup, count)):  # settle ONNX Runtime before anything is timed
+        for name in names:
+            calls[name](n)
+    answers: dict[str, list] = {name: [None] * count for name in names}
+    seconds = {name: np.zeros(rounds) for name in names}
+    for r in range(rounds):
+        for n, order in enumerate(shuffled_orders(names, count, seed=r)):
+            for name in order:
+                started = perf_counter()
+                answers[name][n] = calls[name](n)
+                seconds[name][r] += perf_counter() - started
+        if progress is not None:
+            progress(r + 1, rounds)
+    return answers, seconds
 
 
 def median_interval(values: Sequence[float], z: float = 1.96) -> tuple[float, float]:
