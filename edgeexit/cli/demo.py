@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -95,8 +97,13 @@ def demo_cmd(
         )  # fmt: skip
     except InputError as err:  # options that do not go together
         raise usage_error(f"{err} (see 'edgeexit demo --help')") from None
+    _run_and_show(lambda progress: run_demo(options, progress=progress), as_json)
+
+
+def _run_and_show(run: Callable[[Any], Any], as_json: bool) -> None:
+    """Run a demo with a progress bar (hidden under --json), then print its report."""
     with stage_progress(hidden=as_json) as advance:
-        report = run_demo(options, progress=advance)
+        report = run(advance)
     if as_json:
         typer.echo(in_flags(dumps_json(report.to_json())))
         return
@@ -106,33 +113,22 @@ def demo_cmd(
 def _denoise_demo(out: Path, epochs: int, max_quality_drop: float, as_json: bool) -> None:
     from edgeexit.examples.denoise import run_denoise_demo  # imports torch
 
-    with stage_progress(hidden=as_json) as advance:
-        report = run_denoise_demo(
-            out, max_quality_drop=max_quality_drop, epochs=epochs, progress=advance
+    def run(progress):
+        return run_denoise_demo(
+            out, max_quality_drop=max_quality_drop, epochs=epochs, progress=progress
         )
-    if as_json:
-        typer.echo(in_flags(dumps_json(report.to_json())))
-        return
-    show(report)
+
+    _run_and_show(run, as_json)
 
 
 def _token_demo(out: Path, as_json: bool) -> None:
     from edgeexit.examples.tokens import run_token_demo  # imports torch
 
-    with stage_progress(hidden=as_json) as advance:
-        report = run_token_demo(out, progress=advance)
-    if as_json:
-        typer.echo(in_flags(dumps_json(report.to_json())))
-        return
-    show(report)
+    _run_and_show(lambda progress: run_token_demo(out, progress=progress), as_json)
 
 
 def _generation_demo(out: Path, steps: int, as_json: bool) -> None:
     from edgeexit.examples.generation_demo import run_generation_demo  # imports torch
 
-    with stage_progress(hidden=as_json) as advance:
-        report = run_generation_demo(out, steps=steps, progress=advance)
-    if as_json:
-        typer.echo(in_flags(dumps_json(report.to_json())))
-        return
-    show(report)
+    _run_and_show(lambda progress: run_generation_demo(out, steps=steps, progress=progress),
+                  as_json)  # fmt: skip
