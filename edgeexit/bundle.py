@@ -243,16 +243,9 @@ class Manifest:
             raise BundleError(
                 f"manifest criterion is {criterion!r}; expected one of {', '.join(CRITERIA)}"
             )
-        if output == "tokens" and (CRITERIA[criterion].runtime_state or criterion == "similarity"):
-            raise BundleError(
-                f"manifest criterion {criterion!r} scores whole samples; per-token exits "
-                "need a score per token (confidence, margin, entropy or gate)"
-            )
-        if output == "tensor" and CRITERIA[criterion].reads_classes:
-            raise BundleError(
-                f"manifest criterion {criterion!r} reads class probabilities, but the exits "
-                "give tensors (output 'tensor'); re-export with a gate, q-exit or similarity"
-            )
+        problem = CRITERIA[criterion].output_problem(output)
+        if problem:
+            raise BundleError(f"manifest: {problem} (output {output!r}); re-export the bundle")
         params = doc.get("criterion_params") or {}
         if not isinstance(params, dict):
             raise BundleError("manifest criterion_params must be an object")

@@ -56,6 +56,9 @@ class Criterion:
     # the score is read from class logits (softmax, argmax): meaningless for an exit whose
     # output is an image or another tensor (ExportOptions.output = "tensor")
     reads_classes: bool = True
+    # the score is one per token when the output is per-token logits (a softmax over the
+    # last axis, a gate per token); a per-sample or runtime-decided one is not
+    per_token: bool = False
     defaults: Mapping[str, Any] = field(default_factory=dict)  # criterion_params
     # the parameter that is also every exit's threshold before calibration (patience's own
     # rule); None: every sample runs to the last exit until calibrated
@@ -74,22 +77,35 @@ class Criterion:
             return (float(params[self.rule]),) * num_exits
         return (math.inf,) * num_exits
 
+    def output_problem(self, output: str) -> str | None:
+        """Why this criterion cannot score exits that give ``output`` ("logits", "tensor"
+        or "tokens", as ``Manifest.output``), or None. Export and the manifest reader both
+        ask it."""
+        if output == "tensor" and self.reads_classes:
+            usable = ", ".join(c.name for c in CRITERIA.values() if not c.reads_classes)
+            return (
+                f"criterion {self.name!r} reads class probabilities, and the exits give "
+                f"tensors, not class logits; expected one of {usable} (a learned gate or "
+                "uncertainty head, or the hidden state's change)"
+            )
+        if output == "tokens" and not self.per_token:
+            usable = ", ".join(c.name for c in CRITERIA.values() if c.per_token)
+            return (
+                f"criterion {self.name!r} scores a whole sample, not each token; per-token "
+                f"exits take one of {usable}"
+            )
+        return None
+
     def problem(self, num_classes: int | None, has_gate: bool, where: str) -> str | None:
         """Why this criterion cannot score the exit ``where``, or None. ``num_classes``
-        None: the exit's output is a tensor, not class logits."""
+        None: the exit's output is a tensor, not class logits (``output_problem`` says
+        whether the criterion can score that)."""
         if self.needs_gate and not has_gate:
             return (
                 f"criterion {self.name!r} needs {where} to return (output, gate [batch]); "
                 "it returns its output alone"
             )
         if num_classes is None:
-            if self.reads_classes:
-                usable = ", ".join(c.name for c in CRITERIA.values() if not c.reads_classes)
-                return (
-                    f"criterion {self.name!r} reads class probabilities, and {where} returns "
-                    f"a tensor, not class logits; expected one of {usable} (a learned gate "
-                    "or uncertainty head, or the hidden state's change)"
-                )
             return None
         if num_classes < self.min_classes:
             return (
@@ -102,9 +118,11 @@ class Criterion:
 CRITERIA: dict[str, Criterion] = {
     c.name: c
     for c in (
-        Criterion("confidence", "max softmax probability"),
-        Criterion("margin", "top-1 minus top-2 probability", min_classes=2),
-        Criterion("entropy", "1 - H(p) / log(C): 1 one-hot, 0 uniform", min_classes=2),
+        Criterion("confidence", "max softmax probability", per_token=True),
+        Criterion("margin", "top-1 minus top-2 probability", min_classes=2, per_token=True),
+        Criterion(
+            "entropy", "1 - H(p) / log(C): 1 one-hot, 0 uniform", min_classes=2, per_token=True
+        ),
         Criterion(
             "similarity",
             "cosine of the hidden state entering and leaving (MuE, CALM)",
@@ -115,6 +133,7 @@ CRITERIA: dict[str, Criterion] = {
             "the head's own learned score (JEI-DNN, DeeDiff)",
             needs_gate=True,
             reads_classes=False,
+            per_token=True,
         ),
         Criterion(
             "patience",

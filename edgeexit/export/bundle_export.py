@@ -334,8 +334,11 @@ def trace(
         shapes = ", ".join(str(tuple(x.shape)) for x in inputs)
         line = first_line(err)
         raise InputError(f"inputs of shape {shapes} do not fit the model: {line}") from err
+    problem = CRITERIA[criterion].output_problem(output)
+    if problem:
+        raise ModelContractError(problem)
     if output == "tokens":
-        _check_token_steps(steps, criterion)
+        _check_token_steps(steps)
     elif output == "tensor":  # each sample gets the output of the exit it took: one shape
         shapes = {tuple(s.logits.shape[1:]) for s in steps}
         if len(shapes) != 1:
@@ -355,10 +358,9 @@ def trace(
     return steps
 
 
-def _check_token_steps(steps: list[ExitStep], criterion: str) -> None:
+def _check_token_steps(steps: list[ExitStep]) -> None:
     """Per-token exits: every exit gives [batch, tokens, classes] for the same tokens and
-    classes, every carry tensor has the token axis second (it is compacted there), and
-    the score is per token (a per-sample or runtime-decided criterion is not)."""
+    classes, and every carry tensor has the token axis second (it is compacted there)."""
     tokens = int(steps[0].logits.shape[1])
     shapes = {tuple(s.logits.shape[1:]) for s in steps}
     if len(shapes) != 1:
@@ -374,12 +376,6 @@ def _check_token_steps(steps: list[ExitStep], criterion: str) -> None:
                     f"compact the token axis, so every carry tensor needs the {tokens} tokens "
                     "on axis 1"
                 )
-    known = CRITERIA[criterion]
-    if known.runtime_state is not None or criterion == "similarity":
-        raise ModelContractError(
-            f"criterion {criterion!r} scores a whole sample, not each token; per-token exits "
-            "take confidence, margin, entropy or gate"
-        )
 
 
 def numpy_dtype(x: torch.Tensor) -> str:
