@@ -335,3 +335,26 @@ def test_self_distillation_adds_the_early_exits_divergence_from_the_last():
     assert distilled.item() == pytest.approx(base.item() + 2.0 * kl.item(), rel=1e-5)
     distilled.backward()  # the last exit is the teacher, held fixed: only `other` learns
     assert other.grad is not None
+
+
+def test_speculative_settings_are_ranked_by_the_fitted_cost_not_their_own_noisy_timing():
+    from edgeexit.generation.calibrate import _model_seconds
+
+    rng = np.random.default_rng(1)
+    steps = rng.integers(300, 500, 12)
+    checks = rng.integers(50, 150, 12)
+    true = 0.05 + 0.001 * steps + 0.003 * checks
+    noisy = true * rng.uniform(0.8, 1.2, 12)  # a shared machine's scatter
+    tried = [{"k": 1, "draft_steps": int(d), "verifications": int(v), "seconds": float(s)}
+             for d, v, s in zip(steps, checks, noisy)]  # fmt: skip
+    _model_seconds(tried)
+    modeled = np.array([t["modeled_seconds"] for t in tried])
+    assert np.abs(modeled - true).max() < np.abs(noisy - true).max() / 2
+    assert true[np.argmin(modeled)] <= true.min() * 1.02 < true[np.argmin(noisy)]
+    few = [dict(t) for t in tried[:3]]  # too few settings to fit three costs: timings stand
+    _model_seconds(few)
+    assert [t["modeled_seconds"] for t in few] == [t["seconds"] for t in few]
+    odd = [{"k": 2, "draft_steps": d, "verifications": 10, "seconds": s}  # more steps, faster
+           for d, s in ((100, 0.9), (200, 0.5), (300, 0.3), (400, 0.2))]  # fmt: skip
+    _model_seconds(odd)
+    assert [t["modeled_seconds"] for t in odd] == [0.9, 0.5, 0.3, 0.2]

@@ -63,6 +63,7 @@ class Generation:
     drafted: int = 0  # self-speculative: tokens drafted, and accepted of them
     accepted: int = 0
     verifications: int = 0
+    draft_steps: int = 0  # passes through the draft segments (drafts, and stopped ones)
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -92,6 +93,7 @@ class Generation:
             "drafted": self.drafted,
             "accepted": self.accepted,
             "verifications": self.verifications,
+            "draft_steps": self.draft_steps,
             "mean_exit_depth": self.mean_exit_depth(num_exits),
             "exits": list(self.exits),
         }
@@ -177,7 +179,7 @@ class Generator:
         k, eos = options.k, self.manifest.eos_token_id
         early, deep = self.segments[:k], self.segments[k:]
         out = [self._prefill(ids)]
-        drafted = accepted = verifications = 0
+        drafted = accepted = verifications = steps = 0
         while not self._done(out, max_new):
             base = early[0].length  # every segment holds positions < base
             pending, hiddens, drafts = out[-1], [], []
@@ -192,7 +194,7 @@ class Generator:
                 if drafts[-1] == eos or len(drafts) == room:
                     break
                 x = np.array([drafts[-1]])
-            verifications += 1
+            verifications, steps = verifications + 1, steps + len(hiddens)
             hidden = np.concatenate(hiddens)  # verify: the deep segments, once, over all
             for segment in deep:
                 hidden = segment.run(hidden)
@@ -207,7 +209,8 @@ class Generator:
                 segment.length = kept  # roll back the rejected tokens' keys and values
             out += self._until_eos(new)
         out = out[:max_new]
-        stats = {"drafted": drafted, "accepted": accepted, "verifications": verifications}
+        stats = {"drafted": drafted, "accepted": accepted, "verifications": verifications,
+                 "draft_steps": steps}  # fmt: skip
         return out, self._stopped(out), stats
 
     def _early_exit(
