@@ -12,6 +12,8 @@ shuffled order every round (``measure.rounds``):
                body, the block without its head (one call per segment)
   heads        the same bundle with every head run (no bodies, no plain graph): what the
                chain cost before
+  its graph    the bundle's plain graph run bare like ``plain``: what the graph costs,
+               without Runtime.run's own work
   one exit     Runtime.run on a bundle of the plain network as one segment with one exit:
                what Runtime.run itself costs over the bare graph (input checks, NaN
                refusal, the result), with no early exit at all
@@ -135,22 +137,32 @@ def methods(
     every_head, alone = Runtime(heads, threads=1), Runtime(one_exit, threads=1)
     assert deployed.runs_plain_graph and bodies.bodies_in_use and not bodies.runs_plain_graph
     assert not every_head.bodies_in_use
-    session = ort.InferenceSession(str(plain), session_options(deployed.config),
-                                   providers=list(deployed.config.providers))  # fmt: skip
-    names = [i.name for i in session.get_inputs()]
-    out = session.run(None, dict(zip(names, inputs)))[0]
-    stages, result = [np.empty_like(a) for a in inputs], np.empty_like(out)
-    io = session.io_binding()
-    for name, stage in zip(names, stages):
-        io.bind_input(name, "cpu", 0, stage.dtype, stage.shape, stage.ctypes.data)
-    io.bind_output("logits", "cpu", 0, result.dtype, result.shape, result.ctypes.data)
-    run = bound_runner(session, io, ort.RunOptions())
 
-    def plain_bound():
-        for stage, a in zip(stages, inputs):
-            stage[:] = a
-        run()
-        return result.copy()
+    def bare(graph: Path):
+        """``graph`` run as cheaply as Python allows: inputs staged, IOBinding, a copy."""
+        session = ort.InferenceSession(str(graph), session_options(deployed.config),
+                                       providers=list(deployed.config.providers))  # fmt: skip
+        names = [i.name for i in session.get_inputs()]
+        out = session.run(None, dict(zip(names, inputs)))[0]
+        stages, result = [np.empty_like(a) for a in inputs], np.empty_like(out)
+        io = session.io_binding()
+        for name, stage in zip(names, stages):
+            io.bind_input(name, "cpu", 0, stage.dtype, stage.shape, stage.ctypes.data)
+        io.bind_output(session.get_outputs()[0].name, "cpu", 0, result.dtype, result.shape,
+                       result.ctypes.data)  # fmt: skip
+        run = bound_runner(session, io, ort.RunOptions())
+
+        def call():
+            for stage, a in zip(stages, inputs):
+                stage[:] = a
+            run()
+            return result.copy()
+
+        return call
+
+    plain_bound = bare(plain)
+    joined = bundle / deployed.manifest.segments[-1].plain.file
+    joined_bound = bare(joined)
 
     np.testing.assert_allclose(deployed.run(inputs).logits, plain_bound(), atol=1e-4)
     # one graph: ONNX Runtime may fuse across the former segment boundaries (float rounding)
@@ -158,6 +170,7 @@ def methods(
     return {
         "plain": plain_bound,
         "bundle": lambda: deployed.run(inputs),
+        "its graph": joined_bound,
         "bodies": lambda: bodies.run(inputs),
         "heads": lambda: every_head.run(inputs),
         "one exit": lambda: alone.run(inputs),

@@ -358,3 +358,16 @@ def test_speculative_settings_are_ranked_by_the_fitted_cost_not_their_own_noisy_
            for d, s in ((100, 0.9), (200, 0.5), (300, 0.3), (400, 0.2))]  # fmt: skip
     _model_seconds(odd)
     assert [t["modeled_seconds"] for t in odd] == [0.9, 0.5, 0.3, 0.2]
+
+
+@pytest.mark.parametrize("bf16", [False, True])
+def test_decoder_training_learns_and_keeps_float32_weights_under_bf16_autocast(bf16):
+    from edgeexit.export.train import train_decoder
+
+    torch.manual_seed(0)
+    model = MultiExitDecoder(CONFIG)
+    corpus = np.tile(np.arange(10), 200)  # counting: learnable in a few steps
+    losses = train_decoder(model, corpus, steps=40, seq_len=16, batch_size=8, lr=1e-2,
+                           exit_scale=1.5, distill=1.0, bf16=bf16)  # fmt: skip
+    assert np.isfinite(losses).all() and np.mean(losses[-5:]) < np.mean(losses[:5]) / 2
+    assert all(p.dtype == torch.float32 for p in model.parameters())
