@@ -371,3 +371,16 @@ def test_decoder_training_learns_and_keeps_float32_weights_under_bf16_autocast(b
                            exit_scale=1.5, distill=1.0, bf16=bf16)  # fmt: skip
     assert np.isfinite(losses).all() and np.mean(losses[-5:]) < np.mean(losses[:5]) / 2
     assert all(p.dtype == torch.float32 for p in model.parameters())
+
+
+def test_demo_generate_trains_the_demos_own_step_count_unless_told(monkeypatch, tmp_path):
+    import edgeexit.cli.demo as cli_demo
+    import edgeexit.examples.generation_demo as demo
+
+    seen = []
+    monkeypatch.setattr(demo, "run_generation_demo",
+                        lambda out, steps, progress: seen.append(steps))  # fmt: skip
+    monkeypatch.setattr(cli_demo, "_run_and_show", lambda run, as_json: run(None))
+    assert cli("demo", "--generate", "-o", tmp_path / "a").exit_code == 0
+    assert cli("demo", "--generate", "--steps", 7, "-o", tmp_path / "b").exit_code == 0
+    assert seen == [demo.STEPS, 7]

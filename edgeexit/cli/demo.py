@@ -39,7 +39,9 @@ def demo_cmd(
     generate: bool = typer.Option(
         False, "--generate", help="The text-generation demo instead: a byte-level decoder."
     ),
-    steps: int = typer.Option(600, min=1, help="--generate: training steps (cached)."),
+    steps: int = typer.Option(
+        None, min=1, help="--generate: training steps (cached); the demo's own 900 if not given."
+    ),
     denoise: bool = typer.Option(
         False,
         "--denoise",
@@ -127,8 +129,9 @@ def _token_demo(out: Path, as_json: bool) -> None:
     _run_and_show(lambda progress: run_token_demo(out, progress=progress), as_json)
 
 
-def _generation_demo(out: Path, steps: int, as_json: bool) -> None:
-    from edgeexit.examples.generation_demo import run_generation_demo  # imports torch
+def _generation_demo(out: Path, steps: int | None, as_json: bool) -> None:
+    from edgeexit.examples.generation_demo import STEPS, run_generation_demo  # imports torch
 
-    _run_and_show(lambda progress: run_generation_demo(out, steps=steps, progress=progress),
+    chosen = STEPS if steps is None else steps
+    _run_and_show(lambda progress: run_generation_demo(out, steps=chosen, progress=progress),
                   as_json)  # fmt: skip

@@ -127,7 +127,8 @@ class GenerationDemo:
 
     def __rich__(self) -> Table:
         table = Table(title=f"generation on held-out prompts ({platform.machine()})")
-        for col in ("mode", "tokens/s", "vs full", "tokens = full", "acceptance", "exit depth"):
+        table.add_column("mode", justify="right", no_wrap=True)  # never "self-specula…"
+        for col in ("tokens/s", "vs full", "= full", "acceptance", "exit depth"):
             table.add_column(col, justify="right")
         for r in self.rows:
             table.add_row(
