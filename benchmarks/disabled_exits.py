@@ -6,6 +6,8 @@ shuffled order every round (``measure.rounds``):
 
   plain        the plain network as one graph with IOBinding (PlainGraph, exported from
                PyTorch on its own): the baseline
+  plain run()  the same graph called as most deployments call it (session.run with a
+               feed dict, outputs allocated by ONNX Runtime): context, not the goal
   bundle       Runtime.run on the bundle as exported (every early exit disabled): it runs
                the bundle's plain graph, the bodies and the last segment joined (one call)
   bodies       the same bundle without its plain graph: each disabled segment runs as its
@@ -160,6 +162,13 @@ def methods(
 
         return call
 
+    def standard(graph: Path):
+        """``graph`` as most deployments call it: ``InferenceSession.run`` with a feed dict."""
+        session = ort.InferenceSession(str(graph), session_options(deployed.config),
+                                       providers=list(deployed.config.providers))  # fmt: skip
+        feeds = dict(zip([i.name for i in session.get_inputs()], inputs))
+        return lambda: session.run(None, feeds)[0]
+
     plain_bound = bare(plain)
     joined = bundle / deployed.manifest.segments[-1].plain.file
     joined_bound = bare(joined)
@@ -169,6 +178,7 @@ def methods(
     np.testing.assert_allclose(deployed.run(inputs).logits, bodies.run(inputs).logits, atol=1e-5)
     return {
         "plain": plain_bound,
+        "plain run()": standard(plain),
         "bundle": lambda: deployed.run(inputs),
         "its graph": joined_bound,
         "bodies": lambda: bodies.run(inputs),
@@ -215,7 +225,7 @@ def main() -> None:
             goal = ""
             if name == "bundle":
                 goal = "  goal <= 1.03x: " + ("met" if r["paired_ratio"] <= GOAL else "NOT met")
-            print(f"  {name:8s} {r['median_us']:9.1f} us  {r['paired_ratio']:.3f}x plain "
+            print(f"  {name:11s} {r['median_us']:9.1f} us  {r['paired_ratio']:.3f}x plain "
                   f"({r['ci95'][0]:.3f}-{r['ci95'][1]:.3f}){goal}")  # fmt: skip
     if args.save:
         args.save.write_text(json.dumps(results, indent=2) + "\n")
