@@ -45,10 +45,10 @@ def calibrate_generation_cmd(
 
     Self-speculative decoding (its output is full decoding's) gets the draft depth, draft
     length and draft stop with the most tokens/s: every setting runs once and is ranked by
-    a cost model fitted to those runs, and the three best are timed against full decoding;
-    early-exit decoding gets the lowest
-    confidence threshold whose agreement with full decoding reaches --min-agreement, and
-    is then checked as deployed on held-out prompts: met or MISSED, with its margin.
+    a cost model fitted to those runs, and the three best are timed against full decoding.
+    Early-exit decoding gets the lowest confidence threshold whose agreement with full
+    decoding reaches --min-agreement, and is then checked as deployed on held-out prompts:
+    met or MISSED, with its margin.
 
     Examples:
 
