@@ -168,6 +168,41 @@ def test_a_disabled_exit_is_credited_the_head_it_skips():
     np.testing.assert_allclose(per_exit[1], [1.0, 2.0, 3.0, 4.0])  # every exit kept
     plain = ExitCosts((1.0, 2.0), (1.0, 2.0), None, NONE, "test")
     assert plain.per_exit_latency(np.array([[INF, INF]])).tolist() == [[1.0, 2.0]]
+    assert plain.per_exit_energy(np.array([[INF, INF]])) is None
+
+
+def test_a_disabled_exit_saves_its_heads_modeled_energy_but_measured_energy_is_as_measured():
+    from edgeexit.calibrate.costs import exit_costs
+    from edgeexit.energy.provenance import MODELED, EnergySource
+    from edgeexit.measure.cost_profile import ExitLatency, ExitProfile
+
+    def exits(energy):
+        return [ExitProfile(i, ExitLatency(ms, ms, ms, ms, ms, uncontended=ms), energy, None)
+                for i, ms in enumerate((1.0, 2.0, 3.0))]  # fmt: skip
+
+    thresholds = np.array([[INF, 0.5, INF], [0.1, 0.2, INF]])
+    modeled = exit_costs(exits(None), batch_size=1, energy=MODELED, power_w=2.0,
+                         source="test", head_ms=(0.5, 0.25, None))  # fmt: skip
+    np.testing.assert_allclose(modeled.per_exit_energy(thresholds)[0], [2.0, 3.0, 5.0])
+    np.testing.assert_allclose(modeled.per_exit_energy(thresholds)[1], [2.0, 4.0, 6.0])
+    np.testing.assert_allclose(  # the same credit as the time: W x the skipped head's ms
+        modeled.per_exit_energy(thresholds), 2.0 * modeled.per_exit_latency(thresholds)
+    )
+    sensor = EnergySource.measured_by("rapl")
+    measured = exit_costs(exits(4.0), batch_size=1, energy=sensor, power_w=2.0,
+                          source="test", head_ms=(0.5, 0.25, None))  # fmt: skip
+    assert measured.power_w is None
+    np.testing.assert_allclose(measured.per_exit_energy(thresholds), [[4.0, 4.0, 4.0]] * 2)
+    # the search's figures carry the credit: every sample here leaves at the last exit
+    from dataclasses import replace
+
+    from edgeexit.calibrate import ExitTable
+    from edgeexit.calibrate.search import evaluate
+
+    table = ExitTable.from_predictions(np.zeros((3, 5), dtype=int), np.zeros((3, 5)))
+    credited = evaluate(table, modeled, thresholds[0])
+    uncredited = evaluate(table, replace(modeled, head_ms=None), thresholds[0])
+    assert credited.energy_mj == pytest.approx(5.0) and uncredited.energy_mj == pytest.approx(6.0)
 
 
 def test_calibrate_disables_an_exit_whose_head_costs_more_than_it_saves():

@@ -55,6 +55,10 @@ class ExitCosts:
     # its body while the exit is disabled); the latencies above include every head, and a
     # candidate that disables exit j is credited head_ms[j] for samples leaving after j.
     head_ms: tuple[float, ...] | None = None
+    # The constant power the energy was modeled with (energy MODELED: W x ms), else None. A
+    # skipped head then saves its modeled energy too; a sensor's figures are not split
+    # between a block and its head, so measured energy gets no credit (conservative).
+    power_w: float | None = None
 
     def __post_init__(self) -> None:
         if len(self.latency_ms) != len(self.p95_latency_ms):
@@ -75,6 +79,7 @@ class ExitCosts:
         batch_size: int = 1,
         noise: float = 0.0,
         head_ms: Sequence[float | None] | None = None,
+        power_w: float | None = None,
     ) -> ExitCosts:
         """From per-exit figures as measured. A later exit measured cheaper than an earlier
         one is timing noise: each figure is raised to the largest before it (a no-op on
@@ -89,6 +94,7 @@ class ExitCosts:
             noise=noise,
             clipped=int(np.sum(np.asarray(latency_ms) < np.maximum.accumulate(latency_ms))),
             head_ms=_heads(head_ms),
+            power_w=power_w if energy == MODELED else None,
         )
 
     @property
@@ -117,11 +123,27 @@ class ExitCosts:
         table = np.asarray(self.p95_latency_ms if p95 else self.latency_ms, dtype=float)
         if self.head_ms is None:
             return np.broadcast_to(table, thresholds.shape)
+        return table[None, :] - self._skipped_heads_ms(thresholds)
+
+    def per_exit_energy(self, thresholds: np.ndarray) -> np.ndarray | None:
+        """[K, E] energy of leaving at each exit under each threshold vector (None without
+        an energy figure): modeled energy is credited the skipped heads' modeled energy,
+        as latency is their time; measured energy is as measured."""
+        if self.energy_mj is None:
+            return None
+        table = np.asarray(self.energy_mj, dtype=float)
+        if self.head_ms is None or self.power_w is None:
+            return np.broadcast_to(table, thresholds.shape)
+        saved = modeled_energy_mj(self.power_w, self._skipped_heads_ms(thresholds))
+        return table[None, :] - saved
+
+    def _skipped_heads_ms(self, thresholds: np.ndarray) -> np.ndarray:
+        """[K, E] head time skipped before reaching each exit: the heads of the earlier
+        exits that a vector disables (threshold +inf), which the runtime does not run."""
         disabled = np.isposinf(thresholds)
         disabled[:, -1] = False  # the last exit always runs its head
         saved = np.cumsum(disabled * np.asarray(self.head_ms)[None, :], axis=1)
-        before = np.concatenate([np.zeros((len(thresholds), 1)), saved[:, :-1]], axis=1)
-        return table[None, :] - before
+        return np.concatenate([np.zeros((len(thresholds), 1)), saved[:, :-1]], axis=1)
 
 
 def load_profile_costs(
@@ -203,8 +225,9 @@ def exit_costs(
         energy_mj, energy = None, NONE
     noise = max((e.latency_ms.spread for e in exits), default=0.0)
     return ExitCosts.from_measured(
-        latency, p95, energy_mj, energy, source, batch_size, noise, head_ms=head_ms
-    )
+        latency, p95, energy_mj, energy, source, batch_size, noise, head_ms=head_ms,
+        power_w=power_w,
+    )  # fmt: skip
 
 
 def _heads(head_ms: Sequence[float | None] | None) -> tuple[float, ...] | None:

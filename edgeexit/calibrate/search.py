@@ -140,11 +140,11 @@ def evaluate_many(
     p95 = np.quantile(np.take_along_axis(p95_table, exits, axis=1), 0.95, axis=1)
     lat_mean = lat.mean(axis=1)
     lat_ucb = lat_mean + _Z95 * lat.std(axis=1) / math.sqrt(n)
-    cum_energy = None if costs.energy_mj is None else np.asarray(costs.energy_mj)
-    if cum_energy is None:
+    energy_table = costs.per_exit_energy(thresholds)  # disabled heads' energy credited
+    if energy_table is None:
         e_mean = e_ucb = [None] * len(thresholds)
     else:
-        energy = cum_energy[exits]
+        energy = np.take_along_axis(energy_table, exits, axis=1)
         e_mean = energy.mean(axis=1)
         e_ucb = (e_mean + _Z95 * energy.std(axis=1) / math.sqrt(n)).tolist()
         e_mean = e_mean.tolist()
