@@ -26,7 +26,7 @@ from rich.table import Table
 
 from edgeexit.budget import Budget
 from edgeexit.calibrate.costs import ExitCosts
-from edgeexit.calibrate.search import ExitTable, OperatingPoint, evaluate, search
+from edgeexit.calibrate.search import ExitTable, OperatingPoint, checked_scores, evaluate, search
 from edgeexit.errors import CalibrationError
 from edgeexit.measure.quality import per_sample_quality
 
@@ -37,10 +37,7 @@ def quality_table(scores: np.ndarray, quality: np.ndarray, labeled: bool) -> Exi
     """The search's table with each sample's quality where a classifier has right/wrong
     (the search maximises, or keeps a floor on, the mean of ``correct``)."""
     scores = np.asarray(scores, dtype=np.float64)
-    if np.isnan(scores).any():
-        raise CalibrationError("exit scores contain NaN; check the bundle's score outputs")
-    if scores.shape[1] == 0:
-        raise CalibrationError("calibration data holds no samples")
+    checked_scores(scores)
     return ExitTable(scores, quality, quality, labeled)
 
 

@@ -30,6 +30,15 @@ _Z95 = 1.645
 _EPS = 1e-12
 
 
+def checked_scores(scores: np.ndarray) -> None:
+    """Refuse exit scores [exits, samples] that hold no sample or a NaN (a NaN would
+    compare false against every threshold: the sample could never leave early)."""
+    if scores.shape[1] == 0:
+        raise CalibrationError("calibration data holds no samples")
+    if np.isnan(scores).any():
+        raise CalibrationError("exit scores contain NaN; check the bundle's score outputs")
+
+
 @dataclass(frozen=True)
 class ExitTable:
     """Per-exit scores and right/wrong flags for N calibration samples and E exits.
@@ -54,10 +63,7 @@ class ExitTable:
                 f"predictions {predictions.shape} and scores {scores.shape} must both be "
                 "[exits, samples]"
             )
-        if predictions.shape[1] == 0:
-            raise CalibrationError("calibration data holds no samples")
-        if np.isnan(scores).any():
-            raise CalibrationError("exit scores contain NaN; check the bundle's score outputs")
+        checked_scores(scores)
         agrees = predictions == predictions[-1]
         if labels is None:
             return cls(scores, agrees, agrees, labeled=False)
