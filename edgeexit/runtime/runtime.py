@@ -230,13 +230,7 @@ class Runtime:
         if window is not None:
             window.begin_window()
         logits, exit_index, segment_ms = self._tokens.run(xs, chosen)
-        latency_ms = (perf_counter() - t0) * 1e3
-        if window is None:
-            return TokenResult.done(logits, exit_index, self._energy, latency_ms, None,
-                                    self._power_w, segment_ms)  # fmt: skip
-        reading = window.end_window()
-        return TokenResult.done(logits, exit_index, reading.source, latency_ms,
-                                reading.energy_mj, None, segment_ms)  # fmt: skip
+        return self._done(logits, exit_index, (perf_counter() - t0) * 1e3, segment_ms)
 
     def _run(self, inputs: Inputs, thresholds: Sequence[float] | None) -> Result:
         t0 = perf_counter()
@@ -273,8 +267,20 @@ class Runtime:
             stamps[:0] = self._stamps_before
         else:
             logits, exit_index, segment_ms = chain.forward(xs, chosen, self._state_update, plan)
-        latency_ms = (perf_counter() - t0) * 1e3
-        if window is None:  # energy modeled from the latency on first access, or none
+        return self._done(logits, exit_index, (perf_counter() - t0) * 1e3, segment_ms, stamps)
+
+    def _done(
+        self,
+        logits: np.ndarray,
+        exit_index: np.ndarray,
+        latency_ms: float,
+        segment_ms: Sequence[float] | None,
+        stamps: list[float] | None = None,
+    ) -> Result:
+        """A finished call's result: energy read from the sensor's window opened for the
+        call, or (no window) modeled from the latency on first access, or none."""
+        window = self._window
+        if window is None:
             return self._result.done(
                 logits, exit_index, self._energy, latency_ms, None, self._power_w,
                 segment_ms, stamps,
