@@ -212,11 +212,9 @@ def calibrate_bundle(
         cap, capped = _cap(manifest, options)
         # every head runs while costs are timed: a disabled exit is credited its head
         runtime = Runtime(bundle_dir, target=options.target, max_exit=cap, bodies=False)
-        if tensors:  # 'y' holds target tensors shaped like an exit's output
-            dataset = load_data(data_path, manifest.inputs, targets=runtime.output_shape[:-1]
-                                if tokens else runtime.output_shape)  # fmt: skip
-        else:
-            dataset = load_data(data_path, manifest.inputs)
+        # 'y': a class label per sample, or target tensors shaped like an exit's output
+        dataset = load_data(data_path, manifest.inputs, targets=runtime.targets_shape)
+        if not tensors:
             dataset.check_labels(runtime.num_classes, str(data_path))
         if tokens:
             pass  # each candidate is run and timed (calibrate/tokens.py)

@@ -79,9 +79,7 @@ def run_cmd(
     runtime = Runtime(bundle, target=target, threads=threads, max_exit=max_exit)
     kind = runtime.manifest.output
     classes = kind != "tensor"  # else 'y' holds target tensors
-    # labels: one per sample, or one per token; targets: shaped like an output
-    targets = {"logits": None, "tokens": runtime.output_shape[:-1]}.get(kind, runtime.output_shape)
-    data = load_data(input_path, runtime.manifest.inputs, targets=targets)
+    data = load_data(input_path, runtime.manifest.inputs, targets=runtime.targets_shape)
     if data.labels is not None and classes:
         data.check_labels(runtime.num_classes, str(input_path))
     for _ in range(warmup):

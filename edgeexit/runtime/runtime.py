@@ -201,6 +201,16 @@ class Runtime:
         return self._chain.output_layout.row_shape
 
     @property
+    def targets_shape(self) -> tuple[int, ...] | None:
+        """The shape of each sample's 'y' in a data file (``load_data(targets=)``): None
+        for one class label per sample, one label per token for per-token exits, or the
+        output's own shape for exits that give tensors (the target image...)."""
+        output = self.manifest.output
+        if output == "logits":
+            return None
+        return self.output_shape[:-1] if output == "tokens" else self.output_shape
+
+    @property
     def sessions(self) -> list[ort.InferenceSession]:
         """The ONNX Runtime sessions the chain runs, in order: one per segment, or the plain
         graph's alone (``runs_plain_graph``)."""
