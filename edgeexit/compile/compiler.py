@@ -146,14 +146,15 @@ def _compile(
         num_classes = manifest.extra.get("num_classes")
         if isinstance(num_classes, int):
             calib.check_labels(num_classes)
-    compiled, method, convert = _change_precision(fp32, manifest, target, calib, options)
     tensors = manifest.output == "tensor"
-    if tensors and compiled is not fp32 and (calib is None or calib.labels is None):
+    # refused before converting (an int8 quantization of every segment), not after
+    if tensors and target.precision != "fp32" and (calib is None or calib.labels is None):
         raise TargetError(
             f"{target.precision} changes what exits that give tensors output, and only a PSNR "
             "against target tensors can say by how much: pass `calib_data` with the inputs "
             "and their targets 'y' (e.g. the clean images)"
         )
+    compiled, method, convert = _change_precision(fp32, manifest, target, calib, options)
     bodies = _compiled_bodies(src_dir, manifest, target, convert, compiled, calib)
     kernels = _evaluation_kernels(target)
     report = CompileReport(
