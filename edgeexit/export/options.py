@@ -7,12 +7,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from edgeexit.budget import drop_from_points
+from edgeexit.bundle import OUTPUT_KINDS
 from edgeexit.errors import ExportError
 
 DEFAULT_OPSET = 17  # the widest ONNX Runtime support on edge devices
 MAX_OPSET = 21  # the highest an exporter that needs more (dynamo: 18) may use by default
 DEFAULT_ATOL = 1e-4
-OUTPUT_KINDS = ("logits", "tensor", "tokens")  # bundle.OUTPUT_KINDS, what a manifest may say
 
 
 @dataclass(frozen=True)
