@@ -99,6 +99,11 @@ def as_carry(value: object, where: str) -> tuple[torch.Tensor, ...]:
     )
 
 
+def _described(value: object) -> object:
+    """What a head returned, for an error: a tensor's shape, else its type's name."""
+    return tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+
+
 def split_head(
     value: object, where: str, output: str = "logits"
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -109,33 +114,33 @@ def split_head(
         value, gate = value
     if output == "tokens":
         if not isinstance(value, torch.Tensor) or value.dim() != 3:
-            got = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
             raise ModelContractError(
-                f"{where} returned {got}; expected per-token logits [batch, tokens, classes] "
-                "or (logits, gate [batch, tokens])"
+                f"{where} returned {_described(value)}; expected per-token logits "
+                "[batch, tokens, classes] or (logits, gate [batch, tokens])"
             )
         if gate is not None and (not isinstance(gate, torch.Tensor) or gate.dim() != 2):
-            got = tuple(gate.shape) if isinstance(gate, torch.Tensor) else type(gate).__name__
-            raise ModelContractError(f"{where} returned a gate of {got}; expected [batch, tokens]")
+            raise ModelContractError(
+                f"{where} returned a gate of {_described(gate)}; expected [batch, tokens]"
+            )
         return value, gate
     if output == "tensor":
         if not isinstance(value, torch.Tensor) or value.dim() < 1:
-            got = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
             raise ModelContractError(
-                f"{where} returned {got}; expected a tensor with the batch first, or "
-                "(output, gate [batch])"
+                f"{where} returned {_described(value)}; expected a tensor with the batch "
+                "first, or (output, gate [batch])"
             )
     elif not isinstance(value, torch.Tensor) or value.dim() != 2:
-        shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
         hint = ""
         if isinstance(value, torch.Tensor) and value.dim() != 2:
             hint = "; an exit that gives an image or another tensor: export with output='tensor'"
         raise ModelContractError(
-            f"{where} returned {shape}; expected logits [batch, classes] or (logits, gate){hint}"
+            f"{where} returned {_described(value)}; expected logits [batch, classes] or "
+            f"(logits, gate){hint}"
         )
     if gate is not None and (not isinstance(gate, torch.Tensor) or gate.dim() != 1):
-        shape = tuple(gate.shape) if isinstance(gate, torch.Tensor) else type(gate).__name__
-        raise ModelContractError(f"{where} returned a gate of {shape}; expected a gate [batch]")
+        raise ModelContractError(
+            f"{where} returned a gate of {_described(gate)}; expected a gate [batch]"
+        )
     return value, gate
 
 
