@@ -29,7 +29,7 @@ from edgeexit.budget import Budget
 from edgeexit.calibrate.quality import QualityReport
 from edgeexit.examples.digits import load_digits
 from edgeexit.export.model import MultiExit
-from edgeexit.measure.quality import per_sample_quality
+from edgeexit.measure.quality import MAX_PSNR_DB, PEAK, per_sample_quality
 from edgeexit.measure.rounds import alternating_calls
 
 PSNR_SCALE = 10.0  # the gate predicts PSNR / 10 (dB): a score of 2.5 means 25 dB
@@ -103,9 +103,10 @@ def denoiser(width: int = 48, blocks: int = 3) -> MultiExit:
 
 
 def psnr_db(image: torch.Tensor, clean: torch.Tensor) -> torch.Tensor:
-    """Per-image PSNR in dB (peak 1), capped at 100 dB."""
+    """Per-image PSNR in dB, in torch for training: the figure ``per_sample_quality``
+    gives calibrate and run (the same peak and cap)."""
     mse = (image - clean).pow(2).flatten(1).mean(dim=1)
-    return (10.0 * torch.log10(1.0 / mse.clamp_min(1e-10))).clamp_max(100.0)
+    return (10.0 * torch.log10(PEAK**2 / mse.clamp_min(1e-10))).clamp_max(MAX_PSNR_DB)
 
 
 def train_denoiser(
