@@ -33,7 +33,7 @@ from edgeexit import files
 from edgeexit.errors import CalibrationError
 from edgeexit.generation.generator import Generator, SpeculativeOptions
 from edgeexit.generation.manifest import read_decoder_manifest, write_decoder_manifest
-from edgeexit.measure.rounds import round_order
+from edgeexit.measure.rounds import alternating_calls
 from edgeexit.measure.verdict import resample
 
 GAMMAS = (2, 3, 4, 6, 8, 10)
@@ -189,20 +189,17 @@ def _model_seconds(tried: list[dict[str, Any]]) -> None:
             t["modeled_seconds"] = float(seconds)
 
 
-def _speed_ratio(generator, prompts, new, options, rounds: int = 2) -> float:
-    """Speculative over full tokens/s, the two alternating prompt by prompt, ``rounds``
-    times over the prompts."""
-    spec_s = full_s = 0.0
-    runs = [("full", None), ("self-speculative", options)]
-    for r in range(rounds):
-        for p, prompt in enumerate(prompts):
-            for mode, opts in round_order(runs, p + r):
-                out = generator.generate(prompt, max_new_tokens=new, mode=mode, speculative=opts)
-                if mode == "full":
-                    full_s += out.seconds
-                else:
-                    spec_s += out.seconds
-    return full_s / spec_s if spec_s > 0 else math.inf
+def _speed_ratio(generator, prompts, new, options, rounds: int) -> float:
+    """Speculative over full tokens/s, the two alternating prompt by prompt in a shuffled
+    order (``alternating_calls``), ``rounds`` times over the prompts."""
+    _, seconds = alternating_calls(
+        {"full": lambda p: generator.generate(prompts[p], max_new_tokens=new),
+         "speculative": lambda p: generator.generate(prompts[p], max_new_tokens=new,
+                                                     mode="self-speculative",
+                                                     speculative=options)},
+        len(prompts), rounds=rounds,
+    )  # fmt: skip
+    return float(seconds["full"].sum() / seconds["speculative"].sum())
 
 
 @dataclass(frozen=True)
@@ -276,12 +273,13 @@ def token_agreement(full: Sequence[Sequence[int]], outs: Sequence[Sequence[int]]
 
 def _held_out(generator, prompts, new, thresholds):
     """(agreement, speed-up, mean exit depth) of early-exit decoding as deployed."""
-    fulls, earlies = [], []
-    for p, prompt in enumerate(prompts):  # alternating which runs first
-        pair = [("full", None), ("early-exit", thresholds)]
-        for mode, chosen in round_order(pair, p):
-            out = generator.generate(prompt, max_new_tokens=new, mode=mode, thresholds=chosen)
-            (fulls if mode == "full" else earlies).append(out)
+    answers, _ = alternating_calls(
+        {"full": lambda p: generator.generate(prompts[p], max_new_tokens=new),
+         "early": lambda p: generator.generate(prompts[p], max_new_tokens=new,
+                                               mode="early-exit", thresholds=thresholds)},
+        len(prompts),
+    )  # fmt: skip
+    fulls, earlies = answers["full"], answers["early"]
     agreement = token_agreement([f.tokens for f in fulls], [e.tokens for e in earlies])
     speedup = tokens_per_s(earlies) / tokens_per_s(fulls)
     depth = float(np.mean([e.mean_exit_depth(generator.num_exits) for e in earlies]))
