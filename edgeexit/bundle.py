@@ -40,6 +40,11 @@ MANIFEST = "manifest.json"
 BATCH_DIM = "batch"
 SEGMENT_SUFFIXES = (".onnx", ".ort")
 SHARED_WEIGHTS = "shared_weights.bin"  # weights several graphs hold, stored once
+# A plain graph's optional second output: the sum of every element of its float inputs, a
+# float32 scalar. NaN or inf when an input holds NaN or inf (and, rarely, when finite
+# numbers overflow), so the runtime refuses such inputs by reading one number after the
+# call instead of reducing them in numpy before it (docs/runtime.md, *Disabled exits*).
+INPUT_SUM = "edgeexit_input_sum"
 INPUT_DTYPES = ("float32", "float16", "float64", "int64", "int32", "int8", "uint8", "bool")
 MAX_MANIFEST_BYTES = 16 << 20
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")

@@ -16,7 +16,7 @@ torch = pytest.importorskip("torch")
 
 import edgeexit  # noqa: E402
 from edgeexit.bundle import read_manifest  # noqa: E402
-from edgeexit.errors import BundleError  # noqa: E402
+from edgeexit.errors import BundleError, InputError  # noqa: E402
 from edgeexit.examples.models import digits_resnet  # noqa: E402
 
 INF = math.inf
@@ -151,6 +151,13 @@ def test_compiled_bodies_hand_on_what_their_compiled_segments_do(bundles, tmp_pa
     assert deployed.runs_plain_graph == (plain is not None)
     if plain is not None:
         assert plain.file.endswith(".ort" if ort_format else ".onnx")
+        # the sum was added after converting: it stays float32 and still refuses NaN
+        assert deployed._chain.sums_inputs
+        x = samples(3)
+        deployed.run(x)
+        x[1, 0, 2, 2] = np.nan
+        with pytest.raises(InputError, match=r"rows 1\)"):
+            deployed.run(x)
         thresholds = (0.1, INF, INF, INF)
         np.testing.assert_allclose(deployed.run(samples(), thresholds=thresholds).logits,
                                    every.run(samples(), thresholds=thresholds).logits,
@@ -295,3 +302,88 @@ def test_graphs_of_different_opsets_are_not_joined():
         join_graphs([identity("x", "c", 17), identity("c", "y", 18)])
     with pytest.raises(CannotJoin, match="does not give"):
         join_graphs([identity("x", "c", 17), identity("d", "y", 17)])
+
+
+def _input_sum(runtime, x):
+    return runtime._chain.known_plan(x).input_sum[0]
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_the_plain_graph_sums_its_inputs_and_the_runtime_refuses_nan_by_that_sum(
+    bundles, tmp_path, bad
+):
+    """Runtime reads the plain graph's INPUT_SUM after the call instead of reducing the
+    inputs in numpy before it; a bundle whose plain graph lacks it is checked in numpy."""
+    import hashlib
+
+    import onnx
+
+    from edgeexit.bundle import INPUT_SUM
+
+    bundle, _ = bundles
+    runtime = edgeexit.Runtime(bundle, threads=1)
+    assert runtime.runs_plain_graph and runtime._chain.sums_inputs
+    x = samples(6)
+    runtime.run(x)  # the shape is known: the next call takes the shortest path
+    assert _input_sum(runtime, x) == pytest.approx(float(x.sum(dtype=np.float64)), rel=1e-5)
+    # finite numbers whose float32 sum overflows: the exact check lets them through
+    assert runtime.run(np.full_like(x, 3e38)).exit_index.tolist() == [3] * 6
+    assert math.isinf(_input_sum(runtime, x))
+
+    stripped = shutil.copytree(bundle, tmp_path / "stripped")
+    doc = json.loads((stripped / "manifest.json").read_text())
+    plain = stripped / doc["segments"][-1]["plain"]["file"]
+    graph = onnx.load(plain, load_external_data=False)
+    for field, keep in ((graph.graph.node, lambda n: not n.name.startswith(INPUT_SUM)),
+                        (graph.graph.output, lambda o: o.name != INPUT_SUM)):  # fmt: skip
+        kept = [item for item in field if keep(item)]
+        del field[:]
+        field.extend(kept)
+    onnx.save(graph, plain)
+    doc["segments"][-1]["plain"]["sha256"] = hashlib.sha256(plain.read_bytes()).hexdigest()
+    (stripped / "manifest.json").write_text(json.dumps(doc))
+    old = edgeexit.Runtime(stripped, threads=1)
+    assert old.runs_plain_graph and not old._chain.sums_inputs
+    old.run(x)
+
+    bad_x = x.copy()
+    bad_x[1, 0, 4, 4] = bad
+    bad_x[5, 0, 0, 7] = bad
+    for rt in (runtime, old):
+        for call in (bad_x, bad_x[1:2], [bad_x]):  # known shape, a new one, a sequence
+            with pytest.raises(InputError, match=r"input 'x' holds NaN or inf in .*rows"):
+                rt.run(call)
+        np.testing.assert_array_equal(rt.run(x).logits, runtime.run(x).logits)
+
+
+def test_input_sum_casts_each_float_input_and_leaves_integer_inputs_alone():
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    from edgeexit.bundle import INPUT_SUM
+    from edgeexit.compile.plain_graph import with_input_sum
+
+    inputs = [("a", TensorProto.FLOAT16), ("ids", TensorProto.INT64), ("b", TensorProto.DOUBLE)]
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["ids"], ["y"])], "g",
+        [helper.make_tensor_value_info(n, t, ["batch", 3]) for n, t in inputs],
+        [helper.make_tensor_value_info("y", TensorProto.INT64, ["batch", 3])],
+    )  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(with_input_sum(model), full_check=True)
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    feeds = {"a": np.full((2, 3), 60000, np.float16), "ids": np.ones((2, 3), np.int64),
+             "b": np.full((2, 3), -0.5)}  # fmt: skip
+    (total,) = session.run([INPUT_SUM], feeds)
+    assert total.dtype == np.float32 and total.shape == ()
+    assert float(total) == 6 * 60000 - 3  # the float16 inputs summed in float32: no overflow
+    feeds["b"][1, 2] = np.nan
+    assert math.isnan(session.run([INPUT_SUM], feeds)[0])
+
+    ids_only = helper.make_model(helper.make_graph(
+        [helper.make_node("Identity", ["ids"], ["y"])], "g",
+        [helper.make_tensor_value_info("ids", TensorProto.INT64, [1])],
+        [helper.make_tensor_value_info("y", TensorProto.INT64, [1])],
+    ))  # fmt: skip
+    assert [o.name for o in with_input_sum(ids_only).graph.output] == ["y"]

@@ -55,7 +55,6 @@ def test_ortvalue_carries_give_the_numpy_results(name):
     heads = device._with_heads()  # the thresholds below enable every exit
     device._chain = device._heads_chain = Chain(device.manifest, heads.sessions, heads.layouts,
                                                 "cpu")  # fmt: skip
-    device._known_plan = device._chain.known_plan
     thresholds = spread_thresholds(host, ex.inputs)
     want, got = (
         host.run(ex.inputs, thresholds=thresholds),

@@ -198,14 +198,15 @@ def _compiled_plain(manifest: Manifest, compiled: list[Any], bodies: list[Any]) 
     """The compiled bodies and last segment joined into the plain graph, where the source
     bundle has one and every compiled body was kept (they were checked against their
     segments; joining adds no numerics), else None."""
-    from edgeexit.compile.plain_graph import CannotJoin, join_graphs
+    from edgeexit.compile.plain_graph import CannotJoin, join_graphs, with_input_sum
 
     if manifest.segments[-1].plain is None or any(b is None for b in bodies[:-1]):
         return None
     try:
-        return join_graphs([*bodies[:-1], compiled[-1]], outputs=[manifest.segments[-1].logits])
+        joined = join_graphs([*bodies[:-1], compiled[-1]], outputs=[manifest.segments[-1].logits])
     except CannotJoin:
         return None
+    return with_input_sum(joined)  # after conversion: the sum stays float32
 
 
 # A compiled body must hand on what its compiled segment does: the same block, converted

@@ -18,7 +18,11 @@ from typing import Any
 
 import numpy as np
 import onnx
-from onnx import compose, numpy_helper
+from onnx import TensorProto, compose, helper, numpy_helper
+
+from edgeexit.bundle import INPUT_SUM
+
+_FLOATS = (TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.DOUBLE, TensorProto.BFLOAT16)
 
 
 class CannotJoin(ValueError):
@@ -70,6 +74,35 @@ def join_graphs(
     if outputs is not None:
         _keep_outputs(joined.graph, outputs)
     return joined
+
+
+def with_input_sum(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``model`` also giving ``INPUT_SUM``: every element of its float inputs summed in
+    float32 (each input cast first), a scalar. Inside the graph the sum costs ONNX Runtime
+    one small kernel per input; in numpy before the call it cost ~3 % of a 0.45 ms network,
+    whose interpreter caches the call has just flushed. A model without float inputs (token
+    ids) is returned as it is: nothing to refuse."""
+    floats = [i for i in model.graph.input if i.type.tensor_type.elem_type in _FLOATS]
+    if not floats:
+        return model
+    nodes, sums = [], []
+    for k, spec in enumerate(floats):
+        x = spec.name
+        if spec.type.tensor_type.elem_type != TensorProto.FLOAT:
+            cast = f"{INPUT_SUM}/cast_{k}"
+            nodes.append(helper.make_node("Cast", [x], [cast], to=TensorProto.FLOAT, name=cast))
+            x = cast
+        sums.append(INPUT_SUM if len(floats) == 1 else f"{INPUT_SUM}/sum_{k}")
+        nodes.append(helper.make_node("ReduceSum", [x], [sums[-1]], keepdims=0,
+                                      name=f"{INPUT_SUM}/ReduceSum_{k}"))  # fmt: skip
+    total = sums[0]
+    for k, other in enumerate(sums[1:], 1):
+        out = INPUT_SUM if k == len(sums) - 1 else f"{INPUT_SUM}/total_{k}"
+        nodes.append(helper.make_node("Add", [total, other], [out], name=f"{INPUT_SUM}/Add_{k}"))
+        total = out
+    model.graph.node.extend(nodes)
+    model.graph.output.append(helper.make_tensor_value_info(INPUT_SUM, TensorProto.FLOAT, []))
+    return model
 
 
 def _drop_identity_convs_at_inputs(graph: Any) -> None:

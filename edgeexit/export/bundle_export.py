@@ -23,6 +23,7 @@ import edgeexit
 from edgeexit import files
 from edgeexit.bundle import (
     BATCH_DIM,
+    INPUT_SUM,
     GraphFile,
     InputSpec,
     Manifest,
@@ -33,7 +34,7 @@ from edgeexit.bundle import (
     write_manifest,
 )
 from edgeexit.compile.compiler import compile_exported
-from edgeexit.compile.plain_graph import CannotJoin, join_graphs
+from edgeexit.compile.plain_graph import CannotJoin, join_graphs, with_input_sum
 from edgeexit.compile.shared_weights import store_once
 from edgeexit.criteria import CRITERIA
 from edgeexit.errors import ExportError, InputError, ModelContractError, first_line
@@ -242,7 +243,7 @@ def _with_plain_graph(
     except CannotJoin:
         return segments
     # onnxsim: the bodies repeat what one graph computes once (the attention mask's shapes)
-    plain = tidy_graph(plain, options.simplify)
+    plain = with_input_sum(tidy_graph(plain, options.simplify))
     file = tmp / f"plain_{len(segments) - 1:02d}.onnx"
     onnx.save(plain, file)
     _check_plain(file, tmp, segments, example, options.atol)
@@ -260,12 +261,17 @@ def _check_plain(
         outputs = [*spec.carry, spec.logits, spec.score]
         *feeds, logits, _ = session.run(outputs, _fed(session, spec.inputs, feeds))
     session = cpu_session(file, what=file.name, error=ExportError)
-    (have,) = session.run([segments[-1].logits], _fed(session, segments[0].inputs, inputs))
+    sums = [o.name for o in session.get_outputs() if o.name == INPUT_SUM]
+    have, *total = session.run([segments[-1].logits, *sums],
+                               _fed(session, segments[0].inputs, inputs))  # fmt: skip
     if logits.shape != have.shape or not np.allclose(logits, have, atol=atol, rtol=0):
         raise ExportError(
             f"{file.name} logits differ from the chain's; expected the plain network "
             "joined from the bodies to give the last exit's answer"
         )
+    want = sum(float(x.sum(dtype=np.float64)) for x in inputs if x.dtype.kind == "f")
+    if total and not np.isclose(float(total[0]), want, rtol=1e-4, atol=1e-3):
+        raise ExportError(f"{file.name} sums its inputs to {float(total[0])}; expected {want}")
 
 
 def _fed(session, names: Sequence[str], arrays: Sequence[np.ndarray]) -> dict[str, np.ndarray]:

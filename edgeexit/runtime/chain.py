@@ -16,17 +16,19 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
+from math import isfinite
 from time import perf_counter
 from typing import NamedTuple
 
 import numpy as np
 import onnxruntime as ort
 
-from edgeexit.bundle import Manifest
+from edgeexit.bundle import INPUT_SUM, Manifest
 from edgeexit.criteria import RuntimeState
 from edgeexit.errors import BundleError, InputError, first_line
 from edgeexit.runtime.buffers import Buffer, bound_runner
 from edgeexit.runtime.gather import RowMover
+from edgeexit.runtime.inputs import refuse_nonfinite
 from edgeexit.runtime.session import ORT_ERRORS
 from edgeexit.runtime.shapes import Layout
 
@@ -49,6 +51,9 @@ class Step(NamedTuple):
     first_score: memoryview | np.ndarray
     logits: np.ndarray | None  # [k, C] view of the logits buffer
     carry: tuple  # [k, ...] views of the carry buffers (numpy on CPU, OrtValue rows on CUDA)
+    # What the graph gives as INPUT_SUM (a plain graph sums its float inputs) as a
+    # one-float memoryview, read after the call; None when it gives none
+    input_sum: memoryview | None = None
 
 
 class Plan(NamedTuple):
@@ -68,6 +73,9 @@ class Plan(NamedTuple):
     # a call needs), else None
     single_dtype: np.dtype | None
     float_inputs: tuple[int, ...]  # which inputs are floats, checked for NaN and inf
+    # the first graph's sum of the float inputs (Step.input_sum): when not None, run_plan
+    # checks the inputs for NaN and inf after the call, by reading it
+    input_sum: memoryview | None
 
     def takes(self, xs: Sequence[object]) -> bool:
         """True if ``xs`` are arrays of exactly this plan's dtypes and shapes, so they need
@@ -107,6 +115,7 @@ class Chain:
         self.mover = RowMover(sessions[0].get_providers(), carry_device) if carry_device else None
         # every exit's output (class logits, or any tensor): each sample gets one of these
         self.output_layout = layouts[-1][manifest.segments[-1].logits]
+        self.sums_inputs = INPUT_SUM in {o.name for o in sessions[0].get_outputs()}
         self.input_layouts = [
             Layout(tuple(int(d) for d in s.shape[1:]), np.dtype(s.dtype)) for s in manifest.inputs
         ]
@@ -160,6 +169,11 @@ class Chain:
                 src.bind_input(io, name, k)
         for name, buf in outs.items():
             buf.bind_output(io, name, k)
+        input_sum = None
+        if i == 0 and self.sums_inputs:
+            total = np.full(1, np.nan, dtype=np.float32)
+            io.bind_output(INPUT_SUM, "cpu", 0, total.dtype, [], total.ctypes.data)
+            input_sum = memoryview(total)
         head = spec.has_head  # a body has neither logits nor a score
         score = bool(spec.score)  # a plain graph has no score
         step = Step(
@@ -169,6 +183,7 @@ class Chain:
             first_row(outs[spec.score].array) if score else None,
             outs[spec.logits].array[:k] if head else None,
             tuple(outs[name].rows(k) for name in spec.carry),
+            input_sum,
         )
         self.steps[i][k] = step
         return step
@@ -336,6 +351,11 @@ class Chain:
                 mark(perf_counter())
         except ORT_ERRORS as err:
             self.raise_failed(len(stamps) - 1, err)
+        # The graph summed the inputs: one float read here, instead of a numpy reduction
+        # before the call. Not finite: an input holds NaN or inf, or finite numbers
+        # overflowed float32, which the exact check tells apart.
+        if plan.input_sum is not None and not isfinite(plan.input_sum[0]):
+            refuse_nonfinite(xs, self.manifest.inputs)
         return plan.logits.copy()
 
     def known_plan(self, inputs: object) -> Plan | None:
@@ -368,6 +388,7 @@ class Chain:
             tuple((buf.dtype, buf[:n].shape) for buf in self.stage),
             self.stage[0].dtype if len(self.stage) == 1 else None,
             tuple(k for k, buf in enumerate(self.stage) if buf.dtype.kind == "f"),
+            steps[0].input_sum,
         )
         if n <= MAX_SHARED_COLUMN:
             self.plans[shape] = plan

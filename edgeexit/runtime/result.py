@@ -32,9 +32,9 @@ class Result:
     A plain class with ``__slots__``, not a dataclass: this is made on every call. Right
     after the segments have run, the interpreter's code and data are out of the caches and
     every Python step costs microseconds (docs/runtime.md), so the runtime's fast path
-    builds the Result *before* the segments run (``pending``) and hands it only the clock
-    readings: ``stamps`` (perf_counter seconds before the first segment and after each)
-    and ``t0`` (the call's start). ``latency_ms``, ``segment_ms`` and a modeled
+    builds the Result *before* the segments run (``logits`` None, set after) and hands it
+    only the clock readings: ``stamps`` (perf_counter seconds before the first segment
+    and after each) and ``t0`` (the call's start). ``latency_ms``, ``segment_ms`` and a modeled
     ``energy_mj`` are then worked out on first access, from the same readings, so they are
     the figures an eager computation would give. ``done`` builds one after the segments.
     """
@@ -72,19 +72,6 @@ class Result:
         self._segment_ms = segment_ms  # None: from the stamps
         self._stamps = stamps
         self._t0 = t0
-
-    @classmethod
-    def pending(
-        cls,
-        exit_index: np.ndarray,
-        energy_provenance: EnergySource,
-        power_w: float | None,
-        t0: float,
-        stamps: list[float],
-    ) -> Result:
-        """A call's result made before its segments run: the caller sets ``logits`` and
-        appends the clock readings to ``stamps`` as they come."""
-        return cls(None, exit_index, energy_provenance, None, None, power_w, None, stamps, t0)
 
     @classmethod
     def done(

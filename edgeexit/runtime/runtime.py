@@ -144,7 +144,6 @@ class Runtime:
         # inside it get NaN (Result.segment_ms), the last one the graph's time.
         self._stamps_before = [math.nan] * (n - len(sessions))
         self.bundle_dir, self.config = Path(bundle_dir), config
-        self._known_plan = self._chain.known_plan  # one attribute load less per call
         meter = get_meter(self.target)
         # A sensor gets a real window around each call; a power model (or no meter) has
         # nothing to read, so its energy is computed from the call's measured latency.
@@ -167,6 +166,11 @@ class Runtime:
             if self.manifest.output == "tokens"
             else None
         )
+        # The cached plans (by input shape) of run()'s shortest path: the chain's, where the
+        # manifest's thresholds let no sample leave before the last exit and no sensor
+        # window needs opening; else none.
+        hot = self._tokens is None and self._window is None and self._to_last
+        self._hot_plans = self._chain.plans if hot else {}
 
     @property
     def num_exits(self) -> int:
@@ -228,6 +232,21 @@ class Runtime:
         inf are refused (InputError naming the rows): they would get a prediction.
         """
         with self._lock:
+            # The deployed path: the manifest's thresholds, every sample to the last exit,
+            # inputs like an earlier call's. Every Python step costs microseconds on a cold
+            # call (docs/runtime.md), so it is this one function until the segments run,
+            # and the Result is made before them.
+            if thresholds is None and type(inputs) is np.ndarray:
+                plan = self._hot_plans.get(inputs.shape)
+                if plan is not None and inputs.dtype is plan.single_dtype:
+                    t0 = perf_counter()
+                    if plan.input_sum is None and plan.float_inputs and not all_finite(inputs):
+                        refuse_nonfinite((inputs,), self.manifest.inputs)
+                    stamps = self._stamps_before[:]
+                    result = self._result(None, plan.exit_index, self._energy, None, None,
+                                          self._power_w, None, stamps, t0)  # fmt: skip
+                    result.logits = self._chain.run_plan(plan, (inputs,), stamps)
+                    return result
             if self._tokens is not None:
                 return self._run_tokens(inputs, thresholds)
             return self._run(inputs, thresholds)
@@ -252,24 +271,17 @@ class Runtime:
         # Inputs exactly like an earlier call's have a plan cached and need no other check.
         # After a large segment every Python step costs microseconds (docs/runtime.md), so
         # everything a call needs is settled here, before the segments run.
-        plan = self._known_plan(inputs) if chain is self._chain else chain.known_plan(inputs)
+        plan = chain.known_plan(inputs)
         if plan is None:
             xs = check_inputs(inputs, self.manifest.inputs)
         else:
             xs = (inputs,) if type(inputs) is np.ndarray else inputs
-            for k in plan.float_inputs:
-                if not all_finite(xs[k]):
-                    refuse_nonfinite(xs, self.manifest.inputs)
+            if not to_last or plan.input_sum is None:  # else run_plan reads the graph's sum
+                for k in plan.float_inputs:
+                    if not all_finite(xs[k]):
+                        refuse_nonfinite(xs, self.manifest.inputs)
         window = self._window
-        if window is None:
-            if to_last and plan is not None:  # the hot path: the Result is made first
-                stamps = self._stamps_before[:]
-                result = self._result.pending(
-                    plan.exit_index, self._energy, self._power_w, t0, stamps
-                )
-                result.logits = chain.run_plan(plan, xs, stamps)
-                return result
-        else:
+        if window is not None:
             window.begin_window()
         stamps = segment_ms = None
         if to_last:  # no exit before the last can fire: the segments run back to back
