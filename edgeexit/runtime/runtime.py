@@ -166,11 +166,11 @@ class Runtime:
             if self.manifest.output == "tokens"
             else None
         )
-        # The cached plans (by input shape) of run()'s shortest path: the chain's, where the
-        # manifest's thresholds let no sample leave before the last exit and no sensor
-        # window needs opening; else none.
+        # The cached plan of run()'s shortest path for some inputs, or None: the chain's,
+        # where the manifest's thresholds let no sample leave before the last exit and no
+        # sensor window needs opening; else never one.
         hot = self._tokens is None and self._window is None and self._to_last
-        self._hot_plans = self._chain.plans if hot else {}
+        self._hot_plan = self._chain.known_plan if hot else _no_plan
 
     @property
     def num_exits(self) -> int:
@@ -236,17 +236,19 @@ class Runtime:
             # inputs like an earlier call's. Every Python step costs microseconds on a cold
             # call (docs/runtime.md), so it is this one function until the segments run,
             # and the Result is made before them.
-            if thresholds is None and type(inputs) is np.ndarray:
-                plan = self._hot_plans.get(inputs.shape)
-                if plan is not None and inputs.dtype is plan.single_dtype:
-                    t0 = perf_counter()
-                    if plan.input_sum is None and plan.float_inputs and not all_finite(inputs):
-                        refuse_nonfinite((inputs,), self.manifest.inputs)
-                    stamps = self._stamps_before[:]
-                    result = self._result(None, plan.exit_index, self._energy, None, None,
-                                          self._power_w, None, stamps, t0)  # fmt: skip
-                    result.logits = self._chain.run_plan(plan, (inputs,), stamps)
-                    return result
+            t0 = perf_counter()
+            plan = self._hot_plan(inputs) if thresholds is None else None
+            if plan is not None:
+                xs = (inputs,) if type(inputs) is np.ndarray else inputs
+                if plan.input_sum is None:  # else run_plan reads the graph's sum of them
+                    for k in plan.float_inputs:
+                        if not all_finite(xs[k]):
+                            refuse_nonfinite(xs, self.manifest.inputs)
+                stamps = self._stamps_before[:]
+                result = self._result(None, plan.exit_index, self._energy, None, None,
+                                      self._power_w, None, stamps, t0)  # fmt: skip
+                result.logits = self._chain.run_plan(plan, xs, stamps)
+                return result
             if self._tokens is not None:
                 return self._run_tokens(inputs, thresholds)
             return self._run(inputs, thresholds)
@@ -432,6 +434,10 @@ class Runtime:
 
     def _rounded(self, thresholds: Sequence[float]) -> tuple[float, ...]:
         return tuple(round_threshold(t, d) for t, d in zip(thresholds, self._score_dtypes))
+
+
+def _no_plan(inputs: object) -> None:
+    return None
 
 
 def _plain_graph(manifest: Manifest, state_update: Callable | None) -> SegmentSpec | None:
