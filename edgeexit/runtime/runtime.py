@@ -30,7 +30,7 @@ from edgeexit.criteria import CRITERIA
 from edgeexit.energy import get_meter
 from edgeexit.errors import BundleError, InputError
 from edgeexit.runtime.chain import Chain, all_infinite
-from edgeexit.runtime.inputs import Inputs, all_finite, check_inputs, refuse_nonfinite
+from edgeexit.runtime.inputs import Inputs, check_inputs
 from edgeexit.runtime.result import ExitOutputs, Result, TensorResult, TokenResult
 from edgeexit.runtime.session import open_session, resolve_config
 from edgeexit.runtime.shapes import check_output_names, probe_layouts
@@ -232,29 +232,9 @@ class Runtime:
         inf are refused (InputError naming the rows): they would get a prediction.
         """
         with self._lock:
-            # The deployed path: the manifest's thresholds, every sample to the last exit,
-            # inputs like an earlier call's. Every Python step costs microseconds on a cold
-            # call (docs/runtime.md), so it is this one function until the segments run,
-            # and the Result is made before them.
-            t0 = perf_counter()
-            plan = self._hot_plan(inputs) if thresholds is None else None
-            if plan is not None:
-                xs = (inputs,) if type(inputs) is np.ndarray else inputs
-                if plan.input_sum is None:  # else run_plan reads the graph's sum of them
-                    for k in plan.float_inputs:
-                        if not all_finite(xs[k]):
-                            refuse_nonfinite(xs, self.manifest.inputs)
-                stamps = self._stamps_before[:]
-                result = self._result(None, plan.exit_index, self._energy, None, None,
-                                      self._power_w, None, stamps, t0)  # fmt: skip
-                result.logits = self._chain.run_plan(plan, xs, stamps)
-                return result
-            if self._tokens is not None:
-                return self._run_tokens(inputs, thresholds)
             return self._run(inputs, thresholds)
 
-    def _run_tokens(self, inputs: Inputs, thresholds: Sequence[float] | None) -> Result:
-        t0 = perf_counter()
+    def _run_tokens(self, inputs: Inputs, thresholds: Sequence[float] | None, t0: float) -> Result:
         chosen = self._thresholds if thresholds is None else self._checked(thresholds)[0]
         xs = check_inputs(inputs, self.manifest.inputs)
         window = self._window
@@ -265,6 +245,22 @@ class Runtime:
 
     def _run(self, inputs: Inputs, thresholds: Sequence[float] | None) -> Result:
         t0 = perf_counter()
+        # The deployed path: the manifest's thresholds, every sample to the last exit,
+        # inputs like an earlier call's. Every Python step costs microseconds on a cold
+        # call (docs/runtime.md), so it is these lines until the segments run, and the
+        # Result is made before them.
+        plan = self._hot_plan(inputs) if thresholds is None else None
+        if plan is not None:
+            xs = (inputs,) if type(inputs) is np.ndarray else inputs
+            if plan.input_sum is None:  # else run_plan reads the graph's sum of them
+                plan.refuse_nonfinite(xs, self.manifest.inputs)
+            stamps = self._stamps_before[:]
+            result = self._result(None, plan.exit_index, self._energy, None, None,
+                                  self._power_w, None, stamps, t0)  # fmt: skip
+            result.logits = self._chain.run_plan(plan, xs, stamps)
+            return result
+        if self._tokens is not None:
+            return self._run_tokens(inputs, thresholds, t0)
         if thresholds is None:
             chosen, to_last, chain = self._thresholds, self._to_last, self._chain
         else:
@@ -279,9 +275,7 @@ class Runtime:
         else:
             xs = (inputs,) if type(inputs) is np.ndarray else inputs
             if not to_last or plan.input_sum is None:  # else run_plan reads the graph's sum
-                for k in plan.float_inputs:
-                    if not all_finite(xs[k]):
-                        refuse_nonfinite(xs, self.manifest.inputs)
+                plan.refuse_nonfinite(xs, self.manifest.inputs)
         window = self._window
         if window is not None:
             window.begin_window()
