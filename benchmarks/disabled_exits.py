@@ -1,8 +1,10 @@
 """Disabled exits cost nothing: a chain whose every early exit is "never" against the plain
 network (every block, then the last exit's head, as one ONNX graph).
 
-For each model, in one process, batch 1, 1 thread, the methods alternating in a new
-shuffled order every round (``measure.rounds``):
+For each model, in one process, batch 1, 1 thread, ``--instances`` independently loaded
+copies of every method (two loads of one graph can differ by a few per cent: where the
+arena and weights land), all alternating in a new shuffled order every round
+(``measure.rounds``); a method's time in a round is the mean over its copies:
 
   plain        the plain network as one graph with IOBinding (PlainGraph, exported from
                PyTorch on its own): the baseline
@@ -16,6 +18,10 @@ shuffled order every round (``measure.rounds``):
                chain cost before
   its graph    the bundle's plain graph run bare like ``plain``: what the graph costs,
                without Runtime.run's own work
+  its session  the bundle's own session of that graph (the one Runtime.run calls), run
+               bare like ``plain``: bundle / its session is Runtime.run's own work alone,
+               without the difference two loads of one graph can make (~1 %). Stream
+               regime only: timed cold, it would warm the bundle's weights for it
   one exit     Runtime.run on a bundle of the plain network as one segment with one exit:
                what Runtime.run itself costs over the bare graph (input checks, NaN
                refusal, the result), with no early exit at all
@@ -39,7 +45,7 @@ ratio to ``plain`` (median over rounds of each round's ratio) with its 95 % inte
 goal is <= 1.03x.
 
 Usage:
-  PYTHONPATH=. python benchmarks/disabled_exits.py [--rounds 2000] [--save F.json]
+  PYTHONPATH=. python benchmarks/disabled_exits.py [--rounds 1000] [--instances 3] [--save F.json]
 """
 
 from __future__ import annotations
@@ -188,60 +194,93 @@ def methods(
     np.testing.assert_allclose(deployed.run(inputs).logits, plain_bound(), atol=1e-4)
     # one graph: ONNX Runtime may fuse across the former segment boundaries (float rounding)
     np.testing.assert_allclose(deployed.run(inputs).logits, bodies.run(inputs).logits, atol=1e-5)
+
+    def own_session():
+        """The deployed Runtime's own session of the plain graph, with nothing around it."""
+        plan = deployed._chain.plan(inputs[0].shape)
+        (run,) = plan.runs
+
+        def call():
+            for stage, a in zip(plan.stage, inputs):
+                stage[...] = a
+            run()
+            return plan.logits.copy()
+
+        return call
+
     return {
         "plain": plain_bound,
         "plain run()": standard(plain),
         "bundle": lambda: deployed.run(inputs),
         "its graph": joined_bound,
+        "its session": own_session(),
         "bodies": lambda: bodies.run(inputs),
         "heads": lambda: every_head.run(inputs),
         "one exit": lambda: alone.run(inputs),
     }
 
 
-REGIMES = {"cold": 0, "stream": 1}  # untimed calls of the same method before each timed one
+# regime: (untimed calls of the same method before each timed one, methods left out)
+REGIMES = {"cold": (0, {"its session"}), "stream": (1, set())}
 
 
-def time_rounds(fns: dict, rounds: int, lead: int = 0) -> dict[str, np.ndarray]:
-    for fn in fns.values():
+def time_rounds(
+    instances: list[dict], rounds: int, lead: int, left_out: set[str]
+) -> dict[str, np.ndarray]:
+    """Seconds per call, [rounds, instances] per method: every round calls every method of
+    every instance once (after ``lead`` untimed calls of it), in a new shuffled order."""
+    calls = [(name, j, fn) for j, fns in enumerate(instances)
+             for name, fn in fns.items() if name not in left_out]  # fmt: skip
+    for _, _, fn in calls:
         for _ in range(50):
             fn()
-    times = {name: np.empty(rounds) for name in fns}
-    for r, order in enumerate(shuffled_orders(list(fns.items()), rounds)):
-        for name, fn in order:
+    names = [name for name in instances[0] if name not in left_out]
+    times = {name: np.empty((rounds, len(instances))) for name in names}
+    for r, order in enumerate(shuffled_orders(calls, rounds)):
+        for name, j, fn in order:
             for _ in range(lead):
                 fn()
             t = time.perf_counter()
             fn()
-            times[name][r] = time.perf_counter() - t
+            times[name][r, j] = time.perf_counter() - t
     return times
 
 
 def summary(times: dict[str, np.ndarray]) -> dict:
+    """Per method: the median of each round's mean over instances, the paired ratio to
+    ``plain`` with its 95 % interval, and each instance's own median (their spread is
+    what loading the same graph twice can change)."""
+    plain = times["plain"].mean(axis=1)
     rows = {}
-    for name, t in times.items():
-        paired = t / times["plain"]
+    for name, per_instance in times.items():
+        paired = per_instance.mean(axis=1) / plain
         low, high = median_interval(paired)
         rows[name] = {
-            "median_us": float(np.median(t)) * 1e6,
+            "median_us": float(np.median(per_instance.mean(axis=1))) * 1e6,
             "paired_ratio": float(np.median(paired)),
             "ci95": [low, high],
+            "instance_ratios": [
+                float(np.median(per_instance[:, j] / plain)) for j in range(per_instance.shape[1])
+            ],  # fmt: skip
         }
     return rows
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=2000)
+    parser.add_argument("--rounds", type=int, default=1000)
+    parser.add_argument("--instances", type=int, default=3,
+                        help="independently loaded copies of every method")  # fmt: skip
     parser.add_argument("--save", type=Path, help="write the results as JSON here")
     args = parser.parse_args()
     results = {}
     for label, make in MODELS.items():
         with tempfile.TemporaryDirectory() as tmp:
-            fns = methods(*prepare(make, Path(tmp)))
+            prepared = prepare(make, Path(tmp))
+            instances = [methods(*prepared) for _ in range(args.instances)]
             results[label] = {
-                regime: summary(time_rounds(fns, args.rounds, lead))
-                for regime, lead in REGIMES.items()
+                regime: summary(time_rounds(instances, args.rounds, lead, left_out))
+                for regime, (lead, left_out) in REGIMES.items()
             }
         for regime, rows in results[label].items():
             print(f"{label}, {regime}")
@@ -250,8 +289,10 @@ def main() -> None:
                 if name == "bundle":
                     met = "met" if r["paired_ratio"] <= GOAL else "NOT met"
                     goal = f"  goal <= {GOAL}x: {met}"
+                each = "/".join(f"{x:.3f}" for x in r["instance_ratios"])
+                low, high = r["ci95"]
                 print(f"  {name:11s} {r['median_us']:9.1f} us  {r['paired_ratio']:.3f}x plain "
-                      f"({r['ci95'][0]:.3f}-{r['ci95'][1]:.3f}){goal}")  # fmt: skip
+                      f"({low:.3f}-{high:.3f}; instances {each}){goal}")  # fmt: skip
     if args.save:
         args.save.write_text(json.dumps(results, indent=2) + "\n")
 
