@@ -314,10 +314,6 @@ def test_the_plain_graph_sums_its_inputs_and_the_runtime_refuses_nan_by_that_sum
 ):
     """Runtime reads the plain graph's INPUT_SUM after the call instead of reducing the
     inputs in numpy before it; a bundle whose plain graph lacks it is checked in numpy."""
-    import hashlib
-
-    import onnx
-
     from edgeexit.bundle import INPUT_SUM
 
     bundle, _ = bundles
@@ -330,19 +326,14 @@ def test_the_plain_graph_sums_its_inputs_and_the_runtime_refuses_nan_by_that_sum
     assert runtime.run(np.full_like(x, 3e38)).exit_index.tolist() == [3] * 6
     assert math.isinf(_input_sum(runtime, x))
 
-    stripped = shutil.copytree(bundle, tmp_path / "stripped")
-    doc = json.loads((stripped / "manifest.json").read_text())
-    plain = stripped / doc["segments"][-1]["plain"]["file"]
-    graph = onnx.load(plain, load_external_data=False)
-    for field, keep in ((graph.graph.node, lambda n: not n.name.startswith(INPUT_SUM)),
-                        (graph.graph.output, lambda o: o.name != INPUT_SUM)):  # fmt: skip
-        kept = [item for item in field if keep(item)]
-        del field[:]
-        field.extend(kept)
-    onnx.save(graph, plain)
-    doc["segments"][-1]["plain"]["sha256"] = hashlib.sha256(plain.read_bytes()).hexdigest()
-    (stripped / "manifest.json").write_text(json.dumps(doc))
-    old = edgeexit.Runtime(stripped, threads=1)
+    def without_sum(graph):
+        for field, keep in ((graph.node, lambda n: not n.name.startswith(INPUT_SUM)),
+                            (graph.output, lambda o: o.name != INPUT_SUM)):  # fmt: skip
+            kept = [item for item in field if keep(item)]
+            del field[:]
+            field.extend(kept)
+
+    old = edgeexit.Runtime(_with_plain_graph_edited(bundle, tmp_path, without_sum), threads=1)
     assert old.runs_plain_graph and not old._chain.sums_inputs
     old.run(x)
 
@@ -354,6 +345,60 @@ def test_the_plain_graph_sums_its_inputs_and_the_runtime_refuses_nan_by_that_sum
             with pytest.raises(InputError, match=r"input 'x' holds NaN or inf in .*rows"):
                 rt.run(call)
         np.testing.assert_array_equal(rt.run(x).logits, runtime.run(x).logits)
+
+
+def _with_plain_graph_edited(bundle, tmp_path, edit):
+    """A copy of ``bundle`` whose plain graph ``edit(graph)`` changed, its sha256 updated."""
+    import hashlib
+
+    import onnx
+
+    copy = shutil.copytree(bundle, tmp_path / "edited")
+    doc = json.loads((copy / "manifest.json").read_text())
+    plain = copy / doc["segments"][-1]["plain"]["file"]
+    model = onnx.load(plain, load_external_data=False)
+    edit(model.graph)
+    onnx.save(model, plain)
+    doc["segments"][-1]["plain"]["sha256"] = hashlib.sha256(plain.read_bytes()).hexdigest()
+    (copy / "manifest.json").write_text(json.dumps(doc))
+    return copy
+
+
+@pytest.mark.parametrize("wrong", ["ignores NaN", "counts", "int64"])
+def test_a_plain_graph_whose_input_sum_is_not_one_is_refused_at_load(bundles, tmp_path, wrong):
+    """The runtime refuses NaN by the graph's sum: a graph whose sum hides NaN (or is no
+    float32 scalar) must not load, or NaN inputs would get an answer."""
+    from onnx import TensorProto, helper
+
+    from edgeexit.bundle import INPUT_SUM
+
+    def edit(graph):
+        (reduce,) = [n for n in graph.node if n.output[0] == INPUT_SUM]
+        x = reduce.input[0]
+        if wrong == "ignores NaN":  # NaN replaced by 0 before the sum
+            zero = helper.make_tensor("zero", TensorProto.FLOAT, [], [0.0])
+            graph.node.insert(0, helper.make_node("IsNaN", [x], ["nan_x"]))
+            graph.node.insert(1, helper.make_node("Constant", [], ["zero"], value=zero))
+            graph.node.insert(2, helper.make_node("Where", ["nan_x", "zero", x], ["clean_x"]))
+            reduce.input[0] = "clean_x"
+        elif wrong == "counts":  # the number of elements, not their sum
+            graph.node.insert(0, helper.make_node("Shape", [x], ["shape_x"]))
+            graph.node.insert(1, helper.make_node("ReduceProd", ["shape_x"], ["n_x"], keepdims=0))
+            graph.node.insert(2, helper.make_node("Cast", ["n_x"], ["n_f"], to=TensorProto.FLOAT))
+            reduce.op_type, reduce.input[:] = "Identity", ["n_f"]
+            del reduce.attribute[:]
+        else:
+            reduce.output[0] = "sum_f"
+            cast = helper.make_node("Cast", ["sum_f"], [INPUT_SUM], to=TensorProto.INT64)
+            graph.node.append(cast)
+            (out,) = [o for o in graph.output if o.name == INPUT_SUM]
+            out.type.tensor_type.elem_type = TensorProto.INT64
+
+    copy = _with_plain_graph_edited(bundles[0], tmp_path, edit)
+    match = {"ignores NaN": "for an input holding NaN", "counts": "for inputs summing to",
+             "int64": "tensor.int64."}[wrong]  # fmt: skip
+    with pytest.raises(BundleError, match=match):
+        edgeexit.Runtime(copy, threads=1)
 
 
 def test_input_sum_casts_each_float_input_and_leaves_integer_inputs_alone():

@@ -30,7 +30,7 @@ from edgeexit.runtime.buffers import Buffer, bound_runner
 from edgeexit.runtime.gather import RowMover
 from edgeexit.runtime.inputs import all_finite, refuse_nonfinite
 from edgeexit.runtime.session import ORT_ERRORS
-from edgeexit.runtime.shapes import Layout
+from edgeexit.runtime.shapes import Layout, gives_input_sum
 
 _ONE = np.ones(1, dtype=bool)
 _INF = math.inf  # a module global: one lookup instead of two (math, then .inf) per exit
@@ -121,7 +121,9 @@ class Chain:
         self.mover = RowMover(sessions[0].get_providers(), carry_device) if carry_device else None
         # every exit's output (class logits, or any tensor): each sample gets one of these
         self.output_layout = layouts[-1][manifest.segments[-1].logits]
-        self.sums_inputs = INPUT_SUM in {o.name for o in sessions[0].get_outputs()}
+        # the first graph sums the float inputs (a plain graph): NaN and inf are refused by
+        # reading that sum after the call (run_plan), checked here to be what it claims
+        self.sums_inputs = gives_input_sum(manifest, sessions[0])
         self.input_layouts = [
             Layout(tuple(int(d) for d in s.shape[1:]), np.dtype(s.dtype)) for s in manifest.inputs
         ]

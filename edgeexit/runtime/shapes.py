@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnxruntime as ort
 
-from edgeexit.bundle import Manifest, SegmentSource, SegmentSpec
+from edgeexit.bundle import INPUT_SUM, Manifest, SegmentSource, SegmentSpec
 from edgeexit.errors import BundleError, first_line
 from edgeexit.onnxproto import ProtoError, output_names
 from edgeexit.runtime.session import ORT_ERRORS
@@ -121,3 +121,44 @@ def probe_layouts(
         what = "the number of classes" if manifest.output == "logits" else "their output shape"
         raise BundleError(f"exits disagree on {what}: {sorted(shapes)}")
     return layouts
+
+
+def gives_input_sum(manifest: Manifest, session: ort.InferenceSession) -> bool:
+    """True if the chain's first graph gives ``INPUT_SUM`` (a plain graph does) and it is
+    what it claims: a float32 scalar that sums a probe batch and is NaN when an input
+    holds NaN. The runtime refuses NaN and inf by that one number, so a graph giving a
+    wrong one is a BundleError here, not NaN inputs answered later."""
+    given = [o for o in session.get_outputs() if o.name == INPUT_SUM]
+    if not given:
+        return False
+    file, out = manifest.segments[0].file, given[0]
+    if out.type != "tensor(float)" or list(out.shape) != []:
+        raise BundleError(
+            f"{file} gives {INPUT_SUM} as {out.type} {list(out.shape)}; expected a float32 "
+            "scalar, the sum of its float inputs"
+        )
+    feeds = {
+        s.name: np.full((PROBE_BATCH, *s.shape[1:]), 0.5 if np.dtype(s.dtype).kind == "f" else 0,
+                        dtype=np.dtype(s.dtype))
+        for s in manifest.inputs
+    }  # fmt: skip
+    floats = [a for a in feeds.values() if a.dtype.kind == "f"]
+    want = 0.5 * sum(a.size for a in floats)
+    try:
+        (total,) = session.run([INPUT_SUM], feeds)
+        if floats:
+            floats[0].flat[-1] = np.nan
+        (poisoned,) = session.run([INPUT_SUM], feeds)
+    except ORT_ERRORS as err:
+        raise BundleError(f"{file} fails on a batch of {PROBE_BATCH}: {first_line(err)}") from err
+    if not np.isclose(float(total), want, rtol=1e-5):
+        raise BundleError(
+            f"{file} gives {INPUT_SUM} = {float(total)} for inputs summing to {want}; "
+            "expected the sum of its float inputs"
+        )
+    if floats and not np.isnan(poisoned):
+        raise BundleError(
+            f"{file} gives {INPUT_SUM} = {float(poisoned)} for an input holding NaN; "
+            "expected NaN (the sum of its float inputs)"
+        )
+    return True
