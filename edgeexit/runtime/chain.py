@@ -23,12 +23,12 @@ from typing import NamedTuple
 import numpy as np
 import onnxruntime as ort
 
-from edgeexit.bundle import INPUT_SUM, InputSpec, Manifest
+from edgeexit.bundle import INPUT_SUM, Manifest
 from edgeexit.criteria import RuntimeState
 from edgeexit.errors import BundleError, InputError, first_line
 from edgeexit.runtime.buffers import Buffer, bound_runner
 from edgeexit.runtime.gather import RowMover
-from edgeexit.runtime.inputs import all_finite, refuse_nonfinite
+from edgeexit.runtime.inputs import refuse_nonfinite
 from edgeexit.runtime.session import ORT_ERRORS
 from edgeexit.runtime.shapes import Layout, gives_input_sum
 
@@ -76,12 +76,6 @@ class Plan(NamedTuple):
     # the first graph's sum of the float inputs (Step.input_sum): when not None, run_plan
     # checks the inputs for NaN and inf after the call, by reading it
     input_sum: memoryview | None
-
-    def refuse_nonfinite(self, xs: Sequence[np.ndarray], specs: tuple[InputSpec, ...]) -> None:
-        """Raise the InputError naming the rows if a float input holds NaN or inf."""
-        for k in self.float_inputs:
-            if not all_finite(xs[k]):
-                refuse_nonfinite(xs, specs)
 
     def takes(self, xs: Sequence[object]) -> bool:
         """True if ``xs`` are arrays of exactly this plan's dtypes and shapes, so they need
