@@ -36,7 +36,10 @@ Two regimes, each its own pass of shuffled rounds:
            code as its own previous call left them
 
 Python's per-call work weighs on a cold call far more than on a warm one (docs/runtime.md,
-*Where the rest goes*), so the two bracket what a deployment sees.
+*Where the rest goes*), so the two bracket what a deployment sees. Last, on one copy:
+Runtime.run against its own session run bare, each call right after one call of every
+method of the other copies, in microseconds (what Runtime.run itself adds to a cold call,
+free of the load's luck).
 
 Models: the digits ResNet (w=64: cheap convolutional heads) and a transformer with heavy
 heads (tiny_bert's encoder, d=256 t=96, each early exit an attention block + MLP before
@@ -266,6 +269,27 @@ def summary(times: dict[str, np.ndarray]) -> dict:
     return rows
 
 
+def runtime_work(instances: list[dict], rounds: int) -> dict:
+    """What Runtime.run adds to its own session's call, cold: the first copy's bundle and
+    its session run bare, in a shuffled order, each right after one call of every method
+    of the other copies (the neighbourhood a cold-regime call has). One session for both,
+    so no load's luck enters."""
+    bundle, bare = instances[0]["bundle"], instances[0]["its session"]
+    others = [fn for fns in instances[1:] for name, fn in fns.items() if name != "its session"]
+    times = np.empty((rounds, 2))
+    for r, order in enumerate(shuffled_orders([(0, bundle), (1, bare)], rounds)):
+        for j, fn in order:
+            for other in others:
+                other()
+            t = time.perf_counter()
+            fn()
+            times[r, j] = time.perf_counter() - t
+    extra = (times[:, 0] - times[:, 1]) * 1e6
+    low, high = median_interval(extra)
+    return {"extra_us": float(np.median(extra)), "ci95_us": [low, high],
+            "session_us": float(np.median(times[:, 1])) * 1e6}  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=1000)
@@ -282,6 +306,7 @@ def main() -> None:
                 regime: summary(time_rounds(instances, args.rounds, lead, left_out))
                 for regime, (lead, left_out) in REGIMES.items()
             }
+            work = runtime_work(instances, max(args.rounds // 4, 50))
         for regime, rows in results[label].items():
             print(f"{label}, {regime}")
             for name, r in rows.items():
@@ -293,6 +318,11 @@ def main() -> None:
                 low, high = r["ci95"]
                 print(f"  {name:11s} {r['median_us']:9.1f} us  {r['paired_ratio']:.3f}x plain "
                       f"({low:.3f}-{high:.3f}; instances {each}){goal}")  # fmt: skip
+        results[label]["runtime work"] = work
+        low, high = work["ci95_us"]
+        print(f"{label}: Runtime.run's own work, cold, on one session of "
+              f"{work['session_us']:.1f} us: +{work['extra_us']:.1f} us "
+              f"({low:.1f}-{high:.1f})")  # fmt: skip
     if args.save:
         args.save.write_text(json.dumps(results, indent=2) + "\n")
 
