@@ -164,6 +164,23 @@ def test_compiled_bodies_hand_on_what_their_compiled_segments_do(bundles, tmp_pa
                                    atol=1e-4)  # fmt: skip
 
 
+def test_compile_writes_the_plain_graph_on_the_last_segment_only(bundles, tmp_path):
+    """The format allows a plain graph on any segment, and compile joins the last one's:
+    one named on another segment is dropped, not replaced by the last exit's graph."""
+    from edgeexit.compile.compiler import CompileOptions, compile_bundle
+
+    bundle, _ = bundles
+    copy = shutil.copytree(bundle, tmp_path / "b")
+    doc = json.loads((copy / "manifest.json").read_text())
+    doc["segments"][1]["plain"] = doc["segments"][-1]["plain"]
+    (copy / "manifest.json").write_text(json.dumps(doc))
+    compile_bundle(copy, tmp_path / "compiled", "x86-cpu",
+                   options=CompileOptions(threads=1))  # fmt: skip
+    segments = read_manifest(tmp_path / "compiled").segments
+    assert segments[1].plain is None and segments[-1].plain is not None
+    assert edgeexit.Runtime(tmp_path / "compiled", threads=1).runs_plain_graph
+
+
 def test_a_disabled_exit_is_credited_the_head_it_skips():
     from edgeexit.calibrate.costs import ExitCosts
     from edgeexit.energy.provenance import NONE

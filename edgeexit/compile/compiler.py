@@ -388,9 +388,12 @@ def _write_into(folder: Path, compiled: _Compiled, *, ort_format: bool) -> None:
         return (save_ort_format(path) if ort_format else path).name
 
     segments = []
+    last = compiled.manifest.segments[-1]
     for model, body, seg in zip(compiled.models, compiled.bodies, compiled.manifest.segments):
         body_file = None if body is None else GraphFile(written(body, seg.body.file), "")
-        plain = compiled.plain if seg.plain is not None else None
+        # only the last exit's plain graph is compiled (_compiled_plain): a plain graph the
+        # source names on another segment is left out, not given the last one's graph
+        plain = compiled.plain if seg is last and seg.plain is not None else None
         plain_file = None if plain is None else GraphFile(written(plain, seg.plain.file), "")
         segments.append(replace(seg, file=written(model, seg.file), body=body_file,
                                 plain=plain_file))  # fmt: skip
