@@ -323,15 +323,17 @@ class Chain:
         return logits, exit_index, seg_ms
 
     def forward_to_last(
-        self, xs: tuple[np.ndarray, ...]
+        self, xs: Sequence[np.ndarray], plan: Plan | None = None
     ) -> tuple[np.ndarray, np.ndarray, list[float]]:
         """``forward`` when no exit before the last can fire (every threshold there inf).
 
+        ``plan``: the batch's plan when the caller has it (``xs`` checked against it).
         Returns (logits, exit_index, stamps): ``stamps`` are perf_counter seconds before
         the first segment and after each (``Result`` turns them into ``segment_ms`` when
         asked). Nobody leaves, so no score is read and no patience counter kept.
         """
-        plan = self.plan(xs[0].shape)
+        if plan is None:
+            plan = self.plan(xs[0].shape)
         stamps: list[float] = []
         return self.run_plan(plan, xs, stamps), plan.exit_index, stamps
 

@@ -285,7 +285,7 @@ class Runtime:
             window.begin_window()
         stamps = segment_ms = None
         if to_last:  # no exit before the last can fire: the segments run back to back
-            logits, exit_index, stamps = chain.forward_to_last(xs)
+            logits, exit_index, stamps = chain.forward_to_last(xs, plan)
             stamps[:0] = self._stamps_before
         else:
             logits, exit_index, segment_ms = chain.forward(xs, chosen, self._state_update, plan)
