@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import pickle
 from unittest import mock
 
 import numpy as np
@@ -122,6 +123,29 @@ def test_multi_input_fast_path_matches_the_general_path(bert):
             "edgeexit.runtime.runtime.check_inputs", side_effect=AssertionError("slow path")
         ):
             np.testing.assert_array_equal(rt.run(rows).logits, ref)  # really the fast path
+
+
+def test_unpickled_arrays_take_the_fast_path(digits, bert):
+    """An array sent through multiprocessing (pickled) carries its own dtype object, equal
+    to numpy's builtin one but not it: still the fast path. A byte-swapped one is not equal,
+    so it is checked (and refused) as before."""
+    for ex, rt in (digits, bert):
+        rows = [x[:2] for x in ex.inputs]
+        ref = rt.run(rows).logits  # makes the plan
+        sent = pickle.loads(pickle.dumps(rows))
+        assert sent[0].dtype == rows[0].dtype and sent[0].dtype is not rows[0].dtype
+        with mock.patch(
+            "edgeexit.runtime.runtime.check_inputs", side_effect=AssertionError("slow path")
+        ):
+            np.testing.assert_array_equal(rt.run(sent).logits, ref)
+            if len(sent) == 1:
+                np.testing.assert_array_equal(rt.run(sent[0]).logits, ref)
+        swapped = [sent[0].astype(sent[0].dtype.newbyteorder()), *sent[1:]]
+        with pytest.raises(InputError, match="has dtype >"):
+            rt.run(swapped)
+        if len(swapped) == 1:
+            with pytest.raises(InputError, match="has dtype >"):
+                rt.run(swapped[0])
 
 
 def test_multi_input_fast_path_still_checks_every_input(bert):
