@@ -389,6 +389,37 @@ def test_ctrl_c_at_any_moment_exits_130_without_a_traceback(tmp_path):
     assert interrupted >= 3
 
 
+def test_a_ctrl_c_a_callback_swallowed_still_exits_130_without_a_traceback():
+    """A Ctrl-C landing in code a native module called back (pydantic-core, while typer
+    parses options) is 'ignored' by it: Python prints a traceback and the command goes on.
+    Here a __del__ swallows it the same way (an unraisable exception) during a command."""
+    script = textwrap.dedent("""
+        import time
+        from unittest import mock
+        import edgeexit.cli.commands as commands
+        from edgeexit.cli import main
+
+        class Swallows:
+            def __del__(self):
+                raise KeyboardInterrupt
+
+        def command(*args, **kwargs):
+            Swallows()  # its __del__ raises into nowhere: an 'Exception ignored in' before
+            for _ in range(200):
+                time.sleep(0.01)
+            print("went on")
+            return 0
+
+        with mock.patch.object(commands, "app", command):
+            main()
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=60, env={**os.environ, "PYTHONPATH": str(REPO)})  # fmt: skip
+    assert proc.returncode == 130, proc.stderr
+    assert "Traceback" not in proc.stderr and "ignored" not in proc.stderr
+    assert "went on" not in proc.stdout and proc.stderr.strip() == "interrupted"
+
+
 def test_ctrl_c_during_calibrate_leaves_the_bundle_and_no_litter(tmp_path, monkeypatch):
     from edgeexit.calibrate import pipeline
 

@@ -9,10 +9,12 @@ traceback. Held back, it arrives once the imports are done and exits 130 like an
 
 from __future__ import annotations
 
+import _thread
 import contextlib
 import os
 import signal
 import sys
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -34,7 +36,22 @@ def interrupts_deferred() -> Iterator[None]:
         block(signal.SIG_SETMASK, previous)
 
 
+def _interrupt_again(unraisable: Any) -> None:
+    """``sys.unraisablehook``: a Ctrl-C that lands in code a native module called back
+    (pydantic-core, which typer uses to parse options) is 'ignored' by that module, printed
+    with a traceback, and the command goes on. Delivered again instead, from a thread a
+    moment later (delivered now, it would land in this hook and be ignored again): it
+    arrives once that module's code has returned, and exits 130 like any other."""
+    if isinstance(unraisable.exc_value, KeyboardInterrupt):
+        again = threading.Timer(0.05, _thread.interrupt_main)
+        again.daemon = True
+        again.start()
+        return
+    sys.__unraisablehook__(unraisable)
+
+
 def main() -> None:
+    sys.unraisablehook = _interrupt_again
     try:
         with interrupts_deferred():
             from edgeexit.cli.commands import app  # registers every command
