@@ -5,6 +5,7 @@ with every head, whatever the thresholds of a call."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import shutil
@@ -149,6 +150,14 @@ def test_compiled_bodies_hand_on_what_their_compiled_segments_do(bundles, tmp_pa
     plain = manifest.segments[-1].plain
     assert (plain is not None) == (len(kept) == len(manifest.segments) - 1)
     assert deployed.runs_plain_graph == (plain is not None)
+    # segment 0 and its body sum the inputs too, added after converting: float32, and
+    # NaN still NaN (not saturated by the int8 input's QuantizeLinear)
+    assert every._chain.sums_inputs
+    x = samples(3)
+    x[2, 0, 1, 1] = np.inf
+    for rt in (deployed, every):
+        with pytest.raises(InputError, match=r"rows 2\)"):
+            rt.run(x, thresholds=(0.1, INF, INF, INF))
     if plain is not None:
         assert plain.file.endswith(".ort" if ort_format else ".onnx")
         # the sum was added after converting: it stays float32 and still refuses NaN
@@ -331,7 +340,6 @@ def test_the_plain_graph_sums_its_inputs_and_the_runtime_refuses_nan_by_that_sum
 ):
     """Runtime reads the plain graph's INPUT_SUM after the call instead of reducing the
     inputs in numpy before it; a bundle whose plain graph lacks it is checked in numpy."""
-    from edgeexit.bundle import INPUT_SUM
 
     bundle, _ = bundles
     runtime = edgeexit.Runtime(bundle, threads=1)
@@ -343,14 +351,7 @@ def test_the_plain_graph_sums_its_inputs_and_the_runtime_refuses_nan_by_that_sum
     assert runtime.run(np.full_like(x, 3e38)).exit_index.tolist() == [3] * 6
     assert math.isinf(_input_sum(runtime, x))
 
-    def without_sum(graph):
-        for field, keep in ((graph.node, lambda n: not n.name.startswith(INPUT_SUM)),
-                            (graph.output, lambda o: o.name != INPUT_SUM)):  # fmt: skip
-            kept = [item for item in field if keep(item)]
-            del field[:]
-            field.extend(kept)
-
-    old = edgeexit.Runtime(_with_plain_graph_edited(bundle, tmp_path, without_sum), threads=1)
+    old = edgeexit.Runtime(_with_plain_graph_edited(bundle, tmp_path, _without_sum), threads=1)
     assert old.runs_plain_graph and not old._chain.sums_inputs
     old.run(x)
 
@@ -366,19 +367,81 @@ def test_the_plain_graph_sums_its_inputs_and_the_runtime_refuses_nan_by_that_sum
 
 def _with_plain_graph_edited(bundle, tmp_path, edit):
     """A copy of ``bundle`` whose plain graph ``edit(graph)`` changed, its sha256 updated."""
+    return _with_graphs_edited(bundle, tmp_path, edit, lambda doc: [doc["segments"][-1]["plain"]])
+
+
+def _with_graphs_edited(bundle, tmp_path, edit, entries):
+    """A copy of ``bundle`` whose graphs ``entries(manifest document)`` names were changed
+    by ``edit(graph)``, their sha256 updated."""
     import hashlib
 
     import onnx
 
     copy = shutil.copytree(bundle, tmp_path / "edited")
     doc = json.loads((copy / "manifest.json").read_text())
-    plain = copy / doc["segments"][-1]["plain"]["file"]
-    model = onnx.load(plain, load_external_data=False)
-    edit(model.graph)
-    onnx.save(model, plain)
-    doc["segments"][-1]["plain"]["sha256"] = hashlib.sha256(plain.read_bytes()).hexdigest()
+    for entry in entries(doc):
+        path = copy / entry["file"]
+        model = onnx.load(path, load_external_data=False)
+        edit(model.graph)
+        onnx.save(model, path)
+        entry["sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()
     (copy / "manifest.json").write_text(json.dumps(doc))
     return copy
+
+
+def _without_sum(graph):
+    from edgeexit.bundle import INPUT_SUM
+
+    for field, keep in ((graph.node, lambda n: not n.name.startswith(INPUT_SUM)),
+                        (graph.output, lambda o: o.name != INPUT_SUM)):  # fmt: skip
+        kept = [item for item in field if keep(item)]
+        del field[:]
+        field.extend(kept)
+
+
+def test_export_gives_segment_0_and_its_body_the_input_sum(bundles):
+    import onnx
+
+    from edgeexit.bundle import INPUT_SUM
+
+    bundle, heads = bundles
+    segments = read_manifest(bundle).segments
+    files = [s.file for s in segments] + [s.body.file for s in segments[:-1]]
+    sums = {f for f in files if INPUT_SUM in [o.name for o in onnx.load(bundle / f).graph.output]}
+    assert sums == {"segment_00.onnx", "body_00.onnx"}
+    assert edgeexit.Runtime(heads, threads=1)._chain.sums_inputs  # segment_00 with its head
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize("thresholds", [(0.3, INF, 0.2, INF), (0.0, 0.0, 0.0, 0.0)])
+def test_early_exit_calls_refuse_nan_by_the_first_graphs_sum(bundles, tmp_path, bad, thresholds):
+    """A call whose exits can fire runs the chain of segments, whose first graph (segment 0
+    or its body) sums the inputs: NaN and inf are refused by that sum after the segments
+    ran, with no numpy pass over the inputs on a known shape (every sample leaving at the
+    first exit included). A bundle whose segment 0 lacks it is checked in numpy."""
+    from unittest import mock
+
+    bundle, heads = bundles
+    old = _with_graphs_edited(heads, tmp_path, _without_sum, lambda doc: [doc["segments"][0]])
+    runtimes = [edgeexit.Runtime(b, threads=1) for b in (bundle, heads, old)]
+    assert [rt._chain.sums_inputs for rt in runtimes] == [True, True, False]
+    x = samples(6)
+    bad_x = x.copy()
+    bad_x[2, 0, 3, 3] = bad
+    want = runtimes[1].run(x, thresholds=thresholds)
+    for rt in runtimes:
+        rt.run(x, thresholds=thresholds)  # the shape is known now
+        no_numpy = mock.patch("edgeexit.runtime.runtime.all_finite",
+                              side_effect=AssertionError("numpy pass"))  # fmt: skip
+        with no_numpy if rt._chain.sums_inputs else contextlib.nullcontext():
+            got = rt.run(x, thresholds=thresholds)
+            for call in (bad_x, [bad_x]):
+                with pytest.raises(InputError, match=r"input 'x' holds NaN or inf in .*rows 2\)"):
+                    rt.run(call, thresholds=thresholds)
+        with pytest.raises(InputError, match=r"rows 0\)"):  # a new shape: checked in full
+            rt.run(bad_x[2:4], thresholds=thresholds)
+        np.testing.assert_array_equal(got.logits, want.logits)
+        np.testing.assert_array_equal(got.exit_index, want.exit_index)
 
 
 @pytest.mark.parametrize("wrong", ["ignores NaN", "counts", "int64"])

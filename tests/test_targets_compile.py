@@ -10,7 +10,7 @@ import onnxruntime as ort
 import pytest
 from fixtures.targets_digits import load_weights, segment_model, write_bundle, write_calib
 
-from edgeexit.bundle import read_manifest, verify_segments
+from edgeexit.bundle import INPUT_SUM, read_manifest, verify_segments
 from edgeexit.compile.compiler import CompileOptions, compile_bundle
 from edgeexit.compile.host_chain import host_sessions, run_chain
 from edgeexit.compile.versions import default_opset, pin_versions
@@ -78,7 +78,7 @@ def test_fp16_cuda_bundle_keeps_fp32_io(fp32_bundle, tmp_path):
     assert {t.data_type for t in weights} == {onnx.TensorProto.FLOAT16}
     io = [*model.graph.input, *model.graph.output]
     assert {v.type.tensor_type.elem_type for v in io} == {onnx.TensorProto.FLOAT}
-    assert [o.name for o in model.graph.output] == ["carry_0", "logits_0", "score_0"]
+    assert [o.name for o in model.graph.output] == ["carry_0", "logits_0", "score_0", INPUT_SUM]
     onnx.checker.check_model(model)
 
 

@@ -124,6 +124,8 @@ def _compile(
 ) -> _Compiled:
     import onnx
 
+    from edgeexit.compile.plain_graph import with_input_sum, without_input_sum
+
     target = load_target(target)
     manifest = read_manifest(src_dir)
     if manifest.output == "tokens":
@@ -137,6 +139,7 @@ def _compile(
         raise TargetError(f"{src_dir} is already {source_precision}; compile from an fp32 bundle")
     paths = verify_segments(src_dir, manifest)
     models = [onnx.load(p) for p in paths]
+    models[0] = without_input_sum(models[0])  # converted without it, then given it again
     for model, seg in zip(models, manifest.segments):
         _refuse_host_only_ops(model, target, seg.file)
     fp32 = [pin_versions(m, target, name=s.file) for m, s in zip(models, manifest.segments)]
@@ -190,6 +193,10 @@ def _compile(
             + f" (`max_quant_drop` {100 * options.max_quant_drop:g} pp); nothing written",
             report=report,
         )
+    # after conversion: the sum stays float32, and reads the inputs as they come
+    compiled[0] = with_input_sum(compiled[0])
+    if bodies[0] is not None:
+        bodies[0] = with_input_sum(bodies[0])
     plain = _compiled_plain(manifest, compiled, bodies)
     return _Compiled(manifest, compiled, report, bodies, plain)
 
@@ -222,6 +229,8 @@ def _compiled_bodies(
     None where there is no body or it does not match (that exit's head then runs)."""
     import onnx
 
+    from edgeexit.compile.plain_graph import without_input_sum
+
     specs = [s.headless for s in manifest.segments]
     if not any(specs):
         return [None] * len(specs)
@@ -239,7 +248,8 @@ def _compiled_bodies(
         if spec is None:
             bodies.append(None)
             continue
-        body = convert(pin_versions(onnx.load(next(paths)), target, name=spec.file), i)
+        body = without_input_sum(onnx.load(next(paths)))
+        body = convert(pin_versions(body, target, name=spec.file), i)
         body = pin_versions(body, target, name=spec.file)
         carry = list(spec.carry)
         try:  # a graph this host cannot run (fp16 kernels it lacks) is not checked: dropped

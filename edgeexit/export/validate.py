@@ -20,7 +20,7 @@ import torch
 from rich.table import Table
 from torch import nn
 
-from edgeexit.bundle import SegmentSpec, read_manifest, verify_segments
+from edgeexit.bundle import INPUT_SUM, SegmentSpec, read_manifest, verify_segments
 from edgeexit.errors import ExportError, ParityError
 from edgeexit.export.model import run_exits
 from edgeexit.export.scores import exit_score
@@ -158,7 +158,8 @@ def _check(i, seg: SegmentSpec, sess, step, want_score, atol: float) -> SegmentC
     where = f"segment {i} at batch {batch}"
     problems = []
     expected = [*seg.carry, seg.logits, seg.score]
-    got_names = [o.name for o in sess.get_outputs()]
+    # the first graph also sums the model's inputs (INPUT_SUM), read by the runtime only
+    got_names = [o.name for o in sess.get_outputs() if o.name != INPUT_SUM]
     got_inputs = [x.name for x in sess.get_inputs()]
     if sorted(got_names) != sorted(expected) or got_inputs != list(seg.inputs):
         problems.append(f"{where}: {_io_mismatch(i, seg, got_inputs, got_names, expected)}")

@@ -275,6 +275,8 @@ class Chain:
             seg_ms[i], t = (now - t) * 1e3, now
             if i == last:
                 if logits is None:  # nobody left early: the last exit's buffer is the answer
+                    if plan.input_sum is not None and not isfinite(plan.input_sum[0]):
+                        refuse_nonfinite(xs, self.manifest.inputs)
                     return step.logits.copy(), self.exit_column(i, n), seg_ms
                 logits[alive] = step.logits
                 exit_index[alive] = i
@@ -310,6 +312,9 @@ class Chain:
             self.compact(step.carry, keep)
             k = keep.size
             t = perf_counter()  # the compaction is orchestration, not segment time
+        # The first graph summed the inputs (as in run_plan): read once every segment ran.
+        if plan.input_sum is not None and not isfinite(plan.input_sum[0]):
+            refuse_nonfinite(xs, self.manifest.inputs)
         return logits, exit_index, seg_ms
 
     def forward_to_last(

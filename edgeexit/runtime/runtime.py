@@ -276,7 +276,7 @@ class Runtime:
             xs = check_inputs(inputs, self.manifest.inputs)
         else:
             xs = (inputs,) if type(inputs) is np.ndarray else inputs
-            if not to_last or plan.input_sum is None:  # else run_plan reads the graph's sum
+            if plan.input_sum is None:  # else forward and run_plan read the graph's sum
                 for k in plan.float_inputs:
                     if not all_finite(xs[k]):
                         refuse_nonfinite(xs, self.manifest.inputs)
