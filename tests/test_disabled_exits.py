@@ -377,7 +377,7 @@ def _with_graphs_edited(bundle, tmp_path, edit, entries):
 
     import onnx
 
-    copy = shutil.copytree(bundle, tmp_path / "edited")
+    copy = shutil.copytree(bundle, tmp_path / "edited")  # tmp_path: one edit per folder
     doc = json.loads((copy / "manifest.json").read_text())
     for entry in entries(doc):
         path = copy / entry["file"]
@@ -444,10 +444,8 @@ def test_early_exit_calls_refuse_nan_by_the_first_graphs_sum(bundles, tmp_path, 
         np.testing.assert_array_equal(got.exit_index, want.exit_index)
 
 
-@pytest.mark.parametrize("wrong", ["ignores NaN", "counts", "int64"])
-def test_a_plain_graph_whose_input_sum_is_not_one_is_refused_at_load(bundles, tmp_path, wrong):
-    """The runtime refuses NaN by the graph's sum: a graph whose sum hides NaN (or is no
-    float32 scalar) must not load, or NaN inputs would get an answer."""
+def _wrong_sum(wrong):
+    """An edit of a graph's INPUT_SUM into one that is not the sum of its inputs."""
     from onnx import TensorProto, helper
 
     from edgeexit.bundle import INPUT_SUM
@@ -474,11 +472,36 @@ def test_a_plain_graph_whose_input_sum_is_not_one_is_refused_at_load(bundles, tm
             (out,) = [o for o in graph.output if o.name == INPUT_SUM]
             out.type.tensor_type.elem_type = TensorProto.INT64
 
-    copy = _with_plain_graph_edited(bundles[0], tmp_path, edit)
-    match = {"ignores NaN": "for an input holding NaN", "counts": "for inputs summing to",
-             "int64": "tensor.int64."}[wrong]  # fmt: skip
-    with pytest.raises(BundleError, match=match):
+    return edit
+
+
+WRONG_SUM_ERRORS = {"ignores NaN": "for an input holding NaN", "counts": "for inputs summing to",
+                    "int64": "tensor.int64."}  # fmt: skip
+
+
+@pytest.mark.parametrize("wrong", list(WRONG_SUM_ERRORS))
+def test_a_plain_graph_whose_input_sum_is_not_one_is_refused_at_load(bundles, tmp_path, wrong):
+    """The runtime refuses NaN by the graph's sum: a graph whose sum hides NaN (or is no
+    float32 scalar) must not load, or NaN inputs would get an answer."""
+    copy = _with_plain_graph_edited(bundles[0], tmp_path, _wrong_sum(wrong))
+    with pytest.raises(BundleError, match=WRONG_SUM_ERRORS[wrong]):
         edgeexit.Runtime(copy, threads=1)
+
+
+def test_a_first_segment_whose_input_sum_hides_nan_is_refused_when_opened(bundles, tmp_path):
+    """Segment 0's sum is checked like the plain graph's, when a chain first runs it: at
+    load for its body, at the first call that enables exit 0 for the segment with its
+    head (the file named either way)."""
+    bundle, _ = bundles
+    body = _with_graphs_edited(bundle, tmp_path / "body", _wrong_sum("ignores NaN"),
+                               lambda doc: [doc["segments"][0]["body"]])  # fmt: skip
+    with pytest.raises(BundleError, match="body_00.onnx gives .* for an input holding NaN"):
+        edgeexit.Runtime(body, threads=1, bodies=True, max_exit=2)  # no plain graph: body_00
+    head = _with_graphs_edited(bundle, tmp_path / "head", _wrong_sum("ignores NaN"),
+                               lambda doc: [doc["segments"][0]])  # fmt: skip
+    runtime = edgeexit.Runtime(head, threads=1)  # runs the plain graph: segment 0 not opened
+    with pytest.raises(BundleError, match="segment_00.onnx gives .* for an input holding NaN"):
+        runtime.run(samples(2), thresholds=(0.5, INF, INF, INF))
 
 
 def test_input_sum_casts_each_float_input_and_leaves_integer_inputs_alone():
