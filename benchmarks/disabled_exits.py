@@ -249,11 +249,11 @@ def time_rounds(
     return times
 
 
-def summary(times: dict[str, np.ndarray]) -> dict:
+def summary(times: dict[str, np.ndarray], base: str = "plain") -> dict:
     """Per method: the median of each round's mean over instances, the paired ratio to
-    ``plain`` with its 95 % interval, and each instance's own median (their spread is
+    ``base`` with its 95 % interval, and each instance's own median (their spread is
     what loading the same graph twice can change)."""
-    plain = times["plain"].mean(axis=1)
+    plain = times[base].mean(axis=1)
     rows = {}
     for name, per_instance in times.items():
         paired = per_instance.mean(axis=1) / plain

@@ -97,6 +97,11 @@ class SegmentSpec:
     every earlier block without its head, then this segment with its head); run instead
     of the chain while every earlier exit is disabled, so that such a chain costs what the
     plain network does (export writes it for the last segment).
+    ``prefix``: this segment as it runs after every earlier exit disabled: the model
+    inputs in, every earlier body, then this segment with its head, as one graph giving
+    this segment's outputs (carry, logits, score); the first graph of a chain whose first
+    enabled exit is this one, one ONNX Runtime call where the bodies and the segment took
+    one each (export writes one for every segment between the first and the last).
     """
 
     file: str
@@ -108,11 +113,17 @@ class SegmentSpec:
     external_data: tuple[ExternalFile, ...] = ()
     body: GraphFile | None = None
     plain: GraphFile | None = None
+    prefix: GraphFile | None = None
 
     @property
     def has_head(self) -> bool:
         """False for a body (``headless``): no logits, no score."""
         return bool(self.logits)
+
+    @property
+    def other_graphs(self) -> tuple[GraphFile, ...]:
+        """The graph files this segment lists besides its own: body, plain, prefix."""
+        return tuple(g for g in (self.body, self.plain, self.prefix) if g is not None)
 
     @property
     def headless(self) -> SegmentSpec | None:
@@ -121,7 +132,7 @@ class SegmentSpec:
             return None
         b = self.body
         return replace(self, file=b.file, sha256=b.sha256, external_data=b.external_data,
-                       logits="", score="", body=None, plain=None)  # fmt: skip
+                       logits="", score="", body=None, plain=None, prefix=None)  # fmt: skip
 
     def as_plain(self, inputs: tuple[str, ...]) -> SegmentSpec | None:
         """The ``plain`` graph as a one-segment chain taking the model ``inputs``, or None.
@@ -131,7 +142,17 @@ class SegmentSpec:
             return None
         w = self.plain
         return replace(self, file=w.file, sha256=w.sha256, external_data=w.external_data,
-                       inputs=inputs, carry=(), score="", body=None, plain=None)  # fmt: skip
+                       inputs=inputs, carry=(), score="", body=None, plain=None,
+                       prefix=None)  # fmt: skip
+
+    def as_prefix(self, inputs: tuple[str, ...]) -> SegmentSpec | None:
+        """The ``prefix`` graph as the first segment of a chain, taking the model
+        ``inputs`` and giving this segment's outputs, or None."""
+        if self.prefix is None:
+            return None
+        w = self.prefix
+        return replace(self, file=w.file, sha256=w.sha256, external_data=w.external_data,
+                       inputs=inputs, body=None, plain=None, prefix=None)  # fmt: skip
 
     def to_json(self) -> dict[str, Any]:
         doc: dict[str, Any] = {
@@ -148,6 +169,8 @@ class SegmentSpec:
             doc["body"] = self.body.to_json()
         if self.plain is not None:
             doc["plain"] = self.plain.to_json()
+        if self.prefix is not None:
+            doc["prefix"] = self.prefix.to_json()
         return doc
 
 
@@ -194,7 +217,8 @@ class Manifest:
                 f"`max_exit` is {max_exit}; expected 0..{self.num_exits - 1}, an exit of the bundle"
             )
         keep = max_exit + 1
-        segments = (*self.segments[:max_exit], replace(self.segments[max_exit], body=None))
+        last = replace(self.segments[max_exit], body=None, prefix=None)
+        segments = (*self.segments[:max_exit], last)
         return replace(self, segments=segments, thresholds=self.thresholds[:keep])
 
     def with_extra(self, **extra: Any) -> Manifest:
@@ -341,7 +365,7 @@ def _input(doc: Any, where: str) -> InputSpec:
 
 def _segment(doc: Any, where: str) -> SegmentSpec:
     file = _graph_file(doc, where)
-    body, plain = doc.get("body"), doc.get("plain")
+    body, plain, prefix = doc.get("body"), doc.get("plain"), doc.get("prefix")
     return SegmentSpec(
         file=file.file,
         sha256=file.sha256,
@@ -352,6 +376,7 @@ def _segment(doc: Any, where: str) -> SegmentSpec:
         external_data=file.external_data,
         body=None if body is None else _graph_file(body, f"{where}.body"),
         plain=None if plain is None else _graph_file(plain, f"{where}.plain"),
+        prefix=None if prefix is None else _graph_file(prefix, f"{where}.prefix"),
     )
 
 
@@ -383,6 +408,13 @@ def _check_chain(inputs: tuple[InputSpec, ...], segments: tuple[SegmentSpec, ...
         raise BundleError("manifest's last segment carries outputs; expected none")
     if segments[-1].body is not None:
         raise BundleError("manifest's last segment has a body; the last exit always runs its head")
+    for k in (0, len(segments) - 1):
+        if segments[k].prefix is not None:
+            raise BundleError(
+                f"manifest segments[{k}] has a prefix; expected one only between the first "
+                "segment (which takes the model inputs itself) and the last (which has its "
+                "plain graph)"
+            )
 
 
 def _threshold(value: Any, where: str) -> float:
@@ -504,6 +536,7 @@ def load_graphs(bundle_dir: str | os.PathLike, graphs: Sequence[Any]) -> list[Se
     ``external_data`` (a classifier's segments, a decoder's segments and head)."""
     folder = Path(bundle_dir)
     sources = []
+    digests: dict[str, str] = {}  # external files several graphs read, hashed once
     for seg in graphs:
         path = _regular_file(folder, seg.file, "segment file")
         try:
@@ -525,7 +558,9 @@ def load_graphs(bundle_dir: str | os.PathLike, graphs: Sequence[Any]) -> list[Se
                 )
         for name, digest in listed.items():
             ext = _regular_file(folder, name, "external weights")
-            if sha256_file(ext) != digest:
+            if name not in digests:
+                digests[name] = sha256_file(ext)
+            if digests[name] != digest:
                 raise BundleError(
                     f"external weights {ext} do not match their sha256 in the manifest: "
                     "modified after export; re-export the bundle"

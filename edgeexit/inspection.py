@@ -34,6 +34,7 @@ class SegmentInfo:
     resident_mb: float | None = None  # measured on request: RSS growth when it is opened
     body_bytes: int | None = None  # its body (the block without the head), if it has one
     plain_bytes: int | None = None  # the plain network up to this exit as one graph, if any
+    prefix_bytes: int | None = None  # every earlier body and this segment as one graph, if any
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -47,6 +48,7 @@ class SegmentInfo:
             "resident_mb": self.resident_mb,
             "body_bytes": self.body_bytes,
             "plain_bytes": self.plain_bytes,
+            "prefix_bytes": self.prefix_bytes,
         }
 
 
@@ -99,8 +101,8 @@ def describe_bundle(bundle_dir: str | os.PathLike, *, memory: bool = False) -> B
     manifest = read_manifest(path)
     try:
         sources = load_segments(path, manifest)
-        # bodies and plain graphs too: a runtime checks every file at load
-        load_graphs(path, [g for s in manifest.segments for g in (s.body, s.plain) if g])
+        # bodies, plain and prefix graphs too: a runtime checks every file at load
+        load_graphs(path, [g for s in manifest.segments for g in s.other_graphs])
         integrity = "ok"
     except BundleError as err:
         sources, integrity = [None] * manifest.num_exits, str(err)
@@ -126,9 +128,11 @@ def _segment(folder: Path, index: int, spec, threshold: float, source) -> Segmen
         with contextlib.suppress(OSError, ProtoError):  # ONNX Runtime says why, at load
             model = source.model if source.model is not None else source.path.read_bytes()
             ops = op_counts(model)
-    body, plain = (None if g is None else _graph_bytes(folder, g) for g in (spec.body, spec.plain))
+    body, plain, prefix = (None if g is None else _graph_bytes(folder, g)
+                           for g in (spec.body, spec.plain, spec.prefix))  # fmt: skip
     return SegmentInfo(index, spec.file, _graph_bytes(folder, spec), ops, tuple(spec.carry),
-                       threshold, body_bytes=body, plain_bytes=plain)  # fmt: skip
+                       threshold, body_bytes=body, plain_bytes=plain,
+                       prefix_bytes=prefix)  # fmt: skip
 
 
 def _graph_bytes(folder: Path, graph) -> int:

@@ -92,6 +92,85 @@ def test_calibrated_thresholds_keep_the_bodies_of_the_exits_they_disable(bundles
         np.testing.assert_array_equal(got.logits, want.logits)
 
 
+def _calibrated(bundle, tmp_path, thresholds):
+    from edgeexit.bundle import write_manifest
+
+    copy = shutil.copytree(bundle, tmp_path / f"calibrated_{len(list(tmp_path.iterdir()))}")
+    write_manifest(copy, read_manifest(copy).with_thresholds(thresholds))
+    return edgeexit.Runtime(copy, threads=1)
+
+
+def test_export_writes_a_prefix_graph_for_every_segment_between_the_first_and_the_last(bundles):
+    segments = read_manifest(bundles[0]).segments
+    assert [s.prefix is not None for s in segments] == [False, True, True, False]
+    assert [s.prefix.file for s in segments[1:3]] == ["prefix_01.onnx", "prefix_02.onnx"]
+
+
+@pytest.mark.parametrize("first", [1, 2])
+def test_a_prefix_graph_runs_the_disabled_exits_before_the_first_enabled_one(
+    bundles, tmp_path, first
+):
+    """Every exit before ``first`` disabled: its prefix graph (their bodies and its segment,
+    one graph) starts the chain, and every answer is the chain with every head's, whatever
+    the thresholds of a call, in a batch and alone."""
+    bundle, heads = bundles
+    every = edgeexit.Runtime(heads, threads=1)
+    x = samples()
+    medians = [float(np.median(s)) for s in every.run_all_exits(x).scores]
+    thresholds = tuple(medians[i] if i == first else INF for i in range(4))
+    runtime = _calibrated(bundle, tmp_path, thresholds)
+    assert runtime.prefix_exit == first and not runtime.runs_plain_graph
+    assert len(runtime.sessions) == 4 - first and runtime._chain.sums_inputs
+    calls = [None, thresholds, (medians[0], *thresholds[1:]), (INF,) * 4, (0.0,) * 4,
+             (INF, INF, medians[2], INF)]  # fmt: skip
+    for batch in (x, x[:1], x[5:6]):
+        for call in calls:
+            kwargs = {} if call is None else {"thresholds": call}
+            got, want = (
+                runtime.run(batch, **kwargs),
+                every.run(batch, thresholds=call or thresholds),
+            )
+            np.testing.assert_array_equal(got.exit_index, want.exit_index)
+            np.testing.assert_allclose(got.logits, want.logits, atol=1e-6)
+            assert len(got.segment_ms) == 4
+    exits = runtime.run(x).exit_index
+    assert set(exits.tolist()) == {first, 3}
+    segment_ms = runtime.run(x[:1]).segment_ms
+    assert all(math.isnan(ms) for ms in segment_ms[:first]) and segment_ms[first] > 0
+    bad = x.copy()
+    bad[3, 0, 0, 0] = np.nan
+    with pytest.raises(InputError, match=r"rows 3\)"):
+        runtime.run(bad)
+
+
+def test_every_listed_graph_is_checked_at_load_whatever_runs(bundles, tmp_path):
+    """A changed prefix graph fails the load of a bundle that runs its plain graph, and a
+    changed plain graph that of one whose thresholds run a prefix."""
+    bundle, _ = bundles
+    for name, thresholds in (
+        ("prefix_02.onnx", (INF,) * 4),
+        ("plain_03.onnx", (INF, 0.5, INF, INF)),
+    ):
+        copy = shutil.copytree(bundle, tmp_path / name)
+        from edgeexit.bundle import write_manifest
+
+        write_manifest(copy, read_manifest(copy).with_thresholds(thresholds))
+        with open(copy / name, "ab") as f:
+            f.write(b"\0")
+        with pytest.raises(BundleError, match=f"{name} does not match its sha256"):
+            edgeexit.Runtime(copy, threads=1)
+
+
+@pytest.mark.parametrize("where", [0, -1])
+def test_a_prefix_on_the_first_or_the_last_segment_is_refused(bundles, tmp_path, where):
+    copy = shutil.copytree(bundles[0], tmp_path / "b")
+    doc = json.loads((copy / "manifest.json").read_text())
+    doc["segments"][where]["prefix"] = doc["segments"][1]["prefix"]
+    (copy / "manifest.json").write_text(json.dumps(doc))
+    with pytest.raises(BundleError, match=r"segments\[[03]\] has a prefix"):
+        edgeexit.Runtime(copy, threads=1)
+
+
 def test_a_depth_cap_runs_its_last_segment_with_the_head(bundles):
     bundle, heads = bundles
     capped = edgeexit.Runtime(bundle, threads=1, max_exit=1)
@@ -150,6 +229,18 @@ def test_compiled_bodies_hand_on_what_their_compiled_segments_do(bundles, tmp_pa
     plain = manifest.segments[-1].plain
     assert (plain is not None) == (len(kept) == len(manifest.segments) - 1)
     assert deployed.runs_plain_graph == (plain is not None)
+    # a prefix is the compiled bodies before it and its compiled segment, joined, likewise
+    prefixes = [s.prefix for s in manifest.segments]
+    for k in (1, 2):
+        assert (prefixes[k] is not None) == all(s.body is not None for s in manifest.segments[:k])
+    if prefixes[1] is not None:
+        assert prefixes[1].file.endswith(".ort" if ort_format else ".onnx")
+        thresholds = (INF, 0.2, INF, INF)
+        prefixed = _calibrated(tmp_path / "int8", tmp_path, thresholds)
+        assert prefixed.prefix_exit == 1
+        np.testing.assert_allclose(prefixed.run(samples()).logits,
+                                   every.run(samples(), thresholds=thresholds).logits,
+                                   atol=1e-4)  # fmt: skip
     # segment 0 and its body sum the inputs too, added after converting: float32, and
     # NaN still NaN (not saturated by the int8 input's QuantizeLinear)
     assert every._chain.sums_inputs

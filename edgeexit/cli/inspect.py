@@ -106,6 +106,13 @@ def _render(info: BundleInfo) -> None:
                     f"({s.plain_bytes / 1024:.1f} KiB) runs alone while every exit before it "
                     "is never")  # fmt: skip
             table.caption = f"{table.caption}; {note}" if table.caption else note
+    prefixed = [s for s in info.segments if s.prefix_bytes is not None]
+    if prefixed:
+        kib = sum(s.prefix_bytes for s in prefixed) / 1024
+        note = (f"exits {', '.join(str(s.index) for s in prefixed)} have a prefix graph "
+                f"(every earlier body and the segment as one graph, {kib:.1f} KiB in all): the "
+                "first graph run while every exit before them is never")  # fmt: skip
+        table.caption = f"{table.caption}; {note}" if table.caption else note
     if measured:
         note = "resident: RSS growth as each segment's session opens after the ones before"
         table.caption = f"{table.caption}; {note}" if table.caption else note

@@ -78,7 +78,9 @@ class _Compiled:
     models: list[Any]
     report: CompileReport
     bodies: list[Any]  # each segment's compiled body, or None (none, or it did not match)
-    plain: Any = None  # the compiled bodies and last segment as one graph, or None
+    # per segment, the compiled bodies before it and its compiled segment as one graph
+    # (the last segment's plain graph, the others' prefix), or None
+    joined: tuple[Any, ...] = ()
 
 
 def compile_bundle(
@@ -112,9 +114,8 @@ def compile_in_place(
     compiled = _compile(bundle_dir, target, calib, options)
     for seg in compiled.manifest.segments:
         (bundle_dir / seg.file).unlink()
-        for graph in (seg.body, seg.plain):  # written again, compiled, where it still matches
-            if graph is not None:
-                (bundle_dir / graph.file).unlink()
+        for graph in seg.other_graphs:  # written again, compiled, where it still matches
+            (bundle_dir / graph.file).unlink()
     _write_into(bundle_dir, compiled, ort_format=options.ort_format)
     return compiled.report
 
@@ -197,23 +198,33 @@ def _compile(
     compiled[0] = with_input_sum(compiled[0])
     if bodies[0] is not None:
         bodies[0] = with_input_sum(bodies[0])
-    plain = _compiled_plain(manifest, compiled, bodies)
-    return _Compiled(manifest, compiled, report, bodies, plain)
+    joined = _compiled_joined(manifest, compiled, bodies)
+    return _Compiled(manifest, compiled, report, bodies, tuple(joined))
 
 
-def _compiled_plain(manifest: Manifest, compiled: list[Any], bodies: list[Any]) -> Any:
-    """The compiled bodies and last segment joined into the plain graph, where the source
-    bundle has one and every compiled body was kept (they were checked against their
-    segments; joining adds no numerics), else None."""
+def _compiled_joined(manifest: Manifest, compiled: list[Any], bodies: list[Any]) -> list[Any]:
+    """Per segment, its joined graph compiled: the compiled bodies before it and its
+    compiled segment as one graph (the last segment's plain graph, another's prefix), where
+    the source bundle has one and every compiled body before it was kept (they were checked
+    against their segments; joining adds no numerics), else None. An fp32 joined graph is
+    never kept in a converted bundle: it is made again from the converted graphs or left out."""
     from edgeexit.compile.plain_graph import CannotJoin, join_graphs, with_input_sum
 
-    if manifest.segments[-1].plain is None or any(b is None for b in bodies[:-1]):
-        return None
-    try:
-        joined = join_graphs([*bodies[:-1], compiled[-1]], outputs=[manifest.segments[-1].logits])
-    except CannotJoin:
-        return None
-    return with_input_sum(joined)  # after conversion: the sum stays float32
+    joined: list[Any] = []
+    for k, seg in enumerate(manifest.segments):
+        last = k == manifest.num_exits - 1
+        source = seg.plain if last else seg.prefix
+        if source is None or any(b is None for b in bodies[:k]):
+            joined.append(None)
+            continue
+        outputs = [seg.logits] if last else [*seg.carry, seg.logits, seg.score]
+        try:
+            graph = join_graphs([*bodies[:k], compiled[k]], outputs=outputs)
+        except CannotJoin:
+            joined.append(None)
+            continue
+        joined.append(with_input_sum(graph))  # after conversion: the sum stays float32
+    return joined
 
 
 # A compiled body must hand on what its compiled segment does: the same block, converted
@@ -399,14 +410,17 @@ def _write_into(folder: Path, compiled: _Compiled, *, ort_format: bool) -> None:
 
     segments = []
     last = compiled.manifest.segments[-1]
-    for model, body, seg in zip(compiled.models, compiled.bodies, compiled.manifest.segments):
+    for model, body, joined, seg in zip(
+        compiled.models, compiled.bodies, compiled.joined, compiled.manifest.segments
+    ):
         body_file = None if body is None else GraphFile(written(body, seg.body.file), "")
-        # only the last exit's plain graph is compiled (_compiled_plain): a plain graph the
-        # source names on another segment is left out, not given the last one's graph
-        plain = compiled.plain if seg is last and seg.plain is not None else None
-        plain_file = None if plain is None else GraphFile(written(plain, seg.plain.file), "")
+        # the last segment's joined graph is its plain graph, another's its prefix
+        # (_compiled_joined): a plain graph the source names on another segment is left out
+        source = seg.plain if seg is last else seg.prefix
+        graph = None if joined is None else GraphFile(written(joined, source.file), "")
         segments.append(replace(seg, file=written(model, seg.file), body=body_file,
-                                plain=plain_file))  # fmt: skip
+                                plain=graph if seg is last else None,
+                                prefix=None if seg is last else graph))  # fmt: skip
     # weights the compiled graphs still have in common (a shared layer quantized alike, a
     # segment and its body), stored once again; the ORT format reads no external data, so
     # its files share nothing (and a stale shared file goes)

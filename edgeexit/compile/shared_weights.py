@@ -88,11 +88,11 @@ def share_weights(folder: Path, graph_files: Sequence[str]) -> SharedWeights:
 def store_once(
     folder: Path, segments: Sequence[SegmentSpec]
 ) -> tuple[list[SegmentSpec], SharedWeights]:
-    """``share_weights`` over every graph the specs name (each segment, its body and its
-    plain-network graph), then the specs with each file's sha256 and external data as
+    """``share_weights`` over every graph the specs name (each segment, its body, its
+    plain-network and prefix graphs), then the specs with each file's sha256 and external data as
     now written. Export and compile both end with it, so a manifest always lists what its
     graphs read."""
-    graphs = [f for s in segments for f in (s.file, *(g.file for g in (s.body, s.plain) if g))]
+    graphs = [f for s in segments for f in (s.file, *(g.file for g in s.other_graphs))]
     done = share_weights(folder, graphs)
 
     def recorded(graph: GraphFile | None) -> GraphFile | None:
@@ -105,7 +105,8 @@ def store_once(
     for s in segments:
         own = recorded(GraphFile(s.file, ""))
         specs.append(replace(s, sha256=own.sha256, external_data=own.external_data,
-                             body=recorded(s.body), plain=recorded(s.plain)))  # fmt: skip
+                             body=recorded(s.body), plain=recorded(s.plain),
+                             prefix=recorded(s.prefix)))  # fmt: skip
     return specs, done
 
 

@@ -116,7 +116,7 @@ def export_bundle(
     with atomic_bundle_dir(out_dir, inputs=sources) as tmp:
         segments, exporters, opset = _export_segments(model, steps, names, tmp, options, target)
         _with_input_sum(tmp, segments[0], _at_least_two(steps[0].carry_in))
-        segments = _with_plain_graph(tmp, segments, _at_least_two(steps[0].carry_in), options)
+        segments = _with_joined_graphs(tmp, segments, _at_least_two(steps[0].carry_in), options)
         # weights several graphs hold (a shared layer; a segment and its body), once
         segments, done = store_once(tmp, segments)
         shared = {"tensors": done.tensors, "file_bytes": done.file_bytes,
@@ -229,49 +229,60 @@ def _check_body(
             )
 
 
-def _with_plain_graph(
+def _with_joined_graphs(
     tmp: Path, segments: list[SegmentSpec], example, options: ExportOptions
 ) -> list[SegmentSpec]:
-    """The last segment with its ``plain`` graph (every body, then the last segment, as
-    one graph: the plain network), checked under ONNX Runtime to give the chain's answer;
-    the segments as they were when some exit has no body or the graphs cannot be joined
-    (they differ in opset), and the chain then runs as it is."""
-    if len(segments) < 2 or any(s.body is None for s in segments[:-1]):
-        return segments
-    parts = [tmp / s.body.file for s in segments[:-1]] + [tmp / segments[-1].file]
-    try:
-        plain = join_graphs([onnx.load(p) for p in parts], outputs=[segments[-1].logits])
-    except CannotJoin:
-        return segments
-    # onnxsim: the bodies repeat what one graph computes once (the attention mask's shapes)
-    plain = with_input_sum(tidy_graph(plain, options.simplify))
-    file = tmp / f"plain_{len(segments) - 1:02d}.onnx"
-    onnx.save(plain, file)
-    _check_plain(file, tmp, segments, example, options.atol)
-    return [*segments[:-1], replace(segments[-1], plain=GraphFile(file.name, ""))]
+    """The segments with their joined graphs: every earlier body, then the segment, as one
+    graph. The last segment's is its ``plain`` graph (the plain network, the last exit's
+    logits out); each other's but the first is its ``prefix`` (its carry, logits and score
+    out: the chain's first graph while every exit before it is disabled). Each is checked
+    under ONNX Runtime against the chain of segments; none from the first exit without a
+    body on, or where the graphs cannot be joined (they differ in opset)."""
+    specs = list(segments)
+    for k in range(1, len(segments)):
+        if segments[k - 1].body is None:
+            break
+        spec, last = segments[k], k == len(segments) - 1
+        outputs = [spec.logits] if last else [*spec.carry, spec.logits, spec.score]
+        parts = [tmp / s.body.file for s in segments[:k]] + [tmp / spec.file]
+        try:
+            joined = join_graphs([onnx.load(p) for p in parts], outputs=outputs)
+        except CannotJoin:
+            break  # graphs 0..k differ in opset: so do 0..k+1
+        # onnxsim: the bodies repeat what one graph computes once (the attention mask's shapes)
+        joined = with_input_sum(tidy_graph(joined, options.simplify))
+        file = tmp / f"{'plain' if last else 'prefix'}_{k:02d}.onnx"
+        onnx.save(joined, file)
+        _check_joined(file, tmp, segments[: k + 1], example, options.atol, outputs)
+        graph = GraphFile(file.name, "")
+        specs[k] = replace(spec, plain=graph) if last else replace(spec, prefix=graph)
+    return specs
 
 
-def _check_plain(
-    file: Path, tmp: Path, segments: Sequence[SegmentSpec], example, atol: float
-) -> None:
-    """The plain graph gives what the chain of segments gives, under ONNX Runtime."""
+def _check_joined(
+    file: Path, tmp: Path, segments: Sequence[SegmentSpec], example, atol: float,
+    outputs: Sequence[str],
+) -> None:  # fmt: skip
+    """The joined graph gives ``outputs`` as the chain of ``segments`` does, and the sum of
+    its inputs, under ONNX Runtime."""
     inputs = [x.detach().numpy() for x in example]
     feeds = inputs
     for spec in segments:
         session = cpu_session(tmp / spec.file, what=spec.file, error=ExportError)
-        outputs = [*spec.carry, spec.logits, spec.score]
-        *feeds, logits, _ = session.run(outputs, _fed(session, spec.inputs, feeds))
+        names = [*spec.carry, spec.logits, spec.score]
+        want = dict(zip(names, session.run(names, _fed(session, spec.inputs, feeds))))
+        feeds = [want[name] for name in spec.carry]
     session = cpu_session(file, what=file.name, error=ExportError)
     sums = [o.name for o in session.get_outputs() if o.name == INPUT_SUM]
-    have, *total = session.run([segments[-1].logits, *sums],
-                               _fed(session, segments[0].inputs, inputs))  # fmt: skip
-    if logits.shape != have.shape or not np.allclose(logits, have, atol=atol, rtol=0):
-        raise ExportError(
-            f"{file.name} logits differ from the chain's; expected the plain network "
-            "joined from the bodies to give the last exit's answer"
-        )
-    if total:
-        _check_sum(file, float(total[0]), inputs)
+    have = session.run([*outputs, *sums], _fed(session, segments[0].inputs, inputs))
+    for name, got in zip(outputs, have):
+        if want[name].shape != got.shape or not np.allclose(want[name], got, atol=atol, rtol=0):
+            raise ExportError(
+                f"{file.name} {name} differs from the chain's; expected every earlier body "
+                f"and {segments[-1].file} joined to give what the chain gives"
+            )
+    if sums:
+        _check_sum(file, float(have[-1]), inputs)
 
 
 def _with_input_sum(tmp: Path, first: SegmentSpec, example) -> None:

@@ -279,7 +279,7 @@ class Chain:
                         refuse_nonfinite(xs, self.manifest.inputs)
                     return step.logits.copy(), self.exit_column(i, n), seg_ms
                 logits[alive] = step.logits
-                exit_index[alive] = i
+                exit_index[alive] = self.first_exit + i
                 break
             if state_update is not None:
                 state = state_update(state, step.logits, step.score)
@@ -302,7 +302,7 @@ class Chain:
             done = np.flatnonzero(leaving)
             rows = done if alive is None else alive[done]
             logits[rows] = step.logits[done]
-            exit_index[rows] = i
+            exit_index[rows] = self.first_exit + i
             if done.size == k:
                 break
             keep = np.flatnonzero(~leaving)

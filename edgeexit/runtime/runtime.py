@@ -105,9 +105,6 @@ class Runtime:
         if plain is not None:
             self._headless = frozenset(range(n - 1))
             reopened = range(n)  # the chain with heads shares no session with the plain graph
-            # the bodies never run here (they are inside the plain graph); checked all the
-            # same, so that a changed file in a bundle fails its load whatever it runs
-            load_graphs(bundle_dir, [s.body for s in self.manifest.segments if s.body])
             chain_manifest = replace(self.manifest, segments=(plain,),
                                      thresholds=self.manifest.thresholds[-1:])  # fmt: skip
         else:
@@ -120,6 +117,14 @@ class Runtime:
                 for i, s in enumerate(self.manifest.segments)
             )
             chain_manifest = replace(self.manifest, segments=segments)
+            # Every exit before k disabled: k's prefix graph (those bodies and segment k
+            # as one graph) starts the chain, one ONNX Runtime call where they took k + 1.
+            k = _prefix_exit(self.manifest, self._headless)
+            if k:
+                first = self.manifest.segments[k].as_prefix(chain_manifest.segments[0].inputs)
+                chain_manifest = replace(self.manifest, segments=(first, *segments[k + 1 :]),
+                                         thresholds=self.manifest.thresholds[k:])  # fmt: skip
+                reopened = sorted({*self._headless, k})  # segment k runs inside the prefix
         sessions = [open_session(s, config) for s in load_segments(bundle_dir, chain_manifest)]
         # The segments with heads that bodies stand in for are checked now all the same (a
         # changed or missing file fails the load, not a later call); their bytes are not
@@ -128,6 +133,12 @@ class Runtime:
         self._head_specs = [self.manifest.segments[i] for i in reopened]
         for spec, source in zip(self._head_specs, load_graphs(bundle_dir, self._head_specs)):
             check_output_names(spec, source)
+        # Every other graph the (capped) manifest lists is checked too, not opened: bodies
+        # inside the plain graph, the joined graphs these thresholds do not run. A changed
+        # or missing file fails the load, whatever the thresholds run.
+        checked = {s.file for s in (*chain_manifest.segments, *self._head_specs)}
+        load_graphs(bundle_dir, [g for s in self.manifest.segments for g in s.other_graphs
+                                 if g.file not in checked])  # fmt: skip
         layouts = probe_layouts(chain_manifest, sessions)
         # Exit decisions compare in each score's own dtype: thresholds are rounded to it
         # once, here and in _convert_thresholds (bundle.round_threshold says why). A body
@@ -140,9 +151,10 @@ class Runtime:
             chain_manifest, sessions, layouts, self._carry_device, first_exit=n - len(sessions)
         )
         self._heads_chain: Chain | None = None if self._reopened else self._chain
-        # A call that runs the plain graph times one graph, not each segment: the segments
-        # inside it get NaN (Result.segment_ms), the last one the graph's time.
+        # A call that runs a joined graph (plain or prefix) times one graph, not each
+        # segment: the segments inside it but the last get NaN (Result.segment_ms).
         self._stamps_before = [math.nan] * (n - len(sessions))
+        self._runs_plain = plain is not None
         self.bundle_dir, self.config = Path(bundle_dir), config
         meter = get_meter(self.target)
         # A sensor gets a real window around each call; a power model (or no meter) has
@@ -156,6 +168,8 @@ class Runtime:
         # cycling over a few settings converts each once.
         self._known_thresholds: dict[tuple, tuple[tuple[float, ...], bool, bool]] = {}
         self._thresholds = self._rounded(self.manifest.thresholds)
+        # the loaded chain's own: from its first exit on (a joined graph stands for those before)
+        self._chain_thresholds = self._thresholds[self._chain.first_exit :]
         self._lock = threading.Lock()
         # a bundle whose exits give tensors answers with outputs, not predictions
         self._result = {"logits": Result, "tensor": TensorResult,
@@ -186,7 +200,15 @@ class Runtime:
     def runs_plain_graph(self) -> bool:
         """True while the manifest's thresholds hold and the bundle's plain graph runs (every
         early exit disabled): one ONNX Runtime call per batch, the plain network's cost."""
-        return self._chain.first_exit > 0
+        return self._runs_plain
+
+    @property
+    def prefix_exit(self) -> int | None:
+        """The exit whose prefix graph starts the chain while the manifest's thresholds hold
+        (every exit before it disabled: their bodies and its segment run as one graph), or
+        None."""
+        first = self._chain.first_exit
+        return first if first and not self._runs_plain else None
 
     @property
     def num_classes(self) -> int:
@@ -216,8 +238,9 @@ class Runtime:
 
     @property
     def sessions(self) -> list[ort.InferenceSession]:
-        """The ONNX Runtime sessions the chain runs, in order: one per segment, or the plain
-        graph's alone (``runs_plain_graph``)."""
+        """The ONNX Runtime sessions the chain runs, in order: one per segment, the plain
+        graph's alone (``runs_plain_graph``), or a prefix graph's standing for the segments
+        up to ``prefix_exit``, then one per segment."""
         return self._chain.sessions
 
     def run(self, inputs: Inputs, *, thresholds: Sequence[float] | None = None) -> Result:
@@ -264,10 +287,11 @@ class Runtime:
         if self._tokens is not None:
             return self._run_tokens(inputs, thresholds, t0)
         if thresholds is None:
-            chosen, to_last, chain = self._thresholds, self._to_last, self._chain
+            chosen, to_last, chain = self._chain_thresholds, self._to_last, self._chain
         else:
             chosen, to_last, heads = self._checked(thresholds)
             chain = self._with_heads() if heads else self._chain
+            chosen = chosen[chain.first_exit :]  # a joined graph stands for the exits before
         # Inputs exactly like an earlier call's have a plan cached and need no other check.
         # After a large segment every Python step costs microseconds (docs/runtime.md), so
         # everything a call needs is settled here, before the segments run.
@@ -289,6 +313,8 @@ class Runtime:
             stamps[:0] = self._stamps_before
         else:
             logits, exit_index, segment_ms = chain.forward(xs, chosen, self._state_update, plan)
+            if chain.first_exit:
+                segment_ms[:0] = self._stamps_before
         return self._done(logits, exit_index, (perf_counter() - t0) * 1e3, segment_ms, stamps)
 
     def _done(
@@ -383,8 +409,9 @@ class Runtime:
         if self._heads_chain is None:
             sources = load_graphs(self.bundle_dir, self._head_specs)  # in exit order
             opened = iter([open_session(source, self.config) for source in sources])
+            first = self._chain.first_exit  # the loaded chain's session j is exit first + j
             sessions = [
-                next(opened) if i in self._reopened else self._chain.sessions[i]
+                next(opened) if i in self._reopened else self._chain.sessions[i - first]
                 for i in range(self.num_exits)
             ]
             layouts = probe_layouts(self.manifest, sessions)
@@ -445,6 +472,15 @@ def _plain_graph(manifest: Manifest, state_update: Callable | None) -> SegmentSp
     if state_update is not None or not all_infinite(manifest.thresholds):
         return None
     return last.as_plain(tuple(i.name for i in manifest.inputs))
+
+
+def _prefix_exit(manifest: Manifest, headless: frozenset[int]) -> int:
+    """The first exit that does not run as a body, when it is neither the first nor the
+    last and has a prefix graph (every exit before it then runs as a body), else 0."""
+    k = next(i for i in range(manifest.num_exits) if i not in headless)
+    if 0 < k < manifest.num_exits - 1 and manifest.segments[k].prefix is not None:
+        return k
+    return 0
 
 
 def _disabled_with_body(manifest: Manifest, state_update: Callable | None) -> frozenset[int]:
