@@ -98,8 +98,12 @@ def test_inspect_shows_the_bundle_and_checks_it(bundle_and_data, tmp_path):
     assert "Conv" in doc["segments"][0]["ops"] and doc["calibration"] is None
     bodies = [s["body_bytes"] for s in doc["segments"]]
     assert all(b and b > 0 for b in bodies[:-1]) and bodies[-1] is None
-    table = runner.invoke(app, ["inspect", str(bundle)])
+    prefixes = [s["prefix_bytes"] for s in doc["segments"]]
+    assert prefixes[0] is None and prefixes[1] > 0 and prefixes[2] is None
+    table = runner.invoke(app, ["inspect", str(bundle)], env={"COLUMNS": "400"})
     assert table.exit_code == 0 and "every file matches its sha256" in table.output
+    assert "exit 1 has a prefix graph" in table.output
+    assert "the plain network up to exit 2 as one graph" in table.output
     assert "x float32[batch, 1, 8, 8]" in table.output
     tampered = shutil.copytree(bundle, tmp_path / "tampered")
     with open(tampered / "segment_01.onnx", "ab") as f:

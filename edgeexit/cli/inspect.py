@@ -109,7 +109,9 @@ def _render(info: BundleInfo) -> None:
     prefixed = [s for s in info.segments if s.prefix_bytes is not None]
     if prefixed:
         kib = sum(s.prefix_bytes for s in prefixed) / 1024
-        note = (f"exits {', '.join(str(s.index) for s in prefixed)} have a prefix graph "
+        which = ", ".join(str(s.index) for s in prefixed)
+        exits = f"exits {which} have" if len(prefixed) > 1 else f"exit {which} has"
+        note = (f"{exits} a prefix graph "
                 f"(every earlier body and the segment as one graph, {kib:.1f} KiB in all): the "
                 "first graph run while every exit before them is never")  # fmt: skip
         table.caption = f"{table.caption}; {note}" if table.caption else note
