@@ -35,10 +35,14 @@ def inlined_copy(bundle: Path, out: Path) -> Path:
         onnx.save(onnx.load(str(bundle / file)), out / file)  # loads the external data
         return sha256_file(out / file)
 
+    def inlined(graph: GraphFile | None) -> GraphFile | None:
+        return None if graph is None else GraphFile(graph.file, inline(graph.file))
+
     segments = []
     for seg in manifest.segments:
-        body = None if seg.body is None else GraphFile(seg.body.file, inline(seg.body.file))
-        segments.append(replace(seg, sha256=inline(seg.file), external_data=(), body=body))
+        segments.append(replace(seg, sha256=inline(seg.file), external_data=(),
+                                body=inlined(seg.body), plain=inlined(seg.plain),
+                                prefix=inlined(seg.prefix)))  # fmt: skip
     write_manifest(out, replace(manifest, segments=tuple(segments)))
     return out
 

@@ -13,15 +13,18 @@ from typer.testing import CliRunner
 from edgeexit import MultiExit, save
 from edgeexit.bundle import read_manifest
 from edgeexit.cli import app
+from edgeexit.errors import ExportError
 from edgeexit.examples.models import (
     digits_cnn,
     digits_gated,
+    digits_resnet,
     digits_two_scale,
     example_inputs,
     tiny_bert,
 )
 from edgeexit.export import run_exits
 from edgeexit.export.checkpoint import checkpointable
+from edgeexit.export.options import ExportOptions
 
 torch.set_num_threads(1)
 RUNNER = Path(__file__).parents[1] / "docs" / "examples" / "run_bundle.py"
@@ -112,6 +115,22 @@ def test_cli_writes_bodies_unless_told_not_to(tmp_path):
     assert bare.exit_code == 0, bare.output
     assert all(s.body is None for s in read_manifest(tmp_path / "bare").segments)
     assert not list((tmp_path / "bare").glob("body_*"))
+    assert not list((tmp_path / "bare").glob("prefix_*"))  # a prefix joins bodies
+
+
+def test_cli_writes_prefix_graphs_up_to_max_prefix(tmp_path):
+    save(digits_resnet(width=4), tmp_path / "m.pt", example_inputs=torch.rand(2, 1, 8, 8))
+    for k, want in ((3, [False, True, True, False]), (1, [False, True, False, False]),
+                    (0, [False] * 4)):  # fmt: skip
+        result = invoke(tmp_path / "m.pt", "-o", tmp_path / f"b{k}", "--max-prefix", str(k))
+        assert result.exit_code == 0, result.output
+        segments = read_manifest(tmp_path / f"b{k}").segments
+        assert [s.prefix is not None for s in segments] == want
+        assert segments[-1].plain is not None  # the plain graph whatever the cap
+    bad = invoke(tmp_path / "m.pt", "-o", tmp_path / "bad", "--max-prefix", "-1")
+    assert bad.exit_code == 2 and "--max-prefix" in bad.output
+    with pytest.raises(ExportError, match="`max_prefix` is -1; expected a whole number"):
+        ExportOptions(max_prefix=-1)
 
 
 def test_trusted_pickle_with_input_shape(tmp_path):

@@ -164,6 +164,7 @@ FLAGS = {
     "max_new_tokens": "--max-new-tokens",
     "min_agreement": "--min-agreement",
     "max_exit": "--max-exit",
+    "max_prefix": "--max-prefix",
     "max_memory_mb": "--target-memory",
     "max_latency_ms": "--target-max-latency",
     "opset": "--opset",

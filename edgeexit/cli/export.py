@@ -65,6 +65,14 @@ def export_cmd(
         help="Also write each segment without its exit head, run while that exit is "
         "disabled (threshold never), so that its head costs nothing.",
     ),
+    max_prefix: int = typer.Option(
+        3,
+        "--max-prefix",
+        min=0,
+        metavar="K",
+        help="Write a prefix graph for exits 1..K: the bodies before exit k and its segment "
+        "as one graph, run in one call while every exit before k is disabled. 0: none.",
+    ),
     trust: bool = typer.Option(
         False, "--trust-pickle", help="Load a pickled nn.Module (runs code from the file)."
     ),
@@ -98,7 +106,7 @@ def export_cmd(
     options = ExportOptions(
         criterion=criterion, criterion_params=params_, opset=opset, atol=atol, target=target,
         calib_data=str(calib_data) if calib_data else None, max_quant_drop=max_quant_drop,
-        bodies=bodies, output=params.ExitOutput(exit_output).value,
+        bodies=bodies, max_prefix=max_prefix, output=params.ExitOutput(exit_output).value,
     )  # fmt: skip
     console = Console(stderr=as_json)
     try:

@@ -235,14 +235,17 @@ def _with_joined_graphs(
     """The segments with their joined graphs: every earlier body, then the segment, as one
     graph. The last segment's is its ``plain`` graph (the plain network, the last exit's
     logits out); each other's but the first is its ``prefix`` (its carry, logits and score
-    out: the chain's first graph while every exit before it is disabled). Each is checked
-    under ONNX Runtime against the chain of segments; none from the first exit without a
-    body on, or where the graphs cannot be joined (they differ in opset)."""
+    out: the chain's first graph while every exit before it is disabled), up to exit
+    ``options.max_prefix``. Each is checked under ONNX Runtime against the chain of
+    segments; none from the first exit without a body on, or where the graphs cannot be
+    joined (they differ in opset)."""
     specs = list(segments)
     for k in range(1, len(segments)):
         if segments[k - 1].body is None:
             break
         spec, last = segments[k], k == len(segments) - 1
+        if not last and k > options.max_prefix:
+            continue
         outputs = [spec.logits] if last else [*spec.carry, spec.logits, spec.score]
         parts = [tmp / s.body.file for s in segments[:k]] + [tmp / spec.file]
         try:

@@ -24,6 +24,11 @@ class ExportOptions:
     ``validate`` runs the bundle under ONNX Runtime against PyTorch (tolerance ``atol``).
     ``bodies`` also writes each segment but the last without its exit head, which the
     runtime runs while that exit is disabled (docs/runtime.md).
+    ``max_prefix``: with bodies, a prefix graph for each exit k in 1..max_prefix (every
+    body before k and segment k as one graph, which starts a chain whose exits before k
+    are disabled: one call instead of k + 1); 0 writes none. Each holds k blocks' graph
+    (their weights are stored once), so a deep chain gets them for its first exits, the
+    ones calibration most often disables.
     ``output``: what every exit gives: "logits" ``[batch, classes]``, or "tensor", any
     tensor with the batch first (an image, a vector, per-token logits), scored by a
     criterion that does not read classes (gate, q-exit, similarity); or "tokens", per-token
@@ -42,6 +47,7 @@ class ExportOptions:
     simplify: bool = True
     validate: bool = True
     bodies: bool = True
+    max_prefix: int = 3
     output: str = "logits"
     # With a target: data to quantize with and check exits on, and the most an exit may lose.
     calib_data: str | None = None
@@ -49,6 +55,15 @@ class ExportOptions:
     max_quant_drop_pp: float | None = None  # deprecated: max_quant_drop in points
 
     def __post_init__(self) -> None:
+        if (
+            isinstance(self.max_prefix, bool)
+            or not isinstance(self.max_prefix, int)
+            or (self.max_prefix < 0)
+        ):
+            raise ExportError(
+                f"`max_prefix` is {self.max_prefix!r}; expected a whole number >= 0 (0: no "
+                "prefix graphs)"
+            )
         if self.output not in OUTPUT_KINDS:
             raise ExportError(
                 f"`output` is {self.output!r}; expected one of {', '.join(OUTPUT_KINDS)}"
