@@ -161,6 +161,23 @@ def test_every_listed_graph_is_checked_at_load_whatever_runs(bundles, tmp_path):
             edgeexit.Runtime(copy, threads=1)
 
 
+def test_a_prefix_graph_without_the_segments_outputs_is_refused_when_it_runs(bundles, tmp_path):
+    """A prefix graph stands for its segment: one that does not give the segment's score
+    fails the load of a bundle whose thresholds run it, naming the file and the output."""
+    from edgeexit.bundle import write_manifest
+
+    def drop_score(graph):
+        kept = [o for o in graph.output if o.name != "score_1"]
+        del graph.output[:]
+        graph.output.extend(kept)
+
+    copy = _with_graphs_edited(bundles[0], tmp_path, drop_score,
+                               lambda doc: [doc["segments"][1]["prefix"]])  # fmt: skip
+    write_manifest(copy, read_manifest(copy).with_thresholds((INF, 0.5, INF, INF)))
+    with pytest.raises(BundleError, match="prefix_01.onnx has no output 'score_1'"):
+        edgeexit.Runtime(copy, threads=1)
+
+
 @pytest.mark.parametrize("where", [0, -1])
 def test_a_prefix_on_the_first_or_the_last_segment_is_refused(bundles, tmp_path, where):
     copy = shutil.copytree(bundles[0], tmp_path / "b")
