@@ -22,7 +22,6 @@ from edgeexit.bundle import (
     Manifest,
     SegmentSpec,
     load_graphs,
-    load_segments,
     read_manifest,
     round_threshold,
 )
@@ -125,20 +124,22 @@ class Runtime:
                 chain_manifest = replace(self.manifest, segments=(first, *segments[k + 1 :]),
                                          thresholds=self.manifest.thresholds[k:])  # fmt: skip
                 reopened = sorted({*self._headless, k})  # segment k runs inside the prefix
-        sessions = [open_session(s, config) for s in load_segments(bundle_dir, chain_manifest)]
-        # The segments with heads that bodies stand in for are checked now all the same (a
-        # changed or missing file fails the load, not a later call); their bytes are not
-        # kept (a disabled head holds no memory) but read and checked again when opened.
         self._reopened = frozenset(reopened)
         self._head_specs = [self.manifest.segments[i] for i in reopened]
-        for spec, source in zip(self._head_specs, load_graphs(bundle_dir, self._head_specs)):
+        # Every file the (capped) manifest lists is checked at load, in one pass (a weights
+        # file several graphs share is hashed once), whatever the thresholds run: the
+        # chain's graphs, then the segments with heads that bodies or a joined graph stand
+        # in for (their bytes are not kept: a disabled head holds no memory; read and
+        # checked again when opened), then the rest (bodies inside the plain graph, joined
+        # graphs these thresholds do not run). A changed or missing file fails the load.
+        chain_specs = chain_manifest.segments
+        listed = {s.file for s in (*chain_specs, *self._head_specs)}
+        others = [g for s in self.manifest.segments for g in s.other_graphs if g.file not in listed]
+        sources = load_graphs(bundle_dir, [*chain_specs, *self._head_specs, *others])
+        for spec, source in zip(self._head_specs, sources[len(chain_specs) :]):
             check_output_names(spec, source)
-        # Every other graph the (capped) manifest lists is checked too, not opened: bodies
-        # inside the plain graph, the joined graphs these thresholds do not run. A changed
-        # or missing file fails the load, whatever the thresholds run.
-        checked = {s.file for s in (*chain_manifest.segments, *self._head_specs)}
-        load_graphs(bundle_dir, [g for s in self.manifest.segments for g in s.other_graphs
-                                 if g.file not in checked])  # fmt: skip
+        sessions = [open_session(s, config) for s in sources[: len(chain_specs)]]
+        del sources
         layouts = probe_layouts(chain_manifest, sessions)
         # Exit decisions compare in each score's own dtype: thresholds are rounded to it
         # once, here and in _convert_thresholds (bundle.round_threshold says why). A body
@@ -154,7 +155,6 @@ class Runtime:
         # A call that runs a joined graph (plain or prefix) times one graph, not each
         # segment: the segments inside it but the last get NaN (Result.segment_ms).
         self._stamps_before = [math.nan] * (n - len(sessions))
-        self._runs_plain = plain is not None
         self.bundle_dir, self.config = Path(bundle_dir), config
         meter = get_meter(self.target)
         # A sensor gets a real window around each call; a power model (or no meter) has
@@ -200,15 +200,15 @@ class Runtime:
     def runs_plain_graph(self) -> bool:
         """True while the manifest's thresholds hold and the bundle's plain graph runs (every
         early exit disabled): one ONNX Runtime call per batch, the plain network's cost."""
-        return self._runs_plain
+        return 0 < self._chain.first_exit == self.num_exits - 1
 
     @property
     def prefix_exit(self) -> int | None:
         """The exit whose prefix graph starts the chain while the manifest's thresholds hold
         (every exit before it disabled: their bodies and its segment run as one graph), or
-        None."""
+        None. (A prefix stands for an exit before the last; the plain graph for the last.)"""
         first = self._chain.first_exit
-        return first if first and not self._runs_plain else None
+        return first if 0 < first < self.num_exits - 1 else None
 
     @property
     def num_classes(self) -> int:
