@@ -24,15 +24,14 @@ from __future__ import annotations
 
 import argparse
 import tempfile
-import time
 from math import isfinite
 from pathlib import Path
 from time import perf_counter
 
 import numpy as np
 
-from benchmarks.disabled_exits import digits_resnet, methods, prepare
-from edgeexit.measure.rounds import median_interval, shuffled_orders
+from benchmarks.disabled_exits import digits_resnet, methods, prepare, time_after_others
+from edgeexit.measure.rounds import median_interval
 
 
 def pieces(runtime, inputs: list) -> dict:
@@ -130,14 +129,7 @@ def main() -> None:
             for _ in range(50):
                 fn()
         names = list(calls)
-        times = np.empty((args.rounds, len(names)))
-        for r, order in enumerate(shuffled_orders(list(enumerate(calls.values())), args.rounds)):
-            for j, fn in order:
-                for other in others:
-                    other()
-                t = time.perf_counter()
-                fn()
-                times[r, j] = time.perf_counter() - t
+        times = time_after_others(list(calls.values()), others, args.rounds)
     print(f"digits ResNet w=64, cold, {args.rounds} rounds: extra us over the bare call")
     for j, name in enumerate(names):
         extra = (times[:, j] - times[:, 0]) * 1e6

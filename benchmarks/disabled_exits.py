@@ -269,6 +269,21 @@ def summary(times: dict[str, np.ndarray], base: str = "plain") -> dict:
     return rows
 
 
+def time_after_others(calls: list, others: list, rounds: int) -> np.ndarray:
+    """Seconds per call, [rounds, calls]: every round times each of ``calls`` once, in a
+    new shuffled order, each right after one call of every one of ``others`` (a cold call:
+    they have pushed its code and data out of the caches)."""
+    times = np.empty((rounds, len(calls)))
+    for r, order in enumerate(shuffled_orders(list(enumerate(calls)), rounds)):
+        for j, fn in order:
+            for other in others:
+                other()
+            t = time.perf_counter()
+            fn()
+            times[r, j] = time.perf_counter() - t
+    return times
+
+
 def runtime_work(instances: list[dict], rounds: int) -> dict:
     """What Runtime.run adds to its own session's call, cold: the first copy's bundle and
     its session run bare, in a shuffled order, each right after one call of every method
@@ -276,14 +291,7 @@ def runtime_work(instances: list[dict], rounds: int) -> dict:
     so no load's luck enters."""
     bundle, bare = instances[0]["bundle"], instances[0]["its session"]
     others = [fn for fns in instances[1:] for name, fn in fns.items() if name != "its session"]
-    times = np.empty((rounds, 2))
-    for r, order in enumerate(shuffled_orders([(0, bundle), (1, bare)], rounds)):
-        for j, fn in order:
-            for other in others:
-                other()
-            t = time.perf_counter()
-            fn()
-            times[r, j] = time.perf_counter() - t
+    times = time_after_others([bundle, bare], others, rounds)
     extra = (times[:, 0] - times[:, 1]) * 1e6
     low, high = median_interval(extra)
     return {"extra_us": float(np.median(extra)), "ci95_us": [low, high],

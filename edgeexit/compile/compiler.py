@@ -208,7 +208,7 @@ def _compiled_joined(manifest: Manifest, compiled: list[Any], bodies: list[Any])
     the source bundle has one and every compiled body before it was kept (they were checked
     against their segments; joining adds no numerics), else None. An fp32 joined graph is
     never kept in a converted bundle: it is made again from the converted graphs or left out."""
-    from edgeexit.compile.plain_graph import CannotJoin, join_graphs, with_input_sum
+    from edgeexit.compile.plain_graph import CannotJoin, join_graphs, joined_outputs, with_input_sum
 
     joined: list[Any] = []
     for k, seg in enumerate(manifest.segments):
@@ -217,9 +217,8 @@ def _compiled_joined(manifest: Manifest, compiled: list[Any], bodies: list[Any])
         if source is None or any(b is None for b in bodies[:k]):
             joined.append(None)
             continue
-        outputs = [seg.logits] if last else [*seg.carry, seg.logits, seg.score]
         try:
-            graph = join_graphs([*bodies[:k], compiled[k]], outputs=outputs)
+            graph = join_graphs([*bodies[:k], compiled[k]], outputs=joined_outputs(seg, last))
         except CannotJoin:
             joined.append(None)
             continue

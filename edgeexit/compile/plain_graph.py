@@ -20,7 +20,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, compose, helper, numpy_helper
 
-from edgeexit.bundle import INPUT_SUM
+from edgeexit.bundle import INPUT_SUM, SegmentSpec
 
 _FLOATS = (TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.DOUBLE, TensorProto.BFLOAT16)
 
@@ -74,6 +74,13 @@ def join_graphs(
     if outputs is not None:
         _keep_outputs(joined.graph, outputs)
     return joined
+
+
+def joined_outputs(spec: SegmentSpec, last: bool) -> list[str]:
+    """What the joined graph ending with ``spec`` gives: the last exit's logits for the
+    plain graph (everyone leaves there), the segment's carry, logits and score for a
+    prefix (the chain goes on after it)."""
+    return [spec.logits] if last else [*spec.carry, spec.logits, spec.score]
 
 
 def with_input_sum(model: onnx.ModelProto) -> onnx.ModelProto:

@@ -34,7 +34,7 @@ from edgeexit.bundle import (
     write_manifest,
 )
 from edgeexit.compile.compiler import compile_exported
-from edgeexit.compile.plain_graph import CannotJoin, join_graphs, with_input_sum
+from edgeexit.compile.plain_graph import CannotJoin, join_graphs, joined_outputs, with_input_sum
 from edgeexit.compile.shared_weights import store_once
 from edgeexit.criteria import CRITERIA
 from edgeexit.errors import ExportError, InputError, ModelContractError, first_line
@@ -246,7 +246,7 @@ def _with_joined_graphs(
         spec, last = segments[k], k == len(segments) - 1
         if not last and k > options.max_prefix:
             continue
-        outputs = [spec.logits] if last else [*spec.carry, spec.logits, spec.score]
+        outputs = joined_outputs(spec, last)
         parts = [tmp / s.body.file for s in segments[:k]] + [tmp / spec.file]
         try:
             joined = join_graphs([onnx.load(p) for p in parts], outputs=outputs)

@@ -55,11 +55,8 @@ class ExportOptions:
     max_quant_drop_pp: float | None = None  # deprecated: max_quant_drop in points
 
     def __post_init__(self) -> None:
-        if (
-            isinstance(self.max_prefix, bool)
-            or not isinstance(self.max_prefix, int)
-            or (self.max_prefix < 0)
-        ):
+        whole = isinstance(self.max_prefix, int) and not isinstance(self.max_prefix, bool)
+        if not whole or self.max_prefix < 0:
             raise ExportError(
                 f"`max_prefix` is {self.max_prefix!r}; expected a whole number >= 0 (0: no "
                 "prefix graphs)"
