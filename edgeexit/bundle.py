@@ -617,4 +617,4 @@ def check_bundle_output(
     out_dir: str | os.PathLike, *, inputs: tuple[str | os.PathLike, ...] = ()
 ) -> Path:
     """Refuse ``out_dir`` now, before long work, if a bundle cannot be written there."""
-    return files.check_output(out_dir, "bundle", inputs=inputs)
+    return files.check_output(out_dir, "bundle", inputs=inputs).path

@@ -5,6 +5,7 @@ a full or read-only disk is one line."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import shutil
@@ -443,3 +444,206 @@ def test_checkpoint_refusal_says_how_to_opt_in(tmp_path):
     with pytest.raises(CheckpointError, match="pass `trust_pickle`"):
         edgeexit.load(tmp_path / "whole.pt")
     assert shutil.which("edgeexit") or True
+
+
+# -- created, never replaced: a path that appears during the run ---------------------------
+
+
+def one_error(result) -> str:
+    """The one `error:` line of a command that failed on bad input, with no traceback."""
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert result.exit_code == 1, (result.exit_code, result.output)
+    assert len(errors) == 1 and "Traceback" not in result.output, result.output
+    return errors[0]
+
+
+def appears(path: Path, data: bytes, wrapped):
+    """``wrapped`` that first puts the user's ``data`` at ``path``: the file appears in the
+    middle of the command, after its output was checked and before it is written."""
+
+    def call(*args, **kwargs):
+        path.write_bytes(data)
+        return wrapped(*args, **kwargs)
+
+    return call
+
+
+def test_run_save_outputs_refuses_a_file_that_appeared_during_the_run(tmp_path, monkeypatch):
+    from edgeexit.cli import run as run_cmd
+
+    bundle = write_bundle(tmp_path / "b", load_weights())
+    np.save(tmp_path / "x.npy", np.zeros((2, 1, 8, 8), np.float32))
+    out = tmp_path / "out.npy"
+    monkeypatch.setattr(run_cmd, "load_data", appears(out, b"the user's", run_cmd.load_data))
+    args = ["run", str(bundle), "--input", str(tmp_path / "x.npy"), "--save-outputs", str(out)]
+    error = one_error(CliRunner().invoke(app, args))
+    assert f"{out} appeared while edgeexit was working" in error
+    assert out.read_bytes() == b"the user's"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b", "out.npy", "x.npy"]  # no temp
+
+
+def test_profile_refuses_a_file_that_appeared_while_it_measured(tmp_path, monkeypatch):
+    from edgeexit.cli import profile as profile_cmd
+
+    bundle = write_bundle(tmp_path / "b", load_weights())
+    out = tmp_path / "p.json"
+    theirs = b'{"format": "edgeexit.profile/1", "run": "another"}'  # even a profile
+    wrapped = appears(out, theirs, profile_cmd.profile_bundle)
+    monkeypatch.setattr(profile_cmd, "profile_bundle", wrapped)
+    args = ["profile", str(bundle), "--repeats", "1", "--warmup", "0", "--rounds", "1"]
+    error = one_error(CliRunner().invoke(app, [*args, "-o", str(out)]))
+    assert "appeared while edgeexit was working" in error and out.read_bytes() == theirs
+    monkeypatch.undo()
+    out.unlink()
+    for _ in range(2):  # new, then an earlier profile there at the start: replaced
+        assert CliRunner().invoke(app, [*args, "-o", str(out)]).exit_code == 0
+        assert files.is_profile(out)
+
+
+def test_calibrate_refuses_a_plot_path_taken_during_the_run_and_keeps_the_manifest(
+    tmp_path, monkeypatch
+):
+    from edgeexit.calibrate import pipeline
+
+    bundle = write_bundle(tmp_path / "b", load_weights())
+    np.savez(tmp_path / "cal.npz", x=np.random.default_rng(0).random((30, 1, 8, 8), np.float32))
+    before = tree(bundle)
+    plot = tmp_path / "p.png"
+    monkeypatch.setattr(pipeline, "build_report", appears(plot, b"photo", pipeline.build_report))
+    args = ["calibrate", str(bundle), "--data", str(tmp_path / "cal.npz"),
+            "--max-accuracy-drop", "0.1", "--plot", str(plot)]  # fmt: skip
+    pytest.importorskip("matplotlib")
+    error = one_error(CliRunner().invoke(app, args))
+    assert f"{plot} appeared while edgeexit was working" in error
+    assert plot.read_bytes() == b"photo" and tree(bundle) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b", "cal.npz", "p.png"]
+
+
+def test_a_plot_created_before_a_failed_manifest_write_is_removed(tmp_path, monkeypatch):
+    from edgeexit.calibrate import pipeline
+
+    pytest.importorskip("matplotlib")
+    bundle = write_bundle(tmp_path / "b", load_weights())
+    np.savez(tmp_path / "cal.npz", x=np.random.default_rng(0).random((30, 1, 8, 8), np.float32))
+    before = tree(tmp_path)
+
+    def full_disk(*args, **kwargs):
+        raise OutputError("cannot write manifest: No space left on device")
+
+    monkeypatch.setattr(pipeline, "write_manifest", full_disk)
+    args = ["calibrate", str(bundle), "--data", str(tmp_path / "cal.npz"),
+            "--max-accuracy-drop", "0.1", "--plot", str(tmp_path / "p.png")]  # fmt: skip
+    assert "No space left" in one_error(CliRunner().invoke(app, args))
+    assert tree(tmp_path) == before  # the plot claimed before the write is gone again
+
+
+def test_export_refuses_a_bundle_that_appeared_at_a_new_path(tmp_path, monkeypatch):
+    from edgeexit.export import bundle_export
+
+    out = tmp_path / "bundle"
+
+    def another_export_first(*args, **kwargs):
+        write_bundle(out, load_weights())  # another process's export finished first
+        return real(*args, **kwargs)
+
+    real = bundle_export._export_segments
+    monkeypatch.setattr(bundle_export, "_export_segments", another_export_first)
+    with pytest.raises(OutputError, match=f"{out} appeared while edgeexit was working"):
+        edgeexit.export(small_model(), torch.rand(2, 4), out)
+    assert read_manifest(out).num_exits == 3  # theirs, whole
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle"]
+
+
+def test_save_refuses_a_file_that_appeared_while_it_serialized(tmp_path, monkeypatch):
+    from edgeexit.export import checkpoint
+
+    path = tmp_path / "m.pt"
+    monkeypatch.setattr(checkpoint.torch, "save",
+                        appears(path, b"%PDF-1.7", checkpoint.torch.save))  # fmt: skip
+    with pytest.raises(OutputError, match="appeared while edgeexit was working"):
+        edgeexit.save(digits_cnn(width=4), path, example_inputs=torch.rand(2, 1, 8, 8))
+    assert path.read_bytes() == b"%PDF-1.7"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.pt"]
+
+
+@pytest.mark.parametrize("renameat2", [True, False], ids=["renameat2", "link-fallback"])
+def test_create_never_replaces_a_file_or_a_folder(tmp_path, monkeypatch, renameat2):
+    if not renameat2:  # a platform without renameat2: a hard link for a file
+        monkeypatch.setattr(files, "_renameat2", lambda a, b, flags: False)
+    for kind, existing in (("file", "theirs.txt"), ("folder", "theirs")):
+        new = tmp_path / f"new-{kind}"
+        new.mkdir() if kind == "folder" else new.write_bytes(b"ours")
+        (tmp_path / existing).mkdir() if kind == "folder" else None
+        if kind == "file":
+            (tmp_path / existing).write_bytes(b"theirs")
+        with pytest.raises(OutputError, match="appeared while edgeexit was working"):
+            files.create(new, tmp_path / existing, kind)
+        assert new.exists()  # ours stays where it was, for the caller to remove
+        files.create(new, tmp_path / f"made-{kind}", kind)
+        assert not new.exists() and (tmp_path / f"made-{kind}").exists()
+    assert (tmp_path / "theirs.txt").read_bytes() == b"theirs"
+    assert list((tmp_path / "theirs").iterdir()) == []
+
+
+# -- the lock spans the whole run ----------------------------------------------------------
+
+HOLD_LOCK = textwrap.dedent(
+    """
+    import sys
+    from edgeexit import files
+    with files.locked(sys.argv[1], "calibrate"):  # another process's calibrate, in effect
+        print("locked", flush=True)
+        sys.stdin.readline()  # until the test lets go
+    """
+)
+
+
+@contextlib.contextmanager
+def held_by_another_process(bundle: Path):
+    """The bundle's lock, held by a real second process for the block."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(bundle)], env=env,
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        assert proc.stdout.readline().strip() == "locked"
+        yield
+    finally:
+        proc.communicate("go\n", timeout=60)
+    assert proc.returncode == 0
+
+
+def never(*args, **kwargs):
+    raise AssertionError("the export started its work on a bundle another process holds")
+
+
+def test_an_export_onto_a_locked_bundle_is_refused_before_any_work(tmp_path, monkeypatch):
+    from edgeexit.export import bundle_export
+
+    bundle = write_bundle(tmp_path / "b", load_weights())
+    before = tree(tmp_path)
+    monkeypatch.setattr(bundle_export, "trace", never)
+    refused = pytest.raises(OutputError, match="being changed by another edgeexit process")
+    with held_by_another_process(bundle), refused:
+        edgeexit.export(small_model(), torch.rand(2, 4), bundle)
+    assert tree(tmp_path) == before
+
+
+def test_a_calibrate_starting_during_an_export_onto_its_bundle_is_refused(tmp_path, monkeypatch):
+    from edgeexit.export import bundle_export
+
+    bundle = write_bundle(tmp_path / "b", load_weights())
+    np.savez(tmp_path / "cal.npz", x=np.random.default_rng(0).random((30, 1, 8, 8), np.float32))
+    args = ["calibrate", str(bundle), "--data", str(tmp_path / "cal.npz"),
+            "--max-accuracy-drop", "0.1"]  # fmt: skip
+    seen = []
+
+    def calibrate_meanwhile(*a, **kw):
+        seen.append(CliRunner().invoke(app, args))  # in the middle of the export
+        return real(*a, **kw)
+
+    real = bundle_export._export_segments
+    monkeypatch.setattr(bundle_export, "_export_segments", calibrate_meanwhile)
+    edgeexit.export(small_model(), torch.rand(2, 4), bundle)
+    assert "being changed by another edgeexit process" in one_error(seen[0])
+    manifest = read_manifest(bundle)
+    assert manifest.num_exits == 2 and "calibration" not in manifest.extra  # the export's

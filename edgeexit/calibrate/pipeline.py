@@ -201,8 +201,9 @@ def calibrate_bundle(
     and the write itself is atomic.
     """
     sources = (bundle_dir, data_path, *([options.profile] if options.profile else []))
+    plot_out = None  # refused now, not after the work; created then if new, not replaced
     if options.plot is not None:
-        files.check_output(options.plot, "plot", inputs=sources)
+        plot_out = files.check_output(options.plot, "plot", inputs=sources)
     read_manifest(bundle_dir)  # a clear error for a path that is no bundle, before locking
     with files.locked(bundle_dir, "calibrate") if write else contextlib.nullcontext():
         manifest = read_manifest(bundle_dir)
@@ -237,9 +238,11 @@ def calibrate_bundle(
                                   progress=progress)  # fmt: skip
             report = replace(build_report(table, costs, budget), depth_cap=capped)
         plot = None
-        if options.plot is not None:
-            plot = files.Staged(options.plot, report.plot_png(), what="plot")
+        if plot_out is not None:
+            plot = files.Staged(plot_out, report.plot_png(), what="plot")
         try:
+            if plot is not None:
+                plot.claim()  # a file that appeared at --plot: refused, the manifest untouched
             if write:
                 dropped = (math.inf,) * (manifest.num_exits - runtime.num_exits)
                 extra = {k: v for k, v in manifest.extra.items() if k != "max_exit"}
