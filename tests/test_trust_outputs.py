@@ -6,6 +6,7 @@ a full or read-only disk is one line."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import random
 import shutil
@@ -647,3 +648,88 @@ def test_a_calibrate_starting_during_an_export_onto_its_bundle_is_refused(tmp_pa
     assert "being changed by another edgeexit process" in one_error(seen[0])
     manifest = read_manifest(bundle)
     assert manifest.num_exits == 2 and "calibration" not in manifest.extra  # the export's
+
+
+PAUSED_CALIBRATE_GENERATION = textwrap.dedent(
+    """
+    import sys
+    from edgeexit.cli import main
+    from edgeexit.generation import calibrate
+
+    real = calibrate._choose_thresholds
+    def paused(*args, **kwargs):  # in the middle of its measurements
+        print("measuring", flush=True)
+        sys.stdin.readline()  # until the test lets it go on
+        return real(*args, **kwargs)
+    calibrate._choose_thresholds = paused
+    sys.argv = ["edgeexit", "calibrate-generation", *sys.argv[1:]]
+    main()
+    """
+)
+
+
+@pytest.fixture
+def decoder_bundle(tmp_path):
+    from edgeexit.export.decoder_export import export_decoder
+    from edgeexit.export.decoder_model import DecoderConfig, MultiExitDecoder
+
+    torch.manual_seed(0)
+    config = DecoderConfig(dim=16, heads=2, layers=2, hidden=32, exit_after=(1, 2),
+                           max_positions=24, vocab_size=20, eos_token_id=None)  # fmt: skip
+    export_decoder(MultiExitDecoder(config).eval(), tmp_path / "decoder")
+    (tmp_path / "prompts.json").write_text(json.dumps([[1, 2, 3], [4, 5], [6], [7, 8, 9]]))
+    return tmp_path / "decoder", MultiExitDecoder(config).eval()
+
+
+def test_calibrate_generation_holds_the_lock_from_start_to_write(decoder_bundle, monkeypatch):
+    """Two overlapping runs: the second is refused at once with one line (it used to measure
+    too, and both exited 0 with one result lost); an export onto the bundle meanwhile is
+    refused before any work (it used to succeed, and the new model then carried settings
+    measured on the old one); the first run's result is recorded."""
+    from edgeexit.export import decoder_export
+
+    bundle, other_model = decoder_bundle
+    prompts = bundle.parent / "prompts.json"
+    args = [str(bundle), "--prompts", str(prompts), "-n", "2", "--min-agreement", "0.5"]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    first = subprocess.Popen([sys.executable, "-c", PAUSED_CALIBRATE_GENERATION, *args], env=env,
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        assert first.stdout.readline().strip() == "measuring", first.stderr.read()
+        graphs = tree(bundle)
+        second = CliRunner().invoke(app, ["calibrate-generation", *args])
+        assert "being changed by another edgeexit process" in one_error(second)
+        monkeypatch.setattr(decoder_export, "export_graph", never)
+        with pytest.raises(OutputError, match="being changed by another edgeexit process"):
+            decoder_export.export_decoder(other_model, bundle)
+        assert tree(bundle) == graphs
+    finally:
+        out, err = first.communicate("go\n", timeout=300)
+    assert first.returncode == 0, err
+    recorded = json.loads((bundle / "manifest.json").read_text())["generation"]
+    assert recorded["self_speculative"] and len(recorded["early_exit"]) == 1
+    assert f"recorded in {bundle}/manifest.json" in out
+
+
+def test_calibrate_generation_records_nothing_if_the_graphs_changed_under_it(
+    decoder_bundle, monkeypatch
+):
+    """A writer that ignores the lock (an older edgeexit, a copy by hand) replaced the
+    graphs mid-run: the settings measured on the old ones are not written onto the new."""
+    from edgeexit.errors import CalibrationError
+    from edgeexit.generation import calibrate
+
+    bundle, _ = decoder_bundle
+    doc = json.loads((bundle / "manifest.json").read_text())
+
+    def replaced_meanwhile(*args, **kwargs):
+        changed = {**doc, "head": {**doc["head"], "sha256": "0" * 64}}
+        (bundle / "manifest.json").write_text(json.dumps(changed))
+        return real(*args, **kwargs)
+
+    real = calibrate._choose_thresholds
+    monkeypatch.setattr(calibrate, "_choose_thresholds", replaced_meanwhile)
+    with pytest.raises(CalibrationError, match="graphs changed while they were measured"):
+        calibrate.calibrate_generation(bundle, [[1, 2, 3]], max_new_tokens=2, threads=1)
+    assert not json.loads((bundle / "manifest.json").read_text())["generation"]
