@@ -733,3 +733,21 @@ def test_calibrate_generation_records_nothing_if_the_graphs_changed_under_it(
     with pytest.raises(CalibrationError, match="graphs changed while they were measured"):
         calibrate.calibrate_generation(bundle, [[1, 2, 3]], max_new_tokens=2, threads=1)
     assert not json.loads((bundle / "manifest.json").read_text())["generation"]
+
+
+def test_the_demo_does_not_write_into_a_folder_that_appeared_after_its_check(tmp_path, monkeypatch):
+    from edgeexit.examples import demo
+
+    out = tmp_path / "demo"
+
+    def then_the_users_folder(*args, **kwargs):
+        checked = real(*args, **kwargs)
+        out.mkdir()
+        (out / "thesis.tex").write_text("mine")
+        return checked
+
+    real = files.check_output
+    monkeypatch.setattr(demo.files, "check_output", then_the_users_folder)
+    with pytest.raises(OutputError, match="cannot write demo folder .*File exists"):
+        demo._demo_folder(demo.DemoOptions(out_dir=out))
+    assert tree(out) == {"thesis.tex": b"mine"}
