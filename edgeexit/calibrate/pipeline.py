@@ -215,7 +215,7 @@ def calibrate_bundle(
         runtime = Runtime(bundle_dir, target=options.target, max_exit=cap, bodies=False)
         # 'y': a class label per sample, or target tensors shaped like an exit's output
         dataset = load_data(data_path, manifest.inputs, targets=runtime.targets_shape)
-        if not tensors:
+        if manifest.output != "tensor":  # class labels, per sample or per token
             dataset.check_labels(runtime.num_classes, str(data_path))
         if tokens:
             pass  # each candidate is run and timed (calibrate/tokens.py)
