@@ -15,7 +15,7 @@ import numpy as np
 import onnxruntime as ort
 
 from edgeexit.bundle import INPUT_SUM, Manifest, SegmentSource, SegmentSpec
-from edgeexit.errors import BundleError, first_line
+from edgeexit.errors import BundleError, first_line, quoted
 from edgeexit.onnxproto import ProtoError, output_names
 from edgeexit.runtime.session import ORT_ERRORS
 
@@ -57,7 +57,10 @@ def check_output_names(spec: SegmentSpec, source: SegmentSource) -> None:
 def _require_outputs(spec: SegmentSpec, have: set[str]) -> None:
     for name in outputs(spec):
         if name not in have:
-            raise BundleError(f"{spec.file} has no output {name!r}; its outputs are {sorted(have)}")
+            raise BundleError(
+                f"{spec.file} has no output {quoted(name)}, which the manifest names; its "
+                f"outputs are {quoted(sorted(have))}"
+            )
 
 
 def _check_names(spec: SegmentSpec, session: ort.InferenceSession) -> None:
