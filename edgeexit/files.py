@@ -425,20 +425,19 @@ def atomic_dir(
     """
     clean_stale(Path(out_dir))  # a swap a crash interrupted: the old folder put back first
     out = check_output(out_dir, kind, inputs=inputs)
-    with locked(out.path, "replace") if out.existed else contextlib.nullcontext():
-        yield from _into_dir(out)
+    with locked(out.path, "replace") if out.existed else contextlib.nullcontext() as held:
+        yield from _into_dir(out, held)
 
 
-def _into_dir(out: Output) -> Iterator[Path]:
+def _into_dir(out: Output, held: Held | None) -> Iterator[Path]:
     """``atomic_dir``'s body, with the old folder (if any) locked by the caller."""
     path = out.path
     made = _make_parents(path.parent)
     tmp = temp_name(path)
-    inode = os.stat(path).st_ino if out.existed else None
     try:
         os.mkdir(tmp)  # 0o777 less the umask, like any folder the user makes
         yield tmp
-        _place_dir(tmp, out, inode)
+        _place_dir(tmp, out, held)
     except OSError as err:
         raise OutputError(f"cannot write {out.kind} {path}: {os_reason(err)}") from err
     except BaseException:
@@ -451,19 +450,15 @@ def _into_dir(out: Output) -> Iterator[Path]:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _place_dir(tmp: Path, out: Output, inode: int | None) -> None:
+def _place_dir(tmp: Path, out: Output, held: Held | None) -> None:
     """Put the written folder ``tmp`` at ``out``: created if it was new (or has gone since),
-    else swapped with the old one, which must still be ours and the one locked (``inode``)."""
+    else swapped with the old one, which must still be ours and the one locked (``held``)."""
     path = out.path
-    if inode is None or not os.path.lexists(path):
+    if held is None or not os.path.lexists(path):
         create(tmp, path, out.kind)  # whatever is there now appeared during the run
         return
     out.recheck()
-    if os.stat(path).st_ino != inode:
-        raise OutputError(
-            f"{path} was replaced by another process during this run; it was left as it is: "
-            "run again"
-        )
+    held.check()
     _swap(tmp, path)
 
 
@@ -534,17 +529,40 @@ def _renameat2(a: Path, b: Path, flags: int) -> bool:
 # -- locks ---------------------------------------------------------------------------------
 
 
+class Held:
+    """The lock ``locked`` holds on a folder. ``check``, right before a write into the
+    folder, refuses a path that no longer names the folder locked: replaced by a process
+    that ignores the lock, or with a folder holding it (a demo folder swapped around its
+    bundle), so that a result measured on one bundle is never written into another."""
+
+    def __init__(self, folder: Path, identity: tuple[int, int] | None) -> None:
+        self.folder, self.identity = folder, identity
+
+    def check(self) -> None:
+        if self.identity is None:  # no locks on this platform
+            return
+        try:
+            now = os.stat(self.folder)
+        except OSError:
+            now = None
+        if now is None or (now.st_dev, now.st_ino) != self.identity:
+            raise OutputError(
+                f"{self.folder} was replaced by another process during this run; nothing was "
+                "written to it: run again"
+            )
+
+
 @contextlib.contextmanager
-def locked(folder: str | os.PathLike, action: str) -> Iterator[None]:
+def locked(folder: str | os.PathLike, action: str) -> Iterator[Held]:
     """Hold an advisory lock on ``folder`` (a bundle) for ``action``, or refuse at once
     when another edgeexit process holds it. Where there is no ``fcntl`` (Windows), no lock.
     """
+    folder = Path(folder)
     try:
         import fcntl
     except ImportError:  # pragma: no cover - not POSIX
-        yield
+        yield Held(folder, None)
         return
-    folder = Path(folder)
     try:
         fd = os.open(folder, os.O_RDONLY)
     except OSError as err:
@@ -557,9 +575,10 @@ def locked(folder: str | os.PathLike, action: str) -> Iterator[None]:
                 f"{folder} is being changed by another edgeexit process; run one export or "
                 f"calibrate on it at a time, and try again when that one finishes"
             ) from err
-        if os.fstat(fd).st_ino != os.stat(folder).st_ino:  # replaced while we waited
-            raise OutputError(f"{folder} was replaced by another process; try again")
-        yield
+        opened = os.fstat(fd)
+        held = Held(folder, (opened.st_dev, opened.st_ino))
+        held.check()  # replaced between the open and the lock
+        yield held
     finally:
         os.close(fd)
 

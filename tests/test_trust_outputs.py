@@ -751,3 +751,28 @@ def test_the_demo_does_not_write_into_a_folder_that_appeared_after_its_check(tmp
     with pytest.raises(OutputError, match="cannot write demo folder .*File exists"):
         demo._demo_folder(demo.DemoOptions(out_dir=out))
     assert tree(out) == {"thesis.tex": b"mine"}
+
+
+def test_calibrate_writes_nothing_into_a_bundle_swapped_in_around_it(tmp_path, monkeypatch):
+    """The folder holding the bundle is replaced mid-run (a demo folder re-made around it,
+    a copy by hand): its lock was on the old folder, and the path now names another bundle.
+    The thresholds measured on the old one are not written into the new one."""
+    from edgeexit.calibrate import pipeline
+
+    demo = tmp_path / "demo"
+    write_bundle(demo / "bundle", load_weights())
+    np.savez(tmp_path / "cal.npz", x=np.random.default_rng(0).random((30, 1, 8, 8), np.float32))
+
+    def swapped_meanwhile(*args, **kwargs):
+        os.rename(demo, tmp_path / "old-demo")
+        shutil.copytree(tmp_path / "old-demo", demo)
+        return real(*args, **kwargs)
+
+    real = pipeline.build_report
+    monkeypatch.setattr(pipeline, "build_report", swapped_meanwhile)
+    args = ["calibrate", str(demo / "bundle"), "--data", str(tmp_path / "cal.npz"),
+            "--max-accuracy-drop", "0.1"]  # fmt: skip
+    error = one_error(CliRunner().invoke(app, args))
+    assert "was replaced by another process during this run; nothing was written" in error
+    assert tree(demo) == tree(tmp_path / "old-demo")  # neither got the thresholds
+    assert "calibration" not in read_manifest(demo / "bundle").extra

@@ -205,7 +205,7 @@ def calibrate_bundle(
     if options.plot is not None:
         plot_out = files.check_output(options.plot, "plot", inputs=sources)
     read_manifest(bundle_dir)  # a clear error for a path that is no bundle, before locking
-    with files.locked(bundle_dir, "calibrate") if write else contextlib.nullcontext():
+    with files.locked(bundle_dir, "calibrate") if write else contextlib.nullcontext() as lock:
         manifest = read_manifest(bundle_dir)
         tokens = manifest.output == "tokens"  # each token leaves at its own exit
         tensors = manifest.output != "logits"  # exits give images or other tensors
@@ -252,6 +252,7 @@ def calibrate_bundle(
                 updated = updated.with_thresholds((*report.thresholds, *dropped)).with_extra(
                     calibration=report.to_json()
                 )
+                lock.check()  # still the bundle measured, not one swapped in around it
                 write_manifest(bundle_dir, updated)
         except BaseException:
             if plot is not None:

@@ -113,7 +113,7 @@ def calibrate_generation(
     if not 0 < min_agreement <= 1:
         raise CalibrationError(f"`min_agreement` is {min_agreement}; expected a fraction in (0, 1]")
     read_decoder_manifest(bundle_dir)  # a clear error for a path that is no bundle, first
-    with files.locked(bundle_dir, "calibrate") if write else contextlib.nullcontext():
+    with files.locked(bundle_dir, "calibrate") if write else contextlib.nullcontext() as lock:
         generator = Generator(bundle_dir, target=target, threads=threads)
         tell = progress or (lambda stage, done, total: None)
         # speed needs few prompts (the output does not change); agreement needs many
@@ -138,6 +138,7 @@ def calibrate_generation(
             tried=tried,
         )
         if write:
+            lock.check()  # still the bundle measured, not one swapped in around it
             _record(Path(bundle_dir), report, generator.manifest)
     return report
 
