@@ -1343,6 +1343,12 @@ CASES = [
         "over 268,435,456 elements per sample",
     ),
     Case(
+        "input-shape-not-the-graphs",  # a probe batch of 2**28 floats, then an ORT error
+        on("run", edit(setitem(("inputs", 0, "shape"), ["batch", 1, 2**14, 2**14]))),
+        1,
+        "has shape ['batch', 1, 16384, 16384], but segment_00.onnx takes ['batch', 1, 8, 8]",
+    ),
+    Case(
         "input-rank-huge",
         on("run", edit(setitem(("inputs", 0, "shape"), ["batch", *[1] * 40]))),
         1,
