@@ -618,14 +618,19 @@ def never(*args, **kwargs):
 
 
 def test_an_export_onto_a_locked_bundle_is_refused_before_any_work(tmp_path, monkeypatch):
+    from edgeexit.compile import compiler
     from edgeexit.export import bundle_export
 
     bundle = write_bundle(tmp_path / "b", load_weights())
+    source = write_bundle(tmp_path / "src", load_weights())
     before = tree(tmp_path)
     monkeypatch.setattr(bundle_export, "trace", never)
-    refused = pytest.raises(OutputError, match="being changed by another edgeexit process")
-    with held_by_another_process(bundle), refused:
-        edgeexit.export(small_model(), torch.rand(2, 4), bundle)
+    monkeypatch.setattr(compiler, "_compile", never)
+    with held_by_another_process(bundle):
+        with pytest.raises(OutputError, match="being changed by another edgeexit process"):
+            edgeexit.export(small_model(), torch.rand(2, 4), bundle)
+        with pytest.raises(OutputError, match="being changed by another edgeexit process"):
+            compiler.compile_bundle(source, bundle, "rpi4")
     assert tree(tmp_path) == before
 
 
