@@ -29,7 +29,7 @@ def calibrate_generation_cmd(
     min_agreement: float = typer.Option(
         0.9,
         "--min-agreement",
-        parser=params.share,
+        parser=params.agreement,
         metavar="FRACTION",
         help="Early-exit: the least share of tokens that must match full decoding.",
     ),  # fmt: skip

@@ -34,20 +34,9 @@ from edgeexit.bundle import load_graphs
 from edgeexit.errors import InputError
 from edgeexit.generation.caches import HeadRunner, LayerCache, SegmentRunner
 from edgeexit.generation.manifest import DecoderManifest, read_decoder_manifest
+from edgeexit.generation.options import MODES, SpeculativeOptions, exit_thresholds
 from edgeexit.runtime.session import open_session, resolve_config
 from edgeexit.targets import Target, load_target
-
-MODES = ("full", "self-speculative", "early-exit")
-
-
-@dataclass(frozen=True)
-class SpeculativeOptions:
-    """Self-speculative decoding: draft with the first ``k`` segments, up to ``gamma``
-    tokens, stopping when the draft's confidence is below ``draft_stop``."""
-
-    k: int = 1
-    gamma: int = 4
-    draft_stop: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -191,7 +180,7 @@ class Generator:
                 if confidence[-1] < options.draft_stop:
                     break
                 drafts.append(int(logits[-1].argmax()))
-                if drafts[-1] == eos or len(drafts) == room:
+                if drafts[-1] == eos or len(drafts) >= room:
                     break
                 x = np.array([drafts[-1]])
             verifications, steps = verifications + 1, steps + len(hiddens)
@@ -260,8 +249,8 @@ class Generator:
 
     def _confident_logits(self, hidden: np.ndarray, threshold: float) -> np.ndarray | None:
         """The exit's logits for the last position if its confidence reaches
-        ``threshold``, else None (the head is not even run for an inf threshold)."""
-        if math.isinf(threshold):
+        ``threshold``, else None (the head is not even run for an inf threshold: never)."""
+        if threshold == math.inf:
             return None
         logits, confidence = self.head.run(hidden)
         return logits[-1] if confidence[-1] >= threshold else None
@@ -304,14 +293,14 @@ class Generator:
         return ids.astype(np.int64)
 
     def _checked_spec(self, options: SpeculativeOptions) -> SpeculativeOptions:
-        if not 1 <= options.k < self.num_exits:
+        if not isinstance(options, SpeculativeOptions):
+            raise InputError(
+                f"`speculative` is {type(options).__name__}; expected SpeculativeOptions"
+            )
+        if not options.k < self.num_exits:
             raise InputError(
                 f"draft depth k is {options.k}; expected 1..{self.num_exits - 1} (segments)"
             )
-        if options.gamma < 1:
-            raise InputError(f"gamma is {options.gamma}; expected a positive integer")
-        if math.isnan(options.draft_stop):
-            raise InputError("draft_stop is NaN; expected a probability")
         return options
 
     def _checked_thresholds(self, chosen: Sequence[float] | None) -> tuple[float, ...]:
@@ -320,10 +309,4 @@ class Generator:
                 "early-exit decoding needs thresholds, one per exit but the last: pass them, "
                 "or calibrate the bundle for generation"
             )
-        values = tuple(math.inf if t is None else float(t) for t in chosen)
-        if len(values) != self.num_exits - 1 or any(math.isnan(t) for t in values):
-            raise InputError(
-                f"got {len(values)} thresholds; expected {self.num_exits - 1} numbers, one per "
-                "exit but the last (which takes every token left)"
-            )
-        return values
+        return exit_thresholds(chosen, self.num_exits)
