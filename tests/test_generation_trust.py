@@ -185,3 +185,50 @@ def test_min_agreement_out_of_range_is_a_usage_error(pristine, tmp_path):
         result = cli("calibrate-generation", pristine, "--prompts", prompts,
                      "--min-agreement", value, "--dry-run")  # fmt: skip
         one_error(result, 2, "--min-agreement")
+
+
+# -- every bind checks its rows against its array -------------------------------------------
+
+CACHE_PROBE = """
+import sys
+import numpy as np
+from edgeexit.errors import InputError
+from edgeexit.generation import Generator
+
+gen = Generator(sys.argv[1], threads=1)
+segment, cap, dim = gen.segments[1], gen.manifest.max_positions, gen.manifest.dim
+
+
+def segment_at(length, rows):
+    segment.length = length
+    segment.run(np.zeros((rows, dim), np.float32))
+
+
+calls = {
+    "past the end": lambda: segment_at(cap - 1, 3),
+    "a negative length": lambda: segment_at(-2, 1),
+    "too many rows": lambda: segment_at(0, cap + 1),
+    "the head, too many rows": lambda: gen.head.run(np.zeros((cap + 1, dim), np.float32)),
+    "the head, too wide": lambda: gen.head.run(np.zeros((2, dim + 1), np.float32)),
+}
+for what, call in calls.items():
+    try:
+        call()
+        print(what, "ran")
+    except InputError as err:
+        print(what, "refused:", err)
+"""
+
+
+def python(code: str, *args) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    argv = [sys.executable, "-c", code, *map(str, args)]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=120, env=env)
+
+
+def test_cache_writes_past_their_end_raise_instead(pristine):
+    done = python(CACHE_PROBE, pristine)
+    lines = done.stdout.splitlines()
+    assert done.returncode == 0 and len(lines) == 5, done.stdout + done.stderr
+    assert all(" refused: " in line for line in lines), lines
+    assert "3 new positions after 23 do not fit the caches' 24 positions" in lines[0]

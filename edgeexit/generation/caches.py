@@ -5,6 +5,11 @@ past of length P is its first P positions, one contiguous block, bound as the gr
 ``past_*`` input without a copy, and the graph's new keys and values are bound as outputs
 straight into positions P..P+T-1. Rolling back rejected tokens is moving a length: nothing
 is copied or cleared (a later call overwrites those positions).
+
+ONNX Runtime reads and writes bound memory by address and length, with no idea where an
+array ends: every bind here checks its rows against the array first, so that a wrong
+length from anywhere (a bug, a setting that slipped through) raises instead of writing
+past the caches.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ from collections.abc import Sequence
 import numpy as np
 import onnxruntime as ort
 
-from edgeexit.errors import BundleError
+from edgeexit.errors import BundleError, InputError
 from edgeexit.generation.manifest import DecoderManifest
 from edgeexit.runtime.buffers import bound_runner, host_binders
 from edgeexit.runtime.session import ORT_ERRORS
@@ -61,6 +66,11 @@ class Staging:
         self.at, self.dtype, self.row_shape = self.array.ctypes.data, dtype, list(row_shape)
 
     def bind(self, call: GraphCall, name: str, rows: np.ndarray) -> None:
+        if not 0 < len(rows) <= len(self.array) or rows.shape[1:] != self.array.shape[1:]:
+            raise InputError(
+                f"{call.name}: {name} of shape {list(rows.shape)} does not fit its "
+                f"{list(self.array.shape)} buffer"
+            )
         self.array[: len(rows)] = rows
         call.bind_input(name, self.dtype, [1, len(rows), *self.row_shape], self.at)
 
@@ -86,6 +96,7 @@ class SegmentRunner:
         ]
         self.out = np.empty((1, capacity, dim), dtype=np.float32)
         self.out_at, self.dim = self.out.ctypes.data, dim
+        self.capacity = min([capacity, *(c.keys.shape[1] for c in caches)])  # positions
         self.length = 0  # positions whose keys and values every layer here holds
 
     def run(self, x: np.ndarray) -> np.ndarray:
@@ -93,6 +104,11 @@ class SegmentRunner:
         positions length..length+T-1; return the hidden states [T, D] (a view that the
         next call overwrites) and advance ``length`` by T."""
         t, start, call = len(x), self.length, self.call
+        if not 0 <= start <= self.capacity - t:
+            raise InputError(
+                f"{call.name}: {t} new positions after {start} do not fit the caches' "
+                f"{self.capacity} positions"
+            )
         self.staged.bind(call, self.input_name, x)
         bind_input, bind_output = call.bind_input, call.bind_output
         for cache, past_key, past_value, key, value in self.caches:
