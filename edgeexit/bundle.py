@@ -364,7 +364,7 @@ def _input(doc: Any, where: str) -> InputSpec:
 
 
 def _segment(doc: Any, where: str) -> SegmentSpec:
-    file = _graph_file(doc, where)
+    file = graph_file(doc, where)
     body, plain, prefix = doc.get("body"), doc.get("plain"), doc.get("prefix")
     return SegmentSpec(
         file=file.file,
@@ -374,18 +374,22 @@ def _segment(doc: Any, where: str) -> SegmentSpec:
         logits=_text(doc, "logits", where),
         score=_text(doc, "score", where),
         external_data=file.external_data,
-        body=None if body is None else _graph_file(body, f"{where}.body"),
-        plain=None if plain is None else _graph_file(plain, f"{where}.plain"),
-        prefix=None if prefix is None else _graph_file(prefix, f"{where}.prefix"),
+        body=None if body is None else graph_file(body, f"{where}.body"),
+        plain=None if plain is None else graph_file(plain, f"{where}.plain"),
+        prefix=None if prefix is None else graph_file(prefix, f"{where}.prefix"),
     )
 
 
-def _graph_file(doc: Any, where: str) -> GraphFile:
+def graph_file(doc: Any, where: str) -> GraphFile:
+    """One graph entry of a manifest (any bundle kind): its file, sha256, external data."""
     file = plain_file_name(_text(doc, "file", where), f"{where}.file")
     if not file.endswith(SEGMENT_SUFFIXES):
         raise BundleError(f"manifest {where}.file {file!r} is not an .onnx or .ort file")
     externals = []
-    for k, e in enumerate(doc.get("external_data") or []):
+    listed = doc.get("external_data") or []
+    if not isinstance(listed, list):
+        raise BundleError(f"manifest {where}.external_data must be a list of files")
+    for k, e in enumerate(listed):
         at = f"{where}.external_data[{k}]"
         externals.append(ExternalFile(plain_file_name(_text(e, "file", at), at), _sha(e, at)))
     return GraphFile(file, _sha(doc, where), tuple(externals))

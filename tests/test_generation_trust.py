@@ -232,3 +232,153 @@ def test_cache_writes_past_their_end_raise_instead(pristine):
     assert done.returncode == 0 and len(lines) == 5, done.stdout + done.stderr
     assert all(" refused: " in line for line in lines), lines
     assert "3 new positions after 23 do not fit the caches' 24 positions" in lines[0]
+
+
+# -- the manifest, field by field -----------------------------------------------------------
+
+
+def setter(*path, value):
+    """A change that sets ``doc[path...] = value`` (creating objects on the way)."""
+
+    def change(doc):
+        for key in path[:-1]:
+            doc = doc.setdefault(key, {})
+        doc[path[-1]] = value
+
+    return change
+
+
+def speculative(**fields):
+    return setter("generation", "self_speculative", value={"k": 1, "gamma": 4,
+                                                          "draft_stop": 0.0, **fields})  # fmt: skip
+
+
+def dropped(key):
+    return lambda doc: doc.pop(key)
+
+
+SIZE_CASES = [
+    (f"{size}={value!r}", setter(size, value=value), f"{size} is {value!r}")
+    for size in ("vocab_size", "dim", "heads", "head_dim", "max_positions")
+    for value in (0, -1, True, 1.5, "16", None, 2**63, 10**30)
+]
+# (id, change, what the error line must say); every one exits 1
+MANIFEST_CASES = [
+    *SIZE_CASES,
+    ("no max_positions", dropped("max_positions"), "has no 'max_positions'"),
+    ("dim != heads x head_dim", setter("head_dim", value=4), "heads x head_dim is 2 x 4"),
+    ("graph wider than manifest", lambda d: d.update(dim=32, head_dim=16),
+     "past_key_0 has 8 at axis 3"),
+    ("more heads than graph", lambda d: d.update(heads=4, head_dim=4), "has 2 at axis 2"),
+    ("vocab not the head's", setter("vocab_size", value=200), "head.onnx logits has 257"),
+    ("layers not the graph's", lambda d: (d["segments"][0].update(layers=2), d.pop("exit_after")),
+     "segment_00.onnx has no input 'past_key_1'"),
+    ("caches past memory", setter("max_positions", value=2**24), "for its caches and buffers"),
+    ("logits past memory", lambda d: d.update(vocab_size=2**24, max_positions=2**24),
+     "for its caches and buffers"),
+    ("eos -1", setter("eos_token_id", value=-1), "eos_token_id is -1"),
+    ("eos = vocab", setter("eos_token_id", value=257), "eos_token_id is 257"),
+    ("eos bool", setter("eos_token_id", value=True), "eos_token_id is True"),
+    ("eos str", setter("eos_token_id", value="1"), "eos_token_id is '1'"),
+    ("eos float", setter("eos_token_id", value=1.0), "eos_token_id is 1.0"),
+    ("eos empty list", setter("eos_token_id", value=[]), "eos_token_id is []"),
+    ("eos list with bad id", setter("eos_token_id", value=[1, 999]), "eos_token_id is [1, 999]"),
+    ("no segments", setter("segments", value=[]), "segments must be a non-empty list"),
+    ("segments object", setter("segments", value={}), "segments must be a non-empty list"),
+    ("segment string", setter("segments", value=["segment_00.onnx"]), "segments[0] must be"),
+    ("segment layers 0", lambda d: d["segments"][0].update(layers=0), "segments[0].layers"),
+    ("segment layers bool", lambda d: d["segments"][0].update(layers=True), "segments[0].layers"),
+    ("segment layers huge", lambda d: d["segments"][0].update(layers=2**40), "segments[0].layers"),
+    ("segment outside", lambda d: d["segments"][0].update(file="../x.onnx"), "plain file name"),
+    ("segment absolute", lambda d: d["segments"][0].update(file="/etc/passwd"), "plain file name"),
+    ("segment sha short", lambda d: d["segments"][0].update(sha256="ab"), "64 lowercase hex"),
+    ("external data int", lambda d: d["segments"][0].update(external_data=5),
+     "external_data must be a list"),
+    ("head is a segment", lambda d: d["head"].update(file="segment_00.onnx"), "sha256"),
+    ("head layers", lambda d: d["head"].update(layers=1), "head.layers is 1"),
+    ("no head", dropped("head"), "has no 'head'"),
+    ("format", setter("format", value="edgeexit.bundle/decoder-9"), "format is"),
+    ("tokenizer int", setter("tokenizer", value=5), "tokenizer is 5"),
+    ("exit_after wrong", setter("exit_after", value=[1, 2, 4]), "exit_after is [1, 2, 4]"),
+    ("exit_after str", setter("exit_after", value="123"), "exit_after is '123'"),
+    ("opset negative", setter("opset", value=-1), "opset is -1"),
+    ("generation list", setter("generation", value=[]), "generation is list"),
+    ("generation unknown key", setter("generation", "mode", value="full"), "generation has 'mode'"),
+    ("gamma 2.5", speculative(gamma=2.5), "gamma is 2.5"),
+    ("gamma 0", speculative(gamma=0), "gamma is 0"),
+    ("gamma true", speculative(gamma=True), "gamma is True"),
+    ("gamma str", speculative(gamma="4"), "gamma is '4'"),
+    ("gamma null", speculative(gamma=None), "gamma is None"),
+    ("k 0", speculative(k=0), "k is 0"),
+    ("k = exits", speculative(k=3), "k is 3; expected 1..2"),
+    ("k float", speculative(k=1.0), "k is 1.0"),
+    ("k huge", speculative(k=2**70), "k is"),
+    ("draft_stop str", speculative(draft_stop="0.3"), "draft_stop is '0.3'"),
+    ("speculative unknown key", speculative(delta=1), "has 'delta'"),
+    ("speculative list", setter("generation", "self_speculative", value=[1, 4]), "is list"),
+    ("thresholds too few", setter("generation", "early_exit", value=[0.5]), "got 1 thresholds"),
+    ("thresholds str", setter("generation", "early_exit", value="0.5,0.5"), "thresholds are str"),
+    ("threshold str", setter("generation", "early_exit", value=["a", 0.5]), "threshold 0 is 'a'"),
+    ("threshold bool", setter("generation", "early_exit", value=[0.5, True]), "threshold 1 is"),
+    ("report str", setter("generation", "report", value="fine"), "generation.report is str"),
+    ("report agreement 0", setter("generation", "report", value={"min_agreement": 0}),
+     "report.min_agreement is 0"),
+    ("report agreement 1.5", setter("generation", "report", value={"calibration_agreement": 1.5}),
+     "report.calibration_agreement is 1.5"),
+    ("report held str", setter("generation", "report", value={"held": "y"}), "report.held is 'y'"),
+    ("report speedup negative", setter("generation", "report", value={"speculative_speedup": -1}),
+     "report.speculative_speedup is -1"),
+    ("report depth str", setter("generation", "report", value={"mean_exit_depth": "50%"}),
+     "report.mean_exit_depth is '50%'"),
+    ("report thresholds", setter("generation", "report", value={"early_exit": [0.5]}),
+     "report.early_exit: got 1 thresholds"),
+]  # fmt: skip
+# Before the checks, these reached the decoding loops or the allocations: a crash, not an error.
+ISOLATE = ("gamma", "k ", "draft", "past memory", "max_positions", "vocab", "dim", "heads")
+
+
+@pytest.mark.parametrize("change, message", [c[1:] for c in MANIFEST_CASES],
+                         ids=[c[0] for c in MANIFEST_CASES])  # fmt: skip
+def test_every_manifest_field_is_checked_at_load(request, bundle, change, message):
+    edit(bundle, change)
+    before = snapshot(bundle)
+    args = ("generate", bundle, "--prompt", "abc", "-n", 8, "--mode", "self-speculative")
+    case = request.node.callspec.id
+    result = isolated(*args) if any(word in case for word in ISOLATE) else cli(*args)
+    one_error(result, 1, message)
+    assert snapshot(bundle) == before
+
+
+@pytest.mark.parametrize(
+    "field, literal, message",
+    [
+        ("max_positions", "NaN", "NaN is not a JSON number"),
+        ("max_positions", "1e400", "max_positions is inf"),
+        ("draft_stop", "1e400", "draft_stop is inf"),
+        ("early_exit", "[-1e400, 0.5]", "threshold 0 is -inf"),
+    ],
+)
+def test_numbers_past_json_are_refused(bundle, field, literal, message):
+    """Python's JSON reads 1e400 as inf: a number no check of 'is it a number' catches."""
+    edit(bundle, speculative())
+    edit(bundle, setter("generation", "early_exit", value=[0.5, 0.5]))
+    path = bundle / "manifest.json"
+    text = path.read_text()
+    old = {"max_positions": '"max_positions": 24', "draft_stop": '"draft_stop": 0.0',
+           "early_exit": '"early_exit": [0.5, 0.5]'}[field]  # fmt: skip
+    path.write_text(text.replace(old, f'"{field}": {literal}'))
+    one_error(
+        isolated("generate", bundle, "--prompt", "abc", "--mode", "self-speculative"), 1, message
+    )
+
+
+def test_a_manifest_may_list_several_end_of_text_ids(bundle, generator):
+    full = generator.generate([1, 2], max_new_tokens=12).tokens
+    stop = [full[6], full[3]]  # two ids the model emits: the first met ends the text
+    edit(bundle, setter("eos_token_id", value=stop))
+    out = Generator(bundle, threads=1)
+    for mode in ("full", "self-speculative", "early-exit"):
+        got = out.generate([1, 2], max_new_tokens=12, mode=mode, thresholds=(None, None))
+        end = min(full.index(t) for t in stop)
+        assert got.tokens == full[: end + 1] and got.stopped == "eos", mode
+    assert out.manifest.to_json()["eos_token_id"] == stop

@@ -15,17 +15,70 @@ past the caches.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import onnxruntime as ort
 
 from edgeexit.errors import BundleError, InputError
 from edgeexit.generation.manifest import DecoderManifest
+from edgeexit.measure.memory import available_mb
 from edgeexit.runtime.buffers import bound_runner, host_binders
 from edgeexit.runtime.session import ORT_ERRORS
 
 F32 = np.dtype(np.float32)
 I64 = np.dtype(np.int64)
+
+
+@dataclass(frozen=True)
+class Memory:
+    """What a ``Generator`` allocates for a bundle, from its manifest alone (bytes)."""
+
+    cache_bytes: int  # every layer's keys and values, max_positions long
+    buffer_bytes: int  # staged inputs, outputs, the head's logits, the hidden states kept
+
+    @property
+    def total_bytes(self) -> int:
+        return self.cache_bytes + self.buffer_bytes
+
+    def to_json(self) -> dict[str, int]:
+        return {"cache_bytes": self.cache_bytes, "buffer_bytes": self.buffer_bytes,
+                "total_bytes": self.total_bytes}  # fmt: skip
+
+
+def memory_needed(m: DecoderManifest) -> Memory:
+    """The bytes of every array ``LayerCache``, ``SegmentRunner``, ``HeadRunner`` and the
+    Generator's kept hidden states allocate (float32, int64 token ids)."""
+    f32, positions = F32.itemsize, m.max_positions
+    caches = 2 * m.layers * positions * m.heads * m.head_dim * f32
+    staged = positions * (I64.itemsize + (m.num_exits - 1) * m.dim * f32)  # segment inputs
+    outputs = m.num_exits * positions * m.dim * f32  # segment outputs
+    head = positions * (m.dim + m.vocab_size + 1) * f32  # staged input, logits, confidence
+    kept = positions * m.dim * f32
+    return Memory(caches, staged + outputs + head + kept)
+
+
+def check_memory(m: DecoderManifest, where: str) -> Memory:
+    """``memory_needed``, refused before anything is allocated when the machine has not
+    that much available (an allocation past it would swap, or be killed when touched)."""
+    need = memory_needed(m)
+    free_mb = available_mb()
+    if free_mb is not None and need.total_bytes > free_mb * 2**20:
+        raise BundleError(
+            f"{where} needs {bytes_in_words(need.total_bytes)} for its caches and buffers "
+            f"({bytes_in_words(need.cache_bytes)} of caches: {m.layers} layers x {m.max_positions} "
+            f"positions x {m.heads} heads x {m.head_dim}, keys and values); this machine has "
+            f"{bytes_in_words(free_mb * 2**20)} available"
+        )
+    return need
+
+
+def bytes_in_words(n: float) -> str:
+    """'3.2 GiB', '512.0 KiB', '12.0 B'."""
+    units, i = ("B", "KiB", "MiB", "GiB", "TiB"), 0
+    while n >= 1024 and i < len(units) - 1:
+        n, i = n / 1024, i + 1
+    return f"{n:.1f} {units[i]}"
 
 
 class LayerCache:

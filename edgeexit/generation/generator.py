@@ -31,8 +31,15 @@ from typing import Any
 import numpy as np
 
 from edgeexit.bundle import load_graphs
-from edgeexit.errors import InputError
-from edgeexit.generation.caches import HeadRunner, LayerCache, SegmentRunner
+from edgeexit.errors import BundleError, InputError
+from edgeexit.generation.caches import (
+    HeadRunner,
+    LayerCache,
+    SegmentRunner,
+    bytes_in_words,
+    check_memory,
+)
+from edgeexit.generation.graphs import check_graphs
 from edgeexit.generation.manifest import DecoderManifest, read_decoder_manifest
 from edgeexit.generation.options import MODES, SpeculativeOptions, exit_thresholds
 from edgeexit.runtime.session import open_session, resolve_config
@@ -109,15 +116,25 @@ class Generator:
         config = resolve_config(self.target, None, threads)
         self.manifest: DecoderManifest = read_decoder_manifest(bundle_dir)
         m = self.manifest
-        sources = load_graphs(bundle_dir, m.graphs)
-        sessions = [open_session(s, config) for s in sources]
-        self.layers = [[LayerCache(m) for _ in range(s.layers)] for s in m.segments]
-        self.segments = [
-            SegmentRunner(sess, spec.file, i == 0, caches, m.dim, m.max_positions)
-            for i, (sess, spec, caches) in enumerate(zip(sessions, m.segments, self.layers))
-        ]
-        self.head = HeadRunner(sessions[-1], m)
-        self._hidden = np.empty((m.max_positions, m.dim), dtype=np.float32)
+        # sizes first (cheap, and nothing is allocated yet), then the files, then the
+        # graphs against the sizes, then the arrays
+        self.memory = check_memory(m, f"bundle {bundle_dir}")
+        sessions = [open_session(s, config) for s in load_graphs(bundle_dir, m.graphs)]
+        check_graphs(m, sessions)
+        try:
+            self.layers = [[LayerCache(m) for _ in range(s.layers)] for s in m.segments]
+            self.segments = [
+                SegmentRunner(sess, spec.file, i == 0, caches, m.dim, m.max_positions)
+                for i, (sess, spec, caches) in enumerate(zip(sessions, m.segments, self.layers))
+            ]
+            self.head = HeadRunner(sessions[-1], m)
+            self._hidden = np.empty((m.max_positions, m.dim), dtype=np.float32)
+        except MemoryError as err:
+            raise BundleError(
+                f"bundle {bundle_dir} needs {bytes_in_words(self.memory.total_bytes)} for its "
+                "caches and buffers; this machine could not allocate them"
+            ) from err
+        self._eos = frozenset(m.eos_token_ids)  # any of them ends a text
         self._lock = threading.Lock()
 
     @property
@@ -165,7 +182,7 @@ class Generator:
     def _speculative(
         self, ids: np.ndarray, max_new: int, options: SpeculativeOptions
     ) -> tuple[list[int], str, dict]:
-        k, eos = options.k, self.manifest.eos_token_id
+        k, eos = options.k, self._eos
         early, deep = self.segments[:k], self.segments[k:]
         out = [self._prefill(ids)]
         drafted = accepted = verifications = steps = 0
@@ -180,7 +197,7 @@ class Generator:
                 if confidence[-1] < options.draft_stop:
                     break
                 drafts.append(int(logits[-1].argmax()))
-                if drafts[-1] == eos or len(drafts) >= room:
+                if drafts[-1] in eos or len(drafts) >= room:
                     break
                 x = np.array([drafts[-1]])
             verifications, steps = verifications + 1, steps + len(hiddens)
@@ -256,14 +273,14 @@ class Generator:
         return logits[-1] if confidence[-1] >= threshold else None
 
     def _done(self, out: list[int], max_new: int) -> bool:
-        return len(out) >= max_new or out[-1] == self.manifest.eos_token_id
+        return len(out) >= max_new or out[-1] in self._eos
 
     def _until_eos(self, tokens: list[int]) -> list[int]:
-        eos = self.manifest.eos_token_id
-        return tokens[: tokens.index(eos) + 1] if eos in tokens else tokens
+        ends = [i for i, t in enumerate(tokens) if t in self._eos]
+        return tokens[: ends[0] + 1] if ends else tokens
 
     def _stopped(self, out: list[int]) -> str:
-        return "eos" if out and out[-1] == self.manifest.eos_token_id else "max_new_tokens"
+        return "eos" if out and out[-1] in self._eos else "max_new_tokens"
 
     # -- checks ---------------------------------------------------------------------------
 

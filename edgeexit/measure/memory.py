@@ -13,6 +13,7 @@ from edgeexit.bundle import Manifest, load_segments
 from edgeexit.runtime.session import SessionConfig, open_session
 
 STATUS = Path("/proc/self/status")
+MEMINFO = Path("/proc/meminfo")
 
 
 def resident_mb() -> float | None:
@@ -24,6 +25,21 @@ def resident_mb() -> float | None:
     except (OSError, ValueError, IndexError):
         return None
     return None
+
+
+def available_mb() -> float | None:
+    """Memory the system can give a new allocation without swapping, MB (Linux's
+    MemAvailable; elsewhere the physical memory, an upper bound); None where unknown."""
+    try:
+        for line in MEMINFO.read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) / 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (AttributeError, OSError, ValueError):
+        return None
 
 
 def segment_resident_mb(
