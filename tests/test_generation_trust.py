@@ -13,6 +13,7 @@ import hashlib
 import json
 import math
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -32,6 +33,7 @@ from edgeexit.export.decoder_model import DecoderConfig, MultiExitDecoder  # noq
 from edgeexit.generation import Generator, SpeculativeOptions  # noqa: E402
 
 ROOT = Path(__file__).parents[1]
+MEMORY_CAP = 8 << 30  # address space of a command run in a subprocess
 CONFIG = DecoderConfig(dim=16, heads=2, layers=3, hidden=32, exit_after=(1, 2, 3),
                        max_positions=24, vocab_size=257, eos_token_id=None)  # fmt: skip
 
@@ -68,20 +70,16 @@ def cli(*args):
     return CliRunner().invoke(app, [str(a) for a in args])
 
 
-def isolated(*args, stdin: bytes | None = None) -> subprocess.CompletedProcess:
-    """The command in its own interpreter: a crash is a return code, not a dead test run.
-    Arguments may be bytes (an argv that is not UTF-8)."""
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
-    }
-    argv = [
-        sys.executable,
-        "-m",
-        "edgeexit",
-        *(a if isinstance(a, bytes) else str(a) for a in args),
-    ]
-    return subprocess.run(argv, capture_output=True, env=env, timeout=120, input=stdin)
+def isolated(*args) -> subprocess.CompletedProcess:
+    """The command in its own interpreter, its memory capped: a crash is a return code and
+    a runaway allocation a MemoryError there, not a dead test run or a starved machine."""
+    argv = [sys.executable, "-m", "edgeexit", *map(str, args)]
+    return subprocess.run(argv, capture_output=True, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                          timeout=120, preexec_fn=_cap_memory)  # fmt: skip
+
+
+def _cap_memory() -> None:
+    resource.setrlimit(resource.RLIMIT_AS, (MEMORY_CAP, MEMORY_CAP))
 
 
 def one_error(result, code: int, message: str) -> str:
@@ -223,7 +221,8 @@ for what, call in calls.items():
 def python(code: str, *args) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     argv = [sys.executable, "-c", code, *map(str, args)]
-    return subprocess.run(argv, capture_output=True, text=True, timeout=120, env=env)
+    return subprocess.run(argv, capture_output=True, text=True, timeout=120, env=env,
+                          preexec_fn=_cap_memory)  # fmt: skip
 
 
 def test_cache_writes_past_their_end_raise_instead(pristine):
@@ -333,19 +332,17 @@ MANIFEST_CASES = [
     ("report thresholds", setter("generation", "report", value={"early_exit": [0.5]}),
      "report.early_exit: got 1 thresholds"),
 ]  # fmt: skip
-# Before the checks, these reached the decoding loops or the allocations: a crash, not an error.
-ISOLATE = ("gamma", "k ", "draft", "past memory", "max_positions", "vocab", "dim", "heads")
 
 
 @pytest.mark.parametrize("change, message", [c[1:] for c in MANIFEST_CASES],
                          ids=[c[0] for c in MANIFEST_CASES])  # fmt: skip
-def test_every_manifest_field_is_checked_at_load(request, bundle, change, message):
+def test_every_manifest_field_is_checked_at_load(bundle, change, message):
+    """In a subprocess: before these checks, some cases wrote past the caches (a crash)
+    or allocated without end (2^40 layers)."""
     edit(bundle, change)
     before = snapshot(bundle)
     args = ("generate", bundle, "--prompt", "abc", "-n", 8, "--mode", "self-speculative")
-    case = request.node.callspec.id
-    result = isolated(*args) if any(word in case for word in ISOLATE) else cli(*args)
-    one_error(result, 1, message)
+    one_error(isolated(*args), 1, message)
     assert snapshot(bundle) == before
 
 
@@ -382,3 +379,62 @@ def test_a_manifest_may_list_several_end_of_text_ids(bundle, generator):
         end = min(full.index(t) for t in stop)
         assert got.tokens == full[: end + 1] and got.stopped == "eos", mode
     assert out.manifest.to_json()["eos_token_id"] == stop
+
+
+# -- prompts and token ids ------------------------------------------------------------------
+
+
+def test_a_prompt_that_is_not_utf8_is_one_line(pristine):
+    # an argv byte that is not UTF-8 reaches Python as a lone surrogate
+    done = isolated("generate", pristine, "--prompt", os.fsdecode(b"ab\xff"))
+    one_error(done, 1, "the prompt is not UTF-8 text (character 2")
+
+
+def test_a_prompts_file_with_a_lone_surrogate_is_one_line(pristine, tmp_path):
+    prompts = tmp_path / "p.json"
+    prompts.write_text('["fine", "bad \\udc80 one"]')  # valid JSON, no UTF-8 form
+    result = cli("calibrate-generation", pristine, "--prompts", prompts, "--dry-run")
+    one_error(result, 1, "prompt 1 in")
+
+
+@pytest.mark.parametrize(
+    "prompts, message",
+    [
+        ([[1, 2], [1, 2**70]], "prompt 1 in"),
+        ([[1, True]], "prompt 0 in"),
+        ([[1, 2.0]], "prompt 0 in"),
+    ],
+)
+def test_a_prompts_file_holds_token_ids_that_are_integers(pristine, tmp_path, prompts, message):
+    path = tmp_path / "p.json"
+    path.write_text(json.dumps(prompts))
+    result = cli("calibrate-generation", pristine, "--prompts", path, "--dry-run")
+    assert "neither text nor a list of token ids" in one_error(result, 1, message)
+
+
+def test_token_ids_past_int64_are_one_line(pristine, tmp_path):
+    ids = tmp_path / "ids.txt"
+    ids.write_text("1 99999999999999999999")
+    one_error(cli("generate", pristine, "--prompt-ids", ids), 1, "a number past int64")
+
+
+def test_a_uint64_id_is_named_as_written(pristine, tmp_path):
+    np.save(tmp_path / "ids.npy", np.array([1, 2**64 - 1], dtype=np.uint64))
+    result = cli("generate", pristine, "--prompt-ids", tmp_path / "ids.npy")
+    one_error(result, 1, f"prompt id {2**64 - 1} at position 1 is outside the vocabulary")
+
+
+def test_several_prompts_in_one_array_are_refused_not_joined(pristine, tmp_path):
+    np.save(tmp_path / "ids.npy", np.array([[1, 2, 3], [4, 5, 6]]))
+    result = cli("generate", pristine, "--prompt-ids", tmp_path / "ids.npy")
+    one_error(result, 1, "an array of shape [2, 3]; expected one prompt")
+    with pytest.raises(InputError, match=r"shape \[2, 3\]; expected one sequence"):
+        Generator(pristine, threads=1).generate(np.array([[1, 2, 3], [4, 5, 6]]))
+
+
+def test_broken_npy_files_are_one_line(pristine, tmp_path):
+    (tmp_path / "empty.npy").write_bytes(b"")
+    np.savez(tmp_path / "archive.npz", ids=np.arange(3))
+    (tmp_path / "archive.npz").rename(tmp_path / "archive.npy")
+    one_error(cli("generate", pristine, "--prompt-ids", tmp_path / "empty.npy"), 1, "empty.npy")
+    one_error(cli("generate", pristine, "--prompt-ids", tmp_path / "archive.npy"), 1, "archive")

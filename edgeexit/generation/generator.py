@@ -289,8 +289,16 @@ class Generator:
             raise InputError(f"mode {mode!r}; expected one of {', '.join(MODES)}")
         if isinstance(max_new, bool) or not isinstance(max_new, int) or max_new < 1:
             raise InputError(f"`max_new_tokens` is {max_new!r}; expected a positive integer")
-        ids = np.asarray(prompt)
-        if ids.ndim != 1 or ids.size == 0:
+        try:
+            ids = np.asarray(prompt)
+        except (TypeError, ValueError) as err:  # ragged lists
+            raise InputError(f"the prompt is not a sequence of token ids: {err}") from err
+        if ids.ndim != 1:
+            raise InputError(
+                f"the prompt is an array of shape {list(ids.shape)}; expected one sequence of "
+                "token ids (1-D)"
+            )
+        if ids.size == 0:
             raise InputError("the prompt is empty; expected at least one token")
         if ids.dtype.kind not in "iu":
             raise InputError(f"prompt ids are {ids.dtype}; expected integers")
