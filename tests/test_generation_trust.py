@@ -438,3 +438,79 @@ def test_broken_npy_files_are_one_line(pristine, tmp_path):
     (tmp_path / "archive.npz").rename(tmp_path / "archive.npy")
     one_error(cli("generate", pristine, "--prompt-ids", tmp_path / "empty.npy"), 1, "empty.npy")
     one_error(cli("generate", pristine, "--prompt-ids", tmp_path / "archive.npy"), 1, "archive")
+
+
+# -- inspect: did it arrive whole? ----------------------------------------------------------
+
+# found when the graphs are opened (generate), not from the manifest alone (inspect)
+AT_LOAD = ("graph wider than manifest", "more heads than graph", "vocab not the head's",
+           "layers not the graph's", "caches past memory", "logits past memory")  # fmt: skip
+
+
+@pytest.mark.parametrize("change, message", [c[1:] for c in MANIFEST_CASES if c[0] not in AT_LOAD],
+                         ids=[c[0] for c in MANIFEST_CASES if c[0] not in AT_LOAD])  # fmt: skip
+def test_inspect_refuses_every_bad_manifest_field(bundle, change, message):
+    edit(bundle, change)
+    before = snapshot(bundle)
+    for args in ((), ("--json",)):
+        one_error(cli("inspect", bundle, *args), 1, message)
+    assert snapshot(bundle) == before
+
+
+def test_inspect_describes_a_decoder_bundle(pristine):
+    result = cli("inspect", pristine, "--json")
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert doc["kind"] == "decoder" and doc["integrity"] == "ok"
+    assert [g["graph"] for g in doc["graphs"]] == ["segment 0", "segment 1", "segment 2", "head"]
+    assert all(g["nodes"] > 0 and g["size_bytes"] > 0 for g in doc["graphs"])
+    c = CONFIG
+    caches = 2 * c.layers * c.max_positions * c.heads * c.head_dim * 4  # keys, values; float32
+    assert doc["memory"]["cache_bytes"] == caches
+    assert doc["memory"]["total_bytes"] == caches + doc["memory"]["buffer_bytes"]
+    assert doc["memory"]["fits"] is True and doc["generation"] is None
+    assert Generator(pristine).memory.total_bytes == doc["memory"]["total_bytes"]
+    text = cli("inspect", pristine)
+    assert text.exit_code == 0 and "every file matches its sha256" in text.stdout
+    assert "generation: not calibrated" in text.stdout
+
+
+def test_inspect_shows_the_generation_settings(bundle):
+    choice = {"self_speculative": {"k": 2, "gamma": 6, "draft_stop": 0.3},
+              "early_exit": [0.55, None],
+              "report": {"calibration_agreement": 0.93, "held_out_agreement": 0.91,
+                         "held": True}}  # fmt: skip
+    edit(bundle, setter("generation", value=choice))
+    text = " ".join(cli("inspect", bundle).stdout.split())  # rich wraps lines
+    assert "self-speculative k=2, gamma=6, draft stop 0.3" in text
+    assert "early-exit thresholds 0.55, never" in text
+    assert "93.0% on calibration prompts, 91.0% held-out (met)" in text
+    assert json.loads(cli("inspect", bundle, "--json").stdout)["generation"] == choice
+
+
+def test_inspect_fails_a_decoder_bundle_that_did_not_arrive_whole(pristine, bundle):
+    with open(bundle / "segment_01.onnx", "r+b") as f:
+        f.seek(200)
+        f.write(b"\x00\x01")
+    result = cli("inspect", bundle, "--json")
+    assert "segment_01.onnx does not match its sha256" in one_error(result, 1, "integrity check")
+    assert "segment_01.onnx" in json.loads(result.stdout)["integrity"]
+    shutil.copy(pristine / "segment_01.onnx", bundle / "segment_01.onnx")
+    (bundle / "head.onnx").unlink()
+    one_error(cli("inspect", bundle), 1, "head.onnx is missing")
+
+
+def test_inspect_says_when_the_caches_do_not_fit_this_machine(bundle, monkeypatch):
+    import edgeexit.inspection
+
+    monkeypatch.setattr(edgeexit.inspection, "available_mb", lambda: 0.01)  # 10 KiB free
+    doc = json.loads(cli("inspect", bundle, "--json").stdout)
+    assert doc["memory"]["fits"] is False
+    assert "DOES NOT FIT" in " ".join(cli("inspect", bundle).stdout.split())
+
+
+def test_inspect_measures_a_decoders_resident_memory(pristine):
+    if not Path("/proc/self/status").exists():
+        pytest.skip("resident memory is read from /proc")
+    doc = json.loads(cli("inspect", pristine, "--json", "--memory").stdout)
+    assert all(g["resident_mb"] is not None and g["resident_mb"] >= 0 for g in doc["graphs"])

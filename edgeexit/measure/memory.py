@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import gc
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
-from edgeexit.bundle import Manifest, load_segments
+from edgeexit.bundle import Manifest, SegmentSource, load_segments
 from edgeexit.runtime.session import SessionConfig, open_session
 
 STATUS = Path("/proc/self/status")
@@ -47,9 +48,16 @@ def segment_resident_mb(
 ) -> list[float | None]:
     """Each segment's RSS growth when its session is opened after the ones before it (all
     kept open while measuring, as a runtime keeps them), MB."""
+    return graphs_resident_mb(load_segments(bundle_dir, manifest), config)
+
+
+def graphs_resident_mb(
+    sources: Sequence[SegmentSource], config: SessionConfig
+) -> list[float | None]:
+    """``segment_resident_mb`` for any verified graphs (a decoder's segments and head)."""
     gc.collect()
     sessions, growth = [], []
-    for source in load_segments(bundle_dir, manifest):
+    for source in sources:
         before = resident_mb()
         sessions.append(open_session(source, config))
         after = resident_mb()
