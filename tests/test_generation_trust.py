@@ -293,7 +293,13 @@ MANIFEST_CASES = [
     ("segment sha short", lambda d: d["segments"][0].update(sha256="ab"), "64 lowercase hex"),
     ("external data int", lambda d: d["segments"][0].update(external_data=5),
      "external_data must be a list"),
-    ("head is a segment", lambda d: d["head"].update(file="segment_00.onnx"), "sha256"),
+    ("head is a segment", lambda d: d.update(head={**d["segments"][0], "layers": 0}),
+     "head is 'segment_00.onnx', as segments[0] is"),
+    ("one file many times", lambda d: d.update(segments=[d["segments"][0]] * 10**4),
+     "segments[1] is 'segment_00.onnx', as segments[0] is"),
+    ("head of another file", lambda d: d["head"].update(file="segment_01.onnx"),
+     "as segments[1] is"),
+    ("head tampered", lambda d: d["head"].update(sha256="0" * 64), "head.onnx does not match"),
     ("head layers", lambda d: d["head"].update(layers=1), "head.layers is 1"),
     ("no head", dropped("head"), "has no 'head'"),
     ("format", setter("format", value="edgeexit.bundle/decoder-9"), "format is"),
@@ -514,3 +520,12 @@ def test_inspect_measures_a_decoders_resident_memory(pristine):
         pytest.skip("resident memory is read from /proc")
     doc = json.loads(cli("inspect", pristine, "--json", "--memory").stdout)
     assert all(g["resident_mb"] is not None and g["resident_mb"] >= 0 for g in doc["graphs"])
+
+
+@pytest.mark.parametrize("value", ["0.9", None, True, math.nan, 0, 1.5])
+def test_calibrate_generation_checks_min_agreement_before_measuring(pristine, value):
+    from edgeexit.errors import CalibrationError
+    from edgeexit.generation.calibrate import calibrate_generation
+
+    with pytest.raises(CalibrationError, match="`min_agreement` is"):
+        calibrate_generation(pristine, [[1, 2]], min_agreement=value, write=False)

@@ -33,6 +33,7 @@ from edgeexit import files
 from edgeexit.errors import CalibrationError
 from edgeexit.generation.generator import Generator, SpeculativeOptions
 from edgeexit.generation.manifest import read_decoder_manifest, write_decoder_manifest
+from edgeexit.generation.options import is_number
 from edgeexit.measure.rounds import alternating_calls
 from edgeexit.measure.verdict import resample
 
@@ -102,8 +103,10 @@ def calibrate_generation(
     """Measure, choose and (with ``write``) record the generation settings of a bundle."""
     if not prompts:
         raise CalibrationError("no calibration prompts; expected at least one")
-    if not 0 < min_agreement <= 1:
-        raise CalibrationError(f"`min_agreement` is {min_agreement}; expected a fraction in (0, 1]")
+    if not is_number(min_agreement) or not 0 < min_agreement <= 1:
+        raise CalibrationError(
+            f"`min_agreement` is {min_agreement!r}; expected a fraction in (0, 1]"
+        )
     generator = Generator(bundle_dir, target=target, threads=threads)
     tell = progress or (lambda stage, done, total: None)
     # speed needs few prompts (the output does not change); agreement needs many

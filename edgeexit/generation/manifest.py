@@ -139,6 +139,7 @@ class DecoderManifest:
         head = _graph(doc["head"], "head", source)
         if head.layers:
             raise BundleError(f"{source}: head.layers is {head.layers}; the head has no layers")
+        _distinct_files((*segments, head), source)
         eos = _eos_ids(doc.get("eos_token_id"), sizes["vocab_size"], source)
         extra = {k: v for k, v in doc.items() if k not in (*SIZES, *_OWN)}
         _check_extra(extra, segments, source)
@@ -176,6 +177,23 @@ def _segments(doc: Any, source: str) -> tuple[GraphFile, ...]:
         if s.layers < 1:
             raise BundleError(f"{source}: segments[{i}].layers must be its count of layers (>= 1)")
     return segments
+
+
+def _distinct_files(graphs: tuple[GraphFile, ...], source: str) -> None:
+    """Each graph its own file: one file listed many times would be read, hashed and
+    opened as many times (a few lines of manifest, unbounded memory)."""
+    seen: dict[str, int] = {}
+    for i, g in enumerate(graphs):
+        if g.file in seen:
+            first, again = (_graph_name(n, len(graphs)) for n in (seen[g.file], i))
+            raise BundleError(
+                f"{source}: {again} is {g.file!r}, as {first} is; expected a file per graph"
+            )
+        seen[g.file] = i
+
+
+def _graph_name(index: int, count: int) -> str:
+    return "head" if index == count - 1 else f"segments[{index}]"
 
 
 def _graph(doc: Any, where: str, source: str) -> GraphFile:
