@@ -149,6 +149,8 @@ def generator(pristine):
         ((0.5, "0.5"), "threshold 1 is '0.5'"),
         ("0.5,0.5", "thresholds are str"),
         ((0.5,), "got 1 thresholds; expected 2"),
+        (np.array([0.5, -np.inf]), "threshold 1 is -inf"),
+        (np.array([True, False]), "threshold 0 is True"),
     ],
 )
 def test_early_exit_thresholds_that_mean_nothing_are_refused(generator, thresholds, message):
@@ -159,7 +161,8 @@ def test_early_exit_thresholds_that_mean_nothing_are_refused(generator, threshol
 
 def test_never_is_inf_or_none_and_leaves_every_token_at_the_last_exit(generator):
     full = generator.generate([1, 2], max_new_tokens=6).tokens
-    for never in ((math.inf, math.inf), (None, None), (np.float32(np.inf), None)):
+    nevers = ((math.inf, math.inf), (None, None), (np.float32(np.inf), None), np.full(2, np.inf))
+    for never in nevers:
         out = generator.generate([1, 2], max_new_tokens=6, mode="early-exit", thresholds=never)
         assert out.tokens == full and set(out.exits) == {2}
     always = generator.generate([1, 2], max_new_tokens=6, mode="early-exit",

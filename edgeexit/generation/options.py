@@ -14,6 +14,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from edgeexit.errors import InputError
 
 MODES = ("full", "self-speculative", "early-exit")
@@ -56,6 +58,8 @@ def exit_thresholds(values: Any, num_exits: int) -> tuple[float, ...]:
     token leaves at exit i when its confidence reaches ``values[i]``. ``None`` or ``inf``
     mean never, as in a classifier bundle; NaN and -inf mean nothing and are refused."""
     want = num_exits - 1
+    if isinstance(values, np.ndarray) and values.ndim == 1:
+        values = values.tolist()  # numpy's numbers as Python's (a numpy bool as a bool)
     if isinstance(values, str | bytes) or not isinstance(values, Sequence):
         raise InputError(
             f"thresholds are {type(values).__name__}; expected a list of {want} numbers, one "
