@@ -532,3 +532,22 @@ def test_calibrate_generation_checks_min_agreement_before_measuring(pristine, va
 
     with pytest.raises(CalibrationError, match="`min_agreement` is"):
         calibrate_generation(pristine, [[1, 2]], min_agreement=value, write=False)
+
+
+@pytest.mark.parametrize(
+    "fields, message",
+    [
+        (dict(dim=32.0), "`dim` is 32.0"),
+        (dict(heads=True), "`heads` is True"),
+        (dict(max_positions=-3), "`max_positions` is -3"),
+        (dict(eps=0), "`eps` is 0"),
+        (dict(rope_theta=math.nan), "`rope_theta` is nan"),
+        (dict(exit_after=(2.0, 6)), "exit_after (2.0, 6) must hold layer counts"),
+        (dict(eos_token_id=[1, True]), "eos_token_id True is not a token id"),
+    ],
+)
+def test_a_decoder_config_checks_its_fields(fields, message):
+    from edgeexit.errors import ModelContractError
+
+    with pytest.raises(ModelContractError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        DecoderConfig(**fields)
