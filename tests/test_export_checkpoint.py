@@ -6,7 +6,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from fixtures.programs import graph_of, legacy_parts, parts_model, put_graph
+from fixtures.programs import (
+    graph_of,
+    legacy_parts,
+    legacy_with_from_file,
+    legacy_with_size_code,
+    parts_model,
+    put_graph,
+)
 from torch import nn
 
 from edgeexit import load, save
@@ -197,26 +204,30 @@ def test_save_refuses_factory_arguments_a_weights_only_load_refuses(tmp_path):
     assert not (tmp_path / "m.pt").exists()
 
 
-HOSTILE_SIZE = "__import__('os').makedirs({marker!r}, exist_ok=True) or "
-
-
 def test_a_size_expression_in_an_earlier_checkpoint_is_never_evaluated(tmp_path):
     """torch's deserializer hands each symbolic size to sympy.sympify, which runs Python;
     files in that format are refused before any of it is read."""
-    model, x = parts_model(), torch.rand(2, 4)
-    parts = legacy_parts(model, x)
-    data = parts[0]["graph"].numpy().tobytes().decode()
-    marker = str(tmp_path / "PWNED")
-    assert '"expr_str": "Symbol(' in data
-    hostile = '"expr_str": "' + HOSTILE_SIZE.format(marker=marker) + "Symbol("
-    data = data.replace('"expr_str": "Symbol(', hostile)
-    parts[0]["graph"] = torch.frombuffer(bytearray(data.encode()), dtype=torch.uint8)
+    x, marker = torch.rand(2, 4), tmp_path / "PWNED"
+    parts = legacy_parts(parts_model(), x)
+    legacy_with_size_code(parts, f"__import__('os').makedirs({str(marker)!r}, exist_ok=True)")
     doc = {"format": FORMAT, "input_names": ["x"], "example_inputs": [x], "programs": parts}
     torch.save(doc, tmp_path / "evil.pt")
     assert torch.load(tmp_path / "evil.pt", weights_only=True)  # a weights-only file
     with pytest.raises(CheckpointError, match="torch.export's own format.*re-save"):
         load(tmp_path / "evil.pt")
-    assert not os.path.exists(marker)
+    assert not marker.exists()
+
+
+def test_an_aten_call_on_a_users_file_in_an_earlier_checkpoint_never_runs(tmp_path):
+    x, victim = torch.rand(2, 4), tmp_path / "thesis.txt"
+    victim.write_bytes(b"abc")  # short: from_file(shared=True) extends it and writes zeros
+    parts = legacy_parts(parts_model(), x)
+    legacy_with_from_file(parts, str(victim))
+    doc = {"format": FORMAT, "input_names": ["x"], "example_inputs": [x], "programs": parts}
+    torch.save(doc, tmp_path / "evil.pt")
+    with pytest.raises(CheckpointError, match="torch.export's own format"):
+        load(tmp_path / "evil.pt").model(x)  # (before: refused only once it had run)
+    assert victim.read_bytes() == b"abc"
 
 
 def package_only_env() -> dict[str, str]:

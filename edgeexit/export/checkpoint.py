@@ -307,8 +307,11 @@ def _import_factory(
     would run what the file says. The checks come before any call.
     """
     where = f"{source} names factory" if source else "factory"
-    if not isinstance(spec, str) or not FACTORY_SPEC.fullmatch(spec):
-        raise CheckpointError(f"{where} {str(spec)[:80]!r}, which is not 'package.module:function'")
+    if not isinstance(spec, str) or len(spec) > 500 or not FACTORY_SPEC.fullmatch(spec):
+        raise CheckpointError(
+            f"{where} {str(spec)[:80]!r}, which is not 'package.module:function' (Python "
+            "names, none starting with '__')"
+        )
     module_name, _, qualname = spec.partition(":")
     chosen = named or trusted
     module = sys.modules.get(module_name)
