@@ -30,7 +30,8 @@ source fx generates holds no text from the file but ``repr``'d literals.
 
 The operators a program may call (``operator_named``): torch's core ATen set
 (``torch.Tag.core``), functional (no schema that mutates), less the few that read or
-write memory or process state rather than compute (``REFUSED``); and, on sizes, the
+write memory or process state rather than compute (``REFUSED``), plus the run-time checks
+torch.export inserts (``CHECKS``, which only raise); and, on sizes, the
 builtins torch.export's verifier allows (``Verifier.allowed_builtin_ops``) plus its
 ``torch.sym_*`` functions, run so that an operand outside int64 or an exponent over 64 is
 an error instead of an unbounded Python integer.
@@ -52,7 +53,7 @@ from torch import fx, nn
 FORMAT = "edgeexit.program/1"
 INT64 = (-(2**63), 2**63 - 1)
 MAX_SHIFT = 64  # largest exponent, shift or rounding digit count size arithmetic may use
-MAX_STRING = 64  # the longest string argument (rounding_mode="floor", approximate="tanh")
+MAX_STRING = 1024  # the longest string argument (rounding_mode="floor", an assertion's message)
 MAX_DEPTH = 4  # nesting of lists in an argument
 MAX_INPUTS = 1024
 # core ATen operators that do not just compute on tensors: uninitialized memory (whatever
@@ -68,6 +69,12 @@ REFUSED = {
     "aten.randperm.default": "draws from the process's random generator",
     "aten.native_dropout.default": "draws from the process's random generator",
 }
+# the run-time checks torch.export writes into graphs (a `.to()`'s dtype, a size's range):
+# they compute nothing and only raise
+CHECKS = frozenset({
+    "aten._assert_tensor_metadata.default", "aten._assert_scalar.default",
+    "aten.sym_constrain_range.default", "aten.sym_constrain_range_for_size.default",
+})  # fmt: skip
 _ATEN_NAME = re.compile(r"aten\.(_?[a-z][a-z0-9_]*)\.([A-Za-z][A-Za-z0-9_]*)")
 _DEVICE = re.compile(r"(cpu|cuda|mps|xpu)(:[0-9]{1,3})?")
 DTYPES = {str(t).removeprefix("torch."): t for t in (
@@ -119,7 +126,9 @@ def operator_named(name: str) -> Callable[..., Any]:
         op = getattr(getattr(torch.ops.aten, match[1]), match[2])
     except AttributeError:
         raise ProgramError(f"calls {name!r}, which is not an operator of this torch") from None
-    if not isinstance(op, torch._ops.OpOverload) or torch.Tag.core not in op.tags:
+    if not isinstance(op, torch._ops.OpOverload):
+        raise ProgramError(f"calls {name!r}, which is not a core ATen operator")
+    if torch.Tag.core not in op.tags and name not in CHECKS:
         raise ProgramError(f"calls {name!r}, which is not a core ATen operator")
     if op._schema.is_mutable:
         raise ProgramError(f"calls {name!r}, which changes its arguments in place")
