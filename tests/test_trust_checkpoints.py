@@ -150,6 +150,7 @@ def setitem(key, value):
 
 
 X = {"value": 0}  # segment 0's input
+HUGE_VIEW = torch.zeros(1).expand(10**12)  # saved as one element's storage
 THESIS = "thesis.txt"
 NOT_RUN = "does not run on the checkpoint's example inputs"
 NOT_CORE = "which is not a core ATen operator"
@@ -163,6 +164,26 @@ CASES = [
         "graph-empty",
         doc_edit(lambda d: d["programs"][0].update(graph=torch.zeros(0, dtype=torch.uint8))),
         "is not a JSON program",
+    ),
+    Case(
+        "graph-expanded",  # 1 stored byte claiming 10**12: reading it would allocate 1 TB
+        doc_edit(
+            lambda d: d["programs"][0].update(
+                graph=torch.zeros(1, dtype=torch.uint8).expand(10**12)
+            )
+        ),
+        "1-D uint8 tensor",
+    ),
+    Case(
+        "weight-expanded",
+        doc_edit(lambda d: d["programs"][0]["tensors"].update({"0.weight": HUGE_VIEW})),
+        "'tensors' must map names to (dense, CPU) tensors",
+    ),
+    Case("examples-expanded", doc_edit(setitem("example_inputs", [HUGE_VIEW])), "(dense, CPU)"),
+    Case(
+        "state-expanded",
+        doc_edit(lambda d: d["state_dict"].update(w=HUGE_VIEW), source="factory.pt"),
+        "'state_dict' must map names to (dense, CPU) tensors",
     ),
     Case("programs-not-list", doc_edit(setitem("programs", {"a": 1})), "'programs' must be"),
     Case("programs-empty", doc_edit(setitem("programs", [])), "'programs' must be"),

@@ -47,7 +47,7 @@ from edgeexit import files
 from edgeexit.errors import CheckpointError, first_line
 from edgeexit.export.inputs import resolve_input_names, to_tensors
 from edgeexit.export.model import check_contract
-from edgeexit.export.programs import capture, check_parts, rebuild
+from edgeexit.export.programs import capture, check_parts, plain_tensor, rebuild
 
 FORMAT = "edgeexit.checkpoint/1"
 FACTORY_ATTR = "_edgeexit_factory"
@@ -232,17 +232,15 @@ def _checked_doc(doc: dict, path: Path) -> dict:
         if not isinstance(kwargs, dict) or not all(isinstance(k, str) for k in kwargs):
             problems.append("'factory_kwargs' must be a dict with string keys")
         state = doc.get("state_dict")
-        if not isinstance(state, dict) or not all(
-            isinstance(v, torch.Tensor) for v in state.values()
-        ):
-            problems.append("'state_dict' must map names to tensors")
+        if not isinstance(state, dict) or not all(plain_tensor(v) for v in state.values()):
+            problems.append("'state_dict' must map names to (dense, CPU) tensors")
     names = doc.get("input_names")
     if not isinstance(names, list | tuple) or not all(isinstance(n, str) for n in names):
         problems.append("'input_names' must be a list of strings")
     examples = doc.get("example_inputs")
     tensors = isinstance(examples, list | tuple) and examples
-    if not tensors or not all(isinstance(x, torch.Tensor) for x in examples):
-        problems.append("'example_inputs' must be a non-empty list of tensors")
+    if not tensors or not all(plain_tensor(x) for x in examples):
+        problems.append("'example_inputs' must be a non-empty list of (dense, CPU) tensors")
     if problems:
         raise CheckpointError(f"{path} is a damaged edgeexit checkpoint: {problems[0]}")
     return {**doc, "factory_kwargs": dict(kwargs) if isinstance(kwargs, dict) else {}}

@@ -40,6 +40,7 @@ an error instead of an unbounded Python integer.
 from __future__ import annotations
 
 import json
+import keyword
 import math
 import operator
 import re
@@ -248,9 +249,9 @@ def _encode_arg(arg: Any, values: Mapping[fx.Node, int]) -> Any:
 # -- reading -------------------------------------------------------------------------------
 
 
-def decode(data: bytes, tensors: Mapping[str, torch.Tensor]) -> tuple[fx.GraphModule, bool]:
+def decode(data: bytes, tensors: Mapping[str, torch.Tensor]) -> fx.GraphModule:
     """The GraphModule that ``data`` (this format's JSON) describes, its weights taken from
-    ``tensors``, and whether it returns a tuple; ProgramError for anything else."""
+    ``tensors``; ProgramError for anything else."""
     doc = _parse(data)
     if len(set(doc["weights"])) != len(doc["weights"]) or set(doc["weights"]) != set(tensors):
         raise ProgramError("'weights' must name each of the program's tensors once")
@@ -271,7 +272,7 @@ def decode(data: bytes, tensors: Mapping[str, torch.Tensor]) -> tuple[fx.GraphMo
     if not all(isinstance(v, fx.Node) for v in outputs):
         raise ProgramError("'outputs' must be values, such as {\"value\": 3}")
     graph.output(tuple(outputs) if doc["tuple"] else outputs[0])
-    return fx.GraphModule(root, graph), doc["tuple"]
+    return fx.GraphModule(root, graph)
 
 
 def _parse(data: bytes) -> dict[str, Any]:
@@ -312,9 +313,11 @@ def _node_arguments(
         raise ProgramError("has 'args' that are not a list or 'kwargs' that are not a dict")
     if isinstance(target, torch._ops.OpOverload):
         known = [a.name for a in target._schema.arguments]
+        most = len(known)
     else:
-        known = []  # size functions take positional arguments only
-    if len(args) > max(len(known), 3) or any(k not in known for k in kwargs):
+        known, most = [], 3  # size functions take up to three positional arguments
+    # (a keyword is written into the Python source fx generates: only the schema's names)
+    if len(args) > most or any(k not in known or keyword.iskeyword(k) for k in kwargs):
         raise ProgramError(f"passes arguments that {_op_label(target)} does not take")
     decoded = [_decode_arg(a, values, 0) for a in args]
     return decoded, {k: _decode_arg(v, values, 0) for k, v in kwargs.items()}

@@ -125,22 +125,23 @@ def check_parts(parts: Any) -> str | None:
         if not isinstance(part, dict) or set(part) != PART_KEYS:
             return "each program must hold exactly 'graph' and 'tensors'"
         graph = part["graph"]
-        if not _plain_tensor(graph) or graph.dtype != torch.uint8 or graph.dim() != 1:
+        if not plain_tensor(graph) or graph.dtype != torch.uint8 or graph.dim() != 1:
             return "a program's 'graph' must be a 1-D uint8 tensor"
         table = part["tensors"]
         if not isinstance(table, dict) or not all(
-            isinstance(k, str) and _plain_tensor(v) for k, v in table.items()
+            isinstance(k, str) and plain_tensor(v) for k, v in table.items()
         ):
             return "a program's 'tensors' must map names to (dense, CPU) tensors"
     return None
 
 
-def _plain_tensor(value: Any) -> bool:
-    return (
-        isinstance(value, torch.Tensor)
-        and value.layout == torch.strided
-        and (value.device.type == "cpu")
-    )
+def plain_tensor(value: Any) -> bool:
+    """A dense CPU tensor with no more elements than its storage holds: a view with stride 0
+    over one stored byte can claim 10**12 elements, which reading would allocate."""
+    if not isinstance(value, torch.Tensor) or value.layout != torch.strided:
+        return False
+    size = value.numel() * value.element_size()
+    return value.device.type == "cpu" and size <= value.untyped_storage().nbytes()
 
 
 def rebuild(
@@ -151,7 +152,7 @@ def rebuild(
     modules = []
     for k, part in enumerate(parts):
         try:
-            graph_module, _ = decode(part["graph"].numpy().tobytes(), part["tensors"])
+            graph_module = decode(part["graph"].detach().numpy().tobytes(), part["tensors"])
         except ProgramError as err:
             raise CheckpointError(
                 f"{source}: {_part_name(k)} is not a program edgeexit will run: its graph {err}"
