@@ -137,6 +137,14 @@ def test_the_operator_allowlist_takes_core_aten_and_the_verifiers_size_arithmeti
         operator_named("operator.mul")(2**63, 2)
     with pytest.raises(OverflowError, match="by 1000"):
         operator_named("operator.pow")(2, 1000)
+    with pytest.raises(TypeError, match="on a str"):  # (a string or a list repeated 2**31
+        operator_named("operator.mul")("a", 3)  # times would take gigabytes)
+    with pytest.raises(TypeError, match="on a list"):
+        operator_named("operator.mul")([0], 3)
+    with pytest.raises(TypeError, match="an element of an operator's results"):
+        operator_named("operator.getitem")("abc", 0)
+    assert operator_named("operator.getitem")((5, 6), 1) == 6
+    assert operator_named("torch.sym_sum")([1, 2, 3]) == 6
 
 
 class Attention(nn.Module):

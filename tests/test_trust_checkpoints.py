@@ -280,6 +280,9 @@ CASES = [
     Case("size-mul-chain", graph_edit(squaring(3)), NOT_RUN),  # 2**62 squared, squared...
     Case("size-pow", with_node("operator.pow", [10, 10**18], output=False), NOT_RUN),
     Case("size-round", with_node("builtins.round", [5, -(10**18)], output=False), NOT_RUN),
+    Case("size-repeat-list", with_node("operator.mul", [[0], 2**40], output=False), NOT_RUN),
+    Case("size-repeat-string", with_node("operator.mul", ["ab", 2**40], output=False), NOT_RUN),
+    Case("size-getitem-string", with_node("operator.getitem", ["abc", 0]), NOT_RUN),
     Case("size-kwargs", with_node("operator.mul", [1, 2], {"x": 1}), "does not take"),
     # operators that are not pure tensor computations, or not operators at all
     Case("from-file", with_node("aten.from_file.default", [THESIS, True, 4]), NOT_CORE),

@@ -96,6 +96,8 @@ SYM_FUNCTIONS = (
     torch.sym_not, torch.sym_sqrt, torch.sym_sum,
 )  # fmt: skip
 _EXPONENTS = (operator.pow, operator.lshift, operator.rshift, round)
+# what size arithmetic computes on: numbers, and torch's symbolic ones while tracing
+_NUMBERS = (int, float, bool, torch.SymInt, torch.SymFloat, torch.SymBool)
 
 
 class ProgramError(ValueError):
@@ -153,18 +155,28 @@ def _size_functions() -> dict[str, Callable[..., Any]]:
 
 @cache
 def _bounded(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """``fn`` refusing int operands outside int64, and exponents (shifts, rounding digits)
-    over ``MAX_SHIFT``: Python's ints grow without bound, so ``pow``, ``<<`` or a chain of
-    ``mul`` on sizes would otherwise take all memory. Symbolic sizes (while tracing) pass
-    unchecked: they are not Python ints."""
+    """``fn`` on numbers only, refusing int operands outside int64 and exponents (shifts,
+    rounding digits) over ``MAX_SHIFT``: Python's ints and sequences grow without bound, so
+    ``pow``, ``<<``, a chain of ``mul`` or ``"a" * 2**31`` would otherwise take all memory.
+    ``getitem`` takes one element of an operator's tuple of results; ``sym_sum`` a list."""
 
     def sized(*args: Any) -> Any:
-        for a in args:
+        if fn is operator.getitem:
+            if len(args) != 2 or not isinstance(args[0], tuple | list):
+                raise TypeError("getitem takes an element of an operator's results")
+            numbers = args[1:]
+        elif fn is torch.sym_sum and len(args) == 1 and isinstance(args[0], list | tuple):
+            numbers = args[0]
+        else:
+            numbers = args
+        for a in numbers:
+            if not isinstance(a, _NUMBERS):
+                raise TypeError(f"size arithmetic {_size_name(fn)} on a {type(a).__name__}")
             if type(a) is int and not INT64[0] <= a <= INT64[1]:
                 raise OverflowError(f"size arithmetic {_size_name(fn)} on {a}, beyond int64")
         exponent = args[1] if fn in _EXPONENTS and len(args) == 2 else 0
         if type(exponent) is int and abs(exponent) > MAX_SHIFT:
-            raise OverflowError(f"size arithmetic {_size_name(fn)} by {args[1]}")
+            raise OverflowError(f"size arithmetic {_size_name(fn)} by {exponent}")
         return fn(*args)
 
     # fx writes ``operator`` builtins as Python operators (a * b), which would skip the
