@@ -108,6 +108,14 @@ def output_path(text: str | Path) -> Path:
     return Path(text)
 
 
+def factory(text: str) -> str:
+    """A factory's import path, MODULE:FUNCTION (its names are checked when it is used)."""
+    module, colon, name = text.partition(":")
+    if not (module.strip() and colon and name.strip()) or ":" in name:
+        raise typer.BadParameter(f"{text!r} is not MODULE:FUNCTION, e.g. mypkg.models:build")
+    return text
+
+
 def choice(name: str, values: tuple[str, ...]) -> type[Enum]:
     """A choice option: typer lists the values when one is not among them."""
     return Enum(name, {v: v for v in values}, type=str)
