@@ -56,9 +56,22 @@ def test_accuracy_drops_take_one_unit_everywhere():
         assert option.metavar == "DROP"
     assert params.accuracy_drop("0.01") == params.accuracy_drop("1pp") == pytest.approx(0.01)
     assert params.accuracy_drop("2.5 pp") == pytest.approx(0.025)
-    for bad in ("1", "200", "-0.1", "nan", "100pp", "x"):
-        with pytest.raises(typer.BadParameter):
+    assert params.accuracy_drop("1%") == params.accuracy_drop("1 %") == pytest.approx(0.01)
+    for bad in ("1", "200", "-0.1", "nan", "100pp", "100%", "x", "1%%", "pp", "%"):
+        with pytest.raises(typer.BadParameter, match="expected a fraction such as 0.01, or "
+                           "points: 1pp or 1%"):  # fmt: skip
             params.accuracy_drop(bad)
+
+
+@pytest.mark.parametrize("value", ["1 percent", "0.01.5", "-1pp"])
+def test_a_malformed_accuracy_drop_lists_the_accepted_forms(value, tmp_path):
+    result = runner.invoke(
+        app, ["calibrate", str(tmp_path), "--data", "d.npz", "--max-accuracy-drop", value]
+    )
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    [line] = result.stderr.splitlines()
+    assert line.startswith("error: Invalid value for '--max-accuracy-drop': ")
+    assert "expected a fraction such as 0.01, or points: 1pp or 1%" in line
 
 
 def test_version_names_the_runtime_dependencies():

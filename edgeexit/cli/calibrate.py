@@ -32,7 +32,7 @@ def calibrate_cmd(
         None,
         parser=params.accuracy_drop,
         metavar="DROP",
-        help="Fastest thresholds losing at most this much accuracy: 0.01 or 1pp.",
+        help=f"Fastest thresholds losing at most this much accuracy: {params.DROP_FORMS}.",
     ),
     max_quality_drop: str = typer.Option(
         None,

@@ -57,7 +57,7 @@ def export_cmd(
         "--max-quant-drop",
         parser=params.accuracy_drop,
         metavar="DROP",
-        help="Most accuracy an exit may lose to the target's precision: 0.01 or 1pp.",
+        help=f"Most accuracy an exit may lose to the target's precision: {params.DROP_FORMS}.",
     ),
     bodies: bool = typer.Option(
         True,
