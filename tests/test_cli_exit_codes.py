@@ -5,12 +5,13 @@ from typer.testing import CliRunner
 
 from edgeexit.cli import app
 
-COMMANDS = ("export", "profile", "calibrate", "run", "bench", "targets", "demo", "inspect",
-            "generate", "calibrate-generation")  # fmt: skip
+COMMANDS = ("export", "compile", "profile", "calibrate", "run", "bench", "targets", "demo",
+            "inspect", "generate", "calibrate-generation")  # fmt: skip
 
 # A command line per command that parses but fails on its input: exit 1, one line, no traceback.
 FAILING = {
     "export": ["export", "{tmp}/missing.pt", "-o", "{tmp}/bundle"],
+    "compile": ["compile", "{tmp}/no-bundle", "-t", "rpi4", "-o", "{tmp}/out"],
     "profile": ["profile", "{tmp}/no-bundle"],
     "calibrate": [
         "calibrate",
@@ -57,7 +58,7 @@ def test_unknown_option_is_a_usage_error_2(name):
     assert result.exit_code == 2, result.output
 
 
-@pytest.mark.parametrize("name", ["export", "profile", "calibrate", "run", "bench"])
+@pytest.mark.parametrize("name", ["export", "compile", "profile", "calibrate", "run", "bench"])
 def test_missing_argument_is_a_usage_error_2(name):
     assert invoke([name]).exit_code == 2
 

@@ -51,7 +51,7 @@ def test_accuracy_drops_take_one_unit_everywhere():
         for p in command.params
         if any(o in ("--max-accuracy-drop", "--max-quant-drop") for o in getattr(p, "opts", ()))
     ]
-    assert {name for name, _ in drop_options} == {"calibrate", "demo", "export"}
+    assert {name for name, _ in drop_options} == {"calibrate", "compile", "demo", "export"}
     for _, option in drop_options:
         assert option.metavar == "DROP"
     assert params.accuracy_drop("0.01") == params.accuracy_drop("1pp") == pytest.approx(0.01)

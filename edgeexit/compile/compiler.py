@@ -95,13 +95,15 @@ def compile_bundle(
 
     ``calib``: calibration data for int8 and the accuracy check, a ``.npz`` path (``x`` or
     one array per input, optional labels ``y``) or a loaded ``edgeexit.data.Dataset``.
-    ``dst_dir`` must be new, empty or a bundle, and not ``src_dir`` (files.check_output).
+    ``dst_dir`` must be new, empty or a bundle, and neither ``src_dir`` nor the calibration
+    data file, nor a folder holding either (files.check_output).
     """
-    check_bundle_output(dst_dir, inputs=(src_dir,))
+    sources = (src_dir,) if calib is None or isinstance(calib, Dataset) else (src_dir, calib)
+    check_bundle_output(dst_dir, inputs=sources)
     if calib is not None and not isinstance(calib, Dataset):
         calib = load_calibration(calib, read_manifest(src_dir))
     compiled = _compile(src_dir, target, calib, options)
-    with atomic_bundle_dir(dst_dir, inputs=(src_dir,)) as tmp:
+    with atomic_bundle_dir(dst_dir, inputs=sources) as tmp:
         _write_into(tmp, compiled, ort_format=options.ort_format)
     return compiled.report
 
