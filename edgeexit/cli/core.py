@@ -79,10 +79,41 @@ def _usage_error(err: Exception) -> int:
         typer.echo(message, err=True)
         return err.exit_code
     ctx = getattr(err, "ctx", None)
+    reason = _coercion_reason(err)
+    if reason is not None:  # a BadParameter: its hint ('--threads') is kept, its words ours
+        err.message = reason
+        message = err.format_message()
     hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
     text = in_flags(" ".join(message.split()))  # click wraps long messages: one line
     typer.echo(f"error: {text}{hint}", err=True)
     return EXIT_USAGE
+
+
+# What each of pydantic's coercion errors expected, and its bounds' words.
+_EXPECTED = {"int_parsing": "an integer", "int_from_float": "an integer",
+             "int_type": "an integer", "float_parsing": "a number", "float_type": "a number",
+             "finite_number": "a finite number", "bool_parsing": "true or false"}  # fmt: skip
+_BOUNDS = {"ge": "at least", "gt": "above", "le": "at most", "lt": "below"}
+
+
+def _coercion_reason(err: Exception) -> str | None:
+    """The reason, in the command line's words, for an option value newer typer coerced with
+    pydantic and refused: it says 'Input should be a valid integer, unable to parse string
+    as an integer' or 'Value error, ...'. None for any other error (older typer's own
+    messages, and edgeexit's parsers, already say what was given and what was expected)."""
+    errors = getattr(err.__cause__, "errors", None)
+    found = errors() if callable(errors) else []
+    if not found or not isinstance(found[0], dict):
+        return None
+    kind, value, ctx = found[0].get("type"), found[0].get("input"), found[0].get("ctx") or {}
+    if kind in _EXPECTED:
+        return f"{value!r} is not {_EXPECTED[kind]}"
+    bound = next((k for k in _BOUNDS if k in ctx), None)
+    if bound is not None:
+        return f"{value} is out of range; expected {_BOUNDS[bound]} {ctx[bound]}"
+    if kind == "value_error" and "error" in ctx:
+        return str(ctx["error"]).rstrip(".")
+    return None
 
 
 app = typer.Typer(
