@@ -42,6 +42,20 @@ def test_every_command_spells_a_concept_the_same_way():
         assert "--json" in spelled, f"{name} has no --json"
 
 
+def test_every_command_that_reads_a_data_file_takes_it_as_data():
+    # a data file: --data itself, or an older or narrower name for it (run's --input,
+    # export's and compile's --calib-data); demo's --test-data is a second file
+    readers = {}
+    for name, command in commands().items():
+        for p in command.params:
+            opts = set(getattr(p, "opts", ()))
+            if opts & {"--data", "--input", "--calib-data"}:
+                readers[name] = opts
+    assert set(readers) == {"bench", "calibrate", "compile", "demo", "export", "profile", "run"}
+    assert all("--data" in opts for opts in readers.values()), readers
+    assert readers["run"] >= {"--input", "-i"}  # the documented spellings still work
+
+
 def test_accuracy_drops_take_one_unit_everywhere():
     from edgeexit.cli import params
 

@@ -50,7 +50,10 @@ def export_cmd(
         None, "--target", "-t", parser=params.target, help="Target name or .toml profile."
     ),
     calib_data: Path = typer.Option(
-        None, "--calib-data", help="Data (.npz) to quantize with and check exits on (--target)."
+        None,
+        "--calib-data",
+        "--data",
+        help="Data (.npz) to quantize with and check exits on (--target).",
     ),
     max_quant_drop: float = typer.Option(
         "0.01",
