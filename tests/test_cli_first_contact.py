@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import shutil
 
 import numpy as np
@@ -211,3 +212,18 @@ def test_help_shows_flags_as_flags_and_arguments_by_name(name):
     assert result.exit_code == 0
     assert "<bool>" not in result.output
     assert "{bundle}" not in result.output and "{model}" not in result.output
+
+
+@pytest.mark.parametrize("name", [None, *sorted(commands())])
+def test_help_at_80_columns_cuts_no_option_name(name):
+    # rich shrinks every column of the options table alike when it is too wide, so a long
+    # type, a --no- twin or an unbreakable word in a help text cut the option names
+    result = runner.invoke(app, [name, "--help"] if name else ["--help"], env={"COLUMNS": "80"})
+    assert result.exit_code == 0
+    assert max(len(line) for line in result.output.splitlines()) <= 80
+    assert "…" not in result.output, result.output
+    command = commands()[name] if name else typer.main.get_command(app)
+    for param in command.params:
+        for opt in (*param.opts, *getattr(param, "secondary_opts", ())):
+            if opt.startswith("--"):  # shown whole, at a word boundary
+                assert re.search(rf"(^|[\s,]){re.escape(opt)}($|[\s,])", result.output, re.M), opt
