@@ -154,6 +154,15 @@ def test_inspect_memory_measures_each_segment_as_the_runtime_opens_it(bundle_and
     assert table.exit_code == 0 and "resident" in table.output
 
 
+@pytest.mark.parametrize("memory", [[], ["--memory"]])
+def test_inspect_at_80_columns_cuts_no_name(bundle_and_data, memory):
+    bundle, _ = bundle_and_data
+    result = runner.invoke(app, ["inspect", str(bundle), *memory], env={"COLUMNS": "80"})
+    assert result.exit_code == 0 and "…" not in result.output, result.output
+    for name in ("segment_00.onnx", "segment_02.onnx", "threshold", "top operators"):
+        assert name in result.output
+
+
 def test_run_reports_accuracy_when_the_data_has_labels(bundle_and_data, tmp_path):
     bundle, data = bundle_and_data
     labeled = json.loads(

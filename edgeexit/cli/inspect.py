@@ -6,6 +6,7 @@ import math
 from pathlib import Path
 
 import typer
+from rich import box
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
@@ -15,6 +16,7 @@ from edgeexit.files import dumps_json
 from edgeexit.inspection import BundleInfo, describe_bundle
 
 TOP_OPS = 4  # operators named per segment in the table; --json has them all
+OPERATORS = "top operators"  # the table's one column that wraps
 
 
 @command("inspect")
@@ -72,13 +74,11 @@ def _render(info: BundleInfo) -> None:
         f"opset {doc['opset']} ({doc['exporter']}, edgeexit {doc['edgeexit_version']})"
     )
     console.print(f"inputs: {escape(inputs)}")
-    table = Table(title="Segments (backbone block + exit head)")
-    columns = ["segment", "file", "KiB", "nodes", "top operators", "carry", "threshold"]
+    columns = ["#", "file", "KiB", "nodes", OPERATORS, "carry", "threshold"]
     measured = any(s.resident_mb is not None for s in info.segments)
     bodies = any(s.body_bytes is not None for s in info.segments)
-    columns += (["body KiB"] if bodies else []) + (["resident MB"] if measured else [])
-    for col in columns:
-        table.add_column(col, justify="left" if col in ("file", "top operators") else "right")
+    columns += (["body\nKiB"] if bodies else []) + (["RSS\nMB"] if measured else [])
+    table = _table("Segments (backbone block + exit head)", columns)
     for s in info.segments:
         top = ", ".join(f"{op} {n}" for op, n in list(s.ops.items())[:TOP_OPS])
         last = s.index == len(info.segments) - 1
@@ -116,13 +116,27 @@ def _render(info: BundleInfo) -> None:
                 "first graph run while every exit before them is never")  # fmt: skip
         table.caption = f"{table.caption}; {note}" if table.caption else note
     if measured:
-        note = "resident: RSS growth as each segment's session opens after the ones before"
+        note = "RSS: resident memory each segment's session adds, opened after the ones before"
         table.caption = f"{table.caption}; {note}" if table.caption else note
+    # the notes run the console's width below the table, not its own (a narrow one)
+    notes, table.caption = table.caption, None
     console.print(table)
+    if notes:
+        console.print(escape(notes))
     console.print(escape(_calibration_line(doc["calibration"])))
     colour = "green" if info.intact else "red"
     check = "every file matches its sha256" if info.intact else escape(info.integrity)
     console.print(f"integrity: [{colour}]{check}[/{colour}]")
+
+
+def _table(title: str, columns: list[str]) -> Table:
+    """A table that fits 80 columns: no vertical rules, and every column but the operators
+    kept whole (rich narrows all of a table's columns alike: 'segment_…', 'thresho…')."""
+    table = Table(title=title, box=box.SIMPLE_HEAD, show_edge=False, collapse_padding=True)
+    for col in columns:
+        left = col in ("file", OPERATORS)
+        table.add_column(col, justify="left" if left else "right", no_wrap=col != OPERATORS)
+    return table
 
 
 def _calibration_line(cal: dict | None) -> str:
