@@ -73,8 +73,8 @@ def test_accuracy_drops_take_one_unit_everywhere():
     assert params.accuracy_drop("2.5 pp") == pytest.approx(0.025)
     assert params.accuracy_drop("1%") == params.accuracy_drop("1 %") == pytest.approx(0.01)
     for bad in ("1", "200", "-0.1", "nan", "100pp", "100%", "x", "1%%", "pp", "%"):
-        with pytest.raises(typer.BadParameter, match="expected a fraction such as 0.01, or "
-                           "points: 1pp or 1%"):  # fmt: skip
+        with pytest.raises(typer.BadParameter, match=r"expected a fraction in \[0, 1\) such "
+                           "as 0.01, or points such as 1pp or 1%"):  # fmt: skip
             params.accuracy_drop(bad)
 
 
@@ -86,7 +86,7 @@ def test_a_malformed_accuracy_drop_lists_the_accepted_forms(value, tmp_path):
     assert result.exit_code == 2 and "Traceback" not in result.output
     [line] = result.stderr.splitlines()
     assert line.startswith("error: Invalid value for '--max-accuracy-drop': ")
-    assert "expected a fraction such as 0.01, or points: 1pp or 1%" in line
+    assert "expected a fraction in [0, 1) such as 0.01, or points such as 1pp or 1%" in line
 
 
 def test_version_names_the_runtime_dependencies():

@@ -106,7 +106,7 @@ def test_a_bundle_compiled_already_is_refused(digits, tmp_path):
         (["-t", "rpi4"], "Missing option '-o' / '--out'"),
         (["-o", "x"], "Missing option '--target' / '-t'"),
         (["-t", "pi", "-o", "x"], "'pi' is not a target; expected one of"),
-        (["-t", "rpi4", "-o", "x", "--max-quant-drop", "lots"], "expected a fraction such as"),
+        (["-t", "rpi4", "-o", "x", "--max-quant-drop", "lots"], "expected a fraction in [0, 1)"),
     ],
 )
 def test_malformed_options_are_usage_errors(digits, argv, says):

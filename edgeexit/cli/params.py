@@ -59,7 +59,7 @@ def energy_mj(text: str) -> float:
 
 
 # How an accuracy drop may be written, for help texts and errors alike.
-DROP_FORMS = "a fraction such as 0.01, or points: 1pp or 1%"
+DROP_FORMS = "a fraction in [0, 1) such as 0.01, or points such as 1pp or 1%"
 
 
 def accuracy_drop(text: str) -> float:
@@ -70,15 +70,11 @@ def accuracy_drop(text: str) -> float:
     unit = next((u for u in ("pp", "%") if stripped.lower().endswith(u)), None)
     try:
         value = _number(stripped[: -len(unit)].strip() if unit else stripped)
-    except typer.BadParameter:
-        raise typer.BadParameter(
-            f"{text!r} is not an accuracy drop; expected {DROP_FORMS}"
-        ) from None
-    if unit:
-        value /= 100
+    except typer.BadParameter as err:  # not a number, or not a finite one
+        raise typer.BadParameter(f"{err.message}; expected {DROP_FORMS}") from None
+    value = value / 100 if unit else value
     if not 0 <= value < 1:
-        shown = f"in [0{unit}, 100{unit})" if unit else "a fraction in [0, 1)"
-        raise typer.BadParameter(f"{text} is not {shown}; expected {DROP_FORMS}")
+        raise typer.BadParameter(f"{text} is not an accuracy drop: expected {DROP_FORMS}")
     return value
 
 
