@@ -160,6 +160,9 @@ def _global_options(
     quiet: bool = typer.Option(
         False, "--quiet", "-q", help="Only results and errors: no notes (e.g. how energy is found)."
     ),
+    verbose: bool = typer.Option(
+        False, "--verbose", "-v", help="Notes in full: e.g. why each energy sensor was not read."
+    ),
 ) -> None:
     """Deploy multi-exit (early-exit) networks to edge devices as chained ONNX segments.
 
@@ -167,9 +170,31 @@ def _global_options(
     exit thresholds to a budget, then `run` or `bench` it on the device; `inspect` shows
     what a bundle holds.
     """
+    if quiet and verbose:
+        raise usage_error("-q/--quiet and -v/--verbose ask for opposite things; give one")
     # edgeexit's notes (which energy meter, trust warnings) go through the 'edgeexit'
-    # logger; without a handler, Python prints warnings and above to stderr.
-    logging.getLogger("edgeexit").setLevel(logging.ERROR if quiet else logging.NOTSET)
+    # logger, and from there to stderr, one line each (_Notes).
+    logger = logging.getLogger("edgeexit")
+    logger.setLevel(logging.ERROR if quiet else logging.NOTSET)
+    _NOTES.verbose = verbose
+    if _NOTES not in logger.handlers:
+        logger.addHandler(_NOTES)
+
+
+class _Notes(logging.Handler):
+    """edgeexit's notes on stderr, one line each. A note with details (the energy notice:
+    why each sensor was not read) shows them under -v, and otherwise says where they are."""
+
+    verbose = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        text = record.getMessage()
+        if details := getattr(record, "details", ""):
+            text += f" ({details})" if self.verbose else " (edgeexit -v for details)"
+        sys.stderr.write(f"{in_flags(text)}\n")  # the stderr of now: a test runner swaps it
+
+
+_NOTES = _Notes()
 
 
 # The library names a parameter in backquotes as Python spells it (edgeexit.errors); the

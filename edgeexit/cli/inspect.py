@@ -12,8 +12,10 @@ from rich.markup import escape
 from rich.table import Table
 
 from edgeexit.cli.core import command, fail
+from edgeexit.energy import choose_meter
 from edgeexit.files import dumps_json
 from edgeexit.inspection import BundleInfo, describe_bundle
+from edgeexit.targets import load_target
 
 TOP_OPS = 4  # operators named per segment in the table; --json has them all
 OPERATORS = "top operators"  # the table's one column that wraps
@@ -32,7 +34,8 @@ def inspect_cmd(
 ) -> None:
     """Show what a bundle holds: inputs, segments (size, operators, carry, threshold),
     criterion, precision, target, a calibration summary, and an integrity check (every
-    file against its sha256). Exits 1 if the check fails, after the report.
+    file against its sha256). Exits 1 if the check fails, after the report. The last line
+    says what energy figures `edgeexit run` would give here, and why no sensor was read.
 
     Examples:
 
@@ -43,10 +46,12 @@ def inspect_cmd(
         edgeexit inspect bundle/ --memory
     """
     info = describe_bundle(bundle, memory=memory)
+    energy = choose_meter(load_target(None))[1]  # what `run` here would report
     if as_json:
-        typer.echo(dumps_json(info.to_json()))
+        typer.echo(dumps_json({**info.to_json(), "energy_here": energy.to_json()}))
     else:
         _render(info)
+        Console().print(escape(f"energy here: {energy.describe()}"))
     if not info.intact:
         raise fail(f"integrity check failed: {info.integrity}")
 
