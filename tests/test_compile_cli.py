@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -88,6 +89,34 @@ def test_an_earlier_bundle_holding_the_data_is_not_replaced(digits, tmp_path):
     assert result.exit_code == 1
     assert "is an input of this command or holds one" in errors(result)[0]
     assert (earlier / "calib.npz").is_file()
+
+
+def test_labels_outside_the_classes_are_refused_naming_the_file(digits, tmp_path):
+    import shutil
+
+    from edgeexit.bundle import write_manifest
+
+    src, _ = digits
+    bundle = shutil.copytree(src, tmp_path / "b")
+    write_manifest(bundle, read_manifest(bundle).with_extra(num_classes=10))
+    data = tmp_path / "labels.npz"
+    np.savez(data, x=np.zeros((4, 1, 8, 8), np.float32), y=np.array([0, 1, 2, 99]))
+    argv = [
+        "compile",
+        str(bundle),
+        "-t",
+        "rpi4",
+        "--calib-data",
+        str(data),
+        "-o",
+        str(tmp_path / "o"),
+    ]
+    result = runner.invoke(app, argv)
+    assert result.exit_code == 1
+    assert errors(result) == [
+        f"error: {data}: label 99 (row 3, 1 such rows) is outside the model's classes; "
+        "expected 0..9"
+    ]
 
 
 def test_a_bundle_compiled_already_is_refused(digits, tmp_path):
