@@ -42,10 +42,11 @@ def compile_cmd(
     ),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
 ) -> None:
-    """Compile an fp32 bundle for a device target: ONNX versions pinned to the target's,
-    its precision (int8 for the Raspberry Pis, fp16 for CUDA), every exit's accuracy
-    checked against fp32 on --calib-data. Nothing is written if an exit loses more than
-    --max-quant-drop. The same as `edgeexit export --target`, for a bundle already exported.
+    """Compile an exported fp32 bundle for a device target (int8 for a Pi, fp16 for CUDA).
+
+    What `edgeexit export --target` does, for a bundle already exported: ONNX versions
+    pinned to the target's, its precision, every exit's accuracy checked against fp32 on
+    --calib-data. Nothing is written if an exit loses more than --max-quant-drop.
 
     -o must be a new path, an empty folder, or an earlier bundle (replaced in one step);
     the input bundle, the data and any folder holding them are refused.
@@ -56,7 +57,7 @@ def compile_cmd(
 
         edgeexit compile bundle/ -t cuda --calib-data cal.npz -o bundle-fp16 --json
 
-        edgeexit compile bundle/ -t rpi5 --data cal.npz --max-quant-drop 0.5pp -o pi5
+        edgeexit compile bundle/ -t rpi5 --data cal.npz --max-quant-drop 0.5pp -o b5
     """
     import onnx  # noqa: F401  (a device install lacks it: said before any work, not after)
 

@@ -34,8 +34,10 @@ def inspect_cmd(
 ) -> None:
     """Show what a bundle holds: inputs, segments (size, operators, carry, threshold),
     criterion, precision, target, a calibration summary, and an integrity check (every
-    file against its sha256). Exits 1 if the check fails, after the report. The last line
-    says what energy figures `edgeexit run` would give here, and why no sensor was read.
+    file against its sha256). Exits 1 if the check fails, after the report.
+
+    The last line says what energy figures `edgeexit run` would give here, and why no
+    sensor was read if none was.
 
     Examples:
 
