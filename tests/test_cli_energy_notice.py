@@ -8,6 +8,7 @@ for the Pi 5 PMIC sensor only, with a PATH that has no vcgencmd: no sensor, on a
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -69,6 +70,9 @@ def test_commands_that_report_no_energy_say_nothing_of_it(bundle):
     assert f"energy here: modeled from x86-cpu's power model (10 W); no sensor found ({WHY})" in (
         inspected.stdout
     )
+    doc = json.loads(edgeexit("inspect", "b", "--json", cwd=bundle.parent).stdout)
+    assert doc["energy_here"] == {"target": "x86-cpu", "source": "modeled", "power_w": 10.0,
+                                  "unavailable": {"rpi5-pmic": WHY.split(": ", 1)[1]}}  # fmt: skip
 
 
 def test_profile_and_a_calibration_on_its_figures_name_the_profiled_target(bundle):
