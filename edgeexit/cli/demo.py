@@ -39,7 +39,7 @@ def demo_cmd(
         False, "--trust-pickle", help="--model is a pickled nn.Module you trust."
     ),
     factory: str = typer.Option(
-        None, parser=params.factory, metavar="MODULE:FUNCTION", help="--model's factory."
+        None, parser=params.factory, metavar="MOD:FN", help="--model's factory."
     ),
     generate: bool = typer.Option(
         False, "--generate", help="The text-generation demo instead: a byte-level decoder."

@@ -92,10 +92,10 @@ def export_cmd(
         None,
         "--factory",
         parser=params.factory,
-        metavar="MODULE:FUNCTION",
-        help="Build a factory checkpoint's model with this model class or @checkpointable "
-        "function (imported), instead of the one the file names, which edgeexit imports "
-        "only if it is edgeexit's own or already imported.",
+        metavar="MOD:FN",
+        help="Build a factory checkpoint's model with this module:function (a model class "
+        "or @checkpointable function, imported) instead of the one the file names, which "
+        "edgeexit imports only if it is edgeexit's own or already imported.",
     ),
     trust: bool = typer.Option(
         False, "--trust-pickle", help="Load a pickled nn.Module (runs code from the file)."
