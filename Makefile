@@ -8,8 +8,12 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	# The CPU wheel first: an unpinned torch would pull GBs of CUDA packages.
-	$(PY) -m pip install -q torch==2.13.0
+	# PyTorch's CPU build first, by name from PyTorch's CPU index: on Linux the plain PyPI
+	# pin resolves to the CUDA build and gigabytes of packages. The plain pin only where
+	# that index cannot be reached (a local wheel or mirror then provides it).
+	$(PY) -m pip install -q --timeout 30 torch==2.13.0 \
+		--index-url https://download.pytorch.org/whl/cpu \
+	  || $(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e '.[export,dev,plot]'
 	touch $(STAMP)
 
@@ -23,8 +27,10 @@ test: $(STAMP) lint
 demo: $(STAMP)
 	$(VENV)/bin/edgeexit demo
 
+# Figures go to build/bench/ (ignored): the recorded ones in benchmarks/results/ change only
+# when someone means them to (benchmarks/run.py --out benchmarks/results).
 bench: $(STAMP)
-	$(PY) benchmarks/run.py
+	$(PY) benchmarks/run.py --out build/bench
 
 # The wheel a device installs (pure Python: one wheel for x86 and the Pi), built from a copy
 # of what it ships, so no stale build/ directory can leak old files into it.

@@ -24,7 +24,8 @@ of one pass over the split, plus paired ratios (median of per-round ratios).
 
 Usage:
   PYTHONPATH=. python benchmarks/run.py [--widths 16,48] [--rounds 15] [--quick] [--out DIR]
-Writes benchmarks/results/suite.{json,md}.
+Writes suite.{json,md} into --out only (`make bench` gives build/bench/); the recorded
+figures in benchmarks/results/ change only with `--out benchmarks/results`.
 """
 
 from __future__ import annotations
@@ -359,9 +360,11 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=15, help="passes over the test split")
     parser.add_argument("--epochs", type=int, default=None, help="default: per width")
     parser.add_argument(
-        "--quick", action="store_true", help="w=16, 1 round, 2 epochs; writes only with --out"
+        "--quick", action="store_true", help="w=16, 1 round, 2 epochs: a smoke run"
     )
-    parser.add_argument("--out", type=Path, default=None, help=f"default: {RESULTS}")
+    parser.add_argument(
+        "--out", type=Path, default=None, help=f"write the figures here (recorded: {RESULTS})"
+    )
     args = parser.parse_args()
     widths = [16] if args.quick else [int(w) for w in args.widths.split(",")]
     rounds, epochs = (1, 2) if args.quick else (args.rounds, args.epochs)
@@ -379,7 +382,7 @@ def main() -> None:
             results["models"].append(model)
     results["load_average"] = " / ".join(f"{v:.1f}" for v in os.getloadavg())
     Console().print(render(results))
-    out = args.out or (None if args.quick else RESULTS)  # a smoke run keeps the results
+    out = args.out  # nothing tracked is rewritten unless asked for
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         (out / "suite.json").write_text(json.dumps(results, indent=2) + "\n")
