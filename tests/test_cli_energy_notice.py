@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from fixtures.hang import HANG_S
 
 pytest.importorskip("onnx")
 from fixtures.targets_digits import load_weights, write_bundle  # noqa: E402
@@ -36,7 +37,7 @@ def edgeexit(*argv: str, cwd: Path) -> subprocess.CompletedProcess:
            "PATH": os.path.dirname(sys.executable), "COLUMNS": "200"}  # fmt: skip
     code = f"import sys; from edgeexit.cli import main; sys.argv = ['edgeexit', *{argv!r}]; main()"
     return subprocess.run([sys.executable, "-c", code], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=300)  # fmt: skip
+                          text=True, timeout=HANG_S)  # fmt: skip
 
 
 def energy_lines(done: subprocess.CompletedProcess) -> list[str]:

@@ -11,6 +11,7 @@ import shutil
 import numpy as np
 import pytest
 import typer
+from fixtures.hang import HANG_S
 from typer.testing import CliRunner
 
 from edgeexit.cli import app
@@ -194,7 +195,7 @@ def test_host_commands_on_a_device_install_say_which_extra(tmp_path, argv, comma
         "main()\n"
     )
     done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
-                          text=True, timeout=120)  # fmt: skip
+                          text=True, timeout=HANG_S)  # fmt: skip
     assert done.returncode == 1, done.stderr
     assert done.stderr.strip().splitlines() == [
         f"error: edgeexit {command} needs torch, which this install lacks (a device install "

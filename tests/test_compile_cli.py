@@ -9,6 +9,7 @@ import sys
 
 import numpy as np
 import pytest
+from fixtures.hang import HANG_S
 from typer.testing import CliRunner
 
 from edgeexit.bundle import read_manifest
@@ -154,7 +155,7 @@ def test_on_a_device_install_compile_says_which_extra(digits, tmp_path):
         "main()\n"
     )
     done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
-                          text=True, timeout=120)  # fmt: skip
+                          text=True, timeout=HANG_S)  # fmt: skip
     assert done.returncode == 1, done.stderr
     assert done.stderr.strip().splitlines() == [
         "error: edgeexit compile needs onnx, which this install lacks (a device install has "

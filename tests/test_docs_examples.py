@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from fixtures.hang import HANG_S
 
 ROOT = Path(__file__).parents[1]
 EXAMPLE = ROOT / "docs" / "examples" / "python_api.py"
@@ -25,7 +26,7 @@ def test_the_python_api_example_runs(tmp_path):
     pytest.importorskip("torch")
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     done = subprocess.run([sys.executable, str(EXAMPLE)], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=600)  # fmt: skip
+                          capture_output=True, text=True, timeout=HANG_S)  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
     assert "met" in done.stdout and "Learn-then-Test" in done.stdout
     assert {"model.pt", "bundle", "cal.npz", "test.npz", "x86.json"} <= {

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from fixtures.hang import HANG_S
 from fixtures.programs import (
     graph_of,
     legacy_parts,
@@ -277,12 +278,12 @@ def test_a_class_defined_in_a_script_exports_from_another_process(tmp_path):
 
     env = package_only_env()
     (tmp_path / "train.py").write_text(SCRIPT)
-    subprocess.run([sys.executable, "train.py"], cwd=tmp_path, env=env, check=True, timeout=300)
+    subprocess.run([sys.executable, "train.py"], cwd=tmp_path, env=env, check=True, timeout=HANG_S)
     other = tmp_path / "elsewhere"
     other.mkdir()
     done = subprocess.run(
         [sys.executable, "-m", "edgeexit", "-q", "export", str(tmp_path / "model.pt"), "-o", "b"],
-        cwd=other, env=env, capture_output=True, text=True, timeout=300,
+        cwd=other, env=env, capture_output=True, text=True, timeout=HANG_S,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert (other / "b" / "manifest.json").is_file()
@@ -330,10 +331,10 @@ def test_attention_saved_without_a_factory_exports_from_another_process(tmp_path
 
     env = package_only_env()
     (tmp_path / "train.py").write_text(ATTENTION_SCRIPT)
-    subprocess.run([sys.executable, "train.py"], cwd=tmp_path, env=env, check=True, timeout=300)
+    subprocess.run([sys.executable, "train.py"], cwd=tmp_path, env=env, check=True, timeout=HANG_S)
     done = subprocess.run(
         [sys.executable, "-m", "edgeexit", "-q", "export", "model.pt", "-o", "b"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=HANG_S,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     expected = np.load(tmp_path / "expected.npz")

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from fixtures.hang import HANG_S
 
 torch = pytest.importorskip("torch")
 
@@ -75,7 +76,7 @@ def isolated(*args) -> subprocess.CompletedProcess:
     a runaway allocation a MemoryError there, not a dead test run or a starved machine."""
     argv = [sys.executable, "-m", "edgeexit", *map(str, args)]
     return subprocess.run(argv, capture_output=True, env={**os.environ, "PYTHONPATH": str(ROOT)},
-                          timeout=120, preexec_fn=_cap_memory)  # fmt: skip
+                          timeout=HANG_S, preexec_fn=_cap_memory)  # fmt: skip
 
 
 def _cap_memory() -> None:
@@ -224,7 +225,7 @@ for what, call in calls.items():
 def python(code: str, *args) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     argv = [sys.executable, "-c", code, *map(str, args)]
-    return subprocess.run(argv, capture_output=True, text=True, timeout=120, env=env,
+    return subprocess.run(argv, capture_output=True, text=True, timeout=HANG_S, env=env,
                           preexec_fn=_cap_memory)  # fmt: skip
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from fixtures.hang import HANG_S
 from fixtures.programs import (
     graph_of,
     legacy_parts,
@@ -388,7 +389,7 @@ def test_no_hostile_module_on_the_path_is_imported_by_another_process(world):
     before = snapshot(world)
     done = subprocess.run(
         [sys.executable, "-m", "edgeexit", "export", "bad.pt", "-o", "out"],
-        cwd=world, env=env, capture_output=True, text=True, timeout=300,
+        cwd=world, env=env, capture_output=True, text=True, timeout=HANG_S,
     )  # fmt: skip
     assert done.returncode == 1 and "imports no module a model file names" in done.stderr
     assert "--factory" in done.stderr and "--trust-pickle" in done.stderr

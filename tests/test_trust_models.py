@@ -16,6 +16,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from fixtures.hang import HANG_S
 from fixtures.targets_digits import load_weights, write_bundle
 from onnx import TensorProto, helper, numpy_helper
 from torch import nn
@@ -184,7 +185,7 @@ def test_edgeexits_own_factories_load_where_they_are_not_imported(tmp_path):
     )
     package = str(Path(edgeexit.__file__).resolve().parents[1])
     done = subprocess.run(
-        [sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=300,
+        [sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=HANG_S,
         env={**os.environ, "PYTHONPATH": package},
     )  # fmt: skip
     assert done.returncode == 0, done.stderr

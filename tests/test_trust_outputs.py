@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from fixtures.hang import HANG_S
 from fixtures.targets_digits import load_weights, write_bundle
 from torch import nn
 from typer.testing import CliRunner
@@ -416,7 +417,7 @@ def test_a_ctrl_c_a_callback_swallowed_still_exits_130_without_a_traceback():
             main()
     """)
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                          timeout=60, env={**os.environ, "PYTHONPATH": str(REPO)})  # fmt: skip
+                          timeout=HANG_S, env={**os.environ, "PYTHONPATH": str(REPO)})  # fmt: skip
     assert proc.returncode == 130, proc.stderr
     assert "Traceback" not in proc.stderr and "ignored" not in proc.stderr
     assert "went on" not in proc.stdout and proc.stderr.strip() == "interrupted"
@@ -609,7 +610,7 @@ def held_by_another_process(bundle: Path):
         assert proc.stdout.readline().strip() == "locked"
         yield
     finally:
-        proc.communicate("go\n", timeout=60)
+        proc.communicate("go\n", timeout=HANG_S)
     assert proc.returncode == 0
 
 
@@ -710,7 +711,7 @@ def test_calibrate_generation_holds_the_lock_from_start_to_write(decoder_bundle,
             decoder_export.export_decoder(other_model, bundle)
         assert tree(bundle) == graphs
     finally:
-        out, err = first.communicate("go\n", timeout=300)
+        out, err = first.communicate("go\n", timeout=HANG_S)
     assert first.returncode == 0, err
     recorded = json.loads((bundle / "manifest.json").read_text())["generation"]
     assert recorded["self_speculative"] and len(recorded["early_exit"]) == 1
