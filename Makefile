@@ -2,6 +2,8 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+TORCH := 2.13.0
+TORCH_CPU := https://download.pytorch.org/whl/cpu
 
 .PHONY: test demo lint bench wheel clean
 
@@ -11,9 +13,13 @@ $(STAMP): pyproject.toml
 	# PyTorch's CPU build first, by name from PyTorch's CPU index: on Linux the plain PyPI
 	# pin resolves to the CUDA build and gigabytes of packages. The plain pin only where
 	# that index cannot be reached (a local wheel or mirror then provides it).
-	$(PY) -m pip install -q --timeout 30 torch==2.13.0 \
-		--index-url https://download.pytorch.org/whl/cpu \
-	  || $(PY) -m pip install -q torch==2.13.0
+	if $(PY) -c "import urllib.request as u; u.urlopen('$(TORCH_CPU)/torch/', timeout=10)" \
+	    2>/dev/null; then \
+	  $(PY) -m pip install -q torch==$(TORCH) --index-url $(TORCH_CPU); \
+	else \
+	  echo "PyTorch's CPU index is out of reach: installing torch==$(TORCH) as pinned"; \
+	  $(PY) -m pip install -q torch==$(TORCH); \
+	fi
 	$(PY) -m pip install -q -e '.[export,dev,plot]'
 	touch $(STAMP)
 
