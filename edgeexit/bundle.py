@@ -2,10 +2,13 @@
 
 A bundle is a directory holding ``manifest.json`` and one ONNX file per segment. This
 module reads, checks and writes manifests, and hands the runtime the verified bytes of each
-segment. A manifest is untrusted input: every field is type-checked, every file it names
-must be a plain name inside the bundle (no path, no symbolic link out), and every file
-ONNX Runtime would open (segments and their external weights) must match its sha256 before
-anything else reads it. It imports neither torch nor onnx, so the device can use it.
+segment. A manifest is untrusted input: every field is type- and range-checked (sizes
+bounded before anything is allocated from them), every file it names must be a plain name
+inside the bundle (no path, no symbolic link out), and every file ONNX Runtime would open
+(segments and their external weights) must match its sha256 before anything else reads
+it. The digests are the manifest's own: they catch a changed or swapped graph file, not a
+manifest rewritten with new digests (docs/bundle-format.md, *What the digests cover*). It
+imports neither torch nor onnx, so the device can use it.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ import numpy as np
 
 from edgeexit import documents, files
 from edgeexit.criteria import CRITERIA
-from edgeexit.errors import BundleError, InputError
+from edgeexit.errors import BundleError, InputError, quoted
 from edgeexit.onnxproto import ProtoError, external_data_files
 
 FORMAT = "edgeexit.bundle/1"
@@ -47,6 +50,12 @@ SHARED_WEIGHTS = "shared_weights.bin"  # weights several graphs hold, stored onc
 INPUT_SUM = "edgeexit_input_sum"
 INPUT_DTYPES = ("float32", "float16", "float64", "int64", "int32", "int8", "uint8", "bool")
 MAX_MANIFEST_BYTES = 16 << 20
+# Bounds on the sizes a manifest declares, checked before anything is allocated from them
+# (the runtime's probe batch, profile's synthetic inputs): a sample of at most 2**28
+# elements (1 GiB of float32, beyond any edge model's input) over at most 32 axes (numpy's
+# limit where it is smallest).
+MAX_SAMPLE_ELEMENTS = 1 << 28
+MAX_RANK = 32
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -252,12 +261,13 @@ class Manifest:
             )
         if fmt not in (FORMAT, TENSOR_FORMAT):
             raise BundleError(
-                f"manifest format is {fmt!r}; this edgeexit reads {FORMAT!r} and {TENSOR_FORMAT!r}"
+                f"manifest format is {quoted(fmt)}; this edgeexit reads {FORMAT!r} and "
+                f"{TENSOR_FORMAT!r}"
             )
         output = doc.get("output", "logits")
         if (output == "logits") != (fmt == FORMAT) or output not in OUTPUT_KINDS:
             raise BundleError(
-                f"manifest output is {output!r} in format {fmt!r}; expected 'logits' in "
+                f"manifest output is {quoted(output)} in format {fmt!r}; expected 'logits' in "
                 f"{FORMAT!r}, and 'tensor' or 'tokens' in {TENSOR_FORMAT!r}"
             )
         inputs = tuple(_input(x, f"inputs[{k}]") for k, x in enumerate(_list(doc, "inputs")))
@@ -268,14 +278,14 @@ class Manifest:
             raise BundleError("manifest lists no inputs or no segments; expected at least one")
         _check_chain(inputs, segments)
         criterion = doc.get("criterion")
-        if criterion not in CRITERIA:
+        if not isinstance(criterion, str) or criterion not in CRITERIA:
             raise BundleError(
-                f"manifest criterion is {criterion!r}; expected one of {', '.join(CRITERIA)}"
+                f"manifest criterion is {quoted(criterion)}; expected one of {', '.join(CRITERIA)}"
             )
         problem = CRITERIA[criterion].output_problem(output)
         if problem:
             raise BundleError(f"manifest: {problem} (output {output!r}); re-export the bundle")
-        params = doc.get("criterion_params") or {}
+        params = doc.get("criterion_params", {})
         if not isinstance(params, dict):
             raise BundleError("manifest criterion_params must be an object")
         thresholds = tuple(
@@ -286,6 +296,7 @@ class Manifest:
                 f"manifest has {len(thresholds)} thresholds for {len(segments)} exits; "
                 "expected one per exit"
             )
+        _check_extra(doc, len(segments), output)
         known = {"format", "inputs", "segments", "criterion", "criterion_params", "thresholds",
                  "output"}  # fmt: skip
         return cls(
@@ -314,14 +325,16 @@ def _text(doc: Any, key: str, where: str) -> str:
         raise BundleError(f"manifest {where} must be an object, got {type(doc).__name__}")
     value = doc.get(key)
     if not isinstance(value, str) or not value:
-        raise BundleError(f"manifest {where}.{key} must be a non-empty string, got {value!r}")
+        raise BundleError(f"manifest {where}.{key} must be a non-empty string, got {quoted(value)}")
     return value
 
 
 def _names(doc: dict, key: str, where: str) -> tuple[str, ...]:
     value = _list(doc, key, f"manifest {where}")
     if not all(isinstance(v, str) and v for v in value):
-        raise BundleError(f"manifest {where}.{key} must hold non-empty strings, got {value!r}")
+        raise BundleError(
+            f"manifest {where}.{key} must hold non-empty strings, got {quoted(value)}"
+        )
     return tuple(value)
 
 
@@ -336,7 +349,7 @@ def plain_file_name(name: str, where: str) -> str:
         or re.match(r"^[A-Za-z]:", name)
     ):
         raise BundleError(
-            f"manifest {where} is {name!r}; expected a plain file name inside the bundle"
+            f"manifest {where} is {quoted(name)}; expected a plain file name inside the bundle"
         )
     return name
 
@@ -352,15 +365,34 @@ def _input(doc: Any, where: str) -> InputSpec:
     name, dtype = _text(doc, "name", where), _text(doc, "dtype", where)
     if dtype not in INPUT_DTYPES:
         raise BundleError(
-            f"manifest {where}.dtype is {dtype!r}; expected one of {', '.join(INPUT_DTYPES)}"
+            f"manifest {where}.dtype is {quoted(dtype)}; expected one of {', '.join(INPUT_DTYPES)}"
         )
     shape = _list(doc, "shape", f"manifest {where}")
-    dims_ok = all(isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in shape[1:])
+    return InputSpec(name, dtype, _sample_shape(shape, f"{where}.shape"))
+
+
+def _sample_shape(shape: list, where: str) -> tuple[int | str, ...]:
+    """'batch', then positive sizes within MAX_RANK axes and MAX_SAMPLE_ELEMENTS elements."""
+    dims_ok = all(_count(d) and d >= 1 for d in shape[1:])
     if shape[:1] != [BATCH_DIM] or not dims_ok:
         raise BundleError(
-            f"manifest {where}.shape is {shape!r}; expected 'batch' then positive sizes"
+            f"manifest {where} is {quoted(shape)}; expected 'batch' then positive sizes"
         )
-    return InputSpec(name, dtype, tuple(shape))
+    if len(shape) - 1 > MAX_RANK:
+        raise BundleError(
+            f"manifest {where} has {len(shape) - 1} axes after 'batch'; expected at most {MAX_RANK}"
+        )
+    if math.prod(shape[1:]) > MAX_SAMPLE_ELEMENTS:
+        raise BundleError(
+            f"manifest {where} is {quoted(shape)}: over {MAX_SAMPLE_ELEMENTS:,} elements per "
+            "sample, edgeexit's bound for a manifest (checked before anything is allocated)"
+        )
+    return tuple(shape)
+
+
+def _count(value: Any) -> bool:
+    """An int and not a bool (JSON true would pass for 1)."""
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _segment(doc: Any, where: str) -> SegmentSpec:
@@ -383,9 +415,14 @@ def _segment(doc: Any, where: str) -> SegmentSpec:
 def _graph_file(doc: Any, where: str) -> GraphFile:
     file = plain_file_name(_text(doc, "file", where), f"{where}.file")
     if not file.endswith(SEGMENT_SUFFIXES):
-        raise BundleError(f"manifest {where}.file {file!r} is not an .onnx or .ort file")
+        raise BundleError(f"manifest {where}.file {quoted(file)} is not an .onnx or .ort file")
     externals = []
-    for k, e in enumerate(doc.get("external_data") or []):
+    listed = doc.get("external_data", [])
+    if not isinstance(listed, list):
+        raise BundleError(
+            f"manifest {where}.external_data must be a list, got {type(listed).__name__}"
+        )
+    for k, e in enumerate(listed):
         at = f"{where}.external_data[{k}]"
         externals.append(ExternalFile(plain_file_name(_text(e, "file", at), at), _sha(e, at)))
     return GraphFile(file, _sha(doc, where), tuple(externals))
@@ -393,10 +430,13 @@ def _graph_file(doc: Any, where: str) -> GraphFile:
 
 def _check_chain(inputs: tuple[InputSpec, ...], segments: tuple[SegmentSpec, ...]) -> None:
     """Segment 0 takes the model inputs; segment i takes as many inputs as i-1 carries."""
-    if list(segments[0].inputs) != [i.name for i in inputs]:
+    names = [i.name for i in inputs]
+    if len(set(names)) != len(names):
+        raise BundleError(f"manifest inputs repeat a name: {quoted(names)}; expected one each")
+    if list(segments[0].inputs) != names:
         raise BundleError(
-            f"manifest segments[0].inputs {list(segments[0].inputs)} are not the model "
-            f"inputs {[i.name for i in inputs]}"
+            f"manifest segments[0].inputs {quoted(list(segments[0].inputs))} are not the model "
+            f"inputs {quoted(names)}"
         )
     for k in range(1, len(segments)):
         if len(segments[k].inputs) != len(segments[k - 1].carry):
@@ -420,13 +460,47 @@ def _check_chain(inputs: tuple[InputSpec, ...], segments: tuple[SegmentSpec, ...
 def _threshold(value: Any, where: str) -> float:
     if value is None:
         return math.inf
-    if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
+    try:
+        number = math.nan if isinstance(value, bool) else float(value)
+    except (TypeError, ValueError):  # not a number at all ("0.5" is refused too)
+        number = math.nan
+    except OverflowError as err:  # an integer of hundreds of digits
+        raise BundleError(f"manifest {where} is beyond any float; expected a number") from err
+    if math.isnan(number) or not isinstance(value, int | float):
         raise BundleError(
-            f"manifest {where} is {value!r}; expected a number, or null for 'nobody exits here'"
+            f"manifest {where} is {quoted(value)}; expected a number, or null for 'nobody "
+            "exits here'"
         )
-    if value == -math.inf:
+    if number == -math.inf:
         raise BundleError(f"manifest {where} is -inf; expected a finite number or null")
-    return float(value)
+    return number
+
+
+def _check_extra(doc: dict, num_exits: int, output: str) -> None:
+    """The optional keys edgeexit itself reads back: ``max_exit`` (the runtime caps the
+    chain there), ``output_shape``, ``num_classes`` and ``tokens`` (compile and inspect),
+    ``finished_tokens`` (the one policy the runtime implements)."""
+    cap = doc.get("max_exit")
+    if cap is not None and not (_count(cap) and 0 <= cap < num_exits):
+        raise BundleError(
+            f"manifest max_exit is {quoted(cap)}; expected an exit index 0..{num_exits - 1}"
+        )
+    for key in ("num_classes", "tokens"):
+        value = doc.get(key)
+        if value is not None and not (_count(value) and 1 <= value <= MAX_SAMPLE_ELEMENTS):
+            raise BundleError(
+                f"manifest {key} is {quoted(value)}; expected a count 1..{MAX_SAMPLE_ELEMENTS:,}"
+            )
+    shape = doc.get("output_shape")
+    if shape is not None:
+        if not isinstance(shape, list):
+            raise BundleError(f"manifest output_shape must be a list, got {type(shape).__name__}")
+        _sample_shape(shape, "output_shape")
+    if output == "tokens" and doc.get("finished_tokens", "dropped") != "dropped":
+        raise BundleError(
+            f"manifest finished_tokens is {quoted(doc.get('finished_tokens'))}; this edgeexit "
+            "runs per-token exits with 'dropped' only"
+        )
 
 
 # Only the batch axis of a bundle's inputs is free: every other size is the export's.
@@ -617,4 +691,4 @@ def check_bundle_output(
     out_dir: str | os.PathLike, *, inputs: tuple[str | os.PathLike, ...] = ()
 ) -> Path:
     """Refuse ``out_dir`` now, before long work, if a bundle cannot be written there."""
-    return files.check_output(out_dir, "bundle", inputs=inputs)
+    return files.check_output(out_dir, "bundle", inputs=inputs).path

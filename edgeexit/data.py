@@ -33,16 +33,28 @@ class Dataset:
         return Dataset(tuple(x[index] for x in self.inputs), labels)
 
     def check_labels(self, num_classes: int, source: str = "data") -> None:
-        """Refuse labels outside ``0..num_classes-1``: they can never be right, so every
-        accuracy (and every budget built on it) would be silently wrong."""
-        if self.labels is None or not len(self.labels):
+        """Refuse labels outside ``0..num_classes-1``, one per sample or, for per-token
+        exits, one per token (read as numbers, so a fraction is refused too): they can
+        never be right, so every accuracy (and every budget built on it) would be silently
+        wrong."""
+        labels = self.labels
+        if labels is None or not labels.size:
             return
-        bad = np.flatnonzero((self.labels < 0) | (self.labels >= num_classes))
-        if bad.size:
-            raise DataError(
-                f"{source}: label {int(self.labels[bad[0]])} (row {int(bad[0])}, {bad.size} "
-                f"such rows) is outside the model's classes; expected 0..{num_classes - 1}"
-            )
+        bad = (labels < 0) | (labels >= num_classes)
+        if labels.dtype.kind == "f":
+            bad |= labels != np.floor(labels)
+        if not bad.any():
+            return
+        first = tuple(int(i) for i in np.argwhere(bad)[0])
+        value = labels[first].item()
+        where, what = f"row {first[0]}", "rows"
+        if len(first) > 1:  # per token
+            where, what = f"row {first[0]}, token {first[1]}", "labels"
+        reason = "is a fraction" if 0 <= value < num_classes else "is outside the model's classes"
+        raise DataError(
+            f"{source}: label {value:g} ({where}, {int(bad.sum())} such {what}) {reason}; "
+            f"expected 0..{num_classes - 1}"
+        )
 
 
 def load_data(
@@ -109,19 +121,30 @@ def _targets(y: np.ndarray, n: int, shape: tuple[int, ...], path: Path) -> np.nd
     return y
 
 
+# A zip archive (.npz) starts with a member's header, or, holding nothing, with the end of
+# its (empty) directory.
+_ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06")
+
+
 def _read_arrays(path: Path) -> dict[str, np.ndarray]:
     """Every array of a .npy/.npz file, read in full here, so that a corrupt member or an
     object array fails now, with the file named, and not later in the middle of a run."""
     try:
         with open(path, "rb") as f:
             magic = f.read(6)
-        if magic != b"\x93NUMPY" and not magic.startswith(b"PK\x03\x04"):
+        if magic != b"\x93NUMPY" and not magic.startswith(_ZIP_MAGICS):
             raise DataError(f"{path} is not a .npy or .npz file; expected numpy's formats")
         loaded = np.load(path, allow_pickle=False)
         if isinstance(loaded, np.ndarray):
             return {"x": loaded}
         with loaded:
-            return {k: loaded[k] for k in loaded.files}
+            arrays = {k: loaded[k] for k in loaded.files}
+        if not arrays:
+            raise DataError(
+                f"{path} holds no arrays; expected 'x' (or one array per model input) and "
+                "optional 'y'"
+            )
+        return arrays
     except ValueError as err:
         if "allow_pickle" in str(err) or "Object arrays" in str(err):
             raise DataError(

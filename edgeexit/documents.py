@@ -74,3 +74,5 @@ def _parse(
         return parse(text)
     except (ValueError, tomllib.TOMLDecodeError) as err:  # JSONDecodeError is a ValueError
         raise error(f"{what} {path} is not {form}: {first_line(err)}") from err
+    except RecursionError as err:  # '[[[[...' a few thousand deep: no document of ours
+        raise error(f"{what} {path} is not {form}: nested too deeply") from err

@@ -11,6 +11,7 @@ instead (``--max-accuracy-drop``; the one table is ``edgeexit.cli.core.FLAGS``).
 
 from __future__ import annotations
 
+import reprlib
 from typing import Any, Protocol
 
 
@@ -88,3 +89,13 @@ def first_line(err: BaseException) -> str:
     error from a library (ONNX Runtime, torch, numpy) is quoted inside one of ours."""
     text = str(err).strip()
     return text.splitlines()[0] if text else type(err).__name__
+
+
+_QUOTED = reprlib.Repr()
+_QUOTED.maxstring, _QUOTED.maxother, _QUOTED.maxlist, _QUOTED.maxdict = 60, 60, 8, 4
+
+
+def quoted(value: Any) -> str:
+    """A value from an untrusted file as a message quotes it: its repr, cut short (a hostile
+    manifest's megabyte string would otherwise be the message)."""
+    return _QUOTED.repr(value)

@@ -187,6 +187,55 @@ def test_cli_run_reports_per_token_accuracy(tagger, tmp_path):
     assert 0 <= doc["accuracy"] <= 1 and np.array(doc["exit_index"]).shape == ids.shape
 
 
+@pytest.mark.parametrize(
+    ("where", "label", "message"),
+    [
+        ((1, 2), 99, "label 99 (row 1, token 2, 1 such labels) is outside the model's classes; "
+                     "expected 0..3"),
+        ((0, 3), -1, "label -1 (row 0, token 3, 1 such labels) is outside"),
+        ((2, 0), 0.5, "label 0.5 (row 2, token 0, 1 such labels) is a fraction; expected 0..3"),
+    ],
+)  # fmt: skip
+def test_per_token_labels_outside_the_classes_are_one_line(tagger, tmp_path, where, label,
+                                                           message):  # fmt: skip
+    """They gave an IndexError traceback in `run` (and calibrate took them silently)."""
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from edgeexit.cli import app
+
+    bundle, _, (ids, mask, labels) = tagger
+    copy = shutil.copytree(bundle, tmp_path / "b")
+    y = labels.astype(type(label))
+    y[where] = label
+    np.savez(tmp_path / "d.npz", input_0=ids, input_1=mask, y=y)
+    before = (copy / "manifest.json").read_bytes()
+    for args in (["run", str(copy), "--input"],
+                 ["calibrate", str(copy), "--max-accuracy-drop", "0.05", "--data"]):  # fmt: skip
+        got = CliRunner().invoke(app, [*args, str(tmp_path / "d.npz")])
+        errors = [line for line in got.stderr.splitlines() if line.startswith("error: ")]
+        assert got.exit_code == 1 and len(errors) == 1, got.output
+        assert message in errors[0] and "Traceback" not in got.output
+    assert (copy / "manifest.json").read_bytes() == before
+
+
+def test_a_manifest_asking_to_keep_finished_tokens_is_refused(tagger, tmp_path):
+    """The runtime drops a finished token (it is no longer context); a manifest that says
+    otherwise describes a model this runtime would run wrongly, silently."""
+    import shutil
+
+    from edgeexit.errors import BundleError
+
+    bundle, _, _ = tagger
+    copy = shutil.copytree(bundle, tmp_path / "b")
+    doc = json.loads((copy / "manifest.json").read_text())
+    doc["finished_tokens"] = "kept"
+    (copy / "manifest.json").write_text(json.dumps(doc))
+    with pytest.raises(BundleError, match="finished_tokens is 'kept'; this edgeexit runs"):
+        edgeexit.Runtime(copy)
+
+
 def test_the_token_demo_end_to_end(tmp_path):
     from edgeexit.examples.tokens import run_token_demo
 

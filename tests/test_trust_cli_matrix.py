@@ -16,7 +16,7 @@ import os
 import shutil
 import zipfile
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -1329,7 +1329,196 @@ CASES = [
         "No such option",
     ),
     Case("opt-empty-out", argv("export", "model.pt", "-o", ""), 2, "an empty path"),
+    # sizes a manifest declares: bounded before anything is allocated from them
+    Case(
+        "input-shape-huge",  # a numpy MemoryError at the probe batch, once
+        on("run", edit(setitem(("inputs", 0, "shape"), ["batch", 10**5, 10**5, 10**5]))),
+        1,
+        "over 268,435,456 elements per sample",
+    ),
+    Case(
+        "input-shape-huge-profile",
+        on("profile", edit(setitem(("inputs", 0, "shape"), ["batch", 2**40, 1, 1]))),
+        1,
+        "over 268,435,456 elements per sample",
+    ),
+    Case(
+        "input-shape-not-the-graphs",  # a probe batch of 2**28 floats, then an ORT error
+        on("run", edit(setitem(("inputs", 0, "shape"), ["batch", 1, 2**14, 2**14]))),
+        1,
+        "has shape ['batch', 1, 16384, 16384], but segment_00.onnx takes ['batch', 1, 8, 8]",
+    ),
+    Case(
+        "input-rank-huge",
+        on("run", edit(setitem(("inputs", 0, "shape"), ["batch", *[1] * 40]))),
+        1,
+        "40 axes after 'batch'; expected at most 32",
+    ),
+    Case(
+        "input-dim-float",
+        on("run", edit(setitem(("inputs", 0, "shape"), ["batch", 1.0, 8, 8]))),
+        1,
+        "positive sizes",
+    ),
+    Case(
+        "input-names-repeat",
+        on(
+            "run",
+            edit(lambda d: d["inputs"].append(dict(d["inputs"][0]))),
+        ),
+        1,
+        "repeat a name",
+    ),
+    Case(
+        "output-shape-huge",
+        on("run", edit(setitem(("output_shape",), ["batch", 2**62]))),
+        1,
+        "manifest output_shape is",
+    ),
+    Case(
+        "max-exit-bool",  # was read as the user's --max-exit
+        on("run", edit(setitem(("max_exit",), True))),
+        1,
+        "manifest max_exit is True; expected an exit index 0..2",
+    ),
+    Case(
+        "max-exit-beyond",
+        on("bench", edit(setitem(("max_exit",), 3))),
+        1,
+        "manifest max_exit is 3",
+    ),
+    Case(
+        "criterion-list",  # an unhashable value: a TypeError once
+        on("run", edit(setitem(("criterion",), ["confidence"]))),
+        1,
+        "manifest criterion is ['confidence']",
+    ),
+    Case(
+        "external-data-int",
+        on("run", edit(setitem(("segments", 1, "external_data"), 5))),
+        1,
+        "external_data must be a list",
+    ),
+    Case(
+        "threshold-beyond-float",  # 400 digits: an OverflowError once
+        on(
+            "run", lambda w: put_manifest(w, json.dumps(manifest(w)).replace("0.9", "9" * 400, 1))
+        ),  # fmt: skip
+        1,
+        "thresholds[0] is beyond any float",
+    ),
+    Case(
+        "manifest-nested-deep",  # a RecursionError once
+        on("run", lambda w: put_manifest(w, "[" * 100_000 + "]" * 100_000)),
+        1,
+        "nested too deeply",
+    ),
+    Case(
+        "manifest-huge-string",
+        on("run", edit(setitem(("format",), "x" * 1_000_000))),
+        1,
+        "format is 'xxxxxxxx",
+    ),
+    Case(
+        "data-empty-npz",  # was "not a .npy or .npz file"
+        argv("run", "bundle", "--input", "bad.npz", mutate=npz("bad.npz")),
+        1,
+        "holds no arrays; expected 'x' (or one array per model input) and optional 'y'",
+    ),
+    Case(
+        "profile-batch-huge",  # beyond this machine: one line, not a MemoryError traceback
+        argv("profile", "bundle", "--repeats", "1", "-b", str(10**12)),
+        1,
+        "not enough memory",
+    ),
 ]
+
+
+# -- every field of a classifier manifest, against what an attacker tries next -------------
+
+HOSTILE = {
+    "null": None,
+    "true": True,
+    "false": False,
+    "zero": 0,
+    "negative": -1,
+    "fraction": 0.5,
+    "huge-int": 10**30,
+    "huge-float": 1e308,
+    "empty-str": "",
+    "long-str": "x" * 100_000,
+    "empty-list": [],
+    "empty-object": {},
+    "nested": [[[[]]]],
+    "object-list": [{"a": [1]}],
+}
+# Every field edgeexit/bundle.py reads from a classifier manifest (segment 1: a middle one,
+# which may have a body and a prefix), with the hostile values that are fine there (an
+# optional key may be null, a threshold any number): every other one must be refused.
+MANIFEST_FIELDS: dict[tuple, tuple[str, ...]] = {
+    ("format",): (),
+    ("output",): (),
+    ("inputs",): (),
+    ("inputs", 0): (),
+    ("inputs", 0, "name"): (),
+    ("inputs", 0, "dtype"): (),
+    ("inputs", 0, "shape"): (),
+    ("segments",): (),
+    ("segments", 1): (),
+    ("segments", 1, "file"): (),
+    ("segments", 1, "sha256"): (),
+    ("segments", 1, "inputs"): (),
+    ("segments", 0, "carry"): (),
+    ("segments", 1, "logits"): (),
+    ("segments", 1, "score"): (),
+    ("segments", 1, "external_data"): ("empty-list",),
+    ("segments", 1, "body"): ("null",),
+    ("segments", 1, "plain"): ("null",),
+    ("segments", 1, "prefix"): ("null",),
+    ("segments", 2, "body"): ("null",),  # the last exit always runs its head
+    ("segments", 0, "prefix"): ("null",),  # segment 0 takes the model inputs itself
+    ("criterion",): (),
+    ("criterion_params",): ("empty-object",),
+    ("thresholds",): (),
+    ("thresholds", 1): ("null", "zero", "negative", "fraction", "huge-int", "huge-float"),
+    ("max_exit",): ("null", "zero"),
+    ("num_classes",): ("null",),
+    ("tokens",): ("null",),
+    ("output_shape",): ("null",),
+}
+
+
+def manifest_fuzz() -> list[Case]:
+    """Each field set to each hostile value it may not hold, run through `run`: one line
+    that names the manifest."""
+    return [
+        Case(
+            f"fuzz-{'.'.join(map(str, path))}={name}",
+            on("run", edit(setitem(path, value))),
+            1,
+            "manifest",
+        )  # fmt: skip
+        for path, fine in MANIFEST_FIELDS.items()
+        for name, value in HOSTILE.items()
+        if name not in fine
+    ]
+
+
+CASES += manifest_fuzz()
+
+
+def test_the_manifest_fuzz_covers_every_field_the_reader_checks(pristine):
+    from edgeexit.bundle import ExternalFile, GraphFile, read_manifest
+
+    m = read_manifest(pristine / "bundle")
+    g = GraphFile("g.onnx", "0" * 64, (ExternalFile("w.bin", "0" * 64),))
+    middle = replace(m.segments[1], external_data=g.external_data, body=g, plain=g, prefix=g)
+    doc = replace(m, segments=(m.segments[0], middle, m.segments[2]), output="tensor").to_json()
+    fuzzed = {path[-1] for path in MANIFEST_FIELDS}
+    informative = {"precision"}  # kept untouched, read by nothing that decides
+    assert set(doc) - informative <= fuzzed
+    assert set(doc["segments"][1]) <= fuzzed
+    assert {"max_exit", "num_classes", "tokens", "output_shape"} <= fuzzed  # read back too
 
 
 def test_there_are_enough_cases():

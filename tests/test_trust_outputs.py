@@ -5,6 +5,8 @@ a full or read-only disk is one line."""
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import random
 import shutil
@@ -443,3 +445,339 @@ def test_checkpoint_refusal_says_how_to_opt_in(tmp_path):
     with pytest.raises(CheckpointError, match="pass `trust_pickle`"):
         edgeexit.load(tmp_path / "whole.pt")
     assert shutil.which("edgeexit") or True
+
+
+# -- created, never replaced: a path that appears during the run ---------------------------
+
+
+def one_error(result) -> str:
+    """The one `error:` line of a command that failed on bad input, with no traceback."""
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert result.exit_code == 1, (result.exit_code, result.output)
+    assert len(errors) == 1 and "Traceback" not in result.output, result.output
+    return errors[0]
+
+
+def appears(path: Path, data: bytes, wrapped):
+    """``wrapped`` that first puts the user's ``data`` at ``path``: the file appears in the
+    middle of the command, after its output was checked and before it is written."""
+
+    def call(*args, **kwargs):
+        path.write_bytes(data)
+        return wrapped(*args, **kwargs)
+
+    return call
+
+
+def test_run_save_outputs_refuses_a_file_that_appeared_during_the_run(tmp_path, monkeypatch):
+    from edgeexit.cli import run as run_cmd
+
+    bundle = write_bundle(tmp_path / "b", load_weights())
+    np.save(tmp_path / "x.npy", np.zeros((2, 1, 8, 8), np.float32))
+    out = tmp_path / "out.npy"
+    monkeypatch.setattr(run_cmd, "load_data", appears(out, b"the user's", run_cmd.load_data))
+    args = ["run", str(bundle), "--input", str(tmp_path / "x.npy"), "--save-outputs", str(out)]
+    error = one_error(CliRunner().invoke(app, args))
+    assert f"{out} appeared while edgeexit was working" in error
+    assert out.read_bytes() == b"the user's"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b", "out.npy", "x.npy"]  # no temp
+
+
+def test_profile_refuses_a_file_that_appeared_while_it_measured(tmp_path, monkeypatch):
+    from edgeexit.cli import profile as profile_cmd
+
+    bundle = write_bundle(tmp_path / "b", load_weights())
+    out = tmp_path / "p.json"
+    theirs = b'{"format": "edgeexit.profile/1", "run": "another"}'  # even a profile
+    wrapped = appears(out, theirs, profile_cmd.profile_bundle)
+    monkeypatch.setattr(profile_cmd, "profile_bundle", wrapped)
+    args = ["profile", str(bundle), "--repeats", "1", "--warmup", "0", "--rounds", "1"]
+    error = one_error(CliRunner().invoke(app, [*args, "-o", str(out)]))
+    assert "appeared while edgeexit was working" in error and out.read_bytes() == theirs
+    monkeypatch.undo()
+    out.unlink()
+    for _ in range(2):  # new, then an earlier profile there at the start: replaced
+        assert CliRunner().invoke(app, [*args, "-o", str(out)]).exit_code == 0
+        assert files.is_profile(out)
+
+
+def test_calibrate_refuses_a_plot_path_taken_during_the_run_and_keeps_the_manifest(
+    tmp_path, monkeypatch
+):
+    from edgeexit.calibrate import pipeline
+
+    bundle = write_bundle(tmp_path / "b", load_weights())
+    np.savez(tmp_path / "cal.npz", x=np.random.default_rng(0).random((30, 1, 8, 8), np.float32))
+    before = tree(bundle)
+    plot = tmp_path / "p.png"
+    monkeypatch.setattr(pipeline, "build_report", appears(plot, b"photo", pipeline.build_report))
+    args = ["calibrate", str(bundle), "--data", str(tmp_path / "cal.npz"),
+            "--max-accuracy-drop", "0.1", "--plot", str(plot)]  # fmt: skip
+    pytest.importorskip("matplotlib")
+    error = one_error(CliRunner().invoke(app, args))
+    assert f"{plot} appeared while edgeexit was working" in error
+    assert plot.read_bytes() == b"photo" and tree(bundle) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b", "cal.npz", "p.png"]
+
+
+def test_a_plot_created_before_a_failed_manifest_write_is_removed(tmp_path, monkeypatch):
+    from edgeexit.calibrate import pipeline
+
+    pytest.importorskip("matplotlib")
+    bundle = write_bundle(tmp_path / "b", load_weights())
+    np.savez(tmp_path / "cal.npz", x=np.random.default_rng(0).random((30, 1, 8, 8), np.float32))
+    before = tree(tmp_path)
+
+    def full_disk(*args, **kwargs):
+        raise OutputError("cannot write manifest: No space left on device")
+
+    monkeypatch.setattr(pipeline, "write_manifest", full_disk)
+    args = ["calibrate", str(bundle), "--data", str(tmp_path / "cal.npz"),
+            "--max-accuracy-drop", "0.1", "--plot", str(tmp_path / "p.png")]  # fmt: skip
+    assert "No space left" in one_error(CliRunner().invoke(app, args))
+    assert tree(tmp_path) == before  # the plot claimed before the write is gone again
+
+
+def test_export_refuses_a_bundle_that_appeared_at_a_new_path(tmp_path, monkeypatch):
+    from edgeexit.export import bundle_export
+
+    out = tmp_path / "bundle"
+
+    def another_export_first(*args, **kwargs):
+        write_bundle(out, load_weights())  # another process's export finished first
+        return real(*args, **kwargs)
+
+    real = bundle_export._export_segments
+    monkeypatch.setattr(bundle_export, "_export_segments", another_export_first)
+    with pytest.raises(OutputError, match=f"{out} appeared while edgeexit was working"):
+        edgeexit.export(small_model(), torch.rand(2, 4), out)
+    assert read_manifest(out).num_exits == 3  # theirs, whole
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle"]
+
+
+def test_save_refuses_a_file_that_appeared_while_it_serialized(tmp_path, monkeypatch):
+    from edgeexit.export import checkpoint
+
+    path = tmp_path / "m.pt"
+    monkeypatch.setattr(checkpoint.torch, "save",
+                        appears(path, b"%PDF-1.7", checkpoint.torch.save))  # fmt: skip
+    with pytest.raises(OutputError, match="appeared while edgeexit was working"):
+        edgeexit.save(digits_cnn(width=4), path, example_inputs=torch.rand(2, 1, 8, 8))
+    assert path.read_bytes() == b"%PDF-1.7"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.pt"]
+
+
+@pytest.mark.parametrize("renameat2", [True, False], ids=["renameat2", "link-fallback"])
+def test_create_never_replaces_a_file_or_a_folder(tmp_path, monkeypatch, renameat2):
+    if not renameat2:  # a platform without renameat2: a hard link for a file
+        monkeypatch.setattr(files, "_renameat2", lambda a, b, flags: False)
+    for kind, existing in (("file", "theirs.txt"), ("folder", "theirs")):
+        new = tmp_path / f"new-{kind}"
+        new.mkdir() if kind == "folder" else new.write_bytes(b"ours")
+        (tmp_path / existing).mkdir() if kind == "folder" else None
+        if kind == "file":
+            (tmp_path / existing).write_bytes(b"theirs")
+        with pytest.raises(OutputError, match="appeared while edgeexit was working"):
+            files.create(new, tmp_path / existing, kind)
+        assert new.exists()  # ours stays where it was, for the caller to remove
+        files.create(new, tmp_path / f"made-{kind}", kind)
+        assert not new.exists() and (tmp_path / f"made-{kind}").exists()
+    assert (tmp_path / "theirs.txt").read_bytes() == b"theirs"
+    assert list((tmp_path / "theirs").iterdir()) == []
+
+
+# -- the lock spans the whole run ----------------------------------------------------------
+
+HOLD_LOCK = textwrap.dedent(
+    """
+    import sys
+    from edgeexit import files
+    with files.locked(sys.argv[1], "calibrate"):  # another process's calibrate, in effect
+        print("locked", flush=True)
+        sys.stdin.readline()  # until the test lets go
+    """
+)
+
+
+@contextlib.contextmanager
+def held_by_another_process(bundle: Path):
+    """The bundle's lock, held by a real second process for the block."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(bundle)], env=env,
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        assert proc.stdout.readline().strip() == "locked"
+        yield
+    finally:
+        proc.communicate("go\n", timeout=60)
+    assert proc.returncode == 0
+
+
+def never(*args, **kwargs):
+    raise AssertionError("the export started its work on a bundle another process holds")
+
+
+def test_an_export_onto_a_locked_bundle_is_refused_before_any_work(tmp_path, monkeypatch):
+    from edgeexit.compile import compiler
+    from edgeexit.export import bundle_export
+
+    bundle = write_bundle(tmp_path / "b", load_weights())
+    source = write_bundle(tmp_path / "src", load_weights())
+    before = tree(tmp_path)
+    monkeypatch.setattr(bundle_export, "trace", never)
+    monkeypatch.setattr(compiler, "_compile", never)
+    with held_by_another_process(bundle):
+        with pytest.raises(OutputError, match="being changed by another edgeexit process"):
+            edgeexit.export(small_model(), torch.rand(2, 4), bundle)
+        with pytest.raises(OutputError, match="being changed by another edgeexit process"):
+            compiler.compile_bundle(source, bundle, "rpi4")
+    assert tree(tmp_path) == before
+
+
+def test_a_calibrate_starting_during_an_export_onto_its_bundle_is_refused(tmp_path, monkeypatch):
+    from edgeexit.export import bundle_export
+
+    bundle = write_bundle(tmp_path / "b", load_weights())
+    np.savez(tmp_path / "cal.npz", x=np.random.default_rng(0).random((30, 1, 8, 8), np.float32))
+    args = ["calibrate", str(bundle), "--data", str(tmp_path / "cal.npz"),
+            "--max-accuracy-drop", "0.1"]  # fmt: skip
+    seen = []
+
+    def calibrate_meanwhile(*a, **kw):
+        seen.append(CliRunner().invoke(app, args))  # in the middle of the export
+        return real(*a, **kw)
+
+    real = bundle_export._export_segments
+    monkeypatch.setattr(bundle_export, "_export_segments", calibrate_meanwhile)
+    edgeexit.export(small_model(), torch.rand(2, 4), bundle)
+    assert "being changed by another edgeexit process" in one_error(seen[0])
+    manifest = read_manifest(bundle)
+    assert manifest.num_exits == 2 and "calibration" not in manifest.extra  # the export's
+
+
+PAUSED_CALIBRATE_GENERATION = textwrap.dedent(
+    """
+    import sys
+    from edgeexit.cli import main
+    from edgeexit.generation import calibrate
+
+    real = calibrate._choose_thresholds
+    def paused(*args, **kwargs):  # in the middle of its measurements
+        print("measuring", flush=True)
+        sys.stdin.readline()  # until the test lets it go on
+        return real(*args, **kwargs)
+    calibrate._choose_thresholds = paused
+    sys.argv = ["edgeexit", "calibrate-generation", *sys.argv[1:]]
+    main()
+    """
+)
+
+
+@pytest.fixture
+def decoder_bundle(tmp_path):
+    from edgeexit.export.decoder_export import export_decoder
+    from edgeexit.export.decoder_model import DecoderConfig, MultiExitDecoder
+
+    torch.manual_seed(0)
+    config = DecoderConfig(dim=16, heads=2, layers=2, hidden=32, exit_after=(1, 2),
+                           max_positions=24, vocab_size=20, eos_token_id=None)  # fmt: skip
+    export_decoder(MultiExitDecoder(config).eval(), tmp_path / "decoder")
+    (tmp_path / "prompts.json").write_text(json.dumps([[1, 2, 3], [4, 5], [6], [7, 8, 9]]))
+    return tmp_path / "decoder", MultiExitDecoder(config).eval()
+
+
+def test_calibrate_generation_holds_the_lock_from_start_to_write(decoder_bundle, monkeypatch):
+    """Two overlapping runs: the second is refused at once with one line (it used to measure
+    too, and both exited 0 with one result lost); an export onto the bundle meanwhile is
+    refused before any work (it used to succeed, and the new model then carried settings
+    measured on the old one); the first run's result is recorded."""
+    from edgeexit.export import decoder_export
+
+    bundle, other_model = decoder_bundle
+    prompts = bundle.parent / "prompts.json"
+    args = [str(bundle), "--prompts", str(prompts), "-n", "2", "--min-agreement", "0.5"]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    first = subprocess.Popen([sys.executable, "-c", PAUSED_CALIBRATE_GENERATION, *args], env=env,
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        assert first.stdout.readline().strip() == "measuring", first.stderr.read()
+        graphs = tree(bundle)
+        second = CliRunner().invoke(app, ["calibrate-generation", *args])
+        assert "being changed by another edgeexit process" in one_error(second)
+        monkeypatch.setattr(decoder_export, "export_graph", never)
+        with pytest.raises(OutputError, match="being changed by another edgeexit process"):
+            decoder_export.export_decoder(other_model, bundle)
+        assert tree(bundle) == graphs
+    finally:
+        out, err = first.communicate("go\n", timeout=300)
+    assert first.returncode == 0, err
+    recorded = json.loads((bundle / "manifest.json").read_text())["generation"]
+    assert recorded["self_speculative"] and len(recorded["early_exit"]) == 1
+    assert f"recorded in {bundle}/manifest.json" in out
+
+
+def test_calibrate_generation_records_nothing_if_the_graphs_changed_under_it(
+    decoder_bundle, monkeypatch
+):
+    """A writer that ignores the lock (an older edgeexit, a copy by hand) replaced the
+    graphs mid-run: the settings measured on the old ones are not written onto the new."""
+    from edgeexit.errors import CalibrationError
+    from edgeexit.generation import calibrate
+
+    bundle, _ = decoder_bundle
+    doc = json.loads((bundle / "manifest.json").read_text())
+
+    def replaced_meanwhile(*args, **kwargs):
+        changed = {**doc, "head": {**doc["head"], "sha256": "0" * 64}}
+        (bundle / "manifest.json").write_text(json.dumps(changed))
+        return real(*args, **kwargs)
+
+    real = calibrate._choose_thresholds
+    monkeypatch.setattr(calibrate, "_choose_thresholds", replaced_meanwhile)
+    with pytest.raises(CalibrationError, match="graphs changed while they were measured"):
+        calibrate.calibrate_generation(bundle, [[1, 2, 3]], max_new_tokens=2, threads=1)
+    assert not json.loads((bundle / "manifest.json").read_text())["generation"]
+
+
+def test_the_demo_does_not_write_into_a_folder_that_appeared_after_its_check(tmp_path, monkeypatch):
+    from edgeexit.examples import demo
+
+    out = tmp_path / "demo"
+
+    def then_the_users_folder(*args, **kwargs):
+        checked = real(*args, **kwargs)
+        out.mkdir()
+        (out / "thesis.tex").write_text("mine")
+        return checked
+
+    real = files.check_output
+    monkeypatch.setattr(demo.files, "check_output", then_the_users_folder)
+    with pytest.raises(OutputError, match="cannot write demo folder .*File exists"):
+        demo._demo_folder(demo.DemoOptions(out_dir=out))
+    assert tree(out) == {"thesis.tex": b"mine"}
+
+
+def test_calibrate_writes_nothing_into_a_bundle_swapped_in_around_it(tmp_path, monkeypatch):
+    """The folder holding the bundle is replaced mid-run (a demo folder re-made around it,
+    a copy by hand): its lock was on the old folder, and the path now names another bundle.
+    The thresholds measured on the old one are not written into the new one."""
+    from edgeexit.calibrate import pipeline
+
+    demo = tmp_path / "demo"
+    write_bundle(demo / "bundle", load_weights())
+    np.savez(tmp_path / "cal.npz", x=np.random.default_rng(0).random((30, 1, 8, 8), np.float32))
+
+    def swapped_meanwhile(*args, **kwargs):
+        os.rename(demo, tmp_path / "old-demo")
+        shutil.copytree(tmp_path / "old-demo", demo)
+        return real(*args, **kwargs)
+
+    real = pipeline.build_report
+    monkeypatch.setattr(pipeline, "build_report", swapped_meanwhile)
+    args = ["calibrate", str(demo / "bundle"), "--data", str(tmp_path / "cal.npz"),
+            "--max-accuracy-drop", "0.1"]  # fmt: skip
+    error = one_error(CliRunner().invoke(app, args))
+    assert "was replaced by another process during this run; nothing was written" in error
+    assert tree(demo) == tree(tmp_path / "old-demo")  # neither got the thresholds
+    assert "calibration" not in read_manifest(demo / "bundle").extra

@@ -201,10 +201,11 @@ def calibrate_bundle(
     and the write itself is atomic.
     """
     sources = (bundle_dir, data_path, *([options.profile] if options.profile else []))
+    plot_out = None  # refused now, not after the work; created then if new, not replaced
     if options.plot is not None:
-        files.check_output(options.plot, "plot", inputs=sources)
+        plot_out = files.check_output(options.plot, "plot", inputs=sources)
     read_manifest(bundle_dir)  # a clear error for a path that is no bundle, before locking
-    with files.locked(bundle_dir, "calibrate") if write else contextlib.nullcontext():
+    with files.locked(bundle_dir, "calibrate") if write else contextlib.nullcontext() as lock:
         manifest = read_manifest(bundle_dir)
         tokens = manifest.output == "tokens"  # each token leaves at its own exit
         tensors = manifest.output != "logits"  # exits give images or other tensors
@@ -214,7 +215,7 @@ def calibrate_bundle(
         runtime = Runtime(bundle_dir, target=options.target, max_exit=cap, bodies=False)
         # 'y': a class label per sample, or target tensors shaped like an exit's output
         dataset = load_data(data_path, manifest.inputs, targets=runtime.targets_shape)
-        if not tensors:
+        if manifest.output != "tensor":  # class labels, per sample or per token
             dataset.check_labels(runtime.num_classes, str(data_path))
         if tokens:
             pass  # each candidate is run and timed (calibrate/tokens.py)
@@ -237,9 +238,11 @@ def calibrate_bundle(
                                   progress=progress)  # fmt: skip
             report = replace(build_report(table, costs, budget), depth_cap=capped)
         plot = None
-        if options.plot is not None:
-            plot = files.Staged(options.plot, report.plot_png(), what="plot")
+        if plot_out is not None:
+            plot = files.Staged(plot_out, report.plot_png(), what="plot")
         try:
+            if plot is not None:
+                plot.claim()  # a file that appeared at --plot: refused, the manifest untouched
             if write:
                 dropped = (math.inf,) * (manifest.num_exits - runtime.num_exits)
                 extra = {k: v for k, v in manifest.extra.items() if k != "max_exit"}
@@ -249,6 +252,7 @@ def calibrate_bundle(
                 updated = updated.with_thresholds((*report.thresholds, *dropped)).with_extra(
                     calibration=report.to_json()
                 )
+                lock.check()  # still the bundle measured, not one swapped in around it
                 write_manifest(bundle_dir, updated)
         except BaseException:
             if plot is not None:

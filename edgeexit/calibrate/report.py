@@ -282,8 +282,8 @@ class CalibrationReport:
         """Save accuracy vs expected latency (both fronts and the choice) as a PNG.
 
         ``path`` must be new or a plot edgeexit wrote (files.check_output)."""
-        files.check_output(path, "plot")
-        files.write_bytes_atomic(path, self.plot_png(), what="plot")
+        out = files.check_output(path, "plot")
+        files.write_bytes_atomic(out, self.plot_png(), what="plot")
 
     def plot_png(self) -> bytes:
         """The plot as PNG bytes, tagged as edgeexit's (so a later run may replace it):

@@ -205,8 +205,9 @@ def usage_error(message: str) -> typer.Exit:
 
 
 def command(*args: Any, **kwargs: Any) -> Callable:
-    """``app.command`` that turns any EdgeExitError, and any OS error the library did not
-    translate (a full disk, a read-only folder), into one line and exit code 1."""
+    """``app.command`` that turns any EdgeExitError, any OS error the library did not
+    translate (a full disk, a read-only folder), and running out of memory (a batch too
+    large for this machine) into one line and exit code 1."""
 
     def register(fn: Callable) -> Callable:
         @functools.wraps(fn)
@@ -227,6 +228,8 @@ def command(*args: Any, **kwargs: Any) -> Callable:
             except OSError as err:
                 where = f": {err.filename}" if err.filename else ""
                 raise fail(f"{os_reason(err)}{where}") from None
+            except MemoryError as err:  # sizes within every bound, beyond this machine
+                raise fail(f"not enough memory: {first_line(err) or 'MemoryError'}") from None
 
         return app.command(*args, **kwargs)(wrapper)
 

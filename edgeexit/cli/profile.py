@@ -54,8 +54,7 @@ def profile_cmd(
         edgeexit profile bundle/ --target x86-cpu --repeats 500 --batch-size 8 --json
     """
     sources = (bundle,) if data is None else (bundle, data)
-    if out is not None:
-        check_output(out, "profile", inputs=sources)  # refuse now, not after measuring
+    claimed = None if out is None else check_output(out, "profile", inputs=sources)  # now
     inputs = load_data(data, read_manifest(bundle).inputs).inputs if data else None
     with stage_progress(hidden=as_json) as advance:
         profile = profile_bundle(
@@ -65,8 +64,8 @@ def profile_cmd(
         )  # fmt: skip
     if warning := emulation_warning():
         Console(stderr=True).print(f"[yellow]warning:[/yellow] {warning}", soft_wrap=True)
-    if out is not None:
-        profile.save(out, inputs=sources)
+    if claimed is not None:
+        profile.save(claimed)
     if as_json:
         typer.echo(dumps_json(profile.to_json()))
         return

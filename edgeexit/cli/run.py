@@ -74,8 +74,9 @@ def run_cmd(
 
         edgeexit run denoise/ --input noisy.npy --save-outputs clean.npy   # image exits
     """
+    saved = None  # refused now, not after the run; created then, never replaced
     if save_outputs is not None:
-        files.check_output(save_outputs, "outputs file", inputs=(bundle, input_path))
+        saved = files.check_output(save_outputs, "outputs file", inputs=(bundle, input_path))
     runtime = Runtime(bundle, target=target, threads=threads, max_exit=max_exit)
     kind = runtime.manifest.output
     classes = kind != "tensor"  # else 'y' holds target tensors
@@ -85,10 +86,10 @@ def run_cmd(
     for _ in range(warmup):
         runtime.run(data.inputs)
     result = runtime.run(data.inputs)
-    if save_outputs is not None:
+    if saved is not None:
         buffer = io.BytesIO()
         np.save(buffer, result.outputs)
-        files.write_bytes_atomic(save_outputs, buffer.getvalue(), what="outputs file")
+        files.write_bytes_atomic(saved, buffer.getvalue(), what="outputs file")
     score = _score(result, data.labels, classes)
     if as_json:
         doc = {"target": runtime.target.name, "warmup_calls": warmup, **result.to_json(),

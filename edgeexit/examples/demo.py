@@ -248,9 +248,9 @@ def _demo_folder(options: DemoOptions) -> Path:
     (files.check_output), so the demo never overwrites a user's files."""
     out = Path(options.out_dir)
     sources = tuple(p for p in (options.model, options.data, options.test_data) if p)
-    files.check_output(out, "demo", inputs=sources)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
+    claimed = files.check_output(out, "demo", inputs=sources)
+    try:  # made now if it was new: a folder that appeared since is refused, not written into
+        out.mkdir(parents=True, exist_ok=claimed.existed)
         (out / files.DEMO_MARKER).write_text("a folder written by `edgeexit demo`\n")
     except OSError as err:
         raise OutputError(f"cannot write demo folder {out}: {files.os_reason(err)}") from err

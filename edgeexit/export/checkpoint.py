@@ -99,7 +99,7 @@ def save(
         _import_factory(factory, trusted=False)  # asked for: fail now, not at export time
     elif factory is not None and not _importable_elsewhere(factory):
         factory = None  # defined in a script: another process could not import it
-    path = files.check_output(path, "checkpoint", recognise=is_checkpoint)
+    out = files.check_output(path, "checkpoint", recognise=is_checkpoint)
     inputs = to_tensors(example_inputs)
     names = resolve_input_names(inputs, input_names)
     doc: dict[str, Any] = {
@@ -114,8 +114,8 @@ def save(
         doc["programs"] = capture(model, inputs)
     buffer = io.BytesIO()
     torch.save(doc, buffer)
-    files.write_bytes_atomic(path, buffer.getvalue(), what="checkpoint")
-    return path
+    files.write_bytes_atomic(out, buffer.getvalue(), what="checkpoint")
+    return out.path
 
 
 def is_checkpoint(path: Path) -> bool:

@@ -14,11 +14,15 @@
   agreement held there, with its margin.
 
 The choice is written into the manifest (``generation``); ``Generator.generate`` uses it
-when no setting is passed.
+when no setting is passed. A run that writes holds the bundle's lock (``files.locked``)
+from before it opens the bundle until the choice is written, so a second calibration, or
+an export onto the bundle, is refused instead of losing a result or pairing settings
+measured on one model with another.
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
 import os
@@ -32,7 +36,11 @@ import numpy as np
 from edgeexit import files
 from edgeexit.errors import CalibrationError
 from edgeexit.generation.generator import Generator, SpeculativeOptions
-from edgeexit.generation.manifest import read_decoder_manifest, write_decoder_manifest
+from edgeexit.generation.manifest import (
+    DecoderManifest,
+    read_decoder_manifest,
+    write_decoder_manifest,
+)
 from edgeexit.measure.rounds import alternating_calls
 from edgeexit.measure.verdict import resample
 
@@ -104,31 +112,34 @@ def calibrate_generation(
         raise CalibrationError("no calibration prompts; expected at least one")
     if not 0 < min_agreement <= 1:
         raise CalibrationError(f"`min_agreement` is {min_agreement}; expected a fraction in (0, 1]")
-    generator = Generator(bundle_dir, target=target, threads=threads)
-    tell = progress or (lambda stage, done, total: None)
-    # speed needs few prompts (the output does not change); agreement needs many
-    spec, speedup, tried = _choose_speculative(
-        generator, prompts[:SPEED_PROMPTS], max_new_tokens, tell
-    )
-    thresholds, agreement = _choose_thresholds(
-        generator, prompts, max_new_tokens, min_agreement, tell
-    )
-    held = _held_out(generator, held_out, max_new_tokens, thresholds) if held_out else None
-    report = GenerationReport(
-        self_speculative=asdict(spec),
-        speculative_speedup=speedup,
-        early_exit=thresholds,
-        min_agreement=min_agreement,
-        calibration_agreement=agreement.mean,
-        calibration_bound=agreement.lower(),
-        held_out_agreement=None if held is None else held[0],
-        early_exit_speedup=None if held is None else held[1],
-        mean_exit_depth=None if held is None else held[2],
-        held=None if held is None else held[0] >= min_agreement,
-        tried=tried,
-    )
-    if write:
-        _record(Path(bundle_dir), report)
+    read_decoder_manifest(bundle_dir)  # a clear error for a path that is no bundle, first
+    with files.locked(bundle_dir, "calibrate") if write else contextlib.nullcontext() as lock:
+        generator = Generator(bundle_dir, target=target, threads=threads)
+        tell = progress or (lambda stage, done, total: None)
+        # speed needs few prompts (the output does not change); agreement needs many
+        spec, speedup, tried = _choose_speculative(
+            generator, prompts[:SPEED_PROMPTS], max_new_tokens, tell
+        )
+        thresholds, agreement = _choose_thresholds(
+            generator, prompts, max_new_tokens, min_agreement, tell
+        )
+        held = _held_out(generator, held_out, max_new_tokens, thresholds) if held_out else None
+        report = GenerationReport(
+            self_speculative=asdict(spec),
+            speculative_speedup=speedup,
+            early_exit=thresholds,
+            min_agreement=min_agreement,
+            calibration_agreement=agreement.mean,
+            calibration_bound=agreement.lower(),
+            held_out_agreement=None if held is None else held[0],
+            early_exit_speedup=None if held is None else held[1],
+            mean_exit_depth=None if held is None else held[2],
+            held=None if held is None else held[0] >= min_agreement,
+            tried=tried,
+        )
+        if write:
+            lock.check()  # still the bundle measured, not one swapped in around it
+            _record(Path(bundle_dir), report, generator.manifest)
     return report
 
 
@@ -290,12 +301,18 @@ def tokens_per_s(outs) -> float:
     return sum(len(o.tokens) for o in outs) / sum(o.seconds for o in outs)
 
 
-def _record(bundle: Path, report: GenerationReport) -> None:
-    with files.locked(bundle, "calibrate"):
-        manifest = read_decoder_manifest(bundle)
-        choice = {
-            "self_speculative": report.self_speculative,
-            "early_exit": [None if math.isinf(t) else t for t in report.early_exit],
-            "report": {k: v for k, v in report.to_json().items() if k != "tried"},
-        }
-        write_decoder_manifest(bundle, manifest.with_generation(choice))
+def _record(bundle: Path, report: GenerationReport, measured: DecoderManifest) -> None:
+    """Write the choice into the manifest (the caller holds the lock), if its graphs are
+    still the ones measured: a process that does not take the lock may have replaced them."""
+    manifest = read_decoder_manifest(bundle)
+    if manifest.graphs != measured.graphs:
+        raise CalibrationError(
+            f"{bundle}'s graphs changed while they were measured; nothing was recorded: "
+            "calibrate the bundle again"
+        )
+    choice = {
+        "self_speculative": report.self_speculative,
+        "early_exit": [None if math.isinf(t) else t for t in report.early_exit],
+        "report": {k: v for k, v in report.to_json().items() if k != "tried"},
+    }
+    write_decoder_manifest(bundle, manifest.with_generation(choice))

@@ -255,10 +255,14 @@ class CostProfile:
         except (TypeError, ValueError, AttributeError) as err:
             raise TargetError(f"{source}: malformed profile: {err}") from err
 
-    def save(self, path: str | os.PathLike, *, inputs: tuple[str | os.PathLike, ...] = ()) -> None:
+    def save(
+        self, path: str | os.PathLike | files.Output, *, inputs: tuple[str | os.PathLike, ...] = ()
+    ) -> None:
         """Write the JSON atomically (temp file + rename), as strict JSON. ``path`` must be
-        new or an earlier profile, and not one of ``inputs`` (files.check_output)."""
-        files.check_output(path, "profile", inputs=inputs)
+        new or an earlier profile, and not one of ``inputs`` (files.check_output); an
+        ``Output`` checked before the measurement is written as it was found then."""
+        if not isinstance(path, files.Output):
+            path = files.check_output(path, "profile", inputs=inputs)
         files.write_json_atomic(path, self.to_json(), what="profile")
 
     @classmethod

@@ -15,7 +15,7 @@ import numpy as np
 import onnxruntime as ort
 
 from edgeexit.bundle import INPUT_SUM, Manifest, SegmentSource, SegmentSpec
-from edgeexit.errors import BundleError, first_line
+from edgeexit.errors import BundleError, first_line, quoted
 from edgeexit.onnxproto import ProtoError, output_names
 from edgeexit.runtime.session import ORT_ERRORS
 
@@ -57,7 +57,10 @@ def check_output_names(spec: SegmentSpec, source: SegmentSource) -> None:
 def _require_outputs(spec: SegmentSpec, have: set[str]) -> None:
     for name in outputs(spec):
         if name not in have:
-            raise BundleError(f"{spec.file} has no output {name!r}; its outputs are {sorted(have)}")
+            raise BundleError(
+                f"{spec.file} has no output {quoted(name)}, which the manifest names; its "
+                f"outputs are {quoted(sorted(have))}"
+            )
 
 
 def _check_names(spec: SegmentSpec, session: ort.InferenceSession) -> None:
@@ -67,6 +70,23 @@ def _check_names(spec: SegmentSpec, session: ort.InferenceSession) -> None:
             f"{spec.file} takes inputs {have_in}; the manifest says {list(spec.inputs)}"
         )
     _require_outputs(spec, {o.name for o in session.get_outputs()})
+
+
+def _check_input_shapes(manifest: Manifest, session: ort.InferenceSession) -> None:
+    """The model inputs' sizes in the manifest are the ones the chain's first graph
+    declares (where it fixes them), checked before a probe batch of them is allocated: a
+    manifest that claims larger inputs than its graph takes allocates nothing."""
+    declared = {i.name: i.shape for i in session.get_inputs()}
+    for spec in manifest.inputs:
+        shape = declared.get(spec.name)
+        if not isinstance(shape, list):
+            continue  # an input the graph lacks: _check_names names it
+        fixed = [(g, m) for g, m in zip(shape[1:], spec.shape[1:]) if isinstance(g, int)]
+        if len(shape) != len(spec.shape) or any(g != m for g, m in fixed):
+            raise BundleError(
+                f"manifest input {spec.name!r} has shape {quoted(list(spec.shape))}, but "
+                f"{manifest.segments[0].file} takes {quoted(shape)}; re-export the bundle"
+            )
 
 
 def _layout(spec: SegmentSpec, name: str, value: np.ndarray) -> Layout:
@@ -88,6 +108,7 @@ def probe_layouts(
                 f"manifest input {spec.name!r} has shape {list(spec.shape)}; expected "
                 "'batch' first and fixed sizes after it"
             )
+    _check_input_shapes(manifest, sessions[0])
     feeds = {
         s.name: np.zeros((PROBE_BATCH, *s.shape[1:]), dtype=np.dtype(s.dtype))
         for s in manifest.inputs
