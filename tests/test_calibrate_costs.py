@@ -248,4 +248,5 @@ def test_noisy_or_clipped_costs_make_the_report_advise_a_profile():
     noisy = ExitCosts.from_measured(ms, ms, None, NONE, "here", noise=0.12)
     assert noisy.clipped == 1
     advice = build_report(table, noisy, Budget(latency_ms=3.0)).too_noisy
-    assert "+-12%" in advice and "1 clipped" in advice and "edgeexit profile" in advice
+    assert "+-12.0%" in advice and "1 exit(s) measured cheaper" in advice
+    assert "edgeexit profile" in advice

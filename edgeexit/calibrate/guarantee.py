@@ -275,7 +275,7 @@ def _thinned(path, target, ok, risk_ok, p_values, chosen, refused) -> tuple[Path
                 risk=None if risk is None else float(risk[k]),
                 p_value=p_values.get(k),
                 certified=bool(ok[k]),
-                tested=risk_ok is None or k <= tested_until,
+                tested=bool(risk_ok is None or k <= tested_until),
             )
         )
     return tuple(points)
