@@ -396,7 +396,7 @@ def _count(value: Any) -> bool:
 
 
 def _segment(doc: Any, where: str) -> SegmentSpec:
-    file = _graph_file(doc, where)
+    file = graph_file(doc, where)
     body, plain, prefix = doc.get("body"), doc.get("plain"), doc.get("prefix")
     return SegmentSpec(
         file=file.file,
@@ -406,13 +406,14 @@ def _segment(doc: Any, where: str) -> SegmentSpec:
         logits=_text(doc, "logits", where),
         score=_text(doc, "score", where),
         external_data=file.external_data,
-        body=None if body is None else _graph_file(body, f"{where}.body"),
-        plain=None if plain is None else _graph_file(plain, f"{where}.plain"),
-        prefix=None if prefix is None else _graph_file(prefix, f"{where}.prefix"),
+        body=None if body is None else graph_file(body, f"{where}.body"),
+        plain=None if plain is None else graph_file(plain, f"{where}.plain"),
+        prefix=None if prefix is None else graph_file(prefix, f"{where}.prefix"),
     )
 
 
-def _graph_file(doc: Any, where: str) -> GraphFile:
+def graph_file(doc: Any, where: str) -> GraphFile:
+    """One graph entry of a manifest (any bundle kind): its file, sha256, external data."""
     file = plain_file_name(_text(doc, "file", where), f"{where}.file")
     if not file.endswith(SEGMENT_SUFFIXES):
         raise BundleError(f"manifest {where}.file {quoted(file)} is not an .onnx or .ort file")

@@ -1,9 +1,11 @@
 """What a bundle holds, without running it: ``edgeexit inspect`` and ``describe_bundle``.
 
-Reads the manifest (strictly, as the runtime does), checks every file against its sha256,
-and counts each segment's operators from the ONNX bytes with ``onnxproto`` (no ``onnx``
-import: this runs on a device). Never raises for a bundle that fails its integrity check:
-the check is one of the things it reports.
+Reads the manifest (strictly, as the runtime or the generator does), checks every file
+against its sha256, and counts each graph's operators from the ONNX bytes with
+``onnxproto`` (no ``onnx`` import: this runs on a device). A classifier bundle gives a
+``BundleInfo``; a decoder bundle (a language model) a ``DecoderInfo``, with the memory its
+caches will take and its generation settings. Never raises for a bundle that fails its
+integrity check: the check is one of the things it reports.
 """
 
 from __future__ import annotations
@@ -15,9 +17,19 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from edgeexit.bundle import SHARED_WEIGHTS, Manifest, load_graphs, load_segments, read_manifest
+from edgeexit.bundle import (
+    DECODER_FORMAT,
+    MANIFEST,
+    SHARED_WEIGHTS,
+    Manifest,
+    load_graphs,
+    load_segments,
+    read_manifest_document,
+)
 from edgeexit.errors import BundleError
-from edgeexit.measure.memory import segment_resident_mb
+from edgeexit.generation.caches import Memory, memory_needed
+from edgeexit.generation.manifest import DecoderManifest
+from edgeexit.measure.memory import available_mb, graphs_resident_mb, segment_resident_mb
 from edgeexit.onnxproto import ProtoError, op_counts
 from edgeexit.runtime.session import resolve_config
 from edgeexit.targets import load_target
@@ -70,6 +82,7 @@ class BundleInfo:
         extra = m.extra
         return {
             "bundle": str(self.path),
+            "kind": "classifier",
             "integrity": self.integrity,
             "inputs": [
                 {"name": i.name, "dtype": i.dtype, "shape": list(i.shape)} for i in m.inputs
@@ -90,15 +103,23 @@ class BundleInfo:
         }
 
 
-def describe_bundle(bundle_dir: str | os.PathLike, *, memory: bool = False) -> BundleInfo:
-    """What ``bundle_dir`` holds. BundleError only when there is no readable manifest.
+def describe_bundle(
+    bundle_dir: str | os.PathLike, *, memory: bool = False
+) -> BundleInfo | DecoderInfo:
+    """What ``bundle_dir`` holds: a ``BundleInfo``, or a ``DecoderInfo`` for a decoder
+    bundle. BundleError only when there is no readable, valid manifest.
 
-    ``memory``: also open each segment with its head (default session settings) and
-    record the resident memory it adds (``measure.memory``; None where the OS does not
-    say, and for a bundle that fails its integrity check).
+    ``memory``: also open each graph (a segment with its head; a decoder's segments and
+    head) with default session settings and record the resident memory it adds
+    (``measure.memory``; None where the OS does not say, and for a bundle that fails its
+    integrity check).
     """
     path = Path(bundle_dir)
-    manifest = read_manifest(path)
+    doc = read_manifest_document(path)
+    if isinstance(doc, dict) and doc.get("format") == DECODER_FORMAT:
+        return describe_decoder(path, DecoderManifest.from_json(doc, source=str(path / MANIFEST)),
+                                memory=memory)  # fmt: skip
+    manifest = Manifest.from_json(doc)
     try:
         sources = load_segments(path, manifest)
         # bodies, plain and prefix graphs too: a runtime checks every file at load
@@ -123,11 +144,7 @@ def describe_bundle(bundle_dir: str | os.PathLike, *, memory: bool = False) -> B
 def _segment(folder: Path, index: int, spec, threshold: float, source) -> SegmentInfo:
     """Operators are counted only from verified bytes (the ones load_segments read and
     checked): a bundle that fails its check gets none, and the integrity line says why."""
-    ops: dict[str, int] = {}
-    if source is not None:
-        with contextlib.suppress(OSError, ProtoError):  # ONNX Runtime says why, at load
-            model = source.model if source.model is not None else source.path.read_bytes()
-            ops = op_counts(model)
+    ops = _ops(source)
     body, plain, prefix = (None if g is None else _graph_bytes(folder, g)
                            for g in (spec.body, spec.plain, spec.prefix))  # fmt: skip
     return SegmentInfo(index, spec.file, _graph_bytes(folder, spec), ops, tuple(spec.carry),
@@ -166,3 +183,105 @@ def _calibration(manifest: Manifest) -> dict[str, Any]:
         "samples": block.get("samples"),
         "costs_from": costs.get("source"),
     }
+
+
+# -- decoder bundles ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class GraphInfo:
+    """One graph of a decoder bundle: segment i (``index``) or the shared head (None)."""
+
+    index: int | None
+    file: str
+    size_bytes: int
+    layers: int
+    ops: dict[str, int]
+    resident_mb: float | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"graph": "head" if self.index is None else f"segment {self.index}",
+                "file": self.file, "size_bytes": self.size_bytes, "layers": self.layers,
+                "nodes": sum(self.ops.values()), "ops": self.ops,
+                "resident_mb": self.resident_mb}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class DecoderInfo:
+    """A decoder bundle: its sizes, graphs, the memory its caches and buffers take (from
+    the manifest, as ``Generator`` allocates them), what this machine has available, its
+    generation settings, and the integrity check."""
+
+    path: Path
+    manifest: DecoderManifest
+    graphs: tuple[GraphInfo, ...]
+    integrity: str
+    memory: Memory
+    available_bytes: int | None
+
+    @property
+    def intact(self) -> bool:
+        return self.integrity == "ok"
+
+    @property
+    def fits(self) -> bool | None:
+        """Whether this machine has the memory for the caches and buffers now."""
+        return (
+            None
+            if self.available_bytes is None
+            else self.memory.total_bytes <= self.available_bytes
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        m = self.manifest
+        return {
+            "bundle": str(self.path),
+            "kind": "decoder",
+            "integrity": self.integrity,
+            "vocab_size": m.vocab_size,
+            "dim": m.dim,
+            "heads": m.heads,
+            "head_dim": m.head_dim,
+            "layers": m.layers,
+            "max_positions": m.max_positions,
+            "eos_token_ids": list(m.eos_token_ids),
+            "tokenizer": m.extra.get("tokenizer"),
+            "opset": m.extra.get("opset"),
+            "graphs": [g.to_json() for g in self.graphs],
+            "memory": {
+                **self.memory.to_json(),
+                "available_bytes": self.available_bytes,
+                "fits": self.fits,
+            },  # fmt: skip
+            "generation": m.generation or None,
+        }
+
+
+def describe_decoder(path: Path, manifest: DecoderManifest, *, memory: bool = False) -> DecoderInfo:
+    """``describe_bundle`` for a decoder bundle whose manifest is read and checked."""
+    try:
+        sources = load_graphs(path, manifest.graphs)
+        integrity = "ok"
+    except BundleError as err:
+        sources, integrity = [None] * len(manifest.graphs), str(err)
+    resident: list[float | None] = [None] * len(manifest.graphs)
+    if memory and integrity == "ok":
+        config = resolve_config(load_target(None), None, None)  # as Generator(bundle) opens it
+        resident = graphs_resident_mb(sources, config)
+    indices = [*range(manifest.num_exits), None]
+    graphs = tuple(
+        GraphInfo(i, g.file, _graph_bytes(path, g), g.layers, _ops(source), mb)
+        for i, g, source, mb in zip(indices, manifest.graphs, sources, resident)
+    )
+    free = available_mb()
+    available = None if free is None else int(free * 2**20)
+    return DecoderInfo(path, manifest, graphs, integrity, memory_needed(manifest), available)
+
+
+def _ops(source) -> dict[str, int]:
+    """Operators counted from verified bytes only (None: the check failed)."""
+    if source is None:
+        return {}
+    with contextlib.suppress(OSError, ProtoError):  # ONNX Runtime says why, at load
+        return op_counts(source.model if source.model is not None else source.path.read_bytes())
+    return {}

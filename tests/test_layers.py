@@ -28,7 +28,8 @@ LAYERS: tuple[frozenset[str], ...] = tuple(
         "energy",
         "runtime",
         "measure",
-        "inspection generation",  # the device side ends here
+        "generation",
+        "inspection",  # the device side ends here (inspect describes decoder bundles too)
         "compile",  # host only from here on
         "calibrate",
         "export",
@@ -37,8 +38,8 @@ LAYERS: tuple[frozenset[str], ...] = tuple(
         "__main__",
     )
 )
-DEVICE_SIDE = frozenset().union(*LAYERS[:10])
-HOST_ONLY = frozenset().union(*LAYERS[10:14])
+DEVICE_SIDE = frozenset().union(*LAYERS[:11])
+HOST_ONLY = frozenset().union(*LAYERS[11:15])
 EXPORT_LIBRARIES = ("torch", "onnx", "onnxsim", "onnxscript", "transformers")
 # Function-level imports inside one package that are not about cost, and why.
 DEFERRED_ON_PURPOSE = {

@@ -950,7 +950,7 @@ CASES = [
         "ckpt-not-importable",
         export_bad(checkpoint(lambda d: d.update(factory="no_such_pkg:build"))),
         1,
-        "is not importable",
+        "edgeexit imports no module a model file names",
     ),
     Case(
         "ckpt-state-mismatch",

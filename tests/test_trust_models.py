@@ -8,6 +8,8 @@ import json
 import logging
 import math
 import os
+import sys
+import types
 from pathlib import Path
 
 import numpy as np
@@ -104,6 +106,89 @@ def test_save_refuses_a_factory_load_would_refuse(tmp_path):
         edgeexit.save(Plain(), tmp_path / "p.pt", example_inputs=torch.rand(2, 3),
                       factory="os:getcwd")  # fmt: skip
     assert not (tmp_path / "p.pt").exists()
+
+
+HOSTILE_MODULE = "import pathlib\npathlib.Path({marker!r}).write_text('imported')\nNet = object\n"
+
+
+def hostile_module(tmp_path: Path, monkeypatch, name: str) -> Path:
+    """A module on sys.path whose import writes a marker file; returns the marker."""
+    marker = tmp_path / "IMPORTED"
+    (tmp_path / "lib").mkdir(exist_ok=True)
+    (tmp_path / "lib" / f"{name}.py").write_text(HOSTILE_MODULE.format(marker=str(marker)))
+    monkeypatch.syspath_prepend(str(tmp_path / "lib"))
+    return marker
+
+
+@pytest.mark.parametrize("factory", ["this:nothing", "edgeexit_hostile_a:Net", "no_such_pkg:f"])
+def test_a_module_a_file_names_is_never_imported(tmp_path, monkeypatch, factory):
+    marker = hostile_module(tmp_path, monkeypatch, "edgeexit_hostile_a")
+    module = factory.partition(":")[0]
+    assert module not in sys.modules  # (else this test could not tell)
+    path = saved(tmp_path, factory=factory)
+    with pytest.raises(CheckpointError) as info:
+        edgeexit.load(path)
+    message = str(info.value)
+    assert "imports no module a model file names" in message and "\n" not in message
+    assert f"`factory` {factory}" in message and "`trust_pickle`" in message
+    assert module not in sys.modules and not marker.exists()
+
+
+def test_a_factory_is_found_without_running_module_getattr_hooks(tmp_path, monkeypatch):
+    """An imported module's ``__getattr__`` may import more: it is not called."""
+    marker = tmp_path / "LOOKED_UP"
+    lazy = types.ModuleType("edgeexit_lazy_test")
+    lazy.__getattr__ = lambda name: marker.write_text(name)
+    monkeypatch.setitem(sys.modules, "edgeexit_lazy_test", lazy)
+    with pytest.raises(CheckpointError, match="defines no 'Net'"):
+        edgeexit.load(saved(tmp_path, factory="edgeexit_lazy_test:Net"))
+    assert not marker.exists()
+
+
+def test_a_factory_the_caller_names_is_used_instead_of_the_files(tmp_path, monkeypatch):
+    marker = hostile_module(tmp_path, monkeypatch, "edgeexit_hostile_b")
+    edgeexit.save(Plain(5), tmp_path / "p.pt", example_inputs=torch.rand(2, 3),
+                  factory=f"{__name__}:Plain", factory_kwargs={"width": 5})  # fmt: skip
+    doc = torch.load(tmp_path / "p.pt", weights_only=True)
+    doc["factory"] = "edgeexit_hostile_b:Net"
+    torch.save(doc, tmp_path / "p.pt")
+    for named in (f"{__name__}:Plain", Plain, marked):
+        model = edgeexit.load(tmp_path / "p.pt", factory=named).model
+        assert isinstance(model, Plain) and model.segments[0].out_features == 5
+    assert "edgeexit_hostile_b" not in sys.modules and not marker.exists()
+    with pytest.raises(CheckpointError, match="will not call it"):
+        edgeexit.load(tmp_path / "p.pt", factory="os:getcwd")  # named, but still a model?
+
+
+def test_a_factory_for_a_checkpoint_that_needs_none_is_refused(tmp_path):
+    from edgeexit import MultiExit
+
+    model = MultiExit([nn.Linear(3, 4)], [nn.Linear(4, 2)])
+    edgeexit.save(model, tmp_path / "p.pt", example_inputs=torch.rand(2, 3))
+    with pytest.raises(CheckpointError, match="captured programs.*takes no `factory`"):
+        edgeexit.load(tmp_path / "p.pt", factory=f"{__name__}:Plain")
+
+
+@pytest.mark.slow
+def test_edgeexits_own_factories_load_where_they_are_not_imported(tmp_path):
+    """The demo's checkpoints name edgeexit.examples.models: the tool's own code, imported
+    on the file's word; nothing else is (edgeexit.__main__ least of all)."""
+    import subprocess
+
+    path = saved(tmp_path)
+    code = (
+        "import sys, edgeexit\n"
+        "assert 'edgeexit.examples.models' not in sys.modules\n"
+        "print(type(edgeexit.load(sys.argv[1]).model).__name__)\n"
+        "assert 'edgeexit.__main__' not in sys.modules\n"
+    )
+    package = str(Path(edgeexit.__file__).resolve().parents[1])
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=300,
+        env={**os.environ, "PYTHONPATH": package},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "MultiExit"
 
 
 def test_trusting_a_pickle_warns_and_names_the_file(tmp_path, caplog):

@@ -10,11 +10,12 @@ import typer
 
 from edgeexit.cli import params
 from edgeexit.cli.core import command, in_flags, stage_progress
-from edgeexit.errors import DataError
+from edgeexit.errors import DataError, InputError
 from edgeexit.files import dumps_json
 from edgeexit.generation import text
 from edgeexit.generation.calibrate import calibrate_generation
 from edgeexit.generation.manifest import read_decoder_manifest
+from edgeexit.generation.options import is_count
 
 
 @command("calibrate-generation")
@@ -29,7 +30,7 @@ def calibrate_generation_cmd(
     min_agreement: float = typer.Option(
         0.9,
         "--min-agreement",
-        parser=params.share,
+        parser=params.agreement,
         metavar="FRACTION",
         help="Early-exit: the least share of tokens that must match full decoding.",
     ),  # fmt: skip
@@ -89,14 +90,19 @@ def _read_prompts(path: Path, byte_level: bool) -> list[np.ndarray]:
         raise DataError(f"prompts file {path} is not readable JSON: {err}") from err
     if not isinstance(doc, list) or not doc:
         raise DataError(f"prompts file {path} must hold a non-empty list of prompts")
-    out = []
-    for i, prompt in enumerate(doc):
-        if isinstance(prompt, str):
-            if not byte_level:
-                raise DataError(f"prompt {i} is text, but the bundle has no byte tokenizer")
-            out.append(text.encode(prompt))
-        elif isinstance(prompt, list) and all(isinstance(t, int) for t in prompt):
-            out.append(np.array(prompt, dtype=np.int64))
-        else:
-            raise DataError(f"prompt {i} in {path} is neither text nor a list of token ids")
-    return out
+    return [_prompt(prompt, f"prompt {i} in {path}", byte_level) for i, prompt in enumerate(doc)]
+
+
+def _prompt(prompt: object, where: str, byte_level: bool) -> np.ndarray:
+    """Text (byte-level bundles) or a list of token ids (whole numbers within int64: the
+    generator checks them against the vocabulary)."""
+    if isinstance(prompt, str):
+        if not byte_level:
+            raise DataError(f"{where} is text, but the bundle has no byte tokenizer")
+        try:
+            return text.encode(prompt)
+        except InputError as err:
+            raise DataError(f"{where}: {err}") from err
+    if isinstance(prompt, list) and all(is_count(t) and -(2**63) <= t < 2**63 for t in prompt):
+        return np.array(prompt, dtype=np.int64)
+    raise DataError(f"{where} is neither text nor a list of token ids (integers)")

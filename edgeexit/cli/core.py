@@ -170,6 +170,7 @@ FLAGS = {
     "opset": "--opset",
     "input_shape": "--input-shape",
     "trust_pickle": "--trust-pickle",
+    "factory": "--factory",
     "model": "--model",
     "epochs": "--epochs",
     "profile_repeats": "--profile-repeats",

@@ -36,6 +36,9 @@ def demo_cmd(
     ),
     profile_repeats: int = typer.Option(100, min=1, help="Timed calls per segment profiling."),
     trust_pickle: bool = typer.Option(False, help="--model is a pickled nn.Module you trust."),
+    factory: str = typer.Option(
+        None, parser=params.factory, metavar="MODULE:FUNCTION", help="--model's factory."
+    ),
     generate: bool = typer.Option(
         False, "--generate", help="The text-generation demo instead: a byte-level decoder."
     ),
@@ -96,6 +99,7 @@ def demo_cmd(
             out_dir=out, model=model, data=data, test_data=test_data, epochs=epochs,
             max_accuracy_drop=max_accuracy_drop, target_latency_ms=target_latency,
             target=target, profile_repeats=profile_repeats, trust_pickle=trust_pickle,
+            factory=factory,
         )  # fmt: skip
     except InputError as err:  # options that do not go together
         raise usage_error(f"{err} (see 'edgeexit demo --help')") from None

@@ -73,6 +73,15 @@ def export_cmd(
         help="Write a prefix graph for exits 1..K: the bodies before exit k and its segment "
         "as one graph, run in one call while every exit before k is disabled. 0: none.",
     ),
+    factory: str = typer.Option(
+        None,
+        "--factory",
+        parser=params.factory,
+        metavar="MODULE:FUNCTION",
+        help="Build a factory checkpoint's model with this model class or @checkpointable "
+        "function (imported), instead of the one the file names, which edgeexit imports "
+        "only if it is edgeexit's own or already imported.",
+    ),
     trust: bool = typer.Option(
         False, "--trust-pickle", help="Load a pickled nn.Module (runs code from the file)."
     ),
@@ -88,6 +97,8 @@ def export_cmd(
         edgeexit export model.pt -o bundle
 
         edgeexit export model.pt -o bundle --criterion entropy --target rpi4 --calib-data cal.npz
+
+        edgeexit export model.pt -o bundle --factory mypkg.models:build
 
         edgeexit export whole.pt -o bundle --trust-pickle --input-shape 1x8x8
     """
@@ -112,7 +123,9 @@ def export_cmd(
     try:
         # the spinner goes to stderr, so stdout holds only the report or the JSON
         with Console(stderr=True).status(f"exporting {model} ..."):
-            result = export_file(model, out, options, input_shapes=shapes, trust_pickle=trust)
+            result = export_file(
+                model, out, options, input_shapes=shapes, trust_pickle=trust, factory=factory
+            )
     except ValidationError as err:
         if err.report is not None:
             console.print(err.report)

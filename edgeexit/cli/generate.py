@@ -11,7 +11,7 @@ from rich.table import Table
 
 from edgeexit.cli import params
 from edgeexit.cli.core import command, in_flags, usage_error
-from edgeexit.errors import DataError
+from edgeexit.errors import DataError, first_line
 from edgeexit.files import dumps_json
 from edgeexit.generation import MODES, Generation, Generator, SpeculativeOptions, text
 
@@ -75,7 +75,7 @@ def generate_cmd(
         given = {"k": k, "gamma": gamma, "draft_stop": draft_stop}
         spec = SpeculativeOptions(**{**chosen, **{n: v for n, v in given.items() if v is not None}})
     out = generator.generate(
-        ids.astype(np.int64),
+        ids,  # as read: the generator names an id out of range as it was written
         max_new_tokens=max_new_tokens,
         mode=Mode(mode).value,
         speculative=spec,
@@ -103,11 +103,20 @@ def _read_ids(path: Path) -> np.ndarray:
             ids = np.load(path, allow_pickle=False)
         else:
             ids = np.array(path.read_text().split(), dtype=np.int64)
-    except (OSError, ValueError) as err:
-        raise DataError(f"prompt ids {path} are not integers: {err}") from err
+    except OverflowError as err:
+        raise DataError(f"prompt ids {path} hold a number past int64; expected token ids") from err
+    except (OSError, ValueError, EOFError) as err:
+        raise DataError(f"prompt ids {path} are not integers: {first_line(err)}") from err
+    if not isinstance(ids, np.ndarray):  # a .npz archive under a .npy name
+        raise DataError(f"prompt ids {path} are an archive of arrays; expected one .npy array")
     if ids.dtype.kind not in "iu":
         raise DataError(f"prompt ids {path} hold {ids.dtype}; expected integers")
-    return ids.reshape(-1)
+    if ids.ndim != 1:
+        raise DataError(
+            f"prompt ids {path} are an array of shape {list(ids.shape)}; expected one prompt, "
+            "a 1-D array of token ids (one sequence per call)"
+        )
+    return ids
 
 
 def _summary(out: Generation, num_exits: int) -> Table:

@@ -12,7 +12,8 @@ from rich.table import Table
 
 from edgeexit.cli.core import command, fail
 from edgeexit.files import dumps_json
-from edgeexit.inspection import BundleInfo, describe_bundle
+from edgeexit.generation.caches import bytes_in_words
+from edgeexit.inspection import BundleInfo, DecoderInfo, describe_bundle
 
 TOP_OPS = 4  # operators named per segment in the table; --json has them all
 
@@ -32,6 +33,9 @@ def inspect_cmd(
     criterion, precision, target, a calibration summary, and an integrity check (every
     file against its sha256). Exits 1 if the check fails, after the report.
 
+    A decoder bundle (a language model) shows its sizes, its graphs, the memory its caches
+    and buffers take against what this machine has available, and its generation settings.
+
     Examples:
 
         edgeexit inspect bundle/
@@ -43,6 +47,8 @@ def inspect_cmd(
     info = describe_bundle(bundle, memory=memory)
     if as_json:
         typer.echo(dumps_json(info.to_json()))
+    elif isinstance(info, DecoderInfo):
+        _render_decoder(info)
     else:
         _render(info)
     if not info.intact:
@@ -138,3 +144,68 @@ def _calibration_line(cal: dict | None) -> str:
             f"{100 * cal['expected_accuracy']:.2f} % (costs: {cal['costs_from']})"
         )
     return "; ".join(parts)
+
+
+def _render_decoder(info: DecoderInfo) -> None:
+    m, console = info.manifest, Console()
+    eos = ", ".join(map(str, m.eos_token_ids)) or "none"
+    console.print(
+        f"decoder bundle {escape(str(info.path))}: {m.num_exits} segments ({m.layers} layers) "
+        f"and one shared head; vocabulary {m.vocab_size}, dim {m.dim} ({m.heads} heads x "
+        f"{m.head_dim}), up to {m.max_positions} positions, end of text {eos}, tokenizer "
+        f"{escape(str(m.extra.get('tokenizer') or 'none (token ids)'))}"
+    )
+    table = Table(title="Graphs (segments of decoder layers; the head every exit shares)")
+    measured = any(g.resident_mb is not None for g in info.graphs)
+    columns = ["graph", "file", "KiB", "layers", "nodes", "top operators"]
+    for col in columns + (["resident MB"] if measured else []):
+        table.add_column(
+            col, justify="left" if col in ("graph", "file", "top operators") else "right"
+        )
+    for g in info.graphs:
+        top = ", ".join(f"{op} {n}" for op, n in list(g.ops.items())[:TOP_OPS])
+        row = ["head" if g.index is None else str(g.index), g.file, f"{g.size_bytes / 1024:.1f}",
+               str(g.layers or "-"), str(sum(g.ops.values())), top]  # fmt: skip
+        if measured:
+            row.append("-" if g.resident_mb is None else f"{g.resident_mb:.1f}")
+        table.add_row(*row)
+    console.print(table)
+    console.print(escape(_memory_line(info)))
+    console.print(escape(_generation_line(m.generation)))
+    colour = "green" if info.intact else "red"
+    check = "every file matches its sha256" if info.intact else escape(info.integrity)
+    console.print(f"integrity: [{colour}]{check}[/{colour}]")
+
+
+def _memory_line(info: DecoderInfo) -> str:
+    mem, m = info.memory, info.manifest
+    line = (f"memory: {bytes_in_words(mem.total_bytes)} allocated at load: caches "
+            f"{bytes_in_words(mem.cache_bytes)} ({m.layers} layers x {m.max_positions} positions "
+            f"x {m.heads} heads x {m.head_dim}, keys and values, float32), buffers "
+            f"{bytes_in_words(mem.buffer_bytes)}")  # fmt: skip
+    if info.available_bytes is not None:
+        verdict = "fits" if info.fits else "DOES NOT FIT: generate refuses it here"
+        line += f"; {bytes_in_words(info.available_bytes)} available now ({verdict})"
+    return line
+
+
+def _generation_line(block: dict) -> str:
+    if not block:
+        return "generation: not calibrated (edgeexit calibrate-generation chooses its settings)"
+    parts = []
+    spec = block.get("self_speculative")
+    if spec:
+        parts.append(f"self-speculative k={spec.get('k', 1)}, gamma={spec.get('gamma', 4)}, "
+                     f"draft stop {spec.get('draft_stop', 0.0):g}")  # fmt: skip
+    thresholds = block.get("early_exit")
+    if thresholds is not None:
+        shown = ", ".join("never" if t is None or math.isinf(t) else f"{t:g}" for t in thresholds)
+        parts.append(f"early-exit thresholds {shown}")
+    report = block.get("report") or {}
+    if report.get("calibration_agreement") is not None:
+        figure = f"agreement with full {report['calibration_agreement']:.1%} on calibration prompts"
+        if report.get("held") is not None and report.get("held_out_agreement") is not None:
+            word = "met" if report["held"] else "MISSED"
+            figure += f", {report['held_out_agreement']:.1%} held-out ({word})"
+        parts.append(figure)
+    return "generation: " + "; ".join(parts)

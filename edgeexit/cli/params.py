@@ -108,6 +108,14 @@ def output_path(text: str | Path) -> Path:
     return Path(text)
 
 
+def factory(text: str) -> str:
+    """A factory's import path, MODULE:FUNCTION (its names are checked when it is used)."""
+    module, colon, name = text.partition(":")
+    if not (module.strip() and colon and name.strip()) or ":" in name:
+        raise typer.BadParameter(f"{text!r} is not MODULE:FUNCTION, e.g. mypkg.models:build")
+    return text
+
+
 def choice(name: str, values: tuple[str, ...]) -> type[Enum]:
     """A choice option: typer lists the values when one is not among them."""
     return Enum(name, {v: v for v in values}, type=str)
@@ -122,13 +130,24 @@ def share(text: str) -> float:
 
 
 def number_list(text: str, flag: str) -> list[float]:
-    """'0.9,0.8,inf' -> numbers (inf: never), for options that take one per exit."""
+    """'0.9,0.8,inf' -> numbers, for options that take one per exit. ``inf`` or ``never``:
+    no one leaves there (a bundle writes it as null); NaN and -inf mean nothing."""
     try:
-        values = [float(part) for part in text.split(",")]
+        values = [math.inf if part.strip() == "never" else float(part) for part in text.split(",")]
     except ValueError:
         raise typer.BadParameter(
             f"{text!r} is not a comma-separated list of numbers", param_hint=f"'{flag}'"
         ) from None
-    if any(v != v for v in values):
-        raise typer.BadParameter(f"{text!r} holds NaN", param_hint=f"'{flag}'")
+    if any(v != v or v == -math.inf for v in values):
+        raise typer.BadParameter(
+            f"{text!r} holds NaN or -inf; expected numbers, or inf (never)", param_hint=f"'{flag}'"
+        )
     return values
+
+
+def agreement(text: str) -> float:
+    """A share that must be reached, in (0, 1]: 0 would be no requirement at all."""
+    value = _number(text)
+    if not 0 < value <= 1:
+        raise typer.BadParameter(f"{text} is not a fraction in (0, 1], e.g. 0.9")
+    return value

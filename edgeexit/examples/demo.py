@@ -55,13 +55,16 @@ class DemoOptions:
     target: str | None = None
     profile_repeats: int = 100
     trust_pickle: bool = False
+    factory: str | None = None  # the model's factory, for a factory checkpoint (load())
     seed: int = 0
 
     def __post_init__(self) -> None:
         if self.model is not None and self.data is None:
             raise InputError("`model` needs `data`: a .npz with its calibration inputs and y")
-        if self.model is None and (self.data or self.test_data):
-            raise InputError("`data`/`test_data` go with `model`; the digits demo has its own")
+        if self.model is None and (self.data or self.test_data or self.factory):
+            raise InputError(
+                "`data`/`test_data`/`factory` go with `model`; the digits demo has its own"
+            )
         if self.epochs < 1 or self.profile_repeats < 1:
             raise InputError("`epochs` and `profile_repeats` must be positive integers")
 
@@ -225,8 +228,9 @@ def _export_user_model(options: DemoOptions, out: Path, tell: Progress) -> DemoF
 
     tell("exporting the bundle", 0, 1)
     result = export_file(
-        options.model, out / "bundle", ExportOptions(), trust_pickle=options.trust_pickle
-    )
+        options.model, out / "bundle", ExportOptions(), trust_pickle=options.trust_pickle,
+        factory=options.factory,
+    )  # fmt: skip
     tell("exporting the bundle", 1, 1)
     return DemoFiles(
         out_dir=out,

@@ -11,6 +11,8 @@ Needs the ``hf`` extra (``transformers``), never on a device.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
 from edgeexit.errors import ModelContractError
@@ -29,20 +31,35 @@ _LAYER = {  # edgeexit's name -> Llama's, inside a layer
 }
 
 
+# What decides where transformers stops generating, read from the model unless given.
+FROM_MODEL = "from the model"
+# The MLP's activation edgeexit's decoder computes (SwiGLU's gate): transformers' names for it.
+SILU = ("silu", "swish")
+
+
 def llama_to_decoder(
-    hf_model, exit_after: tuple[int, ...], *, eos_token_id: int | None = None
+    hf_model,
+    exit_after: tuple[int, ...],
+    *,
+    eos_token_id: int | Sequence[int] | None | str = FROM_MODEL,
 ) -> MultiExitDecoder:
+    """``hf_model`` as a ``MultiExitDecoder`` with exits after ``exit_after`` layers.
+    ``eos_token_id``: the ids that end a text, by default the model's own (its generation
+    config's, which transformers' ``generate`` stops at, else its config's; several are
+    kept, any of them ends a text); None for none. A Llama this decoder does not compute
+    exactly (another activation, biases, scaled rotary positions, a head size other than
+    hidden size / heads) is refused rather than converted into another model."""
     c = hf_model.config
-    if getattr(c, "attention_bias", False) or getattr(c, "mlp_bias", False):
-        raise ModelContractError("Llama with attention or MLP biases is not supported")
-    if (getattr(c, "rope_scaling", None) or {}).get("rope_type", "default") != "default":
-        raise ModelContractError("only Llama's default rotary positions are supported")
+    _check_supported(c)
     heads, kv_heads = c.num_attention_heads, c.num_key_value_heads or c.num_attention_heads
+    eos = _model_eos(hf_model) if eos_token_id is FROM_MODEL else eos_token_id
+    if isinstance(eos, Sequence) and not isinstance(eos, str):  # a list from a config
+        eos = tuple(eos)
     config = DecoderConfig(
         vocab_size=c.vocab_size, dim=c.hidden_size, heads=heads, layers=c.num_hidden_layers,
         hidden=c.intermediate_size, exit_after=tuple(exit_after),
         max_positions=c.max_position_embeddings, rope_theta=_rope_theta(c),
-        eps=c.rms_norm_eps, eos_token_id=eos_token_id,
+        eps=c.rms_norm_eps, eos_token_id=eos,
     )  # fmt: skip
     model = MultiExitDecoder(config)
     theirs = hf_model.state_dict()
@@ -71,7 +88,7 @@ def decoder_to_llama(model: MultiExitDecoder):
         vocab_size=c.vocab_size, hidden_size=c.dim, intermediate_size=c.hidden,
         num_hidden_layers=c.layers, num_attention_heads=c.heads, num_key_value_heads=c.heads,
         max_position_embeddings=c.max_positions, rms_norm_eps=c.eps, rope_theta=c.rope_theta,
-        tie_word_embeddings=False, eos_token_id=c.eos_token_id, bos_token_id=None,
+        tie_word_embeddings=False, eos_token_id=_llama_eos(c.eos_token_ids), bos_token_id=None,
     )  # fmt: skip
     hf = LlamaForCausalLM(config)
     ours = model.state_dict()
@@ -89,9 +106,39 @@ def decoder_to_llama(model: MultiExitDecoder):
     return hf.eval()
 
 
+def _check_supported(c) -> None:
+    if getattr(c, "attention_bias", False) or getattr(c, "mlp_bias", False):
+        raise ModelContractError("Llama with attention or MLP biases is not supported")
+    if (getattr(c, "rope_scaling", None) or {}).get("rope_type", "default") != "default":
+        raise ModelContractError("only Llama's default rotary positions are supported")
+    act = getattr(c, "hidden_act", "silu")
+    if act not in SILU:
+        raise ModelContractError(
+            f"Llama's hidden_act is {act!r}; edgeexit's decoder computes SiLU (SwiGLU) only"
+        )
+    head_dim = getattr(c, "head_dim", None)
+    if head_dim is not None and head_dim * c.num_attention_heads != c.hidden_size:
+        raise ModelContractError(
+            f"Llama's head_dim is {head_dim}, not hidden_size / num_attention_heads "
+            f"({c.hidden_size} / {c.num_attention_heads}); edgeexit's decoder supports only that"
+        )
+
+
+def _model_eos(hf_model) -> int | list[int] | None:
+    """Where transformers' ``generate`` stops: the generation config's end-of-text ids,
+    else the model config's."""
+    generation = getattr(hf_model, "generation_config", None)
+    eos = getattr(generation, "eos_token_id", None)
+    return eos if eos is not None else getattr(hf_model.config, "eos_token_id", None)
+
+
 def _rope_theta(config) -> float:
     params = getattr(config, "rope_parameters", None) or {}
     return float(params.get("rope_theta", getattr(config, "rope_theta", 10000.0)))
+
+
+def _llama_eos(ids: tuple[int, ...]) -> int | list[int] | None:
+    return None if not ids else ids[0] if len(ids) == 1 else list(ids)
 
 
 def _expand_kv(weight: torch.Tensor, kv_heads: int, repeat: int) -> torch.Tensor:

@@ -64,7 +64,7 @@ def export_decoder(
             heads=config.heads,
             head_dim=config.head_dim,
             max_positions=config.max_positions,
-            eos_token_id=config.eos_token_id,
+            eos_token_ids=config.eos_token_ids,
             segments=tuple(segments),
             head=GraphFile(path.name, sha256_file(path)),
             extra={

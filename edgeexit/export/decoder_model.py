@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from edgeexit.errors import ModelContractError
+from edgeexit.generation.options import is_count, is_number
 
 
 @dataclass(frozen=True)
@@ -39,24 +40,43 @@ class DecoderConfig:
     max_positions: int = 512
     rope_theta: float = 10000.0
     eps: float = 1e-5
-    eos_token_id: int | None = 256
+    eos_token_id: int | tuple[int, ...] | None = 256  # several: any of them ends a text
 
     def __post_init__(self) -> None:
+        for name in ("vocab_size", "dim", "heads", "layers", "hidden", "max_positions"):
+            value = getattr(self, name)
+            if not is_count(value) or value < 1:
+                raise ModelContractError(f"`{name}` is {value!r}; expected a positive integer")
+        for name in ("rope_theta", "eps"):
+            value = getattr(self, name)
+            if not is_number(value) or not 0 < value < math.inf:
+                raise ModelContractError(f"`{name}` is {value!r}; expected a positive number")
         bounds = list(self.exit_after)
+        if not all(map(is_count, bounds)):
+            raise ModelContractError(f"exit_after {self.exit_after} must hold layer counts")
         if not bounds or bounds != sorted(set(bounds)) or bounds[0] < 1:
             raise ModelContractError(f"exit_after {self.exit_after} must rise from 1")
         if bounds[-1] != self.layers:
             raise ModelContractError(
                 f"exit_after ends at {bounds[-1]}; expected the last layer ({self.layers})"
             )
-        if self.eos_token_id is not None and not 0 <= self.eos_token_id < self.vocab_size:
-            raise ModelContractError(
-                f"eos_token_id {self.eos_token_id} is outside the vocabulary ({self.vocab_size})"
-            )
+        if isinstance(self.eos_token_id, list):  # as a transformers config lists them
+            object.__setattr__(self, "eos_token_id", tuple(self.eos_token_id))
+        for eos in self.eos_token_ids:
+            if not is_count(eos) or not 0 <= eos < self.vocab_size:
+                raise ModelContractError(
+                    f"eos_token_id {eos!r} is not a token id: expected 0..{self.vocab_size - 1}"
+                )
         if self.dim % self.heads or self.head_dim % 2:
             raise ModelContractError(
                 f"dim {self.dim} is not an even multiple of heads {self.heads}"
             )
+
+    @property
+    def eos_token_ids(self) -> tuple[int, ...]:
+        """Every id that ends a text (none, one or several)."""
+        eos = self.eos_token_id
+        return () if eos is None else eos if isinstance(eos, tuple) else (eos,)
 
     @property
     def head_dim(self) -> int:

@@ -21,15 +21,17 @@ def export_file(
     *,
     input_shapes: Sequence[InputShape] = (),
     trust_pickle: bool = False,
+    factory: str | None = None,
 ) -> ExportResult:
-    """Load ``model_path`` (see ``checkpoint.load``) and export it to ``out_dir``.
+    """Load ``model_path`` (see ``checkpoint.load``, which takes ``trust_pickle`` and
+    ``factory``) and export it to ``out_dir``.
 
     ``input_shapes`` replace the checkpoint's example inputs; a trusted pickled module has
     none, so it needs them.
     """
     sources = (model_path, *([options.calib_data] if options.calib_data else []))
     check_bundle_output(out_dir, inputs=sources)  # before loading: refuse early
-    ckpt = load(model_path, trust_pickle=trust_pickle)
+    ckpt = load(model_path, trust_pickle=trust_pickle, factory=factory)
     if input_shapes:
         inputs = example_tensors(input_shapes)
         names = _names(input_shapes, ckpt.input_names)

@@ -3,6 +3,7 @@ shared head under ONNX Runtime, with key/value caches bound in place, decoded in
 self-speculatively (the first segments draft, the rest verify) or with early exits."""
 
 from edgeexit.generation import text
-from edgeexit.generation.generator import MODES, Generation, Generator, SpeculativeOptions
+from edgeexit.generation.generator import Generation, Generator
+from edgeexit.generation.options import MODES, SpeculativeOptions
 
 __all__ = ["MODES", "Generation", "Generator", "SpeculativeOptions", "text"]

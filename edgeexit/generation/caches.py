@@ -5,22 +5,80 @@ past of length P is its first P positions, one contiguous block, bound as the gr
 ``past_*`` input without a copy, and the graph's new keys and values are bound as outputs
 straight into positions P..P+T-1. Rolling back rejected tokens is moving a length: nothing
 is copied or cleared (a later call overwrites those positions).
+
+ONNX Runtime reads and writes bound memory by address and length, with no idea where an
+array ends: every bind here checks its rows against the array first, so that a wrong
+length from anywhere (a bug, a setting that slipped through) raises instead of writing
+past the caches.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import onnxruntime as ort
 
-from edgeexit.errors import BundleError
+from edgeexit.errors import BundleError, InputError
 from edgeexit.generation.manifest import DecoderManifest
+from edgeexit.measure.memory import available_mb
 from edgeexit.runtime.buffers import bound_runner, host_binders
 from edgeexit.runtime.session import ORT_ERRORS
 
 F32 = np.dtype(np.float32)
 I64 = np.dtype(np.int64)
+
+
+@dataclass(frozen=True)
+class Memory:
+    """What a ``Generator`` allocates for a bundle, from its manifest alone (bytes)."""
+
+    cache_bytes: int  # every layer's keys and values, max_positions long
+    buffer_bytes: int  # staged inputs, outputs, the head's logits, the hidden states kept
+
+    @property
+    def total_bytes(self) -> int:
+        return self.cache_bytes + self.buffer_bytes
+
+    def to_json(self) -> dict[str, int]:
+        return {"cache_bytes": self.cache_bytes, "buffer_bytes": self.buffer_bytes,
+                "total_bytes": self.total_bytes}  # fmt: skip
+
+
+def memory_needed(m: DecoderManifest) -> Memory:
+    """The bytes of every array ``LayerCache``, ``SegmentRunner``, ``HeadRunner`` and the
+    Generator's kept hidden states allocate (float32, int64 token ids)."""
+    f32, positions = F32.itemsize, m.max_positions
+    caches = 2 * m.layers * positions * m.heads * m.head_dim * f32
+    staged = positions * (I64.itemsize + (m.num_exits - 1) * m.dim * f32)  # segment inputs
+    outputs = m.num_exits * positions * m.dim * f32  # segment outputs
+    head = positions * (m.dim + m.vocab_size + 1) * f32  # staged input, logits, confidence
+    kept = positions * m.dim * f32
+    return Memory(caches, staged + outputs + head + kept)
+
+
+def check_memory(m: DecoderManifest, where: str) -> Memory:
+    """``memory_needed``, refused before anything is allocated when the machine has not
+    that much available (an allocation past it would swap, or be killed when touched)."""
+    need = memory_needed(m)
+    free_mb = available_mb()
+    if free_mb is not None and need.total_bytes > free_mb * 2**20:
+        raise BundleError(
+            f"{where} needs {bytes_in_words(need.total_bytes)} for its caches and buffers "
+            f"({bytes_in_words(need.cache_bytes)} of caches: {m.layers} layers x {m.max_positions} "
+            f"positions x {m.heads} heads x {m.head_dim}, keys and values); this machine has "
+            f"{bytes_in_words(free_mb * 2**20)} available"
+        )
+    return need
+
+
+def bytes_in_words(n: float) -> str:
+    """'3.2 GiB', '512.0 KiB', '12.0 B'."""
+    units, i = ("B", "KiB", "MiB", "GiB", "TiB"), 0
+    while n >= 1024 and i < len(units) - 1:
+        n, i = n / 1024, i + 1
+    return f"{n:.1f} {units[i]}"
 
 
 class LayerCache:
@@ -61,6 +119,11 @@ class Staging:
         self.at, self.dtype, self.row_shape = self.array.ctypes.data, dtype, list(row_shape)
 
     def bind(self, call: GraphCall, name: str, rows: np.ndarray) -> None:
+        if not 0 < len(rows) <= len(self.array) or rows.shape[1:] != self.array.shape[1:]:
+            raise InputError(
+                f"{call.name}: {name} of shape {list(rows.shape)} does not fit its "
+                f"{list(self.array.shape)} buffer"
+            )
         self.array[: len(rows)] = rows
         call.bind_input(name, self.dtype, [1, len(rows), *self.row_shape], self.at)
 
@@ -86,6 +149,7 @@ class SegmentRunner:
         ]
         self.out = np.empty((1, capacity, dim), dtype=np.float32)
         self.out_at, self.dim = self.out.ctypes.data, dim
+        self.capacity = min([capacity, *(c.keys.shape[1] for c in caches)])  # positions
         self.length = 0  # positions whose keys and values every layer here holds
 
     def run(self, x: np.ndarray) -> np.ndarray:
@@ -93,6 +157,11 @@ class SegmentRunner:
         positions length..length+T-1; return the hidden states [T, D] (a view that the
         next call overwrites) and advance ``length`` by T."""
         t, start, call = len(x), self.length, self.call
+        if not 0 <= start <= self.capacity - t:
+            raise InputError(
+                f"{call.name}: {t} new positions after {start} do not fit the caches' "
+                f"{self.capacity} positions"
+            )
         self.staged.bind(call, self.input_name, x)
         bind_input, bind_output = call.bind_input, call.bind_output
         for cache, past_key, past_value, key, value in self.caches:

@@ -41,6 +41,7 @@ from edgeexit.generation.manifest import (
     read_decoder_manifest,
     write_decoder_manifest,
 )
+from edgeexit.generation.options import is_number
 from edgeexit.measure.rounds import alternating_calls
 from edgeexit.measure.verdict import resample
 
@@ -110,8 +111,10 @@ def calibrate_generation(
     """Measure, choose and (with ``write``) record the generation settings of a bundle."""
     if not prompts:
         raise CalibrationError("no calibration prompts; expected at least one")
-    if not 0 < min_agreement <= 1:
-        raise CalibrationError(f"`min_agreement` is {min_agreement}; expected a fraction in (0, 1]")
+    if not is_number(min_agreement) or not 0 < min_agreement <= 1:
+        raise CalibrationError(
+            f"`min_agreement` is {min_agreement!r}; expected a fraction in (0, 1]"
+        )
     read_decoder_manifest(bundle_dir)  # a clear error for a path that is no bundle, first
     with files.locked(bundle_dir, "calibrate") if write else contextlib.nullcontext() as lock:
         generator = Generator(bundle_dir, target=target, threads=threads)

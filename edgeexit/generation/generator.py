@@ -31,23 +31,19 @@ from typing import Any
 import numpy as np
 
 from edgeexit.bundle import load_graphs
-from edgeexit.errors import InputError
-from edgeexit.generation.caches import HeadRunner, LayerCache, SegmentRunner
+from edgeexit.errors import BundleError, InputError
+from edgeexit.generation.caches import (
+    HeadRunner,
+    LayerCache,
+    SegmentRunner,
+    bytes_in_words,
+    check_memory,
+)
+from edgeexit.generation.graphs import check_graphs
 from edgeexit.generation.manifest import DecoderManifest, read_decoder_manifest
+from edgeexit.generation.options import MODES, SpeculativeOptions, exit_thresholds
 from edgeexit.runtime.session import open_session, resolve_config
 from edgeexit.targets import Target, load_target
-
-MODES = ("full", "self-speculative", "early-exit")
-
-
-@dataclass(frozen=True)
-class SpeculativeOptions:
-    """Self-speculative decoding: draft with the first ``k`` segments, up to ``gamma``
-    tokens, stopping when the draft's confidence is below ``draft_stop``."""
-
-    k: int = 1
-    gamma: int = 4
-    draft_stop: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -120,15 +116,25 @@ class Generator:
         config = resolve_config(self.target, None, threads)
         self.manifest: DecoderManifest = read_decoder_manifest(bundle_dir)
         m = self.manifest
-        sources = load_graphs(bundle_dir, m.graphs)
-        sessions = [open_session(s, config) for s in sources]
-        self.layers = [[LayerCache(m) for _ in range(s.layers)] for s in m.segments]
-        self.segments = [
-            SegmentRunner(sess, spec.file, i == 0, caches, m.dim, m.max_positions)
-            for i, (sess, spec, caches) in enumerate(zip(sessions, m.segments, self.layers))
-        ]
-        self.head = HeadRunner(sessions[-1], m)
-        self._hidden = np.empty((m.max_positions, m.dim), dtype=np.float32)
+        # sizes first (cheap, and nothing is allocated yet), then the files, then the
+        # graphs against the sizes, then the arrays
+        self.memory = check_memory(m, f"bundle {bundle_dir}")
+        sessions = [open_session(s, config) for s in load_graphs(bundle_dir, m.graphs)]
+        check_graphs(m, sessions)
+        try:
+            self.layers = [[LayerCache(m) for _ in range(s.layers)] for s in m.segments]
+            self.segments = [
+                SegmentRunner(sess, spec.file, i == 0, caches, m.dim, m.max_positions)
+                for i, (sess, spec, caches) in enumerate(zip(sessions, m.segments, self.layers))
+            ]
+            self.head = HeadRunner(sessions[-1], m)
+            self._hidden = np.empty((m.max_positions, m.dim), dtype=np.float32)
+        except MemoryError as err:
+            raise BundleError(
+                f"bundle {bundle_dir} needs {bytes_in_words(self.memory.total_bytes)} for its "
+                "caches and buffers; this machine could not allocate them"
+            ) from err
+        self._eos = frozenset(m.eos_token_ids)  # any of them ends a text
         self._lock = threading.Lock()
 
     @property
@@ -176,7 +182,7 @@ class Generator:
     def _speculative(
         self, ids: np.ndarray, max_new: int, options: SpeculativeOptions
     ) -> tuple[list[int], str, dict]:
-        k, eos = options.k, self.manifest.eos_token_id
+        k, eos = options.k, self._eos
         early, deep = self.segments[:k], self.segments[k:]
         out = [self._prefill(ids)]
         drafted = accepted = verifications = steps = 0
@@ -191,7 +197,7 @@ class Generator:
                 if confidence[-1] < options.draft_stop:
                     break
                 drafts.append(int(logits[-1].argmax()))
-                if drafts[-1] == eos or len(drafts) == room:
+                if drafts[-1] in eos or len(drafts) >= room:
                     break
                 x = np.array([drafts[-1]])
             verifications, steps = verifications + 1, steps + len(hiddens)
@@ -260,21 +266,21 @@ class Generator:
 
     def _confident_logits(self, hidden: np.ndarray, threshold: float) -> np.ndarray | None:
         """The exit's logits for the last position if its confidence reaches
-        ``threshold``, else None (the head is not even run for an inf threshold)."""
-        if math.isinf(threshold):
+        ``threshold``, else None (the head is not even run for an inf threshold: never)."""
+        if threshold == math.inf:
             return None
         logits, confidence = self.head.run(hidden)
         return logits[-1] if confidence[-1] >= threshold else None
 
     def _done(self, out: list[int], max_new: int) -> bool:
-        return len(out) >= max_new or out[-1] == self.manifest.eos_token_id
+        return len(out) >= max_new or out[-1] in self._eos
 
     def _until_eos(self, tokens: list[int]) -> list[int]:
-        eos = self.manifest.eos_token_id
-        return tokens[: tokens.index(eos) + 1] if eos in tokens else tokens
+        ends = [i for i, t in enumerate(tokens) if t in self._eos]
+        return tokens[: ends[0] + 1] if ends else tokens
 
     def _stopped(self, out: list[int]) -> str:
-        return "eos" if out and out[-1] == self.manifest.eos_token_id else "max_new_tokens"
+        return "eos" if out and out[-1] in self._eos else "max_new_tokens"
 
     # -- checks ---------------------------------------------------------------------------
 
@@ -283,8 +289,16 @@ class Generator:
             raise InputError(f"mode {mode!r}; expected one of {', '.join(MODES)}")
         if isinstance(max_new, bool) or not isinstance(max_new, int) or max_new < 1:
             raise InputError(f"`max_new_tokens` is {max_new!r}; expected a positive integer")
-        ids = np.asarray(prompt)
-        if ids.ndim != 1 or ids.size == 0:
+        try:
+            ids = np.asarray(prompt)
+        except (TypeError, ValueError) as err:  # ragged lists
+            raise InputError(f"the prompt is not a sequence of token ids: {err}") from err
+        if ids.ndim != 1:
+            raise InputError(
+                f"the prompt is an array of shape {list(ids.shape)}; expected one sequence of "
+                "token ids (1-D)"
+            )
+        if ids.size == 0:
             raise InputError("the prompt is empty; expected at least one token")
         if ids.dtype.kind not in "iu":
             raise InputError(f"prompt ids are {ids.dtype}; expected integers")
@@ -304,14 +318,14 @@ class Generator:
         return ids.astype(np.int64)
 
     def _checked_spec(self, options: SpeculativeOptions) -> SpeculativeOptions:
-        if not 1 <= options.k < self.num_exits:
+        if not isinstance(options, SpeculativeOptions):
+            raise InputError(
+                f"`speculative` is {type(options).__name__}; expected SpeculativeOptions"
+            )
+        if not options.k < self.num_exits:
             raise InputError(
                 f"draft depth k is {options.k}; expected 1..{self.num_exits - 1} (segments)"
             )
-        if options.gamma < 1:
-            raise InputError(f"gamma is {options.gamma}; expected a positive integer")
-        if math.isnan(options.draft_stop):
-            raise InputError("draft_stop is NaN; expected a probability")
         return options
 
     def _checked_thresholds(self, chosen: Sequence[float] | None) -> tuple[float, ...]:
@@ -320,10 +334,4 @@ class Generator:
                 "early-exit decoding needs thresholds, one per exit but the last: pass them, "
                 "or calibrate the bundle for generation"
             )
-        values = tuple(math.inf if t is None else float(t) for t in chosen)
-        if len(values) != self.num_exits - 1 or any(math.isnan(t) for t in values):
-            raise InputError(
-                f"got {len(values)} thresholds; expected {self.num_exits - 1} numbers, one per "
-                "exit but the last (which takes every token left)"
-            )
-        return values
+        return exit_thresholds(chosen, self.num_exits)

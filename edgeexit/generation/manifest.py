@@ -10,11 +10,17 @@ outputs follow fixed names, so the manifest only counts layers:
   (P..P+T-1, P read from the past's length);
 - head: ``hidden`` [1, T, D] -> ``logits`` [1, T, V] and ``confidence`` [1, T] (the max
   softmax probability).
+
+A manifest is untrusted input: every field is checked for its type and range here, the
+``generation`` block too (with the checks ``options.py`` gives the decoding loops), before
+anything is allocated from it; ``graphs.py`` then checks the graphs against it.
 """
 
 from __future__ import annotations
 
+import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -24,15 +30,22 @@ from edgeexit.bundle import (
     DECODER_FORMAT,
     MANIFEST,
     ExternalFile,
-    plain_file_name,
+    graph_file,
     read_manifest_document,
 )
 from edgeexit.bundle import (
     FORMAT as CLASSIFIER_FORMAT,
 )
-from edgeexit.errors import BundleError
+from edgeexit.errors import BundleError, InputError
+from edgeexit.generation.options import SpeculativeOptions, exit_thresholds, is_count, is_number
 
 FORMAT = DECODER_FORMAT
+# No size of a decoder comes near this (a 256k vocabulary, a 10M-token context); a manifest
+# that claims more is refused before anything is allocated. What the sizes cost together
+# is bounded by memory when the bundle is loaded (``caches.check_memory``).
+MAX_SIZE = 1 << 24
+SIZES = ("vocab_size", "dim", "heads", "head_dim", "max_positions")
+GENERATION_KEYS = ("self_speculative", "early_exit", "report")
 
 
 @dataclass(frozen=True)
@@ -44,6 +57,16 @@ class GraphFile:
     layers: int = 0  # decoder layers in it (0: the head)
     external_data: tuple[ExternalFile, ...] = ()
 
+    def to_json(self) -> dict[str, Any]:
+        doc: dict[str, Any] = {"file": self.file, "sha256": self.sha256}
+        if self.layers:
+            doc["layers"] = self.layers
+        if self.external_data:
+            doc["external_data"] = [
+                {"file": e.file, "sha256": e.sha256} for e in self.external_data
+            ]
+        return doc
+
 
 @dataclass(frozen=True)
 class DecoderManifest:
@@ -52,7 +75,7 @@ class DecoderManifest:
     heads: int
     head_dim: int
     max_positions: int  # the caches' length: prompt plus generated tokens
-    eos_token_id: int | None
+    eos_token_ids: tuple[int, ...]  # any of them ends a text; () for none
     segments: tuple[GraphFile, ...]
     head: GraphFile
     generation: dict[str, Any] = field(default_factory=dict)  # what calibrate chose
@@ -63,20 +86,20 @@ class DecoderManifest:
         return len(self.segments)
 
     @property
+    def layers(self) -> int:
+        return sum(s.layers for s in self.segments)
+
+    @property
     def graphs(self) -> tuple[GraphFile, ...]:
         """Every graph file, for verification: the segments, then the shared head."""
         return (*self.segments, self.head)
 
     def with_generation(self, choice: dict[str, Any]) -> DecoderManifest:
-        return replace(self, generation=dict(choice))
+        """This manifest with ``choice`` as its generation block, checked as a reader will."""
+        return replace(self, generation=check_generation(choice, self.num_exits, "generation"))
 
     def to_json(self) -> dict[str, Any]:
-        def graph(g: GraphFile) -> dict[str, Any]:
-            doc: dict[str, Any] = {"file": g.file, "sha256": g.sha256}
-            if g.layers:
-                doc["layers"] = g.layers
-            return doc
-
+        eos = self.eos_token_ids
         return {
             "format": FORMAT,
             "vocab_size": self.vocab_size,
@@ -84,15 +107,18 @@ class DecoderManifest:
             "heads": self.heads,
             "head_dim": self.head_dim,
             "max_positions": self.max_positions,
-            "eos_token_id": self.eos_token_id,
-            "segments": [graph(s) for s in self.segments],
-            "head": graph(self.head),
+            # one id as a number (as every earlier edgeexit wrote it), several as a list
+            "eos_token_id": (None if not eos else eos[0] if len(eos) == 1 else list(eos)),
+            "segments": [s.to_json() for s in self.segments],
+            "head": self.head.to_json(),
             "generation": dict(self.generation),
             **self.extra,
         }
 
     @classmethod
     def from_json(cls, doc: Any, *, source: str = "manifest") -> DecoderManifest:
+        """Parse and check a decoder manifest: every field's type and range, before
+        anything is allocated from it; BundleError names the first bad field."""
         if isinstance(doc, dict) and doc.get("format") == CLASSIFIER_FORMAT:
             raise BundleError(
                 "this is a classifier bundle, not a language model: run it with `edgeexit run`"
@@ -100,27 +126,29 @@ class DecoderManifest:
         if not isinstance(doc, dict) or doc.get("format") != FORMAT:
             got = doc.get("format") if isinstance(doc, dict) else type(doc).__name__
             raise BundleError(f"{source}: format is {got!r}; expected {FORMAT!r}")
-        try:
-            sizes = {k: _count(doc[k], k) for k in ("vocab_size", "dim", "heads", "head_dim")}
-            segments = tuple(_graph(s, f"segments[{i}]") for i, s in enumerate(doc["segments"]))
-            head = _graph(doc["head"], "head")
-            max_positions = _count(doc["max_positions"], "max_positions")
-            eos = doc.get("eos_token_id")
-        except KeyError as err:
-            raise BundleError(f"{source} has no {err}; re-export the bundle") from err
-        if not segments or any(s.layers < 1 for s in segments):
-            raise BundleError(f"{source}: every segment needs its count of layers (>= 1)")
-        if eos is not None and not (isinstance(eos, int) and 0 <= eos < sizes["vocab_size"]):
-            raise BundleError(f"{source}: eos_token_id {eos!r} is not a token id")
+        missing = [k for k in (*SIZES, "segments", "head") if k not in doc]
+        if missing:
+            raise BundleError(f"{source} has no {missing[0]!r}; re-export the bundle")
+        sizes = {k: _size(doc[k], k, source) for k in SIZES}
         if sizes["heads"] * sizes["head_dim"] != sizes["dim"]:
-            raise BundleError(f"{source}: heads x head_dim must equal dim")
-        generation = doc.get("generation") or {}
-        if not isinstance(generation, dict):
-            raise BundleError(f"{source}: generation must be an object")
-        known = {"format", "segments", "head", "max_positions", "eos_token_id", "generation"}
-        extra = {k: v for k, v in doc.items() if k not in known and k not in sizes}
-        return cls(**sizes, max_positions=max_positions, eos_token_id=eos, segments=segments,
-                   head=head, generation=dict(generation), extra=extra)  # fmt: skip
+            raise BundleError(
+                f"{source}: heads x head_dim is {sizes['heads']} x {sizes['head_dim']}; "
+                f"expected dim ({sizes['dim']})"
+            )
+        segments = _segments(doc["segments"], source)
+        head = _graph(doc["head"], "head", source)
+        if head.layers:
+            raise BundleError(f"{source}: head.layers is {head.layers}; the head has no layers")
+        _distinct_files((*segments, head), source)
+        eos = _eos_ids(doc.get("eos_token_id"), sizes["vocab_size"], source)
+        extra = {k: v for k, v in doc.items() if k not in (*SIZES, *_OWN)}
+        _check_extra(extra, segments, source)
+        generation = check_generation(doc.get("generation"), len(segments), source)
+        return cls(**sizes, eos_token_ids=eos, segments=segments, head=head,
+                   generation=generation, extra=extra)  # fmt: skip
+
+
+_OWN = ("format", "segments", "head", "eos_token_id", "generation")
 
 
 def read_decoder_manifest(bundle_dir: str | os.PathLike) -> DecoderManifest:
@@ -132,22 +160,152 @@ def write_decoder_manifest(bundle_dir: str | os.PathLike, manifest: DecoderManif
     files.write_json_atomic(Path(bundle_dir) / MANIFEST, manifest.to_json(), what="manifest")
 
 
-def _graph(doc: Any, where: str) -> GraphFile:
-    if not isinstance(doc, dict):
-        raise BundleError(f"{where} must be an object")
-    digest = doc.get("sha256")
-    if not isinstance(digest, str) or len(digest) != 64:
-        raise BundleError(f"{where}.sha256 must be a sha256 hex digest")
-    layers = doc.get("layers", 0)
-    if isinstance(layers, bool) or not isinstance(layers, int) or layers < 0:
-        raise BundleError(f"{where}.layers must be a count")
-    name = doc.get("file")
-    if not isinstance(name, str) or not name:
-        raise BundleError(f"{where}.file must be a file name")
-    return GraphFile(plain_file_name(name, f"{where}.file"), digest, layers)
+# -- field checks ---------------------------------------------------------------------------
 
 
-def _count(value: Any, what: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise BundleError(f"manifest {what} must be a positive integer, got {value!r}")
+def _size(value: Any, what: str, source: str) -> int:
+    if not is_count(value) or not 1 <= value <= MAX_SIZE:
+        raise BundleError(f"{source}: {what} is {value!r}; expected an integer in 1..{MAX_SIZE}")
     return value
+
+
+def _segments(doc: Any, source: str) -> tuple[GraphFile, ...]:
+    if not isinstance(doc, list) or not doc:
+        raise BundleError(f"{source}: segments must be a non-empty list of graphs")
+    segments = tuple(_graph(s, f"segments[{i}]", source) for i, s in enumerate(doc))
+    for i, s in enumerate(segments):
+        if s.layers < 1:
+            raise BundleError(f"{source}: segments[{i}].layers must be its count of layers (>= 1)")
+    return segments
+
+
+def _distinct_files(graphs: tuple[GraphFile, ...], source: str) -> None:
+    """Each graph its own file: one file listed many times would be read, hashed and
+    opened as many times (a few lines of manifest, unbounded memory)."""
+    seen: dict[str, int] = {}
+    for i, g in enumerate(graphs):
+        if g.file in seen:
+            first, again = (_graph_name(n, len(graphs)) for n in (seen[g.file], i))
+            raise BundleError(
+                f"{source}: {again} is {g.file!r}, as {first} is; expected a file per graph"
+            )
+        seen[g.file] = i
+
+
+def _graph_name(index: int, count: int) -> str:
+    return "head" if index == count - 1 else f"segments[{index}]"
+
+
+def _graph(doc: Any, where: str, source: str) -> GraphFile:
+    if not isinstance(doc, dict):
+        raise BundleError(f"{source}: {where} must be an object, got {type(doc).__name__}")
+    file = graph_file(doc, where)
+    layers = doc.get("layers", 0)
+    if not is_count(layers) or not 0 <= layers <= MAX_SIZE:
+        raise BundleError(f"{source}: {where}.layers is {layers!r}; expected a count of layers")
+    return GraphFile(file.file, file.sha256, layers, file.external_data)
+
+
+def _eos_ids(value: Any, vocab: int, source: str) -> tuple[int, ...]:
+    """null: no end-of-text token; an id; or a non-empty list of ids (any ends a text)."""
+    ids = [] if value is None else value if isinstance(value, list) else [value]
+    if (isinstance(value, list) and not value) or not all(
+        is_count(i) and 0 <= i < vocab for i in ids
+    ):
+        raise BundleError(
+            f"{source}: eos_token_id is {value!r}; expected a token id in 0..{vocab - 1}, a "
+            "list of them, or null"
+        )
+    return tuple(dict.fromkeys(ids))
+
+
+def _check_extra(extra: dict[str, Any], segments: tuple[GraphFile, ...], source: str) -> None:
+    """The optional keys export writes; any other is kept as it is, and never read."""
+    tokenizer = extra.get("tokenizer")
+    if tokenizer is not None and not isinstance(tokenizer, str):
+        raise BundleError(f"{source}: tokenizer is {tokenizer!r}; expected a name such as 'bytes'")
+    if "exit_after" in extra:
+        want = [sum(s.layers for s in segments[: i + 1]) for i in range(len(segments))]
+        if extra["exit_after"] != want or not all(map(is_count, extra["exit_after"])):
+            raise BundleError(
+                f"{source}: exit_after is {extra['exit_after']!r}; the segments' layers make "
+                f"it {want}"
+            )
+    opset = extra.get("opset")
+    if opset is not None and (not is_count(opset) or not 1 <= opset <= 1000):
+        raise BundleError(f"{source}: opset is {opset!r}; expected an ONNX opset number")
+
+
+def check_generation(doc: Any, num_exits: int, source: str) -> dict[str, Any]:
+    """The ``generation`` block (what calibrate-generation chose), every value checked as
+    the decoding loops will use it; returned as it is."""
+    if doc is None:
+        return {}
+    if not isinstance(doc, dict):
+        raise BundleError(f"{source}: generation is {type(doc).__name__}; expected an object")
+    unknown = [k for k in doc if k not in GENERATION_KEYS]
+    if unknown:
+        raise BundleError(
+            f"{source}: generation has {unknown[0]!r}; expected only {', '.join(GENERATION_KEYS)}"
+        )
+    if "self_speculative" in doc:
+        _speculative(doc["self_speculative"], num_exits, f"{source}: generation.self_speculative")
+    if doc.get("early_exit") is not None:
+        _in_block(f"{source}: generation.early_exit", exit_thresholds, doc["early_exit"], num_exits)
+    if "report" in doc:
+        _report(doc["report"], num_exits, f"{source}: generation.report")
+    return dict(doc)
+
+
+def _speculative(doc: Any, num_exits: int, where: str) -> SpeculativeOptions:
+    if not isinstance(doc, dict):
+        raise BundleError(f"{where} is {type(doc).__name__}; expected an object")
+    fields = ("k", "gamma", "draft_stop")
+    unknown = [k for k in doc if k not in fields]
+    if unknown:
+        raise BundleError(f"{where} has {unknown[0]!r}; expected only {', '.join(fields)}")
+    options = _in_block(where, lambda: SpeculativeOptions(**doc))
+    if options.k >= num_exits:
+        raise BundleError(
+            f"{where}: k is {options.k}; expected 1..{num_exits - 1}, segments that draft "
+            "with one left to verify"
+        )
+    return options
+
+
+def _in_block(where: str, check: Callable[..., Any], *args: Any) -> Any:
+    """``check(*args)``, its InputError said as the manifest's problem."""
+    try:
+        return check(*args)
+    except InputError as err:
+        raise BundleError(f"{where}: {str(err).replace('`', '')}") from err
+
+
+# what each figure of the report is: (check, what is expected)
+_FIGURES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "speculative_speedup": (lambda v: is_number(v) and 0 < v < math.inf, "a positive number"),
+    "early_exit_speedup": (lambda v: v is None or (is_number(v) and 0 < v < math.inf),
+                           "a positive number or null"),
+    "min_agreement": (lambda v: is_number(v) and 0 < v <= 1, "a fraction in (0, 1]"),
+    "calibration_agreement": (lambda v: is_number(v) and 0 <= v <= 1, "a fraction in [0, 1]"),
+    "calibration_bound": (lambda v: is_number(v) and 0 <= v <= 1, "a fraction in [0, 1]"),
+    "held_out_agreement": (lambda v: v is None or (is_number(v) and 0 <= v <= 1),
+                           "a fraction in [0, 1] or null"),
+    "mean_exit_depth": (lambda v: v is None or (is_number(v) and 0 < v <= 1),
+                        "a fraction in (0, 1] or null"),
+    "held": (lambda v: v is None or isinstance(v, bool), "true, false or null"),
+}  # fmt: skip
+
+
+def _report(doc: Any, num_exits: int, where: str) -> None:
+    """What calibrate-generation measured, as `inspect` shows it: each figure it names is
+    of its kind (a figure it does not name is kept, and never read)."""
+    if not isinstance(doc, dict):
+        raise BundleError(f"{where} is {type(doc).__name__}; expected an object")
+    for name, (ok, expected) in _FIGURES.items():
+        if name in doc and not ok(doc[name]):
+            raise BundleError(f"{where}.{name} is {doc[name]!r}; expected {expected}")
+    if "self_speculative" in doc:
+        _speculative(doc["self_speculative"], num_exits, f"{where}.self_speculative")
+    if doc.get("early_exit") is not None:
+        _in_block(f"{where}.early_exit", exit_thresholds, doc["early_exit"], num_exits)

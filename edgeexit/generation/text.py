@@ -7,11 +7,23 @@ from collections.abc import Iterable
 
 import numpy as np
 
+from edgeexit.errors import InputError
+
 BYTES = "bytes"  # the manifest's name for it
 
 
 def encode(text: str) -> np.ndarray:
-    return np.frombuffer(text.encode(), dtype=np.uint8).astype(np.int64)
+    """The UTF-8 bytes of ``text`` as token ids. Text that has no UTF-8 form (a lone
+    surrogate: what Python makes of a command-line argument or a JSON escape that was not
+    UTF-8) is refused rather than guessed at."""
+    try:
+        data = text.encode()
+    except UnicodeEncodeError as err:
+        raise InputError(
+            f"the prompt is not UTF-8 text (character {err.start} is {text[err.start]!r}, "
+            "a byte or escape that is no character); pass its bytes as token ids instead"
+        ) from err
+    return np.frombuffer(data, dtype=np.uint8).astype(np.int64)
 
 
 def decode(tokens: Iterable[int]) -> str:

@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import gc
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
-from edgeexit.bundle import Manifest, load_segments
+from edgeexit.bundle import Manifest, SegmentSource, load_segments
 from edgeexit.runtime.session import SessionConfig, open_session
 
 STATUS = Path("/proc/self/status")
+MEMINFO = Path("/proc/meminfo")
 
 
 def resident_mb() -> float | None:
@@ -26,14 +28,36 @@ def resident_mb() -> float | None:
     return None
 
 
+def available_mb() -> float | None:
+    """Memory the system can give a new allocation without swapping, MB (Linux's
+    MemAvailable; elsewhere the physical memory, an upper bound); None where unknown."""
+    try:
+        for line in MEMINFO.read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) / 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (AttributeError, OSError, ValueError):
+        return None
+
+
 def segment_resident_mb(
     bundle_dir: str | os.PathLike, manifest: Manifest, config: SessionConfig
 ) -> list[float | None]:
     """Each segment's RSS growth when its session is opened after the ones before it (all
     kept open while measuring, as a runtime keeps them), MB."""
+    return graphs_resident_mb(load_segments(bundle_dir, manifest), config)
+
+
+def graphs_resident_mb(
+    sources: Sequence[SegmentSource], config: SessionConfig
+) -> list[float | None]:
+    """``segment_resident_mb`` for any verified graphs (a decoder's segments and head)."""
     gc.collect()
     sessions, growth = [], []
-    for source in load_segments(bundle_dir, manifest):
+    for source in sources:
         before = resident_mb()
         sessions.append(open_session(source, config))
         after = resident_mb()
