@@ -207,7 +207,7 @@ def certify(table: ExitTable, costs: ExitCosts, budget: Budget) -> Certificate:
         caps=describe_caps(budget) if capped else "",
         procedure="two fixed sequences (a risk and caps), each at delta / 2" if both
         else "fixed-sequence",
-        needed=None if chosen else _samples_needed(path, target, level),
+        needed=None if chosen else _why_no_early_exit(path, target, level, ok),
     )  # fmt: skip
 
 
@@ -281,10 +281,24 @@ def _thinned(path, target, ok, risk_ok, p_values, chosen, refused) -> tuple[Path
     return tuple(points)
 
 
-def _samples_needed(path: SharedPath, target: tuple[float, str] | None, level: float) -> str | None:
-    """With nothing early certified: roughly how many samples would certify the fastest
-    point whose calibration-set risk is at most half the budget, at the rates observed
-    (a normal approximation; the exact test asks a little more)."""
+def _why_no_early_exit(
+    path: SharedPath, target: tuple[float, str] | None, level: float, ok: np.ndarray
+) -> str | None:
+    """With every sample sent to the final exit: why, in words. Either early exits were
+    certified but none is faster than the full model as one graph, or roughly how many
+    samples would certify the fastest point whose calibration-set risk is at most half the
+    budget, at the rates observed (a normal approximation; the exact test asks a little
+    more)."""
+    if ok[1:].any():
+        share = 1 - path.exit_counts[np.flatnonzero(ok)[-1], -1] / path.samples
+        return (
+            f"early exits were certified (up to {share:.0%} of samples leaving early), but "
+            "none is faster than the full model as deployed with every early exit disabled "
+            f"({path.mean_latency_ms[0]:.4g} ms; leaving at the first exit costs "
+            f"{path.exit_cost_ms[0]:.4g} ms): the segments before the last cost too little "
+            "next to a call's fixed cost for exits to pay. A model whose later segments "
+            "carry more of the compute would gain"
+        )
     if target is None or target[0] <= 0:
         return None
     risk, metric = target
@@ -305,8 +319,9 @@ def _samples_needed(path: SharedPath, target: tuple[float, str] | None, level: f
     needed = math.ceil(z * z * max(variance, 1.0 / n) / (risk - observed[k]) ** 2)
     speedup = path.mean_latency_ms[0] / path.mean_latency_ms[k]
     return (
-        f"at the rates observed, about {max(needed, n + 1)} calibration samples would certify "
-        f"early exits giving {speedup:.2f}x (this run has {n})"
+        f"nothing faster than the full model could be certified with {n} calibration "
+        f"samples; at the rates observed, about {max(needed, n + 1)} would certify early "
+        f"exits giving {speedup:.2f}x (or use a looser budget or a lower `confidence`)"
     )
 
 

@@ -32,6 +32,7 @@ class SharedPath:
     disagreements: np.ndarray  # [K] prediction differs from the final exit's
     errors: np.ndarray  # [K] wrong (against labels; unlabeled: disagreements)
     mean_latency_ms: np.ndarray  # [K] expected, from the exit costs
+    exit_cost_ms: np.ndarray  # [E] what leaving at each exit costs, every head run
     samples: int
 
     @property
@@ -117,6 +118,7 @@ def shared_path(table: ExitTable, costs: ExitCosts) -> SharedPath:
         disagreements=swept(~table.agrees).astype(int),
         errors=swept(~table.correct).astype(int),
         mean_latency_ms=_mean_latency(counts, costs, n),
+        exit_cost_ms=np.asarray(costs.latency_ms, dtype=float),
         samples=n,
     )
 

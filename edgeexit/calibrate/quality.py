@@ -25,6 +25,7 @@ from rich.console import Console, ConsoleOptions, RenderResult
 from rich.table import Table
 
 from edgeexit.budget import Budget
+from edgeexit.bundle import thresholds_json
 from edgeexit.calibrate.costs import ExitCosts
 from edgeexit.calibrate.search import ExitTable, OperatingPoint, checked_scores, evaluate, search
 from edgeexit.errors import CalibrationError
@@ -102,7 +103,7 @@ class QualityReport:
             "budget": self.budget.to_json(),
             "metric": self.metric,
             "against": "targets" if self.targets else "last exit",
-            "thresholds": [None if math.isinf(t) else t for t in self.thresholds],
+            "thresholds": thresholds_json(self.thresholds),
             "search": {
                 "samples": self.search_samples,
                 "final_quality": self._shown(self.final_quality),

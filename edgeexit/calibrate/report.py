@@ -142,16 +142,16 @@ class CalibrationReport:
         said = [self.too_noisy] if self.too_noisy else []
         if all(math.isinf(t) for t in self.thresholds[:-1]):
             c = self.certificate
-            why = (
-                f"nothing faster than the full model could be certified for "
-                f"{self.budget.describe()} with {c.samples} calibration samples"
-                if c
-                else f"no early exit meets {self.budget.describe()}"
-            )
-            advice = (c.needed + "; or" if c and c.needed else "More calibration data,") + (
-                " a looser budget or a lower `confidence` would allow early exits"
-            )
-            said.append(f"no early exit: {why}, so every sample goes to the final exit. {advice}")
+            if c is None:
+                reason = f"no early exit meets {self.budget.describe()}"
+            else:
+                reason = c.needed or (
+                    f"nothing faster than the full model could be certified for "
+                    f"{self.budget.describe()} with {c.samples} calibration samples; more "
+                    "calibration data, a looser budget or a lower `confidence` would allow "
+                    "early exits"
+                )
+            said.append(f"no early exit, every sample goes to the final exit: {reason}")
         return tuple(said)
 
     @property
@@ -218,8 +218,8 @@ class CalibrationReport:
                    "speed-up")  # fmt: skip
         for col in columns:
             table.add_column(col, justify="right")
-        full = self.costs.latency_ms[-1]
-        rows = [("final exit only", self.final_accuracy, full, None, None)]
+        full = self.full_latency_ms
+        rows = [("full model (no early exit)", self.final_accuracy, full, None, None)]
         if self.shared is not None:
             rows.append(_row("shared threshold (baseline)", self.shared))
         if self.estimate is not None:
@@ -271,7 +271,7 @@ class CalibrationReport:
         table = Table(title="Pareto front (per-exit search)")
         for col in (self.accuracy_name, "mean latency ms", "speed-up"):
             table.add_column(col, justify="right")
-        full = self.costs.latency_ms[-1]
+        full = self.full_latency_ms
         for p in self.front:
             table.add_row(
                 f"{p.accuracy:.2%}", f"{p.mean_latency_ms:.3f}", f"{full / p.mean_latency_ms:.2f}x"
@@ -310,8 +310,9 @@ class CalibrationReport:
 
     @property
     def full_latency_ms(self) -> float:
-        """Expected latency of the model without early exits (every sample to the end)."""
-        return self.costs.latency_ms[-1]
+        """Expected latency of the full model as deployed: every early exit disabled (its
+        plain graph, one call, where the bundle has one; else the heads skipped)."""
+        return self.costs.full_ms
 
     @property
     def speedup(self) -> float:
