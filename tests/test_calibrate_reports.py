@@ -60,3 +60,11 @@ def test_the_comparison_table_calls_the_reference_the_full_model_as_deployed():
     report = build_report(synthetic_table(800, seed=2), unit_costs(), Budget(latency_ms=3.0))
     text = rendered(report)
     assert "full model (no early exit)" in text and "final exit only" not in text
+
+
+def test_the_costs_record_names_exit_costs_and_segment_shares_apart():
+    report = build_report(synthetic_table(400, seed=1), unit_costs(), Budget(latency_ms=3.0))
+    record = report.to_json()["profile"]
+    assert record["exit_latency_ms"] == [1.0, 2.0, 3.0, 4.0]  # what leaving at each costs
+    assert record["segment_share_ms"] == [1.0, 1.0, 1.0, 1.0]  # each segment's part of it
+    assert record["full_model_ms"] == 4.0 and "latency_ms" not in record

@@ -108,16 +108,19 @@ class ExitCosts:
         return len(self.latency_ms)
 
     def to_json(self) -> dict[str, Any]:
-        """The calibration record in the manifest keeps its format: each segment's share
-        (the differences between consecutive exits' costs)."""
+        """The calibration record in the manifest: each exit's cost (what leaving there
+        costs, every head run), each segment's share of it (the differences), and the full
+        model as deployed (every early exit disabled) where it was measured."""
         return {
             "source": self.source,
             "batch_size": self.batch_size,
             "noise": self.noise if math.isfinite(self.noise) else None,
             "clipped": self.clipped,
-            "latency_ms": _diffs(self.latency_ms),
-            "p95_latency_ms": _diffs(self.p95_latency_ms),
-            "energy_mj": None if self.energy_mj is None else _diffs(self.energy_mj),
+            "exit_latency_ms": list(self.latency_ms),
+            "exit_p95_latency_ms": list(self.p95_latency_ms),
+            "exit_energy_mj": None if self.energy_mj is None else list(self.energy_mj),
+            "segment_share_ms": _diffs(self.latency_ms),
+            "full_model_ms": self.full_ms,
             "energy_source": self.energy.label,
             "head_ms": None if self.head_ms is None else list(self.head_ms),
         }
