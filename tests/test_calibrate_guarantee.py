@@ -199,3 +199,38 @@ def test_certified_exits_slower_than_the_one_graph_full_model_say_so():
     cert = certify(table, flat, Budget(max_accuracy_drop=0.2))
     assert not cert.exits_early and cert.certified > 1
     assert "none is faster than the full model as deployed" in cert.needed
+
+
+def mostly_easy(n: int, seed: int, easy: float = 0.95) -> ExitTable:
+    """Four exits; a share ``easy`` of samples is confident at exit 0, the rest only at the
+    last. Every exit agrees with the last (a cap is the only budget that matters)."""
+    rng = np.random.default_rng(seed)
+    confident = rng.uniform(size=n) < easy
+    scores = np.stack([np.where(confident, 0.95, 0.1)] + [np.full(n, 0.1)] * 2 + [np.ones(n)])
+    predictions = np.zeros((4, n), dtype=int)
+    return ExitTable.from_predictions(predictions, scores, np.zeros(n, dtype=int))
+
+
+def test_a_cap_near_the_first_exits_cost_is_certified_where_most_samples_leave_there():
+    # 95 % leave at exit 0 (1 ms), 5 % at exit 3 (4 ms): mean 1.15 ms. Hoeffding over the
+    # 1-4 ms range would need the mean under 1.3 - 0.15 ms at 450 samples; the shares' exact
+    # bounds certify it.
+    cert = certify(mostly_easy(450, seed=0), unit_costs(), Budget(latency_ms=1.3))
+    assert cert.point.exit_shares[0] > 0.9 and cert.p_value <= 0.1
+
+
+def test_the_mean_cost_bound_holds_over_draws():
+    from edgeexit.calibrate.caps import mean_upper_bound
+
+    population = mostly_easy(200_000, seed=1, easy=0.7)
+    costs = unit_costs()
+    true = shared_path(population, costs).mean_latency_ms[-1]  # the loosest point
+    rng = np.random.default_rng(2)
+    misses = 0
+    for _ in range(200):
+        draw = population.take(rng.choice(population.num_samples, 300, replace=False))
+        path = shared_path(draw, costs)
+        vectors = np.stack([np.full((1, 4), np.inf)[0], np.zeros(4)])
+        per_exit = costs.per_exit_latency(vectors)
+        misses += mean_upper_bound(path, per_exit, 0.1)[-1] < true
+    assert misses < 30  # at most 10 % in truth: 30 of 200 would happen < 1 % of the time
