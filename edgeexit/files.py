@@ -1,7 +1,7 @@
 """Writing files without losing anything: guarded outputs, atomic writes and swaps, locks.
 
 Every file edgeexit writes goes through this module, which keeps four promises
-(docs/design.md, "What edgeexit does to existing paths"):
+(docs/design.md, "Files and trust"; the README, *What edgeexit guarantees*):
 
 - **Nothing that is not ours is replaced.** An output path that exists must be an edgeexit
   artifact of the same kind (a bundle for a bundle, a profile for a profile...) or an empty

@@ -108,6 +108,23 @@ def test_unmeasured_energy_is_modeled_from_profile_power(tmp_path):
     assert costs.energy_mj == pytest.approx((5.0, 15.0, 30.0))  # 5 W x ms, per exit
 
 
+def test_modeled_energy_names_the_power_model_it_used(tmp_path):
+    # calibrating on the host (x86-cpu) with a Pi's profile: the Pi's power model, named
+    unmeasured = profile_doc([None] * 3, measured=False)
+    costs = load_profile_costs(write(tmp_path, unmeasured), manifest(), active_power_w=10.0,
+                               power_model="x86-cpu")  # fmt: skip
+    assert costs.energy_origin == "modeled from rpi5's power model (5 W)"
+    for doc in (unmeasured, with_exits(profile_doc([None] * 3, measured=False))):
+        doc["power_model_w"] = {"idle": 0.0, "active": 0.0}  # profiled with no power model
+        costs = load_profile_costs(write(tmp_path, doc), manifest(), active_power_w=10.0,
+                                   power_model="x86-cpu")  # fmt: skip
+        assert costs.energy_origin == "modeled from x86-cpu's power model (10 W)"
+        assert costs.energy_mj[0] == pytest.approx(10.0 * costs.latency_ms[0])
+    measured = load_profile_costs(write(tmp_path, profile_doc([4.0, 8.0, 2.0], measured=True)),
+                                  manifest(), power_model="x86-cpu")  # fmt: skip
+    assert measured.energy_origin == "measured (rpi5-pmic)"
+
+
 def test_profile_of_other_bundle_or_garbage_is_refused(tmp_path):
     with pytest.raises(CalibrationError, match="another bundle"):
         load_profile_costs(write(tmp_path, profile_doc([None] * 2, measured=False)), manifest())

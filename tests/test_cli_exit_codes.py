@@ -5,12 +5,13 @@ from typer.testing import CliRunner
 
 from edgeexit.cli import app
 
-COMMANDS = ("export", "profile", "calibrate", "run", "bench", "targets", "demo", "inspect",
-            "generate", "calibrate-generation")  # fmt: skip
+COMMANDS = ("export", "compile", "profile", "calibrate", "run", "bench", "targets", "demo",
+            "inspect", "generate", "calibrate-generation")  # fmt: skip
 
 # A command line per command that parses but fails on its input: exit 1, one line, no traceback.
 FAILING = {
     "export": ["export", "{tmp}/missing.pt", "-o", "{tmp}/bundle"],
+    "compile": ["compile", "{tmp}/no-bundle", "-t", "rpi4", "-o", "{tmp}/out"],
     "profile": ["profile", "{tmp}/no-bundle"],
     "calibrate": [
         "calibrate",
@@ -57,7 +58,7 @@ def test_unknown_option_is_a_usage_error_2(name):
     assert result.exit_code == 2, result.output
 
 
-@pytest.mark.parametrize("name", ["export", "profile", "calibrate", "run", "bench"])
+@pytest.mark.parametrize("name", ["export", "compile", "profile", "calibrate", "run", "bench"])
 def test_missing_argument_is_a_usage_error_2(name):
     assert invoke([name]).exit_code == 2
 
@@ -76,3 +77,27 @@ def test_bad_input_is_one_line_and_exit_1(name, tmp_path):
 def test_success_is_0():
     result = invoke(["targets", "--json"])
     assert result.exit_code == 0 and '"name": "x86-cpu"' in result.stdout
+
+
+# Malformed option values, one per kind of coercion: each is one line in our words, exit 2.
+MALFORMED = [
+    (["run", "b", "--data", "d.npz", "--threads", "1.5"], "'1.5' is not an integer"),
+    (["run", "b", "--data", "d.npz", "--threads", "-1"], "-1 is out of range; expected at least 0"),
+    (["bench", "b", "--data", "d.npz", "-b", "x"], "'x' is not an integer"),
+    (["export", "m.pt", "-o", "o", "--opset", "99"], "99 is out of range; expected at most 21"),
+    (["export", "m.pt", "-o", "o", "-c", "foo"], "'foo' is not one of 'confidence', 'margin'"),
+    (["profile", "b", "--min-seconds", "soon"], "'soon' is not a number"),
+    (["calibrate", "b", "--data", "d.npz", "--risk-metric", "x"], "'x' is not one of"),
+    (["calibrate", "b", "--data", "d.npz", "--max-accuracy-drop", "1"], "1pp or 1%"),
+    (["compile", "b", "-t", "rpi4", "-o", "o", "--max-quant-drop", "x"], "1pp or 1%"),
+]
+
+
+@pytest.mark.parametrize(("argv", "says"), MALFORMED)
+def test_a_malformed_value_is_one_line_in_our_words(argv, says):
+    result = invoke(argv)
+    assert result.exit_code == 2, result.output
+    [line] = result.output.splitlines()
+    assert line.startswith("error: Invalid value for '") and says in line, line
+    for leak in ("Input should", "Value error", "pydantic", "Traceback"):
+        assert leak not in line

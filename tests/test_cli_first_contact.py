@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import shutil
 
 import numpy as np
@@ -42,6 +43,20 @@ def test_every_command_spells_a_concept_the_same_way():
         assert "--json" in spelled, f"{name} has no --json"
 
 
+def test_every_command_that_reads_a_data_file_takes_it_as_data():
+    # a data file: --data itself, or an older or narrower name for it (run's --input,
+    # export's and compile's --calib-data); demo's --test-data is a second file
+    readers = {}
+    for name, command in commands().items():
+        for p in command.params:
+            opts = set(getattr(p, "opts", ()))
+            if opts & {"--data", "--input", "--calib-data"}:
+                readers[name] = opts
+    assert set(readers) == {"bench", "calibrate", "compile", "demo", "export", "profile", "run"}
+    assert all("--data" in opts for opts in readers.values()), readers
+    assert readers["run"] >= {"--input", "-i"}  # the documented spellings still work
+
+
 def test_accuracy_drops_take_one_unit_everywhere():
     from edgeexit.cli import params
 
@@ -51,14 +66,27 @@ def test_accuracy_drops_take_one_unit_everywhere():
         for p in command.params
         if any(o in ("--max-accuracy-drop", "--max-quant-drop") for o in getattr(p, "opts", ()))
     ]
-    assert {name for name, _ in drop_options} == {"calibrate", "demo", "export"}
+    assert {name for name, _ in drop_options} == {"calibrate", "compile", "demo", "export"}
     for _, option in drop_options:
         assert option.metavar == "DROP"
     assert params.accuracy_drop("0.01") == params.accuracy_drop("1pp") == pytest.approx(0.01)
     assert params.accuracy_drop("2.5 pp") == pytest.approx(0.025)
-    for bad in ("1", "200", "-0.1", "nan", "100pp", "x"):
-        with pytest.raises(typer.BadParameter):
+    assert params.accuracy_drop("1%") == params.accuracy_drop("1 %") == pytest.approx(0.01)
+    for bad in ("1", "200", "-0.1", "nan", "100pp", "100%", "x", "1%%", "pp", "%"):
+        with pytest.raises(typer.BadParameter, match=r"expected a fraction in \[0, 1\) such "
+                           "as 0.01, or points such as 1pp or 1%"):  # fmt: skip
             params.accuracy_drop(bad)
+
+
+@pytest.mark.parametrize("value", ["1 percent", "0.01.5", "-1pp"])
+def test_a_malformed_accuracy_drop_lists_the_accepted_forms(value, tmp_path):
+    result = runner.invoke(
+        app, ["calibrate", str(tmp_path), "--data", "d.npz", "--max-accuracy-drop", value]
+    )
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    [line] = result.stderr.splitlines()
+    assert line.startswith("error: Invalid value for '--max-accuracy-drop': ")
+    assert "expected a fraction in [0, 1) such as 0.01, or points such as 1pp or 1%" in line
 
 
 def test_version_names_the_runtime_dependencies():
@@ -126,6 +154,15 @@ def test_inspect_memory_measures_each_segment_as_the_runtime_opens_it(bundle_and
     assert table.exit_code == 0 and "resident" in table.output
 
 
+@pytest.mark.parametrize("memory", [[], ["--memory"]])
+def test_inspect_at_80_columns_cuts_no_name(bundle_and_data, memory):
+    bundle, _ = bundle_and_data
+    result = runner.invoke(app, ["inspect", str(bundle), *memory], env={"COLUMNS": "80"})
+    assert result.exit_code == 0 and "…" not in result.output, result.output
+    for name in ("segment_00.onnx", "segment_02.onnx", "threshold", "top operators"):
+        assert name in result.output
+
+
 def test_run_reports_accuracy_when_the_data_has_labels(bundle_and_data, tmp_path):
     bundle, data = bundle_and_data
     labeled = json.loads(
@@ -184,3 +221,18 @@ def test_help_shows_flags_as_flags_and_arguments_by_name(name):
     assert result.exit_code == 0
     assert "<bool>" not in result.output
     assert "{bundle}" not in result.output and "{model}" not in result.output
+
+
+@pytest.mark.parametrize("name", [None, *sorted(commands())])
+def test_help_at_80_columns_cuts_no_option_name(name):
+    # rich shrinks every column of the options table alike when it is too wide, so a long
+    # type, a --no- twin or an unbreakable word in a help text cut the option names
+    result = runner.invoke(app, [name, "--help"] if name else ["--help"], env={"COLUMNS": "80"})
+    assert result.exit_code == 0
+    assert max(len(line) for line in result.output.splitlines()) <= 80
+    assert "…" not in result.output, result.output
+    command = commands()[name] if name else typer.main.get_command(app)
+    for param in command.params:
+        for opt in (*param.opts, *getattr(param, "secondary_opts", ())):
+            if opt.startswith("--"):  # shown whole, at a word boundary
+                assert re.search(rf"(^|[\s,]){re.escape(opt)}($|[\s,])", result.output, re.M), opt

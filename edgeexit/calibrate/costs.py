@@ -23,7 +23,13 @@ from typing import Any
 import numpy as np
 
 from edgeexit.bundle import Manifest
-from edgeexit.energy.provenance import MODELED, NONE, EnergySource, modeled_energy_mj
+from edgeexit.energy.provenance import (
+    MODELED,
+    NONE,
+    EnergySource,
+    modeled_energy_mj,
+    modeled_from,
+)
 from edgeexit.errors import CalibrationError
 from edgeexit.measure.cost_profile import CostProfile, ExitProfile
 
@@ -63,6 +69,9 @@ class ExitCosts:
     # one call where the bundle has one): (mean ms, p95 ms, mJ or None). None where it was
     # not measured (old profiles): the heads skipped are credited instead.
     full: tuple[float, float, float | None] | None = None
+    # The target whose power model that is (a profile's device, or the target measured
+    # here), named wherever the figures are shown; None when the energy is not modeled.
+    power_model: str | None = None
 
     def __post_init__(self) -> None:
         if len(self.latency_ms) != len(self.p95_latency_ms):
@@ -85,6 +94,7 @@ class ExitCosts:
         head_ms: Sequence[float | None] | None = None,
         power_w: float | None = None,
         full: tuple[float, float, float | None] | None = None,
+        power_model: str | None = None,
     ) -> ExitCosts:
         """From per-exit figures as measured. A later exit measured cheaper than an earlier
         one is timing noise: each figure is raised to the largest before it (a no-op on
@@ -101,11 +111,20 @@ class ExitCosts:
             head_ms=_heads(head_ms),
             power_w=power_w if energy == MODELED else None,
             full=full,
+            power_model=power_model if energy == MODELED else None,
         )
 
     @property
     def num_exits(self) -> int:
         return len(self.latency_ms)
+
+    @property
+    def energy_origin(self) -> str:
+        """Where the energy figures come from, in words: 'measured (rpi5-pmic)', 'modeled
+        from rpi5's power model (7 W)', 'modeled' (an unnamed model) or 'none'."""
+        if self.energy == MODELED and self.power_model and self.power_w is not None:
+            return modeled_from(self.power_model, self.power_w)
+        return self.energy.label
 
     def to_json(self) -> dict[str, Any]:
         """The calibration record in the manifest: each exit's cost (what leaving there
@@ -178,7 +197,11 @@ class ExitCosts:
 
 
 def load_profile_costs(
-    path: str | os.PathLike, manifest: Manifest, *, active_power_w: float = 0.0
+    path: str | os.PathLike,
+    manifest: Manifest,
+    *,
+    active_power_w: float = 0.0,
+    power_model: str | None = None,
 ) -> ExitCosts:
     """Costs from a device profile (``edgeexit profile -o PROFILE.json``).
 
@@ -186,7 +209,8 @@ def load_profile_costs(
     energy come from its per-exit costs (``exit_costs``); a profile without them (written
     before they existed) falls back to summing its segments, and ``source`` says so. Energy
     is used where the device measured it (per call, divided by the profile's batch size);
-    otherwise it is modeled from the profile's power model (or ``active_power_w``).
+    otherwise it is modeled from the profile's power model (or ``active_power_w``, that of
+    the target named ``power_model``), and the costs name the one used.
     """
     profile = CostProfile.load(path)
     ours = [(s.file, s.sha256) for s in manifest.segments]
@@ -197,6 +221,8 @@ def load_profile_costs(
             "differ); profile this bundle with `edgeexit profile`"
         )
     power_w = profile.power_model_w.get("active", 0.0) or active_power_w
+    if profile.power_model_w.get("active", 0.0):  # the profiled device's model, not ours
+        power_model = profile.target
     if len(ours) < len(theirs):  # leaving at exit i costs the same whatever follows i
         profile = replace(profile, segments=profile.segments[: len(ours)],
                           exits=profile.exits[: len(ours)], full=None)  # fmt: skip
@@ -209,11 +235,15 @@ def load_profile_costs(
             source=f"profile {path}",
             head_ms=[seg.head_ms for seg in profile.segments],
             full=profile.full,
+            power_model=power_model,
         )
-    return _segment_sum_costs(profile, power_w, f"profile {path} ({SEGMENT_SUM_NOTE})")
+    source = f"profile {path} ({SEGMENT_SUM_NOTE})"
+    return _segment_sum_costs(profile, power_w, source, power_model)
 
 
-def _segment_sum_costs(profile: CostProfile, power_w: float, source: str) -> ExitCosts:
+def _segment_sum_costs(
+    profile: CostProfile, power_w: float, source: str, power_model: str | None
+) -> ExitCosts:
     """Fallback for old profiles: a sample leaving at i costs segments 0..i timed alone."""
     median = np.cumsum([s.latency_ms.median for s in profile.segments])
     p95 = np.cumsum([s.latency_ms.p95 for s in profile.segments])
@@ -224,7 +254,8 @@ def _segment_sum_costs(profile: CostProfile, power_w: float, source: str) -> Exi
         energy_mj, energy = modeled_energy_mj(power_w, median), MODELED
     else:
         energy_mj, energy = None, NONE
-    return ExitCosts.from_measured(median, p95, energy_mj, energy, source, profile.batch_size)
+    return ExitCosts.from_measured(median, p95, energy_mj, energy, source, profile.batch_size,
+                                   power_w=power_w, power_model=power_model)  # fmt: skip
 
 
 def exit_costs(
@@ -236,6 +267,7 @@ def exit_costs(
     source: str,
     head_ms: Sequence[float | None] | None = None,
     full: ExitProfile | None = None,
+    power_model: str | None = None,
 ) -> ExitCosts:
     """Costs per sample from per-exit call costs (``measure_exit_costs``, a profile's exits).
 
@@ -246,7 +278,8 @@ def exit_costs(
     was up to 16 % low and moved the speed-ups between profiles); p95 from its p95.
     ``full``: the full model as deployed (every early exit disabled), where measured.
     Energy: measured per call where every exit has a figure, divided by ``batch_size``;
-    else ``power_w`` x latency, labeled modeled; else none.
+    else ``power_w`` (the power model of the target named ``power_model``) x latency,
+    labeled modeled; else none.
     """
     latency = np.array([e.latency_ms.robust_mean for e in exits])
     p95 = np.array([e.latency_ms.p95 for e in exits])
@@ -266,7 +299,7 @@ def exit_costs(
         full_figures = (full.latency_ms.robust_mean, full.latency_ms.p95, full_mj)
     return ExitCosts.from_measured(
         latency, p95, energy_mj, energy, source, batch_size, noise, head_ms=head_ms,
-        power_w=power_w, full=full_figures,
+        power_w=power_w, power_model=power_model, full=full_figures,
     )  # fmt: skip
 
 

@@ -29,7 +29,7 @@ from edgeexit.calibrate.report import CalibrationReport
 from edgeexit.calibrate.search import ExitTable, search
 from edgeexit.calibrate.tokens import TokenReport, calibrate_tokens
 from edgeexit.data import Dataset, load_data
-from edgeexit.energy import get_meter
+from edgeexit.energy import NoMeter, get_meter
 from edgeexit.errors import CalibrationError
 from edgeexit.measure.cost_profile import CostProfile
 from edgeexit.measure.profiling import measure_exit_costs, measure_head_costs, segment_inputs
@@ -183,6 +183,7 @@ def measure_costs(
         batch_size=1,
         energy=meter.provenance,
         power_w=runtime.target.active_power_w,
+        power_model=runtime.target.name,
         source="measured here (batch 1)",
         head_ms=heads,
         full=full_cost[0] if full_cost else None,
@@ -228,8 +229,13 @@ def calibrate_bundle(
         tensors = manifest.output != "logits"  # exits give images or other tensors
         _check_budget_kind(budget, tensors, options)
         cap, capped = _cap(manifest, options)
-        # every head runs while costs are timed: a disabled exit is credited its head
-        runtime = Runtime(bundle_dir, target=options.target, max_exit=cap, bodies=False)
+        # every head runs while costs are timed: a disabled exit is credited its head.
+        # Costs from a profile (or the caller) carry their own energy: this host's sensors
+        # are then neither probed nor announced (its power model is not what is reported).
+        elsewhere = not tokens and (costs is not None or options.profile is not None)
+        meter = NoMeter() if elsewhere else None
+        runtime = Runtime(bundle_dir, target=options.target, max_exit=cap, bodies=False,
+                          meter=meter)  # fmt: skip
         # 'y': a class label per sample, or target tensors shaped like an exit's output
         dataset = load_data(data_path, manifest.inputs, targets=runtime.targets_shape)
         if manifest.output != "tensor":  # class labels, per sample or per token
@@ -239,8 +245,10 @@ def calibrate_bundle(
         elif costs is not None:
             pass  # given by the caller
         elif options.profile is not None:
-            power_w = runtime.target.active_power_w
-            costs = load_profile_costs(options.profile, runtime.manifest, active_power_w=power_w)
+            costs = load_profile_costs(
+                options.profile, runtime.manifest, active_power_w=runtime.target.active_power_w,
+                power_model=runtime.target.name,
+            )  # fmt: skip
         else:
             full = full_model_runtime(runtime)
             costs = measure_costs(runtime, dataset, options, full=full, progress=progress)

@@ -235,7 +235,7 @@ class CalibrationReport:
                 "" if energy is None else f"{energy:.4f}",
                 f"{full / mean:.2f}x",
             )
-        table.caption = f"energy: {self.costs.energy}; costs from {self.costs.source}"
+        table.caption = f"energy: {self.costs.energy_origin}; costs from {self.costs.source}"
         if self.costs.noise > 0:
             table.caption += f", known within +-{self.costs.noise:.1%}"
         if self.costs.clipped:

@@ -308,7 +308,7 @@ def check_reachable(budget: Budget, costs: ExitCosts) -> None:
             raise CalibrationError(
                 f"target energy {budget.energy_mj:g} mJ is below the first exit's cost; "
                 f"the smallest achievable energy is {costs.energy_mj[0]:.4g} mJ/sample "
-                f"({costs.energy})"
+                f"({costs.energy_origin})"
             )
 
 

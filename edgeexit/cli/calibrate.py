@@ -32,7 +32,7 @@ def calibrate_cmd(
         None,
         parser=params.accuracy_drop,
         metavar="DROP",
-        help="Fastest thresholds losing at most this much accuracy: 0.01 or 1pp.",
+        help=f"Fastest thresholds losing at most this much accuracy: {params.DROP_FORMS}.",
     ),
     max_quality_drop: str = typer.Option(
         None,
@@ -51,7 +51,7 @@ def calibrate_cmd(
         help="Probability that every budget holds on new data (Learn-then-Test), e.g. 0.9.",
     ),
     risk_metric: params.RiskMetric = typer.Option(
-        "disagreement", help="disagreement (with final) or error."
+        "disagreement", metavar="METRIC", help="disagreement (with the final exit) or error."
     ),
     profile: Path = typer.Option(None, help="Device profile JSON from `edgeexit profile`."),
     target: str = typer.Option(

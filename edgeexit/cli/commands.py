@@ -1,13 +1,14 @@
 """Every command module, imported once so their ``@command`` decorators register them.
 
 Command modules must not import torch, onnx or onnxsim at module level: the device CLI
-(`run`, `profile`, `bench`, `targets`) has to work with only the runtime installed.
+(`run`, `profile`, `bench`, `inspect`, `targets`) has to work with only the runtime installed.
 """
 
 from edgeexit.cli import (
     bench,  # noqa: F401
     calibrate,  # noqa: F401
     calibrate_generation,  # noqa: F401
+    compile,  # noqa: F401
     demo,  # noqa: F401
     export,  # noqa: F401
     generate,  # noqa: F401

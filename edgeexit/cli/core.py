@@ -79,10 +79,41 @@ def _usage_error(err: Exception) -> int:
         typer.echo(message, err=True)
         return err.exit_code
     ctx = getattr(err, "ctx", None)
+    reason = _coercion_reason(err)
+    if reason is not None:  # a BadParameter: its hint ('--threads') is kept, its words ours
+        err.message = reason
+        message = err.format_message()
     hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
     text = in_flags(" ".join(message.split()))  # click wraps long messages: one line
     typer.echo(f"error: {text}{hint}", err=True)
     return EXIT_USAGE
+
+
+# What each of pydantic's coercion errors expected, and its bounds' words.
+_EXPECTED = {"int_parsing": "an integer", "int_from_float": "an integer",
+             "int_type": "an integer", "float_parsing": "a number", "float_type": "a number",
+             "finite_number": "a finite number", "bool_parsing": "true or false"}  # fmt: skip
+_BOUNDS = {"ge": "at least", "gt": "above", "le": "at most", "lt": "below"}
+
+
+def _coercion_reason(err: Exception) -> str | None:
+    """The reason, in the command line's words, for an option value newer typer coerced with
+    pydantic and refused: it says 'Input should be a valid integer, unable to parse string
+    as an integer' or 'Value error, ...'. None for any other error (older typer's own
+    messages, and edgeexit's parsers, already say what was given and what was expected)."""
+    errors = getattr(err.__cause__, "errors", None)
+    found = errors() if callable(errors) else []
+    if not found or not isinstance(found[0], dict):
+        return None
+    kind, value, ctx = found[0].get("type"), found[0].get("input"), found[0].get("ctx") or {}
+    if kind in _EXPECTED:
+        return f"{value!r} is not {_EXPECTED[kind]}"
+    bound = next((k for k in _BOUNDS if k in ctx), None)
+    if bound is not None:
+        return f"{value} is out of range; expected {_BOUNDS[bound]} {ctx[bound]}"
+    if kind == "value_error" and "error" in ctx:
+        return str(ctx["error"]).rstrip(".")
+    return None
 
 
 app = typer.Typer(
@@ -129,6 +160,9 @@ def _global_options(
     quiet: bool = typer.Option(
         False, "--quiet", "-q", help="Only results and errors: no notes (e.g. how energy is found)."
     ),
+    verbose: bool = typer.Option(
+        False, "--verbose", "-v", help="Notes in full: e.g. why each energy sensor was not read."
+    ),
 ) -> None:
     """Deploy multi-exit (early-exit) networks to edge devices as chained ONNX segments.
 
@@ -136,9 +170,31 @@ def _global_options(
     exit thresholds to a budget, then `run` or `bench` it on the device; `inspect` shows
     what a bundle holds.
     """
+    if quiet and verbose:
+        raise usage_error("-q/--quiet and -v/--verbose ask for opposite things; give one")
     # edgeexit's notes (which energy meter, trust warnings) go through the 'edgeexit'
-    # logger; without a handler, Python prints warnings and above to stderr.
-    logging.getLogger("edgeexit").setLevel(logging.ERROR if quiet else logging.NOTSET)
+    # logger, and from there to stderr, one line each (_Notes).
+    logger = logging.getLogger("edgeexit")
+    logger.setLevel(logging.ERROR if quiet else logging.NOTSET)
+    _NOTES.verbose = verbose
+    if _NOTES not in logger.handlers:
+        logger.addHandler(_NOTES)
+
+
+class _Notes(logging.Handler):
+    """edgeexit's notes on stderr, one line each. A note with details (the energy notice:
+    why each sensor was not read) shows them under -v, and otherwise says where they are."""
+
+    verbose = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        text = record.getMessage()
+        if details := getattr(record, "details", ""):
+            text += f" ({details})" if self.verbose else " (edgeexit -v for details)"
+        sys.stderr.write(f"{in_flags(text)}\n")  # the stderr of now: a test runner swaps it
+
+
+_NOTES = _Notes()
 
 
 # The library names a parameter in backquotes as Python spells it (edgeexit.errors); the

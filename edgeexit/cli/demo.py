@@ -35,9 +35,11 @@ def demo_cmd(
         None, "--target", "-t", parser=params.target, help="Target name or .toml profile."
     ),
     profile_repeats: int = typer.Option(100, min=1, help="Timed calls per segment profiling."),
-    trust_pickle: bool = typer.Option(False, help="--model is a pickled nn.Module you trust."),
+    trust_pickle: bool = typer.Option(
+        False, "--trust-pickle", help="--model is a pickled nn.Module you trust."
+    ),
     factory: str = typer.Option(
-        None, parser=params.factory, metavar="MODULE:FUNCTION", help="--model's factory."
+        None, parser=params.factory, metavar="MOD:FN", help="--model's factory."
     ),
     generate: bool = typer.Option(
         False, "--generate", help="The text-generation demo instead: a byte-level decoder."

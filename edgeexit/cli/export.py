@@ -26,38 +26,53 @@ def export_cmd(
         ..., "-o", "--out", parser=params.output_path, help="The bundle directory to write."
     ),
     criterion: params.Criterion = typer.Option(
-        "confidence", "--criterion", "-c", help="Exit score."
+        "confidence",
+        "--criterion",
+        "-c",
+        metavar="NAME",
+        help=f"Exit score: {', '.join(CRITERIA)}.",
     ),
     patience: int = typer.Option(
-        2, min=1, help="With --criterion patience: leave once this many exits in a row agree."
+        2,
+        min=1,
+        metavar="N",
+        help="With --criterion patience: leave once this many exits in a row agree.",
     ),
     exit_output: params.ExitOutput = typer.Option(
         "logits",
         "--exit-output",
+        metavar="KIND",
         help="What every exit gives: logits [batch, classes], or a tensor (an image, a "
         "vector) scored by --criterion gate, q-exit or similarity.",
     ),
     input_shape: list[str] = typer.Option(
-        None, "--input-shape", help="[NAME=]D1xD2x...[:DTYPE] per-sample dims; repeat per input."
+        None,
+        "--input-shape",
+        metavar="SHAPE",
+        help="An input's per-sample dims, e.g. 1x8x8, optionally with its name and dtype: "
+        "ids=16:int64. Repeat per input.",
     ),
     atol: float = typer.Option(
         1e-4, parser=params.positive, metavar="FLOAT", help="Validation tolerance vs PyTorch."
     ),
     opset: int = typer.Option(
-        None, min=7, max=21, help="ONNX opset (default 17, capped by the target)."
+        None, min=7, max=21, metavar="N", help="ONNX opset (default 17, capped by the target)."
     ),
     target: str = typer.Option(
         None, "--target", "-t", parser=params.target, help="Target name or .toml profile."
     ),
     calib_data: Path = typer.Option(
-        None, "--calib-data", help="Data (.npz) to quantize with and check exits on (--target)."
+        None,
+        "--calib-data",
+        "--data",
+        help="Data (.npz) to quantize with and check exits on (--target).",
     ),
     max_quant_drop: float = typer.Option(
         "0.01",
         "--max-quant-drop",
         parser=params.accuracy_drop,
         metavar="DROP",
-        help="Most accuracy an exit may lose to the target's precision: 0.01 or 1pp.",
+        help=f"Most accuracy an exit may lose to the target's precision: {params.DROP_FORMS}.",
     ),
     bodies: bool = typer.Option(
         True,
@@ -77,10 +92,10 @@ def export_cmd(
         None,
         "--factory",
         parser=params.factory,
-        metavar="MODULE:FUNCTION",
-        help="Build a factory checkpoint's model with this model class or @checkpointable "
-        "function (imported), instead of the one the file names, which edgeexit imports "
-        "only if it is edgeexit's own or already imported.",
+        metavar="MOD:FN",
+        help="Build a factory checkpoint's model with this module:function (a model class "
+        "or @checkpointable function, imported) instead of the one the file names, which "
+        "edgeexit imports only if it is edgeexit's own or already imported.",
     ),
     trust: bool = typer.Option(
         False, "--trust-pickle", help="Load a pickled nn.Module (runs code from the file)."

@@ -6,16 +6,20 @@ import math
 from pathlib import Path
 
 import typer
+from rich import box
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
 from edgeexit.cli.core import command, fail
+from edgeexit.energy import choose_meter
 from edgeexit.files import dumps_json
 from edgeexit.generation.caches import bytes_in_words
 from edgeexit.inspection import BundleInfo, DecoderInfo, describe_bundle
+from edgeexit.targets import load_target
 
 TOP_OPS = 4  # operators named per segment in the table; --json has them all
+OPERATORS = "top operators"  # the table's one column that wraps
 
 
 @command("inspect")
@@ -36,6 +40,9 @@ def inspect_cmd(
     A decoder bundle (a language model) shows its sizes, its graphs, the memory its caches
     and buffers take against what this machine has available, and its generation settings.
 
+    The last line says what energy figures `edgeexit run` would give here, and why no
+    sensor was read if none was.
+
     Examples:
 
         edgeexit inspect bundle/
@@ -45,12 +52,12 @@ def inspect_cmd(
         edgeexit inspect bundle/ --memory
     """
     info = describe_bundle(bundle, memory=memory)
+    energy = choose_meter(load_target(None))[1]  # what `run` here would report
     if as_json:
-        typer.echo(dumps_json(info.to_json()))
-    elif isinstance(info, DecoderInfo):
-        _render_decoder(info)
+        typer.echo(dumps_json({**info.to_json(), "energy_here": energy.to_json()}))
     else:
-        _render(info)
+        (_render_decoder if isinstance(info, DecoderInfo) else _render)(info)
+        Console().print(escape(f"energy here: {energy.describe()}"))
     if not info.intact:
         raise fail(f"integrity check failed: {info.integrity}")
 
@@ -78,13 +85,11 @@ def _render(info: BundleInfo) -> None:
         f"opset {doc['opset']} ({doc['exporter']}, edgeexit {doc['edgeexit_version']})"
     )
     console.print(f"inputs: {escape(inputs)}")
-    table = Table(title="Segments (backbone block + exit head)")
-    columns = ["segment", "file", "KiB", "nodes", "top operators", "carry", "threshold"]
+    columns = ["#", "file", "KiB", "nodes", OPERATORS, "carry", "threshold"]
     measured = any(s.resident_mb is not None for s in info.segments)
     bodies = any(s.body_bytes is not None for s in info.segments)
-    columns += (["body KiB"] if bodies else []) + (["resident MB"] if measured else [])
-    for col in columns:
-        table.add_column(col, justify="left" if col in ("file", "top operators") else "right")
+    columns += (["body\nKiB"] if bodies else []) + (["RSS\nMB"] if measured else [])
+    table = _table("Segments (backbone block + exit head)", columns)
     for s in info.segments:
         top = ", ".join(f"{op} {n}" for op, n in list(s.ops.items())[:TOP_OPS])
         last = s.index == len(info.segments) - 1
@@ -122,13 +127,27 @@ def _render(info: BundleInfo) -> None:
                 "first graph run while every exit before them is never")  # fmt: skip
         table.caption = f"{table.caption}; {note}" if table.caption else note
     if measured:
-        note = "resident: RSS growth as each segment's session opens after the ones before"
+        note = "RSS: resident memory each segment's session adds, opened after the ones before"
         table.caption = f"{table.caption}; {note}" if table.caption else note
+    # the notes run the console's width below the table, not its own (a narrow one)
+    notes, table.caption = table.caption, None
     console.print(table)
+    if notes:
+        console.print(escape(notes))
     console.print(escape(_calibration_line(doc["calibration"])))
     colour = "green" if info.intact else "red"
     check = "every file matches its sha256" if info.intact else escape(info.integrity)
     console.print(f"integrity: [{colour}]{check}[/{colour}]")
+
+
+def _table(title: str, columns: list[str]) -> Table:
+    """A table that fits 80 columns: no vertical rules, and every column but the operators
+    kept whole (rich narrows all of a table's columns alike: 'segment_…', 'thresho…')."""
+    table = Table(title=title, box=box.SIMPLE_HEAD, show_edge=False, collapse_padding=True)
+    for col in columns:
+        left = col in ("file", OPERATORS)
+        table.add_column(col, justify="left" if left else "right", no_wrap=col != OPERATORS)
+    return table
 
 
 def _calibration_line(cal: dict | None) -> str:

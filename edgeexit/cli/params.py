@@ -58,22 +58,23 @@ def energy_mj(text: str) -> float:
         raise typer.BadParameter(str(err)) from err
 
 
+# How an accuracy drop may be written, for help texts and errors alike.
+DROP_FORMS = "a fraction in [0, 1) such as 0.01, or points such as 1pp or 1%"
+
+
 def accuracy_drop(text: str) -> float:
-    """An accuracy drop, as a fraction: '0.01' or '1pp' (percentage points), the same unit
-    for every command that takes one. A bare number must be a fraction below 1, so an old
-    '--max-quant-drop 1' (points) is refused rather than read as 100 %."""
+    """An accuracy drop, as a fraction: '0.01', '1pp' or '1%' (percentage points), the
+    same unit for every command that takes one. A bare number must be a fraction below 1,
+    so an old '--max-quant-drop 1' (points) is refused rather than read as 100 %."""
     stripped = str(text).strip()
-    if stripped.lower().endswith("pp"):
-        value = _number(stripped[:-2].strip()) / 100
-        if not 0 <= value < 1:
-            raise typer.BadParameter(f"{text} is not in [0pp, 100pp)")
-        return value
-    value = _number(stripped)
+    unit = next((u for u in ("pp", "%") if stripped.lower().endswith(u)), None)
+    try:
+        value = _number(stripped[: -len(unit)].strip() if unit else stripped)
+    except typer.BadParameter as err:  # not a number, or not a finite one
+        raise typer.BadParameter(f"{err.message}; expected {DROP_FORMS}") from None
+    value = value / 100 if unit else value
     if not 0 <= value < 1:
-        raise typer.BadParameter(
-            f"{text} is not an accuracy drop: expected a fraction in [0, 1) such as 0.01, "
-            "or points such as 1pp"
-        )
+        raise typer.BadParameter(f"{text} is not an accuracy drop: expected {DROP_FORMS}")
     return value
 
 

@@ -6,13 +6,16 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from edgeexit.bundle import read_manifest
 from edgeexit.cli import params
 from edgeexit.cli.core import command, stage_progress
 from edgeexit.data import load_data
+from edgeexit.energy import choose_meter
 from edgeexit.files import check_output, dumps_json
 from edgeexit.measure.profiling import profile_bundle
+from edgeexit.targets import load_target
 from edgeexit.targets.emulation import emulation_warning
 
 
@@ -70,5 +73,7 @@ def profile_cmd(
         typer.echo(dumps_json(profile.to_json()))
         return
     Console().print(profile)
+    if not profile.energy_measured:  # why, sensor by sensor (the notice said only 'none')
+        Console().print(escape(f"energy: {choose_meter(load_target(target))[1].describe()}"))
     if out is not None:
         Console().print(f"[green]wrote[/green] {out}")

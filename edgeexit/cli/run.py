@@ -1,4 +1,4 @@
-"""`edgeexit run BUNDLE --input X`: run a bundle on the device with per-sample early exit."""
+"""`edgeexit run BUNDLE --data X`: run a bundle on the device with per-sample early exit."""
 
 from __future__ import annotations
 
@@ -25,9 +25,9 @@ def run_cmd(
     ),
     input_path: Path = typer.Option(
         ...,
+        "--data",
         "--input",
         "-i",
-        "--data",
         help="A .npy array, or a .npz with 'x' (or one array per input) and optional labels y.",
     ),
     target: str = typer.Option(
@@ -64,15 +64,15 @@ def run_cmd(
 
     Examples:
 
-        edgeexit run bundle/ --input digits.npz
+        edgeexit run bundle/ --data digits.npz
 
-        edgeexit run bundle/ --input x.npy --target rpi5 --threads 4 --json
+        edgeexit run bundle/ --data x.npy --target rpi5 --threads 4 --json
 
-        edgeexit run bundle/ --input x.npy --warmup 0      # the cold first call
+        edgeexit run bundle/ --data x.npy --warmup 0      # the cold first call
 
-        edgeexit run bundle/ --input x.npy --max-exit 1    # segments after exit 1 stay on disk
+        edgeexit run bundle/ --data x.npy --max-exit 1    # segments after exit 1 stay on disk
 
-        edgeexit run denoise/ --input noisy.npy --save-outputs clean.npy   # image exits
+        edgeexit run denoise/ --data noisy.npy --save-outputs clean.npy   # image exits
     """
     saved = None  # refused now, not after the run; created then, never replaced
     if save_outputs is not None:

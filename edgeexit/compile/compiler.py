@@ -95,23 +95,30 @@ def compile_bundle(
 
     ``calib``: calibration data for int8 and the accuracy check, a ``.npz`` path (``x`` or
     one array per input, optional labels ``y``) or a loaded ``edgeexit.data.Dataset``.
-    ``dst_dir`` must be new, empty or a bundle, and not ``src_dir`` (files.check_output).
+    ``dst_dir`` must be new, empty or a bundle, and neither ``src_dir`` nor the calibration
+    data file, nor a folder holding either (files.check_output).
     """
-    check_bundle_output(dst_dir, inputs=(src_dir,))
+    sources = (src_dir,) if calib is None or isinstance(calib, Dataset) else (src_dir, calib)
+    check_bundle_output(dst_dir, inputs=sources)
+    name = "calibration data" if calib is None or isinstance(calib, Dataset) else str(calib)
     if calib is not None and not isinstance(calib, Dataset):
         calib = load_calibration(calib, read_manifest(src_dir))
-    compiled = _compile(src_dir, target, calib, options)
-    with atomic_bundle_dir(dst_dir, inputs=(src_dir,)) as tmp:
+    compiled = _compile(src_dir, target, calib, options, calib_name=name)
+    with atomic_bundle_dir(dst_dir, inputs=sources) as tmp:
         _write_into(tmp, compiled, ort_format=options.ort_format)
     return compiled.report
 
 
 def compile_in_place(
-    bundle_dir: Path, target: Target | str, calib: Dataset | None, options: CompileOptions
+    bundle_dir: Path,
+    target: Target | str,
+    calib: Dataset | None,
+    options: CompileOptions,
+    calib_name: str = "calibration data",
 ) -> CompileReport:
     """Compile the fp32 bundle in ``bundle_dir`` into itself: for export, inside the
     temporary folder it has just validated (which replaces the output only once done)."""
-    compiled = _compile(bundle_dir, target, calib, options)
+    compiled = _compile(bundle_dir, target, calib, options, calib_name=calib_name)
     for seg in compiled.manifest.segments:
         (bundle_dir / seg.file).unlink()
         for graph in seg.other_graphs:  # written again, compiled, where it still matches
@@ -121,7 +128,12 @@ def compile_in_place(
 
 
 def _compile(
-    src_dir: str | os.PathLike, target: Target | str, calib: Dataset | None, options: CompileOptions
+    src_dir: str | os.PathLike,
+    target: Target | str,
+    calib: Dataset | None,
+    options: CompileOptions,
+    *,
+    calib_name: str = "calibration data",  # how errors name the data: its file, if any
 ) -> _Compiled:
     import onnx
 
@@ -149,7 +161,7 @@ def _compile(
         calib = calib.take(slice(0, options.calib_samples))
         num_classes = manifest.extra.get("num_classes")
         if isinstance(num_classes, int):
-            calib.check_labels(num_classes)
+            calib.check_labels(num_classes, calib_name)
     tensors = manifest.output == "tensor"
     # refused before converting (an int8 quantization of every segment), not after
     if tensors and target.precision != "fp32" and (calib is None or calib.labels is None):
@@ -454,4 +466,5 @@ def compile_exported(
     place (inside export's own temporary directory), loading the calibration data file."""
     calib = load_calibration(calib_data, read_manifest(bundle_dir)) if calib_data else None
     options = CompileOptions(max_quant_drop=max_quant_drop)
-    return compile_in_place(Path(bundle_dir), target, calib, options)
+    name = str(calib_data) if calib_data else "calibration data"
+    return compile_in_place(Path(bundle_dir), target, calib, options, name)

@@ -9,17 +9,18 @@ fixed order, the first that answers wins:
 4. ``rpi5-pmic`` Raspberry Pi 5 PMIC (``vcgencmd pmic_read_adc``)
 
 Each probe's answer is cached for the process. When no sensor answers, the target's power
-model is used (``modeled``) and ONE warning says why; with no power model, ``NoMeter``
-reports no figure at all, never a zero.
+model is used (``modeled``) and ONE short warning says so, each sensor's reason attached
+(``choice.MeterChoice``); with no power model, ``NoMeter`` reports no figure at all, never
+a zero.
 """
 
 from __future__ import annotations
 
 import functools
-import logging
 import os
 from collections.abc import Callable, Mapping
 
+from edgeexit.energy.choice import MeterChoice, announce
 from edgeexit.energy.common import (
     EnergyMeter,
     EnergyReading,
@@ -45,6 +46,9 @@ __all__ = [
     "modeled_energy_mj",
     "ModeledMeter",
     "NoMeter",
+    "MeterChoice",
+    "announce",
+    "choose_meter",
     "get_meter",
 ]
 
@@ -58,7 +62,6 @@ SENSORS: dict[str, Callable[[], EnergyMeter]] = {
     "rpi5-pmic": RpiPmicMeter,
 }
 ENV_OVERRIDE = "EDGEEXIT_ENERGY_METER"
-log = logging.getLogger("edgeexit.energy")
 
 
 def get_meter(
@@ -68,34 +71,50 @@ def get_meter(
 ) -> EnergyMeter:
     """The meter for ``target``: a readable sensor if one exists, else its power model.
 
+    When no sensor answers, ONE warning per process says what the figures will be instead
+    (``MeterChoice.notice``: 'energy: modeled from rpi5's power model (7 W); no sensor
+    found'), each sensor's reason travelling with it (``record.details``).
+
     ``backends`` replaces the real sensor factories (tests use fakes); its probes are not
     cached. The environment variable ``EDGEEXIT_ENERGY_METER`` (``modeled``, ``none`` or a
     sensor name) overrides the target's choice for the real sensors: a shared machine whose
     sensor measures other tenants too, or a test run that must not depend on the host.
     """
-    choice = target.energy_meter if target is not None else "auto"
-    probes = choice not in ("none", "modeled")  # a target that never probes stays as it is
+    meter, choice = choose_meter(target, backends=backends)
+    announce(choice.notice, choice.details)
+    return meter
+
+
+def choose_meter(
+    target: Target | None = None,
+    *,
+    backends: Mapping[str, Callable[[], EnergyMeter]] | None = None,
+) -> tuple[EnergyMeter, MeterChoice]:
+    """``get_meter``'s meter and why it was chosen, without the warning (for a report
+    that shows it, such as ``inspect``)."""
+    wanted = target.energy_meter if target is not None else "auto"
+    probes = wanted not in ("none", "modeled")  # a target that never probes stays as it is
     if probes and backends is None and (forced := os.environ.get(ENV_OVERRIDE)):
         if forced not in (*PROBE_ORDER, "auto", "modeled", "none"):
             raise EnergyMeterError(
                 f"{ENV_OVERRIDE}={forced!r}; expected auto, modeled, none or one of "
                 f"{', '.join(PROBE_ORDER)}"
             )
-        choice = forced
-    if choice == "none":
-        return NoMeter()
-    if choice != "modeled":
-        names = PROBE_ORDER if choice == "auto" else (choice,)
-        reasons = []
-        for name in names:
-            meter, reason = _open(name, target, backends)
+        wanted = forced
+    name = None if target is None else target.name
+    if wanted == "none":
+        return NoMeter(), MeterChoice(name, NONE)
+    unavailable: list[tuple[str, str]] = []
+    if wanted != "modeled":
+        for sensor in PROBE_ORDER if wanted == "auto" else (wanted,):
+            meter, reason = _open(sensor, target, backends)
             if meter is not None:
-                return meter
-            reasons.append(f"{name}: {reason}")
-        _warn_once(_fallback_message(target, reasons))
+                return meter, MeterChoice(name, meter.provenance)
+            unavailable.append((sensor, reason))
     if target is not None and target.active_power_w > 0:
-        return ModeledMeter(target.active_power_w)
-    return NoMeter()
+        power_w = target.active_power_w
+        return ModeledMeter(power_w), MeterChoice(name, MODELED, power_w, tuple(unavailable))
+    return NoMeter(), MeterChoice(name, NONE, None, tuple(unavailable))
 
 
 def _open(
@@ -146,19 +165,3 @@ def _gpu_indices(target: Target | None) -> tuple[int, ...]:
         if provider == "CUDAExecutionProvider":
             return (int(options.get("device_id", 0)),)
     return (0,)
-
-
-def _fallback_message(target: Target | None, reasons: list[str]) -> str:
-    if target is not None and target.active_power_w > 0:
-        instead = (
-            f"energy is modeled from {target.name}'s power model "
-            f"({target.active_power_w:g} W active), not measured"
-        )
-    else:
-        instead = "no energy figures will be reported"
-    return f"no energy sensor readable ({'; '.join(reasons)}); {instead}"
-
-
-@functools.cache
-def _warn_once(message: str) -> None:
-    log.warning(message)

@@ -60,6 +60,12 @@ MODELED = EnergySource("modeled")
 NONE = EnergySource("none")
 
 
+def modeled_from(target: str, power_w: float) -> str:
+    """How a modeled figure says where it comes from: the target whose power model gave it
+    ('modeled from rpi5's power model (7 W)'), the one that was used, never another."""
+    return f"modeled from {target}'s power model ({power_w:g} W)"
+
+
 def modeled_energy_mj(power_w, latency_ms):
     """Energy modeled from a constant power: W x ms = mJ. Works on floats and arrays."""
     return power_w * latency_ms

@@ -26,7 +26,7 @@ from edgeexit.bundle import (
     round_threshold,
 )
 from edgeexit.criteria import CRITERIA
-from edgeexit.energy import get_meter
+from edgeexit.energy import EnergyMeter, get_meter
 from edgeexit.errors import BundleError, InputError
 from edgeexit.runtime.chain import Chain, all_infinite
 from edgeexit.runtime.inputs import Inputs, all_finite, check_inputs, refuse_nonfinite
@@ -58,9 +58,12 @@ class Runtime:
             bundle has one; False runs every head (what calibration times, so that the
             head of each exit it may disable is known; docs/runtime.md).
         thresholds: load as if the manifest held these (one per exit up to the cap; inf:
-            never), the
-            chain planned for them; e.g. every one inf for the full model as deployed
-            (one graph where the bundle has its plain graph), as profile and bench time it.
+            never), the chain planned for them; e.g. every one inf for the full model as
+            deployed (one graph where the bundle has its plain graph), as profile and
+            bench time it.
+        meter: the energy meter the results' energy comes from, instead of the target's
+            (``get_meter``, which probes the sensors and warns once when none answers):
+            e.g. ``NoMeter()`` where the caller's energy figures come from elsewhere.
 
     Raises BundleError (unreadable/other-format manifest, missing or modified segment,
     a segment ONNX Runtime cannot load) and TargetError (unknown target or provider).
@@ -89,6 +92,7 @@ class Runtime:
         max_exit: int | None = None,
         bodies: bool = True,
         thresholds: Sequence[float] | None = None,
+        meter: EnergyMeter | None = None,
     ) -> None:
         self.target = load_target(target)
         config = resolve_config(self.target, providers, threads)
@@ -163,7 +167,7 @@ class Runtime:
         # segment: the segments inside it but the last get NaN (Result.segment_ms).
         self._stamps_before = [math.nan] * (n - len(sessions))
         self.bundle_dir, self.config = Path(bundle_dir), config
-        meter = get_meter(self.target)
+        meter = get_meter(self.target) if meter is None else meter
         # A sensor gets a real window around each call; a power model (or no meter) has
         # nothing to read, so its energy is computed from the call's measured latency.
         self._meter = meter
