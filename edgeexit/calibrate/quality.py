@@ -8,10 +8,12 @@ budget is a drop in the mean: ``--max-quality-drop 0.5dB`` (mean PSNR at most 0.
 below running every sample to the last exit) or ``0.001mse`` (mean squared error at most
 0.001 above it).
 
-Learn-then-Test's exact binomial bound needs 0/1 losses, which a PSNR is not, so the
-verdict here is a held-out split instead: the thresholds are searched on one half of the
-data (seeded), and the budget is checked on the other half, which the search never saw:
-met or missed, with its margin. That is an estimate on new data, not a guarantee.
+A certificate on a mean needs each sample's figure bounded, and a PSNR has no floor (an
+MSE no ceiling), so no distribution-free bound holds without a range the data cannot
+promise. The verdict here is a held-out split instead: the thresholds are searched on one
+half of the data (seeded), and the budget is checked on the other half, which the search
+never saw: met or missed, with its margin. That is an estimate on new data, not a
+guarantee.
 """
 
 from __future__ import annotations
