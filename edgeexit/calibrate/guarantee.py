@@ -36,7 +36,7 @@ from statistics import NormalDist
 import numpy as np
 
 from edgeexit.budget import Budget
-from edgeexit.calibrate.caps import caps_certified, describe_caps, has_caps
+from edgeexit.calibrate.caps import cap_p_value, caps_certified, describe_caps, has_caps
 from edgeexit.calibrate.costs import ExitCosts
 from edgeexit.calibrate.paired import drop_test
 from edgeexit.calibrate.path import SharedPath, shared_path
@@ -244,8 +244,6 @@ def _p_value(
     path: SharedPath, k: int, target: tuple[float, str] | None, budget: Budget, costs: ExitCosts
 ) -> float:
     """The p-value of point k's risk test (0 where it is certain), or of its caps."""
-    from edgeexit.calibrate.caps import cap_p_value
-
     parts = []
     if target is not None:
         risk, metric = target
