@@ -219,6 +219,7 @@ FLAGS = {
     "max_quant_drop": "--max-quant-drop",
     "max_new_tokens": "--max-new-tokens",
     "min_agreement": "--min-agreement",
+    "draft_stop": "--draft-stop",
     "max_exit": "--max-exit",
     "max_prefix": "--max-prefix",
     "max_memory_mb": "--target-memory",
