@@ -359,9 +359,7 @@ def main() -> None:
     parser.add_argument("--widths", default="16,48", help="digits_resnet widths, comma-separated")
     parser.add_argument("--rounds", type=int, default=15, help="passes over the test split")
     parser.add_argument("--epochs", type=int, default=None, help="default: per width")
-    parser.add_argument(
-        "--quick", action="store_true", help="w=16, 1 round, 2 epochs: a smoke run"
-    )
+    parser.add_argument("--quick", action="store_true", help="w=16, 1 round, 2 epochs: a smoke run")
     parser.add_argument(
         "--out", type=Path, default=None, help=f"write the figures here (recorded: {RESULTS})"
     )

@@ -183,6 +183,16 @@ class SegmentSpec:
         return doc
 
 
+def threshold_json(threshold: float) -> float | None:
+    """A threshold as JSON holds it: "never" (+inf) is null, in every document edgeexit
+    writes (manifests, reports, --json), since JSON has no infinity."""
+    return None if math.isinf(threshold) else float(threshold)
+
+
+def thresholds_json(thresholds) -> list[float | None]:
+    return [threshold_json(t) for t in thresholds]
+
+
 @dataclass(frozen=True)
 class Manifest:
     """The parsed ``manifest.json``.
@@ -242,7 +252,7 @@ class Manifest:
             "segments": [s.to_json() for s in self.segments],
             "criterion": self.criterion,
             "criterion_params": dict(self.criterion_params),
-            "thresholds": [None if math.isinf(t) else t for t in self.thresholds],
+            "thresholds": thresholds_json(self.thresholds),
         }
         if self.output != "logits":
             doc["output"] = self.output

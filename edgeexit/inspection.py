@@ -11,7 +11,6 @@ integrity check: the check is one of the things it reports.
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -25,6 +24,7 @@ from edgeexit.bundle import (
     load_graphs,
     load_segments,
     read_manifest_document,
+    threshold_json,
 )
 from edgeexit.errors import BundleError
 from edgeexit.generation.caches import Memory, memory_needed
@@ -56,7 +56,7 @@ class SegmentInfo:
             "nodes": sum(self.ops.values()),
             "ops": self.ops,
             "carry": list(self.carry),
-            "threshold": None if math.isinf(self.threshold) else self.threshold,
+            "threshold": threshold_json(self.threshold),
             "resident_mb": self.resident_mb,
             "body_bytes": self.body_bytes,
             "plain_bytes": self.plain_bytes,

@@ -191,5 +191,6 @@ def test_calibrate_says_when_nothing_early_could_be_certified():
     )
     assert all(t == float("inf") for t in report.thresholds[:-1])
     (warning,) = report.warnings
-    assert "no early exit" in warning and "30 held-back samples" in warning
+    assert "no early exit" in warning and "with 60 calibration samples" in warning
+    assert "would certify early exits giving" in warning
     assert report.to_json()["trust"]["warnings"] == [warning]

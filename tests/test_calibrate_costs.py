@@ -207,15 +207,37 @@ class NoisyRuntime(ForcedExitRuntime):
         return SimpleNamespace(latency_ms=result.latency_ms * (2.0 if slow else 1.0))
 
 
-def test_costs_plan_for_the_uncontended_machine_and_say_how_noisy_they_were():
+def test_costs_plan_with_the_median_round_and_say_how_noisy_they_were():
+    from edgeexit.calibrate.costs import exit_costs
     from edgeexit.measure.profiling import measure_exit_costs
 
     runtime = NoisyRuntime(contended_every=240, contended_for=60)  # slow a quarter of the time
     exits = measure_exit_costs(runtime, [()], rounds=40, calls=8, warmup=0)
-    uncontended = [e.latency_ms.uncontended for e in exits]
-    assert uncontended == pytest.approx(EXIT_MS)  # the slow stretches do not move it
+    robust = [e.latency_ms.robust_mean for e in exits]
+    assert robust == pytest.approx(EXIT_MS)  # slow stretches under half the rounds: unmoved
     assert all(e.latency_ms.robust_mean >= e.latency_ms.uncontended for e in exits)
     assert all(e.latency_ms.spread >= 0 for e in exits)
+    costs = exit_costs(exits, batch_size=1, energy=NONE, power_w=0.0, source="here")
+    assert list(costs.latency_ms) == pytest.approx(robust)
+
+
+def test_the_full_model_as_deployed_is_timed_with_the_exits_and_is_the_reference():
+    from edgeexit.calibrate.costs import exit_costs
+    from edgeexit.measure.profiling import measure_exit_costs
+
+    class PlainGraph(ForcedExitRuntime):  # every early exit disabled: one call, cheaper
+        def run(self, inputs, *, thresholds):
+            assert thresholds is None  # the deployed thresholds: all "never"
+            self.calls.append("full")
+            return SimpleNamespace(latency_ms=0.8 * EXIT_MS[-1])
+
+    runtime, plain = ForcedExitRuntime(), PlainGraph()
+    timed = measure_exit_costs(runtime, [()], rounds=4, calls=3, warmup=0, full=plain)
+    assert len(timed) == 4 and timed[-1].index == 3 and len(plain.calls) == 4 * 3
+    costs = exit_costs(timed[:3], batch_size=1, energy=NONE, power_w=10.0, source="here",
+                       full=timed[3])  # fmt: skip
+    assert costs.full_ms == pytest.approx(0.8 * EXIT_MS[-1])
+    assert costs.per_exit_latency(np.zeros((1, 3)))[0, -1] == pytest.approx(EXIT_MS[-1])
 
 
 def test_rounds_are_added_while_the_costs_scatter_and_stop_once_they_settle():
@@ -265,4 +287,5 @@ def test_noisy_or_clipped_costs_make_the_report_advise_a_profile():
     noisy = ExitCosts.from_measured(ms, ms, None, NONE, "here", noise=0.12)
     assert noisy.clipped == 1
     advice = build_report(table, noisy, Budget(latency_ms=3.0)).too_noisy
-    assert "+-12%" in advice and "1 clipped" in advice and "edgeexit profile" in advice
+    assert "+-12.0%" in advice and "1 exit(s) measured cheaper" in advice
+    assert "edgeexit profile" in advice

@@ -1,8 +1,10 @@
 """Calibration on the noisy-digits bundle: the issue's 'done when' claims, on held-out data.
 
-Timing on a shared machine is noisy, so these tests take segment costs measured once here
-(batch 1, through the runtime) and compare *expected* figures computed from them; the
-benchmark (benchmarks/calibration.py) compares predicted against measured latency.
+No verdict here may depend on this machine's speed, so the tests plan with fixed per-exit
+costs (the CNN's as profiled on an idle 2-core x86 host) and compare *expected* figures
+computed from them; measuring costs is tested with a stand-in runtime
+(tests/test_calibrate_costs.py), and benchmarks/calibration.py compares predicted against
+measured latency.
 """
 
 import numpy as np
@@ -12,13 +14,12 @@ pytest.importorskip("torch")
 from calibrate_digits import build_digits_bundle  # noqa: E402
 
 from edgeexit.bundle import read_manifest  # noqa: E402
-from edgeexit.calibrate import Budget, ExitTable, evaluate, search  # noqa: E402
-from edgeexit.calibrate.pipeline import (  # noqa: E402
-    CalibrateOptions,
-    collect_table,
-    measure_costs,
-)
+from edgeexit.calibrate import Budget, ExitCosts, ExitTable, evaluate, search  # noqa: E402
+from edgeexit.calibrate.pipeline import collect_table  # noqa: E402
 from edgeexit.data import load_data  # noqa: E402
+from edgeexit.energy import NONE  # noqa: E402
+
+EXIT_MS = np.array([0.015, 0.073, 0.092])  # the CNN's exits, as profiled on an idle host
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +33,7 @@ def digits(tmp_path_factory):
     runtime = Runtime(built.bundle)
     specs = read_manifest(built.bundle).inputs
     cal, test = load_data(built.calibration, specs), load_data(built.test, specs)
-    costs = measure_costs(runtime, cal, CalibrateOptions(timing_samples=24))
+    costs = ExitCosts.from_measured(EXIT_MS, 1.2 * EXIT_MS, None, NONE, "fixed")
     return built, costs, collect_table(runtime, cal), collect_table(runtime, test)
 
 
@@ -81,14 +82,15 @@ def test_guarantee_holds_over_random_draws(digits):
     )
     budget = Budget(risk=0.1, confidence=0.8)
     rng = np.random.default_rng(0)
-    trials, violations, speedups = 12, 0, []
-    for trial in range(trials):
+    trials, violations, speedups = 50, 0, []
+    for _ in range(trials):
         draw = rng.integers(0, population.num_samples, population.num_samples // 2)
-        cert = certify(population.take(draw), costs, budget, seed=trial)
+        cert = certify(population.take(draw), costs, budget)
         thresholds = np.array(cert.point.thresholds)
         violations += losses(population, thresholds, "disagreement").mean() > budget.risk
-        speedups.append(costs.latency_ms[-1] / cert.point.mean_latency_ms)
-    assert violations / trials <= 1 - budget.confidence
+        speedups.append(costs.full_ms / cert.point.mean_latency_ms)
+    # At most 20 % in truth: 17 or more of 50 would happen by chance < 3 % of the time.
+    assert violations < 17
     assert np.median(speedups) > 1.2  # certified and still useful
 
 

@@ -83,17 +83,26 @@ def test_guarantee_plot_shows_the_tested_path_against_the_target():
     cert = report.certificate
     ax = drawn(draw_guarantee, report)
     assert "disagreement <= 5 %" in ax.get_title() and "confidence 0.9" in ax.get_title()
-    assert ax.get_ylabel() == "test-half disagreement (%)"
+    assert ax.get_ylabel() == "disagreement on the calibration set (%)"
     assert list(line(ax, "risk target 5 %").get_ydata()) == pytest.approx([5.0, 5.0])
     certified = line(ax, "certified (p <= 0.1)")
-    assert len(certified.get_xdata()) == cert.certified
-    assert list(line(ax, "path").get_ydata()) == pytest.approx(
-        [100 * p.test_risk for p in cert.path]
-    )
+    assert len(certified.get_xdata()) == sum(p.certified for p in cert.path)
+    assert list(line(ax, "path").get_ydata()) == pytest.approx([100 * p.risk for p in cert.path])
     chosen = line(ax, "chosen")
     assert list(chosen.get_xdata()) == pytest.approx([report.chosen.mean_latency_ms])
-    assert list(chosen.get_ydata()) == pytest.approx([100 * cert.test_risk])
-    assert f"{100 * cert.test_risk:.1f} %" in chosen_text(ax)
+    assert list(chosen.get_ydata()) == pytest.approx([100 * cert.empirical_risk])
+    assert f"{100 * cert.empirical_risk:.1f} %" in chosen_text(ax)
+    (note,) = [t.get_text() for t in ax.texts if "path points certified" in t.get_text()]
+    assert f"tested on all {cert.samples} samples" in note
+
+
+def test_a_certified_point_inside_the_fronts_says_why_on_the_plot_and_in_the_report():
+    report = report_for(Budget(max_accuracy_drop=0.02))
+    assert report.off_front is not None  # the front is the calibration set's estimate
+    ax = drawn(draw_front, report)
+    (note,) = [t.get_text() for t in ax.texts if "fronts are" in t.get_text()]
+    assert "fastest that the test accepts" in note
+    assert report.to_json()["note"] == report.off_front
 
 
 def test_guarantee_plot_refuses_a_report_without_certificate():

@@ -29,6 +29,8 @@ def test_the_python_api_example_runs(tmp_path):
                           capture_output=True, text=True, timeout=HANG_S)  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
     assert "met" in done.stdout and "Learn-then-Test" in done.stdout
+    thresholds = done.stdout.splitlines()[0]
+    assert not thresholds.startswith("(inf, inf"), thresholds  # it shows early exits
     assert {"model.pt", "bundle", "cal.npz", "test.npz", "x86.json"} <= {
         p.name for p in tmp_path.iterdir()
     }

@@ -33,7 +33,8 @@ def test_profile_times_every_segment(bundle):
     assert len(profile.segments) == 3
     for s in profile.segments:
         assert 0 < s.latency_ms.min <= s.latency_ms.median <= s.latency_ms.p95
-    assert calls[-1] == (198, 198)  # (3 segments + 3 exits) x (3 warm-up + 30 timed)
+    assert calls[-1] == (231, 231)  # (3 segments + 3 exits + the full model) x (3 + 30)
+    assert profile.full is not None and profile.full.index == 3
     assert [e.index for e in profile.exits] == [0, 1, 2]
     assert all(d <= t for d, t in calls)
     for e in profile.exits:

@@ -65,6 +65,10 @@ class ExitCosts:
     # skipped head then saves its modeled energy too; a sensor's figures are not split
     # between a block and its head, so measured energy gets no credit (conservative).
     power_w: float | None = None
+    # A sample of the full model as deployed, every early exit disabled (the plain graph in
+    # one call where the bundle has one): (mean ms, p95 ms, mJ or None). None where it was
+    # not measured (old profiles): the heads skipped are credited instead.
+    full: tuple[float, float, float | None] | None = None
     # The target whose power model that is (a profile's device, or the target measured
     # here), named wherever the figures are shown; None when the energy is not modeled.
     power_model: str | None = None
@@ -89,6 +93,7 @@ class ExitCosts:
         noise: float = 0.0,
         head_ms: Sequence[float | None] | None = None,
         power_w: float | None = None,
+        full: tuple[float, float, float | None] | None = None,
         power_model: str | None = None,
     ) -> ExitCosts:
         """From per-exit figures as measured. A later exit measured cheaper than an earlier
@@ -105,6 +110,7 @@ class ExitCosts:
             clipped=int(np.sum(np.asarray(latency_ms) < np.maximum.accumulate(latency_ms))),
             head_ms=_heads(head_ms),
             power_w=power_w if energy == MODELED else None,
+            full=full,
             power_model=power_model if energy == MODELED else None,
         )
 
@@ -121,16 +127,19 @@ class ExitCosts:
         return self.energy.label
 
     def to_json(self) -> dict[str, Any]:
-        """The calibration record in the manifest keeps its format: each segment's share
-        (the differences between consecutive exits' costs)."""
+        """The calibration record in the manifest: each exit's cost (what leaving there
+        costs, every head run), each segment's share of it (the differences), and the full
+        model as deployed (every early exit disabled) where it was measured."""
         return {
             "source": self.source,
             "batch_size": self.batch_size,
             "noise": self.noise if math.isfinite(self.noise) else None,
             "clipped": self.clipped,
-            "latency_ms": _diffs(self.latency_ms),
-            "p95_latency_ms": _diffs(self.p95_latency_ms),
-            "energy_mj": None if self.energy_mj is None else _diffs(self.energy_mj),
+            "exit_latency_ms": list(self.latency_ms),
+            "exit_p95_latency_ms": list(self.p95_latency_ms),
+            "exit_energy_mj": None if self.energy_mj is None else list(self.energy_mj),
+            "segment_share_ms": _diffs(self.latency_ms),
+            "full_model_ms": self.full_ms,
             "energy_source": self.energy.label,
             "head_ms": None if self.head_ms is None else list(self.head_ms),
         }
@@ -141,8 +150,21 @@ class ExitCosts:
         (threshold +inf) and the runtime then skips."""
         table = np.asarray(self.p95_latency_ms if p95 else self.latency_ms, dtype=float)
         if self.head_ms is None:
-            return np.broadcast_to(table, thresholds.shape)
-        return table[None, :] - self._skipped_heads_ms(thresholds)
+            costs = np.array(np.broadcast_to(table, thresholds.shape))
+        else:
+            costs = table[None, :] - self._skipped_heads_ms(thresholds)
+        if self.full is not None:  # every early exit disabled: the full model, as measured
+            costs[self._all_disabled(thresholds), -1] = self.full[1 if p95 else 0]
+        return costs
+
+    @property
+    def full_ms(self) -> float:
+        """The full model's cost per sample as deployed (every early exit disabled)."""
+        return float(self.per_exit_latency(np.full((1, self.num_exits), np.inf))[0, -1])
+
+    @staticmethod
+    def _all_disabled(thresholds: np.ndarray) -> np.ndarray:
+        return np.isposinf(thresholds[:, :-1]).all(axis=1)
 
     def per_exit_energy(self, thresholds: np.ndarray) -> np.ndarray | None:
         """[K, E] energy of leaving at each exit under each threshold vector (None without
@@ -152,9 +174,18 @@ class ExitCosts:
             return None
         table = np.asarray(self.energy_mj, dtype=float)
         if self.head_ms is None or self.power_w is None:
-            return np.broadcast_to(table, thresholds.shape)
-        saved = modeled_energy_mj(self.power_w, self._skipped_heads_ms(thresholds))
-        return table[None, :] - saved
+            costs = np.array(np.broadcast_to(table, thresholds.shape))
+        else:
+            costs = table[None, :] - modeled_energy_mj(
+                self.power_w, self._skipped_heads_ms(thresholds)
+            )
+        if self.full is not None:
+            full_mj = self.full[2]
+            if full_mj is None and self.power_w is not None:
+                full_mj = modeled_energy_mj(self.power_w, self.full[0])
+            if full_mj is not None:
+                costs[self._all_disabled(thresholds), -1] = full_mj
+        return costs
 
     def _skipped_heads_ms(self, thresholds: np.ndarray) -> np.ndarray:
         """[K, E] head time skipped before reaching each exit: the heads of the earlier
@@ -194,7 +225,7 @@ def load_profile_costs(
         power_model = profile.target
     if len(ours) < len(theirs):  # leaving at exit i costs the same whatever follows i
         profile = replace(profile, segments=profile.segments[: len(ours)],
-                          exits=profile.exits[: len(ours)])  # fmt: skip
+                          exits=profile.exits[: len(ours)], full=None)  # fmt: skip
     if len(profile.exits) == len(profile.segments):
         return exit_costs(
             profile.exits,
@@ -203,6 +234,7 @@ def load_profile_costs(
             power_w=power_w,
             source=f"profile {path}",
             head_ms=[seg.head_ms for seg in profile.segments],
+            full=profile.full,
             power_model=power_model,
         )
     source = f"profile {path} ({SEGMENT_SUM_NOTE})"
@@ -234,19 +266,22 @@ def exit_costs(
     power_w: float,
     source: str,
     head_ms: Sequence[float | None] | None = None,
+    full: ExitProfile | None = None,
     power_model: str | None = None,
 ) -> ExitCosts:
     """Costs per sample from per-exit call costs (``measure_exit_costs``, a profile's exits).
 
-    Mean latency from each exit's ``uncontended`` figure (20th percentile of the rounds'
-    means: what the machine does when other processes leave it alone, the same from run to
-    run), or ``robust_mean`` for older profiles; p95 from its p95. Energy: measured per call
-    where every exit has a figure, divided by ``batch_size``; else ``power_w`` (the power
-    model of the target named ``power_model``) x latency, labeled modeled; else none.
+    Mean latency from each exit's ``robust_mean`` (the median over rounds of each round's
+    mean): of the figures a profile holds, the one that predicted deployments as ``bench``
+    measures them (benchmarks/cost_statistic.py: within a few percent on a busy 2-core
+    machine, where the 20th percentile of round means, which assumes an idle machine,
+    was up to 16 % low and moved the speed-ups between profiles); p95 from its p95.
+    ``full``: the full model as deployed (every early exit disabled), where measured.
+    Energy: measured per call where every exit has a figure, divided by ``batch_size``;
+    else ``power_w`` (the power model of the target named ``power_model``) x latency,
+    labeled modeled; else none.
     """
-    # The uncontended figure where the measurement has it (see ExitLatency), else the median
-    # of round means (profiles written before it existed).
-    latency = np.array([e.latency_ms.uncontended or e.latency_ms.robust_mean for e in exits])
+    latency = np.array([e.latency_ms.robust_mean for e in exits])
     p95 = np.array([e.latency_ms.p95 for e in exits])
     measured = [e.energy_mj for e in exits]
     if exits and energy.measured and all(m is not None for m in measured):
@@ -256,9 +291,15 @@ def exit_costs(
     else:
         energy_mj, energy = None, NONE
     noise = max((e.latency_ms.spread for e in exits), default=0.0)
+    full_figures = None
+    if full is not None:
+        full_mj = None
+        if energy.measured and full.energy_mj is not None:
+            full_mj = full.energy_mj / batch_size
+        full_figures = (full.latency_ms.robust_mean, full.latency_ms.p95, full_mj)
     return ExitCosts.from_measured(
         latency, p95, energy_mj, energy, source, batch_size, noise, head_ms=head_ms,
-        power_w=power_w, power_model=power_model,
+        power_w=power_w, power_model=power_model, full=full_figures,
     )  # fmt: skip
 
 

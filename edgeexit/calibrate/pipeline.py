@@ -49,7 +49,8 @@ class CalibrateOptions:
     ``timing_min_seconds``, and more (up to ``timing_max_rounds``, ``timing_max_seconds``)
     until every exit's cost is known within ``timing_spread`` (a 95 % interval, relative),
     so that the same command on the same machine gives the same costs.
-    ``seed``: the guarantee mode's random split. ``plot``: where to save the Pareto front
+    ``seed``: the random split of quality and per-token calibration (a certified budget
+    uses every sample, no split). ``plot``: where to save the Pareto front
     as a PNG (a new path, or a plot edgeexit wrote).
     """
 
@@ -146,26 +147,34 @@ def _check_budget_kind(budget: Budget, tensors: bool, options: CalibrateOptions)
 
 
 def measure_costs(
-    runtime, dataset: Dataset, options: CalibrateOptions, *, progress: Progress | None = None
+    runtime,
+    dataset: Dataset,
+    options: CalibrateOptions,
+    *,
+    full: Runtime | None = None,
+    progress: Progress | None = None,
 ) -> ExitCosts:
     """Batch-1 cost of leaving at each exit, measured here through ``Runtime.run``.
 
     The same measurement ``edgeexit profile`` records per exit (``measure_exit_costs``):
-    every sample forced out at exit i, the runtime's per-call overhead included, exits
-    interleaved round by round; the costs are each exit's uncontended figure (the 20th
-    percentile of its round means, ``ExitLatency``), with rounds added while they scatter
-    (``CalibrateOptions``).
+    every sample forced out at exit i, the runtime's per-call overhead included, and the
+    full model as deployed (every early exit disabled), interleaved round by round; the
+    costs are each one's median of round means (``exit_costs``), with rounds added while
+    they scatter (``CalibrateOptions``). ``full``: the bundle opened with every early exit
+    disabled (``full_model_runtime``); without it the full model's cost is the last exit's
+    with the skipped heads credited.
     """
     meter = get_meter(runtime.target)  # its own windows over each block: sensors are slow
     rows = np.linspace(0, len(dataset) - 1, min(options.timing_samples, len(dataset)))
     one = [dataset.take(slice(r, r + 1)).inputs for r in rows.astype(int)]
     report = None if progress is None else (lambda done, total: progress("timing", done, total))
-    exits = measure_exit_costs(
-        runtime, one, rounds=options.timing_rounds, calls=options.timing_calls,
+    timed = measure_exit_costs(
+        runtime, one, full=full, rounds=options.timing_rounds, calls=options.timing_calls,
         warmup=WARMUP_CALLS, meter=meter, progress=report, until_spread=options.timing_spread,
         max_rounds=options.timing_max_rounds, max_seconds=options.timing_max_seconds,
         min_seconds=options.timing_min_seconds,
     )  # fmt: skip
+    exits, full_cost = timed[: runtime.num_exits], timed[runtime.num_exits :]
     heads = None
     if not runtime.bodies_in_use:  # every head ran: what skipping each one saves
         heads = measure_head_costs(runtime, segment_inputs(runtime, one[0]))
@@ -177,7 +186,15 @@ def measure_costs(
         power_model=runtime.target.name,
         source="measured here (batch 1)",
         head_ms=heads,
+        full=full_cost[0] if full_cost else None,
     )
+
+
+def full_model_runtime(runtime: Runtime) -> Runtime:
+    """The same bundle, target and depth opened with every early exit disabled: the full
+    model as it deploys (its plain graph, one call, where the bundle has one)."""
+    return Runtime(runtime.bundle_dir, target=runtime.target, max_exit=runtime.num_exits - 1,
+                   thresholds=(math.inf,) * runtime.num_exits)  # fmt: skip
 
 
 def calibrate_bundle(
@@ -233,7 +250,8 @@ def calibrate_bundle(
                 power_model=runtime.target.name,
             )  # fmt: skip
         else:
-            costs = measure_costs(runtime, dataset, options, progress=progress)
+            full = full_model_runtime(runtime)
+            costs = measure_costs(runtime, dataset, options, full=full, progress=progress)
         if tokens:
             report = replace(calibrate_tokens(runtime, dataset, budget, seed=options.seed),
                              depth_cap=capped)  # fmt: skip

@@ -8,10 +8,12 @@ budget is a drop in the mean: ``--max-quality-drop 0.5dB`` (mean PSNR at most 0.
 below running every sample to the last exit) or ``0.001mse`` (mean squared error at most
 0.001 above it).
 
-Learn-then-Test's exact binomial bound needs 0/1 losses, which a PSNR is not, so the
-verdict here is a held-out split instead: the thresholds are searched on one half of the
-data (seeded), and the budget is checked on the other half, which the search never saw:
-met or missed, with its margin. That is an estimate on new data, not a guarantee.
+A certificate on a mean needs each sample's figure bounded, and a PSNR has no floor (an
+MSE no ceiling), so no distribution-free bound holds without a range the data cannot
+promise. The verdict here is a held-out split instead: the thresholds are searched on one
+half of the data (seeded), and the budget is checked on the other half, which the search
+never saw: met or missed, with its margin. That is an estimate on new data, not a
+guarantee.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from rich.console import Console, ConsoleOptions, RenderResult
 from rich.table import Table
 
 from edgeexit.budget import Budget
+from edgeexit.bundle import thresholds_json
 from edgeexit.calibrate.costs import ExitCosts
 from edgeexit.calibrate.search import ExitTable, OperatingPoint, checked_scores, evaluate, search
 from edgeexit.errors import CalibrationError
@@ -102,7 +105,7 @@ class QualityReport:
             "budget": self.budget.to_json(),
             "metric": self.metric,
             "against": "targets" if self.targets else "last exit",
-            "thresholds": [None if math.isinf(t) else t for t in self.thresholds],
+            "thresholds": thresholds_json(self.thresholds),
             "search": {
                 "samples": self.search_samples,
                 "final_quality": self._shown(self.final_quality),

@@ -25,6 +25,7 @@ from edgeexit.calibrate.search import OperatingPoint
 from edgeexit.errors import CalibrationError
 
 NOISY = 0.05  # cost noise above which the report advises profiling an idle device
+ROWS_SHOWN = 10  # path points in guarantee mode's table
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,35 @@ class CalibrationReport:
         return tuple(i for i, t in enumerate(self.thresholds) if i == last or math.isfinite(t))
 
     @property
+    def off_front(self) -> str | None:
+        """Why the certified choice sits inside the fronts, in words (None: it does not)."""
+        if self.certificate is None or not self.front:
+            return None
+        c = self.chosen
+        beaten = any(
+            p.accuracy >= c.accuracy and p.mean_latency_ms < c.mean_latency_ms * (1 - 1e-9)
+            for p in self.front
+        )
+        if not beaten:
+            return None
+        return (
+            "the fronts are the calibration set's estimate; the certified point is the "
+            "fastest that the test accepts along one shared threshold, so it sits inside them"
+        )
+
+    @property
+    def exits_line(self) -> str:
+        """Which exits samples may take, counted as exits, e.g. 'exits kept: 2 of 3 (0 and
+        2); disabled: 1 (threshold never: ...)'."""
+        kept, total = self.kept_exits, len(self.thresholds)
+        disabled = [i for i in range(total) if i not in kept]
+        return (
+            f"exits kept: {len(kept)} of {total} ({_listed(kept)}); disabled: "
+            f"{_listed(disabled)} (threshold never: where the bundle has bodies, their heads "
+            "do not run)"
+        )
+
+    @property
     def accuracy_name(self) -> str:
         return "accuracy" if self.labeled else "agreement with final exit"
 
@@ -81,6 +111,8 @@ class CalibrationReport:
             doc["uncertified_estimate"] = self.estimate.to_json()
         if self.depth_cap is not None:
             doc["depth_cap"] = self.depth_cap
+        if self.off_front is not None:
+            doc["note"] = self.off_front
         doc["trust"] = {"guaranteed": self.guaranteed, "estimated": self.estimated,
                         "warnings": list(self.warnings)}  # fmt: skip
         return doc
@@ -100,8 +132,8 @@ class CalibrationReport:
             parts.append(f"{c.caps} (where samples leave; the costs as measured)")
         return (
             f"{', '.join(parts)} on new data from the calibration data's distribution, with "
-            f"confidence {c.confidence:g} (Learn-then-Test, {c.procedure}, on "
-            f"{c.test_samples} held-back samples)"
+            f"confidence {c.confidence:g} (Learn-then-Test, {c.procedure} along one shared "
+            f"threshold, on all {c.samples} calibration samples)"
         )
 
     @property
@@ -110,13 +142,16 @@ class CalibrationReport:
         said = [self.too_noisy] if self.too_noisy else []
         if all(math.isinf(t) for t in self.thresholds[:-1]):
             c = self.certificate
-            held_back = f" with {c.test_samples} held-back samples" if c else ""
-            said.append(
-                f"no early exit: nothing faster than the full model could be certified for "
-                f"{self.budget.describe()}{held_back}, so every sample goes to the final "
-                "exit. More calibration data (the test uses half of it), a looser budget or "
-                "a lower `confidence` would allow early exits"
-            )
+            if c is None:
+                reason = f"no early exit meets {self.budget.describe()}"
+            else:
+                reason = c.needed or (
+                    f"nothing faster than the full model could be certified for "
+                    f"{self.budget.describe()} with {c.samples} calibration samples; more "
+                    "calibration data, a looser budget or a lower `confidence` would allow "
+                    "early exits"
+                )
+            said.append(f"no early exit, every sample goes to the final exit: {reason}")
         return tuple(said)
 
     @property
@@ -125,10 +160,16 @@ class CalibrationReport:
         c = self.costs
         if c.noise <= NOISY and not c.clipped:
             return None
-        noise = "unknown" if not math.isfinite(c.noise) else f"+-{c.noise:.0%}"
+        how = []
+        if not math.isfinite(c.noise):
+            how.append("their noise unknown")
+        elif c.noise > NOISY:
+            how.append(f"known only within +-{c.noise:.1%}")
+        if c.clipped:
+            how.append(f"{c.clipped} exit(s) measured cheaper than an earlier one")
         return (
-            f"the exit costs were noisy ({noise}, {c.clipped} clipped): candidates closer "
-            "than that cannot be told apart, and another run may choose differently. Run "
+            f"the exit costs were noisy ({'; '.join(how)}): candidates closer than that "
+            "cannot be told apart, and another run may choose differently. Run "
             "`edgeexit profile` on an idle device and calibrate with its `profile`"
         )
 
@@ -148,14 +189,12 @@ class CalibrationReport:
             yield self._front_table()
         if self.budget.guarantee:
             yield self._path_table()
-        disabled = len(self.thresholds) - len(self.kept_exits)
-        if disabled:
-            yield (
-                f"exits kept: {', '.join(map(str, self.kept_exits))}; {disabled} disabled "
-                "(threshold never: where the bundle has bodies, their heads do not run)"
-            )
+        if len(self.kept_exits) < len(self.thresholds):
+            yield self.exits_line
         if self.depth_cap:
             yield f"depth cap: {self.depth_cap}"
+        if self.off_front:
+            yield f"note: {self.off_front}"
         if self.guaranteed:
             yield f"[green]guaranteed:[/green] {self.guaranteed}"
         yield f"[yellow]estimated:[/yellow] {self.estimated}"
@@ -179,8 +218,8 @@ class CalibrationReport:
                    "speed-up")  # fmt: skip
         for col in columns:
             table.add_column(col, justify="right")
-        full = self.costs.latency_ms[-1]
-        rows = [("final exit only", self.final_accuracy, full, None, None)]
+        full = self.full_latency_ms
+        rows = [("full model (no early exit)", self.final_accuracy, full, None, None)]
         if self.shared is not None:
             rows.append(_row("shared threshold (baseline)", self.shared))
         if self.estimate is not None:
@@ -209,24 +248,30 @@ class CalibrationReport:
         return table
 
     def _path_table(self) -> Table:
-        """Guarantee mode's candidates, strict to loose, as fixed-sequence testing saw them."""
+        """Guarantee mode's path, strict to loose, as fixed-sequence testing saw it (a few
+        points along it, and the chosen and refused ones)."""
         c = self.certificate
         table = Table(title=f"Learn-then-Test path ({c.metric} <= {c.risk:g}, "
-                      f"confidence {c.confidence:g})")  # fmt: skip
-        for col in ("candidate", "mean latency ms", f"test-half {c.metric}", "p-value", "verdict"):
+                      f"confidence {c.confidence:g}, {c.samples} samples)")  # fmt: skip
+        for col in ("mean latency ms", f"{c.metric}", "p-value", "verdict"):
             table.add_column(col, justify="right")
-        for i, point in enumerate(c.path):
+        shown = _spread(c.path, ROWS_SHOWN, keep=lambda p: p.p_value is not None)
+        for point in shown:
             p_value = "" if point.p_value is None else f"{point.p_value:.2g}"
             chosen = " (chosen)" if point.mean_latency_ms == self.chosen.mean_latency_ms else ""
-            table.add_row(str(i), f"{point.mean_latency_ms:.3f}", f"{point.test_risk:.2%}",
-                          p_value, point.verdict + chosen)  # fmt: skip
+            table.add_row(f"{point.mean_latency_ms:.3f}", f"{point.risk:.2%}", p_value,
+                          point.verdict + chosen)  # fmt: skip
+        table.caption = (
+            f"{c.certified} of {c.path_length} path points certified, each test at level "
+            f"{c.level:.2g}; {len(shown)} shown"
+        )
         return table
 
     def _front_table(self) -> Table:
         table = Table(title="Pareto front (per-exit search)")
         for col in (self.accuracy_name, "mean latency ms", "speed-up"):
             table.add_column(col, justify="right")
-        full = self.costs.latency_ms[-1]
+        full = self.full_latency_ms
         for p in self.front:
             table.add_row(
                 f"{p.accuracy:.2%}", f"{p.mean_latency_ms:.3f}", f"{full / p.mean_latency_ms:.2f}x"
@@ -265,8 +310,9 @@ class CalibrationReport:
 
     @property
     def full_latency_ms(self) -> float:
-        """Expected latency of the model without early exits (every sample to the end)."""
-        return self.costs.latency_ms[-1]
+        """Expected latency of the full model as deployed: every early exit disabled (its
+        plain graph, one call, where the bundle has one; else the heads skipped)."""
+        return self.costs.full_ms
 
     @property
     def speedup(self) -> float:
@@ -312,6 +358,8 @@ def draw_front(ax: Any, report: CalibrationReport) -> None:
         # the full model's point sits whatever its accuracy.
         corner=(0.88, 0.04),
     )
+    if report.off_front:
+        _note(ax, report.off_front)
     ax.set_title(f"Calibration for {report.budget.describe()}\n{_speedup_line(report)}")
     ax.set_xlabel("expected mean latency (ms)")
     ax.set_ylabel(f"{report.accuracy_name} (%)")
@@ -347,15 +395,16 @@ _VERDICT_STYLE = {
 
 
 def draw_guarantee(ax: Any, report: CalibrationReport) -> None:
-    """Guarantee mode on a matplotlib Axes: test-half risk (%) vs expected mean latency
-    along the Learn-then-Test path (certified, failed, not tested), against the target."""
+    """Guarantee mode on a matplotlib Axes: the calibration set's risk (%) vs expected mean
+    latency along the Learn-then-Test path (certified, failed, not tested), against the
+    target."""
     cert = report.certificate
-    if cert is None or cert.test_risk is None:
+    if cert is None or cert.empirical_risk is None:
         raise CalibrationError("draw_guarantee needs a report made in guarantee mode (`risk`)")
     x = [p.mean_latency_ms for p in cert.path]
-    y = [100 * p.test_risk for p in cert.path]
+    y = [100 * p.risk for p in cert.path]
     ax.plot(x, y, "-", color="0.75", linewidth=1, zorder=1, label="path (strict to loose)")
-    delta = f"{1 - cert.confidence:.2g}"
+    delta = f"{cert.level:.2g}"
     suffix = {"certified": f" (p <= {delta})", "not certified": f" (p > {delta}): testing stops"}
     for verdict, style in _VERDICT_STYLE.items():
         picked = [i for i, p in enumerate(cert.path) if p.verdict == verdict]
@@ -368,8 +417,8 @@ def draw_guarantee(ax: Any, report: CalibrationReport) -> None:
     _mark_chosen(
         ax,
         report,
-        100 * cert.test_risk,
-        f"chosen: {cert.metric} {100 * cert.test_risk:.1f} % (p={cert.p_value:.2g}), "
+        100 * cert.empirical_risk,
+        f"chosen: {cert.metric} {100 * cert.empirical_risk:.1f} % (p={cert.p_value:.2g}), "
         f"{report.chosen.mean_latency_ms:.3g} ms, {report.speedup:.2f}x",
         corner=(0.97, 0.95),  # risk falls as latency grows: slow and risky stays empty
     )
@@ -378,12 +427,11 @@ def draw_guarantee(ax: Any, report: CalibrationReport) -> None:
         f"{cert.confidence:g}\n{_speedup_line(report)}"
     )
     ax.set_xlabel("expected mean latency (ms)")
-    ax.set_ylabel(f"test-half {cert.metric} (%)")
-    tested = sum(p.verdict != "not tested" for p in cert.path)
+    ax.set_ylabel(f"{cert.metric} on the calibration set (%)")
     _note(
         ax,
-        f"{tested} of {cert.path_length} path points tested on {cert.test_samples} held-out "
-        "samples; fixed-sequence testing stops at the first failure",
+        f"{cert.certified} of {cert.path_length} path points certified, tested on all "
+        f"{cert.samples} samples; fixed-sequence testing stops at the first failure",
     )
     _finish(ax)
 
@@ -419,8 +467,27 @@ def _finish(ax: Any) -> None:
 
 
 def _note(ax: Any, text: str) -> None:
-    """A line of small print under the x label, outside the data."""
-    ax.text(0.0, -0.16, text, transform=ax.transAxes, va="top", fontsize=8, color="0.3")
+    """A line of small print under the x label, outside the data; notes stack downwards."""
+    line = getattr(ax, "_edgeexit_notes", 0)
+    ax._edgeexit_notes = line + 1
+    ax.text(0.0, -0.16 - 0.06 * line, text, transform=ax.transAxes, va="top", fontsize=8,
+            color="0.3", wrap=True)  # fmt: skip
+
+
+def _spread(points, count: int, keep) -> list:
+    """About ``count`` of ``points`` spread along them, plus every one ``keep`` selects."""
+    if len(points) <= count:
+        return list(points)
+    picked = {round(i * (len(points) - 1) / (count - 1)) for i in range(count)}
+    return [p for i, p in enumerate(points) if i in picked or keep(p)]
+
+
+def _listed(exits) -> str:
+    """'exit 2', 'exits 0 and 2', 'exits 0, 1 and 3'."""
+    names = [str(i) for i in exits]
+    if len(names) == 1:
+        return f"exit {names[0]}"
+    return f"exits {', '.join(names[:-1])} and {names[-1]}"
 
 
 def _row(name: str, p: OperatingPoint) -> tuple:

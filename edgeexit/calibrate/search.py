@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from edgeexit.budget import Budget
+from edgeexit.bundle import thresholds_json
 from edgeexit.calibrate.costs import ExitCosts
 from edgeexit.errors import CalibrationError
 
@@ -103,7 +104,7 @@ class OperatingPoint:
 
     def to_json(self) -> dict:
         return {
-            "thresholds": [None if math.isinf(t) else t for t in self.thresholds],
+            "thresholds": thresholds_json(self.thresholds),
             "accuracy": self.accuracy,
             "mean_latency_ms": self.mean_latency_ms,
             "p95_latency_ms": self.p95_latency_ms,

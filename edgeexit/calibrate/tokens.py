@@ -20,6 +20,7 @@ from rich.console import Console, ConsoleOptions, RenderResult
 from rich.table import Table
 
 from edgeexit.budget import Budget
+from edgeexit.bundle import threshold_json, thresholds_json
 from edgeexit.data import Dataset
 from edgeexit.errors import CalibrationError
 from edgeexit.measure.rounds import alternating_calls
@@ -43,7 +44,7 @@ class TokenPoint:
         return self.full_ms_per_sample / self.ms_per_sample
 
     def to_json(self) -> dict[str, Any]:
-        return {"threshold": None if math.isinf(self.threshold) else self.threshold,
+        return {"threshold": threshold_json(self.threshold),
                 "agreement": self.agreement, "early_share": self.early_share,
                 "ms_per_sample": self.ms_per_sample, "speedup": self.speedup}  # fmt: skip
 
@@ -67,7 +68,7 @@ class TokenReport:
         return {
             "kind": "tokens",
             "budget": self.budget.to_json(),
-            "thresholds": [None if math.isinf(t) else t for t in self.thresholds],
+            "thresholds": thresholds_json(self.thresholds),
             "sweep": [p.to_json() for p in self.sweep],
             "held_out": {
                 **self.held_out.to_json(),

@@ -19,7 +19,7 @@ from typing import Any
 
 from edgeexit import files
 from edgeexit.budget import Budget
-from edgeexit.bundle import read_manifest
+from edgeexit.bundle import read_manifest, thresholds_json
 from edgeexit.calibrate.pipeline import CalibrateOptions, calibrate_bundle
 from edgeexit.calibrate.report import CalibrationReport
 from edgeexit.data import load_data
@@ -103,7 +103,7 @@ class DemoReport:
             "files": files,
             "trained_epochs": self.trained_epochs,
             "budget": self.calibration.budget.to_json(),
-            "thresholds": list(self.calibration.thresholds),
+            "thresholds": thresholds_json(self.calibration.thresholds),
             "energy_mj_per_sample": {"full": self.energy_mj[0], "calibrated": self.energy_mj[1]},
             "energy_source": self.bench.energy.label,
             "bench": self.bench.to_json(),

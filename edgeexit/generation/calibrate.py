@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from edgeexit import files
+from edgeexit.bundle import thresholds_json
 from edgeexit.errors import CalibrationError
 from edgeexit.generation.generator import Generator, SpeculativeOptions
 from edgeexit.generation.manifest import (
@@ -71,7 +72,7 @@ class GenerationReport:
 
     def to_json(self) -> dict[str, Any]:
         doc = asdict(self)
-        doc["early_exit"] = [None if math.isinf(t) else t for t in self.early_exit]
+        doc["early_exit"] = thresholds_json(self.early_exit)
         return doc
 
     def lines(self) -> list[str]:
@@ -315,7 +316,7 @@ def _record(bundle: Path, report: GenerationReport, measured: DecoderManifest) -
         )
     choice = {
         "self_speculative": report.self_speculative,
-        "early_exit": [None if math.isinf(t) else t for t in report.early_exit],
+        "early_exit": thresholds_json(report.early_exit),
         "report": {k: v for k, v in report.to_json().items() if k != "tried"},
     }
     write_decoder_manifest(bundle, manifest.with_generation(choice))

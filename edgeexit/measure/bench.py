@@ -28,7 +28,7 @@ from edgeexit.data import load_data
 from edgeexit.energy import NONE, EnergySource
 from edgeexit.errors import BundleError, CalibrationError, InputError
 from edgeexit.measure import verdict
-from edgeexit.measure.rounds import round_order, uncontended
+from edgeexit.measure.rounds import round_order
 from edgeexit.runtime import Runtime
 
 
@@ -51,8 +51,10 @@ class BenchReport:
     """What ``edgeexit bench`` measured, and whether the calibrated budget held.
 
     Latencies: per sample, the median over rounds of the latency of the call it was in (one
-    preempted call cannot set a figure); mean and p95 are over samples. The full chain's
-    mean is the same statistic, and the speed-up is the ratio of the two means shown.
+    preempted call cannot set a figure); mean and p95 are over samples. The full model is
+    the bundle with every early exit disabled, as it deploys (its plain graph, one call,
+    where it has one): its mean is the same statistic, and the speed-up is the ratio of the
+    two means shown.
     Intervals: 95 % percentile bootstrap over samples.
     """
 
@@ -62,7 +64,6 @@ class BenchReport:
     exit_counts: tuple[int, ...]
     mean_latency_ms: float
     mean_latency_ci: tuple[float, float]
-    uncontended_mean_latency_ms: float  # mean of per-sample 20th percentiles over rounds
     median_latency_ms: float
     p95_latency_ms: float
     throughput_per_s: float
@@ -100,7 +101,6 @@ class BenchReport:
             "exit_counts": list(self.exit_counts),
             "mean_latency_ms": self.mean_latency_ms,
             "mean_latency_ci_ms": list(self.mean_latency_ci),
-            "uncontended_mean_latency_ms": self.uncontended_mean_latency_ms,
             "median_latency_ms": self.median_latency_ms,
             "p95_latency_ms": self.p95_latency_ms,
             "throughput_per_s": self.throughput_per_s,
@@ -124,7 +124,7 @@ class BenchReport:
         table = Table(title=title)
         table.add_column("metric")
         table.add_column("early exit", justify="right")
-        table.add_column("all segments", justify="right")
+        table.add_column("full model", justify="right")
         if self.accuracy is not None:
             table.add_row("accuracy", f"{self.accuracy:.2%}", f"{self.full_accuracy:.2%}")
         low, high = self.mean_latency_ci
@@ -140,18 +140,16 @@ class BenchReport:
         table.add_row(f"energy mJ/sample ({self.energy})", energy, "")
         low, high = self.speedup_ci
         table.add_row("speed-up", f"{self.speedup:.2f}x ({low:.2f}-{high:.2f}x)", "1.00x")
-        table.add_row(
-            "uncontended mean ms (20th pct over rounds)",
-            f"{self.uncontended_mean_latency_ms:.3f}",
-            "",
-        )
         if self.predicted_mean_latency_ms is not None:
             table.add_row(
-                f"calibrate predicted, uncontended (batch {self.predicted_batch_size})",
+                f"calibrate predicted (batch {self.predicted_batch_size})",
                 f"{self.predicted_mean_latency_ms:.3f}",
                 "",
             )
-        table.caption = "(a-b): 95 % bootstrap interval over samples"
+        table.caption = (
+            "(a-b): 95 % bootstrap interval over samples; full model: every early exit "
+            "disabled, as the bundle deploys it (one graph where it has its plain graph)"
+        )
         yield table
         yield "exits: " + ", ".join(f"{i}: {c}" for i, c in enumerate(self.exit_counts))
         yield from verdict_lines(self)
@@ -190,19 +188,20 @@ def bench_bundle(
     runtime = Runtime(bundle_dir, target=options.target)
     manifest = runtime.manifest  # capped at the exit calibrate chose, if it did
     dataset.check_labels(runtime.num_classes, str(data_path))
-    full = [math.inf] * manifest.num_exits
+    full = Runtime(bundle_dir, target=options.target, max_exit=manifest.num_exits - 1,
+                   thresholds=(math.inf,) * manifest.num_exits)  # fmt: skip
     n, b = len(dataset), options.batch_size
     batches = [dataset.take(slice(s, min(s + b, n))).inputs for s in range(0, n, b)]
     for k in range(min(options.warmup_calls, len(batches))):
         runtime.run(batches[k])
-        runtime.run(batches[k], thresholds=full)
+        full.run(batches[k])
     rounds: list[tuple[list, list]] = []
     for r in range(options.rounds):
         early, full_runs = [], []
         for k, xs in enumerate(batches):
-            pair = [(early, None), (full_runs, full)]
-            for sink, thresholds in round_order(pair, k + r):
-                sink.append(runtime.run(xs, thresholds=thresholds))
+            pair = [(early, runtime), (full_runs, full)]
+            for sink, deployed in round_order(pair, k + r):
+                sink.append(deployed.run(xs))
             if progress is not None:
                 progress(r * n + min((k + 1) * b, n), options.rounds * n)
         rounds.append((early, full_runs))
@@ -221,9 +220,6 @@ def _summarise(rounds, labels, batch_size, num_exits, extra, early_exits) -> Ben
     early, full_runs = rounds[0]
     early_rounds = _per_sample([e for e, _ in rounds], lambda r: r.latency_ms)
     early_ms = np.median(early_rounds, axis=0)
-    # Calibrate plans with uncontended costs (ExitLatency.uncontended): its prediction is
-    # checked against the like figure of this run, each sample's 20th percentile over rounds.
-    uncontended_ms = float(uncontended(early_rounds, axis=0).mean())
     full_ms = np.median(_per_sample([f for _, f in rounds], lambda r: r.latency_ms), axis=0)
     energies = [r.energy_mj for e, _ in rounds for r in e]
     energy = None
@@ -273,11 +269,10 @@ def _summarise(rounds, labels, batch_size, num_exits, extra, early_exits) -> Ben
         rounds=len(rounds),
         budget=None if budget is None else budget.describe(),
         checks=checks,
-        uncontended_mean_latency_ms=uncontended_ms,
         warnings=verdict.warnings(
             speedup,
             speedup_ci,
-            uncontended_ms,
+            mean_ms,
             predicted,
             predicted_batch,
             batch_size,

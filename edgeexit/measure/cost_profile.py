@@ -153,6 +153,10 @@ class CostProfile:
     # Per-exit costs through the runtime. Empty in profiles written before they existed;
     # readers then fall back to summing segments (which leaves out per-call overhead).
     exits: tuple[ExitProfile, ...] = ()
+    # A call with every early exit disabled, as the bundle deploys that (its plain graph,
+    # one call, where it has one): the full model's cost, the speed-ups' reference. None in
+    # profiles written before it was measured. Its ``index`` is one past the last exit.
+    full: ExitProfile | None = None
 
     @property
     def energy_provenance(self) -> EnergySource:
@@ -202,6 +206,7 @@ class CostProfile:
                 for s in self.segments
             ],
             "exits": [e.to_json() for e in self.exits],
+            "full": None if self.full is None else self.full.to_json(),
         }
 
     @classmethod
@@ -249,6 +254,7 @@ class CostProfile:
                 platform=str(doc.get("platform", "")),
                 segments=segments,
                 exits=tuple(ExitProfile.from_json(e) for e in doc.get("exits", ())),
+                full=None if doc.get("full") is None else ExitProfile.from_json(doc["full"]),
             )
         except KeyError as err:
             raise TargetError(f"{source}: missing key {err}; re-run `edgeexit profile`") from err

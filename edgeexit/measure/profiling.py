@@ -78,7 +78,7 @@ def profile_bundle(
     first = _first_batch(inputs, runtime.manifest.inputs, batch_size)
     calls = -(-repeats // min(rounds, repeats))  # per exit per round, rounding up
     segment_calls = (warmup + repeats) * runtime.num_exits
-    total = segment_calls + (warmup + calls * min(rounds, repeats)) * runtime.num_exits
+    total = segment_calls + (warmup + calls * min(rounds, repeats)) * (runtime.num_exits + 1)
     segments, segment_feeds = [], segment_inputs(runtime, first)
     for i, feeds in enumerate(segment_feeds):
         segment = _profile_segment(runtime, i, feeds, meter, repeats, warmup)
@@ -90,9 +90,11 @@ def profile_bundle(
         if progress is not None:  # the exits' plan grows while their costs still scatter
             progress(segment_calls + done, segment_calls + planned)
 
-    exits = measure_exit_costs(
+    full = Runtime(bundle_dir, target=target, thresholds=(math.inf,) * runtime.num_exits)
+    *exits, full_cost = measure_exit_costs(
         runtime,
         [tuple(first)],
+        full=full,
         rounds=min(rounds, repeats),
         calls=calls,
         warmup=warmup,
@@ -120,7 +122,8 @@ def profile_bundle(
         onnxruntime=ort.__version__,
         platform=platform.platform(),
         segments=tuple(segments),
-        exits=exits,
+        exits=tuple(exits),
+        full=full_cost,
     )
 
 
@@ -180,6 +183,7 @@ def measure_exit_costs(
     runtime: Runtime,
     batches: Sequence[Any],
     *,
+    full: Runtime | None = None,
     rounds: int = 10,
     calls: int = 20,
     warmup: int = 20,
@@ -207,6 +211,9 @@ def measure_exit_costs(
     deployed calls there so that costs and deployment see the same machine (with a meter,
     its work would fall inside the energy windows: pass one or the other).
 
+    ``full``: the bundle opened with every early exit disabled (``Runtime(...,
+    thresholds=(inf,) * n)``): its calls are timed in the same rounds, and its figure comes
+    last, index ``num_exits`` (the full model as deployed: the speed-ups' reference).
     ``until_spread``: on a noisy machine, keep adding pairs of rounds (up to ``max_rounds``
     in all) while any exit's ``spread`` is wider than this fraction: more calls where the
     spread is wide, so that the same command gives the same costs. ``min_seconds``: measure
@@ -215,21 +222,26 @@ def measure_exit_costs(
     """
     _check_counts(rounds=rounds, calls=calls, warmup=warmup, batches=len(batches))
     n_exits = runtime.num_exits
-    forced = [forced_exit(n_exits, i) for i in range(n_exits)]
+    # (runtime, thresholds) per configuration timed: each exit forced, then the full model
+    # as deployed (its own runtime, every early exit disabled: the manifest's thresholds).
+    configs = [(runtime, forced_exit(n_exits, i)) for i in range(n_exits)]
+    if full is not None:
+        configs.append((full, None))
+    n = len(configs)
     schedule = Schedule(rounds, max_rounds, min_seconds, max_seconds, until_spread)
     for k in range(warmup):
-        for thresholds in forced:
-            runtime.run(batches[k % len(batches)], thresholds=thresholds)
+        for rt, thresholds in configs:
+            rt.run(batches[k % len(batches)], thresholds=thresholds)
     measures = meter is not None and meter.measured
-    latency = [[] for _ in range(n_exits)]
-    means = [[] for _ in range(n_exits)]  # each block's mean, kept as measured: the checks
-    energy = [[] for _ in range(n_exits)]  # below would otherwise recompute them every round
-    total, done, cursor = n_exits * (warmup + rounds * calls), n_exits * warmup, 0
+    latency = [[] for _ in range(n)]
+    means = [[] for _ in range(n)]  # each block's mean, kept as measured: the checks
+    energy = [[] for _ in range(n)]  # below would otherwise recompute them every round
+    total, done, cursor = n * (warmup + rounds * calls), n * warmup, 0
     started, r = perf_counter(), 0
     while not schedule.done(r, perf_counter() - started, means):
-        for i in round_order(range(n_exits), r):
+        for i in round_order(range(n), r):
             block, reading = _exit_block(
-                runtime, batches, cursor, calls, forced[i], meter, between_calls
+                *configs[i][:1], batches, cursor, calls, configs[i][1], meter, between_calls
             )
             cursor += len(block)
             latency[i].append(block)
@@ -243,8 +255,7 @@ def measure_exit_costs(
                 progress(done, total)
         r += 1
     return tuple(
-        ExitProfile(i, ExitLatency.of(latency[i]), *_energy_of(energy[i], r))
-        for i in range(n_exits)
+        ExitProfile(i, ExitLatency.of(latency[i]), *_energy_of(energy[i], r)) for i in range(n)
     )
 
 
@@ -253,7 +264,7 @@ def _exit_block(
     batches: Sequence[Any],
     cursor: int,
     calls: int,
-    thresholds: tuple[float, ...],
+    thresholds: tuple[float, ...] | None,
     meter: EnergyMeter | None,
     between_calls: Callable[[], None] | None,
 ) -> tuple[np.ndarray, Any]:

@@ -185,8 +185,10 @@ def warnings(
     said = []
     if not early_exits:
         said.append(
-            "the thresholds send every sample to the final exit: this bundle is the full "
-            "model, so no speed-up is possible (calibrate with more data or a looser budget)"
+            "the thresholds send every sample to the final exit: no early exit, so exits "
+            f"save nothing here. The speed-up shown ({speedup:.2f}x) compares the full model "
+            "run as one graph (what this bundle runs now) with the chain of segments and "
+            "every exit head (calibrate reports what would allow early exits)"
         )
     elif speedup < 1.0:
         said.append(
@@ -206,7 +208,7 @@ def warnings(
     error = measured_ms / predicted_ms - 1
     if abs(error) > PREDICTION_TOLERANCE or not math.isfinite(error):
         said.append(
-            f"calibrate predicted {predicted_ms:.4g} ms mean (uncontended), measured "
+            f"calibrate predicted {predicted_ms:.4g} ms mean, measured "
             f"{measured_ms:.4g} ms ({error:+.0%}, more than {PREDICTION_TOLERANCE:.0%} off): "
             "the costs calibrate used do not describe this run; profile this device and "
             "calibrate again"

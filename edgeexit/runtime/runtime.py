@@ -57,6 +57,10 @@ class Runtime:
         bodies: run a disabled exit's segment as its body (without the head) where the
             bundle has one; False runs every head (what calibration times, so that the
             head of each exit it may disable is known; docs/runtime.md).
+        thresholds: load as if the manifest held these (one per exit up to the cap; inf:
+            never), the chain planned for them; e.g. every one inf for the full model as
+            deployed (one graph where the bundle has its plain graph), as profile and
+            bench time it.
         meter: the energy meter the results' energy comes from, instead of the target's
             (``get_meter``, which probes the sensors and warns once when none answers):
             e.g. ``NoMeter()`` where the caller's energy figures come from elsewhere.
@@ -87,6 +91,7 @@ class Runtime:
         threads: int | None = None,
         max_exit: int | None = None,
         bodies: bool = True,
+        thresholds: Sequence[float] | None = None,
         meter: EnergyMeter | None = None,
     ) -> None:
         self.target = load_target(target)
@@ -96,6 +101,8 @@ class Runtime:
             max_exit = self.manifest.extra.get("max_exit")
         if max_exit is not None:  # the later segments are never opened: no memory for them
             self.manifest = self.manifest.capped(max_exit)
+        if thresholds is not None:  # deployed as if the (capped) manifest held these
+            self.manifest = self.manifest.with_thresholds(tuple(thresholds))
         # a criterion decided here (patience) updates its state from each exit's logits
         self._state_update = CRITERIA[self.manifest.criterion].runtime_state
         # Disabled exits are free: while exit i's threshold is "never", its body (the block
