@@ -106,3 +106,23 @@ def test_the_mask_is_additive_and_never_none():
     with pytest.raises(ValueError, match="expected bert, roberta, distilbert or albert"):
         multi_exit_encoder(tf.ViTModel(tf.ViTConfig(hidden_size=32, num_hidden_layers=1,
                                                     num_attention_heads=2)), 2)  # fmt: skip
+
+
+def test_export_says_nothing_of_onnxsims_fold_retries(tmp_path, capfd):
+    # onnxsim wrote 'WARNING: failed to run "GatherElements" op ... skip...' for BERT's
+    # token type and position lookups, from C++, straight to file descriptor 2
+    torch.manual_seed(0)
+    model = multi_exit_encoder(ENCODERS["bert"]().eval(), num_labels=3).eval()
+    edgeexit.export(model, token_batch(), tmp_path / "b", bodies=False)
+    assert "failed to run" not in capfd.readouterr().err
+
+
+def test_other_lines_on_stderr_pass_while_fold_retries_are_dropped(capfd):
+    import os
+
+    from edgeexit.export.convert import without_fold_skips
+
+    with without_fold_skips():
+        os.write(2, b'WARNING: failed to run "Gather" op (name is "/e/Gather"), skip... no x\n')
+        os.write(2, b"a real problem\n")
+    assert capfd.readouterr().err == "a real problem\n"
