@@ -229,6 +229,8 @@ FLAGS = {
     "factory": "--factory",
     "model": "--model",
     "epochs": "--epochs",
+    "exit_after": "--exits",
+    "lr": "--lr",
     "profile_repeats": "--profile-repeats",
 }
 _PARAMETER = re.compile(r"`(\w+)`")
