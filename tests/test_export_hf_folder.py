@@ -170,3 +170,22 @@ def test_head_training_and_layer_options_are_checked():
     help_text = runner.invoke(app, ["export", "--help"], env={"COLUMNS": "200"}).output
     defaults = HeadTraining()
     assert f"(default {defaults.epochs})" in help_text and f"(default {defaults.lr:g})" in help_text
+
+
+def test_without_transformers_it_says_which_extra(folders, tmp_path):
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; sys.modules['transformers'] = None\n"  # an install without the hf extra
+        "from edgeexit.cli import main\n"
+        f"sys.argv = ['edgeexit', 'export', '--hf', {str(folders / 'bert')!r}, '--data', "
+        f"{str(folders / 'tok.npz')!r}, '-o', 'out']\n"
+        "main()\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 1, done.stderr
+    (line,) = done.stderr.strip().splitlines()
+    assert line.startswith("error: edgeexit export needs transformers") and "edgeexit[hf]" in line
+    assert not (tmp_path / "out").exists()
