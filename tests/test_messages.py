@@ -16,7 +16,8 @@ from edgeexit.errors import CalibrationError
 PACKAGE = Path(__file__).parents[1] / "edgeexit"
 FLAG = re.compile(r"(?<![\w'`-])--[a-z][a-z0-9-]+")
 # Backquoted names in messages that are not parameters of a command: code, not options.
-NOT_OPTIONS = {"exits", "segments", "outputs", "output_shape"}  # a model's or result's attributes
+# a model's or result's attributes, and Generator.generate(speculative=...), Python's only
+NOT_OPTIONS = {"exits", "segments", "outputs", "output_shape", "speculative"}
 
 
 def _library_strings() -> list[tuple[str, str]]:

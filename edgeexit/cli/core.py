@@ -231,6 +231,7 @@ FLAGS = {
     "epochs": "--epochs",
     "exit_after": "--exits",
     "lr": "--lr",
+    "draft_stop": "--draft-stop",
     "profile_repeats": "--profile-repeats",
 }
 _PARAMETER = re.compile(r"`(\w+)`")
