@@ -90,6 +90,7 @@ def refusals(root):
     np.savez(root / "nolabels.npz", input_ids=ids, attention_mask=ones)
     np.savez(root / "vocab.npz", input_ids=ids + 100, attention_mask=ones, y=np.zeros(4, int))
     np.savez(root / "mask.npz", input_ids=ids, attention_mask=ones * 2, y=np.zeros(4, int))
+    np.savez(root / "empty.npz", input_ids=ids[:, :0], attention_mask=ones[:, :0], y=ids[:, 0])
     long = rng.integers(1, 50, (4, 20))
     np.savez(root / "long.npz", input_ids=long, attention_mask=np.ones_like(long), y=ids[:, 0])
     hf = ("--hf", root / "bert")
@@ -111,6 +112,7 @@ def refusals(root):
         ((*hf, "--data", root / "nolabels.npz"), 1, "has no labels 'y'; the exit heads are"),
         ((*hf, "--data", root / "vocab.npz"), 1, "the model's vocabulary is 0..49"),
         ((*hf, "--data", root / "mask.npz"), 1, "attention_mask holds values other than 0"),
+        ((*hf, "--data", root / "empty.npz"), 1, "sequences of no tokens"),
         ((*hf, "--data", root / "long.npz"), 1, "sequences of 20 tokens; the model takes at "
          "most 16"),
         ((*hf, "--data", tok, "--exits", "3"), 1, "--exits is [3]; expected increasing layer "

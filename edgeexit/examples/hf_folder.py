@@ -219,6 +219,8 @@ def _check_tokens(path: str | os.PathLike, dataset: Dataset, config: Any) -> Non
             f"{path}: input_ids {list(ids.shape)} and attention_mask {list(mask.shape)}; "
             "expected one mask value per token"
         )
+    if ids.shape[1] == 0:
+        raise DataError(f"{path}: input_ids holds sequences of no tokens; expected at least one")
     vocab = config.vocab_size
     if ids.min() < 0 or ids.max() >= vocab:
         bad = int(ids.min()) if ids.min() < 0 else int(ids.max())
