@@ -81,3 +81,53 @@ def test_monolithic_graph_has_every_exit(resnet_bundle, tmp_path):
     outs = sess.run(None, {"x": x.numpy()})
     for got, want in zip(outs[:4], model(x)):
         np.testing.assert_allclose(got, want.detach().numpy(), atol=1e-4)
+
+
+class _Pair(torch.nn.Module):
+    def forward(self, image, depth):
+        return torch.cat([image, depth], dim=1)
+
+
+class _Star(torch.nn.Module):
+    def forward(self, *xs):
+        return torch.cat(xs, dim=1)
+
+
+class _Clash(torch.nn.Module):
+    def forward(self, logits_0, depth):
+        return torch.cat([logits_0, depth], dim=1)
+
+
+@pytest.mark.parametrize(
+    ("stem", "given", "names"),
+    [
+        (_Pair(), None, ("image", "depth")),  # the model's own words
+        (_Pair(), ("a", "b"), ("a", "b")),  # given names win
+        (_Star(), None, ("input_0", "input_1")),  # *args: no names to read
+        (_Clash(), None, ("input_0", "input_1")),  # a name the graphs use themselves
+    ],
+)
+def test_inputs_take_the_first_segments_parameter_names(stem, given, names, tmp_path):
+    from edgeexit.export.inputs import resolve_input_names
+
+    model = edgeexit.MultiExit([stem], [torch.nn.Linear(6, 2)])
+    x = (torch.rand(2, 3), torch.rand(2, 3))
+    assert resolve_input_names(x, given, model) == names
+    result = edgeexit.export(model, x, tmp_path / "b", input_names=given)
+    assert tuple(s.name for s in result.manifest.inputs) == names
+
+
+def test_a_checkpoint_keeps_the_models_input_names(tmp_path):
+    model = edgeexit.MultiExit([_Pair()], [torch.nn.Linear(6, 2)])
+    x = (torch.rand(2, 3), torch.rand(2, 3))
+    edgeexit.save(model, tmp_path / "m.pt", example_inputs=x)
+    assert edgeexit.load(tmp_path / "m.pt").input_names == ("image", "depth")
+
+
+def test_torchs_own_modules_keep_x(resnet_bundle):
+    from edgeexit.export.inputs import resolve_input_names
+
+    seq = edgeexit.MultiExit([torch.nn.Sequential(torch.nn.Linear(3, 3))], [torch.nn.Linear(3, 2)])
+    assert resolve_input_names((torch.rand(2, 3),), None, seq) == ("x",)  # not `input`
+    assert resolve_input_names((torch.rand(2, 3),), None, None) == ("x",)
+    assert resnet_bundle[2].manifest.inputs[0].name == "x"

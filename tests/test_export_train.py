@@ -38,6 +38,15 @@ def test_distillation_and_frozen_backbone():
     assert any(not torch.equal(v, heads[k]) for k, v in model.exits.state_dict().items())
 
 
+def test_progress_is_told_after_every_step():
+    x, y, _, _ = small_digits(100)
+    steps, epochs = [], []
+    train_multi_exit(digits_cnn(width=4), x, y, epochs=2, batch_size=32,
+                     on_step=lambda done, total: steps.append((done, total)),
+                     on_epoch=lambda done, loss: epochs.append(done))  # fmt: skip
+    assert steps == [(k, 8) for k in range(1, 9)] and epochs == [1, 2]  # 4 batches of 100
+
+
 def test_two_input_model_trains():
     from edgeexit.examples import make_token_task
 

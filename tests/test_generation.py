@@ -215,6 +215,8 @@ def test_generate_refuses_bad_input_in_one_line(decoder, tmp_path):
         (("--prompt-ids", tmp_path / "far.txt", "--mode", "early-exit", "--thresholds", "a,b"),
          2, "not a comma-separated list"),
         (("--prompt-ids", tmp_path / "far.txt", "-n", 0), 2, "--max-new-tokens"),
+        (("--prompt-ids", tmp_path / "far.txt", "--gamma", 2, "--thresholds", "0.5,inf"), 2,
+         "--gamma is self-speculative's and --thresholds early-exit's: give --mode"),
     ]  # fmt: skip
     for args, code, message in cases:
         result = cli("generate", bundle, *args)
@@ -223,6 +225,84 @@ def test_generate_refuses_bad_input_in_one_line(decoder, tmp_path):
         assert message in errors[0], errors[0]
     run = cli("run", bundle, "--input", tmp_path / "far.txt")
     assert run.exit_code == 1 and "run it with `edgeexit generate`" in run.stderr
+
+
+REPORT = {"min_agreement": 0.9, "held_out_agreement": 0.95, "held": True,
+          "speculative_speedup": 1.5, "early_exit_speedup": 1.2}  # fmt: skip
+RECORDED = {"self_speculative": {"k": 1, "gamma": 3, "draft_stop": 0.0},
+            "early_exit": [0.5, None]}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("generation", "mode", "why"),
+    [
+        ({}, "full", "records no generation settings: calibrate-generation chooses them"),
+        ({**RECORDED, "report": REPORT}, "self-speculative", "1.50x full's tokens/s, the same"),
+        ({**RECORDED, "report": {**REPORT, "early_exit_speedup": 2.0}}, "early-exit",
+         "2.00x full's tokens/s, 95.0% of full's tokens on held-out prompts (at least 90%"),
+        ({**RECORDED, "report": {**REPORT, "early_exit_speedup": 2.0, "held": False,
+                                 "held_out_agreement": 0.8}}, "self-speculative", "1.50x"),
+        ({**RECORDED, "report": {**REPORT, "speculative_speedup": 0.9, "held": None,
+                                 "held_out_agreement": None}}, "full",
+         "no faster mode: self-speculative ran 0.90x full's tokens/s; early-exit was not "
+         "checked on held-out prompts"),
+        ({**RECORDED, "early_exit": [None, None], "report": {**REPORT, "speculative_speedup":
+                                                              1.0}}, "full", "ran 1.00x"),
+        (RECORDED, "self-speculative", "recorded settings (not measured)"),
+        ({"early_exit": [0.5, 0.7]}, "early-exit", "recorded thresholds (not measured)"),
+    ],
+)  # fmt: skip
+def test_the_default_mode_is_the_fastest_calibrated_one_whose_output_is_accepted(
+    generation, mode, why
+):
+    from edgeexit.generation import chosen_mode
+
+    choice = chosen_mode(generation)
+    assert choice.mode == mode and why in choice.why, choice
+
+
+def calibrated_copy(bundle, tmp_path, generation):
+    from edgeexit.generation.manifest import read_decoder_manifest, write_decoder_manifest
+
+    copy = tmp_path / "calibrated"
+    copy.mkdir()
+    for f in bundle.iterdir():
+        copy.joinpath(f.name).write_bytes(f.read_bytes())
+    write_decoder_manifest(copy, read_decoder_manifest(copy).with_generation(generation))
+    return copy
+
+
+def test_generate_runs_the_calibrated_mode_and_labels_its_output(decoder, tmp_path):
+    _, bundle, gen = decoder
+    ids = tmp_path / "ids.txt"
+    ids.write_text("1 2 3 4")
+    plain = cli("generate", bundle, "--prompt-ids", ids, "-n", 6)
+    assert plain.exit_code == 0, plain.output
+    assert "mode: full (the bundle records no generation settings" in plain.stderr
+    want = " ".join(str(t) for t in gen.generate([1, 2, 3, 4], max_new_tokens=6).tokens)
+    assert plain.stdout == want + "\n"  # the ids alone: `generate ... > out.txt`
+    assert plain.stderr.index("token ids:") < plain.stderr.index("full: 6 new tokens")
+    copy = calibrated_copy(bundle, tmp_path, {**RECORDED, "report": REPORT})
+    fast = cli("generate", copy, "--prompt-ids", ids, "-n", 6, "--json")
+    doc = json.loads(fast.stdout)
+    assert doc["mode"] == "self-speculative" and "1.50x" in doc["mode_reason"]
+    assert " ".join(map(str, doc["tokens"])) == want  # self-speculative: full's tokens
+    asked = cli("generate", copy, "--prompt-ids", ids, "-n", 6, "--mode", "full")
+    assert "mode: full (asked for with --mode)" in asked.stderr
+    implied = cli("generate", bundle, "--prompt-ids", ids, "-n", 6, "--thresholds", "0.5,inf")
+    assert "mode: early-exit (implied by --thresholds)" in implied.stderr
+
+
+def test_a_byte_level_bundles_text_is_labelled(tmp_path):
+    config = DecoderConfig(dim=16, heads=2, layers=2, hidden=32, exit_after=(1, 2),
+                           max_positions=32, vocab_size=260, eos_token_id=None)  # fmt: skip
+    torch.manual_seed(0)
+    export_decoder(MultiExitDecoder(config).eval(), tmp_path / "b", tokenizer="bytes")
+    result = cli("generate", tmp_path / "b", "--prompt", "hi", "-n", 4)
+    assert result.exit_code == 0, result.output
+    lines = result.stderr.splitlines()
+    assert lines[0].startswith("mode: full (") and lines[1] == "text:"
+    assert "text:" not in result.stdout and result.stdout.endswith("\n")
 
 
 def test_the_calibrate_generation_command(decoder, tmp_path):

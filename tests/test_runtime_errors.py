@@ -50,7 +50,7 @@ def test_inputs_must_agree_on_batch():
     ex = exported("tiny_bert")
     rt = Runtime(ex.bundle, threads=1)
     ids, mask = ex.inputs
-    with pytest.raises(InputError, match="'input_1' has batch 3; expected 24"):
+    with pytest.raises(InputError, match="'attention_mask' has batch 3; expected 24"):
         rt.run([ids, mask[:3]])
     with pytest.raises(InputError, match="got 1 inputs; expected 2"):
         rt.run([ids])

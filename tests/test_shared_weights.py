@@ -56,7 +56,7 @@ def test_an_albert_bundle_stores_its_shared_layer_once(albert):
     assert len(readers) == manifest.num_exits  # the one layer runs in every segment
     assert {e.file for s in readers for e in s.external_data} == {SHARED_FILE}
     ids, mask = tokens()
-    feeds = {"input_0": ids.numpy(), "input_1": mask.numpy()}
+    feeds = {"input_ids": ids.numpy(), "attention_mask": mask.numpy()}
     whole = ort.InferenceSession(str(root / "one.onnx"), providers=["CPUExecutionProvider"])
     final = whole.run([f"logits_{manifest.num_exits - 1}"], feeds)[0]
     runtime = edgeexit.Runtime(bundle, threads=1)

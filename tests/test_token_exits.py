@@ -44,7 +44,7 @@ def masked_reference(bundle, ids, mask, thresholds):
     last = len(sessions) - 1
     all_logits, all_exits = [], []
     for b in range(len(ids)):
-        feeds = {"input_0": ids[b : b + 1], "input_1": mask[b : b + 1]}
+        feeds = {"input_ids": ids[b : b + 1], "attention_mask": mask[b : b + 1]}
         finished = np.zeros(ids.shape[1], dtype=bool)
         logits, exits = np.empty((ids.shape[1], 4), np.float32), np.full(ids.shape[1], last)
         for i, (spec, session) in enumerate(zip(manifest.segments, sessions)):
@@ -147,7 +147,7 @@ def test_calibrate_runs_each_shared_threshold_and_checks_the_held_out_half(tagge
 
     bundle, _, (ids, mask, labels) = tagger
     copy = shutil.copytree(bundle, tmp_path / "b")
-    np.savez(tmp_path / "d.npz", input_0=ids, input_1=mask, y=labels)
+    np.savez(tmp_path / "d.npz", input_ids=ids, attention_mask=mask, y=labels)
     report = calibrate_bundle(copy, tmp_path / "d.npz", Budget(max_accuracy_drop=0.05))
     doc = report.to_json()
     assert doc["kind"] == "tokens" and len(doc["sweep"]) > 5
@@ -166,7 +166,7 @@ def test_bench_and_compile_refuse_per_token_bundles(tagger, tmp_path):
     from edgeexit.measure.bench import bench_bundle
 
     bundle, _, (ids, mask, labels) = tagger
-    np.savez(tmp_path / "d.npz", input_0=ids, input_1=mask)
+    np.savez(tmp_path / "d.npz", input_ids=ids, attention_mask=mask)
     with pytest.raises(BundleError, match="give tokens"):
         bench_bundle(bundle, tmp_path / "d.npz")
     with pytest.raises(TargetError, match="give tokens"):
@@ -179,7 +179,7 @@ def test_cli_run_reports_per_token_accuracy(tagger, tmp_path):
     from edgeexit.cli import app
 
     bundle, _, (ids, mask, labels) = tagger
-    np.savez(tmp_path / "d.npz", input_0=ids, input_1=mask, y=labels)
+    np.savez(tmp_path / "d.npz", input_ids=ids, attention_mask=mask, y=labels)
     got = CliRunner().invoke(app, ["run", str(bundle), "--input", str(tmp_path / "d.npz"),
                                    "--json"])  # fmt: skip
     assert got.exit_code == 0, got.output
@@ -209,7 +209,7 @@ def test_per_token_labels_outside_the_classes_are_one_line(tagger, tmp_path, whe
     copy = shutil.copytree(bundle, tmp_path / "b")
     y = labels.astype(type(label))
     y[where] = label
-    np.savez(tmp_path / "d.npz", input_0=ids, input_1=mask, y=y)
+    np.savez(tmp_path / "d.npz", input_ids=ids, attention_mask=mask, y=y)
     before = (copy / "manifest.json").read_bytes()
     for args in (["run", str(copy), "--input"],
                  ["calibrate", str(copy), "--max-accuracy-drop", "0.05", "--data"]):  # fmt: skip

@@ -31,7 +31,7 @@ _CLICK_EXCEPTION = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "
 EXIT_USAGE, EXIT_INTERRUPTED = 2, 130
 # Modules only the host install has, and the extra that brings each.
 HOST_EXTRAS = {"torch": "export", "onnx": "export", "onnxsim": "export", "matplotlib": "plot",
-               "sklearn": "dev"}  # fmt: skip
+               "sklearn": "dev", "transformers": "hf"}  # fmt: skip
 
 
 def _flags_without_types() -> None:
@@ -230,6 +230,9 @@ FLAGS = {
     "factory": "--factory",
     "model": "--model",
     "epochs": "--epochs",
+    "exit_after": "--exits",
+    "lr": "--lr",
+    "draft_stop": "--draft-stop",
     "profile_repeats": "--profile-repeats",
 }
 _PARAMETER = re.compile(r"`(\w+)`")

@@ -1,18 +1,21 @@
-"""`edgeexit export MODEL.pt -o BUNDLE`: a checkpoint to a validated bundle of ONNX segments.
+"""`edgeexit export MODEL.pt -o BUNDLE`: a checkpoint to a validated bundle of ONNX segments;
+`edgeexit export --hf DIR --data D.npz -o BUNDLE`: a local Hugging Face folder, its exit
+heads trained on the data (edgeexit/examples/hf_folder.py).
 
-torch and onnx are imported inside the command, never at module level: the device CLI
-(run, profile, bench, targets) must work with only the runtime installed.
+torch, onnx and transformers are imported inside the command, never at module level: the
+device CLI (run, profile, bench, targets) must work with only the runtime installed.
 """
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import typer
 from rich.console import Console
 
 from edgeexit.cli import params
-from edgeexit.cli.core import command
+from edgeexit.cli.core import command, stage_progress, usage_error
 from edgeexit.criteria import CRITERIA
 from edgeexit.files import dumps_json
 
@@ -20,7 +23,7 @@ from edgeexit.files import dumps_json
 @command("export")
 def export_cmd(
     model: Path = typer.Argument(
-        ..., metavar="MODEL", help="A checkpoint written by edgeexit.save()."
+        None, metavar="MODEL", help="A checkpoint written by edgeexit.save() (or --hf DIR)."
     ),
     out: Path = typer.Option(
         ..., "-o", "--out", parser=params.output_path, help="The bundle directory to write."
@@ -65,7 +68,8 @@ def export_cmd(
         None,
         "--calib-data",
         "--data",
-        help="Data (.npz) to quantize with and check exits on (--target).",
+        help="Data (.npz): with --target, to quantize with and check exits on; with --hf, "
+        "to train the exit heads on (the inputs by name, labels y).",
     ),
     max_quant_drop: float = typer.Option(
         "0.01",
@@ -100,6 +104,31 @@ def export_cmd(
     trust: bool = typer.Option(
         False, "--trust-pickle", help="Load a pickled nn.Module (runs code from the file)."
     ),
+    hf: Path = typer.Option(
+        None,
+        "--hf",
+        metavar="DIR",
+        help="Instead of MODEL: a local Hugging Face folder (save_pretrained) of a BERT, "
+        "RoBERTa, DistilBERT, ALBERT or ViT. Exit heads are added and trained on --data; "
+        "the backbone is kept. No code from the folder runs.",
+    ),
+    exits: str = typer.Option(
+        None,
+        "--exits",
+        parser=params.layers,
+        metavar="L1,L2",
+        help="With --hf: the layers to exit after (default every layer; the last always).",
+    ),
+    epochs: int = typer.Option(
+        None, "--epochs", min=1, metavar="N", help="With --hf: training epochs (default 3)."
+    ),
+    lr: float = typer.Option(
+        None,
+        "--lr",
+        parser=params.positive,
+        metavar="RATE",
+        help="With --hf: the heads' learning rate (default 0.003).",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the manifest as JSON."),
 ) -> None:
     """Export a multi-exit model to a bundle of chained ONNX segments and validate it.
@@ -116,6 +145,8 @@ def export_cmd(
         edgeexit export model.pt -o bundle --factory mypkg.models:build
 
         edgeexit export whole.pt -o bundle --trust-pickle --input-shape 1x8x8
+
+        edgeexit export --hf my-bert/ --data train.npz -o bundle --exits 4,8
     """
     from edgeexit.errors import InputError, ValidationError
     from edgeexit.export.from_file import export_file
@@ -136,11 +167,19 @@ def export_cmd(
     )  # fmt: skip
     console = Console(stderr=as_json)
     try:
-        # the spinner goes to stderr, so stdout holds only the report or the JSON
-        with Console(stderr=True).status(f"exporting {model} ..."):
-            result = export_file(
-                model, out, options, input_shapes=shapes, trust_pickle=trust, factory=factory
-            )
+        if hf is None:
+            _check_model_flags(model, {"--exits": exits, "--epochs": epochs, "--lr": lr})
+            # the spinner goes to stderr, so stdout holds only the report or the JSON
+            with Console(stderr=True).status(f"exporting {model} ..."):
+                done = result = export_file(
+                    model, out, options, input_shapes=shapes, trust_pickle=trust, factory=factory
+                )
+        else:
+            not_hf = {"MODEL": model, "--factory": factory, "--trust-pickle": trust or None,
+                      "--input-shape": input_shape or None}  # fmt: skip
+            _check_hf_flags(not_hf, calib_data, exit_output)
+            done = _export_hf(hf, calib_data, out, options, exits, epochs, lr, hidden=as_json)
+            result = done.result
     except ValidationError as err:
         if err.report is not None:
             console.print(err.report)
@@ -148,4 +187,49 @@ def export_cmd(
     if as_json:
         typer.echo(dumps_json(result.manifest.to_json()))
     else:
-        console.print(result)
+        console.print(done)
+
+
+def _check_model_flags(model: Path | None, hf_only: dict[str, object]) -> None:
+    if model is None:
+        raise usage_error(
+            "give the model: MODEL (a checkpoint edgeexit.save wrote) or --hf DIR (a Hugging "
+            "Face folder)"
+        )
+    given = [flag for flag, value in hf_only.items() if value is not None]
+    if given:
+        raise usage_error(f"{given[0]} applies to --hf DIR exports, not to MODEL")
+
+
+def _check_hf_flags(not_hf: dict[str, object], data: Path | None, exit_output: str) -> None:
+    given = [flag for flag, value in not_hf.items() if value is not None]
+    if given:
+        raise usage_error(f"{given[0]} applies to MODEL exports, not to --hf DIR")
+    if params.ExitOutput(exit_output).value != "logits":
+        raise usage_error("--exit-output: the exits --hf adds give logits")
+    if data is None:
+        raise usage_error(
+            "export --hf needs --data D.npz to train the exit heads on (the inputs by name: "
+            "input_ids and attention_mask, or pixel_values; labels y)"
+        )
+
+
+def _export_hf(hf, data, out, options, exits, epochs, lr, *, hidden: bool):
+    from edgeexit.examples.hf_folder import HeadTraining, export_hf_folder
+
+    given = {"epochs": epochs, "lr": lr}
+    training = HeadTraining(**{k: v for k, v in given.items() if v is not None})
+    with contextlib.ExitStack() as bars:
+        advance = None
+
+        def progress(stage: str, done: int, total: int) -> None:
+            # the bars begin with training: a refusal of the folder or the data before it
+            # is its error line alone (closing bars on a pipe writes an empty line)
+            nonlocal advance
+            if advance is None:
+                advance = bars.enter_context(stage_progress(hidden=hidden))
+            advance(stage, done, total)
+
+        return export_hf_folder(
+            hf, data, out, options, exit_after=exits, training=training, progress=progress
+        )

@@ -13,7 +13,15 @@ from edgeexit.cli import params
 from edgeexit.cli.core import command, in_flags, usage_error
 from edgeexit.errors import DataError, first_line
 from edgeexit.files import dumps_json
-from edgeexit.generation import MODES, Generation, Generator, SpeculativeOptions, text
+from edgeexit.generation import (
+    MODES,
+    Generation,
+    Generator,
+    ModeChoice,
+    SpeculativeOptions,
+    chosen_mode,
+    text,
+)
 
 Mode = params.choice("Mode", MODES)
 
@@ -26,7 +34,12 @@ def generate_cmd(
         None, "--prompt-ids", help="Token ids: a .npy array, or a text file of integers."
     ),
     max_new_tokens: int = typer.Option(32, "--max-new-tokens", "-n", min=1, help="At most."),
-    mode: Mode = typer.Option("full", "--mode", "-m", help="How tokens are decoded."),
+    mode: Mode = typer.Option(
+        None,
+        "--mode",
+        "-m",
+        help="How tokens are decoded (default: what calibrate-generation chose, else full).",
+    ),
     k: int = typer.Option(None, "--k", min=1, help="Self-speculative: segments that draft."),
     gamma: int = typer.Option(None, "--gamma", min=1, help="Self-speculative: most drafts."),
     draft_stop: float = typer.Option(
@@ -54,7 +67,10 @@ def generate_cmd(
     tokens with the first --k segments and their exit, then verifies them all at once with
     the remaining segments: the output is the full model's, token for token. early-exit
     lets each token leave at the first exit whose confidence reaches its threshold.
-    Without --k/--gamma/--draft-stop/--thresholds, what calibrate chose is used.
+    Without --mode, the mode calibrate-generation measured fastest is used (early-exit
+    only where its agreement with full held on held-out prompts), else full; the output
+    says which ran and why. Without --k/--gamma/--draft-stop/--thresholds, what calibrate
+    chose is used. The text goes to stdout, everything else to stderr.
 
     Examples:
 
@@ -69,29 +85,53 @@ def generate_cmd(
     if prompt is not None and not byte_level:
         raise usage_error("this bundle has no byte-level tokenizer: pass --prompt-ids FILE")
     ids = _read_ids(prompt_ids) if prompt is None else text.encode(prompt)
+    spec_given = {"--k": k, "--gamma": gamma, "--draft-stop": draft_stop}
+    choice = _mode(mode, spec_given, thresholds, generator.manifest.generation)
     spec = None
-    if mode == "self-speculative" and (k, gamma, draft_stop) != (None, None, None):
+    if choice.mode == "self-speculative" and any(v is not None for v in spec_given.values()):
         chosen = {**generator.manifest.generation.get("self_speculative", {})}
         given = {"k": k, "gamma": gamma, "draft_stop": draft_stop}
         spec = SpeculativeOptions(**{**chosen, **{n: v for n, v in given.items() if v is not None}})
     out = generator.generate(
         ids,  # as read: the generator names an id out of range as it was written
         max_new_tokens=max_new_tokens,
-        mode=Mode(mode).value,
+        mode=choice.mode,
         speculative=spec,
         thresholds=None if thresholds is None else params.number_list(thresholds, "--thresholds"),
     )
+    said = text.decode(out.tokens) if byte_level else " ".join(str(t) for t in out.tokens)
     if as_json:
-        doc = out.to_json(generator.num_exits)
+        doc = {**out.to_json(generator.num_exits), "mode_reason": choice.why}
         if byte_level:
-            doc["text"] = text.decode(out.tokens)
+            doc["text"] = said
         typer.echo(in_flags(dumps_json(doc)))
         return
-    if byte_level:
-        typer.echo(text.decode(out.tokens))
-    else:
-        typer.echo(" ".join(str(t) for t in out.tokens))
-    Console(stderr=True).print(_summary(out, generator.num_exits))
+    errors = Console(stderr=True)
+    errors.print(
+        f"mode: {choice.mode} ({choice.why})", markup=False, highlight=False, soft_wrap=True
+    )
+    errors.print("text:" if byte_level else "token ids:", style="bold")
+    typer.echo(said)  # stdout holds the text alone: `generate ... > out.txt`
+    errors.print(_summary(out, generator.num_exits))
+
+
+def _mode(
+    mode: object, spec_given: dict[str, object], thresholds: str | None, recorded: dict
+) -> ModeChoice:
+    """The mode asked for; else the one the flags given imply; else what calibrate-generation
+    recorded (``chosen_mode``)."""
+    spec_flags = [flag for flag, value in spec_given.items() if value is not None]
+    if mode is not None:  # another mode's flags are ignored (scripts pass them all)
+        return ModeChoice(Mode(mode).value, "asked for with --mode")
+    if spec_flags and thresholds is not None:
+        raise usage_error(
+            f"{spec_flags[0]} is self-speculative's and --thresholds early-exit's: give --mode"
+        )
+    if spec_flags:
+        return ModeChoice("self-speculative", f"implied by {spec_flags[0]}")
+    if thresholds is not None:
+        return ModeChoice("early-exit", "implied by --thresholds")
+    return chosen_mode(recorded)
 
 
 def _read_ids(path: Path) -> np.ndarray:

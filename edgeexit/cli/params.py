@@ -146,6 +146,14 @@ def number_list(text: str, flag: str) -> list[float]:
     return values
 
 
+def layers(text: str) -> list[int]:
+    """'4,8' -> layer numbers, 1-based (the model checks them against its depth)."""
+    parts = [part.strip() for part in text.split(",")]
+    if not all(part.isdigit() and int(part) >= 1 for part in parts):
+        raise typer.BadParameter(f"{text!r} is not a list of layer numbers, e.g. 4,8 (from 1)")
+    return [int(part) for part in parts]
+
+
 def agreement(text: str) -> float:
     """A share that must be reached, in (0, 1]: 0 would be no requirement at all."""
     value = _number(text)

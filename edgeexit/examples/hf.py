@@ -2,7 +2,9 @@
 
 ``multi_exit_encoder(hf_model, num_labels)`` turns a BERT, RoBERTa, DistilBERT or ALBERT
 encoder (``BertModel``, ``...ForSequenceClassification``, ...) into a ``MultiExit`` with an
-exit after every layer; ``multi_exit_vit(hf_model, num_labels)`` does the same for a ViT.
+exit after every layer (or after the layers ``exit_after=`` numbers); ``multi_exit_vit``
+does the same for a ViT. Segment 0's forward names the bundle's inputs: ``input_ids`` and
+``attention_mask``, or ``pixel_values``.
 What it takes care of, which a user would otherwise have to know:
 
 - the additive attention mask is built once, in segment 0, from the 0/1 ``attention_mask``
@@ -19,9 +21,12 @@ at once, or with ``freeze_backbone=True`` for the heads only). Needs the ``hf`` 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import nn
 
+from edgeexit.errors import InputError
 from edgeexit.export.model import MultiExit
 
 
@@ -46,33 +51,41 @@ class ClsExit(nn.Module):
 
 
 class _Stem(nn.Module):
-    """Segment 0: embeddings, the mask built once, the first layer."""
+    """Segment 0: embeddings, the mask built once, the first layers (its forward names the
+    bundle's inputs ``input_ids`` and ``attention_mask``)."""
 
-    def __init__(self, embed: nn.Module, layer: nn.Module) -> None:
+    def __init__(self, embed: nn.Module, layers: Sequence[nn.Module]) -> None:
         super().__init__()
         self.embed = embed
-        self.layer = layer
+        self.layers = nn.ModuleList(layers)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor):
         hidden = self.embed(input_ids)
         mask = additive_mask(attention_mask, hidden.dtype)
-        return _hidden(self.layer(hidden, mask)), mask
+        for layer in self.layers:
+            hidden = _hidden(layer(hidden, mask))
+        return hidden, mask
 
 
-class _Layer(nn.Module):
-    """Segment i >= 1: one encoder layer over (hidden, mask)."""
+class _Layers(nn.Module):
+    """Segment i >= 1: encoder layers over (hidden, mask)."""
 
-    def __init__(self, layer: nn.Module) -> None:
+    def __init__(self, layers: Sequence[nn.Module]) -> None:
         super().__init__()
-        self.layer = layer
+        self.layers = nn.ModuleList(layers)
 
     def forward(self, hidden: torch.Tensor, mask: torch.Tensor):
-        return _hidden(self.layer(hidden, mask)), mask
+        for layer in self.layers:
+            hidden = _hidden(layer(hidden, mask))
+        return hidden, mask
 
 
-def multi_exit_encoder(hf_model: nn.Module, num_labels: int) -> MultiExit:
+def multi_exit_encoder(
+    hf_model: nn.Module, num_labels: int, exit_after: Sequence[int] | None = None
+) -> MultiExit:
     """A BERT / RoBERTa / DistilBERT / ALBERT encoder as a MultiExit: inputs
-    ``(input_ids, attention_mask)`` int64 [batch, seq], an exit after every layer."""
+    ``(input_ids, attention_mask)`` int64 [batch, seq], an exit after every layer, or after
+    the layers ``exit_after`` numbers (1-based; the last layer always has one)."""
     base = _base(hf_model)
     _eager(hf_model)
     kind = base.config.model_type
@@ -90,38 +103,79 @@ def multi_exit_encoder(hf_model: nn.Module, num_labels: int) -> MultiExit:
         layers = [groups[i // per_group] for i in range(config.num_hidden_layers)]
         embed = nn.Sequential(base.embeddings, base.encoder.embedding_hidden_mapping_in)
     else:
-        raise ValueError(
+        raise InputError(
             f"model type {kind!r}: expected bert, roberta, distilbert or albert "
             "(multi_exit_vit for ViT)"
         )
-    segments = [_Stem(embed, layers[0])]
-    segments += [_Layer(layer) for layer in layers[1:]]
+    first, *rest = _grouped(layers, exit_after)
+    segments = [_Stem(embed, first), *(_Layers(group) for group in rest)]
     return MultiExit(segments, [ClsExit(hidden, num_labels) for _ in segments])
 
 
-def multi_exit_vit(hf_model: nn.Module, num_labels: int) -> MultiExit:
+def multi_exit_vit(
+    hf_model: nn.Module, num_labels: int, exit_after: Sequence[int] | None = None
+) -> MultiExit:
     """A ViT as a MultiExit: input ``pixel_values`` float [batch, channels, H, W], an exit
-    (final layer norm, then DeeBERT's head on [CLS]) after every layer."""
+    (final layer norm, then DeeBERT's head on [CLS]) after every layer, or after those
+    ``exit_after`` numbers (as ``multi_exit_encoder``)."""
     base = _base(hf_model)
     _eager(hf_model)
     if base.config.model_type != "vit":
-        raise ValueError(f"model type {base.config.model_type!r}: expected vit")
+        raise InputError(f"model type {base.config.model_type!r}: expected vit")
     # transformers 5 keeps ViT's layers on the model, older versions on its encoder
     layers = list(base.layers if hasattr(base, "layers") else base.encoder.layer)
     hidden = base.config.hidden_size
-    segments = [nn.Sequential(base.embeddings, _NoMask(layers[0]))]
-    segments += [_NoMask(layer) for layer in layers[1:]]
+    first, *rest = _grouped(layers, exit_after)
+    segments = [_PatchStem(base.embeddings, first), *(_Unmasked(group) for group in rest)]
     norm = base.layernorm
     return MultiExit(segments, [ClsExit(hidden, num_labels, norm) for _ in segments])
 
 
-class _NoMask(nn.Module):
-    def __init__(self, layer: nn.Module) -> None:
+class _PatchStem(nn.Module):
+    """ViT's segment 0: patch embeddings, then the first layers (its forward names the
+    bundle's input ``pixel_values``)."""
+
+    def __init__(self, embed: nn.Module, layers: Sequence[nn.Module]) -> None:
         super().__init__()
-        self.layer = layer
+        self.embed = embed
+        self.layers = nn.ModuleList(layers)
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        hidden = self.embed(pixel_values)
+        for layer in self.layers:
+            hidden = _hidden(layer(hidden))
+        return hidden
+
+
+class _Unmasked(nn.Module):
+    """ViT's segment i >= 1: layers over the hidden states (no mask: every patch counts)."""
+
+    def __init__(self, layers: Sequence[nn.Module]) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(layers)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        return _hidden(self.layer(hidden))
+        for layer in self.layers:
+            hidden = _hidden(layer(hidden))
+        return hidden
+
+
+def _grouped(layers: list[nn.Module], exit_after: Sequence[int] | None) -> list[list[nn.Module]]:
+    """The layers cut after each layer number in ``exit_after`` (1-based) and after the
+    last: one group per segment."""
+    count = len(layers)
+    if exit_after is None:
+        return [[layer] for layer in layers]
+    cuts = list(exit_after)
+    whole = all(isinstance(n, int) and not isinstance(n, bool) for n in cuts)
+    if not cuts or not whole or cuts != sorted(set(cuts)) or not 1 <= cuts[0] <= cuts[-1] <= count:
+        raise InputError(
+            f"`exit_after` is {cuts!r}; expected increasing layer numbers in 1..{count} (an "
+            "exit after each; the last layer always has one)"
+        )
+    if cuts[-1] != count:
+        cuts.append(count)
+    return [layers[start:end] for start, end in zip([0, *cuts[:-1]], cuts)]
 
 
 def _hidden(output: torch.Tensor | tuple) -> torch.Tensor:

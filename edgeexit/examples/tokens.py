@@ -169,7 +169,7 @@ def run_token_demo(
         example = tuple(torch.from_numpy(a[:2]) for a in train[:2])
         export(model, example, tmp / "bundle", output="tokens")
         for name, (ids, mask, labels) in (("calibration", calibration), ("test", test)):
-            np.savez(tmp / f"{name}.npz", input_0=ids, input_1=mask, y=labels)
+            np.savez(tmp / f"{name}.npz", input_ids=ids, attention_mask=mask, y=labels)
         budget = Budget(max_accuracy_drop=1 - min_agreement)
         tell("calibrating", 0, 1)
         report = calibrate_bundle(tmp / "bundle", tmp / "calibration.npz", budget)

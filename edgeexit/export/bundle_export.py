@@ -110,7 +110,7 @@ def export_bundle(
         sources = (*sources, options.calib_data)
     check_bundle_output(out_dir, inputs=sources)
     inputs = to_tensors(example_inputs)
-    names = resolve_input_names(inputs, options.input_names)
+    names = resolve_input_names(inputs, options.input_names, model)
     target = _resolve_target(options)
     steps = trace(model, inputs, options.criterion, options.output)
     with atomic_bundle_dir(out_dir, inputs=sources) as tmp:
@@ -331,7 +331,7 @@ def export_monolithic(
     against): inputs as in the bundle, outputs ``logits_0..`` then ``score_0..``, dynamic batch.
     """
     inputs = to_tensors(example_inputs)
-    names = resolve_input_names(inputs, input_names)
+    names = resolve_input_names(inputs, input_names, model)
     steps = trace(model, inputs, criterion)
     outputs = [f"logits_{i}" for i in range(len(steps))] + [f"score_{i}" for i in range(len(steps))]
     path = Path(path)

@@ -116,7 +116,7 @@ def save(
         factory = None  # defined in a script: another process could not import it
     out = files.check_output(path, "checkpoint", recognise=is_checkpoint)
     inputs = to_tensors(example_inputs)
-    names = resolve_input_names(inputs, input_names)
+    names = resolve_input_names(inputs, input_names, model)
     doc: dict[str, Any] = {
         "format": FORMAT,
         "input_names": list(names),

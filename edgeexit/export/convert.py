@@ -13,6 +13,10 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import os
+import re
+import sys
+import tempfile
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -27,6 +31,12 @@ from edgeexit.export.nchwc import anchor_blocked_inputs
 
 EXPORTERS = ("auto", "torchscript", "dynamo")
 DYNAMO_MIN_OPSET = 18
+# What onnxsim's constant folding prints for a node it could not fold (it folds nodes in
+# batches, bisects a batch that fails, and gives up on a node alone): the node stays in the
+# graph as exported, and a later round often folds it after all (BERT's token type and
+# position lookups: "no initializer .../Where_output_0"). Nothing is wrong; the graph is
+# checked by onnxsim and validated against torch.
+_FOLD_SKIPPED = re.compile(r'^WARNING: failed to run "[\w.]+" op \(name is ".*"\), skip\.\.\.')
 
 
 def export_graph(
@@ -141,12 +151,41 @@ def _simplify(model: onnx.ModelProto) -> onnx.ModelProto:
     import onnxsim
 
     try:
-        simplified, ok = onnxsim.simplify(model)
+        with without_fold_skips():
+            simplified, ok = onnxsim.simplify(model)
     except Exception as err:  # (onnxsim raises bare RuntimeErrors and more)
         raise ExportError(f"onnxsim could not simplify the graph: {first_line(err)}") from err
     if not ok:
         raise ExportError("onnxsim's check of the simplified graph failed")
     return simplified
+
+
+@contextlib.contextmanager
+def without_fold_skips():
+    """Every line written to the process's stderr meanwhile is written on, but for onnxsim's
+    ``failed to run ... skip`` (``_FOLD_SKIPPED``), which its C++ code writes to file
+    descriptor 2 (where ``contextlib.redirect_stderr`` does not reach)."""
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):  # no stderr to filter
+        saved = None
+    if saved is None:
+        yield
+        return
+    with tempfile.TemporaryFile() as capture:
+        os.dup2(capture.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            capture.seek(0)
+            lines = capture.read().decode(errors="replace").splitlines(keepends=True)
+            kept = "".join(line for line in lines if not _FOLD_SKIPPED.match(line))
+            if kept:
+                sys.stderr.write(kept)
+                sys.stderr.flush()
 
 
 @contextlib.contextmanager

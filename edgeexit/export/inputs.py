@@ -3,12 +3,14 @@
 
 from __future__ import annotations
 
+import inspect
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+from torch import nn
 
 from edgeexit.errors import InputError
 
@@ -18,6 +20,10 @@ _SPEC = re.compile(
     r"(?P<dims>\d+(?:[x,]\d+)*)?"  # 1x8x8 or 1,8,8
     r"(?::(?P<dtype>\w+))?$"  # optional :DTYPE
 )
+# Names the bundle's graphs give their own tensors (bundle_export, bundle.INPUT_SUM): a
+# model input may not take one.
+_GRAPH_NAMES = re.compile(r"^(carry_\d+_\d+|logits_\d+|score_\d+|edgeexit_\w*)$")
+_POSITIONAL = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
 
 
 @dataclass(frozen=True)
@@ -84,10 +90,15 @@ def to_tensors(example_inputs: object) -> tuple[torch.Tensor, ...]:
 
 
 def resolve_input_names(
-    inputs: Sequence[torch.Tensor], names: Sequence[str] | None
+    inputs: Sequence[torch.Tensor], names: Sequence[str] | None, model: object = None
 ) -> tuple[str, ...]:
-    """The model inputs' names: given ones, or ``x`` / ``input_0, input_1, ...``."""
+    """The model inputs' names: given ones; else those of ``model.segments[0].forward``'s
+    parameters (``input_ids, attention_mask``), where ``forward_names`` finds them; else
+    ``x`` / ``input_0, input_1, ...``."""
     if names is None:
+        found = forward_names(model, len(inputs))
+        if found is not None:
+            return found
         return ("x",) if len(inputs) == 1 else tuple(f"input_{k}" for k in range(len(inputs)))
     if len(names) != len(inputs) or len(set(names)) != len(names):
         raise InputError(
@@ -95,3 +106,26 @@ def resolve_input_names(
             "expected one distinct name per input"
         )
     return tuple(names)
+
+
+def forward_names(model: object, count: int) -> tuple[str, ...] | None:
+    """The names of the first ``count`` parameters of the first segment's ``forward``: what
+    the model calls its inputs. None where they say nothing or cannot be read: a model
+    without segments, ``forward(*args)``, a segment that is one of torch's own modules
+    (``nn.Sequential``'s ``input``), or a name the bundle's graphs use themselves."""
+    segments = getattr(model, "segments", None)
+    if not isinstance(segments, nn.ModuleList) or not len(segments):
+        return None
+    first = segments[0]
+    if type(first).forward.__module__.startswith("torch."):
+        return None
+    try:
+        parameters = list(inspect.signature(first.forward).parameters.values())
+    except (TypeError, ValueError):  # a forward inspect cannot read (a C function)
+        return None
+    names = []
+    for p in parameters[:count]:
+        if p.kind not in _POSITIONAL or _GRAPH_NAMES.match(p.name):
+            return None
+        names.append(p.name)
+    return tuple(names) if len(names) == count else None

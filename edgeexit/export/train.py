@@ -8,6 +8,7 @@ backbone that is already trained.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -42,11 +43,13 @@ def train_multi_exit(
     config: TrainConfig | None = None,
     *,
     on_epoch: Callable[[int, float], None] | None = None,
+    on_step: Callable[[int, int], None] | None = None,
     **kw,
 ) -> list[float]:
     """Train ``model`` in place on ``inputs`` (an array/Tensor or a tuple of them) and
     ``labels``; return the mean loss of each epoch. ``kw`` overrides TrainConfig fields.
-    ``on_epoch(epochs_done, mean_loss)`` is called after each epoch (progress bars)."""
+    ``on_epoch(epochs_done, mean_loss)`` is called after each epoch, ``on_step(steps_done,
+    steps)`` after each optimizer step (progress bars)."""
     config = TrainConfig(**{**(config.__dict__ if config else {}), **kw})
     n_exits = check_contract(model)
     weights = config.exit_weights or (1.0,) * n_exits
@@ -58,6 +61,7 @@ def train_multi_exit(
     params = _trainable(model, config.freeze_backbone)
     opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     history = []
+    steps, done = config.epochs * math.ceil(len(y) / config.batch_size), 0
     for _ in range(config.epochs):
         model.train()
         if config.freeze_backbone:
@@ -70,6 +74,9 @@ def train_multi_exit(
             loss.backward()
             opt.step()
             total += loss.item() * len(idx)
+            done += 1
+            if on_step is not None:
+                on_step(done, steps)
         history.append(total / len(y))
         if on_epoch is not None:
             on_epoch(len(history), history[-1])

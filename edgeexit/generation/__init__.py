@@ -4,6 +4,7 @@ self-speculatively (the first segments draft, the rest verify) or with early exi
 
 from edgeexit.generation import text
 from edgeexit.generation.generator import Generation, Generator
-from edgeexit.generation.options import MODES, SpeculativeOptions
+from edgeexit.generation.options import MODES, ModeChoice, SpeculativeOptions, chosen_mode
 
-__all__ = ["MODES", "Generation", "Generator", "SpeculativeOptions", "text"]
+__all__ = ["MODES", "Generation", "Generator", "ModeChoice", "SpeculativeOptions", "chosen_mode",
+           "text"]  # fmt: skip

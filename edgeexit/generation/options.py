@@ -10,7 +10,7 @@ sees it, here, and the manifest's copy (``manifest.py``) goes through the same c
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -90,3 +90,72 @@ def _numpy_number(value: Any) -> bool:
     """A numpy float or int scalar (np.inf is a float already)."""
     kind = getattr(getattr(value, "dtype", None), "kind", None)
     return kind in ("f", "i", "u") and getattr(value, "ndim", 1) == 0
+
+
+@dataclass(frozen=True)
+class ModeChoice:
+    """The mode ``generate`` runs when none is asked for, and why, in words."""
+
+    mode: str
+    why: str
+
+
+def chosen_mode(generation: Mapping[str, Any]) -> ModeChoice:
+    """The mode a bundle's ``generation`` block (what calibrate-generation recorded,
+    checked by the manifest's reader) makes the default: of the modes whose output it
+    accepts, the one measured fastest against full decoding, if faster. Self-speculative's
+    output is full's, always accepted; early-exit's differs, accepted only where its
+    agreement with full held on held-out prompts. A block without measurements (written by
+    hand) gives self-speculative if it has settings for it, else early-exit; no block, full."""
+    if not generation:
+        return ModeChoice(
+            "full", "the bundle records no generation settings: calibrate-generation chooses them"
+        )
+    report = generation.get("report")
+    thresholds = generation.get("early_exit") or ()
+    early = any(t is not None and t != math.inf for t in thresholds)
+    if report is None:
+        if "self_speculative" in generation:
+            return ModeChoice("self-speculative", "the bundle's recorded settings (not measured)")
+        if early:
+            return ModeChoice("early-exit", "the bundle's recorded thresholds (not measured)")
+        return ModeChoice("full", "the bundle's generation settings leave no early exit")
+    speeds = _accepted_speedups(generation, report, early)
+    faster = {mode: speed for mode, speed in speeds.items() if speed > 1}
+    if not faster:
+        return ModeChoice("full", _none_faster(generation, report, early))
+    mode = max(faster, key=faster.get)  # a tie goes to self-speculative: full's tokens
+    if mode == "self-speculative":
+        why = f"calibrated: {faster[mode]:.2f}x full's tokens/s, the same tokens as full"
+    else:
+        why = (
+            f"calibrated: {faster[mode]:.2f}x full's tokens/s, "
+            f"{report['held_out_agreement']:.1%} of full's tokens on held-out prompts "
+            f"(at least {report['min_agreement']:.0%} asked)"
+        )
+    return ModeChoice(mode, why)
+
+
+def _accepted_speedups(
+    generation: Mapping[str, Any], report: Mapping[str, Any], early: bool
+) -> dict[str, float]:
+    speeds = {}
+    if "self_speculative" in generation and report.get("speculative_speedup") is not None:
+        speeds["self-speculative"] = float(report["speculative_speedup"])
+    held = report.get("held") is True and report.get("held_out_agreement") is not None
+    if early and held and report.get("early_exit_speedup") is not None:
+        speeds["early-exit"] = float(report["early_exit_speedup"])
+    return speeds
+
+
+def _none_faster(generation: Mapping[str, Any], report: Mapping[str, Any], early: bool) -> str:
+    said = []
+    if report.get("speculative_speedup") is not None and "self_speculative" in generation:
+        said.append(f"self-speculative ran {report['speculative_speedup']:.2f}x full's tokens/s")
+    if early and report.get("held") is False:
+        said.append("early-exit missed its agreement with full on held-out prompts")
+    elif early and report.get("held") is None:
+        said.append("early-exit was not checked on held-out prompts")
+    elif early:
+        said.append(f"early-exit ran {report.get('early_exit_speedup') or 0:.2f}x full's tokens/s")
+    return "calibrate-generation found no faster mode: " + "; ".join(said or ["none recorded"])
