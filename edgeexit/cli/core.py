@@ -232,7 +232,6 @@ FLAGS = {
     "epochs": "--epochs",
     "exit_after": "--exits",
     "lr": "--lr",
-    "draft_stop": "--draft-stop",
     "profile_repeats": "--profile-repeats",
 }
 _PARAMETER = re.compile(r"`(\w+)`")
