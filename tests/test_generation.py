@@ -373,6 +373,16 @@ def test_decoder_training_learns_and_keeps_float32_weights_under_bf16_autocast(b
     assert all(p.dtype == torch.float32 for p in model.parameters())
 
 
+def test_decoder_training_takes_any_step_count():
+    from edgeexit.export.train import train_decoder
+
+    model = MultiExitDecoder(CONFIG)
+    corpus = np.tile(np.arange(10), 50)
+    for steps in (1, 2, 10, 11):  # 10: OneCycleLR's warm-up of one step divided by zero
+        losses = train_decoder(model, corpus, steps=steps, seq_len=8, batch_size=2)
+        assert len(losses) == steps and np.isfinite(losses).all()
+
+
 def test_demo_generate_trains_the_demos_own_step_count_unless_told(monkeypatch, tmp_path):
     import edgeexit.cli.demo as cli_demo
     import edgeexit.examples.generation_demo as demo
