@@ -391,6 +391,50 @@ def test_ctrl_c_at_any_moment_exits_130_without_a_traceback(tmp_path):
     assert interrupted >= 3
 
 
+# Sends this process Ctrl-C while Python looks for the module named in INTERRUPT_AT: a
+# Ctrl-C pressed at that moment of start-up, on any machine, however fast.
+INTERRUPTING_SITECUSTOMIZE = """
+import os, signal, sys
+
+class InterruptAt:
+    def find_spec(self, name, path=None, target=None):
+        if name == os.environ["INTERRUPT_AT"]:
+            sys.meta_path.remove(self)
+            os.kill(os.getpid(), signal.SIGINT)
+        return None
+
+sys.meta_path.insert(0, InterruptAt())
+"""
+PIP_SCRIPT = """import re
+import sys
+from edgeexit.cli import main
+if __name__ == '__main__':
+    sys.argv[0] = re.sub(r'(-script\\.pyw|\\.exe)?$', '', sys.argv[0])
+    sys.exit(main())
+"""
+
+
+@pytest.mark.parametrize("entry", ["python -m edgeexit", "the edgeexit script"])
+@pytest.mark.parametrize(
+    "module",
+    [
+        "edgeexit.lazy",  # import edgeexit itself
+        "edgeexit.cli",  # the command line's module, before main() runs
+        "typer",  # the application, imported by main() with Ctrl-C held back
+        "onnxruntime",  # a native module, whose initialisation it could break
+    ],
+)
+def test_ctrl_c_while_the_command_line_starts_exits_130_with_one_line(tmp_path, entry, module):
+    (tmp_path / "sitecustomize.py").write_text(INTERRUPTING_SITECUSTOMIZE)
+    (tmp_path / "edgeexit").write_text(PIP_SCRIPT)  # what pip installs as bin/edgeexit
+    env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{REPO}", "INTERRUPT_AT": module}
+    start = ["-m", "edgeexit"] if entry.startswith("python") else [str(tmp_path / "edgeexit")]
+    proc = subprocess.run([sys.executable, *start, "targets"], env=env, capture_output=True,
+                          text=True, timeout=120)  # fmt: skip
+    assert proc.returncode == 130, proc.stderr
+    assert proc.stderr == "interrupted\n" and proc.stdout == ""
+
+
 def test_a_ctrl_c_a_callback_swallowed_still_exits_130_without_a_traceback():
     """A Ctrl-C landing in code a native module called back (pydantic-core, while typer
     parses options) is 'ignored' by it: Python prints a traceback and the command goes on.
