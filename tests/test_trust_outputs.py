@@ -387,6 +387,8 @@ def test_ctrl_c_at_any_moment_exits_130_without_a_traceback(tmp_path):
         # it has already put back the default handler; the output is all there then.
         done = proc.returncode in (0, -signal.SIGINT) and b"segment" in out
         assert done or proc.returncode == 130, (delay, proc.returncode, err.decode())
+        if proc.returncode == 130:  # one line, saying what was kept
+            assert err.decode().splitlines()[-1] in ("interrupted", "interrupted: nothing written")
         interrupted += proc.returncode == 130
     assert interrupted >= 3
 
@@ -481,6 +483,29 @@ def test_ctrl_c_during_calibrate_leaves_the_bundle_and_no_litter(tmp_path, monke
     args = ["calibrate", str(bundle), "--data", data, "--max-accuracy-drop", "0.1"]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 130 and "Traceback" not in result.output
+    assert result.stderr == f"interrupted: nothing written; {bundle} unchanged\n"
+    assert tree(tmp_path) == before
+
+
+@pytest.mark.parametrize("existed", [False, True])
+def test_ctrl_c_during_export_says_nothing_was_written(tmp_path, monkeypatch, existed):
+    edgeexit.save(digits_cnn(), tmp_path / "m.pt", example_inputs=torch.rand(2, 1, 8, 8))
+    out = tmp_path / "bundle"
+    if existed:
+        assert (
+            CliRunner().invoke(app, ["export", str(tmp_path / "m.pt"), "-o", str(out)]).exit_code
+            == 0
+        )
+    before = tree(tmp_path)
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("edgeexit.export.bundle_export.validate_bundle", interrupted)
+    result = CliRunner().invoke(app, ["export", str(tmp_path / "m.pt"), "-o", str(out)])
+    assert result.exit_code == 130 and "Traceback" not in result.output
+    said = "unchanged" if existed else "not created"
+    assert result.stderr == f"interrupted: nothing written; {out} {said}\n"
     assert tree(tmp_path) == before
 
 

@@ -60,8 +60,9 @@ def main() -> None:
             from edgeexit.cli.commands import app  # registers every command
 
         code = app(standalone_mode=False)
-    except KeyboardInterrupt:
-        sys.stderr.write("interrupted\n")
+    except KeyboardInterrupt as err:  # outside any command (a command says what it kept)
+        kept = getattr(err, "kept", None)
+        sys.stderr.write(f"interrupted: {kept}\n" if kept else "interrupted\n")
         code = EXIT_INTERRUPTED
     if code == EXIT_INTERRUPTED:
         # CPython remembers a KeyboardInterrupt that passed through code a native module ran

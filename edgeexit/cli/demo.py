@@ -9,7 +9,8 @@ from typing import Any
 import typer
 
 from edgeexit.cli import params
-from edgeexit.cli.core import command, in_flags, show, stage_progress, usage_error
+from edgeexit.cli.core import command, in_flags, show, usage_error
+from edgeexit.cli.progress import progress
 from edgeexit.files import dumps_json
 
 
@@ -103,9 +104,10 @@ def demo_cmd(
 
 
 def _run_and_show(run: Callable[[Any], Any], as_json: bool) -> None:
-    """Run a demo with a progress bar (hidden under --json), then print its report."""
-    with stage_progress(hidden=as_json) as advance:
-        report = run(advance)
+    """Run a demo with progress on stderr, then print its report."""
+    with progress("demo", kept="the demo's folder keeps the steps that finished",
+                  for_script=as_json) as tell:  # fmt: skip
+        report = run(tell)
     if as_json:
         typer.echo(in_flags(dumps_json(report.to_json())))
         return

@@ -13,6 +13,7 @@ from rich.console import Console
 
 from edgeexit.cli import params
 from edgeexit.cli.core import command
+from edgeexit.cli.progress import progress, unchanged
 from edgeexit.criteria import CRITERIA
 from edgeexit.files import dumps_json
 
@@ -92,32 +93,35 @@ def export_cmd(
         edgeexit export whole.pt -o bundle --trust-pickle --input-shape 1x8x8
     """
     from edgeexit.errors import InputError, ValidationError
-    from edgeexit.export.from_file import export_file
-    from edgeexit.export.inputs import parse_input_shape
-    from edgeexit.export.options import ExportOptions
 
-    criterion = params.Criterion(criterion).value
+    kept = f"nothing written; {unchanged(out)}"
     try:
-        shapes = [parse_input_shape(s) for s in input_shape or ()]
-    except InputError as err:  # a malformed option value: a usage error
-        raise typer.BadParameter(str(err), param_hint="'--input-shape'") from None
-    options_given = {"patience": patience}  # each criterion takes the ones it defines
-    params_ = {k: v for k, v in options_given.items() if k in CRITERIA[criterion].defaults}
-    options = ExportOptions(
-        criterion=criterion, criterion_params=params_, opset=opset, atol=atol, target=target,
-        calib_data=str(calib_data) if calib_data else None, max_quant_drop=max_quant_drop,
-        bodies=bodies, max_prefix=max_prefix, output=params.ExitOutput(exit_output).value,
-    )  # fmt: skip
-    console = Console(stderr=as_json)
-    try:
-        # the spinner goes to stderr, so stdout holds only the report or the JSON
-        with Console(stderr=True).status(f"exporting {model} ..."):
-            result = export_file(model, out, options, input_shapes=shapes, trust_pickle=trust)
-    except ValidationError as err:
+        with progress("export", kept=kept, for_script=as_json) as tell:
+            tell("loading torch and onnx", 0, 0)  # seconds on a small machine: say so at once
+            from edgeexit.export.from_file import export_file
+            from edgeexit.export.inputs import parse_input_shape
+            from edgeexit.export.options import ExportOptions
+
+            try:
+                shapes = [parse_input_shape(s) for s in input_shape or ()]
+            except InputError as err:  # a malformed option value: a usage error
+                raise typer.BadParameter(str(err), param_hint="'--input-shape'") from None
+            criterion = params.Criterion(criterion).value
+            given = {"patience": patience}  # each criterion takes the ones it defines
+            taken = {k: v for k, v in given.items() if k in CRITERIA[criterion].defaults}
+            options = ExportOptions(
+                criterion=criterion, criterion_params=taken, opset=opset, atol=atol, target=target,
+                calib_data=str(calib_data) if calib_data else None, max_quant_drop=max_quant_drop,
+                bodies=bodies, max_prefix=max_prefix, output=params.ExitOutput(exit_output).value,
+            )  # fmt: skip
+            result = export_file(
+                model, out, options, input_shapes=shapes, trust_pickle=trust, progress=tell
+            )
+    except ValidationError as err:  # every check, then its one line
         if err.report is not None:
-            console.print(err.report)
+            Console(stderr=as_json).print(err.report)
         raise
     if as_json:
         typer.echo(dumps_json(result.manifest.to_json()))
     else:
-        console.print(result)
+        Console().print(result)
