@@ -388,9 +388,14 @@ def test_demo_generate_trains_the_demos_own_step_count_unless_told(monkeypatch, 
     import edgeexit.examples.generation_demo as demo
 
     seen = []
-    monkeypatch.setattr(demo, "run_generation_demo",
-                        lambda out, steps, progress: seen.append(steps))  # fmt: skip
-    monkeypatch.setattr(cli_demo, "_run_and_show", lambda run, as_json: run(None))
+
+    def run(out, progress, steps=demo.STEPS, **rest):
+        seen.append(steps)
+
+    monkeypatch.setattr(demo, "run_generation_demo", run)
+    monkeypatch.setattr(cli_demo, "_run_and_show", lambda run, as_json, kept: run(None))
     assert cli("demo", "--generate", "-o", tmp_path / "a").exit_code == 0
     assert cli("demo", "--generate", "--steps", 7, "-o", tmp_path / "b").exit_code == 0
-    assert seen == [demo.STEPS, 7]
+    assert cli("demo", "--generate", "--quick", "-o", tmp_path / "c").exit_code == 0
+    assert cli("demo", "--generate", "--quick", "--steps", 7, "-o", tmp_path / "d").exit_code == 0
+    assert seen == [demo.STEPS, 7, demo.QUICK["steps"], 7]

@@ -42,11 +42,13 @@ def train_multi_exit(
     config: TrainConfig | None = None,
     *,
     on_epoch: Callable[[int, float], None] | None = None,
+    on_batch: Callable[[int, int], None] | None = None,
     **kw,
 ) -> list[float]:
     """Train ``model`` in place on ``inputs`` (an array/Tensor or a tuple of them) and
     ``labels``; return the mean loss of each epoch. ``kw`` overrides TrainConfig fields.
-    ``on_epoch(epochs_done, mean_loss)`` is called after each epoch (progress bars)."""
+    ``on_epoch(epochs_done, mean_loss)`` is called after each epoch, ``on_batch(batches_done,
+    batches_in_all_epochs)`` after each optimizer step (progress bars)."""
     config = TrainConfig(**{**(config.__dict__ if config else {}), **kw})
     n_exits = check_contract(model)
     weights = config.exit_weights or (1.0,) * n_exits
@@ -58,18 +60,21 @@ def train_multi_exit(
     params = _trainable(model, config.freeze_backbone)
     opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     history = []
-    for _ in range(config.epochs):
+    per_epoch = -(-len(y) // config.batch_size)
+    for epoch in range(config.epochs):
         model.train()
         if config.freeze_backbone:
             model.segments.eval()  # frozen BatchNorm statistics too
         total = 0.0
-        for idx in torch.randperm(len(y)).split(config.batch_size):
+        for batch, idx in enumerate(torch.randperm(len(y)).split(config.batch_size)):
             logits = [s.logits for s in run_exits(model, [x[idx] for x in xs])]
             loss = _loss(logits, y[idx], weights, config)
             opt.zero_grad()
             loss.backward()
             opt.step()
             total += loss.item() * len(idx)
+            if on_batch is not None:
+                on_batch(epoch * per_epoch + batch + 1, config.epochs * per_epoch)
         history.append(total / len(y))
         if on_epoch is not None:
             on_epoch(len(history), history[-1])
