@@ -37,7 +37,7 @@ from edgeexit.progress import Progress, or_silent
 
 PSNR_SCALE = 10.0  # the gate predicts PSNR / 10 (dB): a score of 2.5 means 25 dB
 EPOCHS = 6
-QUICK = {"epochs": 3, "rounds": 1}  # run_denoise_demo's, for --quick
+QUICK = {"epochs": 4, "rounds": 1}  # run_denoise_demo's, for --quick
 
 
 def noisy_clean(
