@@ -37,7 +37,7 @@ def demo_cmd(
     data: Path = typer.Option(None, help="Calibration data .npz (x, y) for --model."),
     test_data: Path = typer.Option(None, help="Held-out .npz to bench on (default: --data)."),
     quick: bool = typer.Option(
-        False, "--quick", help="About a minute: less training and measuring, same verdict."
+        False, "--quick", help="About a minute: less training and measuring, still a verdict."
     ),
     epochs: int = typer.Option(
         None, min=1, help="Training epochs (default 6; --tokens 4; --quick: fewer)."
@@ -64,7 +64,7 @@ def demo_cmd(
     steps: int = typer.Option(
         None,
         min=1,
-        help="--generate: training steps (cached); the demo's own 900 (--quick 120) if not given.",
+        help="--generate: training steps (cached); the demo's own 900 (--quick 200) if not given.",
     ),
     denoise: bool = typer.Option(
         False,
