@@ -3,6 +3,7 @@ while the command runs, never an ANSI code; -q and --json (for scripts) leave th
 
 from __future__ import annotations
 
+import io
 import os
 import subprocess
 import sys
@@ -11,7 +12,8 @@ from pathlib import Path
 import pytest
 from fixtures.targets_digits import load_weights, write_bundle
 
-from edgeexit.cli.progress import _duration, _line, _Stage, interrupted_line, progress
+from edgeexit.cli import progress as cli_progress
+from edgeexit.cli.progress import _duration, _line, _lines, _Stage, interrupted_line, progress
 
 REPO = Path(__file__).parents[1]
 
@@ -79,3 +81,14 @@ def test_ctrl_c_in_progress_says_what_was_kept():
     kept_then = stopped(lambda: "demo-out keeps the steps that finished: model.pt")
     assert kept_then == "interrupted: demo-out keeps the steps that finished: model.pt"
     assert interrupted_line(KeyboardInterrupt()) == "interrupted"
+
+
+def test_a_closed_pipe_ends_the_lines_not_the_command(monkeypatch):
+    class ClosedPipe(io.StringIO):
+        def write(self, text: str) -> int:
+            raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr(cli_progress, "FIRST_LINE_S", 0.0)  # a line at every new stage
+    with _lines("demo", ClosedPipe()) as tell:
+        tell("training, batch", 1, 10)
+        tell("exporting", 0, 0)  # the command goes on

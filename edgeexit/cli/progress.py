@@ -146,9 +146,9 @@ class _Stage:
 
 
 class _Lines:
-    """Plain progress lines on ``stream``: at once for a new stage, then from a ticker
-    thread while it runs, so a stage that reports seldom (one long step) still shows time
-    passing."""
+    """Plain progress lines on ``stream``: one as a stage starts, then from a ticker thread
+    while it runs, so a stage that reports seldom (one long step) still shows time passing.
+    A stream that can no longer be written (a closed pipe) ends the lines, not the work."""
 
     def __init__(self, command: str, stream: IO[str]) -> None:
         self.command, self.stream = command, stream
@@ -160,6 +160,8 @@ class _Lines:
 
     def advance(self, stage: str, done: int, total: int) -> None:
         with self.lock:
+            if self.stopped.is_set():
+                return
             now = time.monotonic()
             if self.stage is None or self.stage.name != stage:
                 self.stage = _Stage(stage, done, total, now, done)
@@ -180,8 +182,12 @@ class _Lines:
 
     def _write(self, now: float) -> None:
         self.last_line, self.written = now, self.written + 1
-        self.stream.write(f"{self.command}: {_line(self.stage, now, now - self.start)}\n")
-        self.stream.flush()
+        try:
+            self.stream.write(f"{self.command}: {_line(self.stage, now, now - self.start)}\n")
+            self.stream.flush()
+        except (OSError, ValueError):  # a closed pipe or file: the work goes on, unreported
+            self.stopped.set()
+            self.stage = None
 
 
 def _line(stage: _Stage, now: float, elapsed_s: float) -> str:
