@@ -98,6 +98,8 @@ def export_cmd(
     try:
         with progress("export", kept=kept, for_script=as_json) as tell:
             tell("loading torch and onnx", 0, 0)  # seconds on a small machine: say so at once
+            import torch  # noqa: F401  (first: a device install, which lacks it, fails at once)
+
             from edgeexit.export.from_file import export_file
             from edgeexit.export.inputs import parse_input_shape
             from edgeexit.export.options import ExportOptions
