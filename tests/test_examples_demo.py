@@ -10,14 +10,15 @@ from edgeexit.bundle import read_manifest
 from edgeexit.cli import app
 
 torch.set_num_threads(1)
-FAST = ["--epochs", "1", "--profile-repeats", "5"]
+FAST = ["--quick", "--epochs", "1"]
 
 
 def test_demo_trains_exports_profiles_calibrates_and_benches(tmp_path):
     result = CliRunner().invoke(app, ["demo", "-o", str(tmp_path), *FAST])
     assert result.exit_code == 0, result.output
     for words in ("Full model vs calibrated bundle", "speed-up", "exit histogram", "modeled",
-                  "verdict on held-out data: budget (accuracy drop <= 1 pp)"):  # fmt: skip
+                  "verdict on held-out data: budget (accuracy drop <= 1 pp)",
+                  "next: edgeexit bench"):  # fmt: skip
         assert words in result.output
     manifest = read_manifest(tmp_path / "bundle")
     assert manifest.num_exits == 3

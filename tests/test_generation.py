@@ -453,14 +453,29 @@ def test_decoder_training_learns_and_keeps_float32_weights_under_bf16_autocast(b
     assert all(p.dtype == torch.float32 for p in model.parameters())
 
 
+def test_decoder_training_takes_any_step_count():
+    from edgeexit.export.train import train_decoder
+
+    model = MultiExitDecoder(CONFIG)
+    corpus = np.tile(np.arange(10), 50)
+    for steps in (1, 2, 10, 11):  # 10: OneCycleLR's warm-up of one step divided by zero
+        losses = train_decoder(model, corpus, steps=steps, seq_len=8, batch_size=2)
+        assert len(losses) == steps and np.isfinite(losses).all()
+
+
 def test_demo_generate_trains_the_demos_own_step_count_unless_told(monkeypatch, tmp_path):
     import edgeexit.cli.demo as cli_demo
     import edgeexit.examples.generation_demo as demo
 
     seen = []
-    monkeypatch.setattr(demo, "run_generation_demo",
-                        lambda out, steps, progress: seen.append(steps))  # fmt: skip
-    monkeypatch.setattr(cli_demo, "_run_and_show", lambda run, as_json: run(None))
+
+    def run(out, progress, steps=demo.STEPS, **rest):
+        seen.append(steps)
+
+    monkeypatch.setattr(demo, "run_generation_demo", run)
+    monkeypatch.setattr(cli_demo, "_run_and_show", lambda run, as_json, kept: run(None))
     assert cli("demo", "--generate", "-o", tmp_path / "a").exit_code == 0
     assert cli("demo", "--generate", "--steps", 7, "-o", tmp_path / "b").exit_code == 0
-    assert seen == [demo.STEPS, 7]
+    assert cli("demo", "--generate", "--quick", "-o", tmp_path / "c").exit_code == 0
+    assert cli("demo", "--generate", "--quick", "--steps", 7, "-o", tmp_path / "d").exit_code == 0
+    assert seen == [demo.STEPS, 7, demo.QUICK["steps"], 7]

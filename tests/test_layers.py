@@ -19,7 +19,7 @@ PACKAGE = Path(__file__).parents[1] / "edgeexit"
 LAYERS: tuple[frozenset[str], ...] = tuple(
     frozenset(layer.split())
     for layer in (
-        "errors lazy onnxproto",  # utilities: stdlib only
+        "errors lazy onnxproto progress",  # utilities: stdlib only
         "files",
         "documents targets",  # targets is a leaf: what a device is
         "criteria",

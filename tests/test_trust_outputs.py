@@ -388,8 +388,54 @@ def test_ctrl_c_at_any_moment_exits_130_without_a_traceback(tmp_path):
         # it has already put back the default handler; the output is all there then.
         done = proc.returncode in (0, -signal.SIGINT) and b"segment" in out
         assert done or proc.returncode == 130, (delay, proc.returncode, err.decode())
+        if proc.returncode == 130:  # one line, saying what was kept
+            assert err.decode().splitlines()[-1] in ("interrupted", "interrupted: nothing written")
         interrupted += proc.returncode == 130
     assert interrupted >= 3
+
+
+# Sends this process Ctrl-C while Python looks for the module named in INTERRUPT_AT: a
+# Ctrl-C pressed at that moment of start-up, on any machine, however fast.
+INTERRUPTING_SITECUSTOMIZE = """
+import os, signal, sys
+
+class InterruptAt:
+    def find_spec(self, name, path=None, target=None):
+        if name == os.environ["INTERRUPT_AT"]:
+            sys.meta_path.remove(self)
+            os.kill(os.getpid(), signal.SIGINT)
+        return None
+
+sys.meta_path.insert(0, InterruptAt())
+"""
+PIP_SCRIPT = """import re
+import sys
+from edgeexit.cli import main
+if __name__ == '__main__':
+    sys.argv[0] = re.sub(r'(-script\\.pyw|\\.exe)?$', '', sys.argv[0])
+    sys.exit(main())
+"""
+
+
+@pytest.mark.parametrize("entry", ["python -m edgeexit", "the edgeexit script"])
+@pytest.mark.parametrize(
+    "module",
+    [
+        "edgeexit.lazy",  # import edgeexit itself
+        "edgeexit.cli",  # the command line's module, before main() runs
+        "typer",  # the application, imported by main() with Ctrl-C held back
+        "onnxruntime",  # a native module, whose initialisation it could break
+    ],
+)
+def test_ctrl_c_while_the_command_line_starts_exits_130_with_one_line(tmp_path, entry, module):
+    (tmp_path / "sitecustomize.py").write_text(INTERRUPTING_SITECUSTOMIZE)
+    (tmp_path / "edgeexit").write_text(PIP_SCRIPT)  # what pip installs as bin/edgeexit
+    env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{REPO}", "INTERRUPT_AT": module}
+    start = ["-m", "edgeexit"] if entry.startswith("python") else [str(tmp_path / "edgeexit")]
+    proc = subprocess.run([sys.executable, *start, "targets"], env=env, capture_output=True,
+                          text=True, timeout=120)  # fmt: skip
+    assert proc.returncode == 130, proc.stderr
+    assert proc.stderr == "interrupted\n" and proc.stdout == ""
 
 
 def test_a_ctrl_c_a_callback_swallowed_still_exits_130_without_a_traceback():
@@ -438,6 +484,29 @@ def test_ctrl_c_during_calibrate_leaves_the_bundle_and_no_litter(tmp_path, monke
     args = ["calibrate", str(bundle), "--data", data, "--max-accuracy-drop", "0.1"]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 130 and "Traceback" not in result.output
+    assert result.stderr == f"interrupted: nothing written; {bundle} unchanged\n"
+    assert tree(tmp_path) == before
+
+
+@pytest.mark.parametrize("existed", [False, True])
+def test_ctrl_c_during_export_says_nothing_was_written(tmp_path, monkeypatch, existed):
+    edgeexit.save(digits_cnn(), tmp_path / "m.pt", example_inputs=torch.rand(2, 1, 8, 8))
+    out = tmp_path / "bundle"
+    if existed:
+        assert (
+            CliRunner().invoke(app, ["export", str(tmp_path / "m.pt"), "-o", str(out)]).exit_code
+            == 0
+        )
+    before = tree(tmp_path)
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("edgeexit.export.bundle_export.validate_bundle", interrupted)
+    result = CliRunner().invoke(app, ["export", str(tmp_path / "m.pt"), "-o", str(out)])
+    assert result.exit_code == 130 and "Traceback" not in result.output
+    said = "unchanged" if existed else "not created"
+    assert result.stderr == f"interrupted: nothing written; {out} {said}\n"
     assert tree(tmp_path) == before
 
 

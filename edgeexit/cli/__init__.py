@@ -4,6 +4,8 @@ This module stays import-light: ``main`` loads the application with Ctrl-C held 
 (``interrupts_deferred``), because an interrupt landing inside the initialisation of a
 native module (onnxruntime, numpy, torch) is turned by that module into an ImportError
 traceback. Held back, it arrives once the imports are done and exits 130 like any other.
+Before ``main`` runs, ``edgeexit/__init__`` has seen to Ctrl-C while the package and this
+module are imported.
 ``edgeexit.cli.app`` is the typer application (resolved on first access).
 """
 
@@ -54,11 +56,13 @@ def main() -> None:
     sys.unraisablehook = _interrupt_again
     try:
         with interrupts_deferred():
+            _take_over_from_start_up()
             from edgeexit.cli.commands import app  # registers every command
 
         code = app(standalone_mode=False)
-    except KeyboardInterrupt:
-        sys.stderr.write("interrupted\n")
+    except KeyboardInterrupt as err:  # outside any command (a command says what it kept)
+        kept = getattr(err, "kept", None)
+        sys.stderr.write(f"interrupted: {kept}\n" if kept else "interrupted\n")
         code = EXIT_INTERRUPTED
     if code == EXIT_INTERRUPTED:
         # CPython remembers a KeyboardInterrupt that passed through code a native module ran
@@ -68,6 +72,15 @@ def main() -> None:
         sys.stderr.flush()
         os._exit(code)
     sys.exit(code)
+
+
+def _take_over_from_start_up() -> None:
+    """Ctrl-C back to Python's KeyboardInterrupt, which every command turns into its one
+    line: until now ``edgeexit``'s start-up handler left at once (``edgeexit/__init__``)."""
+    import edgeexit
+
+    if signal.getsignal(signal.SIGINT) is edgeexit._leave:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def __getattr__(name: str) -> Any:

@@ -9,7 +9,8 @@ from rich.console import Console
 
 from edgeexit.bundle import read_manifest
 from edgeexit.cli import params
-from edgeexit.cli.core import command, fail, stage_progress
+from edgeexit.cli.core import command, fail
+from edgeexit.cli.progress import progress
 from edgeexit.errors import CalibrationError
 from edgeexit.files import dumps_json
 from edgeexit.measure.bench import BenchOptions, bench_bundle
@@ -64,9 +65,10 @@ def bench_cmd(
             f"--check: {bundle} was never calibrated, so there is no budget to check; "
             "run edgeexit calibrate first"
         )
-    with stage_progress(hidden=as_json) as advance:
+    with progress("bench", kept="nothing written", for_script=as_json) as tell:
+        tell("loading the bundle", 0, 0)
         report = bench_bundle(
-            bundle, data, options, progress=lambda done, n: advance("bench", done, n)
+            bundle, data, options, progress=lambda done, n: tell("benchmarking", done, n)
         )
     if as_json:
         typer.echo(dumps_json(report.to_json()))

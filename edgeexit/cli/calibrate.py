@@ -10,7 +10,8 @@ from edgeexit.budget import parse_quality_drop
 from edgeexit.calibrate import Budget
 from edgeexit.calibrate.pipeline import CalibrateOptions, calibrate_bundle
 from edgeexit.cli import params
-from edgeexit.cli.core import command, in_flags, show, stage_progress, usage_error
+from edgeexit.cli.core import command, in_flags, show, usage_error
+from edgeexit.cli.progress import progress
 from edgeexit.errors import CalibrationError
 from edgeexit.files import dumps_json
 
@@ -121,10 +122,10 @@ def calibrate_cmd(
         profile=profile, target=target, plot=plot, max_exit=max_exit,
         max_memory_mb=target_memory, max_latency_ms=target_max_latency,
     )  # fmt: skip
-    with stage_progress(hidden=as_json) as advance:
-        report = calibrate_bundle(
-            bundle, data, budget, options, progress=advance, write=not dry_run
-        )
+    kept = f"nothing written; {bundle} unchanged"
+    with progress("calibrate", kept=kept, for_script=as_json) as tell:
+        tell("loading the bundle and data", 0, 0)
+        report = calibrate_bundle(bundle, data, budget, options, progress=tell, write=not dry_run)
     if as_json:
         typer.echo(in_flags(dumps_json(report.to_json())))
         return

@@ -9,7 +9,8 @@ import numpy as np
 import typer
 
 from edgeexit.cli import params
-from edgeexit.cli.core import command, in_flags, stage_progress
+from edgeexit.cli.core import command, in_flags
+from edgeexit.cli.progress import progress
 from edgeexit.errors import DataError, InputError
 from edgeexit.files import dumps_json
 from edgeexit.generation import text
@@ -65,11 +66,13 @@ def calibrate_generation_cmd(
         calibration, checked = calibration[::2], calibration[1::2]
     else:
         checked = []
-    with stage_progress(hidden=as_json) as advance:
+    kept = f"nothing written; {bundle} unchanged"
+    with progress("calibrate-generation", kept=kept, for_script=as_json) as tell:
+        tell("loading the bundle", 0, 0)
         report = calibrate_generation(
             bundle, calibration, held_out=checked, max_new_tokens=max_new_tokens,
             min_agreement=min_agreement, target=target, threads=threads, write=not dry_run,
-            progress=advance,
+            progress=tell,
         )  # fmt: skip
     if as_json:
         typer.echo(in_flags(dumps_json(report.to_json())))

@@ -8,19 +8,18 @@ line too), 130 interrupted (Ctrl-C). No traceback reaches the user for any of th
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import logging
 import re
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from typer.core import TyperGroup
 
+from edgeexit.cli.progress import interrupted_line
 from edgeexit.errors import EdgeExitError, first_line
 from edgeexit.files import os_reason
 
@@ -65,12 +64,27 @@ class _OneLineErrors(TyperGroup):
         except _CLICK_EXCEPTION as err:
             typer.echo(f"error: {err.format_message()}", err=True)
             code = err.exit_code
-        except (typer.Abort, KeyboardInterrupt):
-            typer.echo("interrupted", err=True)
+        except (typer.Abort, KeyboardInterrupt) as err:  # older typer: Abort, from Ctrl-C
+            typer.echo(interrupted_line(err.__cause__ or err), err=True)
             code = EXIT_INTERRUPTED
         if standalone_mode:
             sys.exit(code)
         return code
+
+    def make_context(self, *args: Any, **kwargs: Any) -> Any:
+        # typer turns a Ctrl-C into a silent exit 130: while options are parsed, and
+        # in a command (``command``), it gets its line here first
+        try:
+            return super().make_context(*args, **kwargs)
+        except KeyboardInterrupt as err:
+            raise _interrupted(err) from None
+
+
+def _interrupted(err: KeyboardInterrupt) -> typer.Exit:
+    """Print the one line of a Ctrl-C (what the command kept, if it said); return the Exit
+    to raise (code 130)."""
+    typer.echo(interrupted_line(err), err=True)
+    return typer.Exit(EXIT_INTERRUPTED)
 
 
 def _usage_error(err: Exception) -> int:
@@ -267,7 +281,8 @@ def usage_error(message: str) -> typer.Exit:
 def command(*args: Any, **kwargs: Any) -> Callable:
     """``app.command`` that turns any EdgeExitError, any OS error the library did not
     translate (a full disk, a read-only folder), and running out of memory (a batch too
-    large for this machine) into one line and exit code 1."""
+    large for this machine) into one line and exit code 1, and a Ctrl-C into one line
+    (what the command kept: ``progress.Interrupted``) and exit code 130."""
 
     def register(fn: Callable) -> Callable:
         @functools.wraps(fn)
@@ -290,31 +305,9 @@ def command(*args: Any, **kwargs: Any) -> Callable:
                 raise fail(f"{os_reason(err)}{where}") from None
             except MemoryError as err:  # sizes within every bound, beyond this machine
                 raise fail(f"not enough memory: {first_line(err) or 'MemoryError'}") from None
+            except KeyboardInterrupt as err:
+                raise _interrupted(err) from None
 
         return app.command(*args, **kwargs)(wrapper)
 
     return register
-
-
-@contextlib.contextmanager
-def stage_progress(*, hidden: bool) -> Iterator[Callable[[str, int, int], None]]:
-    """Progress bars on stderr, so stdout holds only the table or the JSON.
-
-    Yields ``advance(stage, done, total)``: each new stage name gets a bar of its own.
-    ``hidden`` (for ``--json``) keeps the terminal quiet.
-    """
-    columns = (
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-    )
-    with Progress(*columns, console=Console(stderr=True), transient=True, disable=hidden) as bar:
-        tasks: dict[str, Any] = {}
-
-        def advance(stage: str, done: int, total: int) -> None:
-            if stage not in tasks:
-                tasks[stage] = bar.add_task(stage, total=total)
-            bar.update(tasks[stage], completed=done, total=total)
-
-        yield advance

@@ -8,14 +8,14 @@ device CLI (run, profile, bench, targets) must work with only the runtime instal
 
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
 
 import typer
 from rich.console import Console
 
 from edgeexit.cli import params
-from edgeexit.cli.core import command, stage_progress, usage_error
+from edgeexit.cli.core import command, usage_error
+from edgeexit.cli.progress import progress, unchanged
 from edgeexit.criteria import CRITERIA
 from edgeexit.files import dumps_json
 
@@ -149,45 +149,51 @@ def export_cmd(
         edgeexit export --hf my-bert/ --data train.npz -o bundle --exits 4,8
     """
     from edgeexit.errors import InputError, ValidationError
-    from edgeexit.export.from_file import export_file
-    from edgeexit.export.inputs import parse_input_shape
-    from edgeexit.export.options import ExportOptions
 
-    criterion = params.Criterion(criterion).value
+    kept = f"nothing written; {unchanged(out)}"
     try:
-        shapes = [parse_input_shape(s) for s in input_shape or ()]
-    except InputError as err:  # a malformed option value: a usage error
-        raise typer.BadParameter(str(err), param_hint="'--input-shape'") from None
-    options_given = {"patience": patience}  # each criterion takes the ones it defines
-    params_ = {k: v for k, v in options_given.items() if k in CRITERIA[criterion].defaults}
-    options = ExportOptions(
-        criterion=criterion, criterion_params=params_, opset=opset, atol=atol, target=target,
-        calib_data=str(calib_data) if calib_data else None, max_quant_drop=max_quant_drop,
-        bodies=bodies, max_prefix=max_prefix, output=params.ExitOutput(exit_output).value,
-    )  # fmt: skip
-    console = Console(stderr=as_json)
-    try:
-        if hf is None:
+        if hf is None:  # flags that do not go together: refused before torch loads
             _check_model_flags(model, {"--exits": exits, "--epochs": epochs, "--lr": lr})
-            # the spinner goes to stderr, so stdout holds only the report or the JSON
-            with Console(stderr=True).status(f"exporting {model} ..."):
-                done = result = export_file(
-                    model, out, options, input_shapes=shapes, trust_pickle=trust, factory=factory
-                )
         else:
             not_hf = {"MODEL": model, "--factory": factory, "--trust-pickle": trust or None,
                       "--input-shape": input_shape or None}  # fmt: skip
             _check_hf_flags(not_hf, calib_data, exit_output)
-            done = _export_hf(hf, calib_data, out, options, exits, epochs, lr, hidden=as_json)
-            result = done.result
-    except ValidationError as err:
+        with progress("export", kept=kept, for_script=as_json) as tell:
+            tell("loading torch and onnx", 0, 0)  # seconds on a small machine: say so at once
+            import torch  # noqa: F401  (first: a device install, which lacks it, fails at once)
+
+            from edgeexit.export.from_file import export_file
+            from edgeexit.export.inputs import parse_input_shape
+            from edgeexit.export.options import ExportOptions
+
+            try:
+                shapes = [parse_input_shape(s) for s in input_shape or ()]
+            except InputError as err:  # a malformed option value: a usage error
+                raise typer.BadParameter(str(err), param_hint="'--input-shape'") from None
+            criterion = params.Criterion(criterion).value
+            given = {"patience": patience}  # each criterion takes the ones it defines
+            taken = {k: v for k, v in given.items() if k in CRITERIA[criterion].defaults}
+            options = ExportOptions(
+                criterion=criterion, criterion_params=taken, opset=opset, atol=atol, target=target,
+                calib_data=str(calib_data) if calib_data else None, max_quant_drop=max_quant_drop,
+                bodies=bodies, max_prefix=max_prefix, output=params.ExitOutput(exit_output).value,
+            )  # fmt: skip
+            if hf is None:
+                done = result = export_file(
+                    model, out, options, input_shapes=shapes, trust_pickle=trust,
+                    factory=factory, progress=tell,
+                )  # fmt: skip
+            else:
+                done = _export_hf(hf, calib_data, out, options, exits, epochs, lr, tell)
+                result = done.result
+    except ValidationError as err:  # every check, then its one line
         if err.report is not None:
-            console.print(err.report)
+            Console(stderr=as_json).print(err.report)
         raise
     if as_json:
         typer.echo(dumps_json(result.manifest.to_json()))
     else:
-        console.print(done)
+        Console().print(done)
 
 
 def _check_model_flags(model: Path | None, hf_only: dict[str, object]) -> None:
@@ -214,22 +220,11 @@ def _check_hf_flags(not_hf: dict[str, object], data: Path | None, exit_output: s
         )
 
 
-def _export_hf(hf, data, out, options, exits, epochs, lr, *, hidden: bool):
+def _export_hf(hf, data, out, options, exits, epochs, lr, tell):
     from edgeexit.examples.hf_folder import HeadTraining, export_hf_folder
 
     given = {"epochs": epochs, "lr": lr}
     training = HeadTraining(**{k: v for k, v in given.items() if v is not None})
-    with contextlib.ExitStack() as bars:
-        advance = None
-
-        def progress(stage: str, done: int, total: int) -> None:
-            # the bars begin with training: a refusal of the folder or the data before it
-            # is its error line alone (closing bars on a pipe writes an empty line)
-            nonlocal advance
-            if advance is None:
-                advance = bars.enter_context(stage_progress(hidden=hidden))
-            advance(stage, done, total)
-
-        return export_hf_folder(
-            hf, data, out, options, exit_after=exits, training=training, progress=progress
-        )
+    return export_hf_folder(
+        hf, data, out, options, exit_after=exits, training=training, progress=tell
+    )

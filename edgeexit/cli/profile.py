@@ -10,7 +10,8 @@ from rich.markup import escape
 
 from edgeexit.bundle import read_manifest
 from edgeexit.cli import params
-from edgeexit.cli.core import command, stage_progress
+from edgeexit.cli.core import command
+from edgeexit.cli.progress import progress, unchanged
 from edgeexit.data import load_data
 from edgeexit.energy import choose_meter
 from edgeexit.files import check_output, dumps_json
@@ -59,10 +60,12 @@ def profile_cmd(
     sources = (bundle,) if data is None else (bundle, data)
     claimed = None if out is None else check_output(out, "profile", inputs=sources)  # now
     inputs = load_data(data, read_manifest(bundle).inputs).inputs if data else None
-    with stage_progress(hidden=as_json) as advance:
+    kept = "nothing written" if out is None else f"nothing written; {unchanged(out)}"
+    with progress("profile", kept=kept, for_script=as_json) as tell:
+        tell("loading the bundle", 0, 0)
         profile = profile_bundle(
             bundle, target, repeats=repeats, warmup=warmup, batch_size=batch_size,
-            rounds=rounds, inputs=inputs, progress=lambda done, n: advance("profiling", done, n),
+            rounds=rounds, inputs=inputs, progress=lambda done, n: tell("profiling", done, n),
             min_seconds=min_seconds,
         )  # fmt: skip
     if warning := emulation_warning():

@@ -7,12 +7,12 @@ data instead. Each later stage reuses the library that backs its own command (ex
 ``profile_bundle``, ``calibrate_bundle``, ``bench_bundle``), so the demo shows exactly what
 the CLI does step by step. ``DemoReport`` renders the result: full model vs calibrated bundle,
 the exit histogram, energy with its source, and the files written (Pareto front PNG included).
+``QUICK`` trains and profiles less, for a run of well under a minute.
 """
 
 from __future__ import annotations
 
 import importlib.util
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,11 +27,14 @@ from edgeexit.energy import MODELED, modeled_energy_mj
 from edgeexit.errors import InputError, OutputError
 from edgeexit.examples.demo_render import render_demo  # rich layout kept apart
 from edgeexit.examples.digits import load_digits, noisy_copies
+from edgeexit.examples.threads import one_torch_thread
 from edgeexit.measure.bench import BenchOptions, BenchReport, bench_bundle
 from edgeexit.measure.profiling import profile_bundle
+from edgeexit.progress import Progress, or_silent
 from edgeexit.targets import load_target
 
-Progress = Callable[[str, int, int], None]  # (stage, done, total), as in calibrate
+EPOCHS, PROFILE_REPEATS = 6, 100
+QUICK = {"epochs": 2, "profile_repeats": 20}  # DemoOptions', for --quick
 
 
 @dataclass(frozen=True)
@@ -49,11 +52,11 @@ class DemoOptions:
     model: Path | None = None
     data: Path | None = None
     test_data: Path | None = None
-    epochs: int = 5
+    epochs: int = EPOCHS
     max_accuracy_drop: float = 0.01
     target_latency_ms: float | None = None
     target: str | None = None
-    profile_repeats: int = 100
+    profile_repeats: int = PROFILE_REPEATS
     trust_pickle: bool = False
     factory: str | None = None  # the model's factory, for a factory checkpoint (load())
     seed: int = 0
@@ -137,14 +140,15 @@ def _energy_mj(bench: BenchReport, calibration: CalibrationReport, target) -> tu
 def run_demo(options: DemoOptions = DemoOptions(), *, progress: Progress | None = None):
     """Model -> bundle -> profile -> calibrate -> bench; return the DemoReport."""
 
-    tell = progress or (lambda stage, done, total: None)
+    tell = or_silent(progress)
     import torch  # noqa: F401  (on a device install: fail before writing anything)
 
     out = _demo_folder(options)
-    if options.model is None:
-        written, losses = _train_example(options, out, tell)
-    else:
-        written, losses = _export_user_model(options, out, tell), ()
+    with one_torch_thread():
+        if options.model is None:
+            written, losses = _train_example(options, out, tell)
+        else:
+            written, losses = _export_user_model(options, out, tell), ()
     inputs = _load_inputs(written.bundle_dir, written.calibration_data)
     profile = profile_bundle(
         written.bundle_dir,
@@ -191,8 +195,7 @@ def _train_example(options: DemoOptions, out: Path, tell: Progress):
     train = noisy_copies(clean.train, 2, seed=options.seed)
     torch.manual_seed(options.seed)
     model = digits_three_exit()
-    stage = "training 3 exits jointly"
-    tell(stage, 0, options.epochs)
+    stage = "training 3 exits, batch"
     losses = train_multi_exit(
         model,
         train.x,
@@ -200,13 +203,11 @@ def _train_example(options: DemoOptions, out: Path, tell: Progress):
         epochs=options.epochs,
         lr=3e-3,
         seed=options.seed,
-        on_epoch=lambda done, loss: tell(stage, done, options.epochs),
+        on_step=lambda done, total: tell(stage, done, total),
     )
-    tell("exporting the bundle", 0, 1)
     example = torch.from_numpy(train.x[:4])
     edgeexit.save(model, out / "model.pt", example_inputs=example)
-    bundle = edgeexit.export(model, example, out / "bundle").bundle_dir
-    tell("exporting the bundle", 1, 1)
+    bundle = edgeexit.export(model, example, out / "bundle", progress=tell).bundle_dir
     # More calibration than test copies: the certified budget's test uses half of them.
     cal = noisy_copies(clean.calibration, 6, seed=options.seed + 100)
     test = noisy_copies(clean.test, 3, seed=options.seed + 200)
@@ -226,12 +227,10 @@ def _export_user_model(options: DemoOptions, out: Path, tell: Progress) -> DemoF
     from edgeexit.export.from_file import export_file
     from edgeexit.export.options import ExportOptions
 
-    tell("exporting the bundle", 0, 1)
     result = export_file(
         options.model, out / "bundle", ExportOptions(), trust_pickle=options.trust_pickle,
-        factory=options.factory,
+        factory=options.factory, progress=tell,
     )  # fmt: skip
-    tell("exporting the bundle", 1, 1)
     return DemoFiles(
         out_dir=out,
         bundle_dir=result.bundle_dir,

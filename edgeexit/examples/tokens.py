@@ -3,14 +3,14 @@ encoder with a per-token classifier after every layer, and a synthetic tagging t
 which some tokens are easy (their label follows from the token alone) and others need
 context (whether the token occurs at least three times in its sequence: counting over
 attention, which one layer does roughly and later ones better), so exits have something
-to decide token by token. Trains in seconds on 2 cores.
+to decide token by token. ``QUICK`` trains and measures less, for a run of well under a
+minute.
 """
 
 from __future__ import annotations
 
 import math
 import platform
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,16 +19,20 @@ import numpy as np
 import torch
 from rich.console import Console, ConsoleOptions, RenderResult
 from rich.table import Table
+from rich.text import Text
 from torch import nn
 
 from edgeexit import files
 from edgeexit.budget import Budget
 from edgeexit.calibrate.tokens import TokenReport
 from edgeexit.examples.models import Embeddings, EncoderLayer, FirstLayer
+from edgeexit.examples.threads import one_torch_thread
 from edgeexit.export.model import MultiExit
 from edgeexit.measure.rounds import alternating_calls
+from edgeexit.progress import Progress, or_silent
 
 CONTEXT_CLASS = 3  # the label of a context token that occurs three times or more
+QUICK = {"epochs": 2, "rounds": 1}  # run_token_demo's, for --quick
 
 
 def tagging_task(
@@ -80,21 +84,27 @@ def train_tagger(
     batch_size: int = 32,
     lr: float = 2e-3,
     seed: int = 0,
+    progress: Progress | None = None,
 ) -> list[float]:
-    """Every exit's per-token cross-entropy, summed; returns each exit's token accuracy."""
+    """Every exit's per-token cross-entropy, summed; returns each exit's token accuracy.
+    ``progress`` counts the batches ("training")."""
+    tell = or_silent(progress)
     torch.manual_seed(seed)
     x, m, y = (torch.from_numpy(a) for a in (ids, mask, labels))
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     model.train()
     generator = torch.Generator().manual_seed(seed)
-    for _ in range(epochs):
-        for rows in torch.randperm(len(x), generator=generator).split(batch_size):
+    per_epoch = -(-len(x) // batch_size)
+    tell("training, batch", 0, epochs * per_epoch)
+    for epoch in range(epochs):
+        for b, rows in enumerate(torch.randperm(len(x), generator=generator).split(batch_size)):
             outputs = model(x[rows], m[rows])
             loss = sum(nn.functional.cross_entropy(o.flatten(0, 1), y[rows].flatten())
                        for o in outputs)  # fmt: skip
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
+            tell("training, batch", epoch * per_epoch + b + 1, epochs * per_epoch)
     model.eval()
     with torch.no_grad():
         outputs = model(x, m)
@@ -137,6 +147,10 @@ class TokenDemo:
             f"bundle: {self.out_dir / 'bundle'}"
         )
         yield table
+        out = self.out_dir
+        # (bench does not take per-token bundles yet)
+        yield Text(f"next: edgeexit calibrate {out / 'bundle'} --data {out / 'calibration.npz'} "
+                   "--max-accuracy-drop 0.05")  # fmt: skip
 
 
 def run_token_demo(
@@ -146,7 +160,7 @@ def run_token_demo(
     epochs: int = 4,
     sequences: int = 3000,
     rounds: int = 3,
-    progress: Callable[[str, int, int], None] | None = None,
+    progress: Progress | None = None,
 ) -> TokenDemo:
     """Train the tagger, export it with per-token exits, calibrate a shared threshold to
     ``min_agreement`` with the full model, and measure it against no early exit on 200
@@ -155,19 +169,18 @@ def run_token_demo(
     from edgeexit.export import export
     from edgeexit.runtime import Runtime
 
-    tell = progress or (lambda stage, done, total: None)
+    tell = or_silent(progress)
     files.check_output(out_dir, "demo")
     torch.manual_seed(0)
     model = token_tagger()
-    tell("training", 0, 1)
     train = tagging_task(sequences, seed=0)
-    accuracies = train_tagger(model, *train, epochs=epochs)
+    with one_torch_thread():
+        accuracies = train_tagger(model, *train, epochs=epochs, progress=tell)
     calibration, test = tagging_task(200, seed=1), tagging_task(200, seed=2)
-    with files.atomic_dir(out_dir, "demo") as tmp:
+    with files.atomic_dir(out_dir, "demo") as tmp, one_torch_thread():
         (tmp / files.DEMO_MARKER).write_text("written by edgeexit demo --tokens\n")
-        tell("exporting", 0, 1)
         example = tuple(torch.from_numpy(a[:2]) for a in train[:2])
-        export(model, example, tmp / "bundle", output="tokens")
+        export(model, example, tmp / "bundle", output="tokens", progress=tell)
         for name, (ids, mask, labels) in (("calibration", calibration), ("test", test)):
             np.savez(tmp / f"{name}.npz", input_ids=ids, attention_mask=mask, y=labels)
         budget = Budget(max_accuracy_drop=1 - min_agreement)

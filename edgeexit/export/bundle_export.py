@@ -45,6 +45,7 @@ from edgeexit.export.model import ExitStep, check_contract, run_exits
 from edgeexit.export.options import DEFAULT_OPSET, MAX_OPSET, ExportOptions
 from edgeexit.export.scores import check_criterion
 from edgeexit.export.validate import ValidationReport, validate_bundle
+from edgeexit.progress import Progress, or_silent
 from edgeexit.runtime.session import cpu_session
 from edgeexit.targets import load_target
 
@@ -78,18 +79,20 @@ def export(
     criterion: str = "confidence",
     target: str | None = None,
     opset: int | None = None,
+    progress: Progress | None = None,
     **more: object,
 ) -> ExportResult:
     """Export ``model`` to the bundle directory ``out_dir`` and validate it.
 
     ``more`` sets other ExportOptions fields (atol, input_names, exporter, criterion_params,
-    simplify, validate, bodies). Raises an EdgeExitError subclass; on failure nothing is written.
+    simplify, validate, bodies). ``progress(stage, done, total)`` follows it stage by stage.
+    Raises an EdgeExitError subclass; on failure nothing is written.
     """
     try:
         options = ExportOptions(criterion=criterion, target=target, opset=opset, **more)
     except TypeError as err:
         raise ExportError(f"{err}; expected keywords among ExportOptions' fields") from err
-    return export_bundle(model, example_inputs, out_dir, options)
+    return export_bundle(model, example_inputs, out_dir, options, progress=progress)
 
 
 def export_bundle(
@@ -99,6 +102,7 @@ def export_bundle(
     options: ExportOptions,
     *,
     sources: tuple[str | os.PathLike, ...] = (),
+    progress: Progress | None = None,
 ) -> ExportResult:
     """Export and validate with ``options``; the bundle appears only if everything passed.
 
@@ -109,14 +113,20 @@ def export_bundle(
     if options.calib_data is not None:
         sources = (*sources, options.calib_data)
     check_bundle_output(out_dir, inputs=sources)
+    tell = or_silent(progress)
     inputs = to_tensors(example_inputs)
     names = resolve_input_names(inputs, options.input_names, model)
     target = _resolve_target(options)
+    tell("tracing the model", 0, 0)
     steps = trace(model, inputs, options.criterion, options.output)
     with atomic_bundle_dir(out_dir, inputs=sources) as tmp:
-        segments, exporters, opset = _export_segments(model, steps, names, tmp, options, target)
+        segments, exporters, opset = _export_segments(
+            model, steps, names, tmp, options, target, tell
+        )
         _with_input_sum(tmp, segments[0], _at_least_two(steps[0].carry_in))
-        segments = _with_joined_graphs(tmp, segments, _at_least_two(steps[0].carry_in), options)
+        segments = _with_joined_graphs(
+            tmp, segments, _at_least_two(steps[0].carry_in), options, tell
+        )
         # weights several graphs hold (a shared layer; a segment and its body), once
         segments, done = store_once(tmp, segments)
         shared = {"tensors": done.tensors, "file_bytes": done.file_bytes,
@@ -145,7 +155,9 @@ def export_bundle(
         write_manifest(tmp, manifest)
         report = None
         if options.validate:
-            report = validate_bundle(model, tmp, inputs, atol=options.atol)
+            report = validate_bundle(model, tmp, inputs, atol=options.atol, progress=tell)
+        if options.target is not None:
+            tell(f"compiling for {options.target}", 0, 0)
         compiled = _compile_for_target(tmp, options)
         if compiled is not None:
             manifest = read_manifest(tmp)
@@ -159,6 +171,7 @@ def _export_segments(
     tmp: Path,
     options: ExportOptions,
     target: _TargetLimits,
+    tell: Progress,
 ) -> tuple[list[SegmentSpec], set[str], int]:
     """Write segment_{i}.onnx for every exit, and body_{i}.onnx (the block without its
     head) for every exit but the last under a criterion the runtime need not follow
@@ -172,6 +185,7 @@ def _export_segments(
         and options.output != "tokens"
     )
     for i, step in enumerate(steps):
+        tell("exporting segments", i, len(steps))
         last = i == len(steps) - 1
         carry = () if last else tuple(f"carry_{i}_{k}" for k in range(len(step.carry_out)))
         outputs = (*carry, f"logits_{i}", f"score_{i}")
@@ -201,6 +215,7 @@ def _export_segments(
             body = GraphFile(body_file.name, "")
         segments.append(SegmentSpec(file.name, "", carry_in, carry, *outputs[-2:], body=body))
         carry_in = carry
+    tell("exporting segments", len(steps), len(steps))
     return segments, exporters, max(opsets)
 
 
@@ -230,7 +245,7 @@ def _check_body(
 
 
 def _with_joined_graphs(
-    tmp: Path, segments: list[SegmentSpec], example, options: ExportOptions
+    tmp: Path, segments: list[SegmentSpec], example, options: ExportOptions, tell: Progress
 ) -> list[SegmentSpec]:
     """The segments with their joined graphs: every earlier body, then the segment, as one
     graph. The last segment's is its ``plain`` graph (the plain network, the last exit's
@@ -241,6 +256,7 @@ def _with_joined_graphs(
     joined (they differ in opset)."""
     specs = list(segments)
     for k in range(1, len(segments)):
+        tell("joining graphs", k - 1, len(segments) - 1)
         if segments[k - 1].body is None:
             break
         spec, last = segments[k], k == len(segments) - 1

@@ -12,6 +12,7 @@ from edgeexit.export.bundle_export import ExportResult, export_bundle
 from edgeexit.export.checkpoint import load
 from edgeexit.export.inputs import InputShape, example_tensors
 from edgeexit.export.options import ExportOptions
+from edgeexit.progress import Progress
 
 
 def export_file(
@@ -22,15 +23,18 @@ def export_file(
     input_shapes: Sequence[InputShape] = (),
     trust_pickle: bool = False,
     factory: str | None = None,
+    progress: Progress | None = None,
 ) -> ExportResult:
     """Load ``model_path`` (see ``checkpoint.load``, which takes ``trust_pickle`` and
     ``factory``) and export it to ``out_dir``.
 
     ``input_shapes`` replace the checkpoint's example inputs; a trusted pickled module has
-    none, so it needs them.
+    none, so it needs them. ``progress`` follows the export stage by stage.
     """
     sources = (model_path, *([options.calib_data] if options.calib_data else []))
     check_bundle_output(out_dir, inputs=sources)  # before loading: refuse early
+    if progress is not None:
+        progress("loading the model", 0, 0)
     ckpt = load(model_path, trust_pickle=trust_pickle, factory=factory)
     if input_shapes:
         inputs = example_tensors(input_shapes)
@@ -44,7 +48,9 @@ def export_file(
         )
     if options.input_names is None:
         options = replace(options, input_names=names)
-    return export_bundle(ckpt.model, inputs, out_dir, options, sources=(model_path,))
+    return export_bundle(
+        ckpt.model, inputs, out_dir, options, sources=(model_path,), progress=progress
+    )
 
 
 def _names(shapes: Sequence[InputShape], saved: tuple[str, ...] | None) -> tuple[str, ...] | None:

@@ -143,7 +143,9 @@ def train_decoder(
     torch.manual_seed(seed)
     tokens = torch.as_tensor(np.asarray(corpus), dtype=torch.int64)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(opt, lr, total_steps=steps, pct_start=0.1)
+    # OneCycleLR divides by its warm-up steps less one: 10 % of 10 steps would be 1 step
+    warmup = 0.1 if steps != 10 else 0.2
+    schedule = torch.optim.lr_scheduler.OneCycleLR(opt, lr, total_steps=steps, pct_start=warmup)
     model.train()
     history = []
     for step in range(steps):

@@ -24,6 +24,7 @@ from edgeexit.bundle import INPUT_SUM, SegmentSpec, read_manifest, verify_segmen
 from edgeexit.errors import ExportError, ParityError
 from edgeexit.export.model import run_exits
 from edgeexit.export.scores import exit_score
+from edgeexit.progress import Progress, or_silent
 from edgeexit.runtime.session import cpu_session
 
 
@@ -84,10 +85,14 @@ def validate_bundle(
     example_inputs: Sequence[torch.Tensor],
     *,
     atol: float = 1e-4,
+    progress: Progress | None = None,
 ) -> ValidationReport:
-    """Compare every segment of the bundle with the model; raise ValidationError on failure."""
+    """Compare every segment of the bundle with the model at two batch sizes; raise
+    ValidationError on failure. ``progress`` counts the checks."""
+    tell = or_silent(progress)
     manifest = read_manifest(bundle_dir)
     paths = verify_segments(bundle_dir, manifest)
+    tell("validating segments", 0, 2 * len(paths))
     sessions = [_session(p) for p in paths]
     model.eval()
     checks = []
@@ -99,6 +104,7 @@ def validate_bundle(
                 manifest.criterion, step.logits, step.gate, step.carry_in[0], step.carry_out[0]
             )
             checks.append(_check(i, seg, sess, step, want, atol))
+            tell("validating segments", len(checks), 2 * len(sessions))
     report = ValidationReport(atol, tuple(checks))
     if not report.ok:
         # Each cause once: the same one found again at another batch size says nothing new.
