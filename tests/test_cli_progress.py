@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from fixtures.hang import HANG_S
 from fixtures.targets_digits import load_weights, write_bundle
 
 from edgeexit.cli import progress as cli_progress
@@ -38,7 +39,7 @@ def test_plain_progress_lines_arrive_on_a_pipe_while_the_command_runs(bundle):
     while line and not line.startswith("profile: "):
         line = proc.stderr.readline()
     running = proc.poll() is None
-    out, rest = proc.communicate(timeout=300)
+    out, rest = proc.communicate(timeout=HANG_S)
     lines = [line, *(x for x in rest.splitlines(keepends=True) if x.startswith("profile: "))]
     assert proc.returncode == 0 and running, rest
     assert len(lines) >= 2 and all(" elapsed" in x for x in lines), lines
@@ -50,7 +51,7 @@ def test_plain_progress_lines_arrive_on_a_pipe_while_the_command_runs(bundle):
 def test_quiet_and_json_leave_the_lines_out(bundle, flag):
     args = ["-q", "profile", str(bundle)] if flag == "-q" else ["profile", str(bundle), "--json"]
     proc = edgeexit(*args, "--repeats", "3", "--min-seconds", "2")
-    out, err = proc.communicate(timeout=300)
+    out, err = proc.communicate(timeout=HANG_S)
     assert proc.returncode == 0, err
     assert "profile: " not in err and "\x1b" not in err
 

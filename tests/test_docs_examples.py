@@ -43,7 +43,7 @@ def test_the_python_api_example_runs(tmp_path):
 def run_python(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     return subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=600)  # fmt: skip
+                          text=True, timeout=HANG_S)  # fmt: skip
 
 
 def test_export_md_shows_the_hugging_face_example_word_for_word():

@@ -10,6 +10,7 @@ import os
 
 import numpy as np
 import pytest
+from fixtures.hang import HANG_S
 from typer.testing import CliRunner
 
 torch = pytest.importorskip("torch")
@@ -186,8 +187,9 @@ def test_without_transformers_it_says_which_extra(folders, tmp_path):
         "main()\n"
     )
     done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
-                          text=True, timeout=120)  # fmt: skip
+                          text=True, timeout=HANG_S)  # fmt: skip
     assert done.returncode == 1, done.stderr
-    (line,) = done.stderr.strip().splitlines()
+    # progress lines may come first on a slow machine (plain lines on a pipe); one error
+    (line,) = [ln for ln in done.stderr.splitlines() if not ln.startswith("export: ")]
     assert line.startswith("error: edgeexit export needs transformers") and "edgeexit[hf]" in line
     assert not (tmp_path / "out").exists()

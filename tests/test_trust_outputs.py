@@ -433,7 +433,7 @@ def test_ctrl_c_while_the_command_line_starts_exits_130_with_one_line(tmp_path, 
     env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{REPO}", "INTERRUPT_AT": module}
     start = ["-m", "edgeexit"] if entry.startswith("python") else [str(tmp_path / "edgeexit")]
     proc = subprocess.run([sys.executable, *start, "targets"], env=env, capture_output=True,
-                          text=True, timeout=120)  # fmt: skip
+                          text=True, timeout=HANG_S)  # fmt: skip
     assert proc.returncode == 130, proc.stderr
     assert proc.stderr == "interrupted\n" and proc.stdout == ""
 
