@@ -15,6 +15,7 @@ from rich.console import Console
 
 from edgeexit.cli import params
 from edgeexit.cli.core import command
+from edgeexit.cli.progress import progress, unchanged
 from edgeexit.files import dumps_json
 
 
@@ -66,8 +67,10 @@ def compile_cmd(
 
     options = CompileOptions(max_quant_drop=max_quant_drop)
     console = Console(stderr=as_json)  # with --json, stdout holds only the JSON
+    kept = f"nothing written; {unchanged(out)}"
     try:
-        with Console(stderr=True).status(f"compiling {bundle} for {target} ..."):
+        with progress("compile", kept=kept, for_script=as_json) as tell:
+            tell(f"compiling for {target}", 0, 0)  # converting and checking: seconds to minutes
             report = compile_bundle(bundle, out, target, calib=calib_data, options=options)
     except PrecisionLossError as err:  # the exits' figures say by how much
         console.print(err.report)
