@@ -31,7 +31,7 @@ def _comparison(report: Any) -> Table:
         f"({bench.samples} held-out samples, batch {bench.batch_size})"
     )
     table.add_column("")
-    table.add_column("full model (every segment)", justify="right")
+    table.add_column("full model (no early exit)", justify="right")
     table.add_column("calibrated bundle", justify="right")
     if bench.accuracy is not None:
         table.add_row("accuracy", f"{bench.full_accuracy:.2%}", f"{bench.accuracy:.2%}")
