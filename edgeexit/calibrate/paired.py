@@ -35,6 +35,7 @@ import numpy as np
 Z_STEP = 0.005  # resolution of the critical value
 _BISECT_STEPS = 16  # of the grid search for the critical value, over [0, 8]
 _REFINE_ROUNDS = 30  # grid halvings allowed to prove the supremum
+P_VALUE_GRID = 600  # nuisance values a reported p-value takes the largest over
 
 
 @dataclass(frozen=True)
@@ -57,11 +58,14 @@ class DropTest:
         return losses <= self.max_losses[losses + gains]
 
     def p_value(self, losses: int, gains: int) -> float:
-        """The smallest level at which this outcome is certified: the proven size of the
-        largest region (in steps of ``Z_STEP``) that holds it."""
+        """The outcome's exact unconditional p-value: the largest probability, over a grid
+        of ``P_VALUE_GRID`` null distributions, of the smallest region that holds it (the
+        practice of exact unconditional tests; the certification itself rests on the
+        proven bound, and a certified outcome's p-value is at most ``delta``)."""
         z = self._strongest_z(losses, gains)
         bounds = region(self.samples, self.budget, z)
-        return min(1.0, proven_size(self.samples, self.budget, bounds))
+        grid = _nuisance_grid(self.budget, P_VALUE_GRID)
+        return min(1.0, float(region_size(self.samples, self.budget, bounds, grid).max()))
 
     def _strongest_z(self, losses: int, gains: int) -> float:
         lo, hi = -8.0, 8.0  # regions shrink as z grows: find the largest z holding the point
@@ -167,26 +171,22 @@ def region_size(n: int, budget: float, max_losses: np.ndarray, q: np.ndarray) ->
     return total
 
 
-def proven_size(
-    n: int, budget: float, max_losses: np.ndarray, *, level: float | None = None
-) -> float:
-    """An upper bound on the region's probability under every null distribution.
-
-    The grid is refined where the Fisher-information bound between two points could exceed
-    ``level`` (default: the grid's own maximum plus 1 %); inf when a grid point exceeds
-    ``level`` or the refinement runs out before proving it."""
+def proven_size(n: int, budget: float, max_losses: np.ndarray, *, level: float) -> float:
+    """An upper bound on the region's probability under every null distribution, proven to
+    be at most ``level``; inf where it cannot be (a grid point above it, or the refinement
+    out of rounds). The grid is refined where the Fisher-information bound between two
+    points could exceed ``level``, until none can."""
     grid = _nuisance_grid(budget)
     size = region_size(n, budget, max_losses, grid)
-    target = level if level is not None else min(1.0, 1.01 * size.max() + 1e-4)
     for _ in range(_REFINE_ROUNDS):
-        if size.max() > target:
-            return math.inf if level is not None else float(size.max())
+        if size.max() > level:
+            return math.inf
         left, right = grid[:-1], grid[1:]
         # sqrt(P) moves at most sqrt(I_n(q)) / 2 per unit q; integrated over [left, right]
         # from each end, the lines meet at most this high.
         reach = math.sqrt(n) * (_fisher_integral(right, budget) - _fisher_integral(left, budget))
         bound = ((np.sqrt(size[:-1]) + np.sqrt(size[1:]) + reach / 2) / 2) ** 2
-        loose = bound > target
+        loose = bound > level
         if not loose.any():
             return float(bound.max())
         middle = (left[loose] + right[loose]) / 2
