@@ -34,13 +34,7 @@ def compile_cmd(
         "--data",
         help="Data (.npz) to quantize with and check every exit on; int8 needs it.",
     ),
-    max_quant_drop: float = typer.Option(
-        "0.01",
-        "--max-quant-drop",
-        parser=params.accuracy_drop,
-        metavar="DROP",
-        help=f"Most accuracy an exit may lose to the target's precision: {params.DROP_FORMS}.",
-    ),
+    max_quant_drop: float = params.max_quant_drop_option(),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
 ) -> None:
     """Compile an exported fp32 bundle for a device target (int8 for a Pi, fp16 for CUDA).

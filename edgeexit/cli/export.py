@@ -71,13 +71,7 @@ def export_cmd(
         help="Data (.npz): with --target, to quantize with and check exits on; with --hf, "
         "to train the exit heads on (the inputs by name, labels y).",
     ),
-    max_quant_drop: float = typer.Option(
-        "0.01",
-        "--max-quant-drop",
-        parser=params.accuracy_drop,
-        metavar="DROP",
-        help=f"Most accuracy an exit may lose to the target's precision: {params.DROP_FORMS}.",
-    ),
+    max_quant_drop: float = params.max_quant_drop_option(),
     bodies: bool = typer.Option(
         True,
         "--bodies/--no-bodies",

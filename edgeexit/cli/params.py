@@ -160,3 +160,15 @@ def agreement(text: str) -> float:
     if not 0 < value <= 1:
         raise typer.BadParameter(f"{text} is not a fraction in (0, 1], e.g. 0.9")
     return value
+
+
+def max_quant_drop_option():
+    """``--max-quant-drop``, as export and compile both take it: what an exit may lose to
+    the target's precision."""
+    return typer.Option(
+        "0.01",
+        "--max-quant-drop",
+        parser=accuracy_drop,
+        metavar="DROP",
+        help=f"Most accuracy an exit may lose to the target's precision: {DROP_FORMS}.",
+    )
