@@ -57,5 +57,12 @@ def test_demo_model_without_data_is_a_one_line_error(tmp_path):
     assert "--model needs --data" in result.output
 
 
+def test_a_demo_that_fails_before_any_step_leaves_no_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(app, ["demo", "--model", "missing.pt", "--data", "d.npz"])
+    assert result.exit_code == 1 and "missing.pt does not exist" in result.output
+    assert list(tmp_path.iterdir()) == []  # no empty demo-out/ behind
+
+
 # Trains a model: left out of the fast subset (pytest -m "not slow").
 pytestmark = pytest.mark.slow

@@ -12,6 +12,7 @@ the exit histogram, energy with its source, and the files written (Pareto front 
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -143,12 +144,17 @@ def run_demo(options: DemoOptions = DemoOptions(), *, progress: Progress | None 
     tell = or_silent(progress)
     import torch  # noqa: F401  (on a device install: fail before writing anything)
 
-    out = _demo_folder(options)
-    with one_torch_thread():
-        if options.model is None:
-            written, losses = _train_example(options, out, tell)
-        else:
-            written, losses = _export_user_model(options, out, tell), ()
+    out, made = _demo_folder(options)
+    try:
+        with one_torch_thread():
+            if options.model is None:
+                written, losses = _train_example(options, out, tell)
+            else:
+                written, losses = _export_user_model(options, out, tell), ()
+    except BaseException:
+        if made:  # nothing finished in a folder this run made: leave no empty folder behind
+            _remove_if_only_marked(out)
+        raise
     inputs = _load_inputs(written.bundle_dir, written.calibration_data)
     profile = profile_bundle(
         written.bundle_dir,
@@ -248,9 +254,10 @@ def _load_inputs(bundle_dir: Path, data_path: Path):
     return load_data(data_path, read_manifest(bundle_dir).inputs).inputs
 
 
-def _demo_folder(options: DemoOptions) -> Path:
-    """The output folder, made and marked as a demo's: refused if it holds anything else
-    (files.check_output), so the demo never overwrites a user's files."""
+def _demo_folder(options: DemoOptions) -> tuple[Path, bool]:
+    """The output folder, made and marked as a demo's, and whether this run made it: refused
+    if it holds anything else (files.check_output), so the demo never overwrites a user's
+    files."""
     out = Path(options.out_dir)
     sources = tuple(p for p in (options.model, options.data, options.test_data) if p)
     claimed = files.check_output(out, "demo", inputs=sources)
@@ -259,7 +266,15 @@ def _demo_folder(options: DemoOptions) -> Path:
         (out / files.DEMO_MARKER).write_text("a folder written by `edgeexit demo`\n")
     except OSError as err:
         raise OutputError(f"cannot write demo folder {out}: {files.os_reason(err)}") from err
-    return out
+    return out, not claimed.existed
+
+
+def _remove_if_only_marked(out: Path) -> None:
+    """Remove a demo folder this run made, if it holds only its marker."""
+    with contextlib.suppress(OSError):
+        if [p.name for p in out.iterdir()] == [files.DEMO_MARKER]:
+            (out / files.DEMO_MARKER).unlink()
+            out.rmdir()
 
 
 def _with_plot(demo: DemoFiles, report: CalibrationReport) -> DemoFiles:
