@@ -21,11 +21,11 @@ from rich.table import Table
 from torch import nn
 
 from edgeexit.bundle import INPUT_SUM, SegmentSpec, read_manifest, verify_segments
-from edgeexit.errors import ExportError, ParityError
+from edgeexit.errors import ExportError, ParityError, first_line
 from edgeexit.export.model import run_exits
 from edgeexit.export.scores import exit_score
 from edgeexit.progress import Progress, or_silent
-from edgeexit.runtime.session import cpu_session
+from edgeexit.runtime.session import ORT_ERRORS, cpu_session
 
 
 @dataclass(frozen=True)
@@ -174,7 +174,11 @@ def _check(i, seg: SegmentSpec, sess, step, want_score, atol: float) -> SegmentC
         if x.shape and isinstance(x.shape[0], int):
             problems.append(f"{where}: input {x.name} has a fixed batch axis {x.shape[0]}")
     feed = {name: t.numpy() for name, t in zip(seg.inputs, step.carry_in)}
-    outs = dict(zip(expected, sess.run(expected, feed)))
+    try:
+        outs = dict(zip(expected, sess.run(expected, feed)))
+    except ORT_ERRORS as err:  # a graph that loads but cannot run these inputs: a finding
+        problems.append(f"{where}: ONNX Runtime cannot run it: {first_line(err)}")
+        return SegmentCheck(i, batch, np.nan, np.nan, np.nan, tuple(problems))
     torch_outs = {seg.logits: step.logits, seg.score: want_score}
     torch_outs.update(zip(seg.carry, step.carry_out))
     diffs = {}
