@@ -262,7 +262,11 @@ def calibrate_bundle(
         else:
             table = collect_table(runtime, dataset, batch_size=options.batch_size,
                                   progress=progress)  # fmt: skip
+            if progress is not None:  # seconds for thousands of samples: say what it does
+                progress("searching and certifying", 0, 1)
             report = replace(build_report(table, costs, budget), depth_cap=capped)
+            if progress is not None:
+                progress("searching and certifying", 1, 1)
         plot = None
         if plot_out is not None:
             plot = files.Staged(plot_out, report.plot_png(), what="plot")
