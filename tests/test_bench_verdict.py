@@ -174,9 +174,11 @@ def test_check_fails_only_when_surely_slower_or_a_budget_is_missed():
     check = check_for(Budget(latency_ms=0.6), held_out(early_ms=0.5))
     fields = {f: None for f in BenchReport.__dataclass_fields__}
     report = BenchReport(**{**fields, "checks": (check,), "speedup": 0.99,
-                            "speedup_ci": (0.97, 1.01)})  # fmt: skip
+                            "speedup_ci": (0.97, 1.01), "early_exits": True})  # fmt: skip
     assert report.verdict == "met" and report.passed  # noise around 1x is not a failure
     assert not replace(report, speedup=0.8, speedup_ci=(0.78, 0.82)).passed
+    # no early exit: the bundle is the full model, never "slower" than itself
+    assert replace(report, early_exits=False, speedup=0.99, speedup_ci=(0.985, 0.995)).passed
     missed = check_for(Budget(latency_ms=0.4), held_out(early_ms=0.5))
     assert not replace(report, checks=(missed,), speedup=2.0, speedup_ci=(1.9, 2.1)).passed
 

@@ -30,8 +30,8 @@ def compile_cmd(
     ),
     calib_data: Path = typer.Option(
         None,
-        "--calib-data",
         "--data",
+        "--calib-data",
         help="Data (.npz) to quantize with and check every exit on; int8 needs it.",
     ),
     max_quant_drop: float = params.max_quant_drop_option(),
@@ -41,16 +41,16 @@ def compile_cmd(
 
     What `edgeexit export --target` does, for a bundle already exported: ONNX versions
     pinned to the target's, its precision, every exit's accuracy checked against fp32 on
-    --calib-data. Nothing is written if an exit loses more than --max-quant-drop.
+    --data. Nothing is written if an exit loses more than --max-quant-drop.
 
     -o must be a new path, an empty folder, or an earlier bundle (replaced in one step);
     the input bundle, the data and any folder holding them are refused.
 
     Examples:
 
-        edgeexit compile bundle/ -t rpi4 --calib-data cal.npz -o bundle-rpi4
+        edgeexit compile bundle/ -t rpi4 --data cal.npz -o bundle-rpi4
 
-        edgeexit compile bundle/ -t cuda --calib-data cal.npz -o bundle-fp16 --json
+        edgeexit compile bundle/ -t cuda --data cal.npz -o bundle-fp16 --json
 
         edgeexit compile bundle/ -t rpi5 --data cal.npz --max-quant-drop 0.5pp -o b5
     """

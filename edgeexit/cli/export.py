@@ -66,8 +66,8 @@ def export_cmd(
     ),
     calib_data: Path = typer.Option(
         None,
-        "--calib-data",
         "--data",
+        "--calib-data",
         help="Data (.npz): with --target, to quantize with and check exits on; with --hf, "
         "to train the exit heads on (the inputs by name, labels y).",
     ),
@@ -134,7 +134,7 @@ def export_cmd(
 
         edgeexit export model.pt -o bundle
 
-        edgeexit export model.pt -o bundle --criterion entropy --target rpi4 --calib-data cal.npz
+        edgeexit export model.pt -o bundle --criterion entropy --target rpi4 --data cal.npz
 
         edgeexit export model.pt -o bundle --factory mypkg.models:build
 
