@@ -225,3 +225,16 @@ def test_generate_takes_only_sampling_options(decoder):
     _, gen = decoder
     with pytest.raises(InputError, match="`sampling` is dict; expected SamplingOptions"):
         gen.generate(PROMPT, max_new_tokens=4, sampling={"temperature": 1.0})
+
+
+def test_the_calibrated_modes_reason_speaks_of_sampled_output_when_sampling():
+    from edgeexit.generation import chosen_mode
+
+    report = {"min_agreement": 0.9, "held_out_agreement": 0.95, "held": True,
+              "speculative_speedup": 1.5, "early_exit_speedup": 1.2}  # fmt: skip
+    recorded = {"self_speculative": {"k": 1, "gamma": 3, "draft_stop": 0.0},
+                "early_exit": [0.5, None], "report": report}  # fmt: skip
+    assert "the same tokens as full" in chosen_mode(recorded).why
+    assert "the same distribution as full" in chosen_mode(recorded, sampled=True).why
+    faster = {**recorded, "report": {**report, "early_exit_speedup": 2.0}}
+    assert chosen_mode(faster, sampled=True).why.endswith("(at least 90% asked), greedy")

@@ -110,7 +110,7 @@ class Sampler:
         self.options = GREEDY if options is None else options
         self.greedy = self.options.greedy
         seed = self.options.seed
-        self.seed = None if self.greedy else (secrets.randbits(63) if seed is None else seed)
+        self.seed = None if self.greedy else (secrets.randbits(32) if seed is None else seed)
         self.rng = None if self.greedy else np.random.default_rng(self.seed)
 
     def pick(self, logits: np.ndarray) -> int:
