@@ -322,3 +322,10 @@ def _ids_file(bundle):
     path = bundle.parent / "prompts.json"
     path.write_text(json.dumps([[1, 2, 3]]))
     return path
+
+
+def test_the_json_text_is_the_models_even_where_it_looks_like_a_parameter(bundle, monkeypatch):
+    # the JSON went through in_flags, which rewrote `max_new_tokens` as --max-new-tokens
+    monkeypatch.setattr(text, "decode", lambda tokens: "set `max_new_tokens` here")
+    doc = json.loads(cli("generate", bundle, "-p", "x", "-n", 2, "--json").stdout)
+    assert doc["text"] == "set `max_new_tokens` here"
