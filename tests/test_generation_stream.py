@@ -199,6 +199,8 @@ def test_text_stops_need_a_byte_level_bundle(ids_bundle):
     with pytest.raises(InputError, match="stop sequence 0 is text, but this bundle has no byte"):
         ids.generate([1, 2], max_new_tokens=4, stop=["\n"])
     assert ids.generate([1, 2], max_new_tokens=4, stop=[[39, 39]]).stopped == "max_new_tokens"
+    first = ids.generate([1, 2], max_new_tokens=4).tokens[:1]
+    assert ids.generate([1, 2], max_new_tokens=4, stop=[np.array(first)]).tokens == ()
 
 
 def test_text_pieces_wait_for_a_whole_character_and_join_into_the_text():
@@ -304,6 +306,7 @@ def test_generate_refuses_bad_sampling_and_stop_options_in_one_line(bundle, ids_
          "--top-k changes nothing"),
         (("--stop", "\\q"), "holds the escape \\q; expected \\n, \\t, \\r or \\\\"),
         (("--stop", ""), "an empty stop sequence"),
+        (("--stop", "\udcff"), "holds a byte that is no UTF-8 character; expected text"),
         (("--stream", "--json"), "--stream prints text as it comes, --json one document"),
     ]  # fmt: skip
     for args, message in cases:

@@ -242,8 +242,19 @@ def _stops(given: list[str], byte_level: bool) -> list[str | list[int]]:
         raise typer.BadParameter("an empty stop sequence; expected text or token ids",
                                  param_hint="'--stop'")  # fmt: skip
     if byte_level:
-        return [params.escaped(s, "--stop") for s in given]
+        return [_stop_text(s) for s in given]
     return [_stop_ids(s) for s in given]
+
+
+def _stop_text(given: str) -> str:
+    try:
+        given.encode()
+    except UnicodeEncodeError:  # a byte the shell passed that is no UTF-8 character
+        raise typer.BadParameter(
+            f"{given!r} holds a byte that is no UTF-8 character; expected text",
+            param_hint="'--stop'",
+        ) from None
+    return params.escaped(given, "--stop")
 
 
 def _stop_ids(given: str) -> list[int]:

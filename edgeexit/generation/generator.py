@@ -162,6 +162,9 @@ class Generator:
         gen = Generator("decoder-bundle/", target="rpi5")
         out = gen.generate([72, 105], max_new_tokens=32, mode="self-speculative")
         out.tokens, out.tokens_per_s, out.acceptance_rate
+        for token in gen.stream([72, 105], sampling=SamplingOptions(temperature=0.8),
+                                stop=[[10, 10]]):
+            ...
     """
 
     def __init__(

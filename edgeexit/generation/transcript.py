@@ -13,6 +13,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
+
 from edgeexit.errors import InputError
 from edgeexit.generation import text
 from edgeexit.generation.options import is_count
@@ -35,6 +37,8 @@ def stop_sequences(stop: Any, vocab_size: int, byte_level: bool) -> tuple[tuple[
 
 def _one_stop(stop: Any, i: int, vocab_size: int, byte_level: bool) -> tuple[int, ...]:
     where = f"stop sequence {i}"
+    if isinstance(stop, np.ndarray) and stop.ndim == 1 and stop.dtype.kind in "iu":
+        stop = stop.tolist()  # numpy's ints as Python's
     if isinstance(stop, str):
         if not byte_level:
             raise InputError(
