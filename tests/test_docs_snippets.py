@@ -41,7 +41,7 @@ from edgeexit.export.decoder_export import export_decoder
 from edgeexit.export.decoder_model import DecoderConfig, MultiExitDecoder
 torch.manual_seed(0)
 config = DecoderConfig(dim=16, heads=2, layers=2, hidden=32, exit_after=(1, 2), max_positions=96)
-export_decoder(MultiExitDecoder(config).eval(), "bundle")
+export_decoder(MultiExitDecoder(config).eval(), "bundle", tokenizer="bytes")
 ids = np.array([100, 101, 102])
 """,
     "deploying-to-raspberry-pi.md": """

@@ -208,7 +208,8 @@ def test_generate_refuses_bad_input_in_one_line(decoder, tmp_path):
     (tmp_path / "far.txt").write_text("1 999")
     cases = [
         (("--prompt", "hi"), 2, "no byte-level tokenizer: pass --prompt-ids"),
-        ((), 2, "give the prompt as --prompt TEXT or --prompt-ids FILE"),
+        ((), 2, "give the prompts as --prompt TEXT or --prompt-ids FILE (either repeated), or "
+                "--prompts FILE.json: one of them"),
         (("--prompt-ids", tmp_path / "missing.txt"), 1, "does not exist"),
         (("--prompt-ids", tmp_path / "words.txt"), 1, "are not integers"),
         (("--prompt-ids", tmp_path / "far.txt"), 1, "prompt id 999 at position 1"),

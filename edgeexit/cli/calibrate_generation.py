@@ -2,21 +2,18 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-import numpy as np
 import typer
 
 from edgeexit.cli import params
 from edgeexit.cli.core import command, in_flags
 from edgeexit.cli.progress import progress
-from edgeexit.errors import DataError, InputError
 from edgeexit.files import dumps_json
 from edgeexit.generation import text
 from edgeexit.generation.calibrate import calibrate_generation
 from edgeexit.generation.manifest import read_decoder_manifest
-from edgeexit.generation.options import is_count
+from edgeexit.generation.prompts import read_prompts
 
 
 @command("calibrate-generation")
@@ -59,9 +56,9 @@ def calibrate_generation_cmd(
         edgeexit calibrate-generation bundle/ --prompts p.json --held-out h.json --dry-run
     """
     byte_level = read_decoder_manifest(bundle).extra.get("tokenizer") == text.BYTES
-    calibration = _read_prompts(prompts, byte_level)
+    calibration = read_prompts(prompts, byte_level)
     if held_out is not None:
-        checked = _read_prompts(held_out, byte_level)
+        checked = read_prompts(held_out, byte_level)
     elif len(calibration) >= 2:
         calibration, checked = calibration[::2], calibration[1::2]
     else:
@@ -81,31 +78,3 @@ def calibrate_generation_cmd(
         typer.echo(line)
     if not dry_run:
         typer.echo(f"recorded in {bundle}/manifest.json (generation)")
-
-
-def _read_prompts(path: Path, byte_level: bool) -> list[np.ndarray]:
-    if not path.is_file():
-        what = "is a directory" if path.is_dir() else "does not exist"
-        raise DataError(f"prompts file {path} {what}; expected a .json list of prompts")
-    try:
-        doc = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, ValueError) as err:
-        raise DataError(f"prompts file {path} is not readable JSON: {err}") from err
-    if not isinstance(doc, list) or not doc:
-        raise DataError(f"prompts file {path} must hold a non-empty list of prompts")
-    return [_prompt(prompt, f"prompt {i} in {path}", byte_level) for i, prompt in enumerate(doc)]
-
-
-def _prompt(prompt: object, where: str, byte_level: bool) -> np.ndarray:
-    """Text (byte-level bundles) or a list of token ids (whole numbers within int64: the
-    generator checks them against the vocabulary)."""
-    if isinstance(prompt, str):
-        if not byte_level:
-            raise DataError(f"{where} is text, but the bundle has no byte tokenizer")
-        try:
-            return text.encode(prompt)
-        except InputError as err:
-            raise DataError(f"{where}: {err}") from err
-    if isinstance(prompt, list) and all(is_count(t) and -(2**63) <= t < 2**63 for t in prompt):
-        return np.array(prompt, dtype=np.int64)
-    raise DataError(f"{where} is neither text nor a list of token ids (integers)")

@@ -8,6 +8,7 @@ typer's public API, which works across the typer versions the package allows.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from enum import Enum
 from pathlib import Path
 
@@ -128,6 +129,50 @@ def share(text: str) -> float:
     if not 0 <= value <= 1:
         raise typer.BadParameter(f"{text} is not in [0, 1]")
     return value
+
+
+def temperature(text: str) -> float:
+    """A sampling temperature: a finite number >= 0 (0: greedy)."""
+    return _number_in(text, lambda v: v >= 0, "a number >= 0, e.g. 0.8 (0: greedy)")
+
+
+def top_p(text: str) -> float:
+    """A share of probability in (0, 1] (1: every token)."""
+    return _number_in(text, lambda v: 0 < v <= 1, "a number in (0, 1], e.g. 0.9 (1: every token)")
+
+
+def _number_in(text: str, within: Callable[[float], bool], expected: str) -> float:
+    try:
+        value = _number(text)
+    except typer.BadParameter as err:
+        raise typer.BadParameter(f"{err.message}; expected {expected}") from None
+    if not within(value):
+        raise typer.BadParameter(f"{text} is out of range; expected {expected}")
+    return value
+
+
+ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "\\": "\\"}
+
+
+def escaped(text: str, flag: str) -> str:
+    """Text with \\n, \\t, \\r and \\\\ for a newline, a tab, a carriage return and a
+    backslash: what a stop sequence needs and a shell makes awkward to type."""
+    out, i = [], 0
+    while i < len(text):
+        if text[i] != "\\":
+            out.append(text[i])
+            i += 1
+            continue
+        code = text[i + 1 : i + 2]
+        if code not in ESCAPES:
+            raise typer.BadParameter(
+                f"'{text}' holds the escape {text[i : i + 2]}; expected \\n, \\t, \\r or "
+                "\\\\ (a backslash)",
+                param_hint=f"'{flag}'",
+            )
+        out.append(ESCAPES[code])
+        i += 2
+    return "".join(out)
 
 
 def number_list(text: str, flag: str) -> list[float]:

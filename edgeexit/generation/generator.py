@@ -1,4 +1,5 @@
-"""``Generator``: greedy text generation over a decoder bundle, on the device (no torch).
+"""``Generator``: text generation over a decoder bundle, on the device (no torch), greedy
+or sampled (``sampling.py``), returned whole or streamed token by token.
 
 Three modes share one set of caches (``caches.py``):
 
@@ -9,13 +10,20 @@ Three modes share one set of caches (``caches.py``):
   the drafted positions, from the hidden states the draft left and on top of the early
   segments' caches, never recomputing them. The longest agreeing prefix is kept, plus the
   full model's own next token, and the caches of rejected tokens are rolled back (a length
-  moves). Greedy output is the full model's, token for token, up to floating-point ties.
+  moves). Greedy output is the full model's, token for token, up to floating-point ties;
+  sampled, each draft is kept with probability min(1, p/q), so the tokens follow full
+  decoding's distribution exactly.
 - ``early-exit`` (CALM): a token leaves at the first exit whose confidence reaches its
   threshold. The deeper segments' caches are filled when a later token next reaches them,
   by running those segments over the skipped positions from the hidden states they left
-  with (EE-LLM's recompute), in the same call as the later token.
+  with (EE-LLM's recompute), in the same call as the later token. Sampled, a token is
+  drawn from the distribution of the exit it leaves at: not full decoding's distribution.
 
-Batch 1 (one sequence). Every call's state lives in the Generator: a lock serializes calls.
+Each mode is a loop that adds the tokens it decides to a ``Transcript`` (which ends the text
+at an end-of-text id, a stop sequence or the token limit) and pauses after each step; a
+``Stream`` hands out the tokens that are final at each pause. Batch 1 (one sequence):
+``generate_many`` runs prompts one after another. Every call's state lives in the
+Generator: a lock serializes calls, held by a stream until it ends or is closed.
 """
 
 from __future__ import annotations
@@ -23,7 +31,9 @@ from __future__ import annotations
 import math
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Generator as Steps
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from time import perf_counter
 from typing import Any
@@ -42,6 +52,9 @@ from edgeexit.generation.caches import (
 from edgeexit.generation.graphs import check_graphs
 from edgeexit.generation.manifest import DecoderManifest, read_decoder_manifest
 from edgeexit.generation.options import MODES, SpeculativeOptions, exit_thresholds
+from edgeexit.generation.sampling import Sampler, SamplingOptions
+from edgeexit.generation.text import BYTES
+from edgeexit.generation.transcript import Transcript, stop_sequences
 from edgeexit.runtime.session import open_session, resolve_config
 from edgeexit.targets import Target, load_target
 
@@ -54,12 +67,13 @@ class Generation:
     prompt_tokens: int
     tokens: tuple[int, ...]
     seconds: float
-    stopped: str  # 'eos' or 'max_new_tokens'
+    stopped: str  # 'eos', 'stop' (a stop sequence, cut off) or 'max_new_tokens'
     exits: tuple[int, ...] = ()  # early-exit: the exit each generated token left at
     drafted: int = 0  # self-speculative: tokens drafted, and accepted of them
     accepted: int = 0
     verifications: int = 0
     draft_steps: int = 0  # passes through the draft segments (drafts, and stopped ones)
+    seed: int | None = None  # the seed the tokens were sampled with (None: greedy)
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -92,7 +106,52 @@ class Generation:
             "draft_steps": self.draft_steps,
             "mean_exit_depth": self.mean_exit_depth(num_exits),
             "exits": list(self.exits),
+            "seed": self.seed,
         }
+
+
+@dataclass(frozen=True)
+class _Request:
+    """One prompt's call, every argument checked."""
+
+    ids: np.ndarray
+    max_new: int
+    mode: str
+    speculative: SpeculativeOptions | None
+    thresholds: tuple[float, ...] | None
+    sampling: SamplingOptions | None
+    stops: tuple[tuple[int, ...], ...]
+
+
+class Stream:
+    """The token ids of one call, each as soon as it is final (self-speculative: a
+    verification's accepted tokens together); ``result`` is the ``Generation`` once the
+    stream has ended (None before). Until then the Generator is held: iterate to the end,
+    or ``close()`` it (``with gen.stream(...) as tokens:`` does)."""
+
+    def __init__(self, steps: Steps[int, None, Generation]) -> None:
+        self._steps = steps
+        self.result: Generation | None = None
+
+    def __iter__(self) -> Stream:
+        return self
+
+    def __next__(self) -> int:
+        try:
+            return next(self._steps)
+        except StopIteration as end:
+            if end.value is not None:  # the first end; later ones carry nothing
+                self.result = end.value
+            raise
+
+    def close(self) -> None:
+        self._steps.close()
+
+    def __enter__(self) -> Stream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 class Generator:
@@ -103,6 +162,9 @@ class Generator:
         gen = Generator("decoder-bundle/", target="rpi5")
         out = gen.generate([72, 105], max_new_tokens=32, mode="self-speculative")
         out.tokens, out.tokens_per_s, out.acceptance_rate
+        for token in gen.stream([72, 105], sampling=SamplingOptions(temperature=0.8),
+                                stop=[[10, 10]]):
+            ...
     """
 
     def __init__(
@@ -136,10 +198,16 @@ class Generator:
             ) from err
         self._eos = frozenset(m.eos_token_ids)  # any of them ends a text
         self._lock = threading.Lock()
+        self._owner: int | None = None  # the thread holding the lock
 
     @property
     def num_exits(self) -> int:
         return self.manifest.num_exits
+
+    @property
+    def byte_level(self) -> bool:
+        """Whether a token is a byte (``text``): stop sequences may then be text."""
+        return self.manifest.extra.get("tokenizer") == BYTES
 
     def generate(
         self,
@@ -149,83 +217,170 @@ class Generator:
         mode: str = "full",
         speculative: SpeculativeOptions | None = None,
         thresholds: Sequence[float] | None = None,
+        sampling: SamplingOptions | None = None,
+        stop: Sequence[str | Sequence[int]] | None = None,
     ) -> Generation:
-        """Greedy continuation of ``prompt`` (token ids), up to ``max_new_tokens`` or the
-        end-of-text token. ``speculative`` and ``thresholds`` (one per exit but the last;
-        early-exit) default to what calibrate chose (the manifest's ``generation``)."""
-        ids = self._check(prompt, max_new_tokens, mode)
-        choice = self.manifest.generation
+        """Continue ``prompt`` (token ids), up to ``max_new_tokens``, an end-of-text token
+        or a ``stop`` sequence (text for byte-level bundles, else lists of token ids; the
+        text ends before it). Greedy unless ``sampling`` says otherwise. ``speculative`` and
+        ``thresholds`` (one per exit but the last; early-exit) default to what calibrate
+        chose (the manifest's ``generation``)."""
+        return self._whole(self._request(prompt, max_new_tokens, mode, speculative,
+                                         thresholds, sampling, stop))  # fmt: skip
+
+    def stream(
+        self,
+        prompt: Sequence[int] | np.ndarray,
+        *,
+        max_new_tokens: int = 32,
+        mode: str = "full",
+        speculative: SpeculativeOptions | None = None,
+        thresholds: Sequence[float] | None = None,
+        sampling: SamplingOptions | None = None,
+        stop: Sequence[str | Sequence[int]] | None = None,
+    ) -> Stream:
+        """``generate``, token by token: the arguments are checked now, and the tokens are
+        decoded as the stream is iterated (``text.pieces`` makes text of them)."""
+        request = self._request(prompt, max_new_tokens, mode, speculative, thresholds,
+                                sampling, stop)  # fmt: skip
+        return Stream(self._run(request))
+
+    def generate_many(
+        self,
+        prompts: Sequence[Sequence[int] | np.ndarray],
+        *,
+        max_new_tokens: int = 32,
+        mode: str = "full",
+        speculative: SpeculativeOptions | None = None,
+        thresholds: Sequence[float] | None = None,
+        sampling: SamplingOptions | None = None,
+        stop: Sequence[str | Sequence[int]] | None = None,
+    ) -> list[Generation]:
+        """``generate`` for each prompt, with the same options, one after another (the
+        caches hold one sequence). Every prompt is checked before any is decoded. With a
+        ``seed``, each prompt's tokens are what ``generate`` gives it alone with that seed."""
+        if isinstance(prompts, str | bytes) or not isinstance(prompts, Sequence | np.ndarray):
+            raise InputError(
+                f"the prompts are {type(prompts).__name__}; expected a list of prompts"
+            )
+        requests = []
+        for i, prompt in enumerate(prompts):
+            try:
+                requests.append(self._request(prompt, max_new_tokens, mode, speculative,
+                                              thresholds, sampling, stop))  # fmt: skip
+            except InputError as err:
+                raise InputError(f"prompt {i}: {err}") from err
+        return [self._whole(request) for request in requests]
+
+    def _whole(self, request: _Request) -> Generation:
+        with Stream(self._run(request)) as tokens:
+            for _ in tokens:
+                pass
+        return tokens.result
+
+    def _run(self, r: _Request) -> Steps[int, None, Generation]:
+        """Decode, yielding each token once it is final; return the Generation. The time
+        spent waiting for the consumer of a stream is not counted in its seconds."""
+        with self._exclusive():
+            sampler, out = Sampler(r.sampling), Transcript(r.max_new, self._eos, r.stops)
+            steps, shown, stats = self._steps(r, sampler, out), 0, None
+            start, paused = perf_counter(), 0.0
+            while stats is None:
+                try:
+                    next(steps)
+                except StopIteration as end:
+                    stats = end.value
+                ready = out.settled()
+                for token in out.tokens[shown:ready]:
+                    waiting = perf_counter()
+                    yield token
+                    paused += perf_counter() - waiting
+                shown = ready
+            seconds = perf_counter() - start - paused
+        return Generation(r.mode, len(r.ids), tuple(out.tokens), seconds, out.stopped,
+                          seed=sampler.seed, **stats)  # fmt: skip
+
+    @contextmanager
+    def _exclusive(self) -> Iterator[None]:
+        """The Generator's caches, for one call at a time. A second call from the thread
+        that holds them (an open stream) would wait for itself forever: refused."""
+        if self._owner == threading.get_ident():
+            raise InputError(
+                "this Generator is in the middle of a stream in this thread: iterate it to the "
+                "end or close() it before the next call"
+            )
         with self._lock:
-            start = perf_counter()
-            if mode == "full":
-                result = self._full(ids, max_new_tokens)
-            elif mode == "self-speculative":
-                options = speculative or SpeculativeOptions(**choice.get("self_speculative", {}))
-                result = self._speculative(ids, max_new_tokens, self._checked_spec(options))
-            else:
-                chosen = thresholds if thresholds is not None else choice.get("early_exit")
-                result = self._early_exit(ids, max_new_tokens, self._checked_thresholds(chosen))
-            seconds = perf_counter() - start
-        tokens, stopped, stats = result
-        return Generation(mode, len(ids), tuple(tokens), seconds, stopped, **stats)
+            self._owner = threading.get_ident()
+            try:
+                yield
+            finally:
+                self._owner = None
+
+    def _steps(self, r: _Request, sampler: Sampler, out: Transcript) -> Steps[None, None, dict]:
+        if r.mode == "full":
+            return self._full(r.ids, sampler, out)
+        if r.mode == "self-speculative":
+            return self._speculative(r.ids, r.speculative, sampler, out)
+        return self._early_exit(r.ids, r.thresholds, sampler, out)
 
     # -- the three modes ------------------------------------------------------------------
 
-    def _full(self, ids: np.ndarray, max_new: int) -> tuple[list[int], str, dict]:
-        token = self._prefill(ids)
-        out = [token]
-        while not self._done(out, max_new):
-            token = self._next(self._through(np.array([token]), self.num_exits))
-            out.append(token)
-        return out, self._stopped(out), {}
+    def _full(self, ids: np.ndarray, sampler: Sampler, out: Transcript) -> Steps[None, None, dict]:
+        out.add([self._prefill(ids, sampler)])
+        yield
+        while not out.done:
+            hidden = self._through(np.array([out.last]), self.num_exits)
+            out.add([sampler.pick(self._last_logits(hidden))])
+            yield
+        return {}
 
     def _speculative(
-        self, ids: np.ndarray, max_new: int, options: SpeculativeOptions
-    ) -> tuple[list[int], str, dict]:
+        self, ids: np.ndarray, options: SpeculativeOptions, sampler: Sampler, out: Transcript
+    ) -> Steps[None, None, dict]:
         k, eos = options.k, self._eos
         early, deep = self.segments[:k], self.segments[k:]
-        out = [self._prefill(ids)]
+        out.add([self._prefill(ids, sampler)])
+        yield
         drafted = accepted = verifications = steps = 0
-        while not self._done(out, max_new):
+        while not out.done:
             base = early[0].length  # every segment holds positions < base
-            pending, hiddens, drafts = out[-1], [], []
-            room = min(options.gamma, max_new - len(out))  # tokens still wanted
-            x = np.array([pending])
+            hiddens, drafts, qs = [], [], []  # qs: the distributions drafts were drawn from
+            room = min(options.gamma, out.max_new - out.generated)  # tokens still wanted
+            x = np.array([out.last])
             while True:  # draft: the early segments, one token at a time
                 hiddens.append(self._through(x, k).copy())
                 logits, confidence = self.head.run(hiddens[-1])
                 if confidence[-1] < options.draft_stop:
                     break
-                drafts.append(int(logits[-1].argmax()))
-                if drafts[-1] in eos or len(drafts) >= room:
+                token, q = sampler.draft(logits[-1])
+                drafts.append(token)
+                qs.append(q)
+                if token in eos or len(drafts) >= room:
                     break
-                x = np.array([drafts[-1]])
+                x = np.array([token])
             verifications, steps = verifications + 1, steps + len(hiddens)
             hidden = np.concatenate(hiddens)  # verify: the deep segments, once, over all
             for segment in deep:
                 hidden = segment.run(hidden)
-            predictions = self.head.run(hidden)[0].argmax(axis=1)
-            m = 0
-            while m < len(drafts) and drafts[m] == predictions[m]:
-                m += 1
+            m, new = sampler.verify(drafts, qs, self.head.run(hidden)[0])
             drafted, accepted = drafted + len(drafts), accepted + m
-            new = drafts[:m] + ([int(predictions[m])] if m < len(hiddens) else [])
             kept = base + min(m + 1, len(hiddens))  # positions whose inputs were right
             for segment in self.segments:
                 segment.length = kept  # roll back the rejected tokens' keys and values
-            out += self._until_eos(new)
-        out = out[:max_new]
-        stats = {"drafted": drafted, "accepted": accepted, "verifications": verifications,
-                 "draft_steps": steps}  # fmt: skip
-        return out, self._stopped(out), stats
+            out.add(new)  # cut at an end of text or a stop sequence inside the drafts
+            yield
+        return {"drafted": drafted, "accepted": accepted, "verifications": verifications,
+                "draft_steps": steps}  # fmt: skip
 
     def _early_exit(
-        self, ids: np.ndarray, max_new: int, thresholds: tuple[float, ...]
-    ) -> tuple[list[int], str, dict]:
-        out, exits = [self._prefill(ids)], [self.num_exits - 1]
-        while not self._done(out, max_new):
+        self, ids: np.ndarray, thresholds: tuple[float, ...], sampler: Sampler, out: Transcript
+    ) -> Steps[None, None, dict]:
+        out.add([self._prefill(ids, sampler)])
+        exits = [self.num_exits - 1]
+        yield
+        while not out.done:
             q = self.segments[0].length  # the new token's position
-            hidden = self.segments[0].run(np.array([out[-1]]))[-1:]
+            hidden = self.segments[0].run(np.array([out.last]))[-1:]
             for i in range(1, self.num_exits + 1):
                 if i == self.num_exits:  # the last exit takes every token left
                     exit_at, logits = i - 1, self.head.run(hidden)[0][-1]
@@ -240,20 +395,20 @@ class Generator:
                 self._hidden[q - len(skipped) : q] = states[:-1]
                 hidden = states[-1:]
             self._hidden[q] = hidden[0]
-            out.append(int(logits.argmax()))
+            out.add([sampler.pick(logits)])  # drawn from the exit it leaves at
             exits.append(exit_at)
-        out = out[:max_new]
-        return out, self._stopped(out), {"exits": tuple(exits[: len(out)])}
+            yield
+        return {"exits": tuple(exits[: len(out.tokens)])}
 
     # -- shared steps ---------------------------------------------------------------------
 
-    def _prefill(self, ids: np.ndarray) -> int:
+    def _prefill(self, ids: np.ndarray, sampler: Sampler) -> int:
         """A fresh sequence: every segment over the prompt; the full model's next token."""
         for segment in self.segments:
             segment.length = 0
         hidden = self._through(ids, self.num_exits)
         self._hidden[: len(ids)] = hidden
-        return self._next(hidden)
+        return sampler.pick(self._last_logits(hidden))
 
     def _through(self, x: np.ndarray, stop: int) -> np.ndarray:
         """``x`` through segments 0..stop-1."""
@@ -261,8 +416,9 @@ class Generator:
             x = segment.run(x)
         return x
 
-    def _next(self, hidden: np.ndarray) -> int:
-        return int(self.head.run(hidden[-1:])[0][-1].argmax())
+    def _last_logits(self, hidden: np.ndarray) -> np.ndarray:
+        """The head's logits [V] at the last position (a view the next head call reuses)."""
+        return self.head.run(hidden[-1:])[0][-1]
 
     def _confident_logits(self, hidden: np.ndarray, threshold: float) -> np.ndarray | None:
         """The exit's logits for the last position if its confidence reaches
@@ -272,17 +428,30 @@ class Generator:
         logits, confidence = self.head.run(hidden)
         return logits[-1] if confidence[-1] >= threshold else None
 
-    def _done(self, out: list[int], max_new: int) -> bool:
-        return len(out) >= max_new or out[-1] in self._eos
-
-    def _until_eos(self, tokens: list[int]) -> list[int]:
-        ends = [i for i, t in enumerate(tokens) if t in self._eos]
-        return tokens[: ends[0] + 1] if ends else tokens
-
-    def _stopped(self, out: list[int]) -> str:
-        return "eos" if out and out[-1] in self._eos else "max_new_tokens"
-
     # -- checks ---------------------------------------------------------------------------
+
+    def _request(
+        self,
+        prompt: Sequence[int] | np.ndarray,
+        max_new: int,
+        mode: str,
+        speculative: SpeculativeOptions | None,
+        thresholds: Sequence[float] | None,
+        sampling: SamplingOptions | None,
+        stop: Sequence[str | Sequence[int]] | None,
+    ) -> _Request:
+        ids = self._check(prompt, max_new, mode)
+        choice, spec, chosen = self.manifest.generation, None, None
+        if mode == "self-speculative":
+            options = speculative or SpeculativeOptions(**choice.get("self_speculative", {}))
+            spec = self._checked_spec(options)
+        elif mode == "early-exit":
+            given = thresholds if thresholds is not None else choice.get("early_exit")
+            chosen = self._checked_thresholds(given)
+        if sampling is not None and not isinstance(sampling, SamplingOptions):
+            raise InputError(f"`sampling` is {type(sampling).__name__}; expected SamplingOptions")
+        stops = stop_sequences(stop, self.manifest.vocab_size, self.byte_level)
+        return _Request(ids, max_new, mode, spec, chosen, sampling, stops)
 
     def _check(self, prompt: Sequence[int] | np.ndarray, max_new: int, mode: str) -> np.ndarray:
         if mode not in MODES:

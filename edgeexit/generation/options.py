@@ -100,13 +100,15 @@ class ModeChoice:
     why: str
 
 
-def chosen_mode(generation: Mapping[str, Any]) -> ModeChoice:
+def chosen_mode(generation: Mapping[str, Any], sampled: bool = False) -> ModeChoice:
     """The mode a bundle's ``generation`` block (what calibrate-generation recorded,
     checked by the manifest's reader) makes the default: of the modes whose output it
     accepts, the one measured fastest against full decoding, if faster. Self-speculative's
     output is full's, always accepted; early-exit's differs, accepted only where its
     agreement with full held on held-out prompts. A block without measurements (written by
-    hand) gives self-speculative if it has settings for it, else early-exit; no block, full."""
+    hand) gives self-speculative if it has settings for it, else early-exit; no block, full.
+    ``sampled``: the reason speaks of sampled output (full's distribution; the agreement
+    early-exit was measured at is greedy decoding's)."""
     if not generation:
         return ModeChoice(
             "full", "the bundle records no generation settings: calibrate-generation chooses them"
@@ -126,12 +128,13 @@ def chosen_mode(generation: Mapping[str, Any]) -> ModeChoice:
         return ModeChoice("full", _none_faster(generation, report, early))
     mode = max(faster, key=faster.get)  # a tie goes to self-speculative: full's tokens
     if mode == "self-speculative":
-        why = f"calibrated: {faster[mode]:.2f}x full's tokens/s, the same tokens as full"
+        same = "distribution" if sampled else "tokens"
+        why = f"calibrated: {faster[mode]:.2f}x full's tokens/s, the same {same} as full"
     else:
         why = (
             f"calibrated: {faster[mode]:.2f}x full's tokens/s, "
             f"{report['held_out_agreement']:.1%} of full's tokens on held-out prompts "
-            f"(at least {report['min_agreement']:.0%} asked)"
+            f"(at least {report['min_agreement']:.0%} asked){', greedy' if sampled else ''}"
         )
     return ModeChoice(mode, why)
 
