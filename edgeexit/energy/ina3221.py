@@ -23,9 +23,7 @@ class Rail:
     current_path: Path  # mA
 
     def power_w(self) -> float:
-        voltage_mv = float(_read(self.voltage_path))
-        current_ma = float(_read(self.current_path))
-        return voltage_mv * current_ma / 1e6
+        return _number(self.voltage_path) * _number(self.current_path) / 1e6
 
 
 class Ina3221Meter(SampledPowerMeter):
@@ -58,6 +56,16 @@ def find_rails(root: Path) -> list[Rail]:
             Rail(name, label.parent / f"in{channel}_input", label.parent / f"curr{channel}_input")
         )
     return rails
+
+
+def _number(path: Path) -> float:
+    """A rail's reading (mV or mA); a file that holds no number is a sensor error, raised
+    in the caller's thread (``SampledPowerMeter``), not a crash of the sampling thread."""
+    text = _read(path)
+    try:
+        return float(text)
+    except ValueError as err:
+        raise EnergyMeterError(f"{path} holds {text[:40]!r}, not a reading in mV or mA") from err
 
 
 def _read(path: Path) -> str:
