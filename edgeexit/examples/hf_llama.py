@@ -24,10 +24,8 @@ from collections.abc import Sequence
 import torch
 
 from edgeexit.errors import ModelContractError
+from edgeexit.examples.hf_families import DECODERS as FAMILIES
 from edgeexit.export.decoder_model import DecoderConfig, MultiExitDecoder
-
-# the model_type of each family converted, as config.json names it
-FAMILIES = ("llama", "mistral", "qwen2")
 
 _LAYER = {  # edgeexit's name -> Llama's, inside a layer
     "input_layernorm.weight": "input_layernorm.weight",
@@ -65,10 +63,7 @@ def llama_to_decoder(
     none. ``max_positions``: the longest text (prompt and generated tokens) the bundle's
     caches hold, at most the model's ``max_position_embeddings`` (the default)."""
     c = hf_model.config
-    family = _family(c)
-    _check_supported(c, family)
-    positions = _positions(c, max_positions)
-    window, windowed = _window(c, family, positions)
+    family, positions, (window, windowed) = check_config(c, max_positions)
     eos = _model_eos(hf_model) if eos_token_id is FROM_MODEL else eos_token_id
     if isinstance(eos, Sequence) and not isinstance(eos, str):  # a list from a config
         eos = tuple(eos)
@@ -82,6 +77,18 @@ def llama_to_decoder(
     model = MultiExitDecoder(config)
     model.load_state_dict(_weights(hf_model.state_dict(), config, family))
     return model.eval()
+
+
+def check_config(
+    c, max_positions: int | None = None
+) -> tuple[str, int, tuple[int | None, tuple[int, ...] | None]]:
+    """What ``llama_to_decoder`` refuses, from the transformers config alone (before any
+    weight is loaded): the family, the bundle's positions, and the sliding window and its
+    layers (None where none applies)."""
+    family = _family(c)
+    _check_supported(c, family)
+    positions = _positions(c, max_positions)
+    return family, positions, _window(c, family, positions)
 
 
 def _weights(theirs: dict, config: DecoderConfig, family: str) -> dict[str, torch.Tensor]:
