@@ -180,8 +180,10 @@ def save(model, path):
 def refusals(tmp_path):
     """(arguments after `export`, exit code, what the error line says)."""
     llama = save(build("llama"), tmp_path / "llama")
-    scaled = save(build("llama", rope_scaling={"rope_type": "linear", "factor": 2.0}),
-                  tmp_path / "scaled")  # fmt: skip
+    # config only, no weights: these are refused before any weight is looked for
+    scaled = config_only("llama", tmp_path / "scaled",
+                         rope_scaling={"rope_type": "linear", "factor": 2.0})  # fmt: skip
+    no_window = config_only("mistral", tmp_path / "no-window", sliding_window=-1)
     gelu = save(build("mistral", hidden_act="gelu"), tmp_path / "gelu")
     wide = save(build("mistral", head_dim=32), tmp_path / "wide")
     gemma = tmp_path / "gemma"
@@ -207,6 +209,7 @@ def refusals(tmp_path):
          "expected 1..64 (the model's max_position_embeddings)"),
         (("--hf", scaled), 1, "Llama's rotary positions are scaled ('linear'); edgeexit's "
          "decoder computes the default rotary positions only"),
+        (("--hf", no_window), 1, "`sliding_window` is -1; expected a positive number"),
         (("--hf", gelu), 1, "Mistral's hidden_act is 'gelu'; edgeexit's decoder computes SiLU"),
         (("--hf", wide), 1, "Mistral's head_dim is 32, not hidden_size / num_attention_heads "
          "(64 / 4)"),
@@ -216,6 +219,12 @@ def refusals(tmp_path):
         (("--hf", lacking), 1, "lacks 1 of the model's weights (such as "
          "model.layers.1.self_attn.k_proj.bias)"),
     ]  # fmt: skip
+
+
+def config_only(family, path, **overrides):
+    config_class, _, adds = FAMILIES[family]
+    config_class(**{**SMALL, **adds, **overrides}).save_pretrained(path)
+    return path
 
 
 def _drop_weight(path, name):

@@ -29,7 +29,7 @@ from edgeexit.errors import CheckpointError
 from edgeexit.examples.hf import exit_cuts
 from edgeexit.examples.hf_families import DECODERS, folder_family
 from edgeexit.examples.hf_folder import load_config, load_pretrained
-from edgeexit.examples.hf_llama import check_config, llama_to_decoder
+from edgeexit.examples.hf_llama import decoder_config, llama_to_decoder
 from edgeexit.export.decoder_export import export_decoder
 from edgeexit.export.options import DEFAULT_ATOL, DEFAULT_OPSET
 from edgeexit.generation.manifest import DecoderManifest
@@ -82,8 +82,8 @@ def export_hf_decoder(
             "are trained on data (export_hf_folder; edgeexit export --hf DIR --data D.npz)"
         )
     config = load_config(folder)
-    check_config(config, max_positions)  # every refusal of the config, before the weights
     cuts = decoder_exits(exit_after, config.num_hidden_layers)
+    decoder_config(config, cuts, max_positions=max_positions)  # refusals before the weights
     tell("loading the model", 0, 0)
     hf_model = load_pretrained(folder, config, "AutoModelForCausalLM", what="model")
     model = llama_to_decoder(hf_model, tuple(cuts), max_positions=max_positions)

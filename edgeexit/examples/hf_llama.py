@@ -20,6 +20,7 @@ Needs the ``hf`` extra (``transformers``), never on a device.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 
 import torch
 
@@ -62,33 +63,33 @@ def llama_to_decoder(
     stops at, else its config's; several are kept, any of them ends a text); None for
     none. ``max_positions``: the longest text (prompt and generated tokens) the bundle's
     caches hold, at most the model's ``max_position_embeddings`` (the default)."""
-    c = hf_model.config
-    family, positions, (window, windowed) = check_config(c, max_positions)
     eos = _model_eos(hf_model) if eos_token_id is FROM_MODEL else eos_token_id
     if isinstance(eos, Sequence) and not isinstance(eos, str):  # a list from a config
         eos = tuple(eos)
-    config = DecoderConfig(
-        vocab_size=c.vocab_size, dim=c.hidden_size, heads=c.num_attention_heads,
-        layers=c.num_hidden_layers, hidden=c.intermediate_size, exit_after=tuple(exit_after),
-        max_positions=positions, rope_theta=_rope_theta(c), eps=c.rms_norm_eps,
-        eos_token_id=eos, kv_heads=c.num_key_value_heads or c.num_attention_heads,
-        qkv_bias=family == "qwen2", sliding_window=window, sliding_layers=windowed,
-    )  # fmt: skip
+    config = decoder_config(hf_model.config, exit_after, max_positions=max_positions)
+    config = replace(config, eos_token_id=eos)
     model = MultiExitDecoder(config)
-    model.load_state_dict(_weights(hf_model.state_dict(), config, family))
+    model.load_state_dict(_weights(hf_model.state_dict(), config, _family(hf_model.config)))
     return model.eval()
 
 
-def check_config(
-    c, max_positions: int | None = None
-) -> tuple[str, int, tuple[int | None, tuple[int, ...] | None]]:
-    """What ``llama_to_decoder`` refuses, from the transformers config alone (before any
-    weight is loaded): the family, the bundle's positions, and the sliding window and its
-    layers (None where none applies)."""
+def decoder_config(
+    c, exit_after: Sequence[int], *, max_positions: int | None = None
+) -> DecoderConfig:
+    """The ``DecoderConfig`` of a transformers config ``c``, from the config alone (so
+    that whatever ``llama_to_decoder`` refuses is refused before a weight is loaded),
+    without end-of-text ids (the model's generation config has them)."""
     family = _family(c)
     _check_supported(c, family)
     positions = _positions(c, max_positions)
-    return family, positions, _window(c, family, positions)
+    window, windowed = _window(c, family, positions)
+    return DecoderConfig(
+        vocab_size=c.vocab_size, dim=c.hidden_size, heads=c.num_attention_heads,
+        layers=c.num_hidden_layers, hidden=c.intermediate_size, exit_after=tuple(exit_after),
+        max_positions=positions, rope_theta=_rope_theta(c), eps=c.rms_norm_eps,
+        eos_token_id=None, kv_heads=c.num_key_value_heads or c.num_attention_heads,
+        qkv_bias=family == "qwen2", sliding_window=window, sliding_layers=windowed,
+    )  # fmt: skip
 
 
 def _weights(theirs: dict, config: DecoderConfig, family: str) -> dict[str, torch.Tensor]:
