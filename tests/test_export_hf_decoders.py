@@ -163,6 +163,23 @@ def test_a_window_the_positions_never_reach_is_left_out():
     assert qwen2.config.sliding_layers == (2, 3) and qwen2.config.qkv_bias
 
 
+def test_qwen2_windows_the_layers_its_config_says():
+    from edgeexit.examples.hf_llama import decoder_config
+
+    def windows(**overrides):
+        config = tf.Qwen2Config(**{**SMALL, **FAMILIES["qwen2"][2], **overrides})
+        older = tf.Qwen2Config(**{**SMALL, **FAMILIES["qwen2"][2], **overrides})
+        older.layer_types = None  # a config from before transformers wrote layer_types
+        got = [decoder_config(c, (4,)) for c in (config, older)]
+        assert got[0] == got[1]
+        return got[0].sliding_window, got[0].sliding_layers
+
+    assert windows() == (WINDOW, (2, 3))
+    assert windows(max_window_layers=0) == (WINDOW, (0, 1, 2, 3))
+    assert windows(max_window_layers=4) == (None, ())
+    assert windows(use_sliding_window=False) == (None, ())
+
+
 def test_default_exits_are_every_quarter():
     from edgeexit.examples.hf_decoder_folder import decoder_exits
 

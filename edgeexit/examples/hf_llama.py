@@ -198,7 +198,9 @@ def _window(c, family: str, positions: int) -> tuple[int | None, tuple[int, ...]
     window = getattr(c, "sliding_window", None) if family != "llama" else None
     layers = None  # every layer
     if family == "qwen2":
-        types = list(getattr(c, "layer_types", None) or [_FULL] * c.num_hidden_layers)
+        if not getattr(c, "use_sliding_window", False):
+            window = None  # as Qwen2Config sets it (a config from before may still hold one)
+        types = list(getattr(c, "layer_types", None) or _qwen2_layer_types(c, window))
         unknown = [t for t in types if t not in (_FULL, _SLIDING)]
         if unknown:
             raise ModelContractError(
@@ -209,6 +211,14 @@ def _window(c, family: str, positions: int) -> tuple[int | None, tuple[int, ...]
     if window is None or window >= positions or layers == ():
         return None, None
     return window, layers
+
+
+def _qwen2_layer_types(c, window: int | None) -> list[str]:
+    """Qwen2's layer types where its config predates ``layer_types`` (transformers < 4.53),
+    as Qwen2Config derives them: sliding from ``max_window_layers`` on."""
+    start = getattr(c, "max_window_layers", c.num_hidden_layers)
+    sliding = window is not None
+    return [_SLIDING if sliding and i >= start else _FULL for i in range(c.num_hidden_layers)]
 
 
 def _model_eos(hf_model) -> int | list[int] | None:
