@@ -242,6 +242,7 @@ class DecoderInfo:
             "dim": m.dim,
             "heads": m.heads,
             "head_dim": m.head_dim,
+            "kv_heads": m.kv_heads,
             "layers": m.layers,
             "max_positions": m.max_positions,
             "eos_token_ids": list(m.eos_token_ids),

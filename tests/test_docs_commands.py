@@ -250,6 +250,19 @@ def make_bert_folder(out: Path, stock: Stock) -> None:
              y=(ids[:, 0] > 25).astype(np.int64))  # fmt: skip
 
 
+def make_llama_folder(out: Path, stock: Stock) -> None:
+    """What `save_pretrained` writes for a small Llama (random, no download) with grouped
+    key/value heads, its vocabulary the bytes' (the worlds' ids.npy is text's bytes)."""
+    tf = pytest.importorskip("transformers")
+    import torch
+
+    torch.manual_seed(0)
+    config = tf.LlamaConfig(vocab_size=256, hidden_size=32, intermediate_size=64,
+                            num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
+                            max_position_embeddings=256)  # fmt: skip
+    tf.LlamaForCausalLM(config).save_pretrained(out / "my-llama")
+
+
 def make_hf_example(out: Path, stock: Stock) -> None:
     """docs/export.md's Hugging Face example, run as a reader runs it: bert-bundle/, cal.npz."""
     pytest.importorskip("transformers")
@@ -261,7 +274,8 @@ def make_hf_example(out: Path, stock: Stock) -> None:
 
 
 MAKERS = {"digits": make_digits, "digits-rpi5": make_digits_rpi5, "decoder": make_decoder,
-          "bert": make_bert_folder, "hf-example": make_hf_example}  # fmt: skip
+          "bert": make_bert_folder, "hf-example": make_hf_example,
+          "llama": make_llama_folder}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -295,9 +309,9 @@ WORLDS: dict[str, dict[str, str]] = {  # page -> {path in its world: what it is 
                                      "prompts.json": "decoder/prompts.json"},
     "export.md": {"model.pt": "digits/model.pt", "bert-bundle": "hf-example/bert-bundle",
                   "cal.npz": "hf-example/cal.npz", "my-bert": "bert/my-bert",
-                  "train.npz": "bert/train.npz"},
+                  "train.npz": "bert/train.npz", "my-llama": "llama/my-llama"},
     "generation.md": {"bundle": "decoder/bundle", "ids.npy": "decoder/ids.npy",
-                      "prompts.json": "decoder/prompts.json",
+                      "prompts.json": "decoder/prompts.json", "my-llama": "llama/my-llama",
                       # what `edgeexit demo --generate` (not run: its training) leaves
                       "demo-generate/bundle": "decoder/bundle",
                       "demo-generate/prompts.json": "decoder/prompts.json",

@@ -107,7 +107,8 @@ def refusals(root):
         (("--hf", tok, "--data", tok), 1, "tok.npz is a file"),
         (("--hf", root, "--data", tok), 1, "config.json does not exist"),
         (("--hf", root / "gpt", "--data", tok), 1, "a model of type 'gpt2'; edgeexit adapts "
-         "bert, roberta, distilbert or albert (encoders), or vit"),
+         "bert, roberta, distilbert or albert (encoders), vit, or llama, mistral or qwen2 "
+         "(decoders)"),
         (("--hf", root / "bare", "--data", tok), 1, "did not load: "),
         ((*hf, "--data", px), 1, "has no array 'input_ids'"),
         ((*hf, "--data", root / "nolabels.npz"), 1, "has no labels 'y'; the exit heads are"),
@@ -133,7 +134,7 @@ def test_refusals_are_one_line_and_write_nothing(folders, tmp_path):
 
 
 def test_no_code_from_the_folder_runs(folders, tmp_path):
-    from edgeexit.examples.hf_folder import _config, folder_family, load_backbone
+    from edgeexit.examples.hf_folder import folder_family, load_backbone, load_config
 
     marker = tmp_path / "ran"
     evil = tmp_path / "evil"
@@ -145,7 +146,7 @@ def test_no_code_from_the_folder_runs(folders, tmp_path):
     (evil / "config.json").write_text(json.dumps(config))
     (evil / "model.safetensors").write_bytes((folders / "bert" / "model.safetensors").read_bytes())
     assert folder_family(evil) == "bert"
-    assert type(load_backbone(evil, _config(evil))).__name__ == "BertModel"  # transformers' own
+    assert type(load_backbone(evil, load_config(evil))).__name__ == "BertModel"  # transformers' own
     (evil / "model.safetensors").unlink()
 
     class Payload:
@@ -154,7 +155,7 @@ def test_no_code_from_the_folder_runs(folders, tmp_path):
 
     torch.save({"embeddings.word_embeddings.weight": Payload()}, evil / "pytorch_model.bin")
     with pytest.raises(CheckpointError, match="did not load: Weights only load failed"):
-        load_backbone(evil, _config(evil))
+        load_backbone(evil, load_config(evil))
     assert not marker.exists()
 
 

@@ -25,7 +25,7 @@ def test_a_decoder_and_its_llama_give_the_same_logits():
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
 
 
-def test_a_config_built_llama_with_grouped_kv_heads_becomes_a_decoder():
+def test_a_config_built_llama_with_grouped_kv_heads_becomes_a_decoder_with_them():
     config = transformers.LlamaConfig(
         vocab_size=60, hidden_size=32, intermediate_size=40, num_hidden_layers=4,
         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
@@ -33,6 +33,8 @@ def test_a_config_built_llama_with_grouped_kv_heads_becomes_a_decoder():
     torch.manual_seed(1)
     llama = transformers.LlamaForCausalLM(config).eval()
     model = llama_to_decoder(llama, (2, 4))
+    assert model.config.kv_heads == 2  # kept grouped: the caches hold 2 heads, not 4
+    assert model.layers[0].k_proj.weight.shape == (16, 32)
     ids = torch.randint(0, 60, (1, 7))
     with torch.no_grad():
         want = llama(ids).logits

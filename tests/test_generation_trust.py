@@ -273,6 +273,12 @@ MANIFEST_CASES = [
     ("graph wider than manifest", lambda d: d.update(dim=32, head_dim=16),
      "past_key_0 has 8 at axis 3"),
     ("more heads than graph", lambda d: d.update(heads=4, head_dim=4), "has 2 at axis 2"),
+    ("kv_heads not a divisor", setter("kv_heads", value=3), "kv_heads is 3; expected a divisor "
+     "of heads (2)"),
+    ("kv_heads 0", setter("kv_heads", value=0), "kv_heads is 0"),
+    ("kv_heads bool", setter("kv_heads", value=True), "kv_heads is True"),
+    ("kv_heads float", setter("kv_heads", value=2.0), "kv_heads is 2.0"),
+    ("kv_heads not the graph's", setter("kv_heads", value=1), "past_key_0 has 2 at axis 2"),
     ("vocab not the head's", setter("vocab_size", value=200), "head.onnx logits has 257"),
     ("layers not the graph's", lambda d: (d["segments"][0].update(layers=2), d.pop("exit_after")),
      "segment_00.onnx has no input 'past_key_1'"),
@@ -454,7 +460,8 @@ def test_broken_npy_files_are_one_line(pristine, tmp_path):
 
 # found when the graphs are opened (generate), not from the manifest alone (inspect)
 AT_LOAD = ("graph wider than manifest", "more heads than graph", "vocab not the head's",
-           "layers not the graph's", "caches past memory", "logits past memory")  # fmt: skip
+           "layers not the graph's", "caches past memory", "logits past memory",
+           "kv_heads not the graph's")  # fmt: skip
 
 
 @pytest.mark.parametrize("change, message", [c[1:] for c in MANIFEST_CASES if c[0] not in AT_LOAD],
@@ -545,6 +552,16 @@ def test_calibrate_generation_checks_min_agreement_before_measuring(pristine, va
         (dict(rope_theta=math.nan), "`rope_theta` is nan"),
         (dict(exit_after=(2.0, 6)), "exit_after (2.0, 6) must hold layer counts"),
         (dict(eos_token_id=[1, True]), "eos_token_id True is not a token id"),
+        (dict(kv_heads=3), "`kv_heads` is 3; expected a divisor of heads (4)"),
+        (dict(kv_heads=0), "`kv_heads` is 0"),
+        (dict(qkv_bias=1), "`qkv_bias` is 1; expected true or false"),
+        (dict(sliding_window=0), "`sliding_window` is 0"),
+        (dict(sliding_window=2.5), "`sliding_window` is 2.5"),
+        (
+            dict(sliding_window=4, sliding_layers=(6,)),
+            "`sliding_layers` is (6,); expected increasing layer indices in 0..5",
+        ),
+        (dict(sliding_window=4, sliding_layers=(2, 1)), "`sliding_layers` is (2, 1)"),
     ],
 )
 def test_a_decoder_config_checks_its_fields(fields, message):

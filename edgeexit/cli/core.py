@@ -250,6 +250,7 @@ FLAGS = {
     "model": "--model",
     "epochs": "--epochs",
     "exit_after": "--exits",
+    "max_positions": "--max-positions",
     "lr": "--lr",
     "profile_repeats": "--profile-repeats",
 }

@@ -1,6 +1,8 @@
 """`edgeexit export MODEL.pt -o BUNDLE`: a checkpoint to a validated bundle of ONNX segments;
-`edgeexit export --hf DIR --data D.npz -o BUNDLE`: a local Hugging Face folder, its exit
-heads trained on the data (edgeexit/examples/hf_folder.py).
+`edgeexit export --hf DIR --data D.npz -o BUNDLE`: a local Hugging Face folder of an
+encoder, its exit heads trained on the data (edgeexit/examples/hf_folder.py); `edgeexit
+export --hf DIR -o BUNDLE`: one of a Llama, Mistral or Qwen2, a decoder bundle whose exits
+share the model's head (edgeexit/examples/hf_decoder_folder.py).
 
 torch, onnx and transformers are imported inside the command, never at module level: the
 device CLI (run, profile, bench, targets) must work with only the runtime installed.
@@ -68,8 +70,8 @@ def export_cmd(
         None,
         "--data",
         "--calib-data",
-        help="Data (.npz): with --target, to quantize with and check exits on; with --hf, "
-        "to train the exit heads on (the inputs by name, labels y).",
+        help="Data (.npz): with --target, to quantize with and check exits on; with --hf of "
+        "an encoder, to train the exit heads on (the inputs by name, labels y).",
     ),
     max_quant_drop: float = params.max_quant_drop_option(),
     bodies: bool = typer.Option(
@@ -102,16 +104,26 @@ def export_cmd(
         None,
         "--hf",
         metavar="DIR",
-        help="Instead of MODEL: a local Hugging Face folder (save_pretrained) of a BERT, "
-        "RoBERTa, DistilBERT, ALBERT or ViT. Exit heads are added and trained on --data; "
-        "the backbone is kept. No code from the folder runs.",
+        help="Instead of MODEL: a local Hugging Face folder (save_pretrained). A BERT, "
+        "RoBERTa, DistilBERT, ALBERT or ViT gets exit heads trained on --data; a Llama, "
+        "Mistral or Qwen2 becomes a decoder bundle whose exits share its head (nothing "
+        "trained). No code from the folder runs.",
     ),
     exits: str = typer.Option(
         None,
         "--exits",
         parser=params.layers,
         metavar="L1,L2",
-        help="With --hf: the layers to exit after (default every layer; the last always).",
+        help="With --hf: the layers to exit after (the last always; default every layer, "
+        "a decoder's every quarter).",
+    ),
+    max_positions: int = typer.Option(
+        None,
+        "--max-positions",
+        min=1,
+        metavar="N",
+        help="With --hf of a decoder: the longest text (prompt and generated tokens) its "
+        "caches hold (default: as long as the model takes).",
     ),
     epochs: int = typer.Option(
         None, "--epochs", min=1, metavar="N", help="With --hf: training epochs (default 3)."
@@ -141,17 +153,26 @@ def export_cmd(
         edgeexit export whole.pt -o bundle --trust-pickle --input-shape 1x8x8
 
         edgeexit export --hf my-bert/ --data train.npz -o bundle --exits 4,8
+
+        edgeexit export --hf my-llama/ -o lm --exits 4,8 --max-positions 2048
     """
     from edgeexit.errors import InputError, ValidationError
 
     kept = f"nothing written; {unchanged(out)}"
+    decoder = False
     try:
         if hf is None:  # flags that do not go together: refused before torch loads
-            _check_model_flags(model, {"--exits": exits, "--epochs": epochs, "--lr": lr})
+            _check_model_flags(model, {"--exits": exits, "--epochs": epochs, "--lr": lr,
+                                       "--max-positions": max_positions})  # fmt: skip
         else:
             not_hf = {"MODEL": model, "--factory": factory, "--trust-pickle": trust or None,
                       "--input-shape": input_shape or None}  # fmt: skip
-            _check_hf_flags(not_hf, calib_data, exit_output)
+            _check_hf_flags(not_hf, exit_output)
+            decoder = _check_hf_family_flags(
+                hf, calib_data, criterion,
+                {"--data": calib_data, "--epochs": epochs, "--lr": lr, "--target": target},
+                max_positions,
+            )  # fmt: skip
         with progress("export", kept=kept, for_script=as_json) as tell:
             tell("loading torch and onnx", 0, 0)  # seconds on a small machine: say so at once
             import torch  # noqa: F401  (first: a device install, which lacks it, fails at once)
@@ -177,6 +198,8 @@ def export_cmd(
                     model, out, options, input_shapes=shapes, trust_pickle=trust,
                     factory=factory, progress=tell,
                 )  # fmt: skip
+            elif decoder:
+                done = result = _export_hf_decoder(hf, out, options, exits, max_positions, tell)
             else:
                 done = _export_hf(hf, calib_data, out, options, exits, epochs, lr, tell)
                 result = done.result
@@ -201,17 +224,44 @@ def _check_model_flags(model: Path | None, hf_only: dict[str, object]) -> None:
         raise usage_error(f"{given[0]} applies to --hf DIR exports, not to MODEL")
 
 
-def _check_hf_flags(not_hf: dict[str, object], data: Path | None, exit_output: str) -> None:
+def _check_hf_flags(not_hf: dict[str, object], exit_output: str) -> None:
     given = [flag for flag, value in not_hf.items() if value is not None]
     if given:
         raise usage_error(f"{given[0]} applies to MODEL exports, not to --hf DIR")
     if params.ExitOutput(exit_output).value != "logits":
         raise usage_error("--exit-output: the exits --hf adds give logits")
+
+
+def _check_hf_family_flags(
+    hf: Path, data: Path | None, criterion: str, encoder_only: dict[str, object],
+    max_positions: int | None,
+) -> bool:  # fmt: skip
+    """The flags the folder's family takes (read from its config.json as data, before
+    torch loads); whether it is a decoder."""
+    from edgeexit.examples.hf_families import DECODERS, folder_family
+
+    family = folder_family(hf)
+    if family in DECODERS:
+        given = [flag for flag, value in encoder_only.items() if value is not None]
+        if given:
+            raise usage_error(
+                f"{given[0]} applies to encoder folders: a {family}'s exits share its head, "
+                "nothing is trained or quantized"
+            )
+        if params.Criterion(criterion).value != "confidence":
+            raise usage_error(
+                f"--criterion: a {family}'s exits score by confidence (the shared head's top "
+                "probability), which calibrate-generation thresholds"
+            )
+        return True
+    if max_positions is not None:
+        raise usage_error(f"--max-positions applies to decoder folders, not to a {family}")
     if data is None:
         raise usage_error(
             "export --hf needs --data D.npz to train the exit heads on (the inputs by name: "
             "input_ids and attention_mask, or pixel_values; labels y)"
         )
+    return False
 
 
 def _export_hf(hf, data, out, options, exits, epochs, lr, tell):
@@ -222,3 +272,12 @@ def _export_hf(hf, data, out, options, exits, epochs, lr, tell):
     return export_hf_folder(
         hf, data, out, options, exit_after=exits, training=training, progress=tell
     )
+
+
+def _export_hf_decoder(hf, out, options, exits, max_positions, tell):
+    from edgeexit.examples.hf_decoder_folder import export_hf_decoder
+
+    return export_hf_decoder(
+        hf, out, exit_after=exits, max_positions=max_positions, opset=options.opset,
+        atol=options.atol, progress=tell,
+    )  # fmt: skip

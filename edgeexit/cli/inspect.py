@@ -15,6 +15,7 @@ from edgeexit.cli.core import command, fail
 from edgeexit.energy import choose_meter
 from edgeexit.files import dumps_json
 from edgeexit.generation.caches import bytes_in_words
+from edgeexit.generation.manifest import DecoderManifest
 from edgeexit.inspection import BundleInfo, DecoderInfo, describe_bundle
 from edgeexit.targets import load_target
 
@@ -171,7 +172,8 @@ def _render_decoder(info: DecoderInfo) -> None:
     console.print(
         f"decoder bundle {escape(str(info.path))}: {m.num_exits} segments ({m.layers} layers) "
         f"and one shared head; vocabulary {m.vocab_size}, dim {m.dim} ({m.heads} heads x "
-        f"{m.head_dim}), up to {m.max_positions} positions, end of text {eos}, tokenizer "
+        f"{m.head_dim}{_kv_note(m)}), up to {m.max_positions} positions, end of text {eos}, "
+        "tokenizer "
         f"{escape(str(m.extra.get('tokenizer') or 'none (token ids)'))}"
     )
     table = Table(title="Graphs (segments of decoder layers; the head every exit shares)")
@@ -196,11 +198,16 @@ def _render_decoder(info: DecoderInfo) -> None:
     console.print(f"integrity: [{colour}]{check}[/{colour}]")
 
 
+def _kv_note(m: DecoderManifest) -> str:
+    """Grouped-query attention: the caches hold fewer heads than attend."""
+    return f", {m.kv_heads} key/value heads" if m.kv_heads != m.heads else ""
+
+
 def _memory_line(info: DecoderInfo) -> str:
     mem, m = info.memory, info.manifest
     line = (f"memory: {bytes_in_words(mem.total_bytes)} allocated at load: caches "
             f"{bytes_in_words(mem.cache_bytes)} ({m.layers} layers x {m.max_positions} positions "
-            f"x {m.heads} heads x {m.head_dim}, keys and values, float32), buffers "
+            f"x {m.kv_heads} heads x {m.head_dim}, keys and values, float32), buffers "
             f"{bytes_in_words(mem.buffer_bytes)}")  # fmt: skip
     if info.available_bytes is not None:
         verdict = "fits" if info.fits else "DOES NOT FIT: generate refuses it here"

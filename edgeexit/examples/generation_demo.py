@@ -17,7 +17,7 @@ import json
 import os
 import platform
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +64,17 @@ def cache_dir() -> Path:
     return Path(root) / "edgeexit"
 
 
+# Fields DecoderConfig gained after demo decoders were first cached: keyed only where they
+# differ from their defaults, so that a decoder trained before them (16 minutes) is found.
+_LATER_FIELDS = {"kv_heads": None, "qkv_bias": False, "sliding_window": None,
+                 "sliding_layers": None}  # fmt: skip
+
+
+def _key_fields(config: DecoderConfig) -> dict:
+    fields, plain = asdict(config), asdict(replace(config, **_LATER_FIELDS))
+    return {k: v for k, v in fields.items() if k not in _LATER_FIELDS or v != plain[k]}
+
+
 def demo_decoder(
     steps: int = STEPS, *, config: DecoderConfig = CONFIG, progress: Progress | None = None
 ) -> MultiExitDecoder:
@@ -73,7 +84,7 @@ def demo_decoder(
     key = hashlib.sha256(
         repr(
             (
-                asdict(config),
+                _key_fields(config),
                 steps,
                 EXIT_SCALE,
                 DISTILL,

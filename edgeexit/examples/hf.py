@@ -163,9 +163,15 @@ class _Unmasked(nn.Module):
 def _grouped(layers: list[nn.Module], exit_after: Sequence[int] | None) -> list[list[nn.Module]]:
     """The layers cut after each layer number in ``exit_after`` (1-based) and after the
     last: one group per segment."""
-    count = len(layers)
     if exit_after is None:
         return [[layer] for layer in layers]
+    cuts = exit_cuts(exit_after, len(layers))
+    return [layers[start:end] for start, end in zip([0, *cuts[:-1]], cuts)]
+
+
+def exit_cuts(exit_after: Sequence[int], count: int) -> list[int]:
+    """The layer counts after which an exit reads, of ``count`` layers: ``exit_after``
+    (1-based layer numbers, increasing) and the last layer, which always has one."""
     cuts = list(exit_after)
     whole = all(isinstance(n, int) and not isinstance(n, bool) for n in cuts)
     if not cuts or not whole or cuts != sorted(set(cuts)) or not 1 <= cuts[0] <= cuts[-1] <= count:
@@ -173,9 +179,7 @@ def _grouped(layers: list[nn.Module], exit_after: Sequence[int] | None) -> list[
             f"`exit_after` is {cuts!r}; expected increasing layer numbers in 1..{count} (an "
             "exit after each; the last layer always has one)"
         )
-    if cuts[-1] != count:
-        cuts.append(count)
-    return [layers[start:end] for start, end in zip([0, *cuts[:-1]], cuts)]
+    return cuts if cuts[-1] == count else [*cuts, count]
 
 
 def _hidden(output: torch.Tensor | tuple) -> torch.Tensor:

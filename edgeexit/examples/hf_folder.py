@@ -29,19 +29,15 @@ import torch
 
 from edgeexit.bundle import BATCH_DIM, InputSpec, check_bundle_output
 from edgeexit.data import Dataset, load_data
-from edgeexit.documents import read_json
 from edgeexit.errors import CheckpointError, DataError, ExportError, InputError, first_line
 from edgeexit.examples.hf import multi_exit_encoder, multi_exit_vit
+from edgeexit.examples.hf_families import DECODERS, folder_family
 from edgeexit.export.bundle_export import ExportResult, export_bundle
 from edgeexit.export.options import ExportOptions
 from edgeexit.export.train import train_multi_exit
 
-ENCODERS = ("bert", "roberta", "distilbert", "albert")
-FAMILIES = (*ENCODERS, "vit")
-SUPPORTED = "bert, roberta, distilbert or albert (encoders), or vit"
 MAX_CLASSES = 1 << 16  # a head's outputs: labels up to a billion would allocate that many
 EXAMPLE_ROWS = 4  # the rows export traces and validates with
-_CONFIG_BYTES = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -101,7 +97,12 @@ def export_hf_folder(
         raise ExportError(f"`output` is {options.output!r}; the exit heads give class logits")
     check_bundle_output(out_dir, inputs=(folder, data))  # before the slow part: refuse early
     family = folder_family(folder)
-    config = _config(folder)
+    if family in DECODERS:
+        raise CheckpointError(
+            f"{folder} holds a {family}, a decoder: its exits share its head and nothing is "
+            "trained on data (export_hf_decoder exports it; edgeexit export --hf DIR -o BUNDLE)"
+        )
+    config = load_config(folder)
     dataset = training_data(data, family, config)
     hf_model = load_backbone(folder, config)
     build = multi_exit_vit if family == "vit" else multi_exit_encoder
@@ -121,29 +122,12 @@ def export_hf_folder(
     return HfExport(result, family, len(dataset), tuple(losses))
 
 
-def folder_family(folder: Path) -> str:
-    """The folder's ``model_type`` (its config.json, read as data), if edgeexit adapts it."""
-    if not folder.is_dir():
-        what = "is a file" if folder.exists() else "does not exist"
-        raise CheckpointError(
-            f"Hugging Face folder {folder} {what}; expected a folder save_pretrained wrote "
-            "(config.json and the weights)"
-        )
-    missing = "does not exist; expected the config.json save_pretrained writes"
-    doc = read_json(folder / "config.json", "Hugging Face config", CheckpointError,
-                    max_bytes=_CONFIG_BYTES, missing=missing)  # fmt: skip
-    family = doc.get("model_type") if isinstance(doc, dict) else None
-    if family not in FAMILIES:
-        raise CheckpointError(
-            f"{folder} holds a model of type {family!r}; edgeexit adapts {SUPPORTED}"
-        )
-    return family
-
-
-def _config(folder: Path) -> Any:
+def load_config(folder: Path) -> Any:
+    """The folder's config as transformers reads it (its own class for the family; an
+    ``auto_map`` naming code in the folder is not followed)."""
     import transformers
 
-    with _quiet_transformers():
+    with quiet_transformers():
         try:
             return transformers.AutoConfig.from_pretrained(
                 str(folder), local_files_only=True, trust_remote_code=False
@@ -156,12 +140,23 @@ def _config(folder: Path) -> Any:
 
 def load_backbone(folder: Path, config: Any) -> torch.nn.Module:
     """The folder's model without its task head (``AutoModel``), in float32, every weight
-    the adapter uses read from the folder (a missing one would be random)."""
+    the adapter uses read from the folder (a missing one would be random); the pooler is
+    not used (the exits bring their own)."""
+    return load_pretrained(folder, config, "AutoModel", unused=("pooler.",), what="backbone")
+
+
+def load_pretrained(
+    folder: Path, config: Any, auto: str, *, unused: tuple[str, ...] = (), what: str = "model"
+) -> torch.nn.Module:
+    """The folder's model as transformers' ``auto`` class (``AutoModel``,
+    ``AutoModelForCausalLM``) builds it, in float32, with no code from the folder and
+    nothing downloaded; a weight it lacks (but those starting with ``unused``) or holds in
+    another shape is refused, not initialized at random."""
     import transformers
 
-    with _quiet_transformers():
+    with quiet_transformers():
         try:
-            model, info = transformers.AutoModel.from_pretrained(
+            model, info = getattr(transformers, auto).from_pretrained(
                 str(folder), config=config, local_files_only=True, trust_remote_code=False,
                 output_loading_info=True,
             )  # fmt: skip
@@ -169,15 +164,14 @@ def load_backbone(folder: Path, config: Any) -> torch.nn.Module:
             raise CheckpointError(
                 f"Hugging Face folder {folder} did not load: {first_line(err)}"
             ) from err
-    # the pooler is not used: the exits bring their own
-    missing = [k for k in info.get("missing_keys", ()) if not k.startswith("pooler.")]
+    missing = [k for k in info.get("missing_keys", ()) if not k.startswith(unused)]
     wrong = list(info.get("mismatched_keys", ()))
     if missing or wrong:
         name = (missing or [w[0] if isinstance(w, tuple) else w for w in wrong])[0]
         raise CheckpointError(
             f"Hugging Face folder {folder} lacks {len(missing) + len(wrong)} of the model's "
             f"weights (such as {name}) or holds them in another shape; expected the whole "
-            "backbone, as save_pretrained writes it"
+            f"{what}, as save_pretrained writes it"
         )
     return model.float().eval()
 
@@ -252,7 +246,7 @@ def _try_first_rows(model: torch.nn.Module, dataset: Dataset, path: str | os.Pat
 
 
 @contextlib.contextmanager
-def _quiet_transformers() -> Iterator[None]:
+def quiet_transformers() -> Iterator[None]:
     """transformers' load report and progress bars off: the missing weights it reports are
     checked here (``load_backbone``), and a failure raises."""
     from transformers.utils import logging as hf_logging

@@ -63,6 +63,7 @@ def export_decoder(
             dim=config.dim,
             heads=config.heads,
             head_dim=config.head_dim,
+            kv_heads=config.kv_heads,
             max_positions=config.max_positions,
             eos_token_ids=config.eos_token_ids,
             segments=tuple(segments),
@@ -96,7 +97,7 @@ def _segment_args(
         x = torch.randint(0, c.vocab_size, (1, tokens), generator=generator)
     else:
         x = torch.randn(1, tokens, c.dim, generator=generator)
-    cache = [torch.randn(1, past, c.heads, c.head_dim, generator=generator) for _ in range(2)]
+    cache = [torch.randn(1, past, c.kv_heads, c.head_dim, generator=generator) for _ in range(2)]
     return (x, *(t for _ in range(layers) for t in cache))
 
 

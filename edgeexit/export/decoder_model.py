@@ -1,17 +1,21 @@
 """The decoder contract: a causal language model whose exits share one LM head.
 
-A ``MultiExitDecoder`` is a Llama-style decoder (RMSNorm, rotary positions, SwiGLU MLP, no
-biases) whose layers are grouped into segments by ``exit_after`` (the layer counts after
-which an exit reads the hidden state). Every exit reads it through the same head (final
-norm + unembedding), as Sorted LLaMA and LayerSkip do, so the bundle stores the head once.
+A ``MultiExitDecoder`` is a Llama-style decoder (RMSNorm, rotary positions, SwiGLU MLP)
+whose layers are grouped into segments by ``exit_after`` (the layer counts after which an
+exit reads the hidden state). Every exit reads it through the same head (final norm +
+unembedding), as Sorted LLaMA and LayerSkip do, so the bundle stores the head once. What
+Mistral and Qwen2 add is optional: fewer key/value heads than query heads (grouped-query
+attention, cached as they are), biases on the q, k and v projections, and a sliding
+attention window on some or all layers.
 
 Each layer takes its own past keys and values and returns only the new ones: the runtime
 keeps every cache pre-allocated, writes the new rows in place and rolls back by moving a
-length, never by concatenating. Caches are laid out ``[batch, position, head, head_dim]``
+length, never by concatenating. Caches are laid out ``[batch, position, kv_head, head_dim]``
 so that a prefix of positions is one contiguous block (batch 1).
 
-The same weights load into transformers' ``LlamaForCausalLM`` (``edgeexit.examples.hf``,
-``llama_to_decoder``/``decoder_to_llama``), the peer measured against in benchmarks.
+The same weights load into transformers' ``LlamaForCausalLM``
+(``edgeexit.examples.hf_llama``: ``llama_to_decoder``/``decoder_to_llama``), the peer
+measured against in benchmarks; Mistral's and Qwen2's models convert the same way.
 """
 
 from __future__ import annotations
@@ -41,6 +45,10 @@ class DecoderConfig:
     rope_theta: float = 10000.0
     eps: float = 1e-5
     eos_token_id: int | tuple[int, ...] | None = 256  # several: any of them ends a text
+    kv_heads: int | None = None  # key/value heads (grouped-query attention); None: heads
+    qkv_bias: bool = False  # biases on the q, k and v projections (Qwen2)
+    sliding_window: int | None = None  # positions a query sees, itself included (Mistral)
+    sliding_layers: tuple[int, ...] | None = None  # the layers it applies to; None: every one
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "dim", "heads", "layers", "hidden", "max_positions"):
@@ -71,6 +79,36 @@ class DecoderConfig:
             raise ModelContractError(
                 f"dim {self.dim} is not an even multiple of heads {self.heads}"
             )
+        self._check_attention()
+
+    def _check_attention(self) -> None:
+        """kv_heads, qkv_bias and the window, normalized: ``kv_heads`` an int and
+        ``sliding_layers`` a tuple (empty without a window) afterwards."""
+        kv = self.heads if self.kv_heads is None else self.kv_heads
+        if not is_count(kv) or not 1 <= kv <= self.heads or self.heads % kv:
+            raise ModelContractError(
+                f"`kv_heads` is {kv!r}; expected a divisor of heads ({self.heads})"
+            )
+        object.__setattr__(self, "kv_heads", kv)
+        if not isinstance(self.qkv_bias, bool):
+            raise ModelContractError(f"`qkv_bias` is {self.qkv_bias!r}; expected true or false")
+        window = self.sliding_window
+        if window is not None and (not is_count(window) or window < 1):
+            raise ModelContractError(
+                f"`sliding_window` is {window!r}; expected a positive number of positions or None"
+            )
+        every = tuple(range(self.layers))
+        windowed = every if self.sliding_layers is None else tuple(self.sliding_layers)
+        if (
+            not all(map(is_count, windowed))
+            or list(windowed) != sorted(set(windowed))
+            or any(not 0 <= i < self.layers for i in windowed)
+        ):
+            raise ModelContractError(
+                f"`sliding_layers` is {self.sliding_layers!r}; expected increasing layer "
+                f"indices in 0..{self.layers - 1}"
+            )
+        object.__setattr__(self, "sliding_layers", windowed if window is not None else ())
 
     @property
     def eos_token_ids(self) -> tuple[int, ...]:
@@ -100,46 +138,65 @@ class RMSNorm(nn.Module):
 
 class Positions(NamedTuple):
     """What every layer of one call shares about positions P..P+T-1: the rotary cosines
-    and sines [1, T, 3H, Dh] for the heads of q, k and v together (v's: 1 and 0, so that
-    one rotation covers all three), the rotation's half swap [Dh, Dh], and the causal mask
-    [T, P+T]. Computed once per call, not per layer: at batch 1 a decoder step costs
-    mostly its node count, so an exported graph should hold these nodes once."""
+    and sines [1, T, H + 2 KV, Dh] for the heads of q, k and v together (v's: 1 and 0, so
+    that one rotation covers all three), the rotation's half swap [Dh, Dh], the causal mask
+    [T, P+T], and, with a sliding window, the causal mask within the window (``local``).
+    Computed once per call, not per layer: at batch 1 a decoder step costs mostly its node
+    count, so an exported graph should hold these nodes once."""
 
     cos: torch.Tensor
     sin: torch.Tensor
     swap: torch.Tensor
     causal: torch.Tensor
+    local: torch.Tensor | None = None
 
 
-def positions(t: int, past: int, heads: int, head_dim: int, theta: float, device=None) -> Positions:
+def positions(
+    t: int,
+    past: int,
+    heads: int,
+    head_dim: int,
+    theta: float,
+    device=None,
+    *,
+    kv_heads: int | None = None,
+    window: int | None = None,
+) -> Positions:
     """The ``Positions`` of ``t`` new tokens after ``past`` cached ones (Llama's rotary
-    convention: the two halves of each head rotate together)."""
+    convention: the two halves of each head rotate together). ``kv_heads``: the key/value
+    heads (default ``heads``); ``window``: the sliding window, which adds ``local``."""
+    kv = heads if kv_heads is None else kv_heads
     half = head_dim // 2
     at = torch.arange(t, device=device) + past
     inv_freq = 1.0 / (theta ** (torch.arange(0, half, dtype=torch.float32, device=device) / half))
     freqs = at.float()[:, None] * inv_freq[None, :]  # [T, half]
     angles = torch.cat([freqs, freqs], dim=-1)[None, :, None, :]  # [1, T, 1, Dh]
     cos, sin = angles.cos(), angles.sin()
-    rotated = (1, t, 2 * heads, head_dim)  # q's and k's heads rotate, v's do not
-    cos = torch.cat([cos.expand(rotated), torch.ones_like(cos).expand(1, t, heads, head_dim)], 2)
-    sin = torch.cat([sin.expand(rotated), torch.zeros_like(sin).expand(1, t, heads, head_dim)], 2)
+    rotated = (1, t, heads + kv, head_dim)  # q's and k's heads rotate, v's do not
+    cos = torch.cat([cos.expand(rotated), torch.ones_like(cos).expand(1, t, kv, head_dim)], 2)
+    sin = torch.cat([sin.expand(rotated), torch.zeros_like(sin).expand(1, t, kv, head_dim)], 2)
     # x @ swap = [-x2, x1] for x = [x1, x2]: one MatMul node instead of Split, Neg, Concat
     swap = np.zeros((head_dim, head_dim), dtype=np.float32)
     swap[np.arange(half) + half, np.arange(half)] = -1.0
     swap[np.arange(half), np.arange(half) + half] = 1.0
-    causal = torch.arange(past + t, device=device)[None, :] <= at[:, None]  # [T, P+T]
-    return Positions(cos, sin, torch.from_numpy(swap).to(device), causal)
+    seen = torch.arange(past + t, device=device)[None, :]
+    causal = seen <= at[:, None]  # [T, P+T]
+    # transformers' sliding window: a query at q sees the keys at q - window + 1 .. q
+    local = None if window is None else causal & (seen > at[:, None] - window)
+    return Positions(cos, sin, torch.from_numpy(swap).to(device), causal, local)
 
 
 class DecoderLayer(nn.Module):
-    def __init__(self, config: DecoderConfig) -> None:
+    def __init__(self, config: DecoderConfig, *, windowed: bool = False) -> None:
         super().__init__()
-        d, h = config.dim, config.heads
-        self.heads, self.head_dim, self.theta = h, config.head_dim, config.rope_theta
+        d, h, kv = config.dim, config.heads, config.kv_heads
+        self.heads, self.kv_heads, self.head_dim = h, kv, config.head_dim
+        self.theta, self.window = config.rope_theta, config.sliding_window
+        self.windowed = windowed  # this layer attends within the window
         self.input_layernorm = RMSNorm(d, config.eps)
-        self.q_proj = nn.Linear(d, d, bias=False)
-        self.k_proj = nn.Linear(d, d, bias=False)
-        self.v_proj = nn.Linear(d, d, bias=False)
+        self.q_proj = nn.Linear(d, d, bias=config.qkv_bias)
+        self.k_proj = nn.Linear(d, kv * config.head_dim, bias=config.qkv_bias)
+        self.v_proj = nn.Linear(d, kv * config.head_dim, bias=config.qkv_bias)
         self.o_proj = nn.Linear(d, d, bias=False)
         self.post_attention_layernorm = RMSNorm(d, config.eps)
         self.gate_proj = nn.Linear(d, config.hidden, bias=False)
@@ -148,7 +205,8 @@ class DecoderLayer(nn.Module):
 
     def positions(self, x: torch.Tensor, past_k: torch.Tensor) -> Positions:
         t, past = x.shape[1], past_k.shape[1]
-        return positions(t, past, self.heads, self.head_dim, self.theta, x.device)
+        return positions(t, past, self.heads, self.head_dim, self.theta, x.device,
+                         kv_heads=self.kv_heads, window=self.window)  # fmt: skip
 
     def forward(
         self,
@@ -158,33 +216,54 @@ class DecoderLayer(nn.Module):
         at: Positions | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``x`` [B, T, D] at positions P..P+T-1, where P = past_k.shape[1]; returns the
-        new hidden states and this layer's keys and values for the T new positions.
-        ``at``: the call's ``Positions``, when the caller shares them across layers."""
+        new hidden states and this layer's keys and values [B, T, KV, Dh] for the T new
+        positions. ``at``: the call's ``Positions``, when the caller shares them across
+        layers."""
         b, t, d = x.shape
         at = at if at is not None else self.positions(x, past_k)
         h = self.input_layernorm(x)
-        # q, k and v as one product (and gate and up below): one MatMul node instead of
-        # three in the exported graph; ONNX Runtime folds the weights' Concat at load.
-        qkv = nn.functional.linear(
-            h, torch.cat([self.q_proj.weight, self.k_proj.weight, self.v_proj.weight])
-        )
-        qkv = qkv.view(b, t, 3 * self.heads, self.head_dim)
+        qkv = self._qkv(h).view(b, t, self.heads + 2 * self.kv_heads, self.head_dim)
         qkv = qkv * at.cos + (qkv @ at.swap) * at.sin  # rotary on q and k; v as it was
-        q, k, v = qkv.split(self.heads, dim=2)
-        keys = torch.cat([past_k, k], dim=1).transpose(1, 2)  # [B, H, P+T, Dh]
+        q, k, v = qkv.split([self.heads, self.kv_heads, self.kv_heads], dim=2)
+        keys = torch.cat([past_k, k], dim=1).transpose(1, 2)  # [B, KV, P+T, Dh]
         values = torch.cat([past_v, v], dim=1).transpose(1, 2)
-        scores = q.transpose(1, 2) @ keys.transpose(2, 3) / math.sqrt(self.head_dim)
-        scores = scores.masked_fill(~at.causal, float("-inf"))
-        attended = torch.softmax(scores.float(), dim=-1) @ values  # [B, H, T, Dh]
-        # o_proj head by head, summed over heads: no transpose back or reshape by shape
-        per_head = self.o_proj.weight.t().reshape(self.heads, self.head_dim, d)
-        x = x + (attended @ per_head).sum(dim=1)
+        mask = at.local if self.windowed else at.causal
+        x = x + self._attend(q.transpose(1, 2), keys, values, mask)
         h = self.post_attention_layernorm(x)
         gate, up = nn.functional.linear(
             h, torch.cat([self.gate_proj.weight, self.up_proj.weight])
         ).split(self.gate_proj.out_features, dim=-1)
         x = x + self.down_proj(nn.functional.silu(gate) * up)
         return x, k, v
+
+    def _qkv(self, h: torch.Tensor) -> torch.Tensor:
+        """q, k and v as one product (and gate and up in ``forward``): one MatMul node
+        instead of three in the exported graph; ONNX Runtime folds the weights' Concat at
+        load."""
+        projections = (self.q_proj, self.k_proj, self.v_proj)
+        weight = torch.cat([p.weight for p in projections])
+        bias = torch.cat([p.bias for p in projections]) if self.q_proj.bias is not None else None
+        return nn.functional.linear(h, weight, bias)
+
+    def _attend(
+        self, q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor
+    ) -> torch.Tensor:
+        """Attention of q [B, H, T, Dh] over keys and values [B, KV, P+T, Dh], through
+        o_proj: [B, T, D]. o_proj runs head by head, summed over heads: no transpose back
+        or reshape by shape. With fewer key/value heads, each serves a group of H / KV
+        query heads (the group an axis of its own: the keys are never repeated)."""
+        d, dh = self.o_proj.out_features, self.head_dim
+        groups = self.heads // self.kv_heads
+        heads: tuple[int, ...] = (self.heads,)  # the head axes: constants, not traced sizes
+        if groups > 1:  # [B, KV, G, T, Dh] against [B, KV, 1, P+T, Dh]
+            heads = (self.kv_heads, groups)
+            q = q.reshape(q.shape[0], *heads, *q.shape[2:])
+            keys, values = keys.unsqueeze(2), values.unsqueeze(2)
+        scores = q @ keys.transpose(-2, -1) / math.sqrt(dh)
+        scores = scores.masked_fill(~mask, float("-inf"))
+        attended = torch.softmax(scores.float(), dim=-1) @ values  # [B, *heads, T, Dh]
+        per_head = self.o_proj.weight.t().reshape(*heads, dh, d)
+        return (attended @ per_head).sum(dim=1 if groups == 1 else (1, 2))
 
 
 class MultiExitDecoder(nn.Module):
@@ -194,7 +273,10 @@ class MultiExitDecoder(nn.Module):
         super().__init__()
         self.config = config
         self.embed_tokens = nn.Embedding(config.vocab_size, config.dim)
-        self.layers = nn.ModuleList(DecoderLayer(config) for _ in range(config.layers))
+        windowed = set(config.sliding_layers)
+        self.layers = nn.ModuleList(
+            DecoderLayer(config, windowed=i in windowed) for i in range(config.layers)
+        )
         self.norm = RMSNorm(config.dim, config.eps)
         self.lm_head = nn.Linear(config.dim, config.vocab_size, bias=False)
 
@@ -204,7 +286,7 @@ class MultiExitDecoder(nn.Module):
     def forward(self, ids: torch.Tensor) -> list[torch.Tensor]:
         """Every exit's logits [B, T, V] over a whole sequence (training, no cache)."""
         x = self.embed_tokens(ids)
-        empty = x.new_zeros(x.shape[0], 0, self.config.heads, self.config.head_dim)
+        empty = x.new_zeros(x.shape[0], 0, self.config.kv_heads, self.config.head_dim)
         exits, bounds = [], set(self.config.exit_after)
         at = self.layers[0].positions(x, empty)
         for i, layer in enumerate(self.layers):

@@ -1,9 +1,10 @@
 """Key/value caches allocated once and bound in place, and the one call that runs a graph.
 
-Each layer's keys and values live in one array ``[1, max_positions, heads, head_dim]``: the
-past of length P is its first P positions, one contiguous block, bound as the graph's
-``past_*`` input without a copy, and the graph's new keys and values are bound as outputs
-straight into positions P..P+T-1. Rolling back rejected tokens is moving a length: nothing
+Each layer's keys and values live in one array ``[1, max_positions, kv_heads, head_dim]``
+(``kv_heads`` is ``heads`` but under grouped-query attention): the past of length P is its
+first P positions, one contiguous block, bound as the graph's ``past_*`` input without a
+copy, and the graph's new keys and values are bound as outputs straight into positions
+P..P+T-1. Rolling back rejected tokens is moving a length: nothing
 is copied or cleared (a later call overwrites those positions).
 
 ONNX Runtime reads and writes bound memory by address and length, with no idea where an
@@ -50,7 +51,7 @@ def memory_needed(m: DecoderManifest) -> Memory:
     """The bytes of every array ``LayerCache``, ``SegmentRunner``, ``HeadRunner`` and the
     Generator's kept hidden states allocate (float32, int64 token ids)."""
     f32, positions = F32.itemsize, m.max_positions
-    caches = 2 * m.layers * positions * m.heads * m.head_dim * f32
+    caches = 2 * m.layers * positions * m.kv_heads * m.head_dim * f32
     staged = positions * (I64.itemsize + (m.num_exits - 1) * m.dim * f32)  # segment inputs
     outputs = m.num_exits * positions * m.dim * f32  # segment outputs
     head = positions * (m.dim + m.vocab_size + 1) * f32  # staged input, logits, confidence
@@ -67,7 +68,7 @@ def check_memory(m: DecoderManifest, where: str) -> Memory:
         raise BundleError(
             f"{where} needs {bytes_in_words(need.total_bytes)} for its caches and buffers "
             f"({bytes_in_words(need.cache_bytes)} of caches: {m.layers} layers x {m.max_positions} "
-            f"positions x {m.heads} heads x {m.head_dim}, keys and values); this machine has "
+            f"positions x {m.kv_heads} heads x {m.head_dim}, keys and values); this machine has "
             f"{bytes_in_words(free_mb * 2**20)} available"
         )
     return need
@@ -82,16 +83,16 @@ def bytes_in_words(n: float) -> str:
 
 
 class LayerCache:
-    """One layer's keys and values, ``[1, max_positions, heads, head_dim]`` each."""
+    """One layer's keys and values, ``[1, max_positions, kv_heads, head_dim]`` each."""
 
     def __init__(self, manifest: DecoderManifest) -> None:
-        shape = (1, manifest.max_positions, manifest.heads, manifest.head_dim)
+        shape = (1, manifest.max_positions, manifest.kv_heads, manifest.head_dim)
         self.keys = np.zeros(shape, dtype=np.float32)
         self.values = np.zeros(shape, dtype=np.float32)
         # Addresses taken once: reading ``ndarray.ctypes.data`` costs ~2 µs, and a step
         # binds every layer's keys and values twice. The arrays never move.
         self.keys_at, self.values_at = self.keys.ctypes.data, self.values.ctypes.data
-        self.row = manifest.heads * manifest.head_dim * F32.itemsize  # bytes per position
+        self.row = manifest.kv_heads * manifest.head_dim * F32.itemsize  # bytes per position
         self.row_shape = list(shape[2:])
 
 

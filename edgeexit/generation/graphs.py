@@ -33,7 +33,7 @@ class Tensor:
 
 def segment_tensors(m: DecoderManifest, index: int) -> tuple[list[Tensor], list[Tensor]]:
     """Segment ``index``'s inputs and outputs (docs/bundle-format.md, decoder bundles)."""
-    per_head = (m.heads, m.head_dim)
+    per_head = (m.kv_heads, m.head_dim)
     first = Tensor("input_ids", INT64, (1, TOKENS))
     inputs = [first if index == 0 else Tensor("hidden", FLOAT, (1, TOKENS, m.dim))]
     outputs = [Tensor("hidden_out", FLOAT, (1, TOKENS, m.dim))]

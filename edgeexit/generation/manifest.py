@@ -5,9 +5,10 @@ with the token embedding) and one head graph that every exit shares. Graph input
 outputs follow fixed names, so the manifest only counts layers:
 
 - segment i: ``input_ids`` [1, T] int64 (segment 0) or ``hidden`` [1, T, D] float32, and
-  ``past_key_j``/``past_value_j`` [1, P, H, Dh] for each of its layers j; returns
-  ``hidden_out`` [1, T, D] and ``key_j``/``value_j`` [1, T, H, Dh] for the T new positions
-  (P..P+T-1, P read from the past's length);
+  ``past_key_j``/``past_value_j`` [1, P, KV, Dh] for each of its layers j; returns
+  ``hidden_out`` [1, T, D] and ``key_j``/``value_j`` [1, T, KV, Dh] for the T new positions
+  (P..P+T-1, P read from the past's length). KV is ``kv_heads``, written only where it
+  is fewer than ``heads`` (grouped-query attention); a manifest without it has KV = H;
 - head: ``hidden`` [1, T, D] -> ``logits`` [1, T, V] and ``confidence`` [1, T] (the max
   softmax probability).
 
@@ -80,6 +81,11 @@ class DecoderManifest:
     head: GraphFile
     generation: dict[str, Any] = field(default_factory=dict)  # what calibrate chose
     extra: dict[str, Any] = field(default_factory=dict)
+    kv_heads: int | None = None  # the caches' heads (grouped-query attention); None: heads
+
+    def __post_init__(self) -> None:
+        if self.kv_heads is None:
+            object.__setattr__(self, "kv_heads", self.heads)
 
     @property
     def num_exits(self) -> int:
@@ -106,6 +112,8 @@ class DecoderManifest:
             "dim": self.dim,
             "heads": self.heads,
             "head_dim": self.head_dim,
+            # only where it differs: a bundle without grouped-query attention reads as before
+            **({"kv_heads": self.kv_heads} if self.kv_heads != self.heads else {}),
             "max_positions": self.max_positions,
             # one id as a number (as every earlier edgeexit wrote it), several as a list
             "eos_token_id": (None if not eos else eos[0] if len(eos) == 1 else list(eos)),
@@ -135,6 +143,7 @@ class DecoderManifest:
                 f"{source}: heads x head_dim is {sizes['heads']} x {sizes['head_dim']}; "
                 f"expected dim ({sizes['dim']})"
             )
+        kv_heads = _kv_heads(doc.get("kv_heads", sizes["heads"]), sizes["heads"], source)
         segments = _segments(doc["segments"], source)
         head = _graph(doc["head"], "head", source)
         if head.layers:
@@ -145,10 +154,10 @@ class DecoderManifest:
         _check_extra(extra, segments, source)
         generation = check_generation(doc.get("generation"), len(segments), source)
         return cls(**sizes, eos_token_ids=eos, segments=segments, head=head,
-                   generation=generation, extra=extra)  # fmt: skip
+                   generation=generation, extra=extra, kv_heads=kv_heads)  # fmt: skip
 
 
-_OWN = ("format", "segments", "head", "eos_token_id", "generation")
+_OWN = ("format", "segments", "head", "eos_token_id", "generation", "kv_heads")
 
 
 def read_decoder_manifest(bundle_dir: str | os.PathLike) -> DecoderManifest:
@@ -166,6 +175,13 @@ def write_decoder_manifest(bundle_dir: str | os.PathLike, manifest: DecoderManif
 def _size(value: Any, what: str, source: str) -> int:
     if not is_count(value) or not 1 <= value <= MAX_SIZE:
         raise BundleError(f"{source}: {what} is {value!r}; expected an integer in 1..{MAX_SIZE}")
+    return value
+
+
+def _kv_heads(value: Any, heads: int, source: str) -> int:
+    """The caches' heads: a divisor of ``heads`` (each serves as many query heads)."""
+    if not is_count(value) or not 1 <= value <= heads or heads % value:
+        raise BundleError(f"{source}: kv_heads is {value!r}; expected a divisor of heads ({heads})")
     return value
 
 
