@@ -8,6 +8,7 @@ past (the prompt) and one new token after a long past (decoding), and written at
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -16,9 +17,16 @@ import torch
 from edgeexit.bundle import atomic_bundle_dir, check_bundle_output, sha256_file
 from edgeexit.errors import ExportError, ParityError
 from edgeexit.export.convert import export_graph
+from edgeexit.export.decoder_fused import fused_graphs
 from edgeexit.export.decoder_model import HeadGraph, MultiExitDecoder, SegmentGraph
 from edgeexit.export.options import DEFAULT_ATOL, DEFAULT_OPSET
-from edgeexit.generation.manifest import DecoderManifest, GraphFile, write_decoder_manifest
+from edgeexit.generation.manifest import (
+    ATTENTION,
+    PRECISIONS,
+    DecoderManifest,
+    GraphFile,
+    write_decoder_manifest,
+)
 from edgeexit.runtime.session import cpu_session
 
 # (new tokens, past length) the graphs are checked at: a prompt, decoding, a verification.
@@ -32,12 +40,28 @@ def export_decoder(
     opset: int = DEFAULT_OPSET,
     atol: float = DEFAULT_ATOL,
     tokenizer: str | None = None,
+    attention: str = "plain",
+    precision: str = "fp32",
+    block_size: int = 32,
+    prompts: Sequence[Sequence[int]] = (),
 ) -> DecoderManifest:
     """Write ``model`` to ``out_dir`` as a decoder bundle, validated; return its manifest.
-    ``tokenizer="bytes"`` marks a byte-level model: `generate --prompt TEXT` then works."""
+    ``tokenizer="bytes"`` marks a byte-level model: `generate --prompt TEXT` then works.
+
+    ``attention="fused"`` builds the segments from ONNX Runtime's fused operators
+    (``decoder_fused.py``); only they take ``precision`` int8 or int4 (MatMulNBits in
+    blocks of ``block_size``), whose agreement with fp32 is measured on ``prompts`` (token
+    ids) and kept in the manifest."""
     check_bundle_output(out_dir)
-    config = model.config
+    if attention not in ATTENTION or precision not in PRECISIONS:
+        raise ExportError(f"attention {attention!r}, precision {precision!r}: expected "
+                          f"{'/'.join(ATTENTION)} and {'/'.join(PRECISIONS)}")  # fmt: skip
+    if precision != "fp32" and attention != "fused":
+        raise ExportError(f"precision {precision} needs fused attention (--fused)")
     model.eval()
+    if attention == "fused":
+        return _export_fused(model, out_dir, tokenizer, precision, block_size, prompts, atol)
+    config = model.config
     with atomic_bundle_dir(out_dir) as tmp, torch.no_grad():
         segments = []
         for i, layers in enumerate(config.segment_layers()):
@@ -76,6 +100,38 @@ def export_decoder(
         )
         write_decoder_manifest(tmp, manifest)
     return manifest
+
+
+def _export_fused(model, out_dir, tokenizer, precision, block_size, prompts, atol):
+    """``export_decoder`` with fused graphs: built, checked against PyTorch in fp32, then
+    quantized if asked and measured against fp32 on the prompts."""
+    config = model.config
+    with atomic_bundle_dir(out_dir) as tmp, torch.no_grad():
+        graphs, extra = fused_graphs(model, precision, block_size, prompts, atol)
+        files = []
+        for name, graph in graphs:
+            path = tmp / name
+            files.append((path, files_write(path, graph)))
+        segments = [GraphFile(p.name, sha, len(layers))
+                    for (p, sha), layers in zip(files, config.segment_layers())]  # fmt: skip
+        path, sha = files[-1]
+        manifest = DecoderManifest(
+            vocab_size=config.vocab_size, dim=config.dim, heads=config.heads,
+            head_dim=config.head_dim, kv_heads=config.kv_heads,
+            max_positions=config.max_positions, eos_token_ids=config.eos_token_ids,
+            segments=tuple(segments), head=GraphFile(path.name, sha),
+            attention="fused", precision=precision,
+            extra={"exit_after": list(config.exit_after), "opset": DEFAULT_OPSET, **extra,
+                   **({"tokenizer": tokenizer} if tokenizer else {})},
+        )  # fmt: skip
+        write_decoder_manifest(tmp, manifest)
+    return manifest
+
+
+def files_write(path: Path, graph) -> str:
+    """Write one graph; its sha256."""
+    path.write_bytes(graph.SerializeToString())
+    return sha256_file(path)
 
 
 def _segment_names(index: int, layers: int) -> tuple[list[str], list[str]]:

@@ -7,6 +7,10 @@ copy, and the graph's new keys and values are bound as outputs straight into pos
 P..P+T-1. Rolling back rejected tokens is moving a length: nothing
 is copied or cleared (a later call overwrites those positions).
 
+A fused bundle's caches are ``[1, kv_heads, max_positions, head_dim]``, bound whole as both
+the past and the present of its GroupQueryAttention nodes, which write the new rows in
+place after the ``seqlens_k`` they are told: bound once when the runner is made, never again.
+
 ONNX Runtime reads and writes bound memory by address and length, with no idea where an
 array ends: every bind here checks its rows against the array first, so that a wrong
 length from anywhere (a bug, a setting that slipped through) raises instead of writing
@@ -29,6 +33,7 @@ from edgeexit.runtime.session import ORT_ERRORS
 
 F32 = np.dtype(np.float32)
 I64 = np.dtype(np.int64)
+I32 = np.dtype(np.int32)
 
 
 @dataclass(frozen=True)
@@ -83,10 +88,14 @@ def bytes_in_words(n: float) -> str:
 
 
 class LayerCache:
-    """One layer's keys and values, ``[1, max_positions, kv_heads, head_dim]`` each."""
+    """One layer's keys and values, ``[1, max_positions, kv_heads, head_dim]`` each
+    (fused: ``[1, kv_heads, max_positions, head_dim]``)."""
 
     def __init__(self, manifest: DecoderManifest) -> None:
-        shape = (1, manifest.max_positions, manifest.kv_heads, manifest.head_dim)
+        m = manifest
+        shape = ((1, m.kv_heads, m.max_positions, m.head_dim) if m.fused
+                 else (1, m.max_positions, m.kv_heads, m.head_dim))  # fmt: skip
+        self.shape = list(shape)
         self.keys = np.zeros(shape, dtype=np.float32)
         self.values = np.zeros(shape, dtype=np.float32)
         # Addresses taken once: reading ``ndarray.ctypes.data`` costs ~2 µs, and a step
@@ -173,6 +182,53 @@ class SegmentRunner:
             bind_output(key, F32, new, cache.keys_at + offset)
             bind_output(value, F32, new, cache.values_at + offset)
         bind_output("hidden_out", F32, [1, t, self.dim], self.out_at)
+        call.run()
+        self.length = start + t
+        return self.out[0, :t]
+
+
+class FusedSegmentRunner:
+    """A fused segment (``SegmentRunner``'s contract): its caches are bound once, whole, as
+    both past and present; a call binds its input, its output and the past's length."""
+
+    def __init__(
+        self,
+        session: ort.InferenceSession,
+        name: str,
+        first: bool,
+        caches: Sequence[LayerCache],
+        dim: int,
+        capacity: int,
+    ) -> None:
+        self.call = call = GraphCall(session, name)
+        self.input_name = "input_ids" if first else "hidden"
+        self.staged = Staging(capacity, [] if first else [dim], I64 if first else F32)
+        for j, cache in enumerate(caches):
+            for kind, at in (("key", cache.keys_at), ("value", cache.values_at)):
+                call.bind_input(f"past_{kind}_{j}", F32, cache.shape, at)
+                call.bind_output(f"present_{kind}_{j}", F32, cache.shape, at)
+        # the lengths: two int32 arrays bound once, their values written before each call
+        self.seqlens = np.zeros(1, dtype=np.int32)
+        self.total = np.zeros((), dtype=np.int32)
+        call.bind_input("seqlens_k", I32, [1], self.seqlens.ctypes.data)
+        call.bind_input("total_sequence_length", I32, [], self.total.ctypes.data)
+        self.out = np.empty((1, capacity, dim), dtype=np.float32)
+        self.out_at, self.dim = self.out.ctypes.data, dim
+        self.capacity = min([capacity, *(c.shape[2] for c in caches)])  # positions
+        self.length = 0
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        """As ``SegmentRunner.run``."""
+        t, start, call = len(x), self.length, self.call
+        if not 0 < t <= self.capacity - start or start < 0:
+            raise InputError(
+                f"{call.name}: {t} new positions after {start} do not fit the caches' "
+                f"{self.capacity} positions"
+            )
+        self.staged.bind(call, self.input_name, x)
+        self.seqlens[0] = start + t - 1
+        self.total[()] = start + t
+        call.bind_output("hidden_out", F32, [1, t, self.dim], self.out_at)
         call.run()
         self.length = start + t
         return self.out[0, :t]

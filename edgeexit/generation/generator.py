@@ -43,6 +43,7 @@ import numpy as np
 from edgeexit.bundle import load_graphs
 from edgeexit.errors import BundleError, InputError
 from edgeexit.generation.caches import (
+    FusedSegmentRunner,
     HeadRunner,
     LayerCache,
     SegmentRunner,
@@ -185,8 +186,9 @@ class Generator:
         check_graphs(m, sessions)
         try:
             self.layers = [[LayerCache(m) for _ in range(s.layers)] for s in m.segments]
+            runner = FusedSegmentRunner if m.fused else SegmentRunner
             self.segments = [
-                SegmentRunner(sess, spec.file, i == 0, caches, m.dim, m.max_positions)
+                runner(sess, spec.file, i == 0, caches, m.dim, m.max_positions)
                 for i, (sess, spec, caches) in enumerate(zip(sessions, m.segments, self.layers))
             ]
             self.head = HeadRunner(sessions[-1], m)

@@ -17,7 +17,7 @@ import onnxruntime as ort
 from edgeexit.errors import BundleError
 from edgeexit.generation.manifest import DecoderManifest
 
-FLOAT, INT64 = "tensor(float)", "tensor(int64)"
+FLOAT, INT64, INT32 = "tensor(float)", "tensor(int64)", "tensor(int32)"
 TOKENS, PAST = "T", "P"  # the axes that vary from call to call
 
 
@@ -37,6 +37,13 @@ def segment_tensors(m: DecoderManifest, index: int) -> tuple[list[Tensor], list[
     first = Tensor("input_ids", INT64, (1, TOKENS))
     inputs = [first if index == 0 else Tensor("hidden", FLOAT, (1, TOKENS, m.dim))]
     outputs = [Tensor("hidden_out", FLOAT, (1, TOKENS, m.dim))]
+    if m.fused:  # one buffer per cache, read and written in place
+        cache = (1, m.kv_heads, m.max_positions, m.head_dim)
+        inputs += [Tensor("seqlens_k", INT32, (1,)), Tensor("total_sequence_length", INT32, ())]
+        for j in range(m.segments[index].layers):
+            inputs += [Tensor(f"past_{kind}_{j}", FLOAT, cache) for kind in ("key", "value")]
+            outputs += [Tensor(f"present_{kind}_{j}", FLOAT, cache) for kind in ("key", "value")]
+        return inputs, outputs
     for j in range(m.segments[index].layers):
         inputs += [
             Tensor(f"past_{kind}_{j}", FLOAT, (1, PAST, *per_head)) for kind in ("key", "value")
@@ -106,5 +113,5 @@ def _shape(shape: tuple[int | str, ...]) -> str:
 
 
 def _layers_note(names: list[str]) -> str:
-    layers = sum(n.startswith("past_key_") or n.startswith("key_") for n in names)
+    layers = sum(n.startswith(("past_key_", "key_", "present_key_")) for n in names)
     return f"{layers} layers" if layers else "the head"

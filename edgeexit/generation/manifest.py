@@ -12,6 +12,13 @@ outputs follow fixed names, so the manifest only counts layers:
 - head: ``hidden`` [1, T, D] -> ``logits`` [1, T, V] and ``confidence`` [1, T] (the max
   softmax probability).
 
+A bundle with ``"attention": "fused"`` (ONNX Runtime's fused operators,
+``export/decoder_fused.py``) keeps each cache as one buffer ``[1, KV, max_positions, Dh]``
+that a segment reads and writes in place: its segments take ``past_key_j``/``past_value_j``
+of that shape, ``seqlens_k`` int32 [1] (the total length - 1) and ``total_sequence_length``
+int32 [], and give ``present_key_j``/``present_value_j`` (the same buffers) for ``key_j``/
+``value_j``. ``precision`` says how its weights are stored: fp32, or int8/int4 (MatMulNBits).
+
 A manifest is untrusted input: every field is checked for its type and range here, the
 ``generation`` block too (with the checks ``options.py`` gives the decoding loops), before
 anything is allocated from it; ``graphs.py`` then checks the graphs against it.
@@ -46,6 +53,8 @@ FORMAT = DECODER_FORMAT
 # is bounded by memory when the bundle is loaded (``caches.check_memory``).
 MAX_SIZE = 1 << 24
 SIZES = ("vocab_size", "dim", "heads", "head_dim", "max_positions")
+ATTENTION = ("plain", "fused")  # the graphs' form, which decides the caches' layout
+PRECISIONS = ("fp32", "int8", "int4")
 GENERATION_KEYS = ("self_speculative", "early_exit", "report")
 
 
@@ -82,6 +91,12 @@ class DecoderManifest:
     generation: dict[str, Any] = field(default_factory=dict)  # what calibrate chose
     extra: dict[str, Any] = field(default_factory=dict)
     kv_heads: int | None = None  # the caches' heads (grouped-query attention); None: heads
+    attention: str = "plain"  # or "fused": one in-place buffer per cache (ATTENTION)
+    precision: str = "fp32"  # how the weights are stored (PRECISIONS)
+
+    @property
+    def fused(self) -> bool:
+        return self.attention == "fused"
 
     def __post_init__(self) -> None:
         if self.kv_heads is None:
@@ -114,6 +129,9 @@ class DecoderManifest:
             "head_dim": self.head_dim,
             # only where it differs: a bundle without grouped-query attention reads as before
             **({"kv_heads": self.kv_heads} if self.kv_heads != self.heads else {}),
+            # only where not the default: a plain fp32 bundle reads as before
+            **({"attention": self.attention} if self.fused else {}),
+            **({"precision": self.precision} if self.precision != "fp32" else {}),
             "max_positions": self.max_positions,
             # one id as a number (as every earlier edgeexit wrote it), several as a list
             "eos_token_id": (None if not eos else eos[0] if len(eos) == 1 else list(eos)),
@@ -144,6 +162,10 @@ class DecoderManifest:
                 f"expected dim ({sizes['dim']})"
             )
         kv_heads = _kv_heads(doc.get("kv_heads", sizes["heads"]), sizes["heads"], source)
+        attention = _choice(doc.get("attention", "plain"), "attention", ATTENTION, source)
+        precision = _choice(doc.get("precision", "fp32"), "precision", PRECISIONS, source)
+        if precision != "fp32" and attention != "fused":
+            raise BundleError(f"{source}: precision {precision} needs fused attention")
         segments = _segments(doc["segments"], source)
         head = _graph(doc["head"], "head", source)
         if head.layers:
@@ -154,10 +176,12 @@ class DecoderManifest:
         _check_extra(extra, segments, source)
         generation = check_generation(doc.get("generation"), len(segments), source)
         return cls(**sizes, eos_token_ids=eos, segments=segments, head=head,
-                   generation=generation, extra=extra, kv_heads=kv_heads)  # fmt: skip
+                   generation=generation, extra=extra, kv_heads=kv_heads,
+                   attention=attention, precision=precision)  # fmt: skip
 
 
-_OWN = ("format", "segments", "head", "eos_token_id", "generation", "kv_heads")
+_OWN = ("format", "segments", "head", "eos_token_id", "generation", "kv_heads", "attention",
+        "precision")  # fmt: skip
 
 
 def read_decoder_manifest(bundle_dir: str | os.PathLike) -> DecoderManifest:
@@ -175,6 +199,12 @@ def write_decoder_manifest(bundle_dir: str | os.PathLike, manifest: DecoderManif
 def _size(value: Any, what: str, source: str) -> int:
     if not is_count(value) or not 1 <= value <= MAX_SIZE:
         raise BundleError(f"{source}: {what} is {value!r}; expected an integer in 1..{MAX_SIZE}")
+    return value
+
+
+def _choice(value: Any, what: str, allowed: tuple[str, ...], source: str) -> str:
+    if not isinstance(value, str) or value not in allowed:
+        raise BundleError(f"{source}: {what} is {value!r}; expected one of {', '.join(allowed)}")
     return value
 
 
