@@ -16,6 +16,7 @@ torch = pytest.importorskip("torch")
 tf = pytest.importorskip("transformers")
 
 from edgeexit.cli import app  # noqa: E402
+from edgeexit.export.decoder_fused import AGREEMENT_TOKENS  # noqa: E402
 from edgeexit.generation import Generator, SpeculativeOptions  # noqa: E402
 
 runner = CliRunner()
@@ -115,13 +116,74 @@ def test_a_converted_model_gives_transformers_logits_at_every_exit(family):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("attention", ["fused", "plain"])
 @pytest.mark.parametrize("family", sorted(FAMILIES))
-def test_a_random_init_folder_exports_and_generates_as_transformers(family, tmp_path):
+def test_a_random_init_folder_exports_and_generates_as_transformers(family, attention, tmp_path):
+    """Both forms of graph: ONNX Runtime's fused operators (the default where the head size
+    allows, as here) and standard ONNX operators."""
     model = build(family)
-    bundle = export(model, tmp_path, "--exits", "2")
+    bundle = export(model, tmp_path, "--exits", "2", "--attention", attention)
     manifest = json.loads((bundle / "manifest.json").read_text())
     assert manifest["exit_after"] == [2, 4] and manifest["kv_heads"] == 2
+    assert manifest.get("attention", "plain") == attention
     assert_generates_as_transformers(model, bundle)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("precision", ["int8", "int4"])
+def test_a_quantized_decoder_reports_its_agreement_and_drafts_losslessly(precision, tmp_path):
+    """Quantized weights change the model: self-speculative decoding must keep the quantized
+    full model's tokens (not fp32's), and the bundle says how often it agrees with fp32."""
+    model = briefly_trained(build("qwen2", seed=3))
+    (tmp_path / "p.json").write_text(json.dumps([list(p) for p in PROMPTS]))
+    folder, bundle = save(model, tmp_path / "folder"), tmp_path / "bundle"
+    result = cli("export", "--hf", folder, "-o", bundle, "--exits", "1,2", "--precision",
+                 precision, "--block-size", 16, "--prompts", tmp_path / "p.json")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    shown = " ".join(result.stdout.split())
+    assert f"{precision} weights in blocks of 16: picks fp32's next token at" in shown
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    record = manifest["quantization"]
+    assert manifest["precision"] == precision and manifest["attention"] == "fused"
+    assert 0.5 <= record["agreement"] <= 1 and record["prompts"] == 3
+    assert record["positions"] == 3 * AGREEMENT_TOKENS  # each prompt's continuation
+    assert record["bits"] == int(precision[3:]) and record["block_size"] == 16
+    gen = Generator(bundle, threads=1)
+    for prompt in PROMPTS:
+        full = gen.generate(prompt, max_new_tokens=NEW).tokens
+        for k in (1, 2):
+            drafted = gen.generate(prompt, max_new_tokens=NEW, mode="self-speculative",
+                                   speculative=SpeculativeOptions(k=k, gamma=4))  # fmt: skip
+            assert drafted.tokens == full, (prompt, k)
+
+
+def test_decoder_form_flags_are_checked_before_anything_loads(tmp_path):
+    llama = save(build("llama"), tmp_path / "llama")
+    bert = tiny_bert(tmp_path / "bert")
+    (tmp_path / "p.json").write_text("[[1, 2]]")
+    (tmp_path / "far.json").write_text("[[1, 999]]")
+    cases = [
+        ((llama, "--precision", "int3"), 2, "--precision is 'int3'; expected one of fp32, "
+         "int8, int4"),
+        ((llama, "--attention", "fast"), 2, "--attention is 'fast'; expected one of auto, plain"),
+        ((llama, "--precision", "int8", "--block-size", 24), 2, "--block-size is 24; expected a "
+         "power of two"),
+        ((llama, "--block-size", 32), 2, "--block-size applies to --precision int8 or int4"),
+        ((llama, "--prompts", tmp_path / "p.json"), 2, "--prompts applies to --precision int8"),
+        ((bert, "--precision", "int8"), 2, "--precision applies to decoder folders, not to a bert"),
+        ((llama, "--precision", "int8", "--prompts", tmp_path / "far.json"), 1, "prompt 0 holds "
+         "token id 999; expected ids in 0..127"),
+        ((llama, "--precision", "int8", "--prompts", tmp_path / "none.json"), 1, "prompts file "),
+    ]  # fmt: skip
+    for args, code, message in cases:
+        out = tmp_path / "bundle"
+        result = cli("export", "--hf", *args, "-o", out)
+        errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+        assert result.exit_code == code and len(errors) == 1, (args, result.output)
+        assert message in errors[0], errors[0]
+        assert not out.exists()
+    result = cli("export", tmp_path / "m.pt", "-o", tmp_path / "b", "--precision", "int8")
+    assert result.exit_code == 2 and "--precision applies to --hf DIR exports" in result.stderr
 
 
 @pytest.mark.slow
@@ -145,7 +207,8 @@ def test_the_window_is_what_makes_mistral_mistral_here():
 def test_grouped_kv_heads_are_cached_grouped(tmp_path):
     bundle = export(build("llama"), tmp_path, "--exits", "2", "--max-positions", "32", "--json")
     gen = Generator(bundle, threads=1)
-    assert gen.layers[0][0].keys.shape == (1, 32, 2, 16)  # [1, positions, kv heads, head_dim]
+    assert gen.manifest.attention == "fused"  # GroupQueryAttention: one in-place buffer
+    assert gen.layers[0][0].keys.shape == (1, 2, 32, 16)  # [1, kv heads, positions, head_dim]
     assert gen.memory.cache_bytes == 2 * 4 * 32 * 2 * 16 * 4  # keys and values, float32
     shown = runner.invoke(app, ["inspect", str(bundle)], env={"COLUMNS": "300"}).stdout
     assert "(4 heads x 16, 2 key/value heads)" in shown and "x 2 heads x 16" in shown

@@ -27,14 +27,15 @@ CONFIG = DecoderConfig(dim=32, heads=2, layers=4, hidden=64, exit_after=(1, 2, 4
 PROMPTS = ([5], [1, 2, 3, 4, 5, 6, 7, 8, 9], [30, 3, 3, 3])
 
 
-@pytest.fixture(scope="module")
-def decoder(tmp_path_factory):
+@pytest.fixture(scope="module", params=["plain", "fused"])
+def decoder(tmp_path_factory, request):
+    """The decoder and its bundle, exported in both forms: every test holds for each."""
     torch.manual_seed(0)
     model = MultiExitDecoder(CONFIG).eval()
     with torch.no_grad():  # a peaked random model: its exits are confident sometimes
         model.lm_head.weight.mul_(8.0)
     bundle = tmp_path_factory.mktemp("decoder") / "bundle"
-    export_decoder(model, bundle)
+    export_decoder(model, bundle, attention=request.param)
     return model, bundle, Generator(bundle, threads=1)
 
 

@@ -125,6 +125,36 @@ def export_cmd(
         help="With --hf of a decoder: the longest text (prompt and generated tokens) its "
         "caches hold (default: as long as the model takes).",
     ),
+    precision: str = typer.Option(
+        None,
+        "--precision",
+        metavar="P",
+        help="With --hf of a decoder: fp32 (default), int8 or int4 weights (ONNX Runtime's "
+        "MatMulNBits). A classifier's precision comes from its target: edgeexit compile.",
+    ),
+    block_size: int = typer.Option(
+        None,
+        "--block-size",
+        min=16,
+        metavar="N",
+        help="With --precision int8/int4: weights quantized in blocks of N inputs (a power "
+        "of two, default 32; larger: smaller files, less accurate).",
+    ),
+    attention: str = typer.Option(
+        None,
+        "--attention",
+        metavar="FORM",
+        help="With --hf of a decoder: fused (ONNX Runtime's GroupQueryAttention and fused "
+        "norms: fastest; head sizes in multiples of 16), plain (standard ONNX operators) or "
+        "auto (default: fused where the head size allows).",
+    ),
+    prompts: Path = typer.Option(
+        None,
+        "--prompts",
+        metavar="FILE",
+        help="With --precision int8/int4: a .json list of prompts (lists of token ids) on "
+        "which the quantized model's agreement with fp32 is measured and recorded.",
+    ),
     epochs: int = typer.Option(
         None, "--epochs", min=1, metavar="N", help="With --hf: training epochs (default 3)."
     ),
@@ -155,15 +185,20 @@ def export_cmd(
         edgeexit export --hf my-bert/ --data train.npz -o bundle --exits 4,8
 
         edgeexit export --hf my-llama/ -o lm --exits 4,8 --max-positions 2048
+
+        edgeexit export --hf my-llama/ -o lm-int8 --precision int8 --prompts p.json
     """
     from edgeexit.errors import InputError, ValidationError
 
     kept = f"nothing written; {unchanged(out)}"
     decoder = False
+    decoder_flags = {"--max-positions": max_positions, "--precision": precision,
+                     "--block-size": block_size, "--attention": attention,
+                     "--prompts": prompts}  # fmt: skip
     try:
         if hf is None:  # flags that do not go together: refused before torch loads
             _check_model_flags(model, {"--exits": exits, "--epochs": epochs, "--lr": lr,
-                                       "--max-positions": max_positions})  # fmt: skip
+                                       **decoder_flags})  # fmt: skip
         else:
             not_hf = {"MODEL": model, "--factory": factory, "--trust-pickle": trust or None,
                       "--input-shape": input_shape or None}  # fmt: skip
@@ -171,8 +206,9 @@ def export_cmd(
             decoder = _check_hf_family_flags(
                 hf, calib_data, criterion,
                 {"--data": calib_data, "--epochs": epochs, "--lr": lr, "--target": target},
-                max_positions,
+                decoder_flags,
             )  # fmt: skip
+            form = _decoder_form(precision, block_size, attention, prompts) if decoder else {}
         with progress("export", kept=kept, for_script=as_json) as tell:
             tell("loading torch and onnx", 0, 0)  # seconds on a small machine: say so at once
             import torch  # noqa: F401  (first: a device install, which lacks it, fails at once)
@@ -199,7 +235,9 @@ def export_cmd(
                     factory=factory, progress=tell,
                 )  # fmt: skip
             elif decoder:
-                done = result = _export_hf_decoder(hf, out, options, exits, max_positions, tell)
+                done = result = _export_hf_decoder(
+                    hf, out, options, exits, max_positions, form, tell
+                )
             else:
                 done = _export_hf(hf, calib_data, out, options, exits, epochs, lr, tell)
                 result = done.result
@@ -234,7 +272,7 @@ def _check_hf_flags(not_hf: dict[str, object], exit_output: str) -> None:
 
 def _check_hf_family_flags(
     hf: Path, data: Path | None, criterion: str, encoder_only: dict[str, object],
-    max_positions: int | None,
+    decoder_only: dict[str, object],
 ) -> bool:  # fmt: skip
     """The flags the folder's family takes (read from its config.json as data, before
     torch loads); whether it is a decoder."""
@@ -254,14 +292,43 @@ def _check_hf_family_flags(
                 "probability), which calibrate-generation thresholds"
             )
         return True
-    if max_positions is not None:
-        raise usage_error(f"--max-positions applies to decoder folders, not to a {family}")
+    given = [flag for flag, value in decoder_only.items() if value is not None]
+    if given:
+        raise usage_error(f"{given[0]} applies to decoder folders, not to a {family}")
     if data is None:
         raise usage_error(
             "export --hf needs --data D.npz to train the exit heads on (the inputs by name: "
             "input_ids and attention_mask, or pixel_values; labels y)"
         )
     return False
+
+
+def _decoder_form(
+    precision: str | None, block_size: int | None, attention: str | None, prompts: Path | None
+) -> dict[str, object]:
+    """export_decoder's form arguments from the decoder flags, each checked (usage errors
+    before torch loads; the prompts file's content is data, checked as it is read)."""
+    from edgeexit.generation.manifest import ATTENTION, PRECISIONS
+    from edgeexit.generation.prompts import read_prompts
+
+    precision = precision or "fp32"
+    if precision not in PRECISIONS:
+        raise usage_error(f"--precision is {precision!r}; expected one of {', '.join(PRECISIONS)}")
+    forms = ("auto", *ATTENTION)
+    if (attention or "auto") not in forms:
+        raise usage_error(f"--attention is {attention!r}; expected one of {', '.join(forms)}")
+    quantized = precision != "fp32"
+    for flag, value in (("--block-size", block_size), ("--prompts", prompts)):
+        if value is not None and not quantized:
+            raise usage_error(f"{flag} applies to --precision int8 or int4")
+    if block_size is not None and block_size & (block_size - 1):
+        raise usage_error(f"--block-size is {block_size}; expected a power of two (16, 32, ...)")
+    return {
+        "attention": attention or "auto",
+        "precision": precision,
+        "block_size": block_size or 32,
+        "prompts": [p.tolist() for p in read_prompts(prompts, False)] if prompts else (),
+    }
 
 
 def _export_hf(hf, data, out, options, exits, epochs, lr, tell):
@@ -274,10 +341,10 @@ def _export_hf(hf, data, out, options, exits, epochs, lr, tell):
     )
 
 
-def _export_hf_decoder(hf, out, options, exits, max_positions, tell):
+def _export_hf_decoder(hf, out, options, exits, max_positions, form, tell):
     from edgeexit.examples.hf_decoder_folder import export_hf_decoder
 
     return export_hf_decoder(
         hf, out, exit_after=exits, max_positions=max_positions, opset=options.opset,
-        atol=options.atol, progress=tell,
+        atol=options.atol, progress=tell, **form,
     )  # fmt: skip

@@ -23,6 +23,7 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from edgeexit.bundle import check_bundle_output
 from edgeexit.errors import CheckpointError
@@ -33,6 +34,24 @@ from edgeexit.examples.hf_llama import decoder_config, llama_to_decoder
 from edgeexit.export.decoder_export import export_decoder
 from edgeexit.export.options import DEFAULT_ATOL, DEFAULT_OPSET
 from edgeexit.generation.manifest import DecoderManifest
+
+
+def form_in_words(m: DecoderManifest) -> str:
+    """How the graphs are built and stored, and what was checked: one clause."""
+    form = "fused operators" if m.fused else "standard ONNX operators"
+    checked = "every graph checked against PyTorch"
+    q = m.extra.get("quantization")
+    if m.precision == "fp32" or not isinstance(q, dict):
+        return f"{form}, fp32, {checked}"
+    agreement = q.get("agreement")
+    said = (
+        f"picks fp32's next token at {agreement:.1%} of {q.get('positions')} positions "
+        f"({q.get('prompts')} prompts, teacher-forced)"
+        if isinstance(agreement, float)
+        else "agreement with fp32 not measured (give --prompts)"
+    )
+    blocks = q.get("block_size")
+    return f"{form}, {m.precision} weights in blocks of {blocks}: {said}; fp32 {checked}"
 
 
 @dataclass(frozen=True)
@@ -49,7 +68,7 @@ class HfDecoderExport:
         yield (
             f"exported a {self.family} of {m.layers} layers as a decoder bundle in "
             f"{self.out_dir}: exits after layers {exits}, sharing the model's final norm and "
-            f"LM head; up to {m.max_positions} positions; every graph checked against PyTorch"
+            f"LM head; up to {m.max_positions} positions; {form_in_words(m)}"
         )
         yield (
             f"no tokenizer in the bundle: it generates from token ids (edgeexit generate "
@@ -67,11 +86,13 @@ def export_hf_decoder(
     opset: int | None = None,
     atol: float = DEFAULT_ATOL,
     progress: Callable[[str, int, int], None] | None = None,
+    **form: Any,
 ) -> HfDecoderExport:
     """Load ``folder`` (a Llama, Mistral or Qwen2 that ``save_pretrained`` wrote), convert
     it with exits after the layers ``exit_after`` numbers (default: every quarter of the
     layers) and export it to ``out_dir`` as a decoder bundle, every graph validated.
-    ``max_positions``: the longest text the caches hold (default the model's)."""
+    ``max_positions``: the longest text the caches hold (default the model's). ``form``:
+    ``export_decoder``'s attention, precision, block_size and prompts."""
     tell = progress or (lambda stage, done, total: None)
     folder = Path(folder)
     check_bundle_output(out_dir, inputs=(folder,))  # before the slow part: refuse early
@@ -89,7 +110,7 @@ def export_hf_decoder(
     model = llama_to_decoder(hf_model, tuple(cuts), max_positions=max_positions)
     del hf_model  # the decoder holds its own copy of the weights: one copy, not two
     tell("exporting and validating", 0, 1)
-    manifest = export_decoder(model, out_dir, opset=opset or DEFAULT_OPSET, atol=atol)
+    manifest = export_decoder(model, out_dir, opset=opset or DEFAULT_OPSET, atol=atol, **form)
     return HfDecoderExport(manifest, family, Path(out_dir))
 
 

@@ -17,7 +17,7 @@ import torch
 from edgeexit.bundle import atomic_bundle_dir, check_bundle_output, sha256_file
 from edgeexit.errors import ExportError, ParityError
 from edgeexit.export.convert import export_graph
-from edgeexit.export.decoder_fused import fused_graphs
+from edgeexit.export.decoder_fused import FUSED_HEAD_MULTIPLE, fused_graphs
 from edgeexit.export.decoder_model import HeadGraph, MultiExitDecoder, SegmentGraph
 from edgeexit.export.options import DEFAULT_ATOL, DEFAULT_OPSET
 from edgeexit.generation.manifest import (
@@ -40,7 +40,7 @@ def export_decoder(
     opset: int = DEFAULT_OPSET,
     atol: float = DEFAULT_ATOL,
     tokenizer: str | None = None,
-    attention: str = "plain",
+    attention: str = "auto",
     precision: str = "fp32",
     block_size: int = 32,
     prompts: Sequence[Sequence[int]] = (),
@@ -49,15 +49,13 @@ def export_decoder(
     ``tokenizer="bytes"`` marks a byte-level model: `generate --prompt TEXT` then works.
 
     ``attention="fused"`` builds the segments from ONNX Runtime's fused operators
-    (``decoder_fused.py``); only they take ``precision`` int8 or int4 (MatMulNBits in
+    (``decoder_fused.py``), which take head sizes in multiples of 16; ``"plain"`` exports
+    them from PyTorch, standard ONNX operators only; ``"auto"`` (the default): fused where
+    the head size allows. Only fused segments take ``precision`` int8 or int4 (MatMulNBits in
     blocks of ``block_size``), whose agreement with fp32 is measured on ``prompts`` (token
     ids) and kept in the manifest."""
     check_bundle_output(out_dir)
-    if attention not in ATTENTION or precision not in PRECISIONS:
-        raise ExportError(f"attention {attention!r}, precision {precision!r}: expected "
-                          f"{'/'.join(ATTENTION)} and {'/'.join(PRECISIONS)}")  # fmt: skip
-    if precision != "fp32" and attention != "fused":
-        raise ExportError(f"precision {precision} needs fused attention (--fused)")
+    attention = _attention(model.config, attention, precision)
     model.eval()
     if attention == "fused":
         return _export_fused(model, out_dir, tokenizer, precision, block_size, prompts, atol)
@@ -100,6 +98,28 @@ def export_decoder(
         )
         write_decoder_manifest(tmp, manifest)
     return manifest
+
+
+def _attention(config, attention: str, precision: str) -> str:
+    """The form the segments take: ``attention``, with "auto" resolved; refused in one line
+    where the model or the precision cannot take it."""
+    if attention not in (*ATTENTION, "auto") or precision not in PRECISIONS:
+        raise ExportError(
+            f"attention {attention!r}, precision {precision!r}: expected one of "
+            f"auto/{'/'.join(ATTENTION)} and one of {'/'.join(PRECISIONS)}"
+        )
+    fits = config.head_dim % FUSED_HEAD_MULTIPLE == 0
+    if attention == "auto":
+        attention = "fused" if fits or precision != "fp32" else "plain"
+    if attention == "fused" and not fits:
+        raise ExportError(
+            f"fused attention takes head sizes in multiples of {FUSED_HEAD_MULTIPLE} (ONNX "
+            f"Runtime's GroupQueryAttention); this model's is {config.head_dim}"
+            + ("" if precision == "fp32" else f": precision {precision} needs fused attention")
+        )
+    if precision != "fp32" and attention != "fused":
+        raise ExportError(f"precision {precision} needs fused attention")
+    return attention
 
 
 def _export_fused(model, out_dir, tokenizer, precision, block_size, prompts, atol):

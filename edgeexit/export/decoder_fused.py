@@ -31,12 +31,12 @@ import onnx
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
-from edgeexit.errors import ParityError
+from edgeexit.errors import DataError, ParityError
 from edgeexit.export.decoder_model import DecoderLayer, MultiExitDecoder
 
 MS = "com.microsoft"
 OPSETS = [helper.make_opsetid("", 17), helper.make_opsetid(MS, 1)]
-PRECISIONS = ("fp32", "int8", "int4")
+FUSED_HEAD_MULTIPLE = 16  # GroupQueryAttention's CPU kernel refuses other head sizes
 
 
 def _array(t: torch.Tensor) -> np.ndarray:
@@ -268,8 +268,11 @@ def greedy_continuations(model: MultiExitDecoder, prompts, new_tokens: int) -> l
     return out
 
 
+AGREEMENT_TOKENS = 32  # each prompt's fp32 continuation the agreement is measured on
+
+
 def precision_agreement(
-    model: MultiExitDecoder, chain: _Chain, prompts, new_tokens: int = 32
+    model: MultiExitDecoder, chain: _Chain, prompts, new_tokens: int = AGREEMENT_TOKENS
 ) -> dict:
     """How often the quantized full model picks fp32's next token, teacher-forced on fp32's
     greedy continuations of ``prompts`` (the generated positions only)."""
@@ -287,6 +290,20 @@ def precision_agreement(
     }
 
 
+def _check_prompts(prompts: list[list[int]], c) -> None:
+    for i, prompt in enumerate(prompts):
+        if not prompt or len(prompt) >= c.max_positions:
+            raise DataError(
+                f"prompt {i} has {len(prompt)} tokens; expected 1..{c.max_positions - 1} (the "
+                "caches hold max_positions, generated tokens included)"
+            )
+        bad = [t for t in prompt if not 0 <= t < c.vocab_size]
+        if bad:
+            raise DataError(
+                f"prompt {i} holds token id {bad[0]}; expected ids in 0..{c.vocab_size - 1}"
+            )
+
+
 def fused_graphs(model: MultiExitDecoder, precision: str, block_size: int, prompts, atol: float):
     """[(file name, graph)] for the segments and the head, fp32 checked against PyTorch, then
     quantized if ``precision`` asks; and what to add to the manifest."""
@@ -297,6 +314,8 @@ def fused_graphs(model: MultiExitDecoder, precision: str, block_size: int, promp
     if precision == "fp32":
         return graphs, {}
     bits = 8 if precision == "int8" else 4
+    prompts = [list(p) for p in prompts]
+    _check_prompts(prompts, c)
     graphs = [(name, quantize(g, bits, block_size)) for name, g in graphs]
     record = {
         "bits": bits,
