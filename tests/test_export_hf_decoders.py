@@ -141,7 +141,8 @@ def test_a_quantized_decoder_reports_its_agreement_and_drafts_losslessly(precisi
                  precision, "--block-size", 16, "--prompts", tmp_path / "p.json")  # fmt: skip
     assert result.exit_code == 0, result.output
     shown = " ".join(result.stdout.split())
-    assert f"{precision} weights in blocks of 16: picks fp32's next token at" in shown
+    said = f"fused operators, {precision} weights in blocks of 16: picks fp32's next token at"
+    assert said in shown
     manifest = json.loads((bundle / "manifest.json").read_text())
     record = manifest["quantization"]
     assert manifest["precision"] == precision and manifest["attention"] == "fused"

@@ -168,3 +168,29 @@ def test_caches_are_bound_once_and_written_in_place(bundles):
     gen.generate([1, 2, 3], max_new_tokens=5)
     assert cache.keys.ctypes.data == before and np.any(cache.keys[0, :, :8] != 0)
     assert not np.any(cache.keys[0, :, 8:])  # nothing past the 8 positions written
+
+
+def test_inspect_says_the_form_and_what_quantization_cost(bundles):
+    from typer.testing import CliRunner
+
+    from edgeexit.cli import app
+
+    _, root = bundles
+    runner = CliRunner()
+    shown = " ".join(runner.invoke(app, ["inspect", str(root / "int8")]).stdout.split())
+    assert "graphs: fused operators, int8 weights in blocks of 32: picks fp32's next token" in shown
+    doc = json.loads(runner.invoke(app, ["inspect", str(root / "fused"), "--json"]).stdout)
+    assert (doc["attention"], doc["precision"], doc["quantization"]) == ("fused", "fp32", None)
+    shown = " ".join(runner.invoke(app, ["inspect", str(root / "plain")]).stdout.split())
+    assert "graphs: standard ONNX operators, fp32 weights" in shown
+
+
+@pytest.mark.parametrize(
+    "record",
+    [{"bits": 3, "block_size": 32}, {"bits": 8, "block_size": 32, "agreement": 1.5},
+     {"bits": 8, "block_size": "32"}, {"bits": 8, "block_size": 32, "positions": -1}, "8 bits"],
+)  # fmt: skip
+def test_a_hostile_quantization_record_is_refused(bundles, tmp_path, record):
+    _, root = bundles
+    with pytest.raises(BundleError, match="quantization is .*; expected bits 4 or 8"):
+        Generator(_edited(root, "int8", tmp_path, quantization=record), threads=1)

@@ -15,7 +15,7 @@ from edgeexit.cli.core import command, fail
 from edgeexit.energy import choose_meter
 from edgeexit.files import dumps_json
 from edgeexit.generation.caches import bytes_in_words
-from edgeexit.generation.manifest import DecoderManifest
+from edgeexit.generation.manifest import DecoderManifest, form_in_words
 from edgeexit.inspection import BundleInfo, DecoderInfo, describe_bundle
 from edgeexit.targets import load_target
 
@@ -191,6 +191,7 @@ def _render_decoder(info: DecoderInfo) -> None:
             row.append("-" if g.resident_mb is None else f"{g.resident_mb:.1f}")
         table.add_row(*row)
     console.print(table)
+    console.print(escape(f"graphs: {form_in_words(m)}"))
     console.print(escape(_memory_line(info)))
     console.print(escape(_generation_line(m.generation)))
     colour = "green" if info.intact else "red"

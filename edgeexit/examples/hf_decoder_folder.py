@@ -33,25 +33,7 @@ from edgeexit.examples.hf_folder import load_config, load_pretrained
 from edgeexit.examples.hf_llama import decoder_config, llama_to_decoder
 from edgeexit.export.decoder_export import export_decoder
 from edgeexit.export.options import DEFAULT_ATOL, DEFAULT_OPSET
-from edgeexit.generation.manifest import DecoderManifest
-
-
-def form_in_words(m: DecoderManifest) -> str:
-    """How the graphs are built and stored, and what was checked: one clause."""
-    form = "fused operators" if m.fused else "standard ONNX operators"
-    checked = "every graph checked against PyTorch"
-    q = m.extra.get("quantization")
-    if m.precision == "fp32" or not isinstance(q, dict):
-        return f"{form}, fp32, {checked}"
-    agreement = q.get("agreement")
-    said = (
-        f"picks fp32's next token at {agreement:.1%} of {q.get('positions')} positions "
-        f"({q.get('prompts')} prompts, teacher-forced)"
-        if isinstance(agreement, float)
-        else "agreement with fp32 not measured (give --prompts)"
-    )
-    blocks = q.get("block_size")
-    return f"{form}, {m.precision} weights in blocks of {blocks}: {said}; fp32 {checked}"
+from edgeexit.generation.manifest import DecoderManifest, form_in_words
 
 
 @dataclass(frozen=True)
@@ -68,7 +50,8 @@ class HfDecoderExport:
         yield (
             f"exported a {self.family} of {m.layers} layers as a decoder bundle in "
             f"{self.out_dir}: exits after layers {exits}, sharing the model's final norm and "
-            f"LM head; up to {m.max_positions} positions; {form_in_words(m)}"
+            f"LM head; up to {m.max_positions} positions; {form_in_words(m)}; every graph "
+            "checked against PyTorch (fp32)"
         )
         yield (
             f"no tokenizer in the bundle: it generates from token ids (edgeexit generate "

@@ -193,6 +193,21 @@ def write_decoder_manifest(bundle_dir: str | os.PathLike, manifest: DecoderManif
     files.write_json_atomic(Path(bundle_dir) / MANIFEST, manifest.to_json(), what="manifest")
 
 
+def form_in_words(m: DecoderManifest) -> str:
+    """How the graphs are built and their weights stored, and what quantization cost as
+    export measured it: one clause."""
+    form = "fused operators" if m.fused else "standard ONNX operators"
+    q = m.extra.get("quantization")
+    if m.precision == "fp32":
+        return f"{form}, fp32 weights"
+    said = "agreement with fp32 not measured (export with --prompts)"
+    if isinstance(q, dict) and q.get("agreement") is not None:
+        said = (f"picks fp32's next token at {q['agreement']:.1%} of {q['positions']} positions "
+                f"({q['prompts']} prompts, teacher-forced)")  # fmt: skip
+    blocks = f" in blocks of {q['block_size']}" if isinstance(q, dict) else ""
+    return f"{form}, {m.precision} weights{blocks}: {said}"
+
+
 # -- field checks ---------------------------------------------------------------------------
 
 
@@ -277,9 +292,29 @@ def _check_extra(extra: dict[str, Any], segments: tuple[GraphFile, ...], source:
                 f"{source}: exit_after is {extra['exit_after']!r}; the segments' layers make "
                 f"it {want}"
             )
+    _check_quantization(extra.get("quantization"), source)
     opset = extra.get("opset")
     if opset is not None and (not is_count(opset) or not 1 <= opset <= 1000):
         raise BundleError(f"{source}: opset is {opset!r}; expected an ONNX opset number")
+
+
+def _check_quantization(q: Any, source: str) -> None:
+    """What export recorded of a quantized bundle, as `inspect` shows it."""
+    if q is None:
+        return
+    ok = (
+        isinstance(q, dict)
+        and q.get("bits") in (4, 8)
+        and is_count(q.get("block_size"))
+        and q["block_size"] > 0
+        and (q.get("agreement") is None or (is_number(q["agreement"]) and 0 <= q["agreement"] <= 1))
+        and all(is_count(q.get(k, 0)) and q.get(k, 0) >= 0 for k in ("positions", "prompts"))
+    )
+    if not ok:
+        raise BundleError(
+            f"{source}: quantization is {q!r}; expected bits 4 or 8, a block_size, and an "
+            "agreement in [0, 1] (or null) over counts of positions and prompts"
+        )
 
 
 def check_generation(doc: Any, num_exits: int, source: str) -> dict[str, Any]:
