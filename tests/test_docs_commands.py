@@ -252,12 +252,13 @@ def make_bert_folder(out: Path, stock: Stock) -> None:
 
 def make_llama_folder(out: Path, stock: Stock) -> None:
     """What `save_pretrained` writes for a small Llama (random, no download) with grouped
-    key/value heads, its vocabulary the bytes' (the worlds' ids.npy is text's bytes)."""
+    key/value heads of 16 (fused attention takes them), its vocabulary the bytes' (the
+    worlds' ids.npy is text's bytes)."""
     tf = pytest.importorskip("transformers")
     import torch
 
     torch.manual_seed(0)
-    config = tf.LlamaConfig(vocab_size=256, hidden_size=32, intermediate_size=64,
+    config = tf.LlamaConfig(vocab_size=256, hidden_size=64, intermediate_size=64,
                             num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
                             max_position_embeddings=256)  # fmt: skip
     tf.LlamaForCausalLM(config).save_pretrained(out / "my-llama")

@@ -31,7 +31,7 @@ from edgeexit.examples.hf import exit_cuts
 from edgeexit.examples.hf_families import DECODERS, folder_family
 from edgeexit.examples.hf_folder import load_config, load_pretrained
 from edgeexit.examples.hf_llama import decoder_config, llama_to_decoder
-from edgeexit.export.decoder_export import export_decoder
+from edgeexit.export.decoder_export import decoder_form, export_decoder
 from edgeexit.export.options import DEFAULT_ATOL, DEFAULT_OPSET
 from edgeexit.generation.manifest import DecoderManifest, form_in_words
 
@@ -87,7 +87,8 @@ def export_hf_decoder(
         )
     config = load_config(folder)
     cuts = decoder_exits(exit_after, config.num_hidden_layers)
-    decoder_config(config, cuts, max_positions=max_positions)  # refusals before the weights
+    wanted = decoder_config(config, cuts, max_positions=max_positions)  # before the weights
+    decoder_form(wanted, form.get("attention", "auto"), form.get("precision", "fp32"))
     tell("loading the model", 0, 0)
     hf_model = load_pretrained(folder, config, "AutoModelForCausalLM", what="model")
     model = llama_to_decoder(hf_model, tuple(cuts), max_positions=max_positions)

@@ -55,7 +55,7 @@ def export_decoder(
     blocks of ``block_size``), whose agreement with fp32 is measured on ``prompts`` (token
     ids) and kept in the manifest."""
     check_bundle_output(out_dir)
-    attention = _attention(model.config, attention, precision)
+    attention = decoder_form(model.config, attention, precision)
     model.eval()
     if attention == "fused":
         return _export_fused(model, out_dir, tokenizer, precision, block_size, prompts, atol)
@@ -100,7 +100,7 @@ def export_decoder(
     return manifest
 
 
-def _attention(config, attention: str, precision: str) -> str:
+def decoder_form(config, attention: str, precision: str) -> str:
     """The form the segments take: ``attention``, with "auto" resolved; refused in one line
     where the model or the precision cannot take it."""
     if attention not in (*ATTENTION, "auto") or precision not in PRECISIONS:
