@@ -115,11 +115,12 @@ def _layer(g: _Graph, layer: DecoderLayer, j: int, x: str, residual: str | None,
     post = g.weight(f"{p}post_norm", _array(layer.post_attention_layernorm.weight))
     g.node("SkipSimplifiedLayerNormalization", [f"{p}o", residual, post],
            [f"{p}h2", "", "", f"{p}res2"], f"{p}post_norm", epsilon=eps)  # fmt: skip
-    w_gu = torch.cat([layer.gate_proj.weight, layer.up_proj.weight]).t()
-    g.node("MatMul", [f"{p}h2", g.weight(f"{p}w_gate_up", _array(w_gu))], [f"{p}gu"], f"{p}gate_up")
-    hidden = layer.gate_proj.out_features
-    split = g.weight(f"{p}split", np.array([hidden, hidden], dtype=np.int64))
-    g.node("Split", [f"{p}gu", split], [f"{p}gate", f"{p}up"], f"{p}split", axis=-1)
+    # gate and up as two MatMuls, as onnxruntime-genai's builder writes them (one MatMul
+    # and a Split measured the same), each quantized on its own
+    w_gate = g.weight(f"{p}w_gate", _array(layer.gate_proj.weight.t()))
+    w_up = g.weight(f"{p}w_up", _array(layer.up_proj.weight.t()))
+    g.node("MatMul", [f"{p}h2", w_gate], [f"{p}gate"], f"{p}gate")
+    g.node("MatMul", [f"{p}h2", w_up], [f"{p}up"], f"{p}up")
     g.node("Sigmoid", [f"{p}gate"], [f"{p}sig"], f"{p}sigmoid")
     g.node("Mul", [f"{p}gate", f"{p}sig"], [f"{p}silu"], f"{p}silu")
     g.node("Mul", [f"{p}silu", f"{p}up"], [f"{p}act"], f"{p}act")
