@@ -198,9 +198,15 @@ class GraphInfo:
     layers: int
     ops: dict[str, int]
     resident_mb: float | None = None
+    draft: bool = False  # one of the quantized draft's copies
+
+    @property
+    def name(self) -> str:
+        name = "head" if self.index is None else f"segment {self.index}"
+        return f"draft {name}" if self.draft else name
 
     def to_json(self) -> dict[str, Any]:
-        return {"graph": "head" if self.index is None else f"segment {self.index}",
+        return {"graph": self.name,
                 "file": self.file, "size_bytes": self.size_bytes, "layers": self.layers,
                 "nodes": sum(self.ops.values()), "ops": self.ops,
                 "resident_mb": self.resident_mb}  # fmt: skip
@@ -264,18 +270,21 @@ class DecoderInfo:
 def describe_decoder(path: Path, manifest: DecoderManifest, *, memory: bool = False) -> DecoderInfo:
     """``describe_bundle`` for a decoder bundle whose manifest is read and checked."""
     try:
-        sources = load_graphs(path, manifest.graphs)
+        sources = load_graphs(path, manifest.all_graphs)
         integrity = "ok"
     except BundleError as err:
-        sources, integrity = [None] * len(manifest.graphs), str(err)
-    resident: list[float | None] = [None] * len(manifest.graphs)
+        sources, integrity = [None] * len(manifest.all_graphs), str(err)
+    resident: list[float | None] = [None] * len(manifest.all_graphs)
     if memory and integrity == "ok":
         config = resolve_config(load_target(None), None, None)  # as Generator(bundle) opens it
         resident = graphs_resident_mb(sources, config)
     indices = [*range(manifest.num_exits), None]
+    if manifest.draft is not None:
+        indices += [*range(manifest.num_exits - 1), None]
+    model = len(manifest.graphs)
     graphs = tuple(
-        GraphInfo(i, g.file, _graph_bytes(path, g), g.layers, _ops(source), mb)
-        for i, g, source, mb in zip(indices, manifest.graphs, sources, resident)
+        GraphInfo(i, g.file, _graph_bytes(path, g), g.layers, _ops(source), mb, n >= model)
+        for n, (i, g, source, mb) in enumerate(zip(indices, manifest.all_graphs, sources, resident))
     )
     free = available_mb()
     available = None if free is None else int(free * 2**20)

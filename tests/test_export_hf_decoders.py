@@ -169,7 +169,11 @@ def test_decoder_form_flags_are_checked_before_anything_loads(tmp_path):
         ((llama, "--attention", "fast"), 2, "--attention is 'fast'; expected one of auto, plain"),
         ((llama, "--precision", "int8", "--block-size", 24), 2, "--block-size is 24; expected a "
          "power of two"),
-        ((llama, "--block-size", 32), 2, "--block-size applies to --precision int8 or int4"),
+        ((llama, "--block-size", 32), 2, "--block-size applies to --precision int8 or int4, "
+         "or --draft"),
+        ((llama, "--draft", "int2"), 2, "--draft is 'int2'; expected int8 or int4"),
+        ((llama, "--precision", "int8", "--draft", "int4"), 2, "--draft applies to fp32 "
+         "decoders"),
         ((llama, "--prompts", tmp_path / "p.json"), 2, "--prompts applies to --precision int8"),
         ((bert, "--precision", "int8"), 2, "--precision applies to decoder folders, not to a bert"),
         ((llama, "--precision", "int8", "--prompts", tmp_path / "far.json"), 1, "prompt 0 holds "

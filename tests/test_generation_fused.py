@@ -40,6 +40,7 @@ def bundles(tmp_path_factory):
     for form in ("plain", "fused"):
         export_decoder(model, root / form, attention=form)
     export_decoder(model, root / "int8", precision="int8", prompts=[[1, 2, 3], [7] * 9])
+    export_decoder(model, root / "draft", draft="int4")
     return model, root
 
 
@@ -194,3 +195,85 @@ def test_a_hostile_quantization_record_is_refused(bundles, tmp_path, record):
     _, root = bundles
     with pytest.raises(BundleError, match="quantization is .*; expected bits 4 or 8"):
         Generator(_edited(root, "int8", tmp_path, quantization=record), threads=1)
+
+
+@pytest.mark.parametrize("k", [1])
+@pytest.mark.parametrize("gamma", [1, 3, 6])
+def test_a_quantized_draft_keeps_the_fp32_models_tokens(bundles, k, gamma):
+    """The draft writes the early layers' caches at int4; the verification rewrites them at
+    fp32 over the drafted positions, so the text is full fp32 decoding's, token for token."""
+    model, root = bundles
+    gen = Generator(root / "draft", threads=1)
+    assert gen.manifest.draft.precision == "int4" and len(gen.draft_segments) == 1
+    accepted = 0
+    for prompt in ([3], list(range(1, 12)), [9, 9, 9, 2]):
+        want = torch_greedy(model, prompt, 20)
+        spec = gen.generate(prompt, max_new_tokens=20, mode="self-speculative",
+                            speculative=SpeculativeOptions(k=k, gamma=gamma))  # fmt: skip
+        assert list(spec.tokens) == want
+        accepted += spec.accepted
+        assert list(gen.generate(prompt, max_new_tokens=20).tokens) == want  # full: no draft
+    assert accepted > 0  # drafts were kept, so the draft's caches were verified over
+
+
+def test_draft_exports_are_refused_where_they_would_not_be_lossless(tmp_path):
+    with pytest.raises(ExportError, match="a quantized draft is for fp32 models; this one is int8"):
+        export_decoder(model_of(), tmp_path / "b", precision="int8", draft="int4")
+    with pytest.raises(ExportError, match="draft 'int2': expected int8 or int4"):
+        export_decoder(model_of(), tmp_path / "b", draft="int2")
+    assert not (tmp_path / "b").exists()
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda d: d["draft"]["segments"].pop(), "segments must be a non-empty list"),
+        (lambda d: d["draft"].update(precision="fp32"), "draft.precision is 'fp32'"),
+        (lambda d: d["draft"]["segments"][0].update(layers=2), "expected a copy of each segment"),
+        (lambda d: d["draft"]["head"].update(file="head.onnx"), "draft graph 1 is 'head.onnx', as "
+         "head is"),
+        (lambda d: d["draft"].update(extra=1), "draft must be an object of precision, segments"),
+        (lambda d: d.pop("attention"), "a draft needs fused attention"),
+        (lambda d: d["draft"]["head"].update(sha256="0" * 64), "draft_head.onnx does not match "
+         "its sha256"),
+    ],
+)  # fmt: skip
+def test_a_hostile_draft_is_refused_at_load(bundles, tmp_path, edit, message):
+    import shutil
+
+    _, root = bundles
+    copy = tmp_path / "draft"
+    shutil.copytree(root / "draft", copy)
+    doc = json.loads((copy / "manifest.json").read_text())
+    edit(doc)
+    (copy / "manifest.json").write_text(json.dumps(doc))
+    with pytest.raises(BundleError, match=message):
+        Generator(copy, threads=1)
+
+
+def test_a_swapped_draft_graph_is_refused_at_load(bundles, tmp_path):
+    """A draft copy whose file is another graph (hashes updated): its tensors disagree."""
+    import hashlib
+    import shutil
+
+    _, root = bundles
+    copy = tmp_path / "draft"
+    shutil.copytree(root / "draft", copy)
+    shutil.copy(copy / "segment_01.onnx", copy / "draft_segment_00.onnx")
+    doc = json.loads((copy / "manifest.json").read_text())
+    data = (copy / "draft_segment_00.onnx").read_bytes()
+    doc["draft"]["segments"][0]["sha256"] = hashlib.sha256(data).hexdigest()
+    (copy / "manifest.json").write_text(json.dumps(doc))
+    with pytest.raises(BundleError, match="draft_segment_00.onnx"):
+        Generator(copy, threads=1)
+
+
+def test_inspect_lists_the_draft(bundles):
+    from typer.testing import CliRunner
+
+    from edgeexit.cli import app
+
+    _, root = bundles
+    shown = " ".join(CliRunner().invoke(app, ["inspect", str(root / "draft")]).stdout.split())
+    assert "fp32 weights; int4 draft" in shown and "draft head" in shown
+    assert "self-speculative drafts with: int4 copies of the early segments" in shown

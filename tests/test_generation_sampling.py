@@ -119,6 +119,30 @@ def test_sampled_tokens_follow_the_full_models_distribution(decoder, options, ho
     assert chi_square_z(counts, exact_joint(model, options)) < Z_1E4
 
 
+@pytest.fixture(scope="module")
+def drafted(tmp_path_factory):
+    """A model with heads of 16 (fused) and an int4 draft: q is the int4 copy's, p fp32's."""
+    torch.manual_seed(1)
+    config = DecoderConfig(dim=32, heads=2, layers=2, hidden=32, exit_after=(1, 2),
+                           max_positions=16, vocab_size=V, eos_token_id=None)  # fmt: skip
+    model = MultiExitDecoder(config).eval()
+    with torch.no_grad():
+        model.lm_head.weight.mul_(2.0)
+        model.layers[1].down_proj.weight.mul_(4.0)
+    bundle = tmp_path_factory.mktemp("sampling") / "drafted"
+    export_decoder(model, bundle, draft="int4", block_size=16)
+    return model, Generator(bundle, threads=1)
+
+
+@pytest.mark.slow
+def test_a_quantized_draft_keeps_the_full_models_distribution(drafted):
+    model, gen = drafted
+    assert gen.manifest.draft is not None
+    how = {**SPECULATIVE, "speculative": SpeculativeOptions(k=1, gamma=2)}
+    counts = sampled_counts(gen, 4000, PLAIN, **how)
+    assert chi_square_z(counts, exact_joint(model, PLAIN)) < Z_1E4
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(
     ("name", "wrong"),

@@ -140,6 +140,14 @@ def export_cmd(
         help="With --precision int8/int4: weights quantized in blocks of N inputs (a power "
         "of two, default 32; larger: smaller files, less accurate).",
     ),
+    draft: str = typer.Option(
+        None,
+        "--draft",
+        metavar="P",
+        help="With --hf of a decoder in fp32: add int8 or int4 copies of its early segments "
+        "and head, which self-speculative decoding drafts with (the tokens stay the fp32 "
+        "model's; the drafts cost less).",
+    ),
     attention: str = typer.Option(
         None,
         "--attention",
@@ -187,6 +195,8 @@ def export_cmd(
         edgeexit export --hf my-llama/ -o lm --exits 4,8 --max-positions 2048
 
         edgeexit export --hf my-llama/ -o lm-int8 --precision int8 --prompts p.json
+
+        edgeexit export --hf my-llama/ -o lm --draft int4
     """
     from edgeexit.errors import InputError, ValidationError
 
@@ -194,7 +204,7 @@ def export_cmd(
     decoder = False
     decoder_flags = {"--max-positions": max_positions, "--precision": precision,
                      "--block-size": block_size, "--attention": attention,
-                     "--prompts": prompts}  # fmt: skip
+                     "--prompts": prompts, "--draft": draft}  # fmt: skip
     try:
         if hf is None:  # flags that do not go together: refused before torch loads
             _check_model_flags(model, {"--exits": exits, "--epochs": epochs, "--lr": lr,
@@ -208,7 +218,9 @@ def export_cmd(
                 {"--data": calib_data, "--epochs": epochs, "--lr": lr, "--target": target},
                 decoder_flags,
             )  # fmt: skip
-            form = _decoder_form(precision, block_size, attention, prompts) if decoder else {}
+            form = (
+                _decoder_form(precision, block_size, attention, prompts, draft) if decoder else {}
+            )
         with progress("export", kept=kept, for_script=as_json) as tell:
             tell("loading torch and onnx", 0, 0)  # seconds on a small machine: say so at once
             import torch  # noqa: F401  (first: a device install, which lacks it, fails at once)
@@ -304,7 +316,11 @@ def _check_hf_family_flags(
 
 
 def _decoder_form(
-    precision: str | None, block_size: int | None, attention: str | None, prompts: Path | None
+    precision: str | None,
+    block_size: int | None,
+    attention: str | None,
+    prompts: Path | None,
+    draft: str | None,
 ) -> dict[str, object]:
     """export_decoder's form arguments from the decoder flags, each checked (usage errors
     before torch loads; the prompts file's content is data, checked as it is read)."""
@@ -318,9 +334,15 @@ def _decoder_form(
     if (attention or "auto") not in forms:
         raise usage_error(f"--attention is {attention!r}; expected one of {', '.join(forms)}")
     quantized = precision != "fp32"
-    for flag, value in (("--block-size", block_size), ("--prompts", prompts)):
-        if value is not None and not quantized:
-            raise usage_error(f"{flag} applies to --precision int8 or int4")
+    if draft is not None and draft not in PRECISIONS[1:]:
+        raise usage_error(f"--draft is {draft!r}; expected int8 or int4")
+    if draft is not None and quantized:
+        raise usage_error(f"--draft applies to fp32 decoders; --precision {precision} drafts "
+                          "with its own early segments")  # fmt: skip
+    if block_size is not None and not (quantized or draft):
+        raise usage_error("--block-size applies to --precision int8 or int4, or --draft")
+    if prompts is not None and not quantized:
+        raise usage_error("--prompts applies to --precision int8 or int4")
     if block_size is not None and block_size & (block_size - 1):
         raise usage_error(f"--block-size is {block_size}; expected a power of two (16, 32, ...)")
     return {
@@ -328,6 +350,7 @@ def _decoder_form(
         "precision": precision,
         "block_size": block_size or 32,
         "prompts": [p.tolist() for p in read_prompts(prompts, False)] if prompts else (),
+        "draft": draft,
     }
 
 

@@ -15,7 +15,7 @@ from edgeexit.cli.core import command, fail
 from edgeexit.energy import choose_meter
 from edgeexit.files import dumps_json
 from edgeexit.generation.caches import bytes_in_words
-from edgeexit.generation.manifest import DecoderManifest, form_in_words
+from edgeexit.generation.manifest import DecoderManifest, draft_in_words, form_in_words
 from edgeexit.inspection import BundleInfo, DecoderInfo, describe_bundle
 from edgeexit.targets import load_target
 
@@ -185,13 +185,15 @@ def _render_decoder(info: DecoderInfo) -> None:
         )
     for g in info.graphs:
         top = ", ".join(f"{op} {n}" for op, n in list(g.ops.items())[:TOP_OPS])
-        row = ["head" if g.index is None else str(g.index), g.file, f"{g.size_bytes / 1024:.1f}",
+        label = "head" if g.index is None else str(g.index)
+        row = [f"draft {label}" if g.draft else label, g.file, f"{g.size_bytes / 1024:.1f}",
                str(g.layers or "-"), str(sum(g.ops.values())), top]  # fmt: skip
         if measured:
             row.append("-" if g.resident_mb is None else f"{g.resident_mb:.1f}")
         table.add_row(*row)
     console.print(table)
     console.print(escape(f"graphs: {form_in_words(m)}"))
+    console.print(escape(f"self-speculative drafts with: {draft_in_words(m)}"))
     console.print(escape(_memory_line(info)))
     console.print(escape(_generation_line(m.generation)))
     colour = "green" if info.intact else "red"

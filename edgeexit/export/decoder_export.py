@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +25,7 @@ from edgeexit.generation.manifest import (
     ATTENTION,
     PRECISIONS,
     DecoderManifest,
+    DraftGraphs,
     GraphFile,
     write_decoder_manifest,
 )
@@ -44,6 +46,7 @@ def export_decoder(
     precision: str = "fp32",
     block_size: int = 32,
     prompts: Sequence[Sequence[int]] = (),
+    draft: str | None = None,
 ) -> DecoderManifest:
     """Write ``model`` to ``out_dir`` as a decoder bundle, validated; return its manifest.
     ``tokenizer="bytes"`` marks a byte-level model: `generate --prompt TEXT` then works.
@@ -53,12 +56,15 @@ def export_decoder(
     them from PyTorch, standard ONNX operators only; ``"auto"`` (the default): fused where
     the head size allows. Only fused segments take ``precision`` int8 or int4 (MatMulNBits in
     blocks of ``block_size``), whose agreement with fp32 is measured on ``prompts`` (token
-    ids) and kept in the manifest."""
+    ids) and kept in the manifest. ``draft`` (int8 or int4; fp32 models only) adds
+    quantized copies of every segment but the last and of the head, which self-speculative
+    decoding drafts with: its tokens stay the full model's, its drafts cost less."""
     check_bundle_output(out_dir)
-    attention = decoder_form(model.config, attention, precision)
+    attention = decoder_form(model.config, attention, precision, draft)
     model.eval()
     if attention == "fused":
-        return _export_fused(model, out_dir, tokenizer, precision, block_size, prompts, atol)
+        return _export_fused(model, out_dir, tokenizer, precision, block_size, prompts, atol,
+                             draft)  # fmt: skip
     config = model.config
     with atomic_bundle_dir(out_dir) as tmp, torch.no_grad():
         segments = []
@@ -100,7 +106,7 @@ def export_decoder(
     return manifest
 
 
-def decoder_form(config, attention: str, precision: str) -> str:
+def decoder_form(config, attention: str, precision: str, draft: str | None = None) -> str:
     """The form the segments take: ``attention``, with "auto" resolved; refused in one line
     where the model or the precision cannot take it."""
     if attention not in (*ATTENTION, "auto") or precision not in PRECISIONS:
@@ -119,19 +125,34 @@ def decoder_form(config, attention: str, precision: str) -> str:
         )
     if precision != "fp32" and attention != "fused":
         raise ExportError(f"precision {precision} needs fused attention")
+    if draft is not None:
+        if draft not in PRECISIONS[1:]:
+            raise ExportError(f"draft {draft!r}: expected int8 or int4")
+        # A quantized model's verification would compute the early layers over several
+        # positions at once, where MatMulNBits rounds differently than for one (up to 0.02
+        # on the demo's logits): its drafting would no longer give its full decoding's tokens.
+        if precision != "fp32":
+            raise ExportError(
+                f"a quantized draft is for fp32 models; this one is {precision}, whose own "
+                "early segments draft at that precision already"
+            )
+        if attention != "fused":
+            raise ExportError("a quantized draft needs fused attention")
     return attention
 
 
-def _export_fused(model, out_dir, tokenizer, precision, block_size, prompts, atol):
+def _export_fused(model, out_dir, tokenizer, precision, block_size, prompts, atol, draft):
     """``export_decoder`` with fused graphs: built, checked against PyTorch in fp32, then
     quantized if asked and measured against fp32 on the prompts."""
     config = model.config
     with atomic_bundle_dir(out_dir) as tmp, torch.no_grad():
-        graphs, extra = fused_graphs(model, precision, block_size, prompts, atol)
-        files = []
+        graphs, drafts, extra = fused_graphs(model, precision, block_size, prompts, atol, draft)
+        files, written = [], []
         for name, graph in graphs:
             path = tmp / name
             files.append((path, files_write(path, graph)))
+        for name, graph in drafts:
+            written.append(GraphFile(name, files_write(tmp / name, graph)))
         segments = [GraphFile(p.name, sha, len(layers))
                     for (p, sha), layers in zip(files, config.segment_layers())]  # fmt: skip
         path, sha = files[-1]
@@ -141,6 +162,10 @@ def _export_fused(model, out_dir, tokenizer, precision, block_size, prompts, ato
             max_positions=config.max_positions, eos_token_ids=config.eos_token_ids,
             segments=tuple(segments), head=GraphFile(path.name, sha),
             attention="fused", precision=precision,
+            draft=DraftGraphs(draft, tuple(
+                replace(w, layers=len(span))
+                for w, span in zip(written[:-1], config.segment_layers())
+            ), written[-1]) if draft else None,
             extra={"exit_after": list(config.exit_after), "opset": DEFAULT_OPSET, **extra,
                    **({"tokenizer": tokenizer} if tokenizer else {})},
         )  # fmt: skip

@@ -305,24 +305,45 @@ def _check_prompts(prompts: list[list[int]], c) -> None:
             )
 
 
-def fused_graphs(model: MultiExitDecoder, precision: str, block_size: int, prompts, atol: float):
+def fused_graphs(
+    model: MultiExitDecoder,
+    precision: str,
+    block_size: int,
+    prompts,
+    atol: float,
+    draft: str | None = None,
+):
     """[(file name, graph)] for the segments and the head, fp32 checked against PyTorch, then
-    quantized if ``precision`` asks; and what to add to the manifest."""
+    quantized if ``precision`` asks; the draft's graphs (quantized copies of every segment
+    but the last and of the head, [] without ``draft``); and what to add to the manifest."""
     c = model.config
     graphs = [(f"segment_{i:02d}.onnx", segment_model(model, i)) for i in range(len(c.exit_after))]
     graphs.append(("head.onnx", head_model(model)))
     check_parity(model, _Chain([g for _, g in graphs], model), atol)
+    drafts = []
+    if draft is not None:
+        copies = [("draft_" + name, _copy(g)) for name, g in (*graphs[:-2], graphs[-1])]
+        drafts = [(name, quantize(g, BITS[draft], block_size)) for name, g in copies]
     if precision == "fp32":
-        return graphs, {}
-    bits = 8 if precision == "int8" else 4
+        return graphs, drafts, {}
     prompts = [list(p) for p in prompts]
     _check_prompts(prompts, c)
-    graphs = [(name, quantize(g, bits, block_size)) for name, g in graphs]
+    graphs = [(name, quantize(g, BITS[precision], block_size)) for name, g in graphs]
     record = {
-        "bits": bits,
+        "bits": BITS[precision],
         "block_size": block_size,
         "method": "onnxruntime MatMulNBitsQuantizer, symmetric, accuracy level 4",
     }
     if prompts:
         record.update(precision_agreement(model, _Chain([g for _, g in graphs], model), prompts))
-    return graphs, {"quantization": record}
+    return graphs, drafts, {"quantization": record}
+
+
+BITS = {"int8": 8, "int4": 4}
+
+
+def _copy(graph: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy to quantize (the quantizer changes the graph it is given)."""
+    copy = onnx.ModelProto()
+    copy.CopyFrom(graph)
+    return copy

@@ -61,7 +61,10 @@ def memory_needed(m: DecoderManifest) -> Memory:
     outputs = m.num_exits * positions * m.dim * f32  # segment outputs
     head = positions * (m.dim + m.vocab_size + 1) * f32  # staged input, logits, confidence
     kept = positions * m.dim * f32
-    return Memory(caches, staged + outputs + head + kept)
+    draft = 0  # a draft's runners: the same buffers, for every segment but the last
+    if m.draft is not None:
+        draft = staged - positions * m.dim * f32 + outputs - positions * m.dim * f32 + head
+    return Memory(caches, staged + outputs + head + kept + draft)
 
 
 def check_memory(m: DecoderManifest, where: str) -> Memory:
@@ -253,8 +256,10 @@ class FusedSegmentRunner:
 class HeadRunner:
     """The head every exit shares: hidden [T, D] -> (logits [T, V], confidence [T])."""
 
-    def __init__(self, session: ort.InferenceSession, manifest: DecoderManifest) -> None:
-        self.call = GraphCall(session, manifest.head.file)
+    def __init__(
+        self, session: ort.InferenceSession, manifest: DecoderManifest, name: str | None = None
+    ) -> None:
+        self.call = GraphCall(session, name or manifest.head.file)
         capacity, self.vocab = manifest.max_positions, manifest.vocab_size
         self.staged = Staging(capacity, [manifest.dim], F32)
         self.logits = np.empty((1, capacity, self.vocab), dtype=np.float32)

@@ -309,7 +309,7 @@ def _record(bundle: Path, report: GenerationReport, measured: DecoderManifest) -
     """Write the choice into the manifest (the caller holds the lock), if its graphs are
     still the ones measured: a process that does not take the lock may have replaced them."""
     manifest = read_decoder_manifest(bundle)
-    if manifest.graphs != measured.graphs:
+    if manifest.all_graphs != measured.all_graphs:
         raise CalibrationError(
             f"{bundle}'s graphs changed while they were measured; nothing was recorded: "
             "calibrate the bundle again"

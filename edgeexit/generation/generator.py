@@ -50,7 +50,7 @@ from edgeexit.generation.caches import (
     bytes_in_words,
     check_memory,
 )
-from edgeexit.generation.graphs import check_graphs
+from edgeexit.generation.graphs import check_draft_graphs, check_graphs
 from edgeexit.generation.manifest import DecoderManifest, read_decoder_manifest
 from edgeexit.generation.options import MODES, SpeculativeOptions, exit_thresholds
 from edgeexit.generation.sampling import Sampler, SamplingOptions
@@ -182,8 +182,10 @@ class Generator:
         # sizes first (cheap, and nothing is allocated yet), then the files, then the
         # graphs against the sizes, then the arrays
         self.memory = check_memory(m, f"bundle {bundle_dir}")
-        sessions = [open_session(s, config) for s in load_graphs(bundle_dir, m.graphs)]
+        sessions = [open_session(s, config) for s in load_graphs(bundle_dir, m.all_graphs)]
+        sessions, drafting = sessions[: len(m.graphs)], sessions[len(m.graphs) :]
         check_graphs(m, sessions)
+        check_draft_graphs(m, drafting)
         try:
             self.layers = [[LayerCache(m) for _ in range(s.layers)] for s in m.segments]
             runner = FusedSegmentRunner if m.fused else SegmentRunner
@@ -192,6 +194,14 @@ class Generator:
                 for i, (sess, spec, caches) in enumerate(zip(sessions, m.segments, self.layers))
             ]
             self.head = HeadRunner(sessions[-1], m)
+            # a quantized draft writes the same caches (the verification rewrites them)
+            self.draft_segments = [
+                FusedSegmentRunner(sess, spec.file, i == 0, caches, m.dim, m.max_positions)
+                for i, (sess, spec, caches) in enumerate(
+                    zip(drafting, m.draft.segments, self.layers)
+                )
+            ] if m.draft else []  # fmt: skip
+            self.draft_head = HeadRunner(drafting[-1], m, m.draft.head.file) if m.draft else None
             self._hidden = np.empty((m.max_positions, m.dim), dtype=np.float32)
         except MemoryError as err:
             raise BundleError(
@@ -341,17 +351,25 @@ class Generator:
     ) -> Steps[None, None, dict]:
         k, eos = options.k, self._eos
         early, deep = self.segments[:k], self.segments[k:]
+        quantized = bool(self.draft_segments)  # a draft of its own: verify every segment
+        drafter, draft_head = (self.draft_segments[:k], self.draft_head) if quantized else (
+            early, self.head)  # fmt: skip
         out.add([self._prefill(ids, sampler)])
         yield
         drafted = accepted = verifications = steps = 0
         while not out.done:
             base = early[0].length  # every segment holds positions < base
             hiddens, drafts, qs = [], [], []  # qs: the distributions drafts were drawn from
+            fed = [out.last]  # each draft step's input token
             room = min(options.gamma, out.max_new - out.generated)  # tokens still wanted
-            x = np.array([out.last])
+            for segment in drafter:
+                segment.length = base
             while True:  # draft: the early segments, one token at a time
-                hiddens.append(self._through(x, k).copy())
-                logits, confidence = self.head.run(hiddens[-1])
+                x = np.array(fed[-1:])
+                for segment in drafter:
+                    x = segment.run(x)
+                hiddens.append(x.copy())
+                logits, confidence = draft_head.run(x)
                 if confidence[-1] < options.draft_stop:
                     break
                 token, q = sampler.draft(logits[-1])
@@ -359,11 +377,16 @@ class Generator:
                 qs.append(q)
                 if token in eos or len(drafts) >= room:
                     break
-                x = np.array([token])
+                fed.append(token)
             verifications, steps = verifications + 1, steps + len(hiddens)
-            hidden = np.concatenate(hiddens)  # verify: the deep segments, once, over all
-            for segment in deep:
-                hidden = segment.run(hidden)
+            if quantized:  # every segment at full precision over the drafted positions
+                for segment in early:
+                    segment.length = base
+                hidden = self._through(np.array(fed), self.num_exits)
+            else:  # the deep segments, once, over all, from the draft's hidden states
+                hidden = np.concatenate(hiddens)
+                for segment in deep:
+                    hidden = segment.run(hidden)
             m, new = sampler.verify(drafts, qs, self.head.run(hidden)[0])
             drafted, accepted = drafted + len(drafts), accepted + m
             kept = base + min(m + 1, len(hiddens))  # positions whose inputs were right

@@ -70,6 +70,17 @@ def check_graphs(m: DecoderManifest, sessions: list[ort.InferenceSession]) -> No
         _check(graph.file, "output", session.get_outputs(), outputs, exact=False)
 
 
+def check_draft_graphs(m: DecoderManifest, sessions: list[ort.InferenceSession]) -> None:
+    """The draft's graphs (``m.draft.graphs`` order): each takes and gives what the segment
+    or the head it copies does."""
+    if m.draft is None:
+        return
+    wanted = [segment_tensors(m, i) for i in range(m.num_exits - 1)] + [head_tensors(m)]
+    for graph, session, (inputs, outputs) in zip(m.draft.graphs, sessions, wanted):
+        _check(graph.file, "input", session.get_inputs(), inputs, exact=True)
+        _check(graph.file, "output", session.get_outputs(), outputs, exact=False)
+
+
 def _check(file: str, kind: str, have: list, want: list[Tensor], *, exact: bool) -> None:
     """``exact``: the graph has these inputs and no others (each must be fed); outputs may
     be more than these (ONNX Runtime allocates an unbound one itself)."""

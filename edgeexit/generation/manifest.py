@@ -18,6 +18,9 @@ that a segment reads and writes in place: its segments take ``past_key_j``/``pas
 of that shape, ``seqlens_k`` int32 [1] (the total length - 1) and ``total_sequence_length``
 int32 [], and give ``present_key_j``/``present_value_j`` (the same buffers) for ``key_j``/
 ``value_j``. ``precision`` says how its weights are stored: fp32, or int8/int4 (MatMulNBits).
+A fused bundle may carry a quantized ``draft``: int8/int4 copies of every segment but the
+last and of the head, the same tensors, which self-speculative decoding drafts with (writing
+the same caches; the verification rewrites them at full precision).
 
 A manifest is untrusted input: every field is checked for its type and range here, the
 ``generation`` block too (with the checks ``options.py`` gives the decoding loops), before
@@ -79,6 +82,23 @@ class GraphFile:
 
 
 @dataclass(frozen=True)
+class DraftGraphs:
+    """Quantized copies of segments 0..N-2 and of the head, for drafting."""
+
+    precision: str
+    segments: tuple[GraphFile, ...]
+    head: GraphFile
+
+    @property
+    def graphs(self) -> tuple[GraphFile, ...]:
+        return (*self.segments, self.head)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"precision": self.precision, "segments": [s.to_json() for s in self.segments],
+                "head": self.head.to_json()}  # fmt: skip
+
+
+@dataclass(frozen=True)
 class DecoderManifest:
     vocab_size: int
     dim: int
@@ -93,6 +113,7 @@ class DecoderManifest:
     kv_heads: int | None = None  # the caches' heads (grouped-query attention); None: heads
     attention: str = "plain"  # or "fused": one in-place buffer per cache (ATTENTION)
     precision: str = "fp32"  # how the weights are stored (PRECISIONS)
+    draft: DraftGraphs | None = None  # quantized copies to draft with (fused only)
 
     @property
     def fused(self) -> bool:
@@ -112,8 +133,13 @@ class DecoderManifest:
 
     @property
     def graphs(self) -> tuple[GraphFile, ...]:
-        """Every graph file, for verification: the segments, then the shared head."""
+        """The model's graph files: the segments, then the shared head."""
         return (*self.segments, self.head)
+
+    @property
+    def all_graphs(self) -> tuple[GraphFile, ...]:
+        """Every graph file, for verification: the model's, then the draft's."""
+        return (*self.graphs, *(self.draft.graphs if self.draft else ()))
 
     def with_generation(self, choice: dict[str, Any]) -> DecoderManifest:
         """This manifest with ``choice`` as its generation block, checked as a reader will."""
@@ -132,6 +158,7 @@ class DecoderManifest:
             # only where not the default: a plain fp32 bundle reads as before
             **({"attention": self.attention} if self.fused else {}),
             **({"precision": self.precision} if self.precision != "fp32" else {}),
+            **({"draft": self.draft.to_json()} if self.draft else {}),
             "max_positions": self.max_positions,
             # one id as a number (as every earlier edgeexit wrote it), several as a list
             "eos_token_id": (None if not eos else eos[0] if len(eos) == 1 else list(eos)),
@@ -170,18 +197,22 @@ class DecoderManifest:
         head = _graph(doc["head"], "head", source)
         if head.layers:
             raise BundleError(f"{source}: head.layers is {head.layers}; the head has no layers")
-        _distinct_files((*segments, head), source)
+        draft = _draft(doc.get("draft"), segments, source)
+        if draft is not None and doc.get("attention") != "fused":
+            raise BundleError(f"{source}: a draft needs fused attention")
+        _distinct_files((*segments, head, *(draft.graphs if draft else ())), len(segments) + 1,
+                        source)  # fmt: skip
         eos = _eos_ids(doc.get("eos_token_id"), sizes["vocab_size"], source)
         extra = {k: v for k, v in doc.items() if k not in (*SIZES, *_OWN)}
         _check_extra(extra, segments, source)
         generation = check_generation(doc.get("generation"), len(segments), source)
         return cls(**sizes, eos_token_ids=eos, segments=segments, head=head,
                    generation=generation, extra=extra, kv_heads=kv_heads,
-                   attention=attention, precision=precision)  # fmt: skip
+                   attention=attention, precision=precision, draft=draft)  # fmt: skip
 
 
 _OWN = ("format", "segments", "head", "eos_token_id", "generation", "kv_heads", "attention",
-        "precision")  # fmt: skip
+        "precision", "draft")  # fmt: skip
 
 
 def read_decoder_manifest(bundle_dir: str | os.PathLike) -> DecoderManifest:
@@ -199,13 +230,23 @@ def form_in_words(m: DecoderManifest) -> str:
     form = "fused operators" if m.fused else "standard ONNX operators"
     q = m.extra.get("quantization")
     if m.precision == "fp32":
-        return f"{form}, fp32 weights"
+        return f"{form}, fp32 weights" + (f"; {m.draft.precision} draft" if m.draft else "")
     said = "agreement with fp32 not measured (export with --prompts)"
     if isinstance(q, dict) and q.get("agreement") is not None:
         said = (f"picks fp32's next token at {q['agreement']:.1%} of {q['positions']} positions "
                 f"({q['prompts']} prompts, teacher-forced)")  # fmt: skip
     blocks = f" in blocks of {q['block_size']}" if isinstance(q, dict) else ""
     return f"{form}, {m.precision} weights{blocks}: {said}"
+
+
+def draft_in_words(m: DecoderManifest) -> str:
+    """What self-speculative decoding drafts with."""
+    if m.draft is None:
+        return "the early segments themselves, at the model's precision"
+    return (
+        f"{m.draft.precision} copies of the early segments and the head (the full-precision "
+        "verification rewrites their caches: the tokens stay the model's)"
+    )
 
 
 # -- field checks ---------------------------------------------------------------------------
@@ -240,13 +281,13 @@ def _segments(doc: Any, source: str) -> tuple[GraphFile, ...]:
     return segments
 
 
-def _distinct_files(graphs: tuple[GraphFile, ...], source: str) -> None:
+def _distinct_files(graphs: tuple[GraphFile, ...], model_graphs: int, source: str) -> None:
     """Each graph its own file: one file listed many times would be read, hashed and
     opened as many times (a few lines of manifest, unbounded memory)."""
     seen: dict[str, int] = {}
     for i, g in enumerate(graphs):
         if g.file in seen:
-            first, again = (_graph_name(n, len(graphs)) for n in (seen[g.file], i))
+            first, again = (_graph_name(n, model_graphs) for n in (seen[g.file], i))
             raise BundleError(
                 f"{source}: {again} is {g.file!r}, as {first} is; expected a file per graph"
             )
@@ -254,7 +295,33 @@ def _distinct_files(graphs: tuple[GraphFile, ...], source: str) -> None:
 
 
 def _graph_name(index: int, count: int) -> str:
-    return "head" if index == count - 1 else f"segments[{index}]"
+    """Graphs in ``all_graphs`` order: segments, head, then the draft's (count: the
+    segments and the head)."""
+    if index < count - 1:
+        return f"segments[{index}]"
+    if index == count - 1:
+        return "head"
+    return f"draft graph {index - count}"
+
+
+def _draft(doc: Any, segments: tuple[GraphFile, ...], source: str) -> DraftGraphs | None:
+    """The draft's graphs: one quantized copy of each segment but the last, and the head."""
+    if doc is None:
+        return None
+    where = f"{source}: draft"
+    if not isinstance(doc, dict) or set(doc) != {"precision", "segments", "head"}:
+        raise BundleError(f"{where} must be an object of precision, segments and head")
+    precision = _choice(doc["precision"], "draft.precision", PRECISIONS[1:], source)
+    drafts = _segments(doc["segments"], f"{source} (draft)")
+    if [d.layers for d in drafts] != [s.layers for s in segments[:-1]]:
+        raise BundleError(
+            f"{where} has segments of {[d.layers for d in drafts]} layers; expected a copy of "
+            f"each segment but the last ({[s.layers for s in segments[:-1]]})"
+        )
+    head = _graph(doc["head"], "draft.head", source)
+    if head.layers:
+        raise BundleError(f"{where}.head.layers is {head.layers}; the head has no layers")
+    return DraftGraphs(precision, drafts, head)
 
 
 def _graph(doc: Any, where: str, source: str) -> GraphFile:
