@@ -2,9 +2,9 @@
 
 One decoder (the demo's trained one, a random ~100M-parameter one, or a tiny random one)
 is built by each engine's own tools, then every build continues the same prompts greedily
-on one thread, the builds alternating prompt by prompt in a seeded shuffled order within
-each round (``measure.rounds.alternating_calls``), every build running every prompt once a
-round:
+on ``--threads`` threads (1), the builds alternating prompt by prompt in a seeded shuffled
+order within each round (``measure.rounds.alternating_calls``), every build running every
+prompt once a round:
 
   edgeexit   bundles by ``export_decoder``: plain fp32, fused fp32, fused int8, fused int4
              (fused: ONNX Runtime's GroupQueryAttention & co.; int8/int4: MatMulNBits,
@@ -17,7 +17,9 @@ round:
              ``llama_model_quantize`` from the f32 file; each with flash attention on and
              off, ``Llama.generate`` (temperature 0: greedy) on the token ids after a
              ``reset`` (no prompt cache carried from one call to the next), n_ctx the
-             model's positions, n_batch 512
+             model's positions, n_batch 512; its extra buffer types (AMX repacking of
+             q8_0 weights) unless a probe in a child process dies with them (it does on
+             a VM here: SIGSEGV), which the output then says
 
 Every engine stops at the end-of-text id (256) or after ``--tokens`` new tokens, whichever
 comes first, and every call is timed from outside (prompt in, tokens out, prefill
@@ -33,23 +35,25 @@ Self-speculative settings (k, gamma, draft stop) and early-exit thresholds come 
 ``calibrate_generation`` on calibration prompts apart from the timed ones (``--calibrate
 generation``, the default for demo and tiny), or from a small search over k in
 1..exits-1 and gamma in (2, 4, 6), each timed on four calibration prompts, with no
-early-exit thresholds (``--calibrate search``, the default for random-100m, whose random
-weights leave calibration nothing to find and where it would take hours). Either way the
-choice and what it took is in the JSON.
+early-exit thresholds (``--calibrate search``, the default for random-100m: its random
+weights leave the thresholds nothing to find, and calibrate-generation would time 72
+settings on a slow model). Either way the choice and what it took is in the JSON.
 
 The peers are optional and never needed by tests or a device; a peer that cannot be
 imported (or built) is skipped with one line saying why. To install them:
 
-  onnxruntime-genai  pip install --target PEERS onnxruntime-genai==0.18.0 --no-deps
-                     (it uses the onnxruntime already installed); PYTHONPATH=PEERS:.
-  llama-cpp-python   pip install --target PEERS llama-cpp-python==0.3.36 --no-deps (builds
-                     llama.cpp, ~30 min on 2 cores); its sdist vendors llama.cpp: extract it
-                     and pass --llama-cpp-src .../vendor/llama.cpp (the folder holding
-                     convert_hf_to_gguf.py and gguf-py). The byte-level tokenizer written
-                     here is no model llama.cpp knows, so the converter runs with three of
-                     its steps replaced (``CONVERT``: the pre-tokenizer hash lookup, the
-                     SentencePiece attempt, one placeholder BPE merge); token ids are fed
-                     directly, so nothing ever tokenizes.
+  onnxruntime-genai  pip install --target PEERS --no-deps onnxruntime-genai==0.18.0 (it
+                     loads the onnxruntime installed, the one edgeexit runs on)
+  llama-cpp-python   pip install --target PEERS --no-deps llama-cpp-python==0.3.36 diskcache
+                     (builds llama.cpp from source: tens of minutes on 2 cores; numpy,
+                     jinja2, typing-extensions come from the environment); its sdist
+                     vendors llama.cpp: extract it and pass --llama-cpp-src
+                     .../vendor/llama.cpp (the folder holding convert_hf_to_gguf.py and
+                     gguf-py). The byte-level tokenizer written here is no model llama.cpp
+                     knows, so the converter runs with three of its steps replaced
+                     (``CONVERT``: the pre-tokenizer hash lookup, the SentencePiece
+                     attempt, one placeholder BPE merge); token ids are fed directly, so
+                     nothing ever tokenizes.
 
 Usage:
   PYTHONPATH=PEERS:. python benchmarks/generation_peers.py --model demo \\
@@ -62,7 +66,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import ctypes
+import gc
 import importlib
 import json
 import math
@@ -135,6 +139,25 @@ sys.argv = ["convert_hf_to_gguf.py", *sys.argv[2:]]
 convert_hf_to_gguf.main()
 """
 
+# llama.cpp's own quantizer (llama_model_quantize): argv = f32 gguf, q8_0 gguf.
+QUANTIZE = """
+import ctypes, sys
+import llama_cpp
+params = llama_cpp.llama_model_quantize_default_params()
+params.ftype = llama_cpp.LLAMA_FTYPE_MOSTLY_Q8_0
+params.nthread = 1
+sys.exit(llama_cpp.llama_model_quantize(sys.argv[1].encode(), sys.argv[2].encode(),
+                                        ctypes.byref(params)))
+"""
+
+# Loads a gguf (argv[1]) with llama.cpp's defaults and evaluates a 32-token prompt.
+PROBE = """
+import sys
+import llama_cpp
+llm = llama_cpp.Llama(sys.argv[1], n_threads=1, n_ctx=64, verbose=False)
+llm.eval(list(range(32)))
+"""
+
 Call = Callable[[int], object]  # prompt index -> tokens (a list, or a Generation)
 
 
@@ -182,10 +205,11 @@ def main() -> None:
         calls |= llama_cpp_calls(hf_dir, timed, model.config, args, builds)
         sizes = build_bytes(root)
         log(f"timing {len(calls)} builds x {len(timed)} prompts, {args.rounds} rounds")
-        answers, seconds = alternating_calls(
-            calls, len(timed), rounds=args.rounds, warmup=1,
-            progress=lambda r, n: log(f"round {r}/{n}"),
-        )  # fmt: skip
+        with collector_paused():
+            answers, seconds = alternating_calls(
+                calls, len(timed), rounds=args.rounds, warmup=1,
+                progress=lambda r, n: log(f"round {r}/{n}"),
+            )  # fmt: skip
     finally:
         if not args.keep:
             shutil.rmtree(root)
@@ -194,6 +218,19 @@ def main() -> None:
     print(markdown(doc))
     if args.save:
         args.save.write_text(json.dumps(doc, indent=2) + "\n")
+
+
+@contextlib.contextmanager
+def collector_paused() -> Iterator[None]:
+    """Python's cyclic garbage collector off while timing (as ``timeit`` does): with torch
+    and transformers loaded, a full collection took ~0.2 s inside one timed call, the same
+    call every run (a 16x slower round for that build)."""
+    gc.collect()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
 
 
 def parse_args() -> argparse.Namespace:
@@ -265,6 +302,10 @@ def edgeexit_calls(model, calibration, timed, args, builds: Builds) -> tuple[dic
         modes = {"full": {}, "self-spec": {"mode": "self-speculative", "speculative": options}}
         if thresholds is not None:
             modes["early-exit"] = {"mode": "early-exit", "thresholds": thresholds}
+        else:
+            why = ("--calibrate search chooses no thresholds" if args.calibrate == "search"
+                   else "calibrate-generation left every exit closed")  # fmt: skip
+            builds.skip(f"{name} early-exit", why)
         for mode, kwargs in modes.items():
             calls[f"{name} {mode}"] = edgeexit_call(gen, timed, args.tokens, kwargs)
     return calls, settings
@@ -369,38 +410,77 @@ def llama_cpp_calls(hf_dir: Path, prompts, config, args, builds: Builds) -> dict
         builds.skip("llama.cpp", f"no llama.cpp source with convert_hf_to_gguf.py at {src} "
                                  "(--llama-cpp-src)")  # fmt: skip
         return {}
-    files = {}
-    for kind in ("f32", "f16"):
-        path = builds.root / f"llama.cpp-{kind}.gguf"
-        with builds.step(f"llama.cpp {kind}"):
-            if run_tool([sys.executable, "-c", CONVERT, str(src), str(hf_dir), "--outtype",
-                         kind, "--outfile", str(path)], path.with_suffix(".log"),
-                        f"llama.cpp {kind}", builds):  # fmt: skip
-                files[kind] = path
-    if "f32" in files:
-        files["q8_0"] = builds.root / "llama.cpp-q8_0.gguf"
-        with builds.step("llama.cpp q8_0"):
-            quantize_q8_0(llama_cpp, files["f32"], files["q8_0"], args.threads)
+    files = build_ggufs(src, hf_dir, builds)
+    extra = extra_buffers_work(files, builds)
     calls = {}
     for kind, path in files.items():
         for flash in (True, False):
-            llm = llama_cpp.Llama(
-                str(path), n_threads=args.threads, n_threads_batch=args.threads,
-                n_ctx=config.max_positions, n_batch=LLAMA_BATCH, flash_attn=flash,
-                logits_all=False, verbose=False,
-            )  # fmt: skip
+            with default_model_params(llama_cpp, use_extra_bufts=extra):
+                llm = llama_cpp.Llama(
+                    str(path), n_threads=args.threads, n_threads_batch=args.threads,
+                    n_ctx=config.max_positions, n_batch=LLAMA_BATCH, flash_attn=flash,
+                    logits_all=False, verbose=False,
+                )  # fmt: skip
             name = f"llama.cpp {kind} {'flash' if flash else 'no-flash'}"
             calls[name] = llama_call(llm, prompts, args.tokens, config.eos_token_ids)
     return calls
 
 
-def quantize_q8_0(llama_cpp, source: Path, out: Path, threads: int) -> None:
-    params = llama_cpp.llama_model_quantize_default_params()
-    params.ftype = llama_cpp.LLAMA_FTYPE_MOSTLY_Q8_0
-    params.nthread = threads
-    if llama_cpp.llama_model_quantize(str(source).encode(), str(out).encode(),
-                                      ctypes.byref(params)) != 0:  # fmt: skip
-        raise RuntimeError(f"llama_model_quantize failed on {source}")
+def build_ggufs(src: Path, hf_dir: Path, builds: Builds) -> dict[str, Path]:
+    """f32 and f16 by llama.cpp's converter, q8_0 by its quantizer from the f32 file."""
+    files: dict[str, Path] = {}
+    for kind in ("f32", "f16", "q8_0"):
+        path = builds.root / f"llama.cpp-{kind}.gguf"
+        if kind == "q8_0":
+            if "f32" not in files:
+                break
+            tool = [QUANTIZE, str(files["f32"]), str(path)]
+        else:
+            tool = [CONVERT, str(src), str(hf_dir), "--outtype", kind, "--outfile", str(path)]
+        name = f"llama.cpp {kind}"
+        with builds.step(name):
+            if run_tool([sys.executable, "-c", *tool], path.with_suffix(".log"), name, builds):
+                files[kind] = path
+    return files
+
+
+def extra_buffers_work(files: dict[str, Path], builds: Builds) -> bool:
+    """Whether llama.cpp may repack weights into its extra buffer types (AMX on a CPU that
+    has it: q8_0 only, on x86), probed in a child process: on a VM whose CPU reports AMX,
+    llama.cpp 0.3.36's AMX path died with SIGSEGV on a prompt of more than one token. Where
+    it dies, every llama.cpp build runs without them (said once, and in the JSON)."""
+    if "q8_0" not in files:
+        return True
+    probe = subprocess.run([sys.executable, "-c", PROBE, str(files["q8_0"])],
+                           capture_output=True, check=False)  # fmt: skip
+    if probe.returncode == 0:
+        return True
+    builds.skipped["llama.cpp extra buffer types"] = (
+        f"a q8_0 prompt died with exit {probe.returncode} with them (AMX repacking): "
+        "every llama.cpp build runs with use_extra_bufts=false"
+    )
+    log(f"llama.cpp: {builds.skipped['llama.cpp extra buffer types']}")
+    return False
+
+
+@contextlib.contextmanager
+def default_model_params(llama_cpp, **fields) -> Iterator[None]:
+    """llama-cpp-python's ``Llama`` takes no ``use_extra_bufts``: while one loads, the
+    default model parameters it starts from have ``fields`` set."""
+    module = llama_cpp.llama_cpp
+    default = module.llama_model_default_params
+
+    def changed():
+        params = default()
+        for name, value in fields.items():
+            setattr(params, name, value)
+        return params
+
+    module.llama_model_default_params = changed
+    try:
+        yield
+    finally:
+        module.llama_model_default_params = default
 
 
 def llama_call(llm, prompts, new: int, eos: Sequence[int]) -> Call:
