@@ -6,10 +6,12 @@ on ``--threads`` threads (1), the builds alternating prompt by prompt in a seede
 order within each round (``measure.rounds.alternating_calls``), every build running every
 prompt once a round:
 
-  edgeexit   bundles by ``export_decoder``: plain fp32, fused fp32, fused int8, fused int4
-             (fused: ONNX Runtime's GroupQueryAttention & co.; int8/int4: MatMulNBits,
-             blocks of 32, accuracy level 4); each in full, self-speculative and (where
-             calibration left an exit open) early-exit decoding
+  edgeexit   bundles by ``export_decoder``: plain fp32, fused fp32, fused fp32 with an
+             int8 or an int4 draft, fused int8, fused int4 (fused: ONNX Runtime's
+             GroupQueryAttention & co.; int8/int4: MatMulNBits, blocks of 32, accuracy
+             level 4); each in full, self-speculative and (where calibration left an exit
+             open) early-exit decoding; the draft bundles in self-speculative only (their
+             full and early-exit decoding are fused fp32's)
   genai      onnxruntime-genai's model builder on the transformers Llama of the same
              weights (``decoder_to_llama``): fp32, int8, int4 (its defaults: MatMulNBits,
              blocks of 32, accuracy level 4), ``og.Generator`` fed the token ids
@@ -98,7 +100,15 @@ RANDOM_MODELS = {
     "random-100m": DecoderConfig(vocab_size=32000, dim=768, heads=12, layers=12, hidden=2048,
                                  exit_after=(4, 8, 12), max_positions=512),
 }  # fmt: skip
-EDGEEXIT_BUILDS = (("plain", "fp32"), ("fused", "fp32"), ("fused", "int8"), ("fused", "int4"))
+# (attention, precision, quantized draft): a draft changes only self-speculative decoding
+EDGEEXIT_BUILDS = (
+    ("plain", "fp32", None),
+    ("fused", "fp32", None),
+    ("fused", "fp32", "int8"),
+    ("fused", "fp32", "int4"),
+    ("fused", "int8", None),
+    ("fused", "int4", None),
+)
 GENAI_PRECISIONS = ("fp32", "int8", "int4")
 REFERENCE = "edgeexit plain fp32 full"  # agreement is measured against its tokens
 RATIO_TO = "genai fp32"  # speed ratios are to this one (to REFERENCE without genai)
@@ -289,18 +299,21 @@ def edgeexit_calls(model, calibration, timed, args, builds: Builds) -> tuple[dic
     """Each edgeexit bundle's modes as calls, and the settings chosen for each bundle."""
     calls, settings = {}, {}
     ids = [p.tolist() for p in calibration[:SEARCH_PROMPTS]]
-    for attention, precision in EDGEEXIT_BUILDS:
-        name = f"edgeexit {attention} {precision}"
-        bundle = builds.root / name.replace(" ", "-")
+    for attention, precision, draft in EDGEEXIT_BUILDS:
+        name = f"edgeexit {attention} {precision}" + (f" +{draft} draft" if draft else "")
+        bundle = builds.root / name.replace(" ", "-").replace("+", "")
         with builds.step(name):
             export_decoder(model, bundle, tokenizer=text.BYTES, attention=attention,
-                           precision=precision, prompts=ids)  # fmt: skip
+                           precision=precision, prompts=ids if precision != "fp32" else (),
+                           draft=draft)  # fmt: skip
         with builds.step(f"{name} settings ({args.calibrate})"):
             options, thresholds, record = choose_settings(bundle, calibration, args)
         settings[name] = record
         gen = Generator(bundle, threads=args.threads)
         modes = {"full": {}, "self-spec": {"mode": "self-speculative", "speculative": options}}
-        if thresholds is not None:
+        if draft:  # its full and early-exit decoding are the fused fp32 bundle's
+            del modes["full"]
+        elif thresholds is not None:
             modes["early-exit"] = {"mode": "early-exit", "thresholds": thresholds}
         else:
             why = ("--calibrate search chooses no thresholds" if args.calibrate == "search"
