@@ -128,9 +128,17 @@ DECODER_PROMPT = [3, 14, 15, 9, 26, 5, 35]
 DECODER_THRESHOLDS = (0.5, 0.5)
 
 
+DECODER_FORMS = {  # bundle folder -> export_decoder's form arguments
+    "decoder": {},  # fused fp32 (heads of 16)
+    "decoder_int8": {"precision": "int8"},  # MatMulNBits: the ARM kernels' rounding too
+    "decoder_draft": {"draft": "int4", "block_size": 16},  # an int4 draft, fp32 verified
+}
+
+
 def export_decoder_bundle(out_dir: Path) -> None:
-    """A small seeded decoder (3 exits) as ``decoder/``, the prompt as ``decoder_prompt.txt``
-    and the host's tokens in every generation mode as ``host_decoder.json``."""
+    """A small seeded decoder (3 exits) in each of DECODER_FORMS, the prompt as
+    ``decoder_prompt.txt`` and the host's tokens for every bundle and generation mode as
+    ``host_decoder.json`` ({bundle: {mode: tokens}})."""
     import json
 
     import torch
@@ -145,17 +153,19 @@ def export_decoder_bundle(out_dir: Path) -> None:
     model = MultiExitDecoder(config).eval()
     with torch.no_grad():
         model.lm_head.weight.mul_(8.0)  # peaked, so that exits are confident sometimes
-    export_decoder(model, out_dir / "decoder")
     (out_dir / "decoder_prompt.txt").write_text(" ".join(map(str, DECODER_PROMPT)))
-    generator = Generator(out_dir / "decoder", threads=1)
-    tokens = {
-        mode: list(
-            generator.generate(
-                DECODER_PROMPT, max_new_tokens=16, mode=mode, thresholds=DECODER_THRESHOLDS
-            ).tokens
-        )  # fmt: skip
-        for mode in ("full", "self-speculative", "early-exit")
-    }
+    tokens = {}
+    for name, form in DECODER_FORMS.items():
+        export_decoder(model, out_dir / name, **form)
+        generator = Generator(out_dir / name, threads=1)
+        tokens[name] = {
+            mode: list(
+                generator.generate(
+                    DECODER_PROMPT, max_new_tokens=16, mode=mode, thresholds=DECODER_THRESHOLDS
+                ).tokens
+            )  # fmt: skip
+            for mode in ("full", "self-speculative", "early-exit")
+        }
     (out_dir / "host_decoder.json").write_text(json.dumps(tokens))
 
 
