@@ -625,10 +625,11 @@ def lossless(tokens: dict[str, list]) -> dict[str, dict]:
     out = {}
     for name in tokens:
         if name.endswith(" self-spec"):
-            full = tokens[name.removesuffix(" self-spec") + " full"]
+            bundle = name.removesuffix(" self-spec")
+            # a drafted bundle's full decoding is its model's: the undrafted one's
+            full = tokens[bundle.split(" +")[0] + " full"]
             same = sum(a == b for a, b in zip(full, tokens[name]))
-            out[name.removesuffix(" self-spec")] = {"identical_prompts": same,
-                                                     "prompts": len(full)}  # fmt: skip
+            out[bundle] = {"identical_prompts": same, "prompts": len(full)}
     return out
 
 
