@@ -206,7 +206,7 @@ class SegmentRunner:
         return self.out[0, :t]
 
 
-class FusedSegmentRunner:
+class FusedSegmentRunner(SegmentRunner):
     """A fused segment (``SegmentRunner``'s contract): its caches are bound once, whole, as
     both past and present; a call binds its input, its output and the past's length."""
 
@@ -219,9 +219,8 @@ class FusedSegmentRunner:
         dim: int,
         capacity: int,
     ) -> None:
-        self.call = call = GraphCall(session, name)
-        self.input_name = "input_ids" if first else "hidden"
-        self.staged = Staging(capacity, [] if first else [dim], I64 if first else F32)
+        super().__init__(session, name, first, caches, dim, capacity)
+        call = self.call
         for j, cache in enumerate(caches):
             for kind, at in (("key", cache.keys_at), ("value", cache.values_at)):
                 call.bind_input(f"past_{kind}_{j}", F32, cache.shape, at)
@@ -231,10 +230,7 @@ class FusedSegmentRunner:
         self.total = np.zeros((), dtype=np.int32)
         call.bind_input("seqlens_k", I32, [1], self.seqlens.ctypes.data)
         call.bind_input("total_sequence_length", I32, [], self.total.ctypes.data)
-        self.out = np.empty((1, capacity, dim), dtype=np.float32)
-        self.out_at, self.dim = self.out.ctypes.data, dim
         self.capacity = min([capacity, *(c.shape[2] for c in caches)])  # positions
-        self.length = 0
 
     def run(self, x: np.ndarray) -> np.ndarray:
         """As ``SegmentRunner.run``."""
