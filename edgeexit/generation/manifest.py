@@ -231,7 +231,7 @@ def form_in_words(m: DecoderManifest) -> str:
     q = m.extra.get("quantization")
     if m.precision == "fp32":
         return f"{form}, fp32 weights" + (f"; {m.draft.precision} draft" if m.draft else "")
-    said = "agreement with fp32 not measured (export with --prompts)"
+    said = "agreement with fp32 not measured: no prompts were given at export"
     if isinstance(q, dict) and q.get("agreement") is not None:
         said = (f"picks fp32's next token at {q['agreement']:.1%} of {q['positions']} positions "
                 f"({q['prompts']} prompts, teacher-forced)")  # fmt: skip
