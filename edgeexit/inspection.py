@@ -28,6 +28,7 @@ from edgeexit.bundle import (
 )
 from edgeexit.errors import BundleError
 from edgeexit.generation.caches import Memory, memory_needed
+from edgeexit.generation.graphs import in_words, needed_onnxruntime
 from edgeexit.generation.manifest import DecoderManifest
 from edgeexit.measure.memory import available_mb, graphs_resident_mb, segment_resident_mb
 from edgeexit.onnxproto import ProtoError, op_counts
@@ -250,6 +251,7 @@ class DecoderInfo:
             "head_dim": m.head_dim,
             "kv_heads": m.kv_heads,
             "attention": m.attention,
+            "needs_onnxruntime": in_words(need) if (need := needed_onnxruntime(m)) else None,
             "precision": m.precision,
             "quantization": m.extra.get("quantization"),
             "layers": m.layers,

@@ -129,7 +129,8 @@ DECODER_THRESHOLDS = (0.5, 0.5)
 
 
 DECODER_FORMS = {  # bundle folder -> export_decoder's form arguments
-    "decoder": {},  # fused fp32 (heads of 16)
+    "decoder": {"attention": "plain"},  # standard operators: any onnxruntime edgeexit takes
+    "decoder_fused": {},  # fused fp32 (heads of 16): onnxruntime >= 1.20
     "decoder_int8": {"precision": "int8"},  # MatMulNBits: the ARM kernels' rounding too
     "decoder_draft": {"draft": "int4", "block_size": 16},  # an int4 draft, fp32 verified
 }

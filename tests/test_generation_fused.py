@@ -277,3 +277,32 @@ def test_inspect_lists_the_draft(bundles):
     shown = " ".join(CliRunner().invoke(app, ["inspect", str(root / "draft")]).stdout.split())
     assert "fp32 weights; int4 draft" in shown and "draft head" in shown
     assert "self-speculative drafts with: int4 copies of the early segments" in shown
+
+
+@pytest.mark.parametrize(
+    ("bundle", "version", "message"),
+    [
+        ("fused", "1.19.2", "fused operators need onnxruntime >= 1.20 .* has 1.19.2: pip install "
+         "-U 'onnxruntime>=1.20', or export the model with `attention` plain"),
+        ("draft", "1.17.3", "fused operators need onnxruntime >= 1.20"),
+        ("int8", "1.21.1", "int8 weights need onnxruntime >= 1.22 .* export the model in fp32 "
+         "or int4"),
+        ("fused", "1.20.0", None),
+        ("int8", "1.22.0", None),
+        ("plain", "1.17.0", None),
+        ("int8", "2.0.0rc1", None),
+    ],
+)  # fmt: skip
+def test_an_onnxruntime_that_would_run_a_form_wrong_is_refused(bundles, bundle, version, message):
+    """Measured on x86 wheels: GroupQueryAttention gave other tokens before 1.20 without an
+    error, and 8-bit MatMulNBits loads from 1.22."""
+    from edgeexit.generation.graphs import check_onnxruntime
+    from edgeexit.generation.manifest import read_decoder_manifest
+
+    _, root = bundles
+    manifest = read_decoder_manifest(root / bundle)
+    if message is None:
+        check_onnxruntime(manifest, version)
+    else:
+        with pytest.raises(BundleError, match=message):
+            check_onnxruntime(manifest, version)

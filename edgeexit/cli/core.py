@@ -251,6 +251,7 @@ FLAGS = {
     "epochs": "--epochs",
     "exit_after": "--exits",
     "max_positions": "--max-positions",
+    "attention": "--attention",
     "lr": "--lr",
     "profile_repeats": "--profile-repeats",
 }

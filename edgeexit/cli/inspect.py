@@ -15,6 +15,7 @@ from edgeexit.cli.core import command, fail
 from edgeexit.energy import choose_meter
 from edgeexit.files import dumps_json
 from edgeexit.generation.caches import bytes_in_words
+from edgeexit.generation.graphs import in_words, needed_onnxruntime
 from edgeexit.generation.manifest import DecoderManifest, draft_in_words, form_in_words
 from edgeexit.inspection import BundleInfo, DecoderInfo, describe_bundle
 from edgeexit.targets import load_target
@@ -192,7 +193,9 @@ def _render_decoder(info: DecoderInfo) -> None:
             row.append("-" if g.resident_mb is None else f"{g.resident_mb:.1f}")
         table.add_row(*row)
     console.print(table)
-    console.print(escape(f"graphs: {form_in_words(m)}"))
+    need = needed_onnxruntime(m)
+    runs_on = f" (needs onnxruntime >= {in_words(need)})" if need else ""
+    console.print(escape(f"graphs: {form_in_words(m)}{runs_on}"))
     console.print(escape(f"self-speculative drafts with: {draft_in_words(m)}"))
     console.print(escape(_memory_line(info)))
     console.print(escape(_generation_line(m.generation)))

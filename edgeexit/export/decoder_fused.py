@@ -36,6 +36,7 @@ from edgeexit.export.decoder_model import DecoderLayer, MultiExitDecoder
 
 MS = "com.microsoft"
 OPSETS = [helper.make_opsetid("", 17), helper.make_opsetid(MS, 1)]
+IR_VERSION = 8
 FUSED_HEAD_MULTIPLE = 16  # GroupQueryAttention's CPU kernel refuses other head sizes
 
 
@@ -63,7 +64,10 @@ class _Graph:
 
     def model(self, inputs, outputs, name: str) -> onnx.ModelProto:
         graph = helper.make_graph(self.nodes, name, inputs, outputs, self.weights)
-        return helper.make_model(graph, opset_imports=OPSETS, producer_name="edgeexit")
+        # IR 8, as the exporter writes opset 17: onnx.helper would stamp its own newest,
+        # which older ONNX Runtimes refuse to load whatever the operators
+        return helper.make_model(graph, opset_imports=OPSETS, producer_name="edgeexit",
+                                 ir_version=IR_VERSION)  # fmt: skip
 
 
 _CONTRIB = {"SkipSimplifiedLayerNormalization", "GroupQueryAttention"}

@@ -50,7 +50,7 @@ from edgeexit.generation.caches import (
     bytes_in_words,
     check_memory,
 )
-from edgeexit.generation.graphs import check_draft_graphs, check_graphs
+from edgeexit.generation.graphs import check_draft_graphs, check_graphs, check_onnxruntime
 from edgeexit.generation.manifest import DecoderManifest, read_decoder_manifest
 from edgeexit.generation.options import MODES, SpeculativeOptions, exit_thresholds
 from edgeexit.generation.sampling import Sampler, SamplingOptions
@@ -182,6 +182,7 @@ class Generator:
         # sizes first (cheap, and nothing is allocated yet), then the files, then the
         # graphs against the sizes, then the arrays
         self.memory = check_memory(m, f"bundle {bundle_dir}")
+        check_onnxruntime(m)
         sessions = [open_session(s, config) for s in load_graphs(bundle_dir, m.all_graphs)]
         sessions, drafting = sessions[: len(m.graphs)], sessions[len(m.graphs) :]
         check_graphs(m, sessions)

@@ -61,6 +61,42 @@ def head_tensors(m: DecoderManifest) -> tuple[list[Tensor], list[Tensor]]:
     return inputs, outputs
 
 
+# The oldest ONNX Runtime whose CPU kernels run each form right, measured on x86 wheels:
+# GroupQueryAttention exists for float32 from 1.18 but gave other tokens until 1.20 (no
+# error), and MatMulNBits takes 8 bits from 1.22 (1.21 refuses the graph at load).
+FUSED_ORT = (1, 20)
+INT8_ORT = (1, 22)
+
+
+def needed_onnxruntime(m: DecoderManifest) -> tuple[int, int] | None:
+    """The oldest ONNX Runtime that runs ``m``'s graphs right (None: any edgeexit takes)."""
+    if _int8(m):
+        return INT8_ORT
+    return FUSED_ORT if m.fused else None
+
+
+def _int8(m: DecoderManifest) -> bool:
+    return "int8" in (m.precision, m.draft.precision if m.draft else None)
+
+
+def check_onnxruntime(m: DecoderManifest, version: str = ort.__version__) -> None:
+    """Refuse, before any session opens, a bundle this ONNX Runtime would run wrong."""
+    need = needed_onnxruntime(m)
+    have = tuple(int(p) if p.isdigit() else 0 for p in version.split(".")[:2])
+    if need is not None and have < need:
+        form, other = (("int8 weights", "in fp32 or int4") if _int8(m)
+                       else ("fused operators", "with `attention` plain"))  # fmt: skip
+        raise BundleError(
+            f"this bundle's {form} need onnxruntime >= {in_words(need)} (older ones refuse "
+            f"them or compute other tokens); this machine has {version}: pip install -U "
+            f"'onnxruntime>={in_words(need)}', or export the model {other}"
+        )
+
+
+def in_words(version: tuple[int, int]) -> str:
+    return ".".join(map(str, version))
+
+
 def check_graphs(m: DecoderManifest, sessions: list[ort.InferenceSession]) -> None:
     """Every segment's and the head's inputs and outputs against the manifest (sessions in
     ``m.graphs`` order); BundleError names the first disagreement."""
