@@ -98,7 +98,7 @@ class LayerCache:
         m = manifest
         shape = ((1, m.kv_heads, m.max_positions, m.head_dim) if m.fused
                  else (1, m.max_positions, m.kv_heads, m.head_dim))  # fmt: skip
-        self.shape = list(shape)
+        self.shape, self.positions = list(shape), m.max_positions
         self.keys = np.zeros(shape, dtype=np.float32)
         self.values = np.zeros(shape, dtype=np.float32)
         # Addresses taken once: reading ``ndarray.ctypes.data`` costs ~2 µs, and a step
@@ -172,14 +172,18 @@ class SegmentRunner:
         self.call = GraphCall(session, name)
         self.input_name = "input_ids" if first else "hidden"
         self.staged = Staging(capacity, [] if first else [dim], I64 if first else F32)
+        self.out = np.empty((1, capacity, dim), dtype=np.float32)
+        self.out_at, self.dim = self.out.ctypes.data, dim
+        self.capacity = min([capacity, *(c.positions for c in caches)])
+        self.length = 0  # positions whose keys and values every layer here holds
+        self._take(caches)
+
+    def _take(self, caches: Sequence[LayerCache]) -> None:
+        """The caches' names in the graph: bound at every call, past and new rows apart."""
         self.caches = [
             (cache, f"past_key_{j}", f"past_value_{j}", f"key_{j}", f"value_{j}")
             for j, cache in enumerate(caches)
         ]
-        self.out = np.empty((1, capacity, dim), dtype=np.float32)
-        self.out_at, self.dim = self.out.ctypes.data, dim
-        self.capacity = min([capacity, *(c.keys.shape[1] for c in caches)])  # positions
-        self.length = 0  # positions whose keys and values every layer here holds
 
     def run(self, x: np.ndarray) -> np.ndarray:
         """Run on ``x`` (token ids [T] for segment 0, else hidden states [T, D]) at
@@ -210,16 +214,8 @@ class FusedSegmentRunner(SegmentRunner):
     """A fused segment (``SegmentRunner``'s contract): its caches are bound once, whole, as
     both past and present; a call binds its input, its output and the past's length."""
 
-    def __init__(
-        self,
-        session: ort.InferenceSession,
-        name: str,
-        first: bool,
-        caches: Sequence[LayerCache],
-        dim: int,
-        capacity: int,
-    ) -> None:
-        super().__init__(session, name, first, caches, dim, capacity)
+    def _take(self, caches: Sequence[LayerCache]) -> None:
+        """Each cache bound once, whole, as its layer's past and present."""
         call = self.call
         for j, cache in enumerate(caches):
             for kind, at in (("key", cache.keys_at), ("value", cache.values_at)):
@@ -230,7 +226,6 @@ class FusedSegmentRunner(SegmentRunner):
         self.total = np.zeros((), dtype=np.int32)
         call.bind_input("seqlens_k", I32, [1], self.seqlens.ctypes.data)
         call.bind_input("total_sequence_length", I32, [], self.total.ctypes.data)
-        self.capacity = min([capacity, *(c.shape[2] for c in caches)])  # positions
 
     def run(self, x: np.ndarray) -> np.ndarray:
         """As ``SegmentRunner.run``."""
