@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -86,24 +85,31 @@ def export_decoder(
             opset=opset, exporter="torchscript", axes=_axes(*names),
         )  # fmt: skip
         _check(head, path, names[0], lambda t, p: (torch.randn(1, t, config.dim),), atol)
-        manifest = DecoderManifest(
-            vocab_size=config.vocab_size,
-            dim=config.dim,
-            heads=config.heads,
-            head_dim=config.head_dim,
-            kv_heads=config.kv_heads,
-            max_positions=config.max_positions,
-            eos_token_ids=config.eos_token_ids,
-            segments=tuple(segments),
-            head=GraphFile(path.name, sha256_file(path)),
-            extra={
-                "exit_after": list(config.exit_after),
-                "opset": opset,
-                **({"tokenizer": tokenizer} if tokenizer else {}),
-            },  # fmt: skip
-        )
+        manifest = _manifest(config, segments, GraphFile(path.name, sha256_file(path)),
+                             {"opset": opset}, tokenizer)  # fmt: skip
         write_decoder_manifest(tmp, manifest)
     return manifest
+
+
+def _manifest(config, segments, head: GraphFile, extra: dict, tokenizer: str | None, **form):
+    """The manifest of a decoder exported from ``config``, either form."""
+    return DecoderManifest(
+        vocab_size=config.vocab_size,
+        dim=config.dim,
+        heads=config.heads,
+        head_dim=config.head_dim,
+        kv_heads=config.kv_heads,
+        max_positions=config.max_positions,
+        eos_token_ids=config.eos_token_ids,
+        segments=tuple(segments),
+        head=head,
+        extra={
+            "exit_after": list(config.exit_after),
+            **extra,
+            **({"tokenizer": tokenizer} if tokenizer else {}),
+        },
+        **form,
+    )
 
 
 def decoder_form(config, attention: str, precision: str, draft: str | None = None) -> str:
@@ -145,38 +151,29 @@ def _export_fused(model, out_dir, tokenizer, precision, block_size, prompts, ato
     """``export_decoder`` with fused graphs: built, checked against PyTorch in fp32, then
     quantized if asked and measured against fp32 on the prompts."""
     config = model.config
+    spans = config.segment_layers()
     with atomic_bundle_dir(out_dir) as tmp, torch.no_grad():
         graphs, drafts, extra = fused_graphs(model, precision, block_size, prompts, atol, draft)
-        files, written = [], []
-        for name, graph in graphs:
-            path = tmp / name
-            files.append((path, files_write(path, graph)))
-        for name, graph in drafts:
-            written.append(GraphFile(name, files_write(tmp / name, graph)))
-        segments = [GraphFile(p.name, sha, len(layers))
-                    for (p, sha), layers in zip(files, config.segment_layers())]  # fmt: skip
-        path, sha = files[-1]
-        manifest = DecoderManifest(
-            vocab_size=config.vocab_size, dim=config.dim, heads=config.heads,
-            head_dim=config.head_dim, kv_heads=config.kv_heads,
-            max_positions=config.max_positions, eos_token_ids=config.eos_token_ids,
-            segments=tuple(segments), head=GraphFile(path.name, sha),
-            attention="fused", precision=precision,
-            draft=DraftGraphs(draft, tuple(
-                replace(w, layers=len(span))
-                for w, span in zip(written[:-1], config.segment_layers())
-            ), written[-1]) if draft else None,
-            extra={"exit_after": list(config.exit_after), "opset": DEFAULT_OPSET, **extra,
-                   **({"tokenizer": tokenizer} if tokenizer else {})},
-        )  # fmt: skip
+        *segments, head = _write(tmp, graphs, spans)
+        form = {"attention": "fused", "precision": precision}
+        if draft:
+            *copies, draft_head = _write(tmp, drafts, spans[:-1])
+            form["draft"] = DraftGraphs(draft, tuple(copies), draft_head)
+        manifest = _manifest(config, segments, head, {"opset": DEFAULT_OPSET, **extra},
+                             tokenizer, **form)  # fmt: skip
         write_decoder_manifest(tmp, manifest)
     return manifest
 
 
-def files_write(path: Path, graph) -> str:
-    """Write one graph; its sha256."""
-    path.write_bytes(graph.SerializeToString())
-    return sha256_file(path)
+def _write(folder: Path, graphs, spans) -> list[GraphFile]:
+    """Write each (file name, graph) into ``folder``: segments (their layers from ``spans``)
+    and, last, a head."""
+    written = []
+    for i, (name, graph) in enumerate(graphs):
+        (folder / name).write_bytes(graph.SerializeToString())
+        layers = len(spans[i]) if i < len(spans) else 0
+        written.append(GraphFile(name, sha256_file(folder / name), layers))
+    return written
 
 
 def _segment_names(index: int, layers: int) -> tuple[list[str], list[str]]:

@@ -361,7 +361,7 @@ class Generator:
         while not out.done:
             base = early[0].length  # every segment holds positions < base
             hiddens, drafts, qs = [], [], []  # qs: the distributions drafts were drawn from
-            fed = [out.last]  # each draft step's input token
+            fed = [out.last]  # each draft step's input token: one step per token fed
             room = min(options.gamma, out.max_new - out.generated)  # tokens still wanted
             for segment in drafter:
                 segment.length = base
@@ -369,7 +369,8 @@ class Generator:
                 x = np.array(fed[-1:])
                 for segment in drafter:
                     x = segment.run(x)
-                hiddens.append(x.copy())
+                if not quantized:  # the deep segments go on from the draft's hidden states
+                    hiddens.append(x.copy())
                 logits, confidence = draft_head.run(x)
                 if confidence[-1] < options.draft_stop:
                     break
@@ -379,7 +380,7 @@ class Generator:
                 if token in eos or len(drafts) >= room:
                     break
                 fed.append(token)
-            verifications, steps = verifications + 1, steps + len(hiddens)
+            verifications, steps = verifications + 1, steps + len(fed)
             if quantized:  # every segment at full precision over the drafted positions
                 for segment in early:
                     segment.length = base
@@ -390,7 +391,7 @@ class Generator:
                     hidden = segment.run(hidden)
             m, new = sampler.verify(drafts, qs, self.head.run(hidden)[0])
             drafted, accepted = drafted + len(drafts), accepted + m
-            kept = base + min(m + 1, len(hiddens))  # positions whose inputs were right
+            kept = base + min(m + 1, len(fed))  # positions whose inputs were right
             for segment in self.segments:
                 segment.length = kept  # roll back the rejected tokens' keys and values
             out.add(new)  # cut at an end of text or a stop sequence inside the drafts

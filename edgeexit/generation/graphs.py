@@ -101,9 +101,7 @@ def check_graphs(m: DecoderManifest, sessions: list[ort.InferenceSession]) -> No
     """Every segment's and the head's inputs and outputs against the manifest (sessions in
     ``m.graphs`` order); BundleError names the first disagreement."""
     wanted = [segment_tensors(m, i) for i in range(m.num_exits)] + [head_tensors(m)]
-    for graph, session, (inputs, outputs) in zip(m.graphs, sessions, wanted):
-        _check(graph.file, "input", session.get_inputs(), inputs, exact=True)
-        _check(graph.file, "output", session.get_outputs(), outputs, exact=False)
+    _check_each(m.graphs, sessions, wanted)
 
 
 def check_draft_graphs(m: DecoderManifest, sessions: list[ort.InferenceSession]) -> None:
@@ -112,7 +110,11 @@ def check_draft_graphs(m: DecoderManifest, sessions: list[ort.InferenceSession])
     if m.draft is None:
         return
     wanted = [segment_tensors(m, i) for i in range(m.num_exits - 1)] + [head_tensors(m)]
-    for graph, session, (inputs, outputs) in zip(m.draft.graphs, sessions, wanted):
+    _check_each(m.draft.graphs, sessions, wanted)
+
+
+def _check_each(graphs, sessions: list[ort.InferenceSession], wanted) -> None:
+    for graph, session, (inputs, outputs) in zip(graphs, sessions, wanted):
         _check(graph.file, "input", session.get_inputs(), inputs, exact=True)
         _check(graph.file, "output", session.get_outputs(), outputs, exact=False)
 
