@@ -169,6 +169,8 @@ def test_decoder_form_flags_are_checked_before_anything_loads(tmp_path):
         ((llama, "--attention", "fast"), 2, "--attention is 'fast'; expected one of auto, plain"),
         ((llama, "--precision", "int8", "--block-size", 24), 2, "--block-size is 24; expected a "
          "power of two"),
+        ((llama, "--precision", "int4", "--block-size", 1 << 20), 2, "--block-size is 1048576; "
+         "expected a power of two from 16 to 256"),
         ((llama, "--block-size", 32), 2, "--block-size applies to --precision int8 or int4, "
          "or --draft"),
         ((llama, "--draft", "int2"), 2, "--draft is 'int2'; expected int8 or int4"),

@@ -111,6 +111,14 @@ def test_export_picks_the_form_the_head_size_allows():
                        precision="int4")  # fmt: skip
 
 
+def test_a_block_size_the_quantizer_refuses_is_refused_first(tmp_path):
+    """ONNX Runtime's quantizer raised a RuntimeError from C++ for a block of 1M inputs."""
+    for size in (8, 24, 512, 1 << 20):
+        with pytest.raises(ExportError, match=f"`block_size` is {size}; expected one of 16, 32"):
+            export_decoder(model_of(), tmp_path / "b", precision="int4", block_size=size)
+    assert not (tmp_path / "b").exists()
+
+
 def test_export_auto_falls_back_to_plain_graphs(tmp_path):
     small = DecoderConfig(dim=32, heads=4, layers=2, hidden=48, exit_after=(1, 2),
                           max_positions=16, vocab_size=20, eos_token_id=None)  # fmt: skip

@@ -252,6 +252,7 @@ FLAGS = {
     "exit_after": "--exits",
     "max_positions": "--max-positions",
     "attention": "--attention",
+    "block_size": "--block-size",
     "lr": "--lr",
     "profile_repeats": "--profile-repeats",
 }

@@ -324,7 +324,7 @@ def _decoder_form(
 ) -> dict[str, object]:
     """export_decoder's form arguments from the decoder flags, each checked (usage errors
     before torch loads; the prompts file's content is data, checked as it is read)."""
-    from edgeexit.generation.manifest import ATTENTION, PRECISIONS
+    from edgeexit.generation.manifest import ATTENTION, BLOCK_SIZES, PRECISIONS
     from edgeexit.generation.prompts import read_prompts
 
     precision = precision or "fp32"
@@ -343,8 +343,11 @@ def _decoder_form(
         raise usage_error("--block-size applies to --precision int8 or int4, or --draft")
     if prompts is not None and not quantized:
         raise usage_error("--prompts applies to --precision int8 or int4")
-    if block_size is not None and block_size & (block_size - 1):
-        raise usage_error(f"--block-size is {block_size}; expected a power of two (16, 32, ...)")
+    if block_size is not None and block_size not in BLOCK_SIZES:
+        raise usage_error(
+            f"--block-size is {block_size}; expected a power of two from 16 to 256 "
+            "(what ONNX Runtime's quantizer takes)"
+        )
     return {
         "attention": attention or "auto",
         "precision": precision,

@@ -88,7 +88,8 @@ def export_hf_decoder(
     config = load_config(folder)
     cuts = decoder_exits(exit_after, config.num_hidden_layers)
     wanted = decoder_config(config, cuts, max_positions=max_positions)  # before the weights
-    decoder_form(wanted, form.get("attention", "auto"), form.get("precision", "fp32"))
+    decoder_form(wanted, form.get("attention", "auto"), form.get("precision", "fp32"),
+                 form.get("draft"), form.get("block_size", 32))  # fmt: skip
     tell("loading the model", 0, 0)
     hf_model = load_pretrained(folder, config, "AutoModelForCausalLM", what="model")
     model = llama_to_decoder(hf_model, tuple(cuts), max_positions=max_positions)

@@ -22,6 +22,7 @@ from edgeexit.export.decoder_model import HeadGraph, MultiExitDecoder, SegmentGr
 from edgeexit.export.options import DEFAULT_ATOL, DEFAULT_OPSET
 from edgeexit.generation.manifest import (
     ATTENTION,
+    BLOCK_SIZES,
     PRECISIONS,
     DecoderManifest,
     DraftGraphs,
@@ -59,7 +60,7 @@ def export_decoder(
     quantized copies of every segment but the last and of the head, which self-speculative
     decoding drafts with: its tokens stay the full model's, its drafts cost less."""
     check_bundle_output(out_dir)
-    attention = decoder_form(model.config, attention, precision, draft)
+    attention = decoder_form(model.config, attention, precision, draft, block_size)
     model.eval()
     if attention == "fused":
         return _export_fused(model, out_dir, tokenizer, precision, block_size, prompts, atol,
@@ -112,7 +113,9 @@ def _manifest(config, segments, head: GraphFile, extra: dict, tokenizer: str | N
     )
 
 
-def decoder_form(config, attention: str, precision: str, draft: str | None = None) -> str:
+def decoder_form(
+    config, attention: str, precision: str, draft: str | None = None, block_size: int = 32
+) -> str:
     """The form the segments take: ``attention``, with "auto" resolved; refused in one line
     where the model or the precision cannot take it."""
     if attention not in (*ATTENTION, "auto") or precision not in PRECISIONS:
@@ -131,6 +134,10 @@ def decoder_form(config, attention: str, precision: str, draft: str | None = Non
         )
     if precision != "fp32" and attention != "fused":
         raise ExportError(f"precision {precision} needs fused attention")
+    if block_size not in BLOCK_SIZES:
+        raise ExportError(
+            f"`block_size` is {block_size!r}; expected one of {', '.join(map(str, BLOCK_SIZES))}"
+        )
     if draft is not None:
         if draft not in PRECISIONS[1:]:
             raise ExportError(f"draft {draft!r}: expected int8 or int4")

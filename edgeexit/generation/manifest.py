@@ -58,6 +58,7 @@ MAX_SIZE = 1 << 24
 SIZES = ("vocab_size", "dim", "heads", "head_dim", "max_positions")
 ATTENTION = ("plain", "fused")  # the graphs' form, which decides the caches' layout
 PRECISIONS = ("fp32", "int8", "int4")
+BLOCK_SIZES = (16, 32, 64, 128, 256)  # what ONNX Runtime's blockwise quantizer takes
 GENERATION_KEYS = ("self_speculative", "early_exit", "report")
 
 
