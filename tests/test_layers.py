@@ -24,13 +24,15 @@ LAYERS: tuple[frozenset[str], ...] = tuple(
         "documents targets",  # targets is a leaf: what a device is
         "criteria",
         "bundle budget",  # the contract between host and device
+        "split",  # a bundle split between a device and a server
         "data",
         "energy",
         "runtime",
+        "offload",  # a split bundle's device side and its wire
         "measure",
         "generation",
         "inspection",  # the device side ends here (inspect describes decoder bundles too)
-        "compile",  # host only from here on
+        "compile serve",  # host only from here on (serve: Ray Serve, edgeexit[serve])
         "calibrate",
         "export",
         "examples",
@@ -38,9 +40,9 @@ LAYERS: tuple[frozenset[str], ...] = tuple(
         "__main__",
     )
 )
-DEVICE_SIDE = frozenset().union(*LAYERS[:11])
-HOST_ONLY = frozenset().union(*LAYERS[11:15])
-EXPORT_LIBRARIES = ("torch", "onnx", "onnxsim", "onnxscript", "transformers")
+DEVICE_SIDE = frozenset().union(*LAYERS[:13])
+HOST_ONLY = frozenset().union(*LAYERS[13:17])
+EXPORT_LIBRARIES = ("torch", "onnx", "onnxsim", "onnxscript", "transformers", "ray", "starlette")
 # Function-level imports inside one package that are not about cost, and why.
 DEFERRED_ON_PURPOSE = {
     ("cli", "cli.commands"): "the application is imported with Ctrl-C held back (cli.main)",

@@ -15,6 +15,8 @@ from edgeexit.cli import (
     inspect,  # noqa: F401
     profile,  # noqa: F401
     run,  # noqa: F401
+    serve,  # noqa: F401
+    split,  # noqa: F401
     targets,  # noqa: F401
 )
 from edgeexit.cli.core import app

@@ -11,10 +11,11 @@ from rich.console import Console
 
 from edgeexit import files
 from edgeexit.cli import params
-from edgeexit.cli.core import command
+from edgeexit.cli.core import command, usage_error
 from edgeexit.data import load_data
 from edgeexit.files import dumps_json
 from edgeexit.measure.quality import per_sample_quality
+from edgeexit.offload.device import SplitRuntime
 from edgeexit.runtime import Runtime
 
 
@@ -53,6 +54,15 @@ def run_cmd(
         help="Write each sample's output (logits, or the image or tensor its exit gave) "
         "to this new .npy file.",
     ),
+    server: str = typer.Option(
+        None,
+        "--server",
+        help="A split bundle's server (edgeexit serve): samples not confident by the split "
+        "exit finish there; without an answer in --timeout, on the device (marked degraded).",
+    ),
+    timeout_s: float = typer.Option(
+        1.0, "--timeout", min=0.001, help="Seconds a call waits for --server, retries included."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
     """Run a bundle on some inputs: predictions (or outputs), exit taken, latency, energy.
@@ -73,11 +83,19 @@ def run_cmd(
         edgeexit run bundle/ --data x.npy --max-exit 1    # segments after exit 1 stay on disk
 
         edgeexit run denoise/ --data noisy.npy --save-outputs clean.npy   # image exits
+
+        edgeexit run split/ --data x.npz --server http://127.0.0.1:8000/edgeexit
     """
     saved = None  # refused now, not after the run; created then, never replaced
     if save_outputs is not None:
         saved = files.check_output(save_outputs, "outputs file", inputs=(bundle, input_path))
-    runtime = Runtime(bundle, target=target, threads=threads, max_exit=max_exit)
+    if server is not None and max_exit is not None:
+        raise usage_error("--max-exit and --server: a split bundle's device runs to its split exit")
+    if server is not None:
+        runtime = SplitRuntime(bundle, server=server, timeout_s=timeout_s, target=target,
+                               threads=threads)  # fmt: skip
+    else:
+        runtime = Runtime(bundle, target=target, threads=threads, max_exit=max_exit)
     kind = runtime.manifest.output
     classes = kind != "tensor"  # else 'y' holds target tensors
     data = load_data(input_path, runtime.manifest.inputs, targets=runtime.targets_shape)

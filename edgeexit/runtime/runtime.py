@@ -34,6 +34,7 @@ from edgeexit.runtime.result import ExitOutputs, Result, TensorResult, TokenResu
 from edgeexit.runtime.session import open_session, resolve_config
 from edgeexit.runtime.shapes import check_output_names, probe_layouts
 from edgeexit.runtime.tokens import TokenRunner
+from edgeexit.split import Split, tail_manifest
 from edgeexit.targets import Target, load_target
 
 KNOWN_THRESHOLDS = 64  # threshold settings remembered converted, per Runtime
@@ -64,6 +65,10 @@ class Runtime:
         meter: the energy meter the results' energy comes from, instead of the target's
             (``get_meter``, which probes the sensors and warns once when none answers):
             e.g. ``NoMeter()`` where the caller's energy figures come from elsewhere.
+        tail: the split (``edgeexit.split.read_split``) whose server side to open
+            (docs/serving.md): the segments after it, whose inputs are the carry of the
+            split exit; exit indices count from the first of them (the bundle's exit
+            ``at + 1`` is its 0).
 
     Raises BundleError (unreadable/other-format manifest, missing or modified segment,
     a segment ONNX Runtime cannot load) and TargetError (unknown target or provider).
@@ -93,10 +98,13 @@ class Runtime:
         bodies: bool = True,
         thresholds: Sequence[float] | None = None,
         meter: EnergyMeter | None = None,
+        tail: Split | None = None,
     ) -> None:
         self.target = load_target(target)
         config = resolve_config(self.target, providers, threads)
         self.manifest: Manifest = read_manifest(bundle_dir)
+        if tail is not None:  # a split bundle's server side: the segments after the split
+            self.manifest = tail_manifest(self.manifest, tail)
         if max_exit is None:  # calibrate may have capped the bundle (calibrate --max-exit)
             max_exit = self.manifest.extra.get("max_exit")
         if max_exit is not None:  # the later segments are never opened: no memory for them
