@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml
 	  echo "PyTorch's CPU index is out of reach: installing torch==$(TORCH) as pinned"; \
 	  $(PY) -m pip install -q torch==$(TORCH); \
 	fi
-	$(PY) -m pip install -q -e '.[export,dev,plot]'
+	$(PY) -m pip install -q -e '.[export,dev,plot,serve]'
 	touch $(STAMP)
 
 lint: $(STAMP)

@@ -73,7 +73,7 @@ def tail_app(
         options["num_replicas"] = replicas
     else:
         if max_replicas < replicas:
-            raise InputError(f"--max-replicas {max_replicas} is below --replicas {replicas}")
+            raise InputError(f"`max_replicas` {max_replicas} is below `replicas` {replicas}")
         options["autoscaling_config"] = {
             "min_replicas": replicas,
             "max_replicas": max_replicas,

@@ -77,7 +77,7 @@ def refuse_unsplittable(manifest: Manifest, at: Any) -> int:
     cap = manifest.extra.get("max_exit")
     if cap is not None and cap <= at:
         raise InputError(
-            f"the bundle is capped at exit {cap} (calibrate --max-exit); nothing after exit "
+            f"the bundle is capped at exit {cap} (calibrate's `max_exit`); nothing after exit "
             f"{at} would run on the server: split at an earlier exit or calibrate again"
         )
     return at

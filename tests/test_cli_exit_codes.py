@@ -6,7 +6,7 @@ from typer.testing import CliRunner
 from edgeexit.cli import app
 
 COMMANDS = ("export", "compile", "profile", "calibrate", "run", "bench", "targets", "demo",
-            "inspect", "generate", "calibrate-generation")  # fmt: skip
+            "inspect", "generate", "calibrate-generation", "split", "serve")  # fmt: skip
 
 # A command line per command that parses but fails on its input: exit 1, one line, no traceback.
 FAILING = {
@@ -33,6 +33,8 @@ FAILING = {
         "--prompts",
         "{tmp}/p.json",
     ],
+    "split": ["split", "{tmp}/no-bundle", "--at", "0"],
+    "serve": ["serve", "{tmp}/no-bundle"],
 }
 
 

@@ -53,7 +53,9 @@ def test_every_command_that_reads_a_data_file_takes_it_as_data():
             opts = set(getattr(p, "opts", ()))
             if opts & {"--data", "--input", "--calib-data"}:
                 readers[name] = opts
-    assert set(readers) == {"bench", "calibrate", "compile", "demo", "export", "profile", "run"}
+    assert set(readers) == {
+        "bench", "calibrate", "compile", "demo", "export", "profile", "run", "split"
+    }  # fmt: skip
     assert all("--data" in opts for opts in readers.values()), readers
     assert readers["run"] >= {"--input", "-i"}  # the documented spellings still work
 

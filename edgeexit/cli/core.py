@@ -255,6 +255,9 @@ FLAGS = {
     "block_size": "--block-size",
     "lr": "--lr",
     "profile_repeats": "--profile-repeats",
+    "max_drop": "--max-drop",
+    "replicas": "--replicas",
+    "max_replicas": "--max-replicas",
 }
 _PARAMETER = re.compile(r"`(\w+)`")
 

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import signal
+import sys
 import threading
 from pathlib import Path
 
 import typer
 from rich.console import Console
 
+from edgeexit.bundle import read_manifest
 from edgeexit.cli.core import command, fail
+from edgeexit.split import read_split
 
 
 @command("serve")
@@ -28,6 +32,9 @@ def serve_cmd(
     ),
     batch_wait_ms: float = typer.Option(
         2.0, "--batch-wait-ms", min=0.0, help="How long a batch waits to fill."
+    ),
+    as_json: bool = typer.Option(
+        False, "--json", help="Once serving, print {url, split} as one JSON line on stdout."
     ),
 ) -> None:
     """Serve a split bundle's later segments on Ray Serve, until Ctrl-C or SIGTERM.
@@ -67,7 +74,11 @@ def serve_cmd(
         serve.run(app, route_prefix=route, blocking=False)
         url = f"http://{host}:{port}{route}"
         console.print(f"serving {bundle} at {url} (Ctrl-C stops)")
-        typer.echo(url)  # the one line a script reads
+        if as_json:  # the one line a script waits for
+            typer.echo(
+                json.dumps({"url": url, "split": read_split(read_manifest(bundle)).split_id})
+            )
+            sys.stdout.flush()
         try:
             while not stop.wait(0.5):
                 pass

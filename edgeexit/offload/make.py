@@ -80,7 +80,7 @@ def split_bundle(
         raise InputError(f"`max_drop` is {max_drop:g}; expected a fraction in [0, 1]")
     if encoding != "float32" and data is None:
         raise InputError(
-            f"a {encoding} carry is lossy: give --data (.npz) to check it on, or use float32"
+            f"a {encoding} carry is lossy: give `data` (.npz) to check it on, or use float32"
         )
     read_manifest(bundle_dir)  # a clear error for a path that is no bundle, before locking
     with files.locked(bundle_dir, "split") as lock:

@@ -1,0 +1,240 @@
+"""A split bundle on Ray Serve, on loopback: `edgeexit serve` started as a user starts it,
+devices as SplitRuntimes (threads and processes), and the faults a link has: a server
+stalled for 2 s, 10 % of its packets dropped (iptables, as root), the server killed.
+
+Skipped without Ray (`pip install 'edgeexit[serve]'`); `make test` installs it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import select
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from test_split import split_copy
+
+from edgeexit.offload.device import SplitRuntime
+from edgeexit.runtime import Runtime
+
+pytest.importorskip("ray.serve")
+pytestmark = pytest.mark.slow
+
+START_S = 120  # Ray's start on a loaded 2-core machine
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def session_pids(sid: int) -> list[int]:
+    """Every process of a session: the serve command, Ray's daemons and its actors (each
+    actor in a process group of its own)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[3]) == sid:
+                pids.append(int(entry.name))
+    return pids
+
+
+def signal_session(sid: int, sig: int) -> None:
+    for pid in session_pids(sid):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
+
+
+class Server:
+    def __init__(self, bundle: Path, log: Path) -> None:
+        self.port = free_port()
+        self.log = log.open("w")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "edgeexit", "serve", str(bundle), "--port", str(self.port),
+             "--json"],
+            stdout=subprocess.PIPE, stderr=self.log, text=True, start_new_session=True,
+        )  # fmt: skip
+        ready = self._first_line()
+        self.url = json.loads(ready)["url"]
+
+    def _first_line(self) -> str:
+        """The JSON line `serve --json` prints once it serves (its log on failure)."""
+        ready, _, _ = select.select([self.proc.stdout], [], [], START_S)
+        line = self.proc.stdout.readline() if ready else ""
+        if not line:
+            self.stop()
+            log = Path(self.log.name).read_text()[-2000:]
+            raise AssertionError(f"edgeexit serve did not start:\n{log}")
+        return line
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)  # a graceful stop: serve.shutdown
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(60)
+        signal_session(self.proc.pid, signal.SIGKILL)  # whatever is left of Ray
+        self.log.close()
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("serve")
+    bundle, inputs, _ = split_copy(tmp, at=0)
+    server = Server(bundle, tmp / "serve.log")
+    reference = Runtime(bundle).run(inputs)
+    device_alone = Runtime(bundle, max_exit=0).run(inputs)
+    yield server, bundle, inputs, reference, device_alone
+    server.stop()
+
+
+def assert_answers(result, reference, device_alone):
+    """Each sample: the unsplit bundle's answer, or (degraded) the device's last exit's."""
+    ok = ~result.degraded
+    np.testing.assert_array_equal(result.exit_index[ok], reference.exit_index[ok])
+    np.testing.assert_allclose(result.logits[ok], reference.logits[ok], atol=1e-5)
+    np.testing.assert_array_equal(result.exit_index[~ok], 0)
+    np.testing.assert_allclose(result.logits[~ok], device_alone.logits[~ok], atol=1e-5)
+
+
+def test_every_sample_gets_the_unsplit_answer_through_serve(served):
+    server, bundle, inputs, reference, device_alone = served
+    device = SplitRuntime(bundle, server=server.url, timeout_s=30)
+    result = device.run(inputs)
+    assert result.offloaded.any() and not result.degraded.any(), result.reason
+    assert_answers(result, reference, device_alone)
+    for i in range(3):  # one sample at a time: the same answers
+        one = device.run(tuple(x[i : i + 1] for x in inputs))
+        assert one.exit_index[0] == reference.exit_index[i]
+    info = device.link.info()
+    assert info["split"] == device.split.split_id and info["exits"] == [1, 2]
+
+
+def test_the_server_refuses_what_is_not_its_split(served):
+    import http.client
+    from urllib.parse import urlsplit
+
+    server, *_ = served
+    url = urlsplit(server.url)
+    # a length beyond any request of this split: refused from the header, the body unread
+    for body, length, code in ((b"garbage", 7, 400), (b"", 1 << 30, 413)):
+        conn = http.client.HTTPConnection(url.hostname, url.port, timeout=30)
+        conn.putrequest("POST", url.path)
+        conn.putheader("Content-Length", str(length))
+        conn.endheaders(body)
+        answer = conn.getresponse()
+        assert answer.status == code
+        assert answer.read().decode().startswith("error: ")
+        conn.close()
+
+
+CLIENT = textwrap.dedent(
+    """
+    import json, sys, numpy as np
+    from edgeexit.offload.device import SplitRuntime
+    bundle, url, data, calls = sys.argv[1:]
+    x = np.load(data)["x"]
+    device = SplitRuntime(bundle, server=url, timeout_s=30)
+    exits = [device.run(x) for _ in range(int(calls))]
+    print(json.dumps({"exits": [r.exit_index.tolist() for r in exits],
+                      "degraded": sum(int(r.degraded.sum()) for r in exits)}))
+    """
+)
+
+
+def test_several_device_processes_share_one_deployment(served, tmp_path):
+    server, bundle, inputs, reference, _ = served
+    data = tmp_path / "x.npz"
+    np.savez(data, x=inputs[0])
+    clients = [
+        subprocess.Popen(
+            [sys.executable, "-c", CLIENT, str(bundle), server.url, str(data), "8"],
+            stdout=subprocess.PIPE,
+            text=True,
+        )  # fmt: skip
+        for _ in range(3)
+    ]
+    for client in clients:
+        out, _ = client.communicate(timeout=300)
+        doc = json.loads(out)
+        assert doc["degraded"] == 0
+        assert all(e == reference.exit_index.tolist() for e in doc["exits"])
+
+
+def test_a_stalled_server_gets_degraded_answers_within_the_timeout(served):
+    server, bundle, inputs, reference, device_alone = served
+    device = SplitRuntime(bundle, server=server.url, timeout_s=0.5)
+    signal_session(server.proc.pid, signal.SIGSTOP)
+    try:
+        t0 = time.monotonic()
+        result = device.run(inputs)
+        waited = time.monotonic() - t0
+        time.sleep(max(0.0, 2.0 - waited))  # a 2 s stall
+    finally:
+        signal_session(server.proc.pid, signal.SIGCONT)
+    assert result.degraded.any() and (result.degraded == result.offloaded).all()
+    assert "within 0.5 s" in result.reason
+    assert waited < 2.0, waited  # answered during the stall, not after it
+    assert_answers(result, reference, device_alone)
+    # after the stall the server answers again
+    patient = SplitRuntime(bundle, server=server.url, timeout_s=30)
+    assert not patient.run(inputs).degraded.any()
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("iptables") is None, reason="needs root and iptables"
+)
+def test_ten_percent_packet_loss_costs_retries_not_answers(served):
+    server, bundle, inputs, reference, device_alone = served
+    rules = [
+        ["INPUT", "-i", "lo", "-p", "tcp", "--dport", str(server.port)],
+        ["INPUT", "-i", "lo", "-p", "tcp", "--sport", str(server.port)],
+    ]
+    drop = ["-m", "statistic", "--mode", "random", "--probability", "0.1", "-j", "DROP"]
+    added = []
+    try:
+        for rule in rules:
+            if subprocess.run(["iptables", "-I", *rule, *drop], capture_output=True).returncode:
+                pytest.skip("iptables cannot add rules here")
+            added.append(rule)
+        device = SplitRuntime(bundle, server=server.url, timeout_s=3.0, attempts=5)
+        results = []
+        for _ in range(20):
+            t0 = time.monotonic()
+            results.append(device.run(inputs))
+            assert time.monotonic() - t0 < 3.0 + 2.0  # never blocked past the deadline
+    finally:
+        for rule in added:
+            subprocess.run(["iptables", "-D", *rule, *drop], capture_output=True)
+    for result in results:
+        assert_answers(result, reference, device_alone)
+    degraded = sum(int(r.degraded.sum()) for r in results)
+    sent = sum(int(r.offloaded.sum()) for r in results)
+    assert degraded < sent  # the loss costs retransmissions; most answers still arrive
+
+
+def test_a_killed_server_gets_degraded_answers(served):
+    server, bundle, inputs, reference, device_alone = served
+    device = SplitRuntime(bundle, server=server.url, timeout_s=2.0)
+    assert not device.run(inputs).degraded.any()
+    signal_session(server.proc.pid, signal.SIGKILL)  # mid-run: the device's connection is open
+    server.proc.wait(30)
+    t0 = time.monotonic()
+    result = device.run(inputs)
+    assert time.monotonic() - t0 < 2.0 + 2.0
+    assert (result.degraded == result.offloaded).all() and result.degraded.any()
+    assert_answers(result, reference, device_alone)

@@ -1,0 +1,233 @@
+"""Split bundles without a server: the split record, the wire, the device and server parts
+joined in one process (docs/serving.md). tests/test_serve.py runs them on Ray Serve."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import struct
+
+import numpy as np
+import pytest
+from runtime_bundles import exported
+from typer.testing import CliRunner
+
+from edgeexit.bundle import read_manifest, write_manifest
+from edgeexit.cli import app
+from edgeexit.errors import BundleError, InputError
+from edgeexit.offload.device import SplitRuntime
+from edgeexit.offload.make import split_bundle
+from edgeexit.offload.tail import Tail
+from edgeexit.offload.wire import Expected, WireError, decode, encode
+from edgeexit.runtime import Runtime
+from edgeexit.split import read_split
+
+THRESHOLDS = [0.13, 0.2, None]  # some samples leave at 0, some at 2 (seeded scores)
+
+
+def split_copy(tmp_path, at=0, encoding="float32", name="digits_cnn"):
+    e = exported(name)
+    bundle = tmp_path / "bundle"
+    shutil.copytree(e.bundle, bundle)
+    doc = json.loads((bundle / "manifest.json").read_text())
+    doc["thresholds"] = THRESHOLDS[: len(doc["thresholds"]) - 1] + [None]
+    (bundle / "manifest.json").write_text(json.dumps(doc))
+    data = tmp_path / "data.npz"
+    np.savez(data, x=e.inputs[0])
+    split_bundle(bundle, at, encoding=encoding, data=None if encoding == "float32" else data)
+    return bundle, e.inputs, data
+
+
+class InProcess:
+    """A server with no network between: what the device sends, decoded and run by Tail."""
+
+    def __init__(self, bundle):
+        self.tail = Tail(bundle)
+
+    def post(self, body):
+        (answer,) = self.tail.run([self.tail.decode(body)])
+        return answer, 1
+
+
+def in_process(bundle) -> SplitRuntime:
+    device = SplitRuntime(bundle, server="http://unused.invalid/")
+    device.link = InProcess(bundle)
+    return device
+
+
+# -- the split record ------------------------------------------------------------------------
+
+
+def test_split_records_the_carry_and_refuses_a_changed_bundle(tmp_path):
+    bundle, _, _ = split_copy(tmp_path, at=1)
+    split = read_split(read_manifest(bundle))
+    assert split.at == 1 and split.encoding == "float32"
+    assert [c.name for c in split.carry] == list(read_manifest(bundle).segments[1].carry)
+    assert split.carry[0].shape[0] == "batch"
+    # thresholds changed after the split (calibrate again): both sides refuse it
+    m = read_manifest(bundle)
+    write_manifest(bundle, m.with_thresholds([0.5, 0.5, float("inf")]))
+    with pytest.raises(BundleError, match="split the bundle again"):
+        SplitRuntime(bundle, server=None)
+    with pytest.raises(BundleError, match="split the bundle again"):
+        Tail(bundle)
+
+
+def test_unsplit_bundles_and_impossible_splits_are_refused(tmp_path):
+    e = exported("digits_cnn")
+    with pytest.raises(BundleError, match="edgeexit split BUNDLE --at K"):
+        Tail(e.bundle)
+    for at in (2, -1, True, 1.0):
+        with pytest.raises(InputError, match="expected 0..1"):
+            split_bundle(e.bundle, at)
+    with pytest.raises(InputError, match="lossy: give `data`"):
+        split_bundle(e.bundle, 0, encoding="int8")
+    assert "split" not in read_manifest(e.bundle).extra  # nothing written
+
+
+@pytest.mark.parametrize("encoding", ["float32", "float16", "int8"])
+def test_every_sample_gets_the_unsplit_answer(tmp_path, encoding):
+    bundle, inputs, _ = split_copy(tmp_path, at=0, encoding=encoding)
+    reference = Runtime(bundle).run(inputs)
+    got = in_process(bundle).run(inputs)
+    assert not got.degraded.any()
+    assert 0 < got.offloaded.sum() < len(got.offloaded)  # some leave on the device, some not
+    np.testing.assert_array_equal(got.exit_index, reference.exit_index)
+    np.testing.assert_array_equal(got.predictions, reference.predictions)
+    tolerance = {"float32": 1e-5, "float16": 1e-3, "int8": 2e-2}[encoding]
+    np.testing.assert_allclose(got.logits, reference.logits, atol=tolerance)
+    check = read_manifest(bundle).extra["split"]["check"]
+    assert check["encoding"] == encoding and check["carry_bytes"] > 0
+    assert check["measure"] == ("exact" if encoding == "float32" else "agreement")
+
+
+def test_without_a_server_the_device_answers_degraded_from_its_last_exit(tmp_path):
+    bundle, inputs, _ = split_copy(tmp_path, at=0)
+    device_alone = Runtime(bundle, max_exit=0).run(inputs)
+    got = SplitRuntime(bundle, server=None).run(inputs)
+    assert (got.degraded == got.offloaded).all() and got.degraded.any()
+    assert "no server" in got.reason
+    np.testing.assert_array_equal(got.predictions, device_alone.predictions)
+    assert (got.exit_index[got.degraded] == 0).all()
+    doc = got.to_json()
+    assert doc["offloaded"] == int(got.offloaded.sum()) and doc["degraded_reason"]
+
+
+def test_a_wrong_answer_from_the_server_is_degraded_not_taken(tmp_path):
+    bundle, inputs, _ = split_copy(tmp_path, at=0)
+    device = in_process(bundle)
+    split = device.split
+
+    class Liar:
+        def post(self, body):
+            rows = decode(body, split.split_id, device.tail_expected, max_rows=999)[0].shape[0]
+            logits, exits = np.zeros((rows, 10), np.float32), np.zeros(rows, np.int64)
+            return encode(
+                split.split_id, [("logits", logits, "raw"), ("exit_index", exits, "raw")]
+            ), 1
+
+    device.tail_expected = InProcess(bundle).tail.expected
+    device.link = Liar()
+    got = device.run(inputs)
+    assert got.degraded.any() and "exits outside 1..2" in got.reason
+
+
+# -- the wire --------------------------------------------------------------------------------
+
+
+def _expected(encodings=("float32", "int8")):
+    return [Expected("h", np.dtype(np.float32), (2, 3), encodings),
+            Expected("mask", np.dtype(np.int64), (2,), ("raw",))]  # fmt: skip
+
+
+def test_the_wire_round_trips_each_encoding():
+    rng = np.random.default_rng(0)
+    h = rng.standard_normal((5, 2, 3)).astype(np.float32)
+    h[1] = 0  # a row of zeros: scale 0, exact
+    mask = rng.integers(0, 2, (5, 2))
+    for encoding, atol in (("float32", 0), ("float16", 2e-3), ("int8", 0.02)):
+        body = encode("s", [("h", h, encoding), ("mask", mask, "raw")])
+        got_h, got_mask = decode(body, "s", _expected((encoding,)), max_rows=5)
+        np.testing.assert_allclose(got_h, h, atol=atol)
+        np.testing.assert_array_equal(got_mask, mask)
+        assert got_h.dtype == np.float32 and got_mask.dtype == np.int64
+
+
+def _hostile_bodies():
+    h, mask = np.ones((2, 2, 3), np.float32), np.ones((2, 2), np.int64)
+    good = encode("s", [("h", h, "int8"), ("mask", mask, "raw")])
+    size = struct.unpack_from("<I", good, 4)[0]
+    head = json.loads(good[8 : 8 + size])
+
+    def with_head(**change):
+        doc = {**head, **change}
+        text = json.dumps(doc).encode()
+        return good[:4] + struct.pack("<I", len(text)) + text + good[8 + size :]
+
+    bad_scale = bytearray(good)
+    bad_scale[8 + size : 12 + size] = struct.pack("<f", float("nan"))
+    tensors = head["tensors"]
+    return {
+        "empty": b"",
+        "magic": b"XXXX" + good[4:],
+        "header too long": good[:4] + struct.pack("<I", 1 << 30) + good[8:],
+        "not json": good[:8] + b"{" * size + good[8 + size :],
+        "other split": with_head(split="t"),
+        "no rows": with_head(rows=0),
+        "too many rows": with_head(rows=10**9),
+        "rows as bool": with_head(rows=True),
+        "other tensor": with_head(tensors=[{**tensors[0], "name": "x"}, tensors[1]]),
+        "other dtype": with_head(tensors=[{**tensors[0], "dtype": "float64"}, tensors[1]]),
+        "other shape": with_head(tensors=[{**tensors[0], "shape": [3, 2, 1]}, tensors[1]]),
+        "unaccepted encoding": with_head(tensors=[tensors[0], {**tensors[1], "encoding": "int8"}]),
+        "one tensor": with_head(tensors=tensors[:1]),
+        "cut payload": good[:-1],
+        "long payload": good + b"\0",
+        "NaN scale": bytes(bad_scale),
+    }
+
+
+@pytest.mark.parametrize("case", list(_hostile_bodies()))
+def test_hostile_messages_are_refused_before_allocating(case):
+    body = _hostile_bodies()[case]
+    with pytest.raises(WireError):
+        decode(body, "s", _expected(), max_rows=4)
+
+
+def test_a_nonfinite_carry_is_refused_by_the_server_alone(tmp_path):
+    bundle, _, _ = split_copy(tmp_path, at=0)
+    tail = Tail(bundle)
+    spec = tail.split.carry[0]
+    carry = np.zeros((2, *spec.shape[1:]), np.float32)
+    carry[1, 0, 0, 0] = np.inf
+    with pytest.raises(WireError, match="NaN or inf"):
+        tail.decode(encode(tail.split.split_id, [(spec.name, carry, "float32")]))
+
+
+# -- the command -----------------------------------------------------------------------------
+
+
+def test_split_command_reports_and_refuses_in_one_line(tmp_path):
+    e = exported("digits_cnn")
+    bundle = tmp_path / "b"
+    shutil.copytree(e.bundle, bundle)
+    data = tmp_path / "d.npz"
+    np.savez(data, x=e.inputs[0])
+    runner = CliRunner()
+    out = runner.invoke(app, ["split", str(bundle), "--at", "1", "--encoding", "int8",
+                              "--data", str(data), "--json"])  # fmt: skip
+    assert out.exit_code == 0, out.output
+    doc = json.loads(out.stdout)
+    assert doc["encoding"] == "int8" and doc["samples"] == len(e.inputs[0])
+    assert read_split(read_manifest(bundle)).encoding == "int8"
+    before = (bundle / "manifest.json").read_bytes()
+    for args, code in (
+        (["--at", "5"], 1),
+        (["--at", "0", "--encoding", "int4"], 2),
+        (["--at", "0", "--encoding", "float16"], 1),  # lossy without --data
+        (["--at", "0", "--max-drop", "2"], 2),
+    ):
+        out = runner.invoke(app, ["split", str(bundle), *args])
+        assert out.exit_code == code, (args, out.output)
+        assert "Traceback" not in out.output and out.output.count("error") == 1
+    assert (bundle / "manifest.json").read_bytes() == before
