@@ -175,6 +175,18 @@ def test_several_device_processes_share_one_deployment(served, tmp_path):
         assert all(e == reference.exit_index.tolist() for e in doc["exits"])
 
 
+def test_bench_runs_the_split_as_deployed(served, tmp_path):
+    from edgeexit.measure.bench import BenchOptions, bench_bundle
+
+    server, bundle, inputs, reference, _ = served
+    data = tmp_path / "labelled.npz"
+    np.savez(data, x=inputs[0], y=reference.predictions)
+    options = BenchOptions(rounds=2, warmup_calls=2, server=server.url, timeout_s=30)
+    report = bench_bundle(bundle, data, options)
+    assert report.degraded == 0 and 0 < report.offloaded < 1
+    assert report.accuracy == 1.0  # the unsplit bundle's answers
+
+
 def test_a_stalled_server_gets_degraded_answers_within_the_timeout(served):
     server, bundle, inputs, reference, device_alone = served
     device = SplitRuntime(bundle, server=server.url, timeout_s=0.5)

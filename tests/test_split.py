@@ -231,3 +231,27 @@ def test_split_command_reports_and_refuses_in_one_line(tmp_path):
         assert out.exit_code == code, (args, out.output)
         assert "Traceback" not in out.output and out.output.count("error") == 1
     assert (bundle / "manifest.json").read_bytes() == before
+
+
+def test_bench_reports_the_share_of_degraded_answers(tmp_path):
+    from edgeexit.measure.bench import BenchOptions, bench_bundle
+
+    bundle, inputs, _ = split_copy(tmp_path, at=0)
+    data = tmp_path / "labelled.npz"
+    np.savez(data, x=inputs[0], y=np.arange(len(inputs[0])) % 10)
+    down = free_port_url()  # nothing listens there: every offload is refused at once
+    report = bench_bundle(bundle, data, BenchOptions(rounds=1, warmup_calls=0, server=down))
+    assert 0 < report.offloaded < 1 and report.degraded == report.offloaded
+    assert report.to_json()["degraded"] == report.degraded
+    out = CliRunner().invoke(app, ["bench", str(bundle), "--data", str(data), "--rounds", "1",
+                                   "--server", down, "--json"])  # fmt: skip
+    assert out.exit_code == 0, out.output
+    assert json.loads(out.stdout)["degraded"] == report.degraded
+
+
+def free_port_url() -> str:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{s.getsockname()[1]}/edgeexit"

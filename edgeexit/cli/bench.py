@@ -40,6 +40,8 @@ def bench_cmd(
         help="Exit 1 if a calibrated budget is missed or the bundle is slower than the full "
         "model (its whole 95% interval below 1x).",
     ),
+    server: str = params.server_option(),
+    timeout_s: float = params.timeout_option(),
     as_json: bool = typer.Option(False, "--json", help="Print only a JSON object."),
 ) -> None:
     """Run the bundle with its thresholds and report accuracy, exits, latency, energy, speed-up,
@@ -49,7 +51,8 @@ def bench_cmd(
     Each budget gets a verdict: met or MISSED, its margin and a 95 % interval. A speed-up
     below 1x, or calibrate's prediction more than 10 % off, is flagged in words. With
     --check, a missed budget or a bundle surely slower than the full model exits 1 (for a
-    deployment's CI).
+    deployment's CI). With --server, a split bundle runs as deployed: the share of samples
+    sent to the server, and of those it did not answer in time (degraded), are reported.
 
     Examples:
 
@@ -58,8 +61,11 @@ def bench_cmd(
         edgeexit bench bundle/ --data test.npz --check     # in CI: fails on a missed budget
 
         edgeexit bench bundle/ --data test.npz --batch-size 32 --target rpi5 --json
+
+        edgeexit bench split/ --data test.npz --server http://127.0.0.1:8000/edgeexit
     """
-    options = BenchOptions(batch_size=batch, target=target, rounds=rounds)
+    options = BenchOptions(batch_size=batch, target=target, rounds=rounds, server=server,
+                           timeout_s=timeout_s)  # fmt: skip
     if check and not read_manifest(bundle).extra.get("calibration"):
         raise CalibrationError(
             f"--check: {bundle} was never calibrated, so there is no budget to check; "

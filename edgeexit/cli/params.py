@@ -217,3 +217,20 @@ def max_quant_drop_option():
         metavar="DROP",
         help=f"Most accuracy an exit may lose to the target's precision: {DROP_FORMS}.",
     )
+
+
+def server_option():
+    """``--server``, as run and bench take it: a split bundle's server."""
+    return typer.Option(
+        None,
+        "--server",
+        metavar="URL",
+        help="A split bundle's server (edgeexit serve): samples not confident by the split "
+        "exit finish there; without an answer in --timeout, on the device (marked degraded).",
+    )
+
+
+def timeout_option():
+    return typer.Option(
+        1.0, "--timeout", min=0.001, help="Seconds a call waits for --server, retries included."
+    )

@@ -54,15 +54,8 @@ def run_cmd(
         help="Write each sample's output (logits, or the image or tensor its exit gave) "
         "to this new .npy file.",
     ),
-    server: str = typer.Option(
-        None,
-        "--server",
-        help="A split bundle's server (edgeexit serve): samples not confident by the split "
-        "exit finish there; without an answer in --timeout, on the device (marked degraded).",
-    ),
-    timeout_s: float = typer.Option(
-        1.0, "--timeout", min=0.001, help="Seconds a call waits for --server, retries included."
-    ),
+    server: str = params.server_option(),
+    timeout_s: float = params.timeout_option(),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
     """Run a bundle on some inputs: predictions (or outputs), exit taken, latency, energy.

@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -29,6 +29,7 @@ from edgeexit.energy import NONE, EnergySource
 from edgeexit.errors import BundleError, CalibrationError, InputError
 from edgeexit.measure import verdict
 from edgeexit.measure.rounds import round_order
+from edgeexit.offload.device import SplitRuntime
 from edgeexit.runtime import Runtime
 
 
@@ -38,6 +39,8 @@ class BenchOptions:
     target: str | None = None
     warmup_calls: int = 8
     rounds: int = 5  # passes over the data; accuracy and exits come from the first
+    server: str | None = None  # a split bundle's server: the hard samples finish there
+    timeout_s: float = 1.0  # the longest a call waits for it (then: degraded answers)
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
@@ -80,6 +83,10 @@ class BenchReport:
     checks: tuple[verdict.Check, ...]
     warnings: tuple[str, ...]
     early_exits: bool = True  # some threshold before the last lets a sample leave
+    # a split bundle benched with its server: the shares of samples (over every round) sent
+    # to it, and answered from the device's last exit because it did not answer in time
+    offloaded: float | None = None
+    degraded: float | None = None
 
     @property
     def verdict(self) -> str:
@@ -120,6 +127,8 @@ class BenchReport:
             "verdict": self.verdict,
             "checks": [c.to_json() for c in self.checks],
             "warnings": list(self.warnings),
+            "offloaded": self.offloaded,
+            "degraded": self.degraded,
         }
 
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
@@ -143,6 +152,10 @@ class BenchReport:
         table.add_row(f"energy mJ/sample ({self.energy})", energy, "")
         low, high = self.speedup_ci
         table.add_row("speed-up", f"{self.speedup:.2f}x ({low:.2f}-{high:.2f}x)", "1.00x")
+        if self.offloaded is not None:
+            table.add_row("sent to the server", f"{self.offloaded:.1%}", "")
+            style = "red" if self.degraded else "green"
+            table.add_row("degraded (no answer in time)", f"[{style}]{self.degraded:.1%}[/]", "")
         if self.predicted_mean_latency_ms is not None:
             table.add_row(
                 f"calibrate predicted (batch {self.predicted_batch_size})",
@@ -188,7 +201,11 @@ def bench_bundle(
             "`edgeexit run --json` gives each output and exit"
         )
     dataset = load_data(data_path, manifest.inputs)
-    runtime = Runtime(bundle_dir, target=options.target)
+    if options.server is not None:  # the device's part, the rest on the server
+        runtime = SplitRuntime(bundle_dir, server=options.server, timeout_s=options.timeout_s,
+                               target=options.target)  # fmt: skip
+    else:
+        runtime = Runtime(bundle_dir, target=options.target)
     manifest = runtime.manifest  # capped at the exit calibrate chose, if it did
     dataset.check_labels(runtime.num_classes, str(data_path))
     full = Runtime(bundle_dir, target=options.target, max_exit=manifest.num_exits - 1,
@@ -209,7 +226,16 @@ def bench_bundle(
                 progress(r * n + min((k + 1) * b, n), options.rounds * n)
         rounds.append((early, full_runs))
     early_exits = any(not math.isinf(t) for t in manifest.thresholds[:-1])
-    return _summarise(rounds, dataset.labels, b, manifest.num_exits, manifest.extra, early_exits)
+    report = _summarise(rounds, dataset.labels, b, manifest.num_exits, manifest.extra, early_exits)
+    if options.server is None:
+        return report
+    calls = [r for early, _ in rounds for r in early]
+    total = sum(len(r.exit_index) for r in calls)
+    return replace(
+        report,
+        offloaded=sum(int(r.offloaded.sum()) for r in calls) / total,
+        degraded=sum(int(r.degraded.sum()) for r in calls) / total,
+    )
 
 
 def _per_sample(rounds: list[list], value) -> np.ndarray:
