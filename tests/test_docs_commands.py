@@ -318,6 +318,8 @@ WORLDS: dict[str, dict[str, str]] = {  # page -> {path in its world: what it is 
                       "demo-generate/prompts.json": "decoder/prompts.json",
                       "demo-generate/held-out.json": "decoder/held-out.json"},
     "runtime.md": {"bundle": "digits/bundle", "digits.npz": "digits/test.npz"},
+    "serving.md": {"bundle": "digits/bundle", "cal.npz": "digits/cal.npz",
+                   "test.npz": "digits/test.npz"},
     "targets.md": {**DIGITS, "calib.npz": "digits/cal.npz", "bundle-rpi5": "digits-rpi5/bundle"},
 }  # fmt: skip
 

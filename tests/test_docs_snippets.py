@@ -44,6 +44,16 @@ config = DecoderConfig(dim=16, heads=2, layers=2, hidden=32, exit_after=(1, 2), 
 export_decoder(MultiExitDecoder(config).eval(), "bundle", tokenizer="bytes")
 ids = np.array([100, 101, 102])
 """,
+    "serving.md": """
+import numpy as np
+import torch
+import edgeexit
+from edgeexit.examples import digits_resnet
+from edgeexit.offload.make import split_bundle
+edgeexit.export(digits_resnet(width=4).eval(), torch.rand(2, 1, 8, 8), "bundle")
+split_bundle("bundle", 0)  # no server listens: the answers come back degraded, at once
+x = np.random.rand(5, 1, 8, 8).astype(np.float32)
+""",
     "deploying-to-raspberry-pi.md": """
 import numpy as np
 import torch
