@@ -280,7 +280,7 @@ class Manifest:
                 f"manifest output is {quoted(output)} in format {fmt!r}; expected 'logits' in "
                 f"{FORMAT!r}, and 'tensor' or 'tokens' in {TENSOR_FORMAT!r}"
             )
-        inputs = tuple(_input(x, f"inputs[{k}]") for k, x in enumerate(_list(doc, "inputs")))
+        inputs = tuple(input_spec(x, f"inputs[{k}]") for k, x in enumerate(_list(doc, "inputs")))
         segments = tuple(
             _segment(s, f"segments[{k}]") for k, s in enumerate(_list(doc, "segments"))
         )
@@ -371,7 +371,7 @@ def _sha(doc: dict, where: str) -> str:
     return value
 
 
-def _input(doc: Any, where: str) -> InputSpec:
+def input_spec(doc: Any, where: str) -> InputSpec:
     name, dtype = _text(doc, "name", where), _text(doc, "dtype", where)
     if dtype not in INPUT_DTYPES:
         raise BundleError(
@@ -383,7 +383,7 @@ def _input(doc: Any, where: str) -> InputSpec:
 
 def _sample_shape(shape: list, where: str) -> tuple[int | str, ...]:
     """'batch', then positive sizes within MAX_RANK axes and MAX_SAMPLE_ELEMENTS elements."""
-    dims_ok = all(_count(d) and d >= 1 for d in shape[1:])
+    dims_ok = all(is_count(d) and d >= 1 for d in shape[1:])
     if shape[:1] != [BATCH_DIM] or not dims_ok:
         raise BundleError(
             f"manifest {where} is {quoted(shape)}; expected 'batch' then positive sizes"
@@ -400,7 +400,7 @@ def _sample_shape(shape: list, where: str) -> tuple[int | str, ...]:
     return tuple(shape)
 
 
-def _count(value: Any) -> bool:
+def is_count(value: Any) -> bool:
     """An int and not a bool (JSON true would pass for 1)."""
     return isinstance(value, int) and not isinstance(value, bool)
 
@@ -492,13 +492,13 @@ def _check_extra(doc: dict, num_exits: int, output: str) -> None:
     chain there), ``output_shape``, ``num_classes`` and ``tokens`` (compile and inspect),
     ``finished_tokens`` (the one policy the runtime implements)."""
     cap = doc.get("max_exit")
-    if cap is not None and not (_count(cap) and 0 <= cap < num_exits):
+    if cap is not None and not (is_count(cap) and 0 <= cap < num_exits):
         raise BundleError(
             f"manifest max_exit is {quoted(cap)}; expected an exit index 0..{num_exits - 1}"
         )
     for key in ("num_classes", "tokens"):
         value = doc.get(key)
-        if value is not None and not (_count(value) and 1 <= value <= MAX_SAMPLE_ELEMENTS):
+        if value is not None and not (is_count(value) and 1 <= value <= MAX_SAMPLE_ELEMENTS):
             raise BundleError(
                 f"manifest {key} is {quoted(value)}; expected a count 1..{MAX_SAMPLE_ELEMENTS:,}"
             )

@@ -33,6 +33,7 @@ from edgeexit.generation.manifest import DecoderManifest
 from edgeexit.measure.memory import available_mb, graphs_resident_mb, segment_resident_mb
 from edgeexit.onnxproto import ProtoError, op_counts
 from edgeexit.runtime.session import resolve_config
+from edgeexit.split import carry_bytes, read_split
 from edgeexit.targets import load_target
 
 
@@ -101,7 +102,26 @@ class BundleInfo:
             "segments": [s.to_json() for s in self.segments],
             "shared_weights_bytes": self.shared_bytes,
             "calibration": self.calibration or None,
+            "split": _split(m),
         }
+
+
+def _split(manifest: Manifest) -> dict[str, Any] | None:
+    """Where a split bundle leaves the device, or why its split no longer holds."""
+    if "split" not in manifest.extra:
+        return None
+    try:
+        split = read_split(manifest)
+    except BundleError as err:
+        return {"problem": str(err)}
+    return {
+        "at": split.at,
+        "encoding": split.encoding,
+        "carry_bytes": carry_bytes(split.carry, split.encoding),
+        "server_exits": list(range(split.at + 1, manifest.num_exits)),
+        "split_id": split.split_id,
+        "check": split.check,
+    }
 
 
 def describe_bundle(

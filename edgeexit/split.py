@@ -22,7 +22,9 @@ import math
 from dataclasses import dataclass, replace
 from typing import Any
 
-from edgeexit.bundle import InputSpec, Manifest, _count, _input, thresholds_json
+import numpy as np
+
+from edgeexit.bundle import InputSpec, Manifest, input_spec, is_count, thresholds_json
 from edgeexit.criteria import CRITERIA
 from edgeexit.errors import BundleError, InputError, quoted
 
@@ -98,15 +100,16 @@ def split_id(manifest: Manifest, at: int, encoding: str, carry: tuple[InputSpec,
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
-def read_split(manifest: Manifest) -> Split:
-    """The manifest's split block, checked, or a BundleError saying how to make one."""
+def read_split(manifest: Manifest, *, verify: bool = True) -> Split:
+    """The manifest's split block, checked, or a BundleError saying how to make one.
+    ``verify``: also check its id against the bundle (False: calibrate, about to renew it)."""
     doc = manifest.extra.get("split")
     if doc is None:
         raise BundleError("this bundle is not split; split it first: edgeexit split BUNDLE --at K")
     if not isinstance(doc, dict) or doc.get("format") != SPLIT_FORMAT:
         raise BundleError(f"manifest split block is not {SPLIT_FORMAT!r}; split the bundle again")
     at = doc.get("at")
-    if not _count(at) or not 0 <= at < manifest.num_exits - 1:
+    if not is_count(at) or not 0 <= at < manifest.num_exits - 1:
         raise BundleError(
             f"manifest split.at is {quoted(at)}; expected an exit 0..{manifest.num_exits - 2}"
         )
@@ -118,7 +121,7 @@ def read_split(manifest: Manifest) -> Split:
     raw = doc.get("carry")
     if not isinstance(raw, list) or not raw:
         raise BundleError("manifest split.carry must be a non-empty list")
-    carry = tuple(_input(c, f"split.carry[{k}]") for k, c in enumerate(raw))
+    carry = tuple(input_spec(c, f"split.carry[{k}]") for k, c in enumerate(raw))
     expected = manifest.segments[at].carry
     if tuple(c.name for c in carry) != expected:
         raise BundleError(
@@ -129,7 +132,7 @@ def read_split(manifest: Manifest) -> Split:
     if not isinstance(check, dict):
         raise BundleError("manifest split.check must be an object")
     split = Split(at, encoding, carry, str(doc.get("split_id")), check)
-    if split.split_id != split_id(manifest, at, encoding, carry):
+    if verify and split.split_id != split_id(manifest, at, encoding, carry):
         raise BundleError(
             "manifest split block does not match the bundle's graphs and thresholds (they "
             "changed after the split): split the bundle again, and give the server the same copy"
@@ -141,6 +144,22 @@ def with_split(manifest: Manifest, at: int, encoding: str, carry: tuple[InputSpe
                check: dict[str, Any]) -> Manifest:  # fmt: skip
     split = Split(at, encoding, carry, split_id(manifest, at, encoding, carry), check)
     return manifest.with_extra(split=split.to_json())
+
+
+def renewed(manifest: Manifest) -> Manifest:
+    """A split bundle given new thresholds (calibrate): the same split, its id renewed. Its
+    ``check`` was measured with the thresholds it had then, and says so."""
+    if "split" not in manifest.extra:
+        return manifest
+    old = read_split(manifest, verify=False)
+    cap = manifest.extra.get("max_exit")
+    if cap is not None and cap <= old.at:
+        raise InputError(
+            f"the chain is capped at exit {cap}, at or before the split after exit {old.at}: "
+            "nothing would run on the server; calibrate without a cap that deep, or split earlier"
+        )
+    check = {**old.check, "thresholds": "the ones the bundle had when it was split"}
+    return with_split(manifest, old.at, old.encoding, old.carry, check)
 
 
 def tail_manifest(manifest: Manifest, split: Split) -> Manifest:
@@ -171,9 +190,5 @@ def carry_bytes(carry: tuple[InputSpec, ...], encoding: str) -> int:
         elif c.dtype == "float32" and encoding == "float16":
             total += 2 * elements
         else:
-            total += elements * _ITEMSIZE[c.dtype]
+            total += elements * np.dtype(c.dtype).itemsize
     return total
-
-
-_ITEMSIZE = {"float32": 4, "float16": 2, "float64": 8, "int64": 8, "int32": 4, "int8": 1,
-             "uint8": 1, "bool": 1}  # fmt: skip

@@ -116,6 +116,37 @@ def save_host_outputs(bundle: Path, x: np.ndarray, out_file: Path) -> None:
     )
 
 
+def export_split(out_dir: Path, x: np.ndarray) -> None:
+    """``split/``: the fp32 bundle with the host run's thresholds, split after exit 0 with an
+    int8 carry, and the host's split answers (device part, wire, server part in-process)."""
+    import json
+    import shutil
+
+    from edgeexit.offload.device import SplitRuntime
+    from edgeexit.offload.make import split_bundle
+    from edgeexit.offload.tail import Tail
+
+    split = out_dir / "split"
+    shutil.copytree(out_dir / "fp32", split)
+    thresholds = np.load(out_dir / "host_fp32.npz")["thresholds"].tolist()
+    doc = json.loads((split / "manifest.json").read_text())
+    doc["thresholds"] = [None if t == np.inf else t for t in thresholds]
+    (split / "manifest.json").write_text(json.dumps(doc))
+    split_bundle(split, 0, encoding="int8", data=out_dir / "inputs.npz")
+    device = SplitRuntime(split, server=None, threads=1)
+    tail = Tail(split, threads=1)
+    logits, exits, alive, carry = device._local(x)
+    body = device._request(carry)
+    answer_logits, answer_exits = device._read_answer(tail.run([tail.decode(body)])[0], len(alive))
+    logits[alive], exits[alive] = answer_logits, answer_exits
+    np.savez(
+        out_dir / "host_split.npz",
+        logits=logits,
+        exit_index=exits,
+        request=np.frombuffer(body, np.uint8),
+    )
+
+
 def threshold_in_widest_gap(scores: np.ndarray) -> float:
     """The midpoint of the widest gap between sorted scores in the 30th-70th percentile."""
     ranked = np.sort(scores)
@@ -206,6 +237,7 @@ def main(out_dir: Path) -> None:
     x = np.load(out_dir / "inputs.npz")["x"]
     for bundle in bundles:
         save_host_outputs(bundle, x, out_dir / f"host_{bundle.name}.npz")
+    export_split(out_dir, x)
 
 
 if __name__ == "__main__":

@@ -23,9 +23,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 from test_split import split_copy
+from typer.testing import CliRunner
 
+from edgeexit.bundle import read_manifest, write_manifest
+from edgeexit.cli import app
 from edgeexit.offload.device import SplitRuntime
 from edgeexit.runtime import Runtime
+from edgeexit.split import renewed
 
 pytest.importorskip("ray.serve")
 pytestmark = pytest.mark.slow
@@ -185,6 +189,32 @@ def test_bench_runs_the_split_as_deployed(served, tmp_path):
     report = bench_bundle(bundle, data, options)
     assert report.degraded == 0 and 0 < report.offloaded < 1
     assert report.accuracy == 1.0  # the unsplit bundle's answers
+
+
+def test_profile_measures_the_link_and_calibrate_plans_with_it(served, tmp_path):
+    from edgeexit.budget import Budget
+    from edgeexit.calibrate.pipeline import CalibrateOptions, calibrate_bundle
+    from edgeexit.measure.link_probe import probe_link
+    from edgeexit.offload.link import LinkError
+
+    server, bundle, inputs, reference, _ = served
+    link = probe_link(bundle, server.url, requests=5)
+    assert link.rtt_ms.median > 0 and link.offload_ms.median > 0 and link.at == 0
+    profile = tmp_path / "device.json"
+    args = ["--repeats", "5", "--warmup", "1", "--rounds", "2", "--link", server.url]
+    out = CliRunner().invoke(app, ["profile", str(bundle), *args, "-o", str(profile)])
+    assert out.exit_code == 0, out.output
+    assert json.loads(profile.read_text())["link"]["at"] == 0
+    data = tmp_path / "labelled.npz"
+    np.savez(data, x=inputs[0], y=reference.predictions)
+    options = CalibrateOptions(profile=profile)
+    report = calibrate_bundle(bundle, data, Budget(max_accuracy_drop=0.5), options, write=False)
+    assert "on the server" in report.costs.source
+    other = tmp_path / "other"  # another split: the server refuses to be measured for it
+    shutil.copytree(bundle, other)
+    write_manifest(other, renewed(read_manifest(other).with_thresholds([0.9, 0.9, np.inf])))
+    with pytest.raises(LinkError, match="not this bundle's"):
+        probe_link(other, server.url, requests=1)
 
 
 def test_a_stalled_server_gets_degraded_answers_within_the_timeout(served):

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from edgeexit.bundle import read_manifest, write_manifest
 from edgeexit.cli import app
-from edgeexit.errors import BundleError, InputError
+from edgeexit.errors import BundleError, CalibrationError, InputError
 from edgeexit.offload.device import SplitRuntime
 from edgeexit.offload.make import split_bundle
 from edgeexit.offload.tail import Tail
@@ -255,3 +255,63 @@ def free_port_url() -> str:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return f"http://127.0.0.1:{s.getsockname()[1]}/edgeexit"
+
+
+# -- calibrate knows the link ----------------------------------------------------------------
+
+
+def _link(at=0, encoding="float32", offload=(10.0, 15.0)):
+    from edgeexit.measure.cost_profile import LatencyStats, LinkProfile
+
+    stats = LatencyStats(median=offload[0], p95=offload[1], mean=offload[0], min=offload[0])
+    rtt = LatencyStats(median=1.0, p95=2.0, mean=1.0, min=0.5)
+    return LinkProfile("http://s/edgeexit", at, encoding, 4096, 30, rtt, stats, 16, stats, None)
+
+
+def test_exits_on_the_server_cost_the_split_exit_plus_the_offload(tmp_path):
+    from edgeexit.calibrate.costs import ExitCosts, _with_link
+    from edgeexit.energy import MODELED
+
+    bundle, _, _ = split_copy(tmp_path, at=0)
+    manifest = read_manifest(bundle)
+    costs = ExitCosts(latency_ms=(1.0, 5.0, 9.0), p95_latency_ms=(2.0, 6.0, 10.0),
+                      energy_mj=(10.0, 50.0, 90.0), energy=MODELED, source="profile p",
+                      head_ms=(0.1, 0.2, 0.0), power_w=10.0)  # fmt: skip
+    linked = _with_link(costs, _link(), manifest, "p")
+    assert linked.latency_ms == (1.0, 11.0, 11.0)
+    assert linked.p95_latency_ms == (2.0, 17.0, 17.0)
+    assert linked.energy_mj == (10.0, 10.0, 10.0)  # the device's compute stops at the split
+    assert linked.head_ms == (0.1, 0.0, 0.0) and "on the server" in linked.source
+    with pytest.raises(CalibrationError, match="profile --link again"):
+        _with_link(costs, _link(at=1), manifest, "p")
+    e = exported("digits_cnn")
+    with pytest.raises(CalibrationError, match="not split"):
+        _with_link(costs, _link(), read_manifest(e.bundle), "p")
+
+
+def test_new_thresholds_renew_the_split(tmp_path):
+    from edgeexit.split import renewed
+
+    bundle, inputs, _ = split_copy(tmp_path, at=0)
+    old = read_split(read_manifest(bundle))
+    manifest = renewed(read_manifest(bundle).with_thresholds([0.5, 0.5, float("inf")]))
+    write_manifest(bundle, manifest)
+    new = read_split(read_manifest(bundle))
+    assert new.split_id != old.split_id and (new.at, new.encoding) == (old.at, old.encoding)
+    assert "when it was split" in new.check["thresholds"]
+    got = in_process(bundle).run(inputs)  # both sides load it, and agree
+    np.testing.assert_array_equal(got.exit_index, Runtime(bundle).run(inputs).exit_index)
+    capped = read_manifest(bundle).with_extra(max_exit=0)
+    with pytest.raises(InputError, match="nothing would run on the server"):
+        renewed(capped)
+
+
+def test_a_profile_link_is_read_back_and_checked(tmp_path):
+    from edgeexit.measure.cost_profile import LinkProfile
+
+    doc = _link().to_json()
+    assert LinkProfile.from_json(json.loads(json.dumps(doc))) == _link()
+    for key, bad in (("offload_ms", {"median": -1, "p95": 1, "mean": 1, "min": 1}),
+                     ("at", True), ("carry_bytes", 0)):  # fmt: skip
+        with pytest.raises((ValueError, KeyError)):
+            LinkProfile.from_json({**doc, key: bad})

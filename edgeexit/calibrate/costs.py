@@ -31,7 +31,8 @@ from edgeexit.energy.provenance import (
     modeled_from,
 )
 from edgeexit.errors import CalibrationError
-from edgeexit.measure.cost_profile import CostProfile, ExitProfile
+from edgeexit.measure.cost_profile import CostProfile, ExitProfile, LinkProfile
+from edgeexit.split import read_split
 
 SEGMENT_SUM_NOTE = "segments summed: profile has no per-exit costs, per-call overhead left out"
 
@@ -226,8 +227,9 @@ def load_profile_costs(
     if len(ours) < len(theirs):  # leaving at exit i costs the same whatever follows i
         profile = replace(profile, segments=profile.segments[: len(ours)],
                           exits=profile.exits[: len(ours)], full=None)  # fmt: skip
+    link = profile.link
     if len(profile.exits) == len(profile.segments):
-        return exit_costs(
+        costs = exit_costs(
             profile.exits,
             batch_size=profile.batch_size,
             energy=profile.energy_provenance,
@@ -237,8 +239,49 @@ def load_profile_costs(
             full=profile.full,
             power_model=power_model,
         )
-    source = f"profile {path} ({SEGMENT_SUM_NOTE})"
-    return _segment_sum_costs(profile, power_w, source, power_model)
+    else:
+        source = f"profile {path} ({SEGMENT_SUM_NOTE})"
+        costs = _segment_sum_costs(profile, power_w, source, power_model)
+    return costs if link is None else _with_link(costs, link, manifest, path)
+
+
+def _with_link(costs: ExitCosts, link: LinkProfile, manifest: Manifest, path) -> ExitCosts:
+    """A split bundle's costs: an exit on the server costs the device's part up to the split
+    exit, plus one sample's offload as measured over the link (its carry up, the server's
+    segments, the answer back). The device's energy stops at the split exit: its radio is
+    not in the figure."""
+    if "split" not in manifest.extra:
+        raise CalibrationError(
+            f"profile {path} measured a link to a server, but this bundle is not split: "
+            "split it (edgeexit split) or profile it without --link"
+        )
+    split = read_split(manifest)
+    if (split.at, split.encoding) != (link.at, link.encoding):
+        raise CalibrationError(
+            f"profile {path} measured the link for a split after exit {link.at} "
+            f"({link.encoding}); this bundle is split after exit {split.at} "
+            f"({split.encoding}): profile --link again"
+        )
+    at, n = split.at, len(costs.latency_ms)
+    server = range(at + 1, n)
+
+    def offloaded(values, extra: float) -> tuple[float, ...]:
+        return tuple(values[at] + extra if i in server else values[i] for i in range(n))
+
+    energy = costs.energy_mj
+    return replace(
+        costs,
+        latency_ms=offloaded(costs.latency_ms, link.offload_ms.median),
+        p95_latency_ms=offloaded(costs.p95_latency_ms, link.offload_ms.p95),
+        energy_mj=None if energy is None else offloaded(energy, 0.0),
+        # the device never runs the server's heads: nothing to credit for disabling them
+        head_ms=None
+        if costs.head_ms is None
+        else tuple(0.0 if i in server else h for i, h in enumerate(costs.head_ms)),  # fmt: skip
+        source=f"{costs.source}; exits {at + 1}-{n - 1} on the server {link.url}: exit {at} "
+        f"plus one sample's offload, {link.offload_ms.median:.2f} ms (p95 "
+        f"{link.offload_ms.p95:.2f}) measured over the link",
+    )
 
 
 def _segment_sum_costs(

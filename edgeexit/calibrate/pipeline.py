@@ -34,6 +34,7 @@ from edgeexit.errors import CalibrationError
 from edgeexit.measure.cost_profile import CostProfile
 from edgeexit.measure.profiling import measure_exit_costs, measure_head_costs, segment_inputs
 from edgeexit.runtime import Runtime
+from edgeexit.split import renewed
 
 Progress = Callable[[str, int, int], None]  # (stage, done, total)
 WARMUP_CALLS = 100  # per exit, untimed, before measuring costs here
@@ -282,6 +283,7 @@ def calibrate_bundle(
                 updated = updated.with_thresholds((*report.thresholds, *dropped)).with_extra(
                     calibration=report.to_json()
                 )
+                updated = renewed(updated)  # a split bundle keeps its split, under a new id
                 lock.check()  # still the bundle measured, not one swapped in around it
                 write_manifest(bundle_dir, updated)
         except BaseException:

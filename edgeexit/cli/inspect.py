@@ -137,6 +137,8 @@ def _render(info: BundleInfo) -> None:
     if notes:
         console.print(escape(notes))
     console.print(escape(_calibration_line(doc["calibration"])))
+    if doc["split"] is not None:
+        console.print(escape(_split_line(doc["split"])))
     colour = "green" if info.intact else "red"
     check = "every file matches its sha256" if info.intact else escape(info.integrity)
     console.print(f"integrity: [{colour}]{check}[/{colour}]")
@@ -150,6 +152,15 @@ def _table(title: str, columns: list[str]) -> Table:
         left = col in ("file", OPERATORS)
         table.add_column(col, justify="left" if left else "right", no_wrap=col != OPERATORS)
     return table
+
+
+def _split_line(split: dict) -> str:
+    if "problem" in split:
+        return f"split: not usable: {split['problem']}"
+    server = split["server_exits"]
+    return (f"split: after exit {split['at']}, exits {server[0]}-{server[-1]} on a server "
+            f"(edgeexit serve); carry {split['carry_bytes']:,} B per sample as "
+            f"{split['encoding']}")  # fmt: skip
 
 
 def _calibration_line(cal: dict | None) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import typer
@@ -15,6 +16,7 @@ from edgeexit.cli.progress import progress, unchanged
 from edgeexit.data import load_data
 from edgeexit.energy import choose_meter
 from edgeexit.files import check_output, dumps_json
+from edgeexit.measure.link_probe import probe_link
 from edgeexit.measure.profiling import profile_bundle
 from edgeexit.targets import load_target
 from edgeexit.targets.emulation import emulation_warning
@@ -43,6 +45,13 @@ def profile_cmd(
     ),
     batch_size: int = typer.Option(1, "--batch-size", "-b", min=1, help="Samples per call."),
     data: Path = typer.Option(None, "--data", help="Inputs (.npz/.npy) instead of synthetic."),
+    link: str = typer.Option(
+        None,
+        "--link",
+        metavar="URL",
+        help="A split bundle's server (edgeexit serve): measure the round trip and what "
+        "offloading one sample costs from here, for calibrate.",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
     """Measure every segment's latency (median, p95) and energy on this device, and what a
@@ -56,6 +65,8 @@ def profile_cmd(
         edgeexit profile bundle/ --target rpi5 -o rpi5.json
 
         edgeexit profile bundle/ --target x86-cpu --repeats 500 --batch-size 8 --json
+
+        edgeexit profile split/ --link http://server:8000/edgeexit -o device.json
     """
     sources = (bundle,) if data is None else (bundle, data)
     claimed = None if out is None else check_output(out, "profile", inputs=sources)  # now
@@ -68,6 +79,10 @@ def profile_cmd(
             rounds=rounds, inputs=inputs, progress=lambda done, n: tell("profiling", done, n),
             min_seconds=min_seconds,
         )  # fmt: skip
+    if link is not None:
+        with progress("profile", kept=kept, for_script=as_json) as tell:
+            tell("measuring the link", 0, 0)
+            profile = replace(profile, link=probe_link(bundle, link))
     if warning := emulation_warning():
         Console(stderr=True).print(f"[yellow]warning:[/yellow] {warning}", soft_wrap=True)
     if claimed is not None:

@@ -47,6 +47,57 @@ class LatencyStats:
 
 
 @dataclass(frozen=True)
+class LinkProfile:
+    """A split bundle's link, measured from the device (``profile --link URL``): the round
+    trip with no work (``rtt_ms``), one sample's offload end to end (its carry up, the
+    server's segments, the answer back: ``offload_ms``), and ``batch_rows`` samples'
+    (``batch_offload_ms``), whose extra bytes over the extra time give the effective
+    throughput (the server's compute included: a lower bound on the link's)."""
+
+    url: str
+    at: int
+    encoding: str
+    carry_bytes: int
+    requests: int
+    rtt_ms: LatencyStats
+    offload_ms: LatencyStats
+    batch_rows: int
+    batch_offload_ms: LatencyStats
+    effective_mbit_s: float | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "url": self.url,
+            "at": self.at,
+            "encoding": self.encoding,
+            "carry_bytes": self.carry_bytes,
+            "requests": self.requests,
+            "rtt_ms": vars(self.rtt_ms),
+            "offload_ms": vars(self.offload_ms),
+            "batch_rows": self.batch_rows,
+            "batch_offload_ms": vars(self.batch_offload_ms),
+            "effective_mbit_s": self.effective_mbit_s,
+        }
+
+    @classmethod
+    def from_json(cls, doc: Any) -> LinkProfile:
+        if not isinstance(doc, dict):
+            raise ValueError(f"link must be an object, got {type(doc).__name__}")
+        return cls(
+            url=_text(doc["url"], "link url"),
+            at=_count(doc["at"], "link at", 0),
+            encoding=_text(doc["encoding"], "link encoding"),
+            carry_bytes=_count(doc["carry_bytes"], "link carry_bytes", 1),
+            requests=_count(doc["requests"], "link requests", 1),
+            rtt_ms=LatencyStats(**_figures(doc["rtt_ms"], LatencyStats)),
+            offload_ms=LatencyStats(**_figures(doc["offload_ms"], LatencyStats)),
+            batch_rows=_count(doc["batch_rows"], "link batch_rows", 1),
+            batch_offload_ms=LatencyStats(**_figures(doc["batch_offload_ms"], LatencyStats)),
+            effective_mbit_s=_optional_figure(doc.get("effective_mbit_s"), "effective_mbit_s"),
+        )
+
+
+@dataclass(frozen=True)
 class ExitLatency:
     """Latency of a call whose samples all leave at one exit, in milliseconds.
 
@@ -157,6 +208,8 @@ class CostProfile:
     # one call, where it has one): the full model's cost, the speed-ups' reference. None in
     # profiles written before it was measured. Its ``index`` is one past the last exit.
     full: ExitProfile | None = None
+    # a split bundle's link to its server (profile --link), None where not measured
+    link: LinkProfile | None = None
 
     @property
     def energy_provenance(self) -> EnergySource:
@@ -207,6 +260,7 @@ class CostProfile:
             ],
             "exits": [e.to_json() for e in self.exits],
             "full": None if self.full is None else self.full.to_json(),
+            "link": None if self.link is None else self.link.to_json(),
         }
 
     @classmethod
@@ -255,6 +309,7 @@ class CostProfile:
                 segments=segments,
                 exits=tuple(ExitProfile.from_json(e) for e in doc.get("exits", ())),
                 full=None if doc.get("full") is None else ExitProfile.from_json(doc["full"]),
+                link=None if doc.get("link") is None else LinkProfile.from_json(doc["link"]),
             )
         except KeyError as err:
             raise TargetError(f"{source}: missing key {err}; re-run `edgeexit profile`") from err
@@ -305,6 +360,14 @@ def profile_table(profile: CostProfile) -> Table:
             "-" if s.energy_mj is None else f"{s.energy_mj:.4f}",
             "-" if exit_mj is None else f"{exit_mj:.4f}",
             "-" if s.resident_mb is None else f"{s.resident_mb:.1f}",
+        )
+    if profile.link is not None:
+        k = profile.link
+        rate = "" if k.effective_mbit_s is None else f", {k.effective_mbit_s:.1f} Mbit/s effective"
+        table.caption += (
+            f"\nlink to {k.url}: round trip {k.rtt_ms.median:.1f} ms (p95 {k.rtt_ms.p95:.1f}); "
+            f"one sample offloaded after exit {k.at} ({k.carry_bytes:,} B {k.encoding}) "
+            f"{k.offload_ms.median:.1f} ms (p95 {k.offload_ms.p95:.1f}){rate}"
         )
     return table
 
