@@ -315,3 +315,10 @@ def test_a_profile_link_is_read_back_and_checked(tmp_path):
                      ("at", True), ("carry_bytes", 0)):  # fmt: skip
         with pytest.raises((ValueError, KeyError)):
             LinkProfile.from_json({**doc, key: bad})
+
+
+def test_a_split_runs_for_a_named_target(tmp_path):
+    bundle, inputs, _ = split_copy(tmp_path, at=0)
+    result = SplitRuntime(bundle, server=None, target="rpi4").run(inputs)
+    assert result.energy_source == "modeled" and result.energy_mj > 0  # rpi4's power model
+    assert result.local_ms > 0 and result.to_json()["local_ms"] == result.local_ms

@@ -92,9 +92,9 @@ class SplitRuntime:
         self.split: Split = read_split(manifest) if split is None else split
         self.link = None if server is None else Link(server, timeout_s=timeout_s, attempts=attempts)
         at = self.split.at
-        self.meter = get_meter(target) if meter is None else meter
         self.local = Runtime(bundle_dir, target=target, threads=threads, max_exit=at,
                              bodies=False, meter=NoMeter())  # fmt: skip
+        self.meter = get_meter(self.local.target) if meter is None else meter
         self.manifest = manifest
         self.num_exits = manifest.num_exits
         # exit decisions as the runtime makes them: each threshold rounded to float32
