@@ -280,3 +280,20 @@ def test_a_killed_server_gets_degraded_answers(served):
     assert time.monotonic() - t0 < 2.0 + 2.0
     assert (result.degraded == result.offloaded).all() and result.degraded.any()
     assert_answers(result, reference, device_alone)
+
+
+def test_the_application_takes_replicas_or_autoscaling(tmp_path):
+    from edgeexit.errors import InputError
+    from edgeexit.serve import build_app, tail_app
+
+    bundle, _, _ = split_copy(tmp_path, at=0)
+    fixed = tail_app(bundle, replicas=2)
+    assert fixed._bound_deployment._deployment_config.num_replicas == 2
+    scaled = tail_app(bundle, replicas=1, max_replicas=4)
+    config = scaled._bound_deployment._deployment_config.autoscaling_config
+    assert (config.min_replicas, config.max_replicas) == (1, 4)
+    assert build_app({"bundle": str(bundle), "max_replicas": "3"}) is not None
+    with pytest.raises(InputError, match="below"):
+        tail_app(bundle, replicas=3, max_replicas=2)
+    with pytest.raises(InputError, match="build_app takes"):
+        build_app({"bundel": str(bundle)})
