@@ -2,19 +2,21 @@
 under emulated links: end-to-end latency per sample, accuracy, shares sent and degraded.
 
 The device is emulated on this host: one core (core 0), its CPU time capped with a CFS
-quota (``--device-share``, 0.05: 1 ms of CPU per 20 ms, so a burst of work longer than
-1 ms takes about twenty times as long: a Pi-class core against this host's AVX-512 one for
-these convolutions), one ONNX Runtime thread. The server is Ray Serve on core 1 (one replica, one
-thread), serving two applications: the split bundle's tail, and the same bundle with exit 0
+quota (``--device-share``, 0.05: 1 ms of CPU per 20 ms), one ONNX Runtime thread. The
+kernel enforces a quota at its scheduler ticks, so only work longer than a few ms is held
+back (then about twenty times as long: a Pi-class core against this host's, for these
+convolutions); shorter bursts run at this host's speed, which flatters the device alone.
+The network is the demo's three-exit CNN made wide enough (``--width``) that its deep
+segments are such work, trained on noisy digits, calibrated to lose at most 1 pp
+(certified) and split after exit 0. The server is Ray Serve on core 1 (one replica, one
+thread) with two applications: the split bundle's tail, and the same bundle with exit 0
 disabled (every sample crosses after the first conv: "the server runs the whole model",
-less one conv layer). The link is a userspace proxy per profile (benchmarks/linkproxy.py:
-this kernel has no netem). The network is the demo's three-exit CNN made wider
-(``--width``), trained on noisy digits, calibrated to lose at most 1 pp (certified),
-split after exit 0.
+less one conv layer). Each link profile is a userspace proxy (benchmarks/linkproxy.py:
+this kernel has no netem).
 
     PYTHONPATH=. python benchmarks/serving_links.py --save benchmarks/results/serving_links.json
 
-Needs root (the CFS quota) and Ray Serve (edgeexit[serve]); about 5 minutes.
+Needs root (the CFS quota) and Ray Serve (edgeexit[serve]); about 15 minutes (training).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 CGROUP = Path("/sys/fs/cgroup/cpu/edgeexit-bench-device")
+PAUSE_S = 0.05  # between calls: over two quota periods, so each call starts with a fresh one
 PROFILES = {"20ms/10Mbit": (20.0, 10.0), "80ms/1Mbit": (80.0, 1.0)}
 
 
@@ -96,6 +99,7 @@ def device_role(config: str) -> None:
     os.sched_setaffinity(0, {0})
     if c["share"] < 1:
         (CGROUP / "cgroup.procs").write_text(str(os.getpid()))
+        assert CGROUP.name in Path("/proc/self/cgroup").read_text(), "not in the device's cgroup"
     from edgeexit.data import load_data
     from edgeexit.energy import NoMeter
     from edgeexit.offload.device import SplitRuntime
@@ -127,6 +131,11 @@ def device_role(config: str) -> None:
             rec["exit"].append(int(result.exit_index[0]))
             rec["sent"].append(bool(getattr(result, "offloaded", [False])[0]))
             rec["degraded"].append(bool(getattr(result, "degraded", [False])[0]))
+            # a call that used up the device's quota must not hold back the next setup's
+            time.sleep(PAUSE_S)
+    if c["share"] < 1:  # proof that the cap bit: how often the device was held back
+        stat = dict(line.split() for line in (CGROUP / "cpu.stat").read_text().splitlines())
+        out["throttled"] = {k: int(stat[k]) for k in ("nr_periods", "nr_throttled")}
     print(json.dumps(out))
 
 
@@ -143,6 +152,9 @@ def summarise(runs: dict, labels: np.ndarray, full_accuracy: float, budget_ms: f
             "sent": float(np.mean(rec["sent"])),
             "degraded": float(np.mean(rec["degraded"])),
             "exit_counts": np.bincount(rec["exit"], minlength=3).tolist(),
+            "median_ms_by_exit": {
+                int(e): float(np.median(ms[np.array(rec["exit"]) == e])) for e in set(rec["exit"])
+            },
             "p95_budget_met": bool(np.quantile(ms, 0.95) <= budget_ms),
             "accuracy_drop_pp": 100 * (full_accuracy - float((np.array(rec["pred"]) == y).mean())),
         }
@@ -151,12 +163,12 @@ def summarise(runs: dict, labels: np.ndarray, full_accuracy: float, budget_ms: f
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--width", type=int, default=512)
-    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--width", type=int, default=768)
+    parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--encoding", default="float16")
     parser.add_argument("--device-share", type=float, default=0.05)
     parser.add_argument("--samples", type=int, default=360)
-    parser.add_argument("--p95-budget-ms", type=float, default=50.0)
+    parser.add_argument("--p95-budget-ms", type=float, default=60.0)
     parser.add_argument("--work", type=Path, default=Path("build/serving-bench"))
     parser.add_argument("--save", type=Path)
     parser.add_argument("--reuse", action="store_true", help="the model --work already holds")
@@ -168,6 +180,8 @@ def main() -> None:
     if args.device_role:
         return device_role(args.device_role)
     from linkproxy import LinkProxy
+
+    os.sched_setaffinity(0, {1})  # the proxies: beside the server, off the device's core
 
     from edgeexit.data import load_data
     from edgeexit.energy import NoMeter
@@ -214,6 +228,7 @@ def main() -> None:
             with __import__("contextlib").suppress(OSError):
                 CGROUP.rmdir()
     runs = json.loads(out.strip().splitlines()[-1])
+    throttled = runs.pop("throttled", None)
     full = Runtime(built["split"], thresholds=(np.inf,) * 3, meter=NoMeter())
     data = load_data(built["test"], full.manifest.inputs)
     n = min(args.samples, len(data))
@@ -229,6 +244,7 @@ def main() -> None:
         "full_model_accuracy": full_accuracy,
         "p95_budget_ms": args.p95_budget_ms,
         "setups": rows,
+        "device_throttled": throttled,
     }
     print(f"full model accuracy {full_accuracy:.2%}; p95 budget {args.p95_budget_ms} ms")
     print(f"{'setup':34} {'acc':>7} {'drop pp':>8} {'mean':>7} {'p95':>7} {'sent':>6} {'degr':>5}")
