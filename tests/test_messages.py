@@ -18,7 +18,7 @@ FLAG = re.compile(r"(?<![\w'`-])--[a-z][a-z0-9-]+")
 # Backquoted names in messages that are not parameters of a command: code, not options.
 # a model's or result's attributes, or arguments Python alone takes
 NOT_OPTIONS = {"exits", "segments", "outputs", "output_shape", "speculative", "sampling",
-               "kv_heads", "qkv_bias", "sliding_window", "sliding_layers"}  # fmt: skip
+               "kv_heads", "qkv_bias", "sliding_window", "sliding_layers", "requests"}  # fmt: skip
 
 
 def _library_strings() -> list[tuple[str, str]]:

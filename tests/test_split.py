@@ -282,7 +282,7 @@ def test_exits_on_the_server_cost_the_split_exit_plus_the_offload(tmp_path):
     assert linked.p95_latency_ms == (2.0, 17.0, 17.0)
     assert linked.energy_mj == (10.0, 10.0, 10.0)  # the device's compute stops at the split
     assert linked.head_ms == (0.1, 0.0, 0.0) and "on the server" in linked.source
-    with pytest.raises(CalibrationError, match="profile --link again"):
+    with pytest.raises(CalibrationError, match="measure the link again"):
         _with_link(costs, _link(at=1), manifest, "p")
     e = exported("digits_cnn")
     with pytest.raises(CalibrationError, match="not split"):

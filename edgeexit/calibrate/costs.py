@@ -260,7 +260,7 @@ def _with_link(costs: ExitCosts, link: LinkProfile, manifest: Manifest, path) ->
         raise CalibrationError(
             f"profile {path} measured the link for a split after exit {link.at} "
             f"({link.encoding}); this bundle is split after exit {split.at} "
-            f"({split.encoding}): profile --link again"
+            f"({split.encoding}): measure the link again (edgeexit profile BUNDLE --link URL)"
         )
     at, n = split.at, len(costs.latency_ms)
     server = range(at + 1, n)
