@@ -12,7 +12,8 @@ segments are such work, trained on noisy digits, calibrated to lose at most 1 pp
 thread) with two applications: the split bundle's tail, and the same bundle with exit 0
 disabled (every sample crosses after the first conv: "the server runs the whole model",
 less one conv layer). Each link profile is a userspace proxy (benchmarks/linkproxy.py:
-this kernel has no netem).
+this kernel has no netem). Then the server's throughput: ``--clients`` device processes
+(core 0, no cap, no link delay) calling as fast as answers come, against each tail.
 
     PYTHONPATH=. python benchmarks/serving_links.py --save benchmarks/results/serving_links.json
 
@@ -139,6 +140,53 @@ def device_role(config: str) -> None:
     print(json.dumps(out))
 
 
+def client_role(config: str) -> None:
+    """One of several devices (core 0, no cap, no link delay) calling as fast as answers
+    come, for ``seconds``: what the one-core server sustains, not what a device waits."""
+    c = json.loads(config)
+    os.sched_setaffinity(0, {0})
+    from edgeexit.data import load_data
+    from edgeexit.energy import NoMeter
+    from edgeexit.offload.device import SplitRuntime
+
+    device = SplitRuntime(c["bundle"], server=c["url"], timeout_s=10.0, threads=1,
+                          meter=NoMeter())  # fmt: skip
+    x = load_data(c["test"], device.manifest.inputs).inputs[0]
+    calls = sent = degraded = 0
+    end = time.monotonic() + c["seconds"]
+    while time.monotonic() < end:
+        result = device.run(x[calls % len(x) : calls % len(x) + 1])
+        calls += 1
+        sent += int(result.offloaded[0])
+        degraded += int(result.degraded[0])
+    print(json.dumps({"calls": calls, "sent": sent, "degraded": degraded}))
+
+
+def throughput(built: dict, port: int, clients: int, seconds: float) -> dict:
+    """Each tail served to ``clients`` device processes at once, straight to the server."""
+    found = {}
+    for route, bundle in (("/split", built["split"]), ("/whole", built["whole"])):
+        config = {"bundle": bundle, "url": f"http://127.0.0.1:{port}{route}",
+                  "test": built["test"], "seconds": seconds}  # fmt: skip
+        procs = [
+            subprocess.Popen(
+                [sys.executable, __file__, "--client-role", json.dumps(config)],
+                stdout=subprocess.PIPE,
+                text=True,
+            )  # fmt: skip
+            for _ in range(clients)
+        ]
+        counts = [json.loads(p.communicate(timeout=seconds + 120)[0].splitlines()[-1])
+                  for p in procs]  # fmt: skip
+        total = {k: sum(c[k] for c in counts) for k in ("calls", "sent", "degraded")}
+        found[route.strip("/")] = {
+            **total,
+            "device_samples_per_s": total["calls"] / seconds,
+            "server_samples_per_s": total["sent"] / seconds,
+        }
+    return found
+
+
 def summarise(runs: dict, labels: np.ndarray, full_accuracy: float, budget_ms: float) -> dict:
     rows = {}
     for name, rec in runs.items():
@@ -174,11 +222,16 @@ def main() -> None:
     parser.add_argument("--reuse", action="store_true", help="the model --work already holds")
     parser.add_argument("--serve-role", nargs=3, help=argparse.SUPPRESS)
     parser.add_argument("--device-role", help=argparse.SUPPRESS)
+    parser.add_argument("--client-role", help=argparse.SUPPRESS)
+    parser.add_argument("--clients", type=int, default=4, help="devices at once (0: skip)")
+    parser.add_argument("--throughput-s", type=float, default=15.0)
     args = parser.parse_args()
     if args.serve_role:
         return serve_role(args.serve_role[0], args.serve_role[1], int(args.serve_role[2]))
     if args.device_role:
         return device_role(args.device_role)
+    if args.client_role:
+        return client_role(args.client_role)
     from linkproxy import LinkProxy
 
     os.sched_setaffinity(0, {1})  # the proxies: beside the server, off the device's core
@@ -219,6 +272,10 @@ def main() -> None:
         print("measuring on the emulated device", file=sys.stderr)
         out = subprocess.run([sys.executable, __file__, "--device-role", json.dumps(config)],
                              capture_output=True, text=True, check=True).stdout  # fmt: skip
+        load = None
+        if args.clients:
+            print(f"{args.clients} devices at once", file=sys.stderr)
+            load = throughput(built, port, args.clients, args.throughput_s)
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         time.sleep(5)
@@ -245,12 +302,19 @@ def main() -> None:
         "p95_budget_ms": args.p95_budget_ms,
         "setups": rows,
         "device_throttled": throttled,
+        "throughput": load,
+        "throughput_note": f"{args.clients} device processes on core 0 (no cap, no link delay) "
+        "calling one sample at a time as fast as answers come; the server on core 1",
     }
     print(f"full model accuracy {full_accuracy:.2%}; p95 budget {args.p95_budget_ms} ms")
     print(f"{'setup':34} {'acc':>7} {'drop pp':>8} {'mean':>7} {'p95':>7} {'sent':>6} {'degr':>5}")
     for name, r in rows.items():
         print(f"{name:34} {r['accuracy']:7.2%} {r['accuracy_drop_pp']:8.2f} {r['mean_ms']:7.1f} "
               f"{r['p95_ms']:7.1f} {r['sent']:6.1%} {r['degraded']:5.1%}")  # fmt: skip
+    for name, t in (load or {}).items():
+        print(f"{args.clients} devices on {name}: {t['device_samples_per_s']:.0f} samples/s "
+              f"answered, {t['server_samples_per_s']:.0f}/s by the server, "
+              f"{t['degraded']} degraded")  # fmt: skip
     if args.save:
         args.save.parent.mkdir(parents=True, exist_ok=True)
         args.save.write_text(json.dumps(result, indent=2) + "\n")

@@ -97,9 +97,7 @@ class SplitRuntime:
         self.meter = get_meter(self.local.target) if meter is None else meter
         self.manifest = manifest
         self.num_exits = manifest.num_exits
-        # exit decisions as the runtime makes them: each threshold rounded to float32
-        # (the score's dtype in every bundle edgeexit exports)
-        self._thresholds = [round_threshold(t, np.float32) for t in manifest.thresholds[: at + 1]]
+        self._thresholds = manifest.thresholds[: at + 1]
         row = self.local.output_shape
         self._answer = (
             Expected("logits", np.dtype(np.float32), tuple(row), ("raw",)),
@@ -177,7 +175,8 @@ class SplitRuntime:
             carry, step_logits, score = self.local.run_segment(i, feeds)
             if logits is None:
                 logits = np.empty((n, *step_logits.shape[1:]), dtype=np.float32)
-            leaving = score >= self._thresholds[i]
+            # as the runtime decides: the threshold rounded to the score's dtype
+            leaving = score >= round_threshold(self._thresholds[i], score.dtype)
             if i == at:  # every sample still here gets exit at's answer, kept if offloading fails
                 logits[alive], exit_index[alive] = step_logits, at
             else:
