@@ -42,6 +42,11 @@ class TailDeployment:
     async def __call__(self, request: Request) -> Response:
         if request.method == "GET":
             return JSONResponse(self.tail.info())
+        if request.method != "POST":
+            return PlainTextResponse(
+                f"error: {request.method} is not served here; expected GET or POST\n",
+                status_code=405,
+            )
         length = request.headers.get("content-length", "")
         if not length.isdigit() or int(length) > self.tail.max_body_bytes:
             return PlainTextResponse(

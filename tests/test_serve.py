@@ -297,3 +297,14 @@ def test_the_application_takes_replicas_or_autoscaling(tmp_path):
         tail_app(bundle, replicas=3, max_replicas=2)
     with pytest.raises(InputError, match="build_app takes"):
         build_app({"bundel": str(bundle)})
+
+
+def test_serve_refuses_a_taken_port_in_one_line(tmp_path):
+    bundle, _, _ = split_copy(tmp_path, at=0)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        out = CliRunner().invoke(app, ["serve", str(bundle), "--port", str(port)])
+    assert out.exit_code == 1 and "Traceback" not in out.output
+    assert f"cannot listen on 127.0.0.1:{port}" in out.output

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
 import sys
 import threading
 from pathlib import Path
@@ -13,7 +14,20 @@ from rich.console import Console
 
 from edgeexit.bundle import read_manifest
 from edgeexit.cli.core import command, fail
+from edgeexit.errors import first_line
 from edgeexit.split import read_split
+
+
+def refuse_taken(host: str, port: int) -> None:
+    """Refuse, before Ray starts, an address something already listens on."""
+    with socket.socket() as probe:
+        try:
+            probe.bind((host, port))
+        except OSError as err:
+            raise fail(
+                f"cannot listen on {host}:{port}: {err.strerror or err}; pick another --port, "
+                "or stop what listens there"
+            ) from None
 
 
 @command("serve")
@@ -63,6 +77,7 @@ def serve_cmd(
         ) from None
     if not route.startswith("/"):
         raise fail(f"--route {route!r} must start with '/'")
+    refuse_taken(host, port)
     app = tail_app(bundle, threads=threads, replicas=replicas, max_replicas=max_replicas,
                    max_batch=max_batch, batch_wait_s=batch_wait_ms / 1e3)  # fmt: skip
     console = Console(stderr=True)
@@ -70,8 +85,11 @@ def serve_cmd(
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     ray.init(include_dashboard=False, log_to_driver=False, logging_level="warning")
     try:
-        serve.start(http_options={"host": host, "port": port})
-        serve.run(app, route_prefix=route, blocking=False)
+        try:
+            serve.start(http_options={"host": host, "port": port})
+            serve.run(app, route_prefix=route, blocking=False)
+        except Exception as err:  # Ray's own errors, in its words: one line, not its traceback
+            raise fail(f"Ray Serve did not start: {first_line(err)}") from None
         url = f"http://{host}:{port}{route}"
         console.print(f"serving {bundle} at {url} (Ctrl-C stops)")
         if as_json:  # the one line a script waits for
