@@ -23,6 +23,7 @@ Needs root (the CFS quota) and Ray Serve (edgeexit[serve]); about 15 minutes (tr
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -73,7 +74,7 @@ def build(work: Path, width: int, epochs: int, encoding: str) -> dict:
         "whole": str(whole),
         "cal": str(cal),
         "test": str(test),
-        "thresholds": list(report.thresholds) if hasattr(report, "thresholds") else None,
+        "thresholds": list(report.thresholds),
     }
 
 
@@ -279,10 +280,10 @@ def main() -> None:
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         time.sleep(5)
-        with __import__("contextlib").suppress(ProcessLookupError):
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(server.pid, signal.SIGKILL)
         if CGROUP.exists():
-            with __import__("contextlib").suppress(OSError):
+            with contextlib.suppress(OSError):
                 CGROUP.rmdir()
     runs = json.loads(out.strip().splitlines()[-1])
     throttled = runs.pop("throttled", None)
