@@ -180,15 +180,27 @@ def tail_manifest(manifest: Manifest, split: Split) -> Manifest:
     )
 
 
+def wire_encoding(dtype: str, encoding: str) -> str:
+    """How a carry tensor of ``dtype`` crosses under the split's ``encoding``: only float32
+    ones are encoded; any other crosses as it is ("raw")."""
+    return encoding if dtype == "float32" else "raw"
+
+
+def encoded_row_bytes(dtype: np.dtype, elements: int, encoding: str) -> int:
+    """Bytes one row of ``elements`` values takes on the wire: float16 two each, int8 one
+    each plus its float32 scale, "float32" or "raw" as the dtype holds them."""
+    if encoding == "float16":
+        return 2 * elements
+    if encoding == "int8":
+        return elements + 4
+    return elements * np.dtype(dtype).itemsize
+
+
 def carry_bytes(carry: tuple[InputSpec, ...], encoding: str) -> int:
     """Bytes one sample's carry takes on the wire (the scales included)."""
-    total = 0
-    for c in carry:
-        elements = math.prod(int(d) for d in c.shape[1:])
-        if c.dtype == "float32" and encoding == "int8":
-            total += elements + 4
-        elif c.dtype == "float32" and encoding == "float16":
-            total += 2 * elements
-        else:
-            total += elements * np.dtype(c.dtype).itemsize
-    return total
+    return sum(
+        encoded_row_bytes(
+            c.dtype, math.prod(int(d) for d in c.shape[1:]), wire_encoding(c.dtype, encoding)
+        )
+        for c in carry
+    )

@@ -124,7 +124,7 @@ def export_split(out_dir: Path, x: np.ndarray) -> None:
 
     from edgeexit.offload.device import SplitRuntime
     from edgeexit.offload.make import split_bundle
-    from edgeexit.offload.tail import Tail
+    from edgeexit.offload.tail import InProcessLink, Tail
 
     split = out_dir / "split"
     shutil.copytree(out_dir / "fp32", split)
@@ -133,17 +133,14 @@ def export_split(out_dir: Path, x: np.ndarray) -> None:
     doc["thresholds"] = [None if t == np.inf else t for t in thresholds]
     (split / "manifest.json").write_text(json.dumps(doc))
     split_bundle(split, 0, encoding="int8", data=out_dir / "inputs.npz")
-    device = SplitRuntime(split, server=None, threads=1)
-    tail = Tail(split, threads=1)
-    logits, exits, alive, carry = device._local(x)
-    body = device._request(carry)
-    answer_logits, answer_exits = device._read_answer(tail.run([tail.decode(body)])[0], len(alive))
-    logits[alive], exits[alive] = answer_logits, answer_exits
+    link = InProcessLink(Tail(split, threads=1))
+    result = SplitRuntime(split, server=None, link=link, threads=1).run(x)
+    assert not result.degraded.any(), result.reason
     np.savez(
         out_dir / "host_split.npz",
-        logits=logits,
-        exit_index=exits,
-        request=np.frombuffer(body, np.uint8),
+        logits=result.logits,
+        exit_index=result.exit_index,
+        request=np.frombuffer(link.last_request, np.uint8),
     )
 
 

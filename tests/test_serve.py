@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_split import split_copy
+from test_split import free_port, split_copy
 from typer.testing import CliRunner
 
 from edgeexit.bundle import read_manifest, write_manifest
@@ -35,12 +35,6 @@ pytest.importorskip("ray.serve")
 pytestmark = pytest.mark.slow
 
 START_S = 120  # Ray's start on a loaded 2-core machine
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def session_pids(sid: int) -> list[int]:

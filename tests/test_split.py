@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import socket
 import struct
 
 import numpy as np
@@ -17,7 +18,7 @@ from edgeexit.cli import app
 from edgeexit.errors import BundleError, CalibrationError, InputError
 from edgeexit.offload.device import SplitRuntime
 from edgeexit.offload.make import split_bundle
-from edgeexit.offload.tail import Tail
+from edgeexit.offload.tail import InProcessLink, Tail
 from edgeexit.offload.wire import Expected, WireError, decode, encode
 from edgeexit.runtime import Runtime
 from edgeexit.split import read_split
@@ -38,21 +39,15 @@ def split_copy(tmp_path, at=0, encoding="float32", name="digits_cnn"):
     return bundle, e.inputs, data
 
 
-class InProcess:
-    """A server with no network between: what the device sends, decoded and run by Tail."""
-
-    def __init__(self, bundle):
-        self.tail = Tail(bundle)
-
-    def post(self, body):
-        (answer,) = self.tail.run([self.tail.decode(body)])
-        return answer, 1
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def in_process(bundle) -> SplitRuntime:
-    device = SplitRuntime(bundle, server="http://unused.invalid/")
-    device.link = InProcess(bundle)
-    return device
+    """The bundle's device side with its server in this process: no network between."""
+    return SplitRuntime(bundle, server=None, link=InProcessLink(Tail(bundle)))
 
 
 # -- the split record ------------------------------------------------------------------------
@@ -126,7 +121,7 @@ def test_a_wrong_answer_from_the_server_is_degraded_not_taken(tmp_path):
                 split.split_id, [("logits", logits, "raw"), ("exit_index", exits, "raw")]
             ), 1
 
-    device.tail_expected = InProcess(bundle).tail.expected
+    device.tail_expected = device.link.tail.expected
     device.link = Liar()
     got = device.run(inputs)
     assert got.degraded.any() and "exits outside 1..2" in got.reason
@@ -239,7 +234,7 @@ def test_bench_reports_the_share_of_degraded_answers(tmp_path):
     bundle, inputs, _ = split_copy(tmp_path, at=0)
     data = tmp_path / "labelled.npz"
     np.savez(data, x=inputs[0], y=np.arange(len(inputs[0])) % 10)
-    down = free_port_url()  # nothing listens there: every offload is refused at once
+    down = f"http://127.0.0.1:{free_port()}/edgeexit"  # nothing listens: refused at once
     report = bench_bundle(bundle, data, BenchOptions(rounds=1, warmup_calls=0, server=down))
     assert 0 < report.offloaded < 1 and report.degraded == report.offloaded
     assert report.to_json()["degraded"] == report.degraded
@@ -247,14 +242,6 @@ def test_bench_reports_the_share_of_degraded_answers(tmp_path):
                                    "--server", down, "--json"])  # fmt: skip
     assert out.exit_code == 0, out.output
     assert json.loads(out.stdout)["degraded"] == report.degraded
-
-
-def free_port_url() -> str:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return f"http://127.0.0.1:{s.getsockname()[1]}/edgeexit"
 
 
 # -- calibrate knows the link ----------------------------------------------------------------

@@ -66,18 +66,7 @@ class LinkProfile:
     effective_mbit_s: float | None
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "url": self.url,
-            "at": self.at,
-            "encoding": self.encoding,
-            "carry_bytes": self.carry_bytes,
-            "requests": self.requests,
-            "rtt_ms": vars(self.rtt_ms),
-            "offload_ms": vars(self.offload_ms),
-            "batch_rows": self.batch_rows,
-            "batch_offload_ms": vars(self.batch_offload_ms),
-            "effective_mbit_s": self.effective_mbit_s,
-        }
+        return dataclasses.asdict(self)  # its latency figures as objects, as segments' are
 
     @classmethod
     def from_json(cls, doc: Any) -> LinkProfile:

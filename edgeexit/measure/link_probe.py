@@ -18,7 +18,7 @@ from edgeexit.errors import InputError
 from edgeexit.measure.cost_profile import LatencyStats, LinkProfile
 from edgeexit.offload.link import Link, LinkError
 from edgeexit.offload.wire import encode
-from edgeexit.split import carry_bytes, read_split
+from edgeexit.split import carry_bytes, read_split, wire_encoding
 
 BATCH_ROWS = 16
 
@@ -45,7 +45,7 @@ def probe_link(
             shape = (rows, *(int(d) for d in c.shape[1:]))
             x = rng.standard_normal(shape).astype(c.dtype) if c.dtype.startswith("float") else (
                 np.ones(shape, dtype=c.dtype))  # fmt: skip
-            tensors.append((c.name, x, split.encoding if c.dtype == "float32" else "raw"))
+            tensors.append((c.name, x, wire_encoding(c.dtype, split.encoding)))
         return encode(split.split_id, tensors)
 
     one, batch = body(1), body(BATCH_ROWS)

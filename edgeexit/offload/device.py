@@ -23,12 +23,12 @@ from edgeexit.energy import EnergyMeter, NoMeter, get_meter
 from edgeexit.offload.link import Link, LinkError
 from edgeexit.offload.wire import Expected, WireError, decode, encode
 from edgeexit.runtime import Runtime
-from edgeexit.runtime.inputs import Inputs, all_finite, check_inputs, refuse_nonfinite
+from edgeexit.runtime.inputs import Inputs, all_finite, check_inputs
 from edgeexit.runtime.result import Result, TensorResult
-from edgeexit.split import Split, read_split
+from edgeexit.split import Split, read_split, wire_encoding
 from edgeexit.targets import Target
 
-_FLOAT16_MAX = 65504.0
+_FLOAT16_MAX = float(np.finfo(np.float16).max)
 
 
 class SplitResult(Result):
@@ -69,7 +69,8 @@ class SplitTensorResult(SplitResult, TensorResult):
 
 class SplitRuntime:
     """A split bundle's device side: ``run`` as ``Runtime.run``, the hard samples finished
-    by ``server`` (a URL; None: every answer from the device, marked degraded).
+    by ``server`` (a URL; None: every answer from the device, marked degraded), or by
+    ``link``, one ready to post to (``offload.tail.InProcessLink``: no network).
 
     ``timeout_s``: the longest a call waits for the server (then it answers from the
     device); ``attempts``: tries within it. Thread-safe; the local part of each call runs
@@ -87,10 +88,13 @@ class SplitRuntime:
         threads: int | None = None,
         meter: EnergyMeter | None = None,
         split: Split | None = None,
+        link: Any = None,
     ) -> None:
         manifest = read_manifest(bundle_dir)
         self.split: Split = read_split(manifest) if split is None else split
-        self.link = None if server is None else Link(server, timeout_s=timeout_s, attempts=attempts)
+        if server is not None:
+            link = Link(server, timeout_s=timeout_s, attempts=attempts)
+        self.link = link
         at = self.split.at
         self.local = Runtime(bundle_dir, target=target, threads=threads, max_exit=at,
                              bodies=False, meter=NoMeter())  # fmt: skip
@@ -162,9 +166,7 @@ class SplitRuntime:
         return result
 
     def _local(self, inputs: Inputs):
-        xs = check_inputs(inputs, self.local.manifest.inputs)
-        if not all(all_finite(x) for x in xs if x.dtype.kind == "f"):
-            refuse_nonfinite(xs, self.local.manifest.inputs)
+        xs = check_inputs(inputs, self.local.manifest.inputs)  # NaN and inf refused too
         n = len(xs[0])
         alive = np.arange(n)
         exit_index = np.empty(n, dtype=np.int64)
@@ -198,7 +200,7 @@ class SplitRuntime:
     def _request(self, carry: list[np.ndarray]) -> bytes:
         tensors = []
         for spec, x in zip(self.split.carry, carry):
-            encoding = self.split.encoding if spec.dtype == "float32" else "raw"
+            encoding = wire_encoding(spec.dtype, self.split.encoding)
             if encoding == "float16" and np.abs(x).max(initial=0) > _FLOAT16_MAX:
                 encoding = "float32"  # float16 cannot hold it: exact, at twice the bytes
             if spec.dtype == "float32" and not all_finite(x):

@@ -11,7 +11,7 @@ float32 crosses exactly and needs no data.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -22,13 +22,11 @@ from edgeexit.data import load_data
 from edgeexit.energy import NoMeter
 from edgeexit.errors import InputError, PrecisionLossError
 from edgeexit.offload.device import SplitRuntime
-from edgeexit.offload.tail import Tail
-from edgeexit.offload.wire import WireError
+from edgeexit.offload.tail import InProcessLink, Tail
 from edgeexit.progress import Progress, silent
 from edgeexit.runtime import Runtime
 from edgeexit.split import (
     ENCODINGS,
-    Split,
     carry_bytes,
     read_split,
     refuse_unsplittable,
@@ -50,16 +48,7 @@ class SplitReport:
     max_abs_diff: float | None  # largest logit difference from the unsplit answers
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "at": self.at,
-            "encoding": self.encoding,
-            "carry_bytes": self.carry_bytes,
-            "samples": self.samples,
-            "offloaded": self.offloaded,
-            "drop": self.drop,
-            "measure": self.measure,
-            "max_abs_diff": self.max_abs_diff,
-        }
+        return asdict(self)
 
 
 def split_bundle(
@@ -113,8 +102,9 @@ def _carry_specs(bundle_dir, inputs: tuple[InputSpec, ...], at: int) -> tuple[In
 
 
 def _check(bundle_dir, candidate, data, max_drop: float, progress: Progress) -> SplitReport:
-    """Run ``data`` unsplit and split (in this process, no link) and compare."""
-    split = _InMemorySplit(bundle_dir, candidate)
+    """Run ``data`` unsplit and split (in this process, no network) and compare."""
+    link = InProcessLink(Tail(bundle_dir, split=candidate))
+    split = SplitRuntime(bundle_dir, server=None, link=link, split=candidate, meter=NoMeter())
     reference = Runtime(bundle_dir, meter=NoMeter())
     dataset = load_data(data, reference.manifest.inputs)
     n = len(dataset)
@@ -124,8 +114,11 @@ def _check(bundle_dir, candidate, data, max_drop: float, progress: Progress) -> 
     for start in range(0, n, CHECK_BATCH):
         part = dataset.take(slice(start, min(start + CHECK_BATCH, n)))
         ref = reference.run(part.inputs)
-        got, sent = split.run(part.inputs)
-        offloaded += int(sent.sum())
+        result = split.run(part.inputs)
+        if result.degraded.any():  # no network in between: a bug, not a loss
+            raise InputError(f"the split does not round-trip: {result.reason}")
+        got = result.logits
+        offloaded += int(result.offloaded.sum())
         worst = max(worst, float(np.abs(got - ref.logits).max()))
         if reference.manifest.output == "logits":
             ref_pred, got_pred = ref.logits.argmax(axis=1), got.argmax(axis=1)
@@ -151,25 +144,3 @@ def _check(bundle_dir, candidate, data, max_drop: float, progress: Progress) -> 
             report,
         )
     return report
-
-
-class _InMemorySplit:
-    """The split as deployed, without the link: the device part, then the carry encoded
-    and decoded exactly as it crosses, then the server part."""
-
-    def __init__(self, bundle_dir, split: Split) -> None:
-        self.device = SplitRuntime(bundle_dir, server=None, split=split, meter=NoMeter())
-        self.tail = Tail(bundle_dir, split=split)
-
-    def run(self, inputs) -> tuple[np.ndarray, np.ndarray]:
-        logits, exits, alive, carry = self.device._local(inputs)
-        if alive.size:
-            body = self.device._request(carry)
-            try:
-                (answer,) = self.tail.run([self.tail.decode(body)])
-                logits[alive], exits[alive] = self.device._read_answer(answer, len(alive))
-            except WireError as err:  # a bug, not a loss: say it
-                raise InputError(f"the split does not round-trip: {err}") from err
-        sent = np.zeros(len(exits), dtype=bool)
-        sent[alive] = True
-        return logits, sent

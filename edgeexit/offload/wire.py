@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from edgeexit.errors import InputError
+from edgeexit.split import encoded_row_bytes
 
 MAGIC = b"EEX1"
 _PREFIX = struct.Struct("<4sI")
@@ -142,11 +143,7 @@ def _size(doc: object, e: Expected, rows: int) -> int:
             f"message tensor {e.name!r} is {str(doc.get('dtype'))[:20]} "
             f"{str(doc.get('shape'))[:60]}; expected {e.dtype} {list(e.row_shape)} per row"
         )
-    if encoding == "float16":
-        return rows * e.elements * 2
-    if encoding == "int8":
-        return rows * (4 + e.elements)
-    return rows * e.elements * e.dtype.itemsize
+    return rows * encoded_row_bytes(e.dtype, e.elements, encoding)
 
 
 def _array(body: bytes, offset: int, encoding: str, e: Expected, rows: int) -> np.ndarray:
