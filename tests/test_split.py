@@ -309,3 +309,25 @@ def test_a_split_runs_for_a_named_target(tmp_path):
     result = SplitRuntime(bundle, server=None, target="rpi4").run(inputs)
     assert result.energy_source == "modeled" and result.energy_mj > 0  # rpi4's power model
     assert result.local_ms > 0 and result.to_json()["local_ms"] == result.local_ms
+
+
+def test_threads_sharing_a_split_runtime_each_get_their_own_answers(tmp_path):
+    import threading
+
+    bundle, inputs, _ = split_copy(tmp_path, at=0)
+    reference = Runtime(bundle).run(inputs)
+    device = in_process(bundle)
+    wrong: list[int] = []
+
+    def calls(k: int) -> None:
+        for _ in range(10):
+            got = device.run(tuple(x[k:] for x in inputs))  # each thread its own batch size
+            if got.degraded.any() or not np.array_equal(got.exit_index, reference.exit_index[k:]):
+                wrong.append(k)
+
+    threads = [threading.Thread(target=calls, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert wrong == []
