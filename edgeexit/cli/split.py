@@ -69,16 +69,16 @@ def split_cmd(
                 bundle, at, encoding=encoding.value, data=data, max_drop=max_drop, progress=tell
             )
     except PrecisionLossError as err:
-        console.print(_table(err.report))
+        console.print(_table(err.report, max_drop))
         raise
     if as_json:
         typer.echo(dumps_json({"bundle": str(bundle), **report.to_json()}))
         return
-    console.print(_table(report))
+    console.print(_table(report, max_drop))
     console.print(f"[green]split[/green] {bundle}: serve it with `edgeexit serve {bundle}`")
 
 
-def _table(r: SplitReport) -> Table:
+def _table(r: SplitReport, max_drop: float) -> Table:
     table = Table(title=f"split after exit {r.at}", show_header=False)
     table.add_row("carry per sample", f"{r.carry_bytes:,} bytes as {r.encoding}")
     if r.measure == "exact":
@@ -88,6 +88,8 @@ def _table(r: SplitReport) -> Table:
     if r.offloaded is not None:
         table.add_row("to the server", f"{r.offloaded:.1%} of them (the bundle's thresholds)")
     if r.drop is not None:
-        table.add_row(f"{r.measure} lost", f"{100 * r.drop:.2f} pp")
+        verdict = "held" if r.drop <= max_drop else "MISSED: nothing written"
+        table.add_row(f"{r.measure} lost", f"{100 * r.drop:.2f} pp (allowed {100 * max_drop:g} pp: "
+                      f"{verdict})")  # fmt: skip
     table.add_row("largest output change", f"{r.max_abs_diff:.3g}")
     return table
