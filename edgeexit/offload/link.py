@@ -85,19 +85,24 @@ class Link:
         return doc
 
     def _exchange(self, method: str, body: bytes | None, deadline: float) -> tuple[int, bytes]:
+        """One request and its answer, each phase (connect, send, the answer's head, each
+        chunk of its body) given only the time left: a socket timeout bounds one call, so
+        set once it would let connect, send and receive each take the whole of it."""
         conn = self._connection()
-        conn.timeout = max(deadline - time.monotonic(), 1e-3)
-        if conn.sock is not None:
-            conn.sock.settimeout(conn.timeout)
+        if conn.sock is None:
+            conn.timeout = _left(deadline)
+            conn.connect()
+        conn.sock.settimeout(_left(deadline))  # sendall: the timeout bounds the whole send
         headers = {"Content-Type": CONTENT_TYPE} if body is not None else {}
         conn.request(method, self._path, body=body, headers=headers)
+        conn.sock.settimeout(_left(deadline))
         resp = conn.getresponse()
         length = resp.getheader("Content-Length")
         if length is None or not length.isdigit() or int(length) > MAX_ANSWER_BYTES:
             raise http.client.HTTPException(f"answer length {length!r} is missing or too long")
         chunks, left = [], int(length)
         while left:
-            conn.sock.settimeout(max(deadline - time.monotonic(), 1e-3))
+            conn.sock.settimeout(_left(deadline))
             chunk = resp.read(min(left, 1 << 20))
             if not chunk:
                 raise http.client.IncompleteRead(b"".join(chunks), left)
@@ -117,6 +122,14 @@ class Link:
         if conn is not None:
             conn.close()
             self._local.conn = None
+
+
+def _left(deadline: float) -> float:
+    """Seconds until ``deadline``, or TimeoutError once it has passed."""
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise TimeoutError("the deadline passed")
+    return left
 
 
 def _why(err: BaseException) -> str:
